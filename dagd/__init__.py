@@ -1,0 +1,1 @@
+"""dagd: a single-host workflow daemon on trio."""

@@ -1,0 +1,80 @@
+"""The four DAG events of the WebSocket protocol, as plain values.
+
+Field names are the seed's, in snake_case; `dagd.core.protocol` maps them to camelCase on the
+wire. Times are UNIX seconds (floats) here and ISO 8601 UTC strings on the wire; `duration` is
+integer milliseconds. `seq` is None until the event log assigns one.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from dagd.core.model import RunStatus, StepStatus
+
+
+@attrs.frozen(slots=True)
+class DagRunStatusEvent:
+    """A run's status changed."""
+
+    dag_id: str
+    run_id: str
+    status: RunStatus
+    timestamp: float
+    seq: int | None = None
+
+
+@attrs.frozen(slots=True)
+class StepStatusEvent:
+    """A step's status changed within a run."""
+
+    dag_id: str
+    run_id: str
+    step_id: str
+    status: StepStatus
+    start_time: float | None
+    end_time: float | None
+    duration: int | None
+    retry_count: int
+    error: str | None
+    timestamp: float
+    seq: int | None = None
+
+
+@attrs.frozen(slots=True)
+class DagRunProgressEvent:
+    """Overall progress of a run. The four counts always sum to total_steps."""
+
+    dag_id: str
+    run_id: str
+    total_steps: int
+    completed_steps: int
+    running_steps: int
+    failed_steps: int
+    pending_steps: int
+    completion_percentage: float
+    timestamp: float
+    seq: int | None = None
+
+
+@attrs.frozen(slots=True)
+class ErrorEvent:
+    """Something went wrong in a DAG: a step attempt failed, a run was interrupted, or a DAG
+    file could not be loaded (then run_id and step_id are None)."""
+
+    dag_id: str
+    run_id: str | None
+    step_id: str | None
+    error: str
+    timestamp: float
+    seq: int | None = None
+
+
+DagEvent = DagRunStatusEvent | StepStatusEvent | DagRunProgressEvent | ErrorEvent
+
+#: The wire `type` of each event class.
+EVENT_TYPES: dict[type, str] = {
+    DagRunStatusEvent: "dag_run_status",
+    StepStatusEvent: "step_status",
+    DagRunProgressEvent: "dag_run_progress",
+    ErrorEvent: "error",
+}

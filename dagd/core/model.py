@@ -1,0 +1,119 @@
+"""The DAG model: what a user wrote, validated, as frozen values.
+
+Status values are stable strings: they go on the wire and into SQLite, so renaming one is a
+protocol change.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED_RUN
+
+
+_FINISHED_RUN = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCESS = "success"
+    FAILED = "failed"
+    UPSTREAM_FAILED = "upstream_failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STEP
+
+
+FINISHED_STEP = frozenset(
+    {
+        StepStatus.SUCCESS,
+        StepStatus.FAILED,
+        StepStatus.UPSTREAM_FAILED,
+        StepStatus.SKIPPED,
+        StepStatus.CANCELLED,
+    }
+)
+#: Upstream outcomes that count as "failed" for trigger rules.
+FAILED_STEP = frozenset({StepStatus.FAILED, StepStatus.UPSTREAM_FAILED, StepStatus.CANCELLED})
+
+
+class TriggerRule(enum.StrEnum):
+    """When a step runs, given its upstream steps' outcomes (Airflow's names and meanings)."""
+
+    ALL_SUCCESS = "all_success"  # every upstream succeeded
+    ALL_DONE = "all_done"  # every upstream finished, whatever the outcome
+    ONE_FAILED = "one_failed"  # at least one upstream failed (runs as soon as one does)
+    ONE_SUCCESS = "one_success"  # at least one upstream succeeded (runs as soon as one does)
+    NONE_FAILED = "none_failed"  # every upstream finished and none failed (skipped is fine)
+
+
+@attrs.frozen
+class StepSpec:
+    """One step of a DAG. Exactly one of `command` and `call` is set."""
+
+    id: str
+    command: str | tuple[str, ...] | None = None
+    call: str | None = None
+    depends_on: tuple[str, ...] = ()
+    retries: int = 0
+    retry_delay: float = 0.0
+    retry_backoff: float = 2.0
+    max_retry_delay: float | None = None
+    timeout: float | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    cwd: str | None = None
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    description: str = ""
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+@attrs.frozen
+class DagSpec:
+    """A whole DAG file. `steps` keeps file order; `order` is a topological order of step ids."""
+
+    id: str
+    steps: Mapping[str, StepSpec]
+    order: tuple[str, ...]
+    description: str = ""
+    schedule: str | None = None
+    timezone: str = "UTC"
+    catchup: bool = False
+    max_active_runs: int = 1
+    max_active_steps: int | None = None
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    tags: tuple[str, ...] = ()
+    source: str | None = None  # the file it came from, for error messages
+
+    def bind_params(self, given: Mapping[str, str] | None) -> dict[str, str]:
+        """Declared defaults overlaid with `given`; an undeclared name is an error."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            declared = ", ".join(sorted(self.params)) or "none"
+            raise ValueError(
+                f"DAG {self.id!r} has no param {', '.join(map(repr, unknown))} "
+                f"(declared params: {declared})"
+            )
+        return {**self.params, **{k: str(v) for k, v in given.items()}}

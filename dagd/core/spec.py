@@ -1,0 +1,303 @@
+"""TOML text -> DagSpec, reporting every problem at once with its file, step and field.
+
+A user fixing a DAG file should see the whole list in one go, each line saying where the problem
+is and, for a typo, what they probably meant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from dagd.core.cron import cron_problem, timezone_problem
+from dagd.core.graph import find_cycle, topological_order
+from dagd.core.model import DagSpec, StepSpec, TriggerRule
+
+ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+DAG_KEYS = [
+    "id",
+    "description",
+    "schedule",
+    "timezone",
+    "catchup",
+    "max_active_runs",
+    "max_active_steps",
+    "params",
+    "env",
+    "tags",
+    "steps",
+]
+STEP_KEYS = [
+    "command",
+    "call",
+    "depends_on",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "max_retry_delay",
+    "timeout",
+    "env",
+    "cwd",
+    "trigger_rule",
+    "description",
+]
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a DAG file. `step` and `field` are None when they don't apply."""
+
+    file: str
+    message: str
+    step: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.step is not None:
+            where.append(f"step {self.step!r}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        return f"{': '.join(where)}: {self.message}"
+
+
+class DagSpecError(ValueError):
+    """A DAG file that cannot be used; `problems` lists everything wrong with it."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+def parse_duration(value: object) -> float:
+    """`"90s"`, `"5m"`, `"1h30m"`, `"250ms"` or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like '90s', '5m', '1h' or seconds, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, seconds = 0, 0.0
+            for match in _DURATION_PART.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += float(match[1]) * _UNIT_SECONDS[match[2]]
+                pos = match.end()
+            if pos != len(text) or pos == 0:
+                raise ValueError(
+                    f"cannot read duration {value!r}: use e.g. '90s', '5m', '1h30m' or seconds"
+                ) from None
+    else:
+        raise ValueError(f"expected a duration like '90s', '5m', '1h' or seconds, got {value!r}")
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"duration must be a finite number of seconds >= 0, got {value!r}")
+    return seconds
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Reader:
+    """Collects problems while reading one file's tables."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def problem(self, message: str, step: str | None = None, field: str | None = None) -> None:
+        self.problems.append(Problem(self.file, message, step, field))
+
+    def unknown_keys(self, table: Mapping[str, Any], allowed: list[str], step: str | None) -> None:
+        for key in table:
+            if key not in allowed:
+                self.problem(f"unknown key{_suggest(key, allowed)}", step, key)
+
+    def get(self, table, key, kind, step=None, default=None, check=None):
+        """table[key] if it has the right type (and passes `check`), else record why."""
+        if key not in table:
+            return default
+        value = table[key]
+        if kind is float:
+            try:
+                value = parse_duration(value)
+            except ValueError as exc:
+                self.problem(str(exc), step, key)
+                return default
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.problem(f"expected an integer, got {value!r}", step, key)
+                return default
+        elif not isinstance(value, kind):
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
+            names = names.replace("str", "string").replace("dict", "table")
+            self.problem(f"expected a {names}, got {value!r}", step, key)
+            return default
+        if check is not None:
+            message = check(value)
+            if message:
+                self.problem(message, step, key)
+                return default
+        return value
+
+    def string_table(self, table, key, step=None) -> dict[str, str]:
+        raw = self.get(table, key, dict, step, {})
+        out: dict[str, str] = {}
+        for name, value in raw.items():
+            if not PARAM_RE.match(name):
+                self.problem(f"{name!r} is not a valid name (letters, digits, _)", step, key)
+            elif isinstance(value, str | int | float | bool) and not isinstance(value, dict):
+                out[name] = str(value).lower() if isinstance(value, bool) else str(value)
+            else:
+                self.problem(f"value of {name!r} must be a string or number", step, key)
+        return out
+
+
+def _at_least(n: int):
+    return lambda v: None if v >= n else f"must be at least {n}, got {v}"
+
+
+def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -> StepSpec | None:
+    if not isinstance(raw, dict):
+        r.problem("must be a table ([steps.<id>])", step_id)
+        return None
+    if not ID_RE.match(step_id):
+        r.problem("step ids use letters, digits, '_', '-' and '.', at most 128", step_id)
+    r.unknown_keys(raw, STEP_KEYS, step_id)
+    command = r.get(raw, "command", (str, list), step_id)
+    if isinstance(command, list):
+        if not command or not all(isinstance(a, str) for a in command):
+            r.problem("an argv list must be a non-empty list of strings", step_id, "command")
+            command = None
+        else:
+            command = tuple(command)
+    elif isinstance(command, str) and not command.strip():
+        r.problem("must not be empty", step_id, "command")
+    call = r.get(
+        raw,
+        "call",
+        str,
+        step_id,
+        check=lambda v: (
+            None if CALL_RE.match(v) else f"{v!r} must look like 'package.module:function'"
+        ),
+    )
+    if ("command" in raw) == ("call" in raw):
+        r.problem("a step needs exactly one of 'command' or 'call'", step_id)
+    deps = r.get(raw, "depends_on", (list, str), step_id, [])
+    if isinstance(deps, str):
+        deps = [deps]
+    if not all(isinstance(d, str) for d in deps):
+        r.problem("must be a list of step ids", step_id, "depends_on")
+        deps = []
+    rule = r.get(
+        raw,
+        "trigger_rule",
+        str,
+        step_id,
+        "all_success",
+        check=lambda v: (
+            None
+            if v in TriggerRule.__members__.values()
+            else f"unknown trigger rule {v!r}{_suggest(v, list(map(str, TriggerRule)))}; "
+            f"choose from {', '.join(TriggerRule)}"
+        ),
+    )
+    backoff = r.get(raw, "retry_backoff", (int, float), step_id, 2.0)
+    if isinstance(backoff, bool) or backoff < 1:
+        r.problem(f"must be a number >= 1, got {backoff!r}", step_id, "retry_backoff")
+        backoff = 2.0
+    timeout = r.get(raw, "timeout", float, step_id)
+    if timeout == 0:
+        r.problem("must be greater than 0 (leave it out for no timeout)", step_id, "timeout")
+    return StepSpec(
+        id=step_id,
+        command=command,
+        call=call,
+        depends_on=tuple(dict.fromkeys(deps)),
+        retries=r.get(raw, "retries", int, step_id, 0, check=_at_least(0)),
+        retry_delay=r.get(raw, "retry_delay", float, step_id, 0.0),
+        retry_backoff=float(backoff),
+        max_retry_delay=r.get(raw, "max_retry_delay", float, step_id),
+        timeout=timeout or None,
+        env={**dag_env, **r.string_table(raw, "env", step_id)},
+        cwd=r.get(raw, "cwd", str, step_id),
+        trigger_rule=TriggerRule(rule),
+        description=r.get(raw, "description", str, step_id, ""),
+    )
+
+
+def parse_dag(text: str, file: str = "<string>", default_id: str | None = None) -> DagSpec:
+    """Read one DAG file's text. Raises DagSpecError listing every problem found."""
+    r = _Reader(file)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DagSpecError([Problem(file, f"not valid TOML: {exc}")]) from None
+    r.unknown_keys(doc, DAG_KEYS, None)
+    dag_id = r.get(doc, "id", str, default=default_id)
+    if dag_id is None:
+        r.problem("missing 'id'", field="id")
+    elif not ID_RE.match(dag_id):
+        r.problem(f"{dag_id!r} is not a valid id (letters, digits, '_', '-', '.')", field="id")
+    schedule = r.get(doc, "schedule", str, check=cron_problem)
+    tz = r.get(doc, "timezone", str, default="UTC", check=timezone_problem)
+    dag_env = r.string_table(doc, "env")
+    raw_steps = r.get(doc, "steps", dict, default={})
+    if not raw_steps and "steps" not in doc:
+        r.problem("a DAG needs at least one step ([steps.<id>] with a command or call)")
+    steps: dict[str, StepSpec] = {}
+    for step_id, raw in raw_steps.items():
+        step = _read_step(r, step_id, raw, dag_env)
+        if step is not None:
+            steps[step_id] = step
+    known = list(steps)
+    for step in steps.values():
+        for dep in step.depends_on:
+            if dep == step.id:
+                r.problem("a step cannot depend on itself", step.id, "depends_on")
+            elif dep not in steps:
+                r.problem(f"unknown step {dep!r}{_suggest(dep, known)}", step.id, "depends_on")
+    deps = {s.id: tuple(d for d in s.depends_on if d != s.id) for s in steps.values()}
+    order = topological_order(deps)
+    if order is None:
+        cycle = find_cycle(deps) or []
+        # Show it in the direction work flows: upstream -> downstream.
+        r.problem(f"dependency cycle: {' -> '.join(reversed(cycle))}", field="depends_on")
+    max_active_steps = r.get(doc, "max_active_steps", int, check=_at_least(1))
+    dag = DagSpec(
+        id=dag_id or "",
+        steps=steps,
+        order=order or (),
+        description=r.get(doc, "description", str, default=""),
+        schedule=schedule,
+        timezone=tz,
+        catchup=r.get(doc, "catchup", bool, default=False),
+        max_active_runs=r.get(doc, "max_active_runs", int, default=1, check=_at_least(1)),
+        max_active_steps=max_active_steps,
+        params=r.string_table(doc, "params"),
+        env=dag_env,
+        tags=tuple(r.get(doc, "tags", list, default=[])),
+        source=file,
+    )
+    if not all(isinstance(t, str) for t in dag.tags):
+        r.problem("must be a list of strings", field="tags")
+    if r.problems:
+        raise DagSpecError(r.problems)
+    return dag

@@ -1,0 +1,40 @@
+"""Wire timestamps: ISO 8601 in UTC ending in `Z`, with milliseconds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def iso_z(ts: float) -> str:
+    """UNIX seconds -> `2024-01-01T12:00:00.123Z`."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def parse_iso(text: str) -> float:
+    """An ISO 8601 timestamp (with `Z` or an offset) -> UNIX seconds."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no time zone")
+    return moment.timestamp()
+
+
+class RunIdFactory:
+    """Airflow-style run ids, `manual__2024-01-01T12:00:00.123456+00:00`, never repeating.
+
+    Two triggers in the same microsecond (or a clock stepping back) get the next free
+    microsecond instead of a duplicate id.
+    """
+
+    def __init__(self) -> None:
+        self._last_us = 0
+
+    def make(self, kind: str, now: float) -> str:
+        us = max(round(now * 1_000_000), self._last_us + 1)
+        self._last_us = us
+        moment = datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
+        return f"{kind}__{moment.isoformat(timespec='microseconds')}"
+
+
+def scheduled_run_id(slot: datetime) -> str:
+    """`scheduled__<slot in UTC>`: one id per cron slot, so a slot never runs twice."""
+    return f"scheduled__{slot.astimezone(UTC).isoformat()}"

@@ -1,0 +1,254 @@
+"""Runs one attempt of one step: a process group for shell steps, a thread or a task for callables.
+
+Why process groups: cancelling a plain child leaves its children running (`sh -c "sleep 300 &"`),
+so every shell step gets its own session and a timeout or cancel signals the whole group,
+SIGTERM first and SIGKILL after `grace` seconds. When a step ends normally, anything it left
+running in its group is killed too: a step owns nothing after it returns.
+
+Output goes to two files per attempt, `<step>.<attempt>.out` and `<step>.<attempt>.err`, written
+by the child directly (no pipe to pump); a failure's message quotes the last line of stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from dagd.core.model import StepSpec
+from dagd.core.runstate import format_seconds
+
+
+@attrs.frozen
+class StepContext:
+    """What a Python-callable step receives."""
+
+    dag_id: str
+    run_id: str
+    step_id: str
+    attempt: int
+    params: Mapping[str, str]
+    log_path: Path | None = None
+
+    def log(self, message: str) -> None:
+        """Append a line to this attempt's log file (no-op when logs are not kept)."""
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(message.rstrip("\n") + "\n")
+
+
+@attrs.frozen
+class AttemptResult:
+    ok: bool
+    error: str | None = None
+    timed_out: bool = False
+    pid: int | None = None  # the process group of a shell step, for the record
+
+
+class CallableNotFound(Exception):
+    pass
+
+
+_resolved: dict[str, Callable[..., Any]] = {}
+
+
+def resolve_callable(target: str) -> Callable[..., Any]:
+    """`package.module:function` (or `module:Class.method`) -> the object, cached."""
+    fn = _resolved.get(target)
+    if fn is None:
+        module_name, _, attr_path = target.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except Exception as exc:
+            raise CallableNotFound(f"cannot import module {module_name!r}: {exc}") from exc
+        for part in attr_path.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise CallableNotFound(
+                    f"module {module_name!r} has no attribute {attr_path!r}"
+                ) from None
+        if not callable(obj):
+            raise CallableNotFound(f"{target!r} is not callable")
+        fn = _resolved[target] = obj
+    return fn
+
+
+def step_environment(
+    step: StepSpec, ctx: StepContext, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a shell step: ours, the DAG's and step's `env`, then DAGD_* values.
+
+    Params travel only as environment variables, never pasted into the shell text.
+    """
+    env = dict(os.environ if base is None else base)
+    env.update(step.env)
+    env["DAGD_DAG_ID"] = ctx.dag_id
+    env["DAGD_RUN_ID"] = ctx.run_id
+    env["DAGD_STEP_ID"] = ctx.step_id
+    env["DAGD_ATTEMPT"] = str(ctx.attempt)
+    for name, value in ctx.params.items():
+        env[f"DAGD_PARAM_{name.upper()}"] = value
+    return env
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def stop_process_group(proc: trio.Process, grace: float) -> None:
+    """SIGTERM the group, wait up to `grace` for all of it to exit, then SIGKILL what is left."""
+    pgid = proc.pid
+    _signal_group(pgid, signal.SIGTERM)
+    with trio.move_on_after(grace):
+        await proc.wait()
+        while _group_alive(pgid):
+            await trio.sleep(0.02)
+    _signal_group(pgid, signal.SIGKILL)
+    await proc.wait()
+
+
+def _last_line(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def _exit_error(returncode: int, err_path: Path | None) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        message = f"killed by {name}"
+    else:
+        message = f"exit code {returncode}"
+    last = _last_line(err_path)
+    return f"{message}: {last}" if last else message
+
+
+@attrs.define
+class Executor:
+    """Runs step attempts. `log_dir` is where attempt logs go (None: discard output)."""
+
+    log_dir: Path | None = None
+    grace: float = 5.0
+    base_env: Mapping[str, str] | None = None
+    on_spawn: Callable[[StepContext, int], None] | None = None  # records process groups
+
+    def log_paths(self, ctx: StepContext) -> tuple[Path, Path] | None:
+        if self.log_dir is None:
+            return None
+        folder = self.log_dir / ctx.dag_id / ctx.run_id
+        return (
+            folder / f"{ctx.step_id}.{ctx.attempt}.out",
+            folder / f"{ctx.step_id}.{ctx.attempt}.err",
+        )
+
+    async def run(self, step: StepSpec, ctx: StepContext) -> AttemptResult:
+        """Run one attempt to its end. Cancellation stops it (killing its process group) and
+        propagates; a timeout is a failed result, not an exception."""
+        if step.call is not None:
+            return await self._run_callable(step, ctx)
+        return await self._run_command(step, ctx)
+
+    async def _run_command(self, step: StepSpec, ctx: StepContext) -> AttemptResult:
+        assert step.command is not None
+        argv = (
+            ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
+        )
+        paths = self.log_paths(ctx)
+        if paths is not None:
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+            out_fd = os.open(paths[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            err_fd = os.open(paths[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        else:
+            out_fd = err_fd = subprocess.DEVNULL
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_fd,
+                stderr=err_fd,
+                env=step_environment(step, ctx, self.base_env),
+                cwd=step.cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return AttemptResult(False, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+        finally:
+            if paths is not None:
+                os.close(out_fd)
+                os.close(err_fd)
+        if self.on_spawn is not None:
+            self.on_spawn(ctx, proc.pid)
+        try:
+            with trio.move_on_after(step.timeout if step.timeout else float("inf")) as scope:
+                await proc.wait()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stop_process_group(proc, self.grace)
+            raise
+        if scope.cancelled_caught:
+            with trio.CancelScope(shield=True):
+                await stop_process_group(proc, self.grace)
+            assert step.timeout is not None
+            message = f"timed out after {format_seconds(step.timeout)}"
+            return AttemptResult(False, message, timed_out=True, pid=proc.pid)
+        _signal_group(proc.pid, signal.SIGKILL)  # whatever the step left behind
+        if proc.returncode == 0:
+            return AttemptResult(True, pid=proc.pid)
+        return AttemptResult(
+            False, _exit_error(proc.returncode, paths[1] if paths else None), pid=proc.pid
+        )
+
+    async def _run_callable(self, step: StepSpec, ctx: StepContext) -> AttemptResult:
+        assert step.call is not None
+        paths = self.log_paths(ctx)
+        if paths is not None:
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+            ctx = attrs.evolve(ctx, log_path=paths[0])
+        try:
+            fn = resolve_callable(step.call)
+        except CallableNotFound as exc:
+            return AttemptResult(False, str(exc))
+        timeout = step.timeout if step.timeout else float("inf")
+        try:
+            with trio.move_on_after(timeout) as scope:
+                if inspect.iscoroutinefunction(fn):
+                    await fn(ctx)
+                else:
+                    # A thread cannot be killed: on timeout or cancel it is abandoned and
+                    # finishes on its own, its result ignored.
+                    await trio.to_thread.run_sync(fn, ctx, abandon_on_cancel=True)
+        except Exception as exc:
+            return AttemptResult(False, f"{type(exc).__name__}: {exc}")
+        if scope.cancelled_caught:
+            return AttemptResult(False, f"timed out after {format_seconds(timeout)}", True)
+        return AttemptResult(True)
