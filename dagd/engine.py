@@ -59,12 +59,15 @@ class RunDriver:
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> RunStatus:
-        """Run (or resume after `state.retry`) until the state machine says the run is over."""
+        """Start a queued run, or retry a failed or cancelled one (its successful steps are
+        kept), and drive it until the state machine says it is over."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._done = trio.Event()
             if self.state.status is RunStatus.QUEUED:
                 self._apply(self.state.start(self.clock()))
+            else:
+                self._apply(self.state.retry(self.clock()))
             task_status.started()
             await self._done.wait()
             nursery.cancel_scope.cancel()  # pending retry timers

@@ -16,7 +16,7 @@ def retry_delay(step: StepSpec, failed_attempt: int) -> float:
     try:
         delay = step.retry_delay * step.retry_backoff**exponent
     except OverflowError:
-        delay = float("inf")
+        delay = float("inf") if step.retry_delay > 0 else 0.0
     if step.max_retry_delay is not None:
         delay = min(delay, step.max_retry_delay)
     return delay

@@ -7,7 +7,7 @@ what users expect.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -61,8 +61,25 @@ class Schedule:
     def slots_between(self, start: datetime, end: datetime) -> list[datetime]:
         """Fire times in (start, end], oldest first."""
         slots: list[datetime] = []
+        end = end.astimezone(UTC)  # same-tzinfo comparisons ignore fold (DST repeats)
         for slot in CronSim(self._expanded, start.astimezone(self._tz)):
             if slot > end:
                 break
             slots.append(slot)
+            if len(slots) > 100_000:  # years of every-minute slots: keep the newest
+                del slots[:50_000]
         return slots
+
+
+def due_slots(
+    schedule: Schedule, last: datetime, now: datetime, catchup: bool, limit: int = 1000
+) -> list[datetime]:
+    """The slots to run now, given the last slot already handled.
+
+    Without catchup, only the latest missed slot runs (one run after any downtime); with catchup,
+    every missed slot runs, oldest first, at most `limit` of them (the newest ones).
+    """
+    slots = schedule.slots_between(last, now)
+    if not slots:
+        return []
+    return slots[-limit:] if catchup else slots[-1:]

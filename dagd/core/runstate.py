@@ -151,6 +151,34 @@ class RunState:
         self.started_at: float | None = None
         self.ended_at: float | None = None
 
+    @classmethod
+    def restore(
+        cls,
+        dag: DagSpec,
+        run_id: str,
+        params: Mapping[str, str] | None,
+        status: RunStatus,
+        steps: Mapping[str, tuple[StepStatus, int, float | None, float | None, str | None]],
+        **kwargs: float,
+    ) -> RunState:
+        """Rebuild a finished run from its record, e.g. to retry it after a restart.
+
+        `steps` maps step id -> (status, retry_count, start_time, end_time, error); steps the
+        record does not know (never touched, or added to the DAG since) are pending.
+        """
+        if not status.finished:
+            raise IllegalTransition(f"only a finished run can be restored, not a {status} one")
+        state = cls(dag, run_id, params, **kwargs)
+        for sid, (st_status, retry_count, start, end, error) in steps.items():
+            st = state.steps.get(sid)
+            if st is not None:
+                st.status = StepStatus(st_status)
+                st.attempt = retry_count + 1 if st_status is not S.PENDING else 0
+                st.start_time, st.end_time, st.error = start, end, error
+        state.status = status
+        state._recount()
+        return state
+
     # ----------------------------------------------------------------- queries
 
     @property
@@ -311,8 +339,13 @@ class RunState:
         self._recount()
         for sid in self.dag.order:
             st = self.steps[sid]
-            if st.status is S.PENDING:
-                self._evaluate(st, now, out)
+            if st.status is not S.PENDING or st.ready:
+                continue
+            if st.up_total == 0:  # like start(): a step without upstreams always runs
+                st.ready = True
+                self._ready.append(sid)
+            elif self._evaluate(st, now, out):  # skipped/upstream_failed: count it, tell downstream
+                self._finished(st, now, out)
         self._pump(out)
         return self._settle(out, now, force_progress=True)
 

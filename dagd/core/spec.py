@@ -18,9 +18,9 @@ from dagd.core.cron import cron_problem, timezone_problem
 from dagd.core.graph import find_cycle, topological_order
 from dagd.core.model import DagSpec, StepSpec, TriggerRule
 
-ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -260,7 +260,7 @@ def parse_dag(text: str, file: str = "<string>", default_id: str | None = None) 
     tz = r.get(doc, "timezone", str, default="UTC", check=timezone_problem)
     dag_env = r.string_table(doc, "env")
     raw_steps = r.get(doc, "steps", dict, default={})
-    if not raw_steps and "steps" not in doc:
+    if not raw_steps and isinstance(doc.get("steps", {}), dict):
         r.problem("a DAG needs at least one step ([steps.<id>] with a command or call)")
     steps: dict[str, StepSpec] = {}
     for step_id, raw in raw_steps.items():

@@ -1,0 +1,3 @@
+from dagd.cli import main
+
+main()

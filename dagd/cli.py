@@ -1,0 +1,309 @@
+"""The `dagd` command. Thin: it reads options, builds the core objects and hands them over.
+
+User mistakes become `click.ClickException`s (exit code 1 with a clear message) or usage errors
+(exit code 2); a run that fails exits 1, a cancelled one 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+import click
+import trio
+
+from dagd.core.config import Config, ConfigError, default_config, parse_config
+from dagd.core.model import RunStatus
+from dagd.core.runstate import RunState
+from dagd.core.timefmt import RunIdFactory
+from dagd.dagfiles import load_dag_folder
+from dagd.engine import RunDriver
+from dagd.executor import Executor
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+log = logging.getLogger("dagd")
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130
+
+
+def load_config(path: Path | None) -> Config:
+    """The given config file, else ./config.toml if there is one, else the defaults."""
+    if path is None:
+        candidate = Path("config.toml")
+        if not candidate.is_file():
+            return default_config(Path.cwd())
+        path = candidate
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        return parse_config(text, path.resolve().parent, source=path)
+    except ConfigError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--param")
+        params[name] = value
+    return params
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DAGD_CONFIG",
+    help="config.toml to use (default: ./config.toml if present).",
+)
+dags_option = click.option(
+    "--dags",
+    "dags_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of DAG files (default: dags_dir from the config, else ./dags).",
+)
+
+
+def _dags_dir(config: Config, dags_dir: Path | None) -> Path:
+    return dags_dir if dags_dir is not None else config.dags_dir
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dagd")
+def main() -> None:
+    """dagd: run DAGs of shell commands and Python functions, on a schedule or by hand.
+
+    \b
+    Quick start:
+      dagd validate              check every DAG file in ./dags
+      dagd list                  show the DAGs
+      dagd run etl -p date=2024-01-01
+                                 run one DAG here and now, with live progress
+      dagd serve                 start the daemon (cron, history, WebSocket events)
+    """
+
+
+@main.command()
+@config_option
+@dags_option
+def validate(config_path: Path | None, dags_dir: Path | None) -> None:
+    """Check every DAG file; print 'ok' or every problem, each naming file, step and field."""
+    folder = load_dag_folder(_dags_dir(load_config(config_path), dags_dir))
+    for problems in folder.problems.values():
+        for problem in problems:
+            click.echo(str(problem), err=True)
+    if not folder.ok:
+        count = sum(len(p) for p in folder.problems.values())
+        raise click.ClickException(
+            f"{count} problem(s) in {len(folder.problems)} file(s); "
+            f"{len(folder.dags)} DAG(s) are fine"
+        )
+    click.echo(f"ok: {len(folder.dags)} DAG(s)")
+
+
+@main.command("list")
+@config_option
+@dags_option
+def list_dags(config_path: Path | None, dags_dir: Path | None) -> None:
+    """List the DAGs: id, schedule, steps, description."""
+    folder = load_dag_folder(_dags_dir(load_config(config_path), dags_dir))
+    for dag in sorted(folder.dags.values(), key=lambda d: d.id):
+        schedule = dag.schedule or "manual"
+        desc = f"  {dag.description}" if dag.description else ""
+        click.echo(f"{dag.id:<24} {schedule:<16} {len(dag.steps):>4} steps{desc}")
+    for path in folder.problems:
+        click.echo(f"{Path(path).name:<24} (broken: run `dagd validate`)", err=True)
+
+
+@main.command()
+@click.argument("dag_id")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a declared param (repeatable).",
+)
+@config_option
+@dags_option
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many steps at once (default: max_parallel_steps of the config).",
+)
+@click.option("--plain", is_flag=True, help="Print one line per event instead of a live view.")
+def run(
+    dag_id: str,
+    params: tuple[str, ...],
+    config_path: Path | None,
+    dags_dir: Path | None,
+    parallel: int | None,
+    plain: bool,
+) -> None:
+    """Run DAG_ID once in this process (no daemon needed) and show its progress.
+
+    Exits 0 when the run succeeds, 1 when it fails, 130 when interrupted (Ctrl-C stops every
+    step and its child processes).
+    """
+    config = load_config(config_path)
+    folder_path = _dags_dir(config, dags_dir)
+    path = folder_path / f"{dag_id}.toml"
+    folder = load_dag_folder(folder_path)
+    dag = folder.dags.get(dag_id)
+    if dag is None:
+        if path.is_file():
+            bad = folder.problems.get(str(path), [])
+            raise click.ClickException("\n".join(map(str, bad)) or f"cannot load {path}")
+        known = ", ".join(sorted(folder.dags)) or "none"
+        raise click.ClickException(f"no DAG {dag_id!r} in {folder_path} (DAGs: {known})")
+    try:
+        bound = dag.bind_params(parse_params(params))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    state = RunState(dag, RunIdFactory().make("manual", time.time()), bound)
+    executor = Executor(log_dir=config.log_dir, grace=config.kill_grace)
+    from rich.console import Console
+
+    console = Console()
+    live = not plain and console.is_terminal
+    status = trio.run(
+        _run_here, state, executor, parallel or config.max_parallel_steps, console, live
+    )
+    if status is RunStatus.SUCCESS:
+        return
+    sys.exit(EXIT_CANCELLED if status is RunStatus.CANCELLED else EXIT_FAILED)
+
+
+async def _run_here(
+    state: RunState, executor: Executor, parallel: int, console: Console, live: bool
+) -> RunStatus:
+    from rich.live import Live
+
+    from dagd.render import RunsView
+
+    view = RunsView()
+
+    def publish(event: object) -> None:
+        view.apply(event)  # type: ignore[arg-type]
+        if not live:
+            line = view.line(event)  # type: ignore[arg-type]
+            if line:
+                console.print(line, highlight=False, markup=False)
+
+    driver = RunDriver(state, executor, publish, step_slots=trio.CapacityLimiter(parallel))
+
+    async def stop_on_signal(cancel_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if state.cancelling:  # second Ctrl-C: stop waiting for the grace period
+                    cancel_scope.cancel()
+                    return
+                driver.cancel(f"interrupted by {signal.Signals(signum).name}")
+
+    async def refresh(display: Live) -> None:
+        while True:
+            display.update(view.render())
+            await trio.sleep(0.1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+        if live:
+            with Live(view.render(), console=console, transient=True) as display:
+                nursery.start_soon(refresh, display)
+                await driver.run()
+        else:
+            await driver.run()
+        nursery.cancel_scope.cancel()
+    run_view = view.view(state.dag.id, state.run_id)
+    view.summary(run_view, console)
+    if executor.log_dir is not None:
+        console.print(f"  logs: {executor.log_dir / state.dag.id / state.run_id}", highlight=False)
+    return state.status
+
+
+@main.command()
+@config_option
+@dags_option
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default 3000).")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the SQLite history, step logs and token live.",
+)
+@click.option("--no-websocket", is_flag=True, help="Do not serve the WebSocket endpoint.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
+def serve(
+    config_path: Path | None,
+    dags_dir: Path | None,
+    host: str | None,
+    port: int | None,
+    state_dir: Path | None,
+    no_websocket: bool,
+    verbose: bool,
+) -> None:
+    """Start the daemon: run DAGs on their schedules and on request, keep their history, and
+    stream live events over WebSocket. Stops cleanly on Ctrl-C or SIGTERM."""
+    config = load_config(config_path)
+    server = config.server
+    server = attrs.evolve(
+        server,
+        host=host if host is not None else server.host,
+        port=port if port is not None else server.port,
+        enabled=server.enabled and not no_websocket,
+    )
+    config = attrs.evolve(
+        config,
+        server=server,
+        dags_dir=dags_dir if dags_dir is not None else config.dags_dir,
+        state_dir=state_dir if state_dir is not None else config.state_dir,
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
+
+
+async def _serve(config: Config) -> None:
+    from dagd.daemon import open_daemon
+
+    async with open_daemon(config, websocket=config.server.enabled) as daemon:
+        where = f"events at {daemon.url}" if config.server.enabled else "no WebSocket server"
+        log.info(
+            "dagd ready: %d DAG(s) from %s; %s; state in %s",
+            len(daemon.dags),
+            config.dags_dir,
+            where,
+            config.state_dir,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info(
+                    "%s received: stopping (running steps get %gs to exit)",
+                    signal.Signals(signum).name,
+                    config.kill_grace,
+                )
+                break
+    log.info("dagd stopped")
+
+
+if __name__ == "__main__":
+    main()

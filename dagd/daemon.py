@@ -1,0 +1,488 @@
+"""The composition root: one nursery holding the store writer, the scheduler, the DAG folder
+watcher, every run, and (if asked) the WebSocket server.
+
+Use it from any trio program:
+
+    async with dagd.open_daemon(config) as daemon:
+        run_id = await daemon.trigger("etl", {"date": "2024-01-01"})
+        async for event in daemon.events(["etl"]):
+            ...
+
+`dagd serve` is this plus signal handling and the WebSocket server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from dagd.core.config import Config
+from dagd.core.events import (
+    EVENT_TYPES,
+    DagEvent,
+    DagRunStatusEvent,
+    ErrorEvent,
+    StepStatusEvent,
+)
+from dagd.core.model import DagSpec, RunStatus, StepStatus
+from dagd.core.runstate import RunState
+from dagd.core.spec import DagSpecError
+from dagd.core.timefmt import RunIdFactory, scheduled_run_id
+from dagd.dagfiles import dag_files, load_dag_file
+from dagd.engine import RunDriver
+from dagd.executor import Executor, StepContext
+from dagd.hub import Hub, Subscriber
+from dagd.procs import boot_id, kill_leftover_group, process_start
+from dagd.scheduler import CronScheduler
+from dagd.store import RunRecord, StepRecord, Store, StoredEvent
+
+log = logging.getLogger("dagd")
+
+DAG_EVENT_CLASSES = tuple(EVENT_TYPES)
+INTERRUPTED = "interrupted: the daemon stopped"
+SHUTTING_DOWN = "cancelled: the daemon is shutting down"
+
+
+class DaemonError(Exception):
+    """A request the daemon cannot carry out (unknown DAG or run, wrong state); safe to show."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@attrs.define
+class DagInfo:
+    id: str
+    description: str
+    schedule: str | None
+    next_run: float | None
+    steps: list[str]
+    tags: list[str]
+    params: dict[str, str]
+    source: str | None
+
+
+class Daemon:
+    """Runs DAGs from a folder, on schedule and on request, recording everything in SQLite."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = Store.open(config.db_path)
+        self.hub = Hub()
+        self.store.on_commit = self.hub.publish
+        self.dags: dict[str, DagSpec] = {}
+        self.problems: dict[str, str] = {}  # file -> error text, for broken DAG files
+        self._files: dict[Path, tuple[float, str | None]] = {}  # path -> (mtime, dag id)
+        self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
+        self.executor = Executor(
+            log_dir=config.log_dir, grace=config.kill_grace, on_spawn=self._record_process
+        )
+        self.active: dict[str, RunDriver] = {}
+        self._queues: dict[str, deque[RunState]] = {}  # runs waiting for max_active_runs
+        self._running_per_dag: dict[str, int] = {}
+        self._recent: OrderedDict[str, RunState] = OrderedDict()  # finished, for retry/snapshot
+        self._run_ids = RunIdFactory()
+        self._boot_id = boot_id()
+        self._nursery: trio.Nursery | None = None
+        self._accepting = False
+        self._idle = trio.Event()
+        self.url: str | None = None  # set by the WebSocket server once it listens
+        self.scheduler = CronScheduler(clock, self._fire_scheduled, self.store.record_slot)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Recover from the previous process, load the DAGs and start the background tasks."""
+        self._nursery = nursery
+        await nursery.start(self.store.writer)
+        self.recover()
+        self.scheduler.last_slots.update(self.store.schedule_slots())
+        self.reload()
+        self._accepting = True
+        await nursery.start(self.scheduler.run)
+        nursery.start_soon(self._watch_folder)
+        nursery.start_soon(self._prune_loop)
+
+    async def shutdown(self, reason: str = SHUTTING_DOWN) -> None:
+        """Stop accepting runs, cancel the running ones (their steps get SIGTERM, then SIGKILL
+        after kill_grace), wait for them to end, and commit every event."""
+        self._accepting = False
+        for queue in self._queues.values():
+            while queue:
+                state = queue.popleft()
+                if not state.status.finished:
+                    self._publish_all(state.cancel(self.clock(), reason))
+        for driver in list(self.active.values()):
+            driver.cancel(reason)
+        with trio.move_on_after(self.config.kill_grace + 1.5):
+            while self.active:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        await self.store.flush()
+
+    # -------------------------------------------------------------- recovery
+
+    def recover(self) -> None:
+        """Close out what a previous process left queued or running: nothing stays running."""
+        runs, steps = self.store.unfinished()
+        if not runs:
+            return
+        now = self.clock()
+        by_run: dict[str, list[StepRecord]] = {}
+        for step in steps:
+            by_run.setdefault(step.run_id, []).append(step)
+            if step.pgid is not None and kill_leftover_group(
+                step.pgid, step.proc_start, step.boot_id
+            ):
+                log.warning(
+                    "killed leftover processes of %s/%s (process group %s)",
+                    step.run_id,
+                    step.step_id,
+                    step.pgid,
+                )
+        for run in runs:
+            for step in by_run.get(run.run_id, []):
+                if step.status in ("running", "retrying", "pending"):
+                    status = StepStatus.FAILED if step.status != "pending" else StepStatus.CANCELLED
+                    dur = None
+                    if step.start_time is not None:
+                        dur = max(0, round((now - step.start_time) * 1000))
+                    self.publish(
+                        StepStatusEvent(
+                            run.dag_id,
+                            run.run_id,
+                            step.step_id,
+                            status,
+                            step.start_time,
+                            now,
+                            dur,
+                            step.retry_count,
+                            INTERRUPTED,
+                            now,
+                        )
+                    )
+            self.publish(ErrorEvent(run.dag_id, run.run_id, None, INTERRUPTED, now))
+            self.publish(DagRunStatusEvent(run.dag_id, run.run_id, RunStatus.FAILED, now))
+            log.warning(
+                "run %s of %s was %s when the daemon stopped: marked failed",
+                run.run_id,
+                run.dag_id,
+                run.status,
+            )
+
+    # ------------------------------------------------------------ DAG folder
+
+    def reload(self) -> None:
+        """Pick up added, changed and removed DAG files. A broken file keeps its last good
+        version running, and its problems are logged and published as an error event."""
+        folder = self.config.dags_dir
+        seen: set[Path] = set()
+        changed = False
+        paths = dag_files(folder) if folder.is_dir() else []
+        for path in paths:
+            seen.add(path)
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            old = self._files.get(path)
+            if old is not None and old[0] == mtime:
+                continue
+            changed = True
+            old_id = old[1] if old else None
+            try:
+                dag = load_dag_file(path)
+                other = self.dags.get(dag.id)
+                if other is not None and other.source != str(path):
+                    raise DagSpecError([])  # handled below with a clear message
+            except DagSpecError as exc:
+                if exc.problems:
+                    text = "\n".join(map(str, exc.problems))
+                else:
+                    text = f"{path}: DAG id {dag.id!r} is already used by {other.source}"
+                self._files[path] = (mtime, old_id)
+                self.problems[str(path)] = text
+                log.error("cannot load DAG file (keeping the last good version):\n%s", text)
+                self.publish(ErrorEvent(old_id or path.stem, None, None, text, self.clock()))
+                continue
+            if old_id is not None and old_id != dag.id:
+                self.dags.pop(old_id, None)
+            self.dags[dag.id] = dag
+            self._files[path] = (mtime, dag.id)
+            self.problems.pop(str(path), None)
+            log.info("%s DAG %s from %s", "reloaded" if old else "loaded", dag.id, path.name)
+        for path in list(self._files):
+            if path not in seen:
+                _, dag_id = self._files.pop(path)
+                self.problems.pop(str(path), None)
+                if dag_id is not None and (d := self.dags.get(dag_id)) and d.source == str(path):
+                    del self.dags[dag_id]
+                    log.info("removed DAG %s (%s was deleted)", dag_id, path.name)
+                changed = True
+        if changed:
+            self.scheduler.set_dags(self.dags)
+
+    async def _watch_folder(self) -> None:
+        while True:
+            await trio.sleep(self.config.reload_interval)
+            self.reload()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await trio.sleep(300)
+            deleted = await self.store.prune(
+                self.config.event_retention_count, self.config.event_retention_age, self.clock()
+            )
+            if deleted:
+                log.info("event log retention: deleted %d old events", deleted)
+
+    # ----------------------------------------------------------------- events
+
+    def publish(self, event: DagEvent) -> StoredEvent:
+        """Number, persist and (once committed) fan out one event. Never blocks."""
+        return self.store.publish(event)
+
+    def _publish_all(self, effects: Iterable[object]) -> None:
+        for effect in effects:
+            if isinstance(effect, DAG_EVENT_CLASSES):
+                self.publish(effect)
+
+    def subscribe(self, dag_ids: Iterable[str] | None = None, buffer: int = 0) -> Subscriber:
+        """A bounded queue of committed events (StoredEvent) for the given DAGs (None: all)."""
+        return self.hub.subscribe(dag_ids, buffer or self.config.server.send_buffer)
+
+    async def events(
+        self, dag_ids: Iterable[str] | None = None, buffer: int = 0
+    ) -> AsyncIterator[DagEvent]:
+        """Every committed event from now on, with its seq, for the given DAGs (None: all)."""
+        with self.subscribe(dag_ids, buffer) as sub:
+            async for stored in sub:
+                yield stored.event
+            if sub.overflowed:
+                raise DaemonError("slow_consumer", "event consumer fell behind its buffer")
+
+    def _record_process(self, ctx: StepContext, pid: int) -> None:
+        self.store.record_process(ctx.run_id, ctx.step_id, pid, process_start(pid), self._boot_id)
+
+    # ------------------------------------------------------------------ runs
+
+    def _dag(self, dag_id: str) -> DagSpec:
+        dag = self.dags.get(dag_id)
+        if dag is None:
+            known = ", ".join(sorted(self.dags)) or "none"
+            raise DaemonError("unknown_dag", f"no DAG {dag_id!r} (DAGs: {known})")
+        return dag
+
+    async def trigger(self, dag_id: str, params: Mapping[str, Any] | None = None) -> str:
+        """Queue a manual run; returns its run id. It starts when max_active_runs allows."""
+        dag = self._dag(dag_id)
+        try:
+            bound = dag.bind_params({k: str(v) for k, v in (params or {}).items()})
+        except ValueError as exc:
+            raise DaemonError("invalid_params", str(exc)) from None
+        return self._enqueue(dag, self._run_ids.make("manual", self.clock()), bound)
+
+    def _fire_scheduled(self, dag: DagSpec, slot: datetime) -> None:
+        if self._accepting:
+            self._enqueue(dag, scheduled_run_id(slot), dag.bind_params(None))
+
+    def _enqueue(self, dag: DagSpec, run_id: str, params: dict[str, str]) -> str:
+        if not self._accepting:
+            raise DaemonError("shutting_down", "the daemon is shutting down")
+        now = self.clock()
+        state = RunState(dag, run_id, params, progress_interval=self.config.progress_interval)
+        self.store.record_run(run_id, dag.id, params, now)
+        self.publish(state.run_event(now))  # queued
+        self._queues.setdefault(dag.id, deque()).append(state)
+        self._launch(dag.id)
+        return run_id
+
+    def _launch(self, dag_id: str) -> None:
+        """Start queued runs of `dag_id` while its max_active_runs allows."""
+        queue = self._queues.get(dag_id)
+        while queue and self._accepting:
+            state = queue[0]
+            if self._running_per_dag.get(dag_id, 0) >= state.dag.max_active_runs:
+                return
+            queue.popleft()
+            driver = RunDriver(
+                state,
+                self.executor,
+                self.publish,
+                clock=self.clock,
+                step_slots=self.step_slots,
+            )
+            self.active[state.run_id] = driver
+            self._running_per_dag[dag_id] = self._running_per_dag.get(dag_id, 0) + 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._drive, driver, name=f"run {state.run_id}")
+
+    async def _drive(self, driver: RunDriver) -> None:
+        state = driver.state
+        try:
+            await driver.run()
+        finally:
+            del self.active[state.run_id]
+            self._running_per_dag[state.dag.id] -= 1
+            self._recent[state.run_id] = state
+            while len(self._recent) > 200:
+                self._recent.popitem(last=False)
+            self._idle.set()
+            self._launch(state.dag.id)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by user") -> None:
+        driver = self.active.get(run_id)
+        if driver is not None:
+            driver.cancel(reason)
+            return
+        for queue in self._queues.values():
+            for state in queue:
+                if state.run_id == run_id:
+                    queue.remove(state)
+                    if state.status.finished:  # a finished run waiting to be retried
+                        self._recent[run_id] = state
+                    else:
+                        self._publish_all(state.cancel(self.clock(), reason))
+                    return
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise DaemonError("unknown_run", f"no run {run_id!r}")
+        raise DaemonError("not_running", f"run {run_id} is already {record[0].status}")
+
+    async def retry(self, run_id: str) -> str:
+        """Run a failed or cancelled run again: successful steps are kept, the rest rerun."""
+        if run_id in self.active or any(
+            s.run_id == run_id for q in self._queues.values() for s in q
+        ):
+            raise DaemonError("not_finished", f"run {run_id} has not finished yet")
+        state = self._recent.pop(run_id, None)
+        if state is None:
+            found = await self.store.get_run(run_id)
+            if found is None:
+                raise DaemonError("unknown_run", f"no run {run_id!r}")
+            record, steps = found
+            state = RunState.restore(
+                self._dag(record.dag_id),
+                run_id,
+                record.params,
+                RunStatus(record.status)
+                if record.status in ("success", "failed", "cancelled")
+                else RunStatus.FAILED,
+                {
+                    s.step_id: (
+                        StepStatus(s.status),
+                        s.retry_count,
+                        s.start_time,
+                        s.end_time,
+                        s.error,
+                    )
+                    for s in steps
+                },
+                progress_interval=self.config.progress_interval,
+            )
+        if state.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+            self._recent[run_id] = state
+            raise DaemonError(
+                "not_retryable",
+                f"run {run_id} is {state.status}; only failed or cancelled runs can be retried",
+            )
+        if not self._accepting:
+            raise DaemonError("shutting_down", "the daemon is shutting down")
+        self._queues.setdefault(state.dag.id, deque()).append(state)
+        self._launch(state.dag.id)
+        return run_id
+
+    # --------------------------------------------------------------- queries
+
+    def list_dags(self) -> list[DagInfo]:
+        return [
+            DagInfo(
+                dag.id,
+                dag.description,
+                dag.schedule,
+                self.scheduler.next_fire(dag.id),
+                list(dag.steps),
+                list(dag.tags),
+                dict(dag.params),
+                dag.source,
+            )
+            for dag in sorted(self.dags.values(), key=lambda d: d.id)
+        ]
+
+    async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+        return await self.store.list_runs(dag_id, limit)
+
+    async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
+        return await self.store.get_run(run_id)
+
+    def run_states(self, dag_ids: set[str] | None = None) -> list[RunState]:
+        """Active and queued runs, then recently finished ones, for the given DAGs."""
+        states = [d.state for d in self.active.values()]
+        states += [s for q in self._queues.values() for s in q]
+        states += list(self._recent.values())
+        return [s for s in states if dag_ids is None or s.dag.id in dag_ids]
+
+    def snapshot(self, dag_ids: set[str] | None = None) -> tuple[list[DagEvent], int]:
+        """The current state of active runs and each DAG's latest finished run, as events
+        (without seq), and the seq the caller can replay from to continue without a gap."""
+        seq = self.store.committed_seq
+        now = self.clock()
+        latest: dict[str, RunState] = {}
+        chosen: list[RunState] = []
+        for state in self.run_states(dag_ids):
+            if not state.status.finished:
+                chosen.append(state)
+            else:
+                latest[state.dag.id] = state
+        chosen += latest.values()
+        events: list[DagEvent] = []
+        for state in chosen:
+            events.append(state.run_event(now))
+            events.extend(state.step_event(sid, now) for sid in state.steps)
+            events.append(state.progress(now))
+        return events, seq
+
+
+@asynccontextmanager
+async def open_daemon(
+    config: Config,
+    *,
+    clock: Callable[[], float] | None = None,
+    websocket: bool = False,
+) -> AsyncIterator[Daemon]:
+    """Run a daemon inside the caller's trio program for the duration of the block.
+
+    With `websocket=True` it also serves the WebSocket protocol on config.server's host/port.
+    Leaving the block cancels active runs (killing their processes) and commits every event.
+    """
+    daemon = Daemon(config, clock=clock or time.time)
+    try:
+        async with trio.open_nursery() as nursery:
+            await daemon.start(nursery)
+            if websocket:
+                from dagd.server import serve
+
+                await nursery.start(serve, daemon)
+            try:
+                yield daemon
+            finally:
+                with trio.CancelScope(shield=True):
+                    await daemon.shutdown()
+                nursery.cancel_scope.cancel()
+    finally:
+        daemon.store.close()
+
+
+__all__ = ["Daemon", "DaemonError", "DagInfo", "open_daemon"]

@@ -1,0 +1,1 @@
+"""Step functions used by the example DAGs in dags/."""

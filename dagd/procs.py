@@ -1,0 +1,68 @@
+"""Identifying and cleaning up step processes left behind by an earlier daemon (Linux /proc).
+
+A pid alone is not an identity: pids are reused. A process is ours only if its start time (clock
+ticks since boot, field 22 of /proc/<pid>/stat) and the boot id both match what we recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+
+def boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of `pid` in clock ticks since boot, or None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def kill_leftover_group(pgid: int, recorded_start: int | None, recorded_boot: str | None) -> bool:
+    """SIGKILL the process group of a step from an earlier daemon, if it is provably that group.
+
+    - Different boot (or unknown): nothing from before the reboot can be alive; do nothing.
+    - Leader alive with the recorded start time: our group; kill it.
+    - Leader alive with another start time: the pid was reused; leave it alone.
+    - Leader gone: Linux never hands out a pid that is still in use as a process group id, so
+      any process still in group `pgid` is a leftover of ours; kill the group.
+    """
+    if recorded_boot is None or recorded_boot != boot_id():
+        return False
+    start = process_start(pgid)
+    if start is not None and start != recorded_start:
+        return False
+    if start is None and not group_members(pgid):
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+    return False

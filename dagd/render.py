@@ -1,0 +1,199 @@
+"""Terminal views of runs, built from the event stream alone (the same events a WebSocket client
+gets), so `dagd run` and `dagd watch` show the same thing.
+
+On a terminal: a live progress bar per run and the steps that matter right now (running,
+retrying, failed), via rich. Elsewhere (pipes, CI logs): one plain line per transition.
+"""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+from rich.console import Console, Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from dagd.core.events import (
+    DagEvent,
+    DagRunProgressEvent,
+    DagRunStatusEvent,
+    ErrorEvent,
+    StepStatusEvent,
+)
+
+STYLE = {
+    "queued": "dim",
+    "pending": "dim",
+    "running": "cyan",
+    "retrying": "yellow",
+    "success": "green",
+    "skipped": "dim",
+    "failed": "bold red",
+    "upstream_failed": "red",
+    "cancelled": "magenta",
+}
+SYMBOL = {
+    "queued": "·",
+    "pending": "·",
+    "running": "▶",
+    "retrying": "↻",
+    "success": "✔",
+    "skipped": "⤼",
+    "failed": "✘",
+    "upstream_failed": "✘",
+    "cancelled": "■",
+}
+
+
+def format_duration(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+@attrs.define
+class RunView:
+    dag_id: str
+    run_id: str
+    status: str = "queued"
+    steps: dict[str, StepStatusEvent] = attrs.field(factory=dict)
+    progress: DagRunProgressEvent | None = None
+    errors: list[ErrorEvent] = attrs.field(factory=list)
+    started: float | None = None
+    ended: float | None = None
+
+    def counts(self) -> tuple[int, int, int, int, int]:
+        """(total, completed, running, failed, pending), from steps seen or the last progress."""
+        p = self.progress
+        if p is None:
+            return 0, 0, 0, 0, 0
+        return p.total_steps, p.completed_steps, p.running_steps, p.failed_steps, p.pending_steps
+
+
+class RunsView:
+    """Folds events into per-run views; `render()` gives what a person should see now."""
+
+    def __init__(self, max_step_lines: int = 12) -> None:
+        self.runs: dict[str, RunView] = {}
+        self.max_step_lines = max_step_lines
+        self.notice: str | None = None  # e.g. "disconnected, retrying in 4 s"
+        self.dag_errors: list[ErrorEvent] = []
+
+    def view(self, dag_id: str, run_id: str) -> RunView:
+        run = self.runs.get(run_id)
+        if run is None:
+            run = self.runs[run_id] = RunView(dag_id, run_id)
+        return run
+
+    def apply(self, event: DagEvent) -> None:
+        if isinstance(event, ErrorEvent) and event.run_id is None:
+            self.dag_errors.append(event)
+            return
+        assert event.run_id is not None
+        run = self.view(event.dag_id, event.run_id)
+        if isinstance(event, DagRunStatusEvent):
+            run.status = str(event.status)
+            if event.status == "running" and run.started is None:
+                run.started = event.timestamp
+            if event.status in ("success", "failed", "cancelled"):
+                run.ended = event.timestamp
+        elif isinstance(event, StepStatusEvent):
+            run.steps[event.step_id] = event
+        elif isinstance(event, DagRunProgressEvent):
+            run.progress = event
+        elif isinstance(event, ErrorEvent):
+            run.errors.append(event)
+
+    # ------------------------------------------------------------ plain lines
+
+    @staticmethod
+    def line(event: DagEvent) -> str | None:
+        """One line for a log, or None for events not worth a line (progress)."""
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.timestamp))
+        if isinstance(event, DagRunStatusEvent):
+            return f"{stamp}  run {event.dag_id} {event.run_id}: {event.status}"
+        if isinstance(event, StepStatusEvent):
+            extra = f" ({format_duration(event.duration)})" if event.duration is not None else ""
+            if event.retry_count:
+                extra += f" [retry {event.retry_count}]"
+            if event.error and event.status != "retrying":
+                extra += f": {event.error}"
+            return f"{stamp}  {event.step_id:<24} {event.status}{extra}"
+        if isinstance(event, ErrorEvent):
+            where = f"{event.dag_id}/{event.step_id}" if event.step_id else event.dag_id
+            return f"{stamp}  error in {where}: {event.error}"
+        return None
+
+    # ------------------------------------------------------------------ live
+
+    def render(self) -> RenderableType:
+        parts: list[RenderableType] = []
+        if self.notice:
+            parts.append(Text(self.notice, style="bold yellow"))
+        for err in self.dag_errors[-3:]:
+            parts.append(Text(f"✘ {err.dag_id}: {err.error}", style="red"))
+        for run in self.runs.values():
+            parts.append(self._render_run(run))
+        if not self.runs and not self.notice:
+            parts.append(Text("waiting for runs…", style="dim"))
+        return Group(*parts)
+
+    def _render_run(self, run: RunView) -> RenderableType:
+        total, completed, running, failed, pending = run.counts()
+        head = Text()
+        head.append(f"{SYMBOL.get(run.status, '?')} {run.dag_id} ", style="bold")
+        head.append(run.run_id, style="dim")
+        head.append(f"  {run.status}", style=STYLE.get(run.status, ""))
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            ProgressBar(total=max(total, 1), completed=completed + failed, width=40),
+            Text(
+                f"{completed}/{total} done, {running} running, {failed} failed, {pending} pending"
+            ),
+        )
+        steps = Table.grid(padding=(0, 1))
+        shown = [
+            s
+            for s in run.steps.values()
+            if s.status in ("running", "retrying", "failed", "upstream_failed", "cancelled")
+        ]
+        shown.sort(key=lambda s: (s.status in ("running", "retrying"), s.timestamp))
+        hidden = max(0, len(shown) - self.max_step_lines)
+        for s in shown[-self.max_step_lines :]:
+            steps.add_row(
+                Text(f"  {SYMBOL.get(s.status, '?')}", style=STYLE.get(s.status, "")),
+                Text(s.step_id),
+                Text(str(s.status), style=STYLE.get(s.status, "")),
+                Text(f"retry {s.retry_count}" if s.retry_count else ""),
+                Text((s.error or "")[:80], style="red"),
+            )
+        parts: list[RenderableType] = [head, bar]
+        if hidden:
+            parts.append(Text(f"  … {hidden} more", style="dim"))
+        parts.append(steps)
+        return Group(*parts)
+
+    def summary(self, run: RunView, console: Console) -> None:
+        """The closing lines for a finished run."""
+        by_status: dict[str, int] = {}
+        for s in run.steps.values():
+            by_status[s.status] = by_status.get(s.status, 0) + 1
+        took = ""
+        if run.started is not None and run.ended is not None:
+            took = f" in {format_duration(round((run.ended - run.started) * 1000))}"
+        console.print(
+            Text(f"{run.dag_id} {run.run_id}: {run.status}{took}", style=STYLE.get(run.status))
+        )
+        console.print("  " + ", ".join(f"{n} {k}" for k, n in sorted(by_status.items())))
+        for s in run.steps.values():
+            if s.status == "failed":
+                console.print(Text(f"  ✘ {s.step_id}: {s.error}", style="red"))
