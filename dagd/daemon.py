@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -99,6 +99,9 @@ class Daemon:
         self._accepting = False
         self._idle = trio.Event()
         self.url: str | None = None  # set by the WebSocket server once it listens
+        #: Called after the runs have stopped and their events are committed (the server
+        #: uses it to deliver the final events and close its connections with 1001).
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.scheduler = CronScheduler(clock, self._fire_scheduled, self.store.record_slot)
 
     # ------------------------------------------------------------ lifecycle
@@ -131,6 +134,8 @@ class Daemon:
                 self._idle = trio.Event()
                 await self._idle.wait()
         await self.store.flush()
+        for hook in self.on_shutdown:
+            await hook()
 
     # -------------------------------------------------------------- recovery
 

@@ -33,7 +33,7 @@ from dagd.core.events import (
     DagRunStatusEvent,
     StepStatusEvent,
 )
-from dagd.core.protocol import encode_event
+from dagd.core.protocol import encode_event, text_frame
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -86,6 +86,7 @@ class StoredEvent:
     dag_id: str
     event: DagEvent
     text: str
+    frame: bytes  # the text as a ready-made WebSocket frame
 
 
 @attrs.frozen
@@ -162,7 +163,8 @@ class Store:
         seq = self._next_seq
         self._next_seq += 1
         event = attrs.evolve(event, seq=seq)
-        stored = StoredEvent(seq, event.dag_id, event, encode_event(event))
+        text = encode_event(event)
+        stored = StoredEvent(seq, event.dag_id, event, text, text_frame(text.encode()))
         self._pending.append(("event", stored))
         self._wakeup.set()
         return stored
@@ -311,18 +313,16 @@ class Store:
         """Run a short read query in a worker thread."""
         return await trio.to_thread.run_sync(self._read, sql, tuple(args))
 
-    async def events_since(
-        self, since: int, dag_ids: set[str] | None, until: int | None = None, limit: int = 10000
+    async def events_page(
+        self, since: int, until: int | None = None, limit: int = 1000
     ) -> list[tuple[int, str, str]]:
-        """(seq, dag_id, wire text) of stored events with since < seq <= until, oldest first."""
+        """(seq, dag_id, wire text) of stored events with since < seq <= until, oldest first,
+        at most `limit` of them (page on with the last seq)."""
         until = self.committed_seq if until is None else until
-        rows = await self.read(
+        return await self.read(
             "SELECT seq, dag_id, body FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
             (since, until, limit),
         )
-        if dag_ids is not None:
-            rows = [r for r in rows if r[1] in dag_ids]
-        return rows
 
     async def oldest_seq(self) -> int | None:
         rows = await self.read("SELECT min(seq) FROM events")

@@ -8,6 +8,7 @@ file is the single place that knows how an event looks as JSON.
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 import attrs
@@ -83,3 +84,19 @@ def event_from_wire(message: dict[str, Any]) -> DagEvent:
     event = converter.structure(message["data"], cls)
     seq = message.get("seq")
     return attrs.evolve(event, seq=seq) if seq is not None else event
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame (RFC 6455 section 5.2).
+
+    A server's frames are not masked, so the bytes of an event's frame are the same for every
+    client: the server builds them once per event and writes them to every socket as they are.
+    """
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
