@@ -1,1 +1,64 @@
-"""dagd: a single-host workflow daemon on trio."""
+"""dagd: a single-host workflow daemon on trio.
+
+The public surface. The pure pieces are imported eagerly; the trio layers (`open_daemon`,
+`run_dag`, `client`) load on first use, so `import dagd.core` never pulls in trio.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dagd.core.config import Config, parse_config
+from dagd.core.events import (
+    DagEvent,
+    DagRunProgressEvent,
+    DagRunStatusEvent,
+    ErrorEvent,
+    StepStatusEvent,
+)
+from dagd.core.model import DagSpec, RunStatus, StepSpec, StepStatus, TriggerRule
+from dagd.core.spec import DagSpecError, parse_dag
+
+if TYPE_CHECKING:
+    from dagd import client
+    from dagd.daemon import Daemon, DaemonError, open_daemon
+    from dagd.engine import run_dag
+
+_LAZY = {
+    "open_daemon": "dagd.daemon",
+    "Daemon": "dagd.daemon",
+    "DaemonError": "dagd.daemon",
+    "run_dag": "dagd.engine",
+}
+
+__all__ = [
+    "Config",
+    "DagEvent",
+    "DagRunProgressEvent",
+    "DagRunStatusEvent",
+    "DagSpec",
+    "DagSpecError",
+    "Daemon",
+    "DaemonError",
+    "ErrorEvent",
+    "RunStatus",
+    "StepSpec",
+    "StepStatus",
+    "StepStatusEvent",
+    "TriggerRule",
+    "client",
+    "open_daemon",
+    "parse_config",
+    "parse_dag",
+    "run_dag",
+]
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "client":
+        return importlib.import_module("dagd.client")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dagd' has no attribute {name!r}")
