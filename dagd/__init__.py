@@ -33,13 +33,13 @@ _LAZY = {
 
 __all__ = [
     "Config",
+    "Daemon",
+    "DaemonError",
     "DagEvent",
     "DagRunProgressEvent",
     "DagRunStatusEvent",
     "DagSpec",
     "DagSpecError",
-    "Daemon",
-    "DaemonError",
     "ErrorEvent",
     "RunStatus",
     "StepSpec",

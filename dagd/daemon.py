@@ -136,6 +136,7 @@ class Daemon:
         await self.store.flush()
         for hook in self.on_shutdown:
             await hook()
+        self.hub.close_all()
 
     # -------------------------------------------------------------- recovery
 
@@ -268,15 +269,10 @@ class Daemon:
         """A bounded queue of committed events (StoredEvent) for the given DAGs (None: all)."""
         return self.hub.subscribe(dag_ids, buffer or self.config.server.send_buffer)
 
-    async def events(
-        self, dag_ids: Iterable[str] | None = None, buffer: int = 0
-    ) -> AsyncIterator[DagEvent]:
-        """Every committed event from now on, with its seq, for the given DAGs (None: all)."""
-        with self.subscribe(dag_ids, buffer) as sub:
-            async for stored in sub:
-                yield stored.event
-            if sub.overflowed:
-                raise DaemonError("slow_consumer", "event consumer fell behind its buffer")
+    def events(self, dag_ids: Iterable[str] | None = None, buffer: int = 0) -> EventStream:
+        """Every event committed from this call on (with its seq), for the given DAGs (None:
+        all). Subscribes at once, so nothing published after the call is missed."""
+        return EventStream(self.subscribe(dag_ids, buffer))
 
     def _record_process(self, ctx: StepContext, pid: int) -> None:
         self.store.record_process(ctx.run_id, ctx.step_id, pid, process_start(pid), self._boot_id)
@@ -458,6 +454,38 @@ class Daemon:
             events.extend(state.step_event(sid, now) for sid in state.steps)
             events.append(state.progress(now))
         return events, seq
+
+
+class EventStream:
+    """Async iterator of DagEvents over a hub subscription. If the consumer falls more than
+    `buffer` events behind, iteration raises DaemonError('slow_consumer') instead of making the
+    daemon wait; `close()` (or `with`) ends the subscription."""
+
+    def __init__(self, sub: Subscriber) -> None:
+        self._sub = sub
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> DagEvent:
+        try:
+            stored = await self._sub.receive.receive()
+        except trio.EndOfChannel:
+            if self._sub.overflowed:
+                raise DaemonError(
+                    "slow_consumer", "the event consumer fell behind its buffer"
+                ) from None
+            raise StopAsyncIteration from None
+        return stored.event
+
+    def close(self) -> None:
+        self._sub.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @asynccontextmanager

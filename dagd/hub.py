@@ -72,6 +72,11 @@ class Hub:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
+    def close_all(self) -> None:
+        """End every subscription (their iterators finish after what they already hold)."""
+        for sub in list(self._subscribers):
+            sub.close()
+
     def publish(self, events: list[StoredEvent]) -> None:
         """Deliver a committed batch, in order, to every subscriber that wants it."""
         for sub in list(self._subscribers):
