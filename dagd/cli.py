@@ -305,5 +305,144 @@ async def _serve(config: Config) -> None:
     log.info("dagd stopped")
 
 
+# ------------------------------------------------------- talking to the daemon
+
+url_option = click.option("--url", envvar="DAGD_URL", help="Daemon URL (default: from the config).")
+token_option = click.option(
+    "--token",
+    envvar="DAGD_TOKEN",
+    help="Auth token (default: from the config, else the daemon's token file).",
+)
+
+
+def _endpoint(config_path: Path | None, url: str | None, token: str | None):
+    from dagd.remote import resolve_endpoint
+
+    return resolve_endpoint(load_config(config_path), url, token)
+
+
+@main.command()
+@config_option
+@url_option
+@token_option
+def dags(config_path: Path | None, url: str | None, token: str | None) -> None:
+    """List the DAGs the running daemon knows, with their next scheduled run."""
+    from dagd import remote
+
+    remote.run_async(remote.list_dags, _endpoint(config_path, url, token))
+
+
+@main.command()
+@click.argument("dag_id", required=False)
+@click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True)
+@config_option
+@url_option
+@token_option
+def runs(
+    dag_id: str | None, limit: int, config_path: Path | None, url: str | None, token: str | None
+) -> None:
+    """Show the latest runs (of DAG_ID, or of every DAG), newest first."""
+    from dagd import remote
+
+    remote.run_async(remote.list_runs, _endpoint(config_path, url, token), dag_id, limit)
+
+
+@main.command()
+@click.argument("dag_id")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a declared param (repeatable).",
+)
+@click.option("--wait", is_flag=True, help="Follow the run live and exit with its outcome.")
+@click.option("--plain", is_flag=True, help="With --wait: plain lines instead of a live view.")
+@config_option
+@url_option
+@token_option
+def trigger(
+    dag_id: str,
+    params: tuple[str, ...],
+    wait: bool,
+    plain: bool,
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Start a run of DAG_ID on the running daemon and print its run id.
+
+    With --wait, follow it (reconnecting if the daemon restarts) and exit 0 on success, 1 on
+    failure, 130 if it was cancelled.
+    """
+    from dagd import remote
+
+    endpoint = _endpoint(config_path, url, token)
+    live = wait and not plain and sys.stdout.isatty()
+    code = remote.run_async(remote.trigger, endpoint, dag_id, parse_params(params), wait, live)
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("run_id")
+@config_option
+@url_option
+@token_option
+def cancel(run_id: str, config_path: Path | None, url: str | None, token: str | None) -> None:
+    """Cancel RUN_ID: waiting steps are cancelled, running ones are stopped."""
+    from dagd import remote
+
+    remote.run_async(remote.control, _endpoint(config_path, url, token), "cancel", run_id)
+
+
+@main.command()
+@click.argument("run_id")
+@config_option
+@url_option
+@token_option
+def retry(run_id: str, config_path: Path | None, url: str | None, token: str | None) -> None:
+    """Retry a failed or cancelled RUN_ID: successful steps are kept, the rest run again."""
+    from dagd import remote
+
+    remote.run_async(remote.control, _endpoint(config_path, url, token), "retry", run_id)
+
+
+@main.command()
+@click.argument("dag_ids", nargs=-1)
+@click.option("--plain", is_flag=True, help="Plain lines instead of a live view.")
+@config_option
+@url_option
+@token_option
+def watch(
+    dag_ids: tuple[str, ...],
+    plain: bool,
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Watch runs live (all DAGs, or the DAG_IDS given) until Ctrl-C.
+
+    Shows a progress bar per run and the steps that are running or failed; while the daemon is
+    unreachable it says so and retries, then catches up without gaps.
+    """
+    from dagd import remote
+
+    live = not plain and sys.stdout.isatty()
+    remote.run_async(remote.watch, _endpoint(config_path, url, token), list(dag_ids), live)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("step_id")
+@click.option("--attempt", type=int, help="Only this attempt (default: all).")
+@config_option
+def logs(run_id: str, step_id: str, attempt: int | None, config_path: Path | None) -> None:
+    """Print the log of STEP_ID in RUN_ID (stdout then stderr, per attempt)."""
+    from dagd.remote import print_logs
+
+    print_logs(load_config(config_path), run_id, step_id, attempt)
+
+
 if __name__ == "__main__":
     main()

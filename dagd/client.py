@@ -37,6 +37,7 @@ from dagd.core.backoff import ReconnectBackoff
 from dagd.core.events import DagEvent
 from dagd.core.protocol import TYPE_TO_EVENT, event_from_wire
 from dagd.core.timefmt import iso_z
+from dagd.groups import unwrap_single
 
 
 class ClientError(Exception):
@@ -130,7 +131,9 @@ class Client:
         ssl_context: ssl.SSLContext | None,
         opener: Opener,
         request_timeout: float,
+        initial_snapshot: bool = False,
     ) -> None:
+        self.initial_snapshot = initial_snapshot
         self.url = url
         self._token = token
         self.dag_ids = list(dag_ids)
@@ -271,15 +274,19 @@ class Client:
             await self._expect(ws, "subscribed")
             reconnect = self.connections > 0
             self.connections += 1
+            snapshot = False
             if self.last_seq is None:
                 self.last_seq = int(answer["seq"])  # first connection: from now on
+                if self.initial_snapshot:
+                    snapshot = True
+                    await ws.send_message(json.dumps({"type": "snapshot"}))
             else:
                 await ws.send_message(json.dumps({"type": "replay", "since": self.last_seq}))
             self._ws = ws
             self._connected.set()
             self.backoff.reset()
             await self._send_items.send(Connected(self.last_seq, reconnect))
-            await self._receive(ws)
+            await self._receive(ws, snapshot)
 
     async def _expect(self, ws: WebSocketConnection, kind: str) -> dict[str, Any]:
         with trio.fail_after(10):
@@ -290,9 +297,9 @@ class Client:
             raise AuthFailed("auth_failed", "the daemon refused the token")
         raise _Reconnect(f"expected {kind}, got {json.dumps(message)[:200]}")
 
-    async def _receive(self, ws: WebSocketConnection) -> None:
+    async def _receive(self, ws: WebSocketConnection, snapshot_pending: bool) -> None:
         silence = 2.5 * self.heartbeat_interval
-        snapshot: list[DagEvent] | None = None
+        snapshot: list[DagEvent] | None = [] if snapshot_pending else None
         while True:
             with trio.move_on_after(silence) as scope:
                 text = await ws.get_message()
@@ -343,7 +350,10 @@ def _describe(exc: BaseException) -> str:
             return "the daemon is shutting down"
         return f"connection closed ({code}{': ' + text if text else ''})"
     if isinstance(exc, HandshakeError):
-        return f"WebSocket handshake failed: {exc}"
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError):
+            return f"cannot connect: {cause.strerror or cause}"
+        return f"WebSocket handshake failed: {exc or cause}"
     if isinstance(exc, trio.TooSlowError):
         return "the daemon did not answer in time"
     if isinstance(exc, OSError):
@@ -364,11 +374,13 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
     request_timeout: float = 10.0,
     rng: random.Random | None = None,
+    initial_snapshot: bool = False,
     _opener: Opener = open_websocket_url,
 ) -> AsyncIterator[Client]:
     """Connect to a dagd daemon and keep connected until the block ends.
 
     `since`: replay from this seq on the first connection too (default: only events from now).
+    `initial_snapshot`: start with a GapRepaired item holding the current state of the DAGs.
     """
     client = Client(
         url,
@@ -381,13 +393,15 @@ async def connect(
         ssl_context=ssl_context,
         opener=_opener,
         request_timeout=request_timeout,
+        initial_snapshot=initial_snapshot,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(client.run)
-        try:
-            yield client
-        finally:
-            nursery.cancel_scope.cancel()
+    with unwrap_single():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 __all__ = [

@@ -40,6 +40,7 @@ from dagd.core.timefmt import RunIdFactory, scheduled_run_id
 from dagd.dagfiles import dag_files, load_dag_file
 from dagd.engine import RunDriver
 from dagd.executor import Executor, StepContext
+from dagd.groups import unwrap_single
 from dagd.hub import Hub, Subscriber
 from dagd.procs import boot_id, kill_leftover_group, process_start
 from dagd.scheduler import CronScheduler
@@ -297,11 +298,16 @@ class Daemon:
 
     def _fire_scheduled(self, dag: DagSpec, slot: datetime) -> None:
         if self._accepting:
-            self._enqueue(dag, scheduled_run_id(slot), dag.bind_params(None))
+            # Run ids key runs across every DAG (active runs, cancel/retry, the runs table), so
+            # the id of a slot's run names the DAG: DAGs sharing a schedule fire the same slots.
+            run_id = f"{scheduled_run_id(slot)}__{dag.id}"
+            self._enqueue(dag, run_id, dag.bind_params(None))
 
     def _enqueue(self, dag: DagSpec, run_id: str, params: dict[str, str]) -> str:
         if not self._accepting:
             raise DaemonError("shutting_down", "the daemon is shutting down")
+        if run_id in self.active or any(s.run_id == run_id for s in self._queues.get(dag.id, ())):
+            raise DaemonError("duplicate_run", f"run {run_id} is already queued or running")
         now = self.clock()
         state = RunState(dag, run_id, params, progress_interval=self.config.progress_interval)
         self.store.record_run(run_id, dag.id, params, now)
@@ -502,18 +508,19 @@ async def open_daemon(
     """
     daemon = Daemon(config, clock=clock or time.time)
     try:
-        async with trio.open_nursery() as nursery:
-            await daemon.start(nursery)
-            if websocket:
-                from dagd.server import serve
+        with unwrap_single():
+            async with trio.open_nursery() as nursery:
+                await daemon.start(nursery)
+                if websocket:
+                    from dagd.server import serve
 
-                await nursery.start(serve, daemon)
-            try:
-                yield daemon
-            finally:
-                with trio.CancelScope(shield=True):
-                    await daemon.shutdown()
-                nursery.cancel_scope.cancel()
+                    await nursery.start(serve, daemon)
+                try:
+                    yield daemon
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await daemon.shutdown()
+                    nursery.cancel_scope.cancel()
     finally:
         daemon.store.close()
 

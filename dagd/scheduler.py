@@ -51,6 +51,13 @@ class CronScheduler:
                     fresh[dag.id] = (dag, old[1])
                 else:
                     fresh[dag.id] = (dag, Schedule(dag.schedule, dag.timezone))
+                    if old:
+                        # A changed schedule runs from now: slots of the new expression that
+                        # passed before the change were never due, so they must not fire.
+                        now = self.clock()
+                        if self.last_slots.get(dag.id, now) < now:
+                            self.last_slots[dag.id] = now
+                            self.record(dag.id, now)
         self._dags = fresh
         self._changed.set()
 

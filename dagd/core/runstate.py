@@ -339,7 +339,7 @@ class RunState:
         self._recount()
         for sid in self.dag.order:
             st = self.steps[sid]
-            if st.status is not S.PENDING or st.ready:
+            if st.status is not S.PENDING or st.ready or st.dispatched:
                 continue
             if st.up_total == 0:  # like start(): a step without upstreams always runs
                 st.ready = True
@@ -410,7 +410,8 @@ class RunState:
             for down_id in done.downstream:
                 down = self.steps[down_id]
                 self._count_upstream(down, done.status)
-                if down.status is S.PENDING and not down.ready and not self.cancelling:
+                waiting = not (down.ready or down.dispatched)  # an eager rule may have fired
+                if down.status is S.PENDING and waiting and not self.cancelling:
                     final = self._evaluate(down, now, out)
                     if final:
                         self.finished_steps += 1
