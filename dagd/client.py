@@ -74,7 +74,7 @@ class ConnectionLost:
         return {
             "type": "error",
             "code": self.code,
-            "message": self.message,
+            "message": f"{self.message}; retrying in {self.retry_in:.1f}s",
             "timestamp": iso_z(self.timestamp),
         }
 
@@ -244,9 +244,7 @@ class Client:
                     self._fail_pending()
                 attempt += 1
                 delay = self.backoff.next_delay()
-                await self._send_items.send(
-                    ConnectionLost(f"{message}; retrying in {delay:.1f}s", _now(), delay, attempt)
-                )
+                await self._send_items.send(ConnectionLost(message, _now(), delay, attempt))
                 await trio.sleep(delay)
         finally:
             self._send_items.close()

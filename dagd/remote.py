@@ -80,7 +80,7 @@ async def open_client(
         if not retry_first:
             first = await _first_item(client)
             if isinstance(first, ConnectionLost):
-                raise _unreachable(endpoint, first.message.split("; retrying")[0])
+                raise _unreachable(endpoint, first.message)
         yield client
 
 
@@ -172,7 +172,7 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
         nonlocal status
         async for item in client:
             if isinstance(item, ConnectionLost):
-                view.notice = f"disconnected, retrying in {item.retry_in:.0f} s ({item.message})"
+                view.notice = f"disconnected ({item.message}), retrying in {item.retry_in:.0f} s"
                 show_line(view.notice)
             elif isinstance(item, Connected):
                 if view.notice:

@@ -47,6 +47,17 @@ SYMBOL = {
 }
 
 
+BUCKET = {
+    "success": "completed",
+    "skipped": "completed",
+    "running": "running",
+    "retrying": "running",
+    "failed": "failed",
+    "upstream_failed": "failed",
+    "cancelled": "failed",
+}
+
+
 def format_duration(ms: int | None) -> str:
     if ms is None:
         return ""
@@ -72,11 +83,18 @@ class RunView:
     ended: float | None = None
 
     def counts(self) -> tuple[int, int, int, int, int]:
-        """(total, completed, running, failed, pending), from steps seen or the last progress."""
-        p = self.progress
-        if p is None:
+        """(total, completed, running, failed, pending): the total from the last progress event,
+        the rest from the step events (progress events are throttled, step events are not)."""
+        if self.progress is None:
             return 0, 0, 0, 0, 0
-        return p.total_steps, p.completed_steps, p.running_steps, p.failed_steps, p.pending_steps
+        total = self.progress.total_steps
+        buckets = {"completed": 0, "running": 0, "failed": 0}
+        for step in self.steps.values():
+            bucket = BUCKET.get(step.status)
+            if bucket is not None:
+                buckets[bucket] += 1
+        done = sum(buckets.values())
+        return total, buckets["completed"], buckets["running"], buckets["failed"], total - done
 
 
 class RunsView:
