@@ -114,7 +114,8 @@ def _duration_ms(start: float | None, end: float | None) -> int | None:
 
 
 def format_seconds(seconds: float) -> str:
-    return f"{seconds:g}s"
+    """300 -> '300s', 1.5 -> '1.5s', 1000000 -> '1000000s' (never '1e+06s')."""
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.3f}".rstrip("0") + "s"
 
 
 class RunState:
@@ -173,7 +174,7 @@ class RunState:
             st = state.steps.get(sid)
             if st is not None:
                 st.status = StepStatus(st_status)
-                st.attempt = retry_count + 1 if st_status is not S.PENDING else 0
+                st.attempt = retry_count + 1 if st.status is not S.PENDING else 0
                 st.start_time, st.end_time, st.error = start, end, error
         state.status = status
         state._recount()
@@ -367,10 +368,11 @@ class RunState:
 
     def _set(self, st: StepState, status: StepStatus, now: float, out: list[object]) -> None:
         old = st.status
-        if old is not status:
+        old_bucket, new_bucket = _BUCKET[old], _BUCKET[status]
+        if old_bucket != new_bucket:
             counts = self.counts
-            counts[_BUCKET[old]] -= 1
-            counts[_BUCKET[status]] += 1
+            counts[old_bucket] -= 1
+            counts[new_bucket] += 1
             self._progress_dirty = True
         st.status = status
         out.append(self.step_event(st.spec.id, now))

@@ -1,0 +1,48 @@
+"""The core is pure: importing it never pulls in trio (or any I/O framework)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CORE = [
+    "dagd.core.model",
+    "dagd.core.spec",
+    "dagd.core.graph",
+    "dagd.core.runstate",
+    "dagd.core.events",
+    "dagd.core.protocol",
+    "dagd.core.backoff",
+    "dagd.core.timefmt",
+    "dagd.core.cron",
+]
+
+
+def imported_after(modules: list[str]) -> set[str]:
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(json.loads(proc.stdout))
+
+
+def test_spec_runstate_protocol_do_not_import_trio():
+    loaded = imported_after(["dagd.core.spec", "dagd.core.runstate", "dagd.core.protocol"])
+    assert "dagd.core.runstate" in loaded  # the check itself worked
+    assert "trio" not in loaded
+
+
+def test_no_core_module_imports_an_event_loop():
+    loaded = imported_after(CORE)
+    assert set(CORE) <= loaded
+    assert not {"trio", "trio_websocket", "asyncio", "anyio"} & loaded
+
+
+def test_the_check_would_see_trio():
+    assert "trio" in imported_after(["dagd.engine"])
