@@ -37,6 +37,7 @@ from trio_websocket import (
 from dagd.core.config import Config
 from dagd.core.messages import (
     CONTROL,
+    MAX_DAG_IDS,
     Auth,
     Cancel,
     ListDags,
@@ -131,14 +132,23 @@ def ensure_token_file(config: Config) -> str:
     """The generated token in the state folder (mode 0600), created on first use."""
     path = config.token_file
     try:
-        return path.read_text().strip()
+        token = path.read_text().strip()
     except FileNotFoundError:
-        pass
+        token = ""
+    if token:
+        return token
+    # Missing, or empty (never an empty token: "" would then open the door to anyone).
+    # Written to a temporary file and renamed, so a crash never leaves an empty token file.
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
         f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
     return token
 
 
@@ -230,6 +240,7 @@ class Connection:
         self.bucket = TokenBucket(server.config.rate_limit)
         self.rate_warned = False
         self.skip_upto = 0  # events at or below this seq were already sent by a replay/snapshot
+        self.auth_request_id: Any = None
 
     # ---- sending
 
@@ -274,18 +285,23 @@ class Connection:
         self.sub = self.daemon.subscribe(set(), self.server.config.send_buffer)
         self.server.authenticated.add(self)
         try:
-            await self.send_now(
-                {
-                    "type": "auth_success",
-                    "role": self.role,
-                    "seq": self.daemon.store.committed_seq,
-                }
-            )
+            welcome: dict[str, Any] = {
+                "type": "auth_success",
+                "role": self.role,
+                "seq": self.daemon.store.committed_seq,
+            }
+            if self.auth_request_id is not None:
+                welcome["requestId"] = self.auth_request_id
+            await self.send_now(welcome)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, nursery.cancel_scope)
                 nursery.start_soon(self._pinger, nursery.cancel_scope)
                 await self._reader()
-                nursery.cancel_scope.cancel()
+                if not self.sub.closed:
+                    nursery.cancel_scope.cancel()
+                # else the writer is closing the connection (1013) and ends the nursery
+                # itself: cancelling it here would cut the close short (bounded by
+                # send_timeout / the 1 s close timeout)
         finally:
             self.server.authenticated.discard(self)
             self.sub.close()
@@ -304,10 +320,7 @@ class Connection:
             )
             await self._close(CLOSE_POLICY, "auth timeout")
             return False
-        if (
-            isinstance(text, str)
-            and len(text.encode("utf-8", "surrogatepass")) > cfg.max_message_size
-        ):
+        if _too_big(text, cfg.max_message_size):
             await self._close(CLOSE_TOO_BIG, "message too big")
             return False
         try:
@@ -339,6 +352,7 @@ class Connection:
             return False
         throttle.succeeded(self.peer)
         self.role = entry.role
+        self.auth_request_id = message.request_id
         return True
 
     async def _close(self, code: int, reason: str) -> None:
@@ -360,11 +374,7 @@ class Connection:
         cfg = self.server.config
         while True:
             text = await self.ws.get_message()
-            if (
-                isinstance(text, str)
-                and len(text) * 4 > cfg.max_message_size
-                and len(text.encode("utf-8", "surrogatepass")) > cfg.max_message_size
-            ):
+            if _too_big(text, cfg.max_message_size):
                 await self._close(CLOSE_TOO_BIG, "message too big")
                 return
             balance = self.bucket.take()
@@ -408,8 +418,16 @@ class Connection:
             else:
                 self.dag_ids.difference_update(message.dag_ids)
                 kind = "unsubscribed"
+            if len(self.dag_ids) > MAX_DAG_IDS:
+                self.dag_ids.difference_update(message.dag_ids)
+                raise ProtocolError("invalid_message", f"at most {MAX_DAG_IDS} subscriptions", rid)
             self.sub.set_dags(None if "*" in self.dag_ids else self.dag_ids)
             self.answer({"type": kind, "dagIds": sorted(self.dag_ids)}, rid)
+            if isinstance(message, Subscribe) and message.since is not None:
+                # Queued right after the filter changed, with no await in between: every live
+                # event for the new set is behind this job, so the replay and the live stream
+                # join in seq order with nothing repeated.
+                self.queue(_ReplayJob(message.since, rid))
         elif isinstance(message, Replay):
             self.queue(_ReplayJob(message.since, rid))
         elif isinstance(message, Snapshot):

@@ -185,6 +185,8 @@ def parse_config(text: str, base: Path, source: Path | None = None) -> Config:
         spec = TokenSpec(
             **{k: _value(_TOKEN[k], v, f"auth.tokens.{k}", base) for k, v in raw.items()}
         )
+        if spec.token is not None and len(spec.token) < 8:
+            raise ConfigError(f"{where}: auth.tokens[{i}]: a token must be at least 8 characters")
         if sum(x is not None for x in (spec.token, spec.sha256, spec.env)) != 1:
             raise ConfigError(
                 f"{where}: auth.tokens[{i}] needs exactly one of 'token', 'sha256' or 'env'"

@@ -38,7 +38,11 @@ class Auth:
 
 @attrs.frozen
 class Subscribe:
+    """Subscribe to more DAGs; with `since`, also replay from that seq, atomically (the replay
+    and the live events that follow it are in seq order with nothing repeated)."""
+
     dag_ids: list[str]
+    since: int | None = None
     request_id: RequestId = None
 
 
@@ -270,7 +274,7 @@ def _check_values(message: object) -> None:
             raise ProtocolError("invalid_message", "dagIds must be a non-empty list", rid)
         if len(message.dag_ids) > MAX_DAG_IDS:
             raise ProtocolError("invalid_message", f"at most {MAX_DAG_IDS} dagIds", rid)
-    elif isinstance(message, Replay) and message.since < 0:
+    if isinstance(message, Replay | Subscribe) and (message.since or 0) < 0:
         raise ProtocolError("invalid_message", "since must be >= 0", rid)
     elif isinstance(message, ListRuns) and not 1 <= message.limit <= MAX_LIST_LIMIT:
         raise ProtocolError("invalid_message", f"limit must be 1..{MAX_LIST_LIMIT}", rid)
