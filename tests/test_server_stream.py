@@ -300,6 +300,51 @@ async def test_replay_during_a_burst_loses_and_duplicates_nothing(
         assert any(s > u for s in burst)
 
 
+async def test_subscribe_with_since_joins_replay_and_live_in_order(
+    tmp_path: Path, aio: Aio
+) -> None:
+    """The reconnect path: `subscribe` + `since` while a publisher keeps going. The client sees
+    every missed and every new event exactly once, in strictly increasing seq order."""
+    async with harness(tmp_path, aio) as h:
+        d = h.daemon
+        client = await h.connect("trio")
+        await client.request({"type": "subscribe", "dagIds": ["a"]})
+        publish_errors(d, "a", 10)
+        await d.store.flush()
+        k = seqs(await until_pong(client))[-1]
+        await client.close()
+        for _ in range(12):  # 1,200 missed events for "a" (and some for "b"): two pages
+            publish_errors(d, "a", 100)
+            publish_errors(d, "b", 20)
+        await d.store.flush()
+
+        async def publisher() -> None:
+            for i in range(60):
+                publish_errors(d, "a" if i % 4 else "b", 5, "live")
+                await trio.sleep(0)
+                if i % 7 == 0:
+                    await d.store.flush()
+            await d.store.flush()
+
+        client = await h.connect("trio")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher)
+            await client.send({"type": "subscribe", "dagIds": ["a"], "since": k})
+            frames = []
+            with trio.fail_after(10):
+                while True:
+                    frame = await client.recv()
+                    frames.append(frame)
+                    if frame["type"] == "replay_complete":
+                        break
+        frames += await until_pong(client)
+        assert frames[0] == {"type": "subscribed", "dagIds": ["a"]}
+        got = seqs(frames)
+        assert got == sorted(set(got)), "out of order or repeated"
+        assert got == stored_seqs(d, {"a"}, since=k)
+        assert len(got) > 1200
+
+
 async def test_replay_across_a_daemon_restart(tmp_path: Path, aio: Aio) -> None:
     config = make_config(tmp_path)
     async with harness(tmp_path, aio, config=config) as h:
