@@ -15,6 +15,7 @@ No heartbeat (or any message) for 2.5 heartbeat intervals counts as a dead conne
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import random
@@ -153,23 +154,23 @@ class Client:
 
     # ---------------------------------------------------------------- items
 
-    def __aiter__(self) -> AsyncIterator[Item]:
-        return self._iterate()
+    # Plain iterators, not async generators: leaving an `async for` early (break, return)
+    # must not leave a suspended generator behind for the garbage collector to finalize.
 
-    async def _iterate(self) -> AsyncIterator[Item]:
-        async for item in self._items:
-            yield item
-        if self.failure is not None:
-            raise self.failure
+    def __aiter__(self) -> Client:
+        return self
 
-    async def events(self) -> AsyncIterator[DagEvent]:
+    async def __anext__(self) -> Item:
+        try:
+            return await self._items.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self.failure is not None:
+                raise self.failure from None
+            raise StopAsyncIteration from None
+
+    def events(self) -> AsyncIterator[DagEvent]:
         """Only the DAG events (with snapshot events after a repaired gap)."""
-        async for item in self:
-            if isinstance(item, GapRepaired):
-                for event in item.events:
-                    yield event
-            elif not isinstance(item, ConnectionLost | Connected):
-                yield item
+        return _EventsOnly(self)
 
     # -------------------------------------------------------------- requests
 
@@ -187,14 +188,12 @@ class Client:
                 await self._ws.send_message(json.dumps({**message, "requestId": request_id}))
                 await done.wait()
         except (ConnectionClosed, trio.TooSlowError):
-            raise NotConnected(
-                "connection_error",
-                "the connection dropped before the "
-                "daemon answered; the request may or may not have been applied",
-            ) from None
+            raise NotConnected("connection_error", _DROPPED) from None
         finally:
             self._pending.pop(request_id, None)
         answer = holder[0]
+        if answer is _LOST:  # the connection dropped while we waited (see _fail_pending)
+            raise NotConnected("connection_error", _DROPPED)
         if answer.get("type") == "error":
             raise ClientError(answer.get("code", "error"), answer.get("message", ""))
         return answer
@@ -240,7 +239,8 @@ class Client:
                     message = _describe(leaf)
                 finally:
                     self._ws = None
-                    self._connected = trio.Event()
+                    if self._connected.is_set():  # requests may be waiting on an unset one
+                        self._connected = trio.Event()
                     self._fail_pending()
                 attempt += 1
                 delay = self.backoff.next_delay()
@@ -252,39 +252,63 @@ class Client:
     def _fail_pending(self) -> None:
         for done, holder in self._pending.values():
             if not holder:
-                holder.append(
-                    {"type": "error", "code": "connection_error", "message": "connection lost"}
-                )
+                holder.append(_LOST)
             done.set()
 
     async def _session(self) -> None:
-        async with self._open(
-            self.url,
-            ssl_context=self._ssl,
-            connect_timeout=5,
-            disconnect_timeout=2,
-            message_queue_size=256,
-            max_message_size=16 * 1024 * 1024,
-        ) as ws:
-            await ws.send_message(json.dumps({"type": "auth", "token": self._token}))
-            answer = await self._expect(ws, "auth_success")
-            await ws.send_message(json.dumps({"type": "subscribe", "dagIds": self.dag_ids}))
-            await self._expect(ws, "subscribed")
-            reconnect = self.connections > 0
-            self.connections += 1
-            snapshot = False
-            if self.last_seq is None:
-                self.last_seq = int(answer["seq"])  # first connection: from now on
-                if self.initial_snapshot:
-                    snapshot = True
-                    await ws.send_message(json.dumps({"type": "snapshot"}))
-            else:
-                await ws.send_message(json.dumps({"type": "replay", "since": self.last_seq}))
-            self._ws = ws
-            self._connected.set()
-            self.backoff.reset()
-            await self._send_items.send(Connected(self.last_seq, reconnect))
-            await self._receive(ws, snapshot)
+        opened: list[Any] = []
+        try:
+            async with self._open(
+                self.url,
+                ssl_context=self._ssl,
+                connect_timeout=5,
+                disconnect_timeout=2,
+                message_queue_size=256,
+                max_message_size=16 * 1024 * 1024,
+            ) as ws:
+                opened.append(ws)
+                await self._talk(ws)
+        finally:
+            # trio-websocket 0.12 never closes a client's TCP stream when the daemon closed the
+            # connection or it dropped (aclose() returns early once a close reason is set):
+            # close it here, or every reconnect leaks a socket until garbage collection.
+            stream = getattr(opened[0], "_stream", None) if opened else None
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+
+    async def _talk(self, ws: WebSocketConnection) -> None:
+        """One connection: authenticate, subscribe, catch up, then receive until it fails."""
+        await ws.send_message(json.dumps({"type": "auth", "token": self._token}))
+        answer = await self._expect(ws, "auth_success")
+        await ws.send_message(json.dumps({"type": "subscribe", "dagIds": self.dag_ids}))
+        await self._expect(ws, "subscribed")
+        reconnect = self.connections > 0
+        self.connections += 1
+        snapshot = replay = False
+        if self.last_seq is None:
+            self.last_seq = int(answer["seq"])  # first connection: from now on
+            if self.initial_snapshot:
+                snapshot = True
+                await ws.send_message(json.dumps({"type": "snapshot"}))
+        else:
+            replay = True
+            await ws.send_message(json.dumps({"type": "replay", "since": self.last_seq}))
+        self._ws = ws
+        self._connected.set()
+        self.backoff.reset()
+        await self._send_items.send(Connected(self.last_seq, reconnect))
+        await self._receive(ws, snapshot, replay)
+
+    async def _deliver(self, event: DagEvent) -> None:
+        """Pass on an event with a seq we have not delivered yet (de-duplication by seq)."""
+        if event.seq is not None and event.seq > (self.last_seq or 0):
+            await self._send_items.send(event)
+            self.last_seq = event.seq
+
+    async def _deliver_held(self, held: list[DagEvent]) -> None:
+        for event in sorted(held, key=lambda e: e.seq or 0):
+            await self._deliver(event)
 
     async def _expect(self, ws: WebSocketConnection, kind: str) -> dict[str, Any]:
         with trio.fail_after(10):
@@ -295,9 +319,16 @@ class Client:
             raise AuthFailed("auth_failed", "the daemon refused the token")
         raise _Reconnect(f"expected {kind}, got {json.dumps(message)[:200]}")
 
-    async def _receive(self, ws: WebSocketConnection, snapshot_pending: bool) -> None:
+    async def _receive(
+        self, ws: WebSocketConnection, snapshot_pending: bool, replay_pending: bool
+    ) -> None:
         silence = 2.5 * self.heartbeat_interval
         snapshot: list[DagEvent] | None = [] if snapshot_pending else None
+        # Until replay_complete, events are held back and then delivered sorted: live events
+        # queued before the daemon processed the replay request come first and may have larger
+        # seqs than replayed ones still to come (docs/protocol.md), so delivering them at once
+        # would make the seq de-duplication drop the older replayed events: a gap.
+        held: list[DagEvent] | None = [] if replay_pending else None
         while True:
             with trio.move_on_after(silence) as scope:
                 text = await ws.get_message()
@@ -309,14 +340,21 @@ class Client:
                 event = event_from_wire(message)
                 if snapshot is not None and event.seq is None:
                     snapshot.append(event)
-                elif event.seq is not None and event.seq > (self.last_seq or 0):
-                    await self._send_items.send(event)
-                    self.last_seq = event.seq
+                elif held is not None:
+                    held.append(event)
+                else:
+                    await self._deliver(event)
+            elif kind == "replay_complete" and held is not None:
+                await self._deliver_held(held)
+                held = None
             elif kind == "snapshot_complete":
                 self.last_seq = max(self.last_seq or 0, int(message["seq"]))
                 await self._send_items.send(GapRepaired(snapshot or [], self.last_seq))
                 snapshot = None
             elif kind == "error" and message.get("code") == "replay_unavailable":
+                if held is not None:  # live events only: the replay itself did not happen
+                    await self._deliver_held(held)
+                    held = None
                 snapshot = []
                 await ws.send_message(json.dumps({"type": "snapshot"}))
             elif "requestId" in message and message["requestId"] in self._pending:
@@ -324,6 +362,31 @@ class Client:
                 holder.append(message)
                 done.set()
             # heartbeat, replay_complete, pong and the rest only prove the link is alive
+
+
+class _EventsOnly:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._pending: collections.deque[DagEvent] = collections.deque()
+
+    def __aiter__(self) -> _EventsOnly:
+        return self
+
+    async def __anext__(self) -> DagEvent:
+        while not self._pending:
+            item = await self._client.__anext__()
+            if isinstance(item, GapRepaired):
+                self._pending.extend(item.events)
+            elif not isinstance(item, ConnectionLost | Connected):
+                return item
+        return self._pending.popleft()
+
+
+_DROPPED = (
+    "the connection dropped before the daemon answered; "
+    "the request may or may not have been applied"
+)
+_LOST: dict[str, Any] = {"type": "error", "code": "connection_error", "message": _DROPPED}
 
 
 def _now() -> float:

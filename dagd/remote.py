@@ -232,15 +232,21 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
 def print_logs(config: Config, run_id: str, step_id: str, attempt: int | None) -> None:
     """Print a step's log files (stdout, then stderr) for one or every attempt."""
     matches = sorted(config.log_dir.glob(f"*/{_glob_escape(run_id)}/{_glob_escape(step_id)}.*"))
-    if not matches:
+    by_attempt: dict[int, list[Path]] = {}
+    for path in matches:
+        # Step ids may contain dots: "load.*" also matches the logs of a step "load.more".
+        parts = path.name.rsplit(".", 2)
+        if len(parts) == 3 and parts[0] == step_id and parts[1].isdigit():
+            by_attempt.setdefault(int(parts[1]), []).append(path)
+    if not by_attempt:
         raise click.ClickException(
             f"no logs for step {step_id!r} of run {run_id!r} under {config.log_dir}"
         )
-    by_attempt: dict[int, list[Path]] = {}
-    for path in matches:
-        parts = path.name.rsplit(".", 2)
-        if len(parts) == 3 and parts[1].isdigit():
-            by_attempt.setdefault(int(parts[1]), []).append(path)
+    if attempt is not None and attempt not in by_attempt:
+        raise click.ClickException(
+            f"no attempt {attempt} of step {step_id!r} in run {run_id!r} "
+            f"(attempts: {', '.join(map(str, sorted(by_attempt)))})"
+        )
     attempts = sorted(by_attempt) if attempt is None else [attempt]
     for n in attempts:
         for path in sorted(by_attempt.get(n, []), key=lambda p: p.suffix != ".out"):

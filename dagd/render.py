@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import attrs
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -154,16 +154,18 @@ class RunsView:
     # ------------------------------------------------------------------ live
 
     def render(self) -> RenderableType:
+        """What to show now, cut to the console's height (see `_FitToHeight`)."""
+        return _FitToHeight(self)
+
+    def _head(self) -> list[RenderableType]:
         parts: list[RenderableType] = []
         if self.notice:
             parts.append(Text(self.notice, style="bold yellow"))
         for err in self.dag_errors[-3:]:
             parts.append(Text(f"✘ {err.dag_id}: {err.error}", style="red"))
-        for run in self.runs.values():
-            parts.append(self._render_run(run))
         if not self.runs and not self.notice:
             parts.append(Text("waiting for runs…", style="dim"))
-        return Group(*parts)
+        return parts
 
     def _render_run(self, run: RunView) -> RenderableType:
         total, completed, running, failed, pending = run.counts()
@@ -200,6 +202,33 @@ class RunsView:
         parts.append(steps)
         return Group(*parts)
 
+    def _fit(self, console: Console, options: ConsoleOptions) -> list[RenderableType]:
+        """The head, then as many runs as fit in the height: active runs first, then the
+        newest finished ones, shown in the order they started."""
+        height = options.height if options.height is not None else console.height
+        options = options.update(height=None)
+        head = self._head()
+        budget = height - sum(len(console.render_lines(p, options, pad=False)) for p in head)
+        runs = list(self.runs.values())
+        finished = ("success", "failed", "cancelled")
+        order = [r for r in reversed(runs) if r.status not in finished]
+        order += [r for r in reversed(runs) if r.status in finished]
+        chosen: dict[str, RenderableType] = {}
+        for n, run in enumerate(order):
+            block = self._render_run(run)
+            lines = len(console.render_lines(block, options, pad=False))
+            more = 1 if n < len(order) - 1 else 0  # room for the "not shown" line
+            if lines + more > budget and chosen:  # (one run is shown even if cropped)
+                break
+            chosen[run.run_id] = block
+            budget -= lines
+        hidden = len(runs) - len(chosen)
+        parts = head
+        if hidden:
+            parts.append(Text(f"… {hidden} more run(s) not shown", style="dim"))
+        parts += [chosen[r.run_id] for r in runs if r.run_id in chosen]
+        return parts
+
     def summary(self, run: RunView, console: Console) -> None:
         """The closing lines for a finished run."""
         by_status: dict[str, int] = {}
@@ -215,3 +244,15 @@ class RunsView:
         for s in run.steps.values():
             if s.status == "failed":
                 console.print(Text(f"  ✘ {s.step_id}: {s.error}", style="red"))
+
+
+class _FitToHeight:
+    """The view, cut to fit the console's height. A live display crops what does not fit at
+    the bottom, where the newest runs are: without this, `dagd watch` stops showing new runs
+    once the screen is full."""
+
+    def __init__(self, view: RunsView) -> None:
+        self.view = view
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Group(*self.view._fit(console, options))
