@@ -281,7 +281,12 @@ class Client:
         """One connection: authenticate, subscribe, catch up, then receive until it fails."""
         await ws.send_message(json.dumps({"type": "auth", "token": self._token}))
         answer = await self._expect(ws, "auth_success")
-        await ws.send_message(json.dumps({"type": "subscribe", "dagIds": self.dag_ids}))
+        subscribe: dict[str, Any] = {"type": "subscribe", "dagIds": self.dag_ids}
+        if self.last_seq is not None:
+            # Subscribe and replay in one step: the daemon then sends the missed events and
+            # the live ones after them in seq order, nothing repeated (docs/protocol.md).
+            subscribe["since"] = self.last_seq
+        await ws.send_message(json.dumps(subscribe))
         await self._expect(ws, "subscribed")
         reconnect = self.connections > 0
         self.connections += 1
@@ -293,7 +298,6 @@ class Client:
                 await ws.send_message(json.dumps({"type": "snapshot"}))
         else:
             replay = True
-            await ws.send_message(json.dumps({"type": "replay", "since": self.last_seq}))
         self._ws = ws
         self._connected.set()
         self.backoff.reset()
@@ -324,10 +328,10 @@ class Client:
     ) -> None:
         silence = 2.5 * self.heartbeat_interval
         snapshot: list[DagEvent] | None = [] if snapshot_pending else None
-        # Until replay_complete, events are held back and then delivered sorted: live events
-        # queued before the daemon processed the replay request come first and may have larger
-        # seqs than replayed ones still to come (docs/protocol.md), so delivering them at once
-        # would make the seq de-duplication drop the older replayed events: a gap.
+        # Until replay_complete, events are held back and then delivered sorted. With
+        # subscribe + since they already arrive in order; holding them also keeps the client
+        # right against a daemon that answers a separate `replay` (live events queued before
+        # it may overtake replayed ones, docs/protocol.md).
         held: list[DagEvent] | None = [] if replay_pending else None
         while True:
             with trio.move_on_after(silence) as scope:

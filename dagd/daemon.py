@@ -301,7 +301,9 @@ class Daemon:
             bound = dag.bind_params({k: _param_text(v) for k, v in (params or {}).items()})
         except ValueError as exc:
             raise DaemonError("invalid_params", str(exc)) from None
-        return self._enqueue(dag, self._run_ids.make("manual", self.clock()), bound)
+        run_id = self._enqueue(dag, self._run_ids.make("manual", self.clock()), bound)
+        await self.store.flush()  # answer only once the run is on disk: a crash cannot lose it
+        return run_id
 
     def _fire_scheduled(self, dag: DagSpec, slot: datetime) -> None:
         if self._accepting:

@@ -184,6 +184,12 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
                         view.apply(event)
                 if item.events and run_ids is not None:
                     show_line("missed events were no longer available: showing current state")
+                if stop_when_done and run_ids is not None:
+                    for run_id in run_ids:  # the run may have ended while we were away
+                        run = view.runs.get(run_id)
+                        if run is not None and run.status in ("success", "failed", "cancelled"):
+                            status = run.status
+                            return _exit_code(status)
             elif (
                 run_ids is None
                 or getattr(item, "run_id", None) in run_ids
@@ -199,11 +205,7 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
                     and item.status.finished
                 ):
                     status = str(item.status)
-                    return (
-                        0
-                        if status == "success"
-                        else (EXIT_CANCELLED if status == "cancelled" else EXIT_FAILED)
-                    )
+                    return _exit_code(status)
             if display is not None:
                 display.update(view.render())
         return 0
@@ -227,6 +229,12 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
         if run_ids is not None and run.run_id in run_ids:
             view.summary(run, console)
     return code
+
+
+def _exit_code(run_status: str) -> int:
+    if run_status == "success":
+        return 0
+    return EXIT_CANCELLED if run_status == "cancelled" else EXIT_FAILED
 
 
 def print_logs(config: Config, run_id: str, step_id: str, attempt: int | None) -> None:

@@ -110,6 +110,14 @@ def server(
             ws.push({"type": "subscribed", "dagIds": sorted(message["dagIds"])})
             for frame in after_subscribe:
                 ws.push(frame)
+            if "since" in message:  # subscribe + replay in one step
+                frames = (
+                    replay(message["since"])
+                    if replay
+                    else [{"type": "replay_complete", "seq": seq}]
+                )
+                for frame in frames:
+                    ws.push(frame)
         elif kind == "replay":
             frames = (
                 replay(message["since"]) if replay else [{"type": "replay_complete", "seq": seq}]
@@ -278,9 +286,10 @@ async def test_reconnect_resends_auth_and_subscribe_then_replays_from_last_seq(
     assert items[3] == Connected(11, reconnect=True)
     for ws in (first, second):
         assert ws.sent[0] == {"type": "auth", "token": "secret"}
-        assert ws.sent[1] == {"type": "subscribe", "dagIds": ["etl", "other"]}
-    assert first.types_sent() == ["auth", "subscribe"]  # since=None: from now on, no replay
-    assert second.sent[2] == {"type": "replay", "since": 11}
+        assert ws.types_sent() == ["auth", "subscribe"]
+    assert first.sent[1] == {"type": "subscribe", "dagIds": ["etl", "other"]}  # from now on
+    # the reconnect subscribes and replays from the last delivered seq in one step
+    assert second.sent[1] == {"type": "subscribe", "dagIds": ["etl", "other"], "since": 11}
     assert client.connections == 2
 
 
@@ -430,8 +439,8 @@ async def test_replay_unavailable_falls_back_to_a_snapshot_and_reports_the_gap(
     assert items[0] == Connected(5, reconnect=False)
     assert items[1] == GapRepaired(snap, 60)
     assert items[2].seq == 61
-    assert ws.types_sent() == ["auth", "subscribe", "replay", "snapshot"]
-    assert ws.sent[2]["since"] == 5
+    assert ws.types_sent() == ["auth", "subscribe", "snapshot"]
+    assert ws.sent[1]["since"] == 5
 
 
 async def test_initial_snapshot_then_live_events(autojump_clock: trio.testing.MockClock) -> None:
