@@ -8,15 +8,18 @@ inside the run's nursery, so cancelling the run (or the whole daemon) reaches ev
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 import trio
 
 from dagd.core.events import DagEvent
-from dagd.core.model import RunStatus
+from dagd.core.model import RunStatus, StepSpec
 from dagd.core.runstate import FinishRun, RunState, ScheduleRetry, StartStep, StopStep
-from dagd.executor import Executor, StepContext
+from dagd.executor import AttemptResult, Executor, StepContext
+
+log = logging.getLogger("dagd.engine")
 
 Publish = Callable[[DagEvent], None]
 WallClock = Callable[[], float]
@@ -110,10 +113,10 @@ class RunDriver:
             if self.step_slots is not None:
                 async with self.step_slots:
                     self._apply(state.step_started(sid, self.clock()))
-                    result = await self.executor.run(spec, ctx)
+                    result = await self._run_attempt(spec, ctx)
             else:
                 self._apply(state.step_started(sid, self.clock()))
-                result = await self.executor.run(spec, ctx)
+                result = await self._run_attempt(spec, ctx)
         del self._scopes[sid]
         now = self.clock()
         if result is None:  # cancelled before it finished
@@ -122,6 +125,14 @@ class RunDriver:
             self._apply(state.step_succeeded(sid, now))
         else:
             self._apply(state.step_failed(sid, now, result.error or "failed"))
+
+    async def _run_attempt(self, spec: StepSpec, ctx: StepContext) -> AttemptResult:
+        """The executor's result; an unexpected error fails the attempt, never the run."""
+        try:
+            return await self.executor.run(spec, ctx)
+        except Exception as exc:
+            log.exception("step %s of run %s failed unexpectedly", ctx.step_id, ctx.run_id)
+            return AttemptResult(False, f"internal error: {type(exc).__name__}: {exc}")
 
     async def _retry_timer(self, retry: ScheduleRetry) -> None:
         await trio.sleep(max(0.0, retry.at - self.clock()))

@@ -26,6 +26,7 @@ import trio
 
 from dagd.core.model import StepSpec
 from dagd.core.runstate import format_seconds
+from dagd.procs import group_members
 
 
 @attrs.frozen
@@ -42,6 +43,7 @@ class StepContext:
     def log(self, message: str) -> None:
         """Append a line to this attempt's log file (no-op when logs are not kept)."""
         if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(message.rstrip("\n") + "\n")
 
@@ -107,11 +109,13 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Does any live process remain in the group? Zombies do not count: where PID 1 does not
+    reap orphans (some containers), a step's dead background children linger as zombies."""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    return bool(group_members(pgid))
 
 
 async def stop_process_group(proc: trio.Process, grace: float) -> None:
@@ -124,6 +128,25 @@ async def stop_process_group(proc: trio.Process, grace: float) -> None:
             await trio.sleep(0.02)
     _signal_group(pgid, signal.SIGKILL)
     await proc.wait()
+
+
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+
+def _open_logs(paths: tuple[Path, Path]) -> tuple[int, int]:
+    """Create (or truncate) an attempt's .out and .err files. Their folder is made only when the
+    first open finds it missing: a mkdir per attempt costs as much as a file creation."""
+    try:
+        out_fd = os.open(paths[0], _LOG_FLAGS, 0o644)
+    except FileNotFoundError:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        out_fd = os.open(paths[0], _LOG_FLAGS, 0o644)
+    try:
+        err_fd = os.open(paths[1], _LOG_FLAGS, 0o644)
+    except BaseException:
+        os.close(out_fd)
+        raise
+    return out_fd, err_fd
 
 
 def _last_line(path: Path | None) -> str:
@@ -161,6 +184,7 @@ class Executor:
     grace: float = 5.0
     base_env: Mapping[str, str] | None = None
     on_spawn: Callable[[StepContext, int], None] | None = None  # records process groups
+    sync_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(32))
 
     def log_paths(self, ctx: StepContext) -> tuple[Path, Path] | None:
         if self.log_dir is None:
@@ -185,9 +209,12 @@ class Executor:
         )
         paths = self.log_paths(ctx)
         if paths is not None:
-            paths[0].parent.mkdir(parents=True, exist_ok=True)
-            out_fd = os.open(paths[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            err_fd = os.open(paths[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                out_fd, err_fd = _open_logs(paths)
+            except OSError as exc:
+                return AttemptResult(
+                    False, f"cannot create log file {exc.filename}: {exc.strerror}"
+                )
         else:
             out_fd = err_fd = subprocess.DEVNULL
         try:
@@ -198,10 +225,17 @@ class Executor:
                 stderr=err_fd,
                 env=step_environment(step, ctx, self.base_env),
                 cwd=step.cwd,
-                start_new_session=True,
+                # Its own process group (pgid = pid), so a timeout or cancel reaches every
+                # process it started. setpgid rather than setsid: the same kill semantics at
+                # about 10% less cost per spawn (measured in bench/shell_steps.py).
+                process_group=0,
             )
         except OSError as exc:
+            if step.cwd is not None and not os.path.isdir(step.cwd):
+                return AttemptResult(False, f"working directory {step.cwd!r} does not exist")
             return AttemptResult(False, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+        except ValueError as exc:  # e.g. a NUL byte in a param value or the command
+            return AttemptResult(False, f"cannot start the command: {exc}")
         finally:
             if paths is not None:
                 os.close(out_fd)
@@ -232,8 +266,7 @@ class Executor:
         assert step.call is not None
         paths = self.log_paths(ctx)
         if paths is not None:
-            paths[0].parent.mkdir(parents=True, exist_ok=True)
-            ctx = attrs.evolve(ctx, log_path=paths[0])
+            ctx = attrs.evolve(ctx, log_path=paths[0])  # created on the first ctx.log()
         try:
             fn = resolve_callable(step.call)
         except CallableNotFound as exc:
@@ -242,22 +275,24 @@ class Executor:
         try:
             if timeout:
                 with trio.move_on_after(timeout) as scope:
-                    await _call(fn, ctx)
+                    await self._call(fn, ctx)
                 if scope.cancelled_caught:
                     return AttemptResult(False, f"timed out after {format_seconds(timeout)}", True)
             else:
                 # No timeout, no cancel scope: an idle scope costs ~5 µs per attempt, a sixth of
                 # the engine's whole per-step overhead (bench/engine_overhead.py).
-                await _call(fn, ctx)
-        except Exception as exc:
+                await self._call(fn, ctx)
+        except (Exception, SystemExit) as exc:
             return AttemptResult(False, f"{type(exc).__name__}: {exc}")
         return AttemptResult(True)
 
-
-async def _call(fn: Callable[..., Any], ctx: StepContext) -> None:
-    if inspect.iscoroutinefunction(fn):
-        await fn(ctx)
-    else:
-        # A thread cannot be killed: on timeout or cancel it is abandoned and finishes on its
-        # own, its result ignored.
-        await trio.to_thread.run_sync(fn, ctx, abandon_on_cancel=True)
+    async def _call(self, fn: Callable[..., Any], ctx: StepContext) -> None:
+        if inspect.iscoroutinefunction(fn):
+            await fn(ctx)
+        else:
+            # A thread cannot be killed: on timeout or cancel it is abandoned and finishes on
+            # its own, its result ignored. Sync steps have their own thread limiter so that
+            # abandoned ones can never starve trio's default one, which process spawning uses.
+            await trio.to_thread.run_sync(
+                fn, ctx, abandon_on_cancel=True, limiter=self.sync_limiter
+            )

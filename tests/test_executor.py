@@ -1,0 +1,305 @@
+"""Executor: one attempt of one step, with real subprocesses and real log files.
+
+Process checks read /proc for a marker (DAGD_TEST_MARK) in the environment, so they see every
+descendant of a step, not only the process the executor started.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import procs
+import pytest
+import trio
+import trio.testing
+
+from dagd.core.model import StepSpec
+from dagd.executor import Executor, StepContext, resolve_callable, step_environment
+
+GRACE = 0.3
+TIMEOUT = 0.3
+
+
+def ctx(run_id: str = "run1", step_id: str = "s", attempt: int = 1, **params: str) -> StepContext:
+    return StepContext("dag1", run_id, step_id, attempt, params)
+
+
+def shell(command: str | tuple[str, ...], mark: str | None = None, **kw: object) -> StepSpec:
+    env = {procs.MARK_VAR: mark} if mark else {}
+    return StepSpec("s", command=command, env=env, **kw)  # type: ignore[arg-type]
+
+
+async def wait_for_processes(mark: str, count: int, timeout: float = 5.0) -> None:
+    """Wait (real time) until at least `count` live processes carry `mark`."""
+    with trio.fail_after(timeout):
+        while len(procs.live_processes(mark)) < count:
+            await trio.sleep(0.01)
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> Executor:
+    return Executor(log_dir=tmp_path / "logs", grace=GRACE)
+
+
+# ---------------------------------------------------------------- killing whole process groups
+
+
+async def test_timeout_kills_grandchildren(executor: Executor) -> None:
+    mark = procs.new_mark()
+    # 1 s rather than TIMEOUT: the watcher must see all three processes before the timeout hits,
+    # even on a loaded machine.
+    step = shell("sleep 600 & sleep 600", mark, timeout=1)
+    seen: list[int] = []
+
+    async def watch() -> None:
+        await wait_for_processes(mark, 3)  # sh + both sleeps: the grandchild really exists
+        seen.extend(procs.live_processes(mark))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        result = await executor.run(step, ctx())
+    assert len(seen) == 3
+    assert not result.ok
+    assert result.timed_out
+    assert result.error == "timed out after 1s"
+    assert procs.wait_gone(mark) == []
+
+
+async def test_cancel_kills_grandchildren(executor: Executor) -> None:
+    mark = procs.new_mark()
+    step = shell("sleep 600 & sleep 600", mark)  # no timeout: only the cancel stops it
+    result = None
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            nonlocal result
+            result = await executor.run(step, ctx())
+
+        nursery.start_soon(run)
+        await wait_for_processes(mark, 3)
+        nursery.cancel_scope.cancel()
+    assert result is None  # cancellation propagates out of Executor.run
+    assert procs.wait_gone(mark) == []
+
+
+async def test_term_ignoring_step_is_killed_after_grace(executor: Executor) -> None:
+    mark = procs.new_mark()
+    # An ignored SIGTERM is inherited across exec, so the sleep ignores it too.
+    step = shell("trap '' TERM; sleep 600", mark, timeout=TIMEOUT)
+    t0 = time.monotonic()
+    result = await executor.run(step, ctx())
+    elapsed = time.monotonic() - t0
+    assert result.error == "timed out after 0.3s"
+    assert result.timed_out
+    assert elapsed >= TIMEOUT + GRACE - 0.05  # SIGTERM did nothing; SIGKILL came after grace
+    assert elapsed < TIMEOUT + GRACE + 3
+    assert procs.wait_gone(mark) == []
+
+
+async def test_cancel_of_term_ignoring_step_escalates_to_sigkill(executor: Executor) -> None:
+    mark = procs.new_mark()
+    step = shell("trap '' TERM; sleep 600 & sleep 600", mark)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, step, ctx())
+        await wait_for_processes(mark, 3)
+        t0 = time.monotonic()
+        nursery.cancel_scope.cancel()
+    assert time.monotonic() - t0 >= GRACE - 0.05
+    assert procs.wait_gone(mark) == []
+
+
+async def test_leftovers_of_a_finished_step_are_killed(executor: Executor) -> None:
+    mark = procs.new_mark()
+    result = await executor.run(shell("sleep 600 & echo started", mark), ctx())
+    assert result.ok
+    assert procs.wait_gone(mark) == []
+
+
+async def test_step_runs_in_its_own_process_group(executor: Executor) -> None:
+    groups: list[int] = []
+    ex = Executor(log_dir=executor.log_dir, on_spawn=lambda c, pgid: groups.append(pgid))
+    result = await ex.run(shell("cut -d' ' -f5 /proc/$$/stat >&2; exit 1"), ctx())
+    assert len(groups) == 1
+    assert result.pid == groups[0]
+    assert groups[0] != os.getpgrp()
+    assert result.error == f"exit code 1: {groups[0]}"
+
+
+# ------------------------------------------------------------------------------ error texts
+
+
+async def test_exit_code_and_last_stderr_line(executor: Executor, tmp_path: Path) -> None:
+    result = await executor.run(shell("echo first >&2; echo oops >&2; echo out; exit 3"), ctx())
+    assert not result.ok
+    assert not result.timed_out
+    assert result.error == "exit code 3: oops"
+    folder = tmp_path / "logs" / "dag1" / "run1"
+    assert (folder / "s.1.out").read_text() == "out\n"
+    assert (folder / "s.1.err").read_text() == "first\noops\n"
+
+
+async def test_exit_code_without_logs_has_no_stderr_line() -> None:
+    result = await Executor(log_dir=None).run(shell("echo oops >&2; exit 3"), ctx())
+    assert result.error == "exit code 3"
+
+
+async def test_killed_by_signal(executor: Executor) -> None:
+    result = await executor.run(shell("kill -KILL $$"), ctx())
+    assert result.error == "killed by SIGKILL"
+    result = await executor.run(shell("echo dying >&2; kill -TERM $$"), ctx())
+    assert result.error == "killed by SIGTERM: dying"
+
+
+async def test_missing_executable_in_argv_form(executor: Executor) -> None:
+    result = await executor.run(shell(("/nonexistent/dagd-no-such-program", "x")), ctx())
+    assert not result.ok
+    assert result.pid is None
+    assert result.error == (
+        "cannot start '/nonexistent/dagd-no-such-program': No such file or directory"
+    )
+
+
+async def test_missing_command_in_shell_form(executor: Executor) -> None:
+    result = await executor.run(shell("dagd-no-such-program-xyz"), ctx())
+    assert result.error is not None
+    assert result.error.startswith("exit code 127: ")
+    assert "dagd-no-such-program-xyz" in result.error
+
+
+async def test_callable_raising(executor: Executor) -> None:
+    sync = await executor.run(StepSpec("s", call="stepfuncs:raise_value_error"), ctx())
+    assert sync.error == "ValueError: bad value in s"
+    asyn = await executor.run(StepSpec("s", call="stepfuncs:async_raise_runtime_error"), ctx())
+    assert asyn.error == "RuntimeError: async boom"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            "dagd_no_such_module_xyz:func",
+            "cannot import module 'dagd_no_such_module_xyz': "
+            "No module named 'dagd_no_such_module_xyz'",
+        ),
+        ("stepfuncs:no_such_function", "module 'stepfuncs' has no attribute 'no_such_function'"),
+        ("stepfuncs:not_callable", "'stepfuncs:not_callable' is not callable"),
+    ],
+)
+async def test_callable_that_cannot_be_resolved(
+    executor: Executor, target: str, message: str
+) -> None:
+    result = await executor.run(StepSpec("s", call=target), ctx())
+    assert not result.ok
+    assert result.error == message
+
+
+def test_resolve_callable_is_cached() -> None:
+    assert resolve_callable("stepfuncs:noop") is resolve_callable("stepfuncs:noop")
+
+
+async def test_callable_success_and_log(executor: Executor, tmp_path: Path) -> None:
+    result = await executor.run(StepSpec("s", call="stepfuncs:write_log"), ctx(attempt=2))
+    assert result.ok
+    assert result.error is None
+    log = tmp_path / "logs" / "dag1" / "run1" / "s.2.out"
+    assert log.read_text() == "hello from s attempt 2\n"
+
+
+async def test_async_callable_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    t0 = trio.current_time()
+    result = await Executor().run(StepSpec("s", call="stepfuncs:sleep_forever", timeout=90), ctx())
+    assert result.timed_out
+    assert result.error == "timed out after 90s"
+    assert trio.current_time() - t0 == 90
+
+
+# ---------------------------------------------------------------------- environment, cwd, argv
+
+
+async def test_params_and_dagd_variables_reach_the_environment(
+    executor: Executor, tmp_path: Path
+) -> None:
+    evil = "$(touch pwned); rm -rf x `touch pwned2` && echo gotcha"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "x").write_text("keep me")
+    step = StepSpec(
+        "show",
+        command='printf "%s\\n" "$DAGD_PARAM_GREETING" "$DAGD_PARAM_EVIL" "$DAGD_DAG_ID" '
+        '"$DAGD_RUN_ID" "$DAGD_STEP_ID" "$DAGD_ATTEMPT"',
+        cwd=str(work),
+    )
+    result = await executor.run(
+        step, ctx(run_id="r-42", step_id="show", attempt=3, greeting="hi there", evil=evil)
+    )
+    assert result.ok, result.error
+    out = (tmp_path / "logs" / "dag1" / "r-42" / "show.3.out").read_text()
+    assert out.splitlines() == ["hi there", evil, "dag1", "r-42", "show", "3"]
+    assert (work / "x").read_text() == "keep me"
+    assert sorted(p.name for p in work.iterdir()) == ["x"]  # no pwned, pwned2
+
+
+def test_step_environment_order() -> None:
+    step = StepSpec("s", command="true", env={"FOO": "step", "DAGD_STEP_ID": "spoofed"})
+    env = step_environment(step, ctx(name="v"), base={"FOO": "base", "KEEP": "1"})
+    assert env == {
+        "FOO": "step",
+        "KEEP": "1",
+        "DAGD_DAG_ID": "dag1",
+        "DAGD_RUN_ID": "run1",
+        "DAGD_STEP_ID": "s",
+        "DAGD_ATTEMPT": "1",
+        "DAGD_PARAM_NAME": "v",
+    }
+
+
+async def test_step_env_and_base_env(tmp_path: Path) -> None:
+    ex = Executor(log_dir=tmp_path, base_env={"PATH": os.environ["PATH"], "FROM_BASE": "b"})
+    step = StepSpec(
+        "s", command='echo "$FROM_BASE $FROM_STEP ${HOME-unset}"', env={"FROM_STEP": "s"}
+    )
+    assert (await ex.run(step, ctx())).ok
+    assert (tmp_path / "dag1" / "run1" / "s.1.out").read_text() == "b s unset\n"
+
+
+async def test_cwd(executor: Executor, tmp_path: Path) -> None:
+    work = tmp_path / "somewhere"
+    work.mkdir()
+    assert (await executor.run(shell("pwd", cwd=str(work)), ctx())).ok
+    out = (tmp_path / "logs" / "dag1" / "run1" / "s.1.out").read_text().strip()
+    assert os.path.realpath(out) == os.path.realpath(work)
+
+
+async def test_argv_list_runs_without_a_shell(executor: Executor, tmp_path: Path) -> None:
+    argv = ("printf", "%s|%s\\n", "$HOME; touch pwned", "$(echo no)")
+    result = await executor.run(shell(argv, cwd=str(tmp_path)), ctx())
+    assert result.ok, result.error
+    out = (tmp_path / "logs" / "dag1" / "run1" / "s.1.out").read_text()
+    assert out == "$HOME; touch pwned|$(echo no)\n"
+    assert not (tmp_path / "pwned").exists()
+
+
+async def test_attempts_get_separate_log_files(executor: Executor, tmp_path: Path) -> None:
+    for attempt in (1, 2):
+        await executor.run(shell('echo "attempt $DAGD_ATTEMPT"'), ctx(attempt=attempt))
+    folder = tmp_path / "logs" / "dag1" / "run1"
+    assert (folder / "s.1.out").read_text() == "attempt 1\n"
+    assert (folder / "s.2.out").read_text() == "attempt 2\n"
+
+
+async def test_stdin_is_closed(executor: Executor) -> None:
+    # A step reading stdin must see EOF at once instead of hanging on the daemon's terminal.
+    result = await executor.run(shell("cat; exit 5", timeout=5), ctx())
+    assert result.error == "exit code 5"
+
+
+async def test_log_folder_is_recreated_when_removed(executor: Executor, tmp_path: Path) -> None:
+    folder = tmp_path / "logs" / "dag1" / "run1"
+    assert (await executor.run(shell("echo one"), ctx(attempt=1))).ok
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    assert (await executor.run(shell("echo two"), ctx(attempt=2))).ok
+    assert (folder / "s.2.out").read_text() == "two\n"
