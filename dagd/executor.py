@@ -149,6 +149,40 @@ def _open_logs(paths: tuple[Path, Path]) -> tuple[int, int]:
     return out_fd, err_fd
 
 
+class _LogFileError(Exception):
+    """Creating an attempt's log files failed (the OSError is the cause)."""
+
+
+def _spawn(
+    argv: list[str], paths: tuple[Path, Path] | None, env: dict[str, str], cwd: str | None
+) -> subprocess.Popen[bytes]:
+    """Create the attempt's log files and start the process (runs in a worker thread)."""
+    if paths is None:
+        out_fd = err_fd = subprocess.DEVNULL
+    else:
+        try:
+            out_fd, err_fd = _open_logs(paths)
+        except OSError as exc:
+            raise _LogFileError() from exc
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=err_fd,
+            env=env,
+            cwd=cwd,
+            # Its own process group (pgid = pid), so a timeout or cancel reaches every
+            # process it started. setpgid rather than setsid: the same kill semantics at a
+            # little less cost per spawn (bench/shell_steps.py).
+            process_group=0,
+        )
+    finally:
+        if paths is not None:
+            os.close(out_fd)
+            os.close(err_fd)
+
+
 def _last_line(path: Path | None) -> str:
     if path is None:
         return ""
@@ -208,27 +242,17 @@ class Executor:
             ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
         )
         paths = self.log_paths(ctx)
-        if paths is not None:
-            try:
-                out_fd, err_fd = _open_logs(paths)
-            except OSError as exc:
-                return AttemptResult(
-                    False, f"cannot create log file {exc.filename}: {exc.strerror}"
-                )
-        else:
-            out_fd = err_fd = subprocess.DEVNULL
+        env = step_environment(step, ctx, self.base_env)
         try:
-            proc = await trio.lowlevel.open_process(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out_fd,
-                stderr=err_fd,
-                env=step_environment(step, ctx, self.base_env),
-                cwd=step.cwd,
-                # Its own process group (pgid = pid), so a timeout or cancel reaches every
-                # process it started. setpgid rather than setsid: the same kill semantics at
-                # about 10% less cost per spawn (measured in bench/shell_steps.py).
-                process_group=0,
+            # Log files and the fork happen in one worker-thread call (trio spawns in a thread
+            # anyway): creating two files can cost more than the spawn itself on a busy disk,
+            # and this way it never runs on the event loop.
+            popen = await trio.to_thread.run_sync(_spawn, argv, paths, env, step.cwd)
+        except _LogFileError as exc:
+            cause = exc.__cause__
+            assert isinstance(cause, OSError)
+            return AttemptResult(
+                False, f"cannot create log file {cause.filename}: {cause.strerror}"
             )
         except OSError as exc:
             if step.cwd is not None and not os.path.isdir(step.cwd):
@@ -236,10 +260,7 @@ class Executor:
             return AttemptResult(False, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
         except ValueError as exc:  # e.g. a NUL byte in a param value or the command
             return AttemptResult(False, f"cannot start the command: {exc}")
-        finally:
-            if paths is not None:
-                os.close(out_fd)
-                os.close(err_fd)
+        proc = trio.Process._create(popen, None, None, None)
         if self.on_spawn is not None:
             self.on_spawn(ctx, proc.pid)
         try:
