@@ -301,9 +301,14 @@ class Daemon:
             bound = dag.bind_params({k: _param_text(v) for k, v in (params or {}).items()})
         except ValueError as exc:
             raise DaemonError("invalid_params", str(exc)) from None
-        run_id = self._enqueue(dag, self._run_ids.make("manual", self.clock()), bound)
-        await self.store.flush()  # answer only once the run is on disk: a crash cannot lose it
-        return run_id
+        if not self._accepting:
+            raise DaemonError("shutting_down", "the daemon is shutting down")
+        run_id = self._run_ids.make("manual", self.clock())
+        # The run is on disk before anyone hears of it (a crash right after the answer cannot
+        # lose it: the next start closes it out), and its events follow the answer.
+        self.store.record_run(run_id, dag.id, bound, self.clock())
+        await self.store.flush()
+        return self._enqueue(dag, run_id, bound, recorded=True)
 
     def _fire_scheduled(self, dag: DagSpec, slot: datetime) -> None:
         if self._accepting:
@@ -312,14 +317,17 @@ class Daemon:
             run_id = f"{scheduled_run_id(slot)}__{dag.id}"
             self._enqueue(dag, run_id, dag.bind_params(None))
 
-    def _enqueue(self, dag: DagSpec, run_id: str, params: dict[str, str]) -> str:
+    def _enqueue(
+        self, dag: DagSpec, run_id: str, params: dict[str, str], recorded: bool = False
+    ) -> str:
         if not self._accepting:
             raise DaemonError("shutting_down", "the daemon is shutting down")
         if run_id in self.active or any(s.run_id == run_id for s in self._queues.get(dag.id, ())):
             raise DaemonError("duplicate_run", f"run {run_id} is already queued or running")
         now = self.clock()
         state = RunState(dag, run_id, params, progress_interval=self.config.progress_interval)
-        self.store.record_run(run_id, dag.id, params, now)
+        if not recorded:
+            self.store.record_run(run_id, dag.id, params, now)
         self.publish(state.run_event(now))  # queued
         self._queues.setdefault(dag.id, deque()).append(state)
         self._launch(dag.id)

@@ -219,6 +219,13 @@ class _SnapshotJob:
 
 
 @attrs.frozen
+class _Remainder:
+    """The unsent tail of a direct write; the stream lock is held until it is written."""
+
+    data: memoryview
+
+
+@attrs.frozen
 class _CloseJob:
     code: int
     reason: str
@@ -240,6 +247,7 @@ class Connection:
         self.bucket = TokenBucket(server.config.rate_limit)
         self.rate_warned = False
         self.skip_upto = 0  # events at or below this seq were already sent by a replay/snapshot
+        self.writer_busy = False  # the writer task holds items it has not written yet
         self.auth_request_id: Any = None
 
     # ---- sending
@@ -268,14 +276,71 @@ class Connection:
         with trio.move_on_after(self.server.config.send_timeout):
             await self.ws.send_message(dumps(message))
 
+    def _fileno(self) -> int:
+        """The socket's file descriptor, or -1 (TLS, or closed: never write to a stale fd)."""
+        sock = getattr(self.ws._stream, "socket", None)
+        return sock.fileno() if sock is not None else -1
+
     async def _write(self, data: bytes | bytearray) -> None:
-        """One socket write under trio-websocket's own lock (pongs and close frames use it)."""
+        """One socket write under trio-websocket's own lock (pongs and close frames use it).
+
+        The first attempt is a plain non-blocking write: on a healthy connection it takes all
+        the data, and the task never suspends. Only what the kernel did not take waits for
+        the socket, bounded by send_timeout."""
         ws = self.ws
         if ws.closed is not None:
             raise ConnectionClosed(ws.closed)
-        async with ws._stream_lock:
+        lock = ws._stream_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self._write_locked(data)
+        finally:
+            lock.release()
+
+    async def _write_locked(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        fd = self._fileno()
+        if fd >= 0:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+        if view:
             with trio.fail_after(self.server.config.send_timeout):
-                await ws._stream.send_all(data)
+                await self.ws._stream.send_all(view)
+
+    def _direct(self, events: list[StoredEvent]) -> bool:
+        """The hub's fast path: write committed events straight to an idle client's socket.
+
+        Taken only when nothing can be overtaken: the writer task is idle, its queue is empty,
+        no replay or snapshot is running, and nobody holds the stream lock. Most deliveries
+        then cost one write system call and no task switch. If the kernel takes only part of
+        the data, the lock is kept and the rest goes to the front of the queue, for the writer
+        to finish before anything else (a pong must never land inside a frame)."""
+        ws = self.ws
+        sub = self.sub
+        if self.writer_busy or ws.closed is not None or sub is None or sub.queued():
+            return False
+        lock = ws._stream_lock
+        if lock.value == 0 or events[0].seq <= self.skip_upto:
+            return False
+        fd = self._fileno()
+        if fd < 0:
+            return False
+        data = events[0].frame if len(events) == 1 else b"".join(e.frame for e in events)
+        try:
+            sent = os.write(fd, data)
+        except OSError:  # full, or broken: the writer path finds out and reports it
+            return False
+        if sent < len(data):
+            lock.acquire_nowait()
+            sub._send.send_nowait(_Remainder(memoryview(data)[sent:]))  # type: ignore[arg-type]
+        return True
 
     # ---- lifecycle
 
@@ -283,6 +348,12 @@ class Connection:
         if not await self._authenticate():
             return
         self.sub = self.daemon.subscribe(set(), self.server.config.send_buffer)
+        if not self.ws._stream_lock.locked():
+            # A semaphore instead of trio-websocket's lock: same mutual exclusion, but the hub's
+            # direct write (a synchronous call in the publishing task) can take it and leave
+            # the release to this connection's writer task.
+            self.ws._stream_lock = trio.Semaphore(1)
+            self.sub.direct = self._direct
         self.server.authenticated.add(self)
         try:
             welcome: dict[str, Any] = {
@@ -463,6 +534,7 @@ class Connection:
                     first = await receive.receive()
                 except trio.EndOfChannel:
                     break
+                self.writer_busy = True  # set before any checkpoint: see _direct
                 batch = [first]
                 while len(batch) < 512:
                     try:
@@ -472,6 +544,7 @@ class Connection:
                 if sub.overflowed:
                     break
                 await self._send_batch(batch)
+                self.writer_busy = False
             if sub.overflowed:
                 self.server.slow_closed += 1
                 log.info(
@@ -501,7 +574,13 @@ class Connection:
                 if out:
                     await self._write(out)
                     out = bytearray()
-                if kind is _ReplayJob:
+                if kind is _Remainder:
+                    lock = self.ws._stream_lock  # held since the direct write
+                    try:
+                        await self._write_locked(item.data)  # type: ignore[attr-defined]
+                    finally:
+                        lock.release()
+                elif kind is _ReplayJob:
                     await self._replay(item)  # type: ignore[arg-type]
                 elif kind is _SnapshotJob:
                     await self._snapshot(item)  # type: ignore[arg-type]

@@ -328,6 +328,7 @@ class AioWS:
     def __init__(self, aio: Aio, conn: ClientConnection) -> None:
         self.aio = aio
         self.conn = conn
+        self.held: list[dict[str, Any]] = []  # events that arrived while awaiting an answer
 
     async def send(self, message: dict[str, Any] | str | bytes) -> None:
         if isinstance(message, dict):
@@ -338,22 +339,28 @@ class AioWS:
         return await self.aio.run(asyncio.wait_for(self.conn.recv(), timeout), timeout + 1)
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        if self.held:
+            return self.held.pop(0)
         return check_frame(await self.recv_raw(timeout))
 
     async def request(self, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-        """Send a request; the next frame that is not an event or heartbeat."""
+        """Send a request; the next frame that is not an event or heartbeat (events that come
+        first are kept for recv())."""
         await self.send(message)
         with trio.fail_after(timeout):
             while True:
-                answer = await self.recv(timeout)
+                answer = check_frame(await self.recv_raw(timeout))
                 if answer["type"] not in EVENT_TYPES | {"heartbeat"} and "data" not in answer:
                     return answer
+                if "data" in answer:
+                    self.held.append(answer)
 
     async def closed(self, timeout: float = 5.0) -> tuple[int | None, str, list[dict]]:
         """Read until the server closes: (close code received, reason, frames before)."""
 
         async def drain() -> tuple[int | None, str, list[dict]]:
-            frames = []
+            frames = self.held
+            self.held = []
             try:
                 while True:
                     frames.append(check_frame(await self.conn.recv()))
@@ -375,6 +382,7 @@ class TrioWS:
 
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
+        self.held: list[dict[str, Any]] = []  # events that arrived while awaiting an answer
 
     async def send(self, message: dict[str, Any] | str | bytes) -> None:
         if isinstance(message, dict):
@@ -382,13 +390,25 @@ class TrioWS:
         await self.ws.send_message(message)
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        if self.held:
+            return self.held.pop(0)
         return await trecv(self.ws, timeout)
 
     async def request(self, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-        return await trequest(self.ws, message, timeout)
+        """Send a request; the next frame that is not an event or heartbeat (events that come
+        first are kept for recv())."""
+        await self.send(message)
+        with trio.fail_after(timeout):
+            while True:
+                answer = await trecv(self.ws, timeout)
+                if answer["type"] not in EVENT_TYPES | {"heartbeat"} and "data" not in answer:
+                    return answer
+                if "data" in answer:
+                    self.held.append(answer)
 
     async def closed(self, timeout: float = 5.0) -> tuple[int | None, str, list[dict]]:
-        frames = []
+        frames = self.held
+        self.held = []
         with trio.fail_after(timeout):
             try:
                 while True:
