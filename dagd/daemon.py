@@ -118,6 +118,7 @@ class Daemon:
         """Recover from the previous process, load the DAGs and start the background tasks."""
         self._nursery = nursery
         await nursery.start(self.store.writer)
+        await nursery.start(self.store.checkpointer)
         self.recover()
         self.scheduler.last_slots.update(self.store.schedule_slots())
         self.reload()

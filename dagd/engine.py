@@ -107,7 +107,9 @@ class RunDriver:
     async def _attempt(self, start: StartStep, scope: trio.CancelScope) -> None:
         state, sid = self.state, start.step_id
         spec = state.dag.steps[sid]
-        ctx = StepContext(state.dag.id, state.run_id, sid, start.attempt, state.params)
+        ctx = StepContext(
+            state.dag.id, state.run_id, sid, start.attempt, state.params, self.executor.log_dir
+        )
         result = None
         with scope:
             if self.step_slots is not None:

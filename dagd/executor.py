@@ -38,13 +38,21 @@ class StepContext:
     step_id: str
     attempt: int
     params: Mapping[str, str]
-    log_path: Path | None = None
+    log_dir: Path | None = None  # the executor's log folder; None: logs are not kept
+
+    @property
+    def log_path(self) -> Path | None:
+        """This attempt's stdout log (what `log()` appends to)."""
+        if self.log_dir is None:
+            return None
+        return self.log_dir / self.dag_id / self.run_id / f"{self.step_id}.{self.attempt}.out"
 
     def log(self, message: str) -> None:
         """Append a line to this attempt's log file (no-op when logs are not kept)."""
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "a", encoding="utf-8") as f:
+        path = self.log_path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
                 f.write(message.rstrip("\n") + "\n")
 
 
@@ -285,9 +293,8 @@ class Executor:
 
     async def _run_callable(self, step: StepSpec, ctx: StepContext) -> AttemptResult:
         assert step.call is not None
-        paths = self.log_paths(ctx)
-        if paths is not None:
-            ctx = attrs.evolve(ctx, log_path=paths[0])  # created on the first ctx.log()
+        if ctx.log_dir is None and self.log_dir is not None:  # made on the first ctx.log()
+            ctx = attrs.evolve(ctx, log_dir=self.log_dir)
         try:
             fn = resolve_callable(step.call)
         except CallableNotFound as exc:

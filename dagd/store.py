@@ -2,8 +2,13 @@
 
 Why this shape:
 - Every event gets its `seq` the moment it is published (so it is encoded once, with its seq),
-  and is written in a batch by one writer task whose SQL runs in a worker thread: the event loop
-  never waits on the disk, and a burst of 10,000 events is a handful of transactions.
+  and is written by one writer task that gathers events for a few milliseconds and commits them
+  in one transaction (a 10,000-step run: about a hundred transactions of ~200 events). The
+  writes run on the event loop: in WAL mode with synchronous=NORMAL a commit only appends to the
+  WAL file (no fsync), which costs less than handing the batch to a thread and fighting it for
+  the GIL (measured: 2.8x engine-only time instead of 3.7x, loop stalls under 10 ms). The one
+  slow part, the checkpoint that copies the WAL into the database and fsyncs, runs in a worker
+  thread on its own connection (`checkpointer`), never on the loop.
 - `on_commit` (the fan-out) is called only after the batch's transaction committed, so no client
   ever sees an event the log could lose.
 - The runs and steps tables are folded from the same events in the same transaction: there is
@@ -135,6 +140,7 @@ class Store:
         self.path = path
         self._wconn = connect(path)
         self._wconn.executescript(SCHEMA)
+        self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: see checkpointer()
         self._rconn = connect(path)
         self._read_lock = threading.Lock()
         row = self._wconn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
@@ -147,6 +153,8 @@ class Store:
         self._write_lock = trio.Lock()  # one user of the write connection at a time
         self.on_commit: Callable[[list[StoredEvent]], None] | None = None
         self.batches = 0  # how many transactions the writer made (for benchmarks)
+        self.gather_interval = 0.005
+        self.max_batch = 500  # items per transaction (keep it well under server.send_buffer)
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -162,7 +170,9 @@ class Store:
         """Number the event and queue it for the writer. Never blocks."""
         seq = self._next_seq
         self._next_seq += 1
-        event = attrs.evolve(event, seq=seq)
+        # The event is a fresh value handed over by its producer: numbering it in place is
+        # safe and costs a tenth of attrs.evolve (this runs for every event).
+        object.__setattr__(event, "seq", seq)
         text = encode_event(event)
         stored = StoredEvent(seq, event.dag_id, event, text, text_frame(text.encode()))
         self._pending.append(("event", stored))
@@ -196,9 +206,32 @@ class Store:
             while True:
                 await self._wakeup.wait()
                 await self._write_pending()
+                # Let the next events gather: one transaction per few ms, not per event.
+                await trio.sleep(self.gather_interval)
         finally:
             with trio.CancelScope(shield=True):
-                await self._write_pending()
+                while self._pending:
+                    await self._write_pending()
+
+    async def checkpointer(
+        self,
+        interval: float = 1.0,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Copy the WAL into the database (and fsync) in a worker thread, every `interval`
+        seconds while there are new writes, so the WAL stays small and the loop never syncs."""
+        conn = connect(self.path)
+        task_status.started()
+        try:
+            done = self.batches
+            while True:
+                await trio.sleep(interval)
+                if self.batches != done:
+                    done = self.batches
+                    await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     async def flush(self) -> None:
         """Wait until everything published so far is committed."""
@@ -206,14 +239,25 @@ class Store:
             await self._flushed.wait()
 
     async def _write_pending(self) -> None:
+        """Write one batch of at most max_batch items (the writer loops for the rest)."""
         self._wakeup = trio.Event()
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
+        # At most max_batch items per transaction. When the writer falls behind (a busy event
+        # loop starves the writer thread of the GIL for most of a second), the backlog goes out
+        # in steps and each subscriber can drain between them, instead of getting thousands of
+        # events in one call and being cut off as a slow consumer.
+        batch = self._pending[: self.max_batch]
+        self._pending = self._pending[self.max_batch :]
+        if self._pending:
+            self._wakeup.set()
         self._writing = True
         try:
-            async with self._write_lock:
-                await trio.to_thread.run_sync(self._write_batch, batch)
+            # Shielded: the batch has left _pending, so a cancellation at the lock or at the
+            # thread call's checkpoint would drop it (the writer's final flush never sees it).
+            with trio.CancelScope(shield=True):
+                async with self._write_lock:
+                    self._write_batch(batch)
         finally:
             self._writing = False
         self.batches += 1
@@ -226,12 +270,39 @@ class Store:
         flushed.set()
 
     def _write_batch(self, batch: list[tuple[str, Any]]) -> None:
+        """One transaction for a batch: the events with one executemany, and the steps table
+        with one upsert per step (its latest status in the batch), not one per event."""
         conn = self._wconn
+        events: list[tuple[Any, ...]] = []
+        steps: dict[tuple[str, str], tuple[Any, ...]] = {}
         conn.execute("BEGIN")
         try:
             for kind, item in batch:
                 if kind == "event":
-                    self._write_event(conn, item)
+                    ev = item.event
+                    events.append(
+                        (
+                            item.seq,
+                            ev.timestamp,
+                            ev.dag_id,
+                            getattr(ev, "run_id", None),
+                            EVENT_TYPES[type(ev)],
+                            item.text,
+                        )
+                    )
+                    if type(ev) is StepStatusEvent:
+                        steps[(ev.run_id, ev.step_id)] = (
+                            ev.run_id,
+                            ev.step_id,
+                            ev.status.value,
+                            ev.retry_count,
+                            ev.start_time,
+                            ev.end_time,
+                            ev.duration,
+                            ev.error,
+                        )
+                    elif type(ev) is DagRunStatusEvent:
+                        self._write_run_status(conn, ev)
                 elif kind == "run":
                     conn.execute(
                         "INSERT OR IGNORE INTO runs (run_id, dag_id, status, params, queued_at)"
@@ -239,6 +310,7 @@ class Store:
                         item,
                     )
                 elif kind == "proc":
+                    self._write_steps(conn, steps)  # the step's row must exist first
                     conn.execute(
                         "UPDATE steps SET pgid=?, proc_start=?, boot_id=?"
                         " WHERE run_id=? AND step_id=?",
@@ -250,58 +322,47 @@ class Store:
                         " ON CONFLICT (dag_id) DO UPDATE SET last_slot=excluded.last_slot",
                         item,
                     )
+            conn.executemany(
+                "INSERT INTO events (seq, ts, dag_id, run_id, type, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                events,
+            )
+            self._write_steps(conn, steps)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
     @staticmethod
-    def _write_event(conn: sqlite3.Connection, stored: StoredEvent) -> None:
-        ev = stored.event
-        conn.execute(
-            "INSERT INTO events (seq, ts, dag_id, run_id, type, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                stored.seq,
-                ev.timestamp,
-                ev.dag_id,
-                getattr(ev, "run_id", None),
-                EVENT_TYPES[type(ev)],
-                stored.text,
-            ),
-        )
-        if type(ev) is StepStatusEvent:
-            conn.execute(
+    def _write_steps(
+        conn: sqlite3.Connection, steps: dict[tuple[str, str], tuple[Any, ...]]
+    ) -> None:
+        if steps:
+            conn.executemany(
                 "INSERT INTO steps (run_id, step_id, status, retry_count, start_time, end_time,"
                 " duration, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status,"
                 " retry_count=excluded.retry_count, start_time=excluded.start_time,"
                 " end_time=excluded.end_time, duration=excluded.duration, error=excluded.error",
-                (
-                    ev.run_id,
-                    ev.step_id,
-                    ev.status.value,
-                    ev.retry_count,
-                    ev.start_time,
-                    ev.end_time,
-                    ev.duration,
-                    ev.error,
-                ),
+                list(steps.values()),
             )
-        elif type(ev) is DagRunStatusEvent:
-            status = ev.status.value
+            steps.clear()
+
+    @staticmethod
+    def _write_run_status(conn: sqlite3.Connection, ev: DagRunStatusEvent) -> None:
+        status = ev.status.value
+        conn.execute(
+            "INSERT INTO runs (run_id, dag_id, status, queued_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET status=excluded.status",
+            (ev.run_id, ev.dag_id, status, ev.timestamp),
+        )
+        if status == "running":
             conn.execute(
-                "INSERT INTO runs (run_id, dag_id, status, queued_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (run_id) DO UPDATE SET status=excluded.status",
-                (ev.run_id, ev.dag_id, status, ev.timestamp),
+                "UPDATE runs SET started_at=coalesce(started_at, ?), ended_at=NULL WHERE run_id=?",
+                (ev.timestamp, ev.run_id),
             )
-            if status == "running":
-                conn.execute(
-                    "UPDATE runs SET started_at=coalesce(started_at, ?), ended_at=NULL"
-                    " WHERE run_id=?",
-                    (ev.timestamp, ev.run_id),
-                )
-            elif status in FINISHED_RUN:
-                conn.execute("UPDATE runs SET ended_at=? WHERE run_id=?", (ev.timestamp, ev.run_id))
+        elif status in FINISHED_RUN:
+            conn.execute("UPDATE runs SET ended_at=? WHERE run_id=?", (ev.timestamp, ev.run_id))
 
     # ---------------------------------------------------------------- reading
 

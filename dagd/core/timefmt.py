@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
+
+_second_cache: list[object] = [None, ""]  # [whole second, its "YYYY-MM-DDTHH:MM:SS" text]
 
 
 def iso_z(ts: float) -> str:
-    """UNIX seconds -> `2024-01-01T12:00:00.123Z`."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """UNIX seconds -> `2024-01-01T12:00:00.123Z` (milliseconds truncated, as isoformat does).
+
+    Every event carries up to three of these, so the date part is cached per second: events
+    come in bursts within the same second, and formatting a datetime costs ~1.5 µs.
+    """
+    frac, whole = math.modf(ts)  # the same rounding as datetime.fromtimestamp
+    us = round(frac * 1_000_000)
+    sec = int(whole)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    elif us < 0:
+        sec, us = sec - 1, us + 1_000_000
+    cache = _second_cache
+    if cache[0] != sec:
+        cache[1] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cache[0] = sec
+    return f"{cache[1]}.{us // 1000:03d}Z"
 
 
 def parse_iso(text: str) -> float:
