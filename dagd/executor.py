@@ -162,9 +162,15 @@ class _LogFileError(Exception):
 
 
 def _spawn(
-    argv: list[str], paths: tuple[Path, Path] | None, env: dict[str, str], cwd: str | None
+    argv: list[str],
+    paths: tuple[Path, Path] | None,
+    step: StepSpec,
+    ctx: StepContext,
+    base_env: Mapping[str, str] | None,
 ) -> subprocess.Popen[bytes]:
-    """Create the attempt's log files and start the process (runs in a worker thread)."""
+    """Build the environment, create the attempt's log files and start the process: all in
+    the worker thread that trio would use for the fork anyway, none of it on the loop."""
+    env = step_environment(step, ctx, base_env)
     if paths is None:
         out_fd = err_fd = subprocess.DEVNULL
     else:
@@ -179,7 +185,7 @@ def _spawn(
             stdout=out_fd,
             stderr=err_fd,
             env=env,
-            cwd=cwd,
+            cwd=step.cwd,
             # Its own process group (pgid = pid), so a timeout or cancel reaches every
             # process it started. setpgid rather than setsid: the same kill semantics at a
             # little less cost per spawn (bench/shell_steps.py).
@@ -250,12 +256,11 @@ class Executor:
             ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
         )
         paths = self.log_paths(ctx)
-        env = step_environment(step, ctx, self.base_env)
         try:
             # Log files and the fork happen in one worker-thread call (trio spawns in a thread
             # anyway): creating two files can cost more than the spawn itself on a busy disk,
             # and this way it never runs on the event loop.
-            popen = await trio.to_thread.run_sync(_spawn, argv, paths, env, step.cwd)
+            popen = await trio.to_thread.run_sync(_spawn, argv, paths, step, ctx, self.base_env)
         except _LogFileError as exc:
             cause = exc.__cause__
             assert isinstance(cause, OSError)
