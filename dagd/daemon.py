@@ -358,6 +358,17 @@ class Daemon:
         state = driver.state
         try:
             await driver.run()
+        except Exception as exc:
+            # A bug in one run must not take the daemon and every other run down with it:
+            # record it, close the run out as failed, and carry on.
+            log.exception("run %s of %s crashed", state.run_id, state.dag.id)
+            now = self.clock()
+            self.publish(
+                ErrorEvent(state.dag.id, state.run_id, None, f"internal error: {exc!r}", now)
+            )
+            if not state.status.finished:
+                state.status = RunStatus.FAILED
+                self.publish(state.run_event(now))
         finally:
             del self.active[state.run_id]
             self._running_per_dag[state.dag.id] -= 1
