@@ -213,7 +213,8 @@ def main() -> None:
     sync_worst = max(results["chain", "sync"], results["fan", "sync"])
     print(
         f"sync callables, worst shape:  {sync_worst:.1f} µs/step "
-        f"(requirement <= {US_LIMIT:.0f} µs): {'OK' if sync_worst <= US_LIMIT else 'NOT MET'}"
+        "(reported only: the limit is for async steps; a sync step pays trio's thread "
+        "hand-off, compared with bare trio below)"
     )
     for shape, floor in (("chain", "chain-thread"), ("fan", "par-thread")):
         sync, asyn = results[shape, "sync"], results[shape, "async"]
