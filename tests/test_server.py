@@ -13,12 +13,16 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import ssl
 import stat
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 from wshelp import (
     ERROR_CODES,
     KINDS,
@@ -29,6 +33,8 @@ from wshelp import (
     harness,
     make_config,
     publish_committed,
+    running,
+    url_of,
 )
 
 from dagd.server import TokenBook
@@ -736,3 +742,52 @@ def test_asyncapi_describes_every_server_message_type() -> None:
     codes = text[text.find("auth_required") - 200 :]
     for code in ERROR_CODES:
         assert code in codes, code
+
+
+# ---------------------------------------------------------------------------------- TLS
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_tls_serves_wss_with_the_configured_certificate(tmp_path: Path) -> None:
+    """server.tls_cert/tls_key: the endpoint is wss://, a client that trusts the certificate
+    authenticates and gets events; a plain ws:// client gets no WebSocket at all."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    config = make_config(tmp_path, server='tls_cert = "cert.pem"\ntls_key = "key.pem"')
+    async with running(tmp_path, config=config) as daemon:
+        url = url_of(daemon)
+        assert url.startswith("wss://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        async with open_websocket_url(url, ssl_context=context, connect_timeout=5) as ws:
+            await ws.send_message(json.dumps({"type": "auth", "token": OP_TOKEN}))
+            assert json.loads(await ws.get_message())["type"] == "auth_success"
+            await ws.send_message(json.dumps({"type": "subscribe", "dagIds": ["*"]}))
+            assert json.loads(await ws.get_message())["type"] == "subscribed"
+            await ws.send_message(json.dumps({"type": "trigger", "dagId": "alpha"}))
+            assert json.loads(await ws.get_message())["type"] == "triggered"
+            event = json.loads(await ws.get_message())
+            assert (event["type"], event["data"]["status"]) == ("dag_run_status", "queued")
+        # Plain HTTP to the TLS port: no "101 Switching Protocols", the connection just ends.
+        port = urlsplit(url).port
+        assert port is not None
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                b"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            received = b""
+            with trio.fail_after(5):
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while chunk := await stream.receive_some(4096):
+                        received += chunk
+            assert b"101" not in received
+        # ... and the server carries on
+        async with open_websocket_url(url, ssl_context=context, connect_timeout=5) as ws:
+            await ws.send_message(json.dumps({"type": "auth", "token": OP_TOKEN}))
+            assert json.loads(await ws.get_message())["type"] == "auth_success"
