@@ -138,19 +138,29 @@ async def stop_process_group(proc: trio.Process, grace: float) -> None:
     await proc.wait()
 
 
-_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+# Append, never truncate: after a run retry the attempt numbers start again at 1, and the
+# earlier try's output must survive (a marker line separates the tries).
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+_RETRY_MARKER = b"\n==> dagd: the run was retried; this attempt's output follows <==\n"
+
+
+def _open_log(path: Path) -> int:
+    fd = os.open(path, _LOG_FLAGS, 0o644)
+    if os.fstat(fd).st_size:
+        os.write(fd, _RETRY_MARKER)
+    return fd
 
 
 def _open_logs(paths: tuple[Path, Path]) -> tuple[int, int]:
-    """Create (or truncate) an attempt's .out and .err files. Their folder is made only when the
-    first open finds it missing: a mkdir per attempt costs as much as a file creation."""
+    """Open an attempt's .out and .err files. Their folder is made only when the first open
+    finds it missing: a mkdir per attempt costs as much as a file creation."""
     try:
-        out_fd = os.open(paths[0], _LOG_FLAGS, 0o644)
+        out_fd = _open_log(paths[0])
     except FileNotFoundError:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
-        out_fd = os.open(paths[0], _LOG_FLAGS, 0o644)
+        out_fd = _open_log(paths[0])
     try:
-        err_fd = os.open(paths[1], _LOG_FLAGS, 0o644)
+        err_fd = _open_log(paths[1])
     except BaseException:
         os.close(out_fd)
         raise

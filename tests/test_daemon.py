@@ -332,6 +332,10 @@ async def test_retry_from_failure_keeps_successful_steps(config: Config, tmp_pat
         "a.1.err",
         "a.1.out",
     ]
+    # b's first try is not overwritten by the retry: its stderr keeps both tries, separated
+    b_err = (config.log_dir / "flaky" / run_id / "b.1.err").read_text()
+    assert b_err.startswith("not yet\n")
+    assert "the run was retried" in b_err
     retried = [(e.step_id, e.status) for e in (s.event for s in got) if type(e) is StepStatusEvent]
     assert ("a", S.RUNNING) not in retried
     assert retried[-2:] == [("c", S.RUNNING), ("c", S.SUCCESS)]
