@@ -92,7 +92,8 @@ class Daemon:
         self.store.on_commit = self.hub.publish
         self.dags: dict[str, DagSpec] = {}
         self.problems: dict[str, str] = {}  # file -> error text, for broken DAG files
-        self._files: dict[Path, tuple[float, str | None]] = {}  # path -> (mtime, dag id)
+        # path -> ((mtime, size), dag id): size too, since two edits can share a coarse mtime
+        self._files: dict[Path, tuple[tuple[int, int], str | None]] = {}
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
         self.executor = Executor(
             log_dir=config.log_dir, grace=config.kill_grace, on_spawn=self._record_process
@@ -209,7 +210,8 @@ class Daemon:
         for path in paths:
             seen.add(path)
             try:
-                mtime = path.stat().st_mtime_ns
+                info = path.stat()
+                mtime = (info.st_mtime_ns, info.st_size)
             except OSError:
                 continue
             old = self._files.get(path)
