@@ -500,20 +500,31 @@ class EventStream:
 
     def __init__(self, sub: Subscriber) -> None:
         self._sub = sub
+        self._taken: deque[StoredEvent] = deque()
 
     def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> DagEvent:
-        try:
-            stored = await self._sub.receive.receive()
-        except trio.EndOfChannel:
-            if self._sub.overflowed:
-                raise DaemonError(
-                    "slow_consumer", "the event consumer fell behind its buffer"
-                ) from None
-            raise StopAsyncIteration from None
-        return stored.event
+        # Take everything queued at each wake-up: a consumer that took one event per turn
+        # would get fewer turns than a fast run publishes events, and be cut off. Memory stays
+        # bounded: at most one buffer here and one in the subscription.
+        if not self._taken:
+            receive = self._sub.receive
+            try:
+                self._taken.append(await receive.receive())
+            except trio.EndOfChannel:
+                if self._sub.overflowed:
+                    raise DaemonError(
+                        "slow_consumer", "the event consumer fell behind its buffer"
+                    ) from None
+                raise StopAsyncIteration from None
+            while True:
+                try:
+                    self._taken.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+        return self._taken.popleft().event
 
     def close(self) -> None:
         self._sub.close()
