@@ -665,3 +665,31 @@ async def test_an_event_published_just_before_the_writer_is_cancelled_is_kept(
     conn = sqlite3.connect(tmp_path / "db.sqlite3")
     assert conn.execute("SELECT seq, type FROM events").fetchall() == [(1, "error")]
     conn.close()
+
+
+async def test_a_plain_async_for_over_events_keeps_up_with_a_fast_run(config: Config) -> None:
+    """daemon.events() consumed one event per loop iteration, as a user would write it, during
+    a 3,000-step chain of no-op steps: every event of the run arrives, in seq order, and the
+    consumer is never cut off as slow."""
+    steps = "".join(
+        f'[steps.s{i}]\ncall = "stepfuncs:noop"\n' + (f'depends_on = ["s{i - 1}"]\n' if i else "")
+        for i in range(3000)
+    )
+    write_dag(config, "long", steps)
+    async with open_daemon(config) as daemon:
+        events = daemon.events(["long"])
+        run_id = await daemon.trigger("long")
+        seqs = []
+        async for event in events:
+            seqs.append(event.seq)
+            if isinstance(event, DagRunStatusEvent) and event.status.finished:
+                assert event.status == "success"
+                break
+    stored = [
+        row[0]
+        for row in db_rows(
+            config, "SELECT seq FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+    ]
+    assert seqs == stored
+    assert len(seqs) > 6000
