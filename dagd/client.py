@@ -244,7 +244,7 @@ class Client:
                     self._fail_pending()
                 attempt += 1
                 delay = self.backoff.next_delay()
-                await self._send_items.send(ConnectionLost(message, _now(), delay, attempt))
+                await self._send_items.send(ConnectionLost(message, time.time(), delay, attempt))
                 await trio.sleep(delay)
         finally:
             self._send_items.close()
@@ -391,10 +391,6 @@ _DROPPED = (
     "the request may or may not have been applied"
 )
 _LOST: dict[str, Any] = {"type": "error", "code": "connection_error", "message": _DROPPED}
-
-
-def _now() -> float:
-    return time.time()
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

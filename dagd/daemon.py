@@ -53,13 +53,6 @@ INTERRUPTED = "interrupted: the daemon stopped"
 SHUTTING_DOWN = "cancelled: the daemon is shutting down"
 
 
-def _param_text(value: object) -> str:
-    """A param value as text, the way TOML defaults are written (true, not True)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 class DaemonError(Exception):
     """A request the daemon cannot carry out (unknown DAG or run, wrong state); safe to show."""
 
@@ -301,7 +294,7 @@ class Daemon:
         """Queue a manual run; returns its run id. It starts when max_active_runs allows."""
         dag = self._dag(dag_id)
         try:
-            bound = dag.bind_params({k: _param_text(v) for k, v in (params or {}).items()})
+            bound = dag.bind_params(params)
         except ValueError as exc:
             raise DaemonError("invalid_params", str(exc)) from None
         if not self._accepting:

@@ -231,10 +231,6 @@ class _CloseJob:
     reason: str
 
 
-class SlowConsumer(Exception):
-    pass
-
-
 class Connection:
     def __init__(self, server: Server, ws: WebSocketConnection, peer: str) -> None:
         self.server = server

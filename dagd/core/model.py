@@ -12,6 +12,13 @@ from collections.abc import Mapping
 import attrs
 
 
+def param_text(value: object) -> str:
+    """A param value as the text a step sees, written as in TOML (true, not True)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -106,7 +113,7 @@ class DagSpec:
     tags: tuple[str, ...] = ()
     source: str | None = None  # the file it came from, for error messages
 
-    def bind_params(self, given: Mapping[str, str] | None) -> dict[str, str]:
+    def bind_params(self, given: Mapping[str, object] | None) -> dict[str, str]:
         """Declared defaults overlaid with `given`; an undeclared name is an error."""
         given = dict(given or {})
         unknown = sorted(set(given) - set(self.params))
@@ -116,4 +123,4 @@ class DagSpec:
                 f"DAG {self.id!r} has no param {', '.join(map(repr, unknown))} "
                 f"(declared params: {declared})"
             )
-        return {**self.params, **{k: str(v) for k, v in given.items()}}
+        return {**self.params, **{k: param_text(v) for k, v in given.items()}}

@@ -16,7 +16,7 @@ import attrs
 
 from dagd.core.cron import cron_problem, timezone_problem
 from dagd.core.graph import find_cycle, topological_order
-from dagd.core.model import DagSpec, StepSpec, TriggerRule
+from dagd.core.model import DagSpec, StepSpec, TriggerRule, param_text
 
 ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
@@ -163,7 +163,7 @@ class _Reader:
             if not PARAM_RE.match(name):
                 self.problem(f"{name!r} is not a valid name (letters, digits, _)", step, key)
             elif isinstance(value, str | int | float | bool) and not isinstance(value, dict):
-                out[name] = str(value).lower() if isinstance(value, bool) else str(value)
+                out[name] = param_text(value)
             else:
                 self.problem(f"value of {name!r} must be a string or number", step, key)
         return out
