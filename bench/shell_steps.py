@@ -5,21 +5,21 @@
 
 dagd: one run of a DAG with 500 independent steps running `true`, max_active_steps = 2, through
 dagd.engine.run_dag with a publish callback that keeps every event. Each step gets its own
-session/process group, an environment with the DAGD_* variables, and (with a log_dir) two log
-files, and the executor signals the group when the step ends: that is the cost measured.
-Rows: argv form `["true"]` (no shell, the same program the baselines run) with a log_dir in the
-temp dir (--log-parent), with a log_dir on tmpfs (/dev/shm), and with log_dir=None; and the shell
-form `"true"` (`/bin/sh -c true`) with a log_dir in the temp dir. The cost of creating a file in
-each log_dir is probed and printed first: it is the part of the log cost that belongs to the
-file system, not to dagd.
+process group, an environment with the DAGD_* variables, its output piped into log files that
+are created on the first byte (so `true` creates none), and the executor kills the group when
+the step ends: that is the cost measured. Rows: argv form `["true"]` (no shell, the same
+program the baselines run) with a log_dir in the temp dir (--log-parent; the requirement's
+row), with a log_dir on tmpfs (/dev/shm), and with log_dir=None (output to /dev/null, no
+pipes); the shell form `"true"` (`/bin/sh -c true`); and `printf x`, whose output makes every
+step create its .out file, which shows what a log file costs on this disk. The cost of creating
+a file in each log_dir is probed and printed first: it belongs to the file system, not to dagd.
 
 bare trio: two tasks, each awaiting `trio.run_process(["true"])` 250 times.
 subprocess: two threads, each calling `subprocess.run(["true"])` 250 times.
 
-Two diagnostic rows: bare trio making each spawn with dagd's options (a full environment,
-setsid, /dev/null stdin, killpg afterwards), which separates the cost of those OS-level choices
-from the cost of dagd's Python code; and a what-if run of dagd with setpgid instead of setsid
-(patched in for that row only; dagd itself is unchanged).
+A diagnostic row: bare trio making each spawn with dagd's options (a full environment, setpgid,
+/dev/null stdin, killpg afterwards), which separates the cost of those OS-level choices from
+the cost of dagd's Python code.
 
 All rows run in each round, interleaved, so a slow moment of the machine hits all of them.
 """
@@ -36,9 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -103,7 +101,7 @@ def bare_trio(n: int = N) -> float:
 
 def bare_trio_dagd_options(n: int = N) -> float:
     """bare trio, but each spawn with what dagd's executor asks of the OS: stdin/stdout/stderr
-    redirected, a full environment passed, a new session (setsid), killpg after exit."""
+    redirected, a full environment passed, a new process group (setpgid), killpg after exit."""
 
     async def worker(count: int) -> None:
         for i in range(count):
@@ -115,7 +113,7 @@ def bare_trio_dagd_options(n: int = N) -> float:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env=env,
-                start_new_session=True,
+                process_group=0,
             )
             await proc.wait()
             with contextlib.suppress(ProcessLookupError):
@@ -129,30 +127,6 @@ def bare_trio_dagd_options(n: int = N) -> float:
     t0 = time.perf_counter()
     trio.run(main)
     return time.perf_counter() - t0
-
-
-@contextlib.contextmanager
-def process_group_instead_of_session() -> Iterator[None]:
-    """What-if, for this benchmark only: dagd's spawns with `process_group=0` (setpgid) instead of
-    `start_new_session=True` (setsid). The group kill works the same; the child stays in the
-    daemon's session. On kernels with sched_autogroup, setsid also creates a scheduler group."""
-    original = trio.lowlevel.open_process
-
-    async def patched(*args: Any, **kwargs: Any) -> trio.Process:
-        if kwargs.pop("start_new_session", False):
-            kwargs["process_group"] = 0
-        return await original(*args, **kwargs)
-
-    trio.lowlevel.open_process = patched
-    try:
-        yield
-    finally:
-        trio.lowlevel.open_process = original
-
-
-def what_if_process_group(dag: DagSpec, log_dir: Path | None, run_id: str) -> float:
-    with process_group_instead_of_session():
-        return dagd_run(dag, log_dir, run_id)
 
 
 def plain_subprocess(n: int = N) -> float:
@@ -191,6 +165,7 @@ def main() -> None:
     print("load average before: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     print()
     argv_dag, shell_dag = build_dag(("true",)), build_dag("true")
+    printf_dag = build_dag(("printf", "x"))
     walls: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}  # this process's CPU seconds per spawn (all its threads)
     with (
@@ -206,9 +181,7 @@ def main() -> None:
             "dagd sh -c, log_dir": lambda r: dagd_run(shell_dag, logs, f"sh-{r}"),
             "bare trio.run_process": lambda r: bare_trio(),
             "bare trio, dagd's spawn options": lambda r: bare_trio_dagd_options(),
-            "what-if: dagd argv, log_dir=None, setpgid": lambda r: what_if_process_group(
-                argv_dag, None, f"pg-{r}"
-            ),
+            "dagd argv printf, log_dir": lambda r: dagd_run(printf_dag, logs, f"printf-{r}"),
             "subprocess.run, 2 threads": lambda r: plain_subprocess(),
         }
         # Warm-up: imports, page cache of /bin/true and /bin/sh, the log directory.
@@ -221,8 +194,12 @@ def main() -> None:
                 walls.setdefault(name, []).append(fn(r))
                 t1 = os.times()
                 cpu.setdefault(name, []).append((t1.user - t0.user + t1.system - t0.system) / N)
-        run_logs = logs / "bench-shell" / "argv-0"
-        logged = sum(1 for _ in run_logs.iterdir()) if run_logs.exists() else 0
+        logged = {
+            name: sum(1 for _ in (logs / "bench-shell" / run).glob("*"))
+            if (logs / "bench-shell" / run).exists()
+            else 0
+            for name, run in (("true", "argv-0"), ("printf x", "printf-0"))
+        }
     rates = {name: N / statistics.median(w) for name, w in walls.items()}
     base = rates["bare trio.run_process"]
     width = max(map(len, rates))
@@ -240,7 +217,10 @@ def main() -> None:
     print("log_dirs (removed afterwards), and what creating one file cost there before the run:")
     for d, us in create_us.items():
         print(f"  {d}: {us:.0f} µs per file")
-    print(f"log files written per dagd run with a log_dir: {logged} (out + err per step)")
+    print(
+        "log files written by one dagd run with a log_dir: "
+        + ", ".join(f"{count} for `{name}`" for name, count in logged.items())
+    )
     print("load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     ratio = rates["dagd argv, log_dir"] / base
     print(
@@ -259,10 +239,10 @@ def main() -> None:
         f"dagd (argv, log_dir=None) / bare trio with dagd's spawn options = {nolog / fair:.2f} "
         "(what dagd's Python code costs)"
     )
-    what_if = rates["what-if: dagd argv, log_dir=None, setpgid"]
+    printf = rates["dagd argv printf, log_dir"]
     print(
-        f"what-if setpgid instead of setsid: dagd (argv, log_dir=None) / bare trio = "
-        f"{what_if / base:.2f} (vs {nolog / base:.2f} with setsid)"
+        f"dagd (argv `printf x`, log_dir) / bare trio = {printf / base:.2f} (each step creates "
+        "its .out file; the baseline runs `true` and writes no file)"
     )
     print(f"bare trio / subprocess.run = {base / rates['subprocess.run, 2 threads']:.2f}")
 

@@ -1,25 +1,27 @@
 """Runs one attempt of one step: a process group for shell steps, a thread or a task for callables.
 
 Why process groups: cancelling a plain child leaves its children running (`sh -c "sleep 300 &"`),
-so every shell step gets its own session and a timeout or cancel signals the whole group,
+so every shell step gets its own process group and a timeout or cancel signals the whole group,
 SIGTERM first and SIGKILL after `grace` seconds. When a step ends normally, anything it left
 running in its group is killed too: a step owns nothing after it returns.
 
-Output goes to two files per attempt, `<step>.<attempt>.out` and `<step>.<attempt>.err`, written
-by the child directly (no pipe to pump); a failure's message quotes the last line of stderr.
+A shell attempt runs start to finish in one worker thread (dagd/shellrun.py: spawn, copy
+output into `<step>.<attempt>.out` / `.err`, created on the first byte, reap); this module keeps
+the decisions on the event loop: the timeout, cancellation and the SIGTERM/SIGKILL escalation.
+A failure's message quotes the last line of stderr.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import importlib
 import inspect
+import logging
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -27,6 +29,12 @@ import trio
 from dagd.core.model import StepSpec
 from dagd.core.runstate import format_seconds
 from dagd.procs import group_members
+from dagd.shellrun import ShellAttempt, signal_group
+
+if TYPE_CHECKING:
+    import outcome
+
+log = logging.getLogger("dagd.executor")
 
 
 @attrs.frozen
@@ -111,11 +119,6 @@ def step_environment(
     return env
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 def _group_alive(pgid: int) -> bool:
     """Does any live process remain in the group? Zombies do not count: where PID 1 does not
     reap orphans (some containers), a step's dead background children linger as zombies."""
@@ -126,102 +129,7 @@ def _group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
 
 
-async def stop_process_group(proc: trio.Process, grace: float) -> None:
-    """SIGTERM the group, wait up to `grace` for all of it to exit, then SIGKILL what is left."""
-    pgid = proc.pid
-    _signal_group(pgid, signal.SIGTERM)
-    with trio.move_on_after(grace):
-        await proc.wait()
-        while _group_alive(pgid):
-            await trio.sleep(0.02)
-    _signal_group(pgid, signal.SIGKILL)
-    await proc.wait()
-
-
-# Append, never truncate: after a run retry the attempt numbers start again at 1, and the
-# earlier try's output must survive (a marker line separates the tries).
-_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-_RETRY_MARKER = b"\n==> dagd: the run was retried; this attempt's output follows <==\n"
-
-
-def _open_log(path: Path) -> int:
-    fd = os.open(path, _LOG_FLAGS, 0o644)
-    if os.fstat(fd).st_size:
-        os.write(fd, _RETRY_MARKER)
-    return fd
-
-
-def _open_logs(paths: tuple[Path, Path]) -> tuple[int, int]:
-    """Open an attempt's .out and .err files. Their folder is made only when the first open
-    finds it missing: a mkdir per attempt costs as much as a file creation."""
-    try:
-        out_fd = _open_log(paths[0])
-    except FileNotFoundError:
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
-        out_fd = _open_log(paths[0])
-    try:
-        err_fd = _open_log(paths[1])
-    except BaseException:
-        os.close(out_fd)
-        raise
-    return out_fd, err_fd
-
-
-class _LogFileError(Exception):
-    """Creating an attempt's log files failed (the OSError is the cause)."""
-
-
-def _spawn(
-    argv: list[str],
-    paths: tuple[Path, Path] | None,
-    step: StepSpec,
-    ctx: StepContext,
-    base_env: Mapping[str, str] | None,
-) -> subprocess.Popen[bytes]:
-    """Build the environment, create the attempt's log files and start the process: all in
-    the worker thread that trio would use for the fork anyway, none of it on the loop."""
-    env = step_environment(step, ctx, base_env)
-    if paths is None:
-        out_fd = err_fd = subprocess.DEVNULL
-    else:
-        try:
-            out_fd, err_fd = _open_logs(paths)
-        except OSError as exc:
-            raise _LogFileError() from exc
-    try:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out_fd,
-            stderr=err_fd,
-            env=env,
-            cwd=step.cwd,
-            # Its own process group (pgid = pid), so a timeout or cancel reaches every
-            # process it started. setpgid rather than setsid: the same kill semantics at a
-            # little less cost per spawn (bench/shell_steps.py).
-            process_group=0,
-        )
-    finally:
-        if paths is not None:
-            os.close(out_fd)
-            os.close(err_fd)
-
-
-def _last_line(path: Path | None) -> str:
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 4096))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    return lines[-1][:500] if lines else ""
-
-
-def _exit_error(returncode: int, err_path: Path | None) -> str:
+def _exit_error(returncode: int, stderr_tail: bytes) -> str:
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -230,8 +138,48 @@ def _exit_error(returncode: int, err_path: Path | None) -> str:
         message = f"killed by {name}"
     else:
         message = f"exit code {returncode}"
-    last = _last_line(err_path)
+    lines = [line.strip() for line in stderr_tail.decode("utf-8", "replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), "")[:500]
     return f"{message}: {last}" if last else message
+
+
+class _Running:
+    """The event loop's side of a ShellAttempt running in its worker thread."""
+
+    __slots__ = ("attempt", "done", "outcome")
+
+    def __init__(self, attempt: ShellAttempt) -> None:
+        self.attempt = attempt
+        self.done = trio.Event()
+        self.outcome: outcome.Outcome[int | None] | None = None
+
+    def start(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def finished(result: outcome.Outcome[int | None]) -> None:
+            self.outcome = result
+            self.done.set()
+
+        trio.lowlevel.start_thread_soon(
+            self.attempt.run,
+            lambda result: token.run_sync_soon(finished, result),
+            name="dagd shell step",
+        )
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM the group, wait up to `grace` for all of it to exit, then SIGKILL what is
+        left, and wait for the thread to reap the step."""
+        attempt = self.attempt
+        attempt.stopping = True  # read by the thread after it sets pid: one of us signals
+        if attempt.pid is not None:
+            signal_group(attempt.pid, signal.SIGTERM)
+        with trio.move_on_after(grace):
+            await self.done.wait()
+            while attempt.pid is not None and _group_alive(attempt.pid):
+                await trio.sleep(0.02)
+        if attempt.pid is not None:
+            signal_group(attempt.pid, signal.SIGKILL)
+        await self.done.wait()
 
 
 @attrs.define
@@ -265,46 +213,67 @@ class Executor:
         argv = (
             ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
         )
-        paths = self.log_paths(ctx)
-        try:
-            # Log files and the fork happen in one worker-thread call (trio spawns in a thread
-            # anyway): creating two files can cost more than the spawn itself on a busy disk,
-            # and this way it never runs on the event loop.
-            popen = await trio.to_thread.run_sync(_spawn, argv, paths, step, ctx, self.base_env)
-        except _LogFileError as exc:
-            cause = exc.__cause__
-            assert isinstance(cause, OSError)
-            return AttemptResult(
-                False, f"cannot create log file {cause.filename}: {cause.strerror}"
-            )
-        except OSError as exc:
-            if step.cwd is not None and not os.path.isdir(step.cwd):
-                return AttemptResult(False, f"working directory {step.cwd!r} does not exist")
-            return AttemptResult(False, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
-        except ValueError as exc:  # e.g. a NUL byte in a param value or the command
-            return AttemptResult(False, f"cannot start the command: {exc}")
-        proc = trio.Process._create(popen, None, None, None)
+        on_spawn = None
         if self.on_spawn is not None:
-            self.on_spawn(ctx, proc.pid)
+            record, token = self.on_spawn, trio.lowlevel.current_trio_token()
+            on_spawn = lambda pid: token.run_sync_soon(record, ctx, pid)  # noqa: E731
+        running = _Running(
+            ShellAttempt(
+                argv,
+                functools.partial(step_environment, step, ctx, self.base_env),
+                step.cwd,
+                self.log_paths(ctx),
+                on_spawn,
+            )
+        )
+        # The spawn, the wait and the copying of output all happen in one worker thread
+        # (dagd/shellrun.py says why); the loop only waits for it, or stops it.
+        running.start()
         try:
-            with trio.move_on_after(step.timeout if step.timeout else float("inf")) as scope:
-                await proc.wait()
+            if step.timeout:
+                with trio.move_on_after(step.timeout) as scope:
+                    await running.done.wait()
+                timed_out = scope.cancelled_caught
+            else:
+                await running.done.wait()  # no idle cancel scope: see _run_callable
+                timed_out = False
         except BaseException:
             with trio.CancelScope(shield=True):
-                await stop_process_group(proc, self.grace)
+                await running.stop(self.grace)
             raise
-        if scope.cancelled_caught:
+        if timed_out:
             with trio.CancelScope(shield=True):
-                await stop_process_group(proc, self.grace)
+                await running.stop(self.grace)
             assert step.timeout is not None
             message = f"timed out after {format_seconds(step.timeout)}"
-            return AttemptResult(False, message, timed_out=True, pid=proc.pid)
-        _signal_group(proc.pid, signal.SIGKILL)  # whatever the step left behind
-        if proc.returncode == 0:
-            return AttemptResult(True, pid=proc.pid)
-        return AttemptResult(
-            False, _exit_error(proc.returncode, paths[1] if paths else None), pid=proc.pid
-        )
+            return AttemptResult(False, message, timed_out=True, pid=running.attempt.pid)
+        assert running.outcome is not None
+        try:
+            returncode = running.outcome.unwrap()
+        except OSError as exc:
+            return AttemptResult(False, self._start_error(argv, step, exc))
+        except ValueError as exc:  # e.g. a NUL byte in a param value or the command
+            return AttemptResult(False, f"cannot start the command: {exc}")
+        assert returncode is not None
+        attempt = running.attempt
+        if attempt.log_error is not None:
+            # The step ran: its own result stands (failing it would run it again on retry),
+            # but the lost output is said loudly, here and in a failure's message.
+            exc = attempt.log_error
+            lost = f"output lost, cannot write {exc.filename}: {exc.strerror or exc}"
+            log.warning("step %s of run %s: %s", ctx.step_id, ctx.run_id, lost)
+        if returncode == 0:
+            return AttemptResult(True, pid=attempt.pid)
+        error = _exit_error(returncode, attempt.stderr_tail)
+        if attempt.log_error is not None:
+            error = f"{error} ({lost})"
+        return AttemptResult(False, error, pid=attempt.pid)
+
+    @staticmethod
+    def _start_error(argv: list[str], step: StepSpec, exc: OSError) -> str:
+        if step.cwd is not None and not os.path.isdir(step.cwd):
+            return f"working directory {step.cwd!r} does not exist"
+        return f"cannot start {argv[0]!r}: {exc.strerror or exc}"
 
     async def _run_callable(self, step: StepSpec, ctx: StepContext) -> AttemptResult:
         assert step.call is not None

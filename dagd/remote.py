@@ -238,7 +238,8 @@ def _exit_code(run_status: str) -> int:
 
 
 def print_logs(config: Config, run_id: str, step_id: str, attempt: int | None) -> None:
-    """Print a step's log files (stdout, then stderr) for one or every attempt."""
+    """Print a step's log files (stdout, then stderr) for one or every attempt. A stream that
+    wrote nothing has no file."""
     matches = sorted(config.log_dir.glob(f"*/{_glob_escape(run_id)}/{_glob_escape(step_id)}.*"))
     by_attempt: dict[int, list[Path]] = {}
     for path in matches:
@@ -248,7 +249,8 @@ def print_logs(config: Config, run_id: str, step_id: str, attempt: int | None) -
             by_attempt.setdefault(int(parts[1]), []).append(path)
     if not by_attempt:
         raise click.ClickException(
-            f"no logs for step {step_id!r} of run {run_id!r} under {config.log_dir}"
+            f"no logs for step {step_id!r} of run {run_id!r} under {config.log_dir}: it has "
+            "not run, or it wrote no output (a log file is made on a step's first output)"
         )
     if attempt is not None and attempt not in by_attempt:
         raise click.ClickException(

@@ -303,3 +303,85 @@ async def test_log_folder_is_recreated_when_removed(executor: Executor, tmp_path
     folder.rmdir()
     assert (await executor.run(shell("echo two"), ctx(attempt=2))).ok
     assert (folder / "s.2.out").read_text() == "two\n"
+
+
+# ------------------------------------------------- output copied through pipes (dagd/shellrun.py)
+
+
+async def test_no_output_creates_no_log_files(executor: Executor, tmp_path: Path) -> None:
+    assert (await executor.run(shell("true"), ctx())).ok
+    assert not (tmp_path / "logs" / "dag1" / "run1").exists()
+    assert (await executor.run(shell("echo only-out"), ctx(attempt=2))).ok
+    folder = tmp_path / "logs" / "dag1" / "run1"
+    assert sorted(p.name for p in folder.iterdir()) == ["s.2.out"]
+
+
+async def test_output_is_copied_whole(executor: Executor, tmp_path: Path) -> None:
+    # More than a pipe holds (64 KiB) on both streams at once, interleaved: nothing may block
+    # or be lost.
+    script = "head -c 3000000 /dev/zero; head -c 2000000 /dev/zero >&2; echo end >&2"
+    assert (await executor.run(shell(script, timeout=30), ctx())).ok
+    folder = tmp_path / "logs" / "dag1" / "run1"
+    assert (folder / "s.1.out").stat().st_size == 3_000_000
+    assert (folder / "s.1.err").stat().st_size == 2_000_004
+
+
+async def test_log_is_written_while_the_step_runs(executor: Executor, tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "dag1" / "run1" / "s.1.out"
+    step = shell(f"echo started; while [ ! -e {tmp_path}/go ]; do sleep 0.01; done; echo done")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, step, ctx())
+        with trio.fail_after(5):
+            while not (log.exists() and log.read_text() == "started\n"):
+                await trio.sleep(0.01)
+        (tmp_path / "go").touch()
+    assert log.read_text() == "started\ndone\n"
+
+
+async def test_step_that_closes_its_output_keeps_running(
+    executor: Executor, tmp_path: Path
+) -> None:
+    # End of both pipes is not the end of the step: only its first process exiting is.
+    done = tmp_path / "done"
+    result = await executor.run(shell(f"exec >&- 2>&-; sleep 0.3; touch {done}"), ctx())
+    assert result.ok, result.error
+    assert done.exists()
+
+
+async def test_background_child_holding_the_pipes_does_not_delay_the_end(
+    executor: Executor, tmp_path: Path
+) -> None:
+    mark = procs.new_mark()
+    t0 = time.monotonic()
+    result = await executor.run(shell("sleep 600 & echo parent; exit 4", mark), ctx())
+    assert time.monotonic() - t0 < 5
+    assert result.error == "exit code 4"
+    assert (tmp_path / "logs" / "dag1" / "run1" / "s.1.out").read_text() == "parent\n"
+    assert procs.wait_gone(mark) == []
+
+
+async def test_unwritable_log_keeps_the_steps_result(tmp_path: Path) -> None:
+    # The log folder cannot be made (a file stands where a folder should be): the step has
+    # run, so its own result stands, and a failure's message says the output was lost.
+    (tmp_path / "logs").write_text("not a folder")
+    ex = Executor(log_dir=tmp_path / "logs", grace=GRACE)
+    assert (await ex.run(shell("echo fine"), ctx())).ok
+    result = await ex.run(shell("echo why >&2; exit 2"), ctx())
+    assert result.error is not None
+    assert result.error.startswith("exit code 2: why (output lost, cannot write ")
+    assert "s.1.err" in result.error
+
+
+async def test_process_group_is_recorded_while_the_step_runs(
+    executor: Executor, tmp_path: Path
+) -> None:
+    groups: list[int] = []
+    ex = Executor(log_dir=executor.log_dir, on_spawn=lambda c, pgid: groups.append(pgid))
+    step = shell(f"while [ ! -e {tmp_path}/go ]; do sleep 0.01; done")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ex.run, step, ctx())
+        with trio.fail_after(5):
+            while not groups:
+                await trio.sleep(0.01)
+        assert os.getpgid(groups[0]) == groups[0]  # alive, and the leader of its own group
+        (tmp_path / "go").touch()

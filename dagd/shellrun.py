@@ -1,0 +1,218 @@
+"""One attempt of a shell step as plain blocking code, run start to finish in one worker thread.
+
+Why a thread per attempt rather than `trio.Process` on the event loop: spawning already needs a
+worker thread (fork/exec blocks), and once there, waiting for the child there too costs nothing
+while the loop is spared a second hand-off and the Process bookkeeping (bench/shell_steps.py:
+500 `true` steps at 0.87-0.92 of bare `trio.run_process`, from 0.60-0.80 before).
+The event loop keeps the decisions (timeouts, cancellation, the SIGTERM/SIGKILL escalation); this
+thread only spawns, copies output and reaps, and it ends as soon as the step's first process does.
+
+Why pipes and log files created on first output: creating a file on this VM's ext4 costs 20 to
+650 µs of CPU depending on where the folder sits, as much as the spawn, and many steps write
+nothing to one stream or both (an empty log file tells a user nothing). So the child writes
+into two pipes, and this thread creates `<step>.<attempt>.out` / `.err` when the first byte
+arrives and appends as output flows: a running step's log can be followed live, and memory
+stays at one 64 KiB read per stream.
+
+The price: one thread (mostly asleep in poll) per running shell step, so a thousand concurrent
+long steps hold a thousand threads; their number is bounded by the DAGs' `max_active_steps`.
+
+Nothing here imports trio: the executor runs `ShellAttempt.run` with
+`trio.lowlevel.start_thread_soon` and talks to it through two attributes (`pid`, `stopping`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+
+_READ_SIZE = 65536
+_TAIL_SIZE = 4096  # how much of stderr is kept in memory for a failure's message
+# After the step's first process exits, at most this much more output is copied: a leftover
+# that keeps writing (it is being killed) must not keep the attempt alive.
+_DRAIN_LIMIT = 16 * _READ_SIZE
+
+# Append, never truncate: after a run retry the attempt numbers start again at 1, and the
+# earlier try's output must survive (a marker line separates the tries).
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+RETRY_MARKER = b"\n==> dagd: the run was retried; this attempt's output follows <==\n"
+
+
+class LogFileError(Exception):
+    """Creating an attempt's log file failed (the OSError is the cause)."""
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _open_log(path: Path) -> int:
+    """Open (and if needed create) a log file and its folder; mark a run retry's output."""
+    try:
+        fd = os.open(path, _LOG_FLAGS, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, _LOG_FLAGS, 0o644)
+    if os.fstat(fd).st_size:
+        os.write(fd, RETRY_MARKER)
+    return fd
+
+
+@attrs.define(eq=False)
+class _Stream:
+    """One output pipe and the log file it is copied to (created on the first byte)."""
+
+    read_fd: int
+    path: Path
+    keep_tail: bool
+    log_fd: int | None = None
+    tail: bytearray = attrs.field(factory=bytearray)
+    error: OSError | None = None
+
+    def copy(self, data: bytes) -> None:
+        if self.keep_tail:
+            self.tail += data
+            del self.tail[:-_TAIL_SIZE]
+        if self.error is not None:
+            return  # the log cannot be written; keep draining so the child never blocks
+        try:
+            if self.log_fd is None:
+                self.log_fd = _open_log(self.path)
+            os.write(self.log_fd, data)
+        except OSError as exc:
+            self.error = exc
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        if self.log_fd is not None:
+            os.close(self.log_fd)
+
+
+@attrs.define(eq=False)
+class ShellAttempt:
+    """Spawn `argv` in its own process group, copy its output to log files, reap it.
+
+    `pid` is set right after the spawn (it is also the process group id); setting `stopping`
+    tells the thread that the event loop is stopping the group itself, so the thread must not
+    kill leftovers early (the loop grants them `grace` seconds after SIGTERM).
+    """
+
+    argv: list[str]
+    make_env: Callable[[], Mapping[str, str]]
+    cwd: str | None
+    log_paths: tuple[Path, Path] | None  # (.out, .err); None: output is discarded
+    on_spawn: Callable[[int], None] | None = None  # called in this thread, right after spawn
+    pid: int | None = None
+    stopping: bool = False
+    returncode: int | None = None
+    stderr_tail: bytes = b""
+    log_error: OSError | None = None  # the first failure to write a log file, if any
+
+    def run(self) -> int | None:
+        """Blocking: the whole attempt. Returns the exit status (negative: killed by that
+        signal), or None if `stopping` was set before anything was spawned."""
+        if self.stopping:
+            return None
+        env = self.make_env()
+        if self.log_paths is None:
+            popen = self._spawn(env, subprocess.DEVNULL, subprocess.DEVNULL)
+            self._started(popen.pid)
+            # Wait without reaping: while the exited leader is a zombie its pid cannot be
+            # reused, so the group kill below cannot hit a stranger.
+            os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+            if not self.stopping:
+                signal_group(popen.pid, signal.SIGKILL)  # whatever the step left behind
+            self.returncode = popen.wait()
+        else:
+            self.returncode = self._run_with_logs(env, self.log_paths)
+        return self.returncode
+
+    def _spawn(self, env: Mapping[str, str], stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd=self.cwd,
+            # Its own process group (pgid = pid), so a timeout or cancel reaches every process
+            # it started. setpgid rather than setsid: the same kill semantics, cheaper.
+            process_group=0,
+        )
+
+    def _started(self, pid: int) -> None:
+        self.pid = pid
+        if self.on_spawn is not None:
+            self.on_spawn(pid)
+        if self.stopping:  # the loop asked while we were spawning and did not see the pid
+            signal_group(pid, signal.SIGTERM)
+
+    def _run_with_logs(self, env: Mapping[str, str], paths: tuple[Path, Path]) -> int:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        streams = {
+            out_r: _Stream(out_r, paths[0], keep_tail=False),
+            err_r: _Stream(err_r, paths[1], keep_tail=True),
+        }
+        try:
+            try:
+                popen = self._spawn(env, out_w, err_w)
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+            self._started(popen.pid)
+            self._copy_output(popen.pid, streams)
+            return popen.wait()
+        finally:
+            for stream in streams.values():
+                stream.close()
+            self.stderr_tail = bytes(streams[err_r].tail)
+            self.log_error = next((s.error for s in streams.values() if s.error), None)
+
+    def _copy_output(self, pid: int, streams: dict[int, _Stream]) -> None:
+        """Copy both pipes into their logs until the step's first process exits (a pidfd
+        says so: a background grandchild may hold the pipes open for much longer)."""
+        leader = os.pidfd_open(pid)
+        try:
+            poller = select.poll()
+            poller.register(leader, select.POLLIN)
+            for fd in streams:
+                poller.register(fd, select.POLLIN)
+            open_fds = set(streams)
+            leader_alive = True
+            while leader_alive:  # a step may close its output and still run
+                for fd, _ in poller.poll():
+                    if fd == leader:
+                        leader_alive = False
+                    elif fd in open_fds:
+                        data = os.read(fd, _READ_SIZE)
+                        if data:
+                            streams[fd].copy(data)
+                        else:
+                            poller.unregister(fd)
+                            open_fds.discard(fd)
+            if not self.stopping:
+                # Whatever the step left behind; before draining, so nothing writes any more.
+                signal_group(pid, signal.SIGKILL)
+            for fd in open_fds:
+                _drain(fd, streams[fd])
+        finally:
+            os.close(leader)
+
+
+def _drain(fd: int, stream: _Stream) -> None:
+    """Copy what the pipe holds right now, without waiting for writers that are left."""
+    os.set_blocking(fd, False)
+    copied = 0
+    with contextlib.suppress(BlockingIOError):
+        while copied < _DRAIN_LIMIT and (data := os.read(fd, _READ_SIZE)):
+            stream.copy(data)
+            copied += len(data)
