@@ -168,8 +168,13 @@ class ShellAttempt:
             finally:
                 os.close(out_w)
                 os.close(err_w)
-            self._started(popen.pid)
-            self._copy_output(popen.pid, streams)
+            try:
+                self._started(popen.pid)
+                self._copy_output(popen.pid, streams)
+            except BaseException:  # e.g. no file descriptor left for the pidfd
+                signal_group(popen.pid, signal.SIGKILL)  # never leave a step unwatched
+                popen.wait()
+                raise
             return popen.wait()
         finally:
             for stream in streams.values():
