@@ -430,7 +430,10 @@ class Daemon:
                 f"run {run_id} is {state.status}; only failed or cancelled runs can be retried",
             )
         if not self._accepting:
+            self._recent[run_id] = state
             raise DaemonError("shutting_down", "the daemon is shutting down")
+        # queued again (clients see it wait for a max_active_runs slot), then started by _launch
+        self._publish_all(state.requeue(self.clock()))
         self._queues.setdefault(state.dag.id, deque()).append(state)
         self._launch(state.dag.id)
         return run_id

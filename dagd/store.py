@@ -356,7 +356,9 @@ class Store:
             " ON CONFLICT (run_id) DO UPDATE SET status=excluded.status",
             (ev.run_id, ev.dag_id, status, ev.timestamp),
         )
-        if status == "running":
+        if status == "queued":  # a retried run waits again: it has not ended
+            conn.execute("UPDATE runs SET ended_at=NULL WHERE run_id=?", (ev.run_id,))
+        elif status == "running":
             conn.execute(
                 "UPDATE runs SET started_at=coalesce(started_at, ?), ended_at=NULL WHERE run_id=?",
                 (ev.timestamp, ev.run_id),

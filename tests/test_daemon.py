@@ -359,6 +359,7 @@ async def test_retry_after_the_daemon_was_reopened(config: Config, tmp_path: Pat
             await daemon.retry(run_id)
         record, steps = await wait_status(daemon, run_id)
     assert [e.status for e in (s.event for s in got) if type(e) is DagRunStatusEvent] == [
+        RunStatus.QUEUED,
         RunStatus.RUNNING,
         RunStatus.SUCCESS,
     ]
@@ -389,6 +390,36 @@ async def test_retry_of_a_cancelled_run(config: Config, tmp_path: Path) -> None:
         record, _ = await wait_status(daemon, run_id)
     assert record.status == "success"
     assert order.read_text().split() == [run_id]
+
+
+async def test_retry_waits_queued_for_a_max_active_runs_slot(
+    config: Config, tmp_path: Path
+) -> None:
+    gate, order = tmp_path / "gate", tmp_path / "order"
+    write_dag(config, "gated", GATED.format(gate=gate, order=order))
+    async with open_daemon(config) as daemon:
+        first = await daemon.trigger("gated")
+        await wait_status(daemon, first, ("running",))
+        await daemon.cancel(first)
+        assert (await wait_status(daemon, first))[0].status == "cancelled"
+        second = await daemon.trigger("gated")  # holds the only slot
+        await wait_status(daemon, second, ("running",))
+        got: list[StoredEvent] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect_run, daemon, first, got)
+            await trio.sleep(0)
+            await daemon.retry(first)
+            record, steps = await wait_status(daemon, first, ("queued",))
+            assert record.ended_at is None  # waiting again, not ended
+            assert steps["wait"].status == "pending"
+            await trio.sleep(0.2)
+            assert (await daemon.store.get_run(first))[0].status == "queued"  # still waiting
+            gate.touch()  # the second run ends, and the retried one gets its slot
+        record, _ = await wait_status(daemon, first)
+    assert record.status == "success"
+    statuses = [e.status for e in (s.event for s in got) if type(e) is DagRunStatusEvent]
+    assert statuses == [RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SUCCESS]
+    assert order.read_text().split() == [second, first]
 
 
 # ---------------------------------------------------------------------------- hot reload

@@ -151,6 +151,7 @@ class RunState:
         self._progress_dirty = False
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        self._requeued = False  # set by requeue(): start() must apply trigger rules at once
 
     @classmethod
     def restore(
@@ -230,11 +231,18 @@ class RunState:
         self.status = RunStatus.RUNNING
         self.started_at = now
         out.append(self.run_event(now))
+        requeued, self._requeued = self._requeued, False
         for sid in self.dag.order:
             st = self.steps[sid]
-            if st.up_total == 0:
+            if st.status is not S.PENDING or st.ready or st.dispatched:  # kept, or decided
+                continue
+            if st.up_total == 0:  # a step without upstreams always runs
                 st.ready = True
                 self._ready.append(sid)
+            elif requeued and self._evaluate(st, now, out):
+                # A retried run's upstreams may be final already: the step may be skipped or
+                # upstream_failed at once (counted, and its downstream told).
+                self._finished(st, now, out)
         self._pump(out)
         return self._settle(out, now, force_progress=True)
 
@@ -322,15 +330,31 @@ class RunState:
                 self.finished_steps += 1
         return self._settle(out, now)
 
-    def retry(self, now: float) -> list[object]:
-        """Retry a failed or cancelled run: successful steps stay, the rest run again."""
+    def requeue(self, now: float) -> list[object]:
+        """failed/cancelled -> queued, for a retry: successful steps stay, the rest are pending
+        again. The run then waits for a slot like a new one; `start(now)` begins it."""
         if self.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
             raise IllegalTransition(
                 f"run {self.run_id} is {self.status}; only failed or cancelled runs can be retried"
             )
+        out = self._requeue(now)
+        out.append(self.progress(now))
+        return out
+
+    def retry(self, now: float) -> list[object]:
+        """`requeue(now)` and `start(now)` at once (one progress event): a retry that need
+        not wait for a slot."""
+        if self.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+            raise IllegalTransition(
+                f"run {self.run_id} is {self.status}; only failed or cancelled runs can be retried"
+            )
+        return self._requeue(now) + self.start(now)
+
+    def _requeue(self, now: float) -> list[object]:
         out: list[object] = []
         self.cancelling, self.cancel_reason, self.ended_at = False, None, None
-        self.status = RunStatus.RUNNING
+        self.status = RunStatus.QUEUED
+        self._requeued = True
         out.append(self.run_event(now))
         for st in self.steps.values():
             if st.status is not S.SUCCESS:
@@ -338,17 +362,7 @@ class RunState:
                 st.attempt = 0
                 self._set(st, S.PENDING, now, out)
         self._recount()
-        for sid in self.dag.order:
-            st = self.steps[sid]
-            if st.status is not S.PENDING or st.ready or st.dispatched:
-                continue
-            if st.up_total == 0:  # like start(): a step without upstreams always runs
-                st.ready = True
-                self._ready.append(sid)
-            elif self._evaluate(st, now, out):  # skipped/upstream_failed: count it, tell downstream
-                self._finished(st, now, out)
-        self._pump(out)
-        return self._settle(out, now, force_progress=True)
+        return out
 
     # --------------------------------------------------------------- internals
 

@@ -166,6 +166,10 @@ class Harness:
         now = self._tick(at, dt)
         return self._call("retry", lambda: self.rs.retry(now), now)
 
+    def requeue(self, at=None, dt=1.0):
+        now = self._tick(at, dt)
+        return self._call("requeue", lambda: self.rs.requeue(now), now)
+
     def illegal(self, name, sid=None):
         """`name` must be refused without changing anything."""
         rs, now = self.rs, self.now + 1
@@ -173,6 +177,7 @@ class Harness:
             "start": lambda: rs.start(now),
             "cancel": lambda: rs.cancel(now),
             "retry": lambda: rs.retry(now),
+            "requeue": lambda: rs.requeue(now),
             "step_started": lambda: rs.step_started(sid, now),
             "step_succeeded": lambda: rs.step_succeeded(sid, now),
             "step_failed": lambda: rs.step_failed(sid, now, "boom"),
@@ -514,6 +519,7 @@ ACTIONS = {
     "cancel": lambda h: h.cancel(),
     "step_cancelled": lambda h: h.step_cancelled("a"),
     "retry": lambda h: h.retry(),
+    "requeue": lambda h: h.requeue(),
 }
 
 # (name, setup, action, step, expected step status, attempt, dispatched, run status)
@@ -561,6 +567,7 @@ LEGAL = [
     ),
     ("queued->cancelled", nothing, "cancel", "a", S.CANCELLED, 0, False, R.CANCELLED),
     ("failed->pending(retry)", setup_failed, "retry", "a", S.PENDING, 1, True, R.RUNNING),
+    ("failed->queued(requeue)", setup_failed, "requeue", "a", S.PENDING, 0, False, R.QUEUED),
 ]
 
 
@@ -1125,7 +1132,7 @@ def test_retry_a_failed_run_keeps_successes_and_reruns_the_rest():
     a_times = (h.rs.steps["a"].start_time, h.rs.steps["a"].end_time)
 
     out = h.retry()
-    assert [e.status for e in out if isinstance(e, DagRunStatusEvent)] == [R.RUNNING]
+    assert [e.status for e in out if isinstance(e, DagRunStatusEvent)] == [R.QUEUED, R.RUNNING]
     assert sorted(step_events(out)) == [("b", "pending"), ("c", "pending")]
     assert starts(out) == [("b", 1)]  # attempts start over, retries included
     assert (h.rs.steps["a"].start_time, h.rs.steps["a"].end_time) == a_times
@@ -1401,7 +1408,7 @@ def illegal_actions(h: Harness) -> list[tuple[str, str | None]]:
     rs = h.rs
     if rs.status is not R.RUNNING:
         return [(name, sid) for name in STEP_EVENTS for sid in rs.steps]
-    out: list[tuple[str, str | None]] = [("start", None), ("retry", None)]
+    out: list[tuple[str, str | None]] = [("start", None), ("retry", None), ("requeue", None)]
     if rs.cancelling:
         out.append(("cancel", None))
     for sid in rs.steps:
@@ -1486,7 +1493,11 @@ def test_random_runs_keep_every_invariant(dag, data):
             else:
                 assert h.rs.status is R.CANCELLED
             if rounds < 2 and h.rs.status is not R.SUCCESS and data.draw(st.booleans()):
-                h.retry()
+                if data.draw(st.booleans(), label="wait queued before the retry starts"):
+                    h.requeue()
+                    h.start()
+                else:
+                    h.retry()
                 rounds += 1
                 cancelled = False
                 cancel_at = None
@@ -1520,3 +1531,67 @@ def test_random_runs_keep_every_invariant(dag, data):
             h.step_cancelled(sid)
     # Every progress event of every round kept the invariant (checked as emitted).
     assert h.progress and all(p.total_steps == len(dag.steps) for p in h.progress)
+
+
+def test_requeue_waits_as_queued_until_start():
+    # The daemon requeues a retried run and starts it when max_active_runs allows: in between
+    # it is queued, with its failed steps pending again and nothing dispatched.
+    dag = make_dag({"a": {}, "b": {"depends_on": ["a"]}, "c": {"depends_on": ["b"]}})
+    rs = RunState(dag, RUN_ID)
+    rs.start(T0)
+    rs.step_started("a", T0)
+    rs.step_succeeded("a", T0 + 1)
+    rs.step_started("b", T0 + 1)
+    rs.step_failed("b", T0 + 2, "exit code 1")
+    assert rs.status is R.FAILED
+    with pytest.raises(IllegalTransition):
+        RunState(dag, RUN_ID).requeue(T0 + 3)  # a queued run has nothing to retry
+
+    out = rs.requeue(T0 + 3)
+    assert rs.status is R.QUEUED
+    assert [type(e).__name__ for e in out] == [
+        "DagRunStatusEvent",
+        "StepStatusEvent",
+        "StepStatusEvent",
+        "DagRunProgressEvent",
+    ]
+    assert out[0].status is R.QUEUED
+    assert sorted(step_events(out)) == [("b", "pending"), ("c", "pending")]
+    p = out[-1]
+    assert (p.completed_steps, p.running_steps, p.failed_steps, p.pending_steps) == (1, 0, 0, 2)
+    assert starts(out) == []
+    with pytest.raises(IllegalTransition):
+        rs.requeue(T0 + 4)  # already queued: nothing changes
+    assert rs.status is R.QUEUED
+
+    out = rs.start(T0 + 5)
+    assert rs.status is R.RUNNING
+    assert starts(out) == [("b", 1)]  # a kept its success; b's upstream is already done
+    assert rs.started_at == T0 + 5
+
+
+@pytest.mark.parametrize("wait_queued", [False, True])
+def test_retry_dispatches_a_step_freed_by_a_redecided_upstream_once(wait_queued):
+    # Found by hypothesis: on retry, `s` is skipped again at once, which frees `after` (all_done)
+    # and dispatches it; the scan over the steps must then not dispatch `after` a second time.
+    dag = make_dag(
+        {
+            "a": {},
+            "s": {"depends_on": ["a"], "trigger_rule": "one_failed"},
+            "after": {"depends_on": ["s"], "trigger_rule": "all_done"},
+        }
+    )
+    h = Harness(dag)
+    h.start()
+    h.run_through("a")
+    assert h.status("s") is S.SKIPPED
+    h.started("after")
+    h.fail("after")
+    assert h.rs.status is R.FAILED
+    if wait_queued:
+        h.requeue()
+        out = h.start()
+    else:
+        out = h.retry()
+    assert starts(out) == [("after", 1)]
+    assert h.status("s") is S.SKIPPED
