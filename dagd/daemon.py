@@ -418,6 +418,7 @@ class Daemon:
                         s.start_time,
                         s.end_time,
                         s.error,
+                        s.attempt,
                     )
                     for s in steps
                 },

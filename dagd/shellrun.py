@@ -39,14 +39,11 @@ _TAIL_SIZE = 4096  # how much of stderr is kept in memory for a failure's messag
 # that keeps writing (it is being killed) must not keep the attempt alive.
 _DRAIN_LIMIT = 16 * _READ_SIZE
 
-# Append, never truncate: after a run retry the attempt numbers start again at 1, and the
-# earlier try's output must survive (a marker line separates the tries).
+# Append, never truncate: a run retry numbers attempts onwards, but one restored from a state
+# file older than that numbering (or an embedder reusing a run id) can meet an attempt's file
+# again, and the earlier output must survive (a marker line separates the tries).
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 RETRY_MARKER = b"\n==> dagd: the run was retried; this attempt's output follows <==\n"
-
-
-class LogFileError(Exception):
-    """Creating an attempt's log file failed (the OSError is the cause)."""
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS steps (
     pgid INTEGER,
     proc_start INTEGER,
     boot_id TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, step_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS schedule (
@@ -118,6 +119,7 @@ class StepRecord:
     pgid: int | None = None
     proc_start: int | None = None
     boot_id: str | None = None
+    attempt: int = 0  # the latest attempt's number over every try of the run (0: unknown)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -127,6 +129,13 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=OFF")
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a state file from an older dagd up to SCHEMA (columns added since)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(steps)")}
+    if "attempt" not in columns:
+        conn.execute("ALTER TABLE steps ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
@@ -140,6 +149,7 @@ class Store:
         self.path = path
         self._wconn = connect(path)
         self._wconn.executescript(SCHEMA)
+        _migrate(self._wconn)
         self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: see checkpointer()
         self._rconn = connect(path)
         self._read_lock = threading.Lock()
@@ -300,6 +310,7 @@ class Store:
                             ev.end_time,
                             ev.duration,
                             ev.error,
+                            ev.attempt,
                         )
                     elif type(ev) is DagRunStatusEvent:
                         self._write_run_status(conn, ev)
@@ -340,10 +351,11 @@ class Store:
         if steps:
             conn.executemany(
                 "INSERT INTO steps (run_id, step_id, status, retry_count, start_time, end_time,"
-                " duration, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " duration, error, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status,"
                 " retry_count=excluded.retry_count, start_time=excluded.start_time,"
-                " end_time=excluded.end_time, duration=excluded.duration, error=excluded.error",
+                " end_time=excluded.end_time, duration=excluded.duration, error=excluded.error,"
+                " attempt=max(attempt, excluded.attempt)",
                 list(steps.values()),
             )
             steps.clear()
@@ -415,7 +427,7 @@ class Store:
             return None
         steps = await self.read(
             "SELECT run_id, step_id, status, retry_count, start_time, end_time, duration, error,"
-            " pgid, proc_start, boot_id FROM steps WHERE run_id=?",
+            " pgid, proc_start, boot_id, attempt FROM steps WHERE run_id=?",
             (run_id,),
         )
         return _run_record(rows[0]), [StepRecord(*s) for s in steps]
@@ -431,7 +443,7 @@ class Store:
         )
         steps = self._read(
             "SELECT s.run_id, step_id, s.status, retry_count, start_time, end_time, duration,"
-            " error, pgid, proc_start, boot_id FROM steps s JOIN runs r USING (run_id)"
+            " error, pgid, proc_start, boot_id, attempt FROM steps s JOIN runs r USING (run_id)"
             " WHERE r.status IN ('queued', 'running')"
         )
         return [_run_record(r) for r in runs], [StepRecord(*s) for s in steps]

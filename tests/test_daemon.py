@@ -290,7 +290,9 @@ FLAKY = """
 command = 'echo ran >> "$COUNT_A"; echo a'
 env = {{ COUNT_A = "{count}" }}
 [steps.b]
-command = 'if [ -e "$M" ]; then echo fixed >&2; exit 0; fi; touch "$M"; echo "not yet" >&2; exit 3'
+command = '''
+if [ -e "$M" ]; then echo "fixed on attempt $DAGD_ATTEMPT" >&2; exit 0; fi
+touch "$M"; echo "not yet" >&2; exit 3'''
 env = {{ M = "{marker}" }}
 depends_on = ["a"]
 [steps.c]
@@ -331,10 +333,9 @@ async def test_retry_from_failure_keeps_successful_steps(config: Config, tmp_pat
     # a's log was not touched by the retry (no stderr file: a wrote nothing there)
     assert [p.name for p in (config.log_dir / "flaky" / run_id).glob("a.*")] == ["a.1.out"]
     assert log_file(config, "flaky", run_id, "a.1.out").read_text() == "a\n"
-    # b's first try is not overwritten by the retry: its stderr keeps both tries, separated
-    b_err = (config.log_dir / "flaky" / run_id / "b.1.err").read_text()
-    assert b_err.startswith("not yet\n")
-    assert b_err.endswith("the run was retried; this attempt's output follows <==\nfixed\n")
+    # the retry numbers b's attempt onwards: its first try's log stays as it was
+    assert log_file(config, "flaky", run_id, "b.1.err").read_text() == "not yet\n"
+    assert log_file(config, "flaky", run_id, "b.2.err").read_text() == "fixed on attempt 2\n"
     retried = [(e.step_id, e.status) for e in (s.event for s in got) if type(e) is StepStatusEvent]
     assert ("a", S.RUNNING) not in retried
     assert retried[-2:] == [("c", S.RUNNING), ("c", S.SUCCESS)]
@@ -367,6 +368,9 @@ async def test_retry_after_the_daemon_was_reopened(config: Config, tmp_path: Pat
     assert {sid: st.status for sid, st in steps.items()} == dict.fromkeys("abc", "success")
     assert count.read_text() == "ran\n"
     assert log_file(config, "flaky", run_id, "c.1.out").read_text() == "c\n"
+    # the new daemon read b's attempt number from the database and went on from it
+    assert log_file(config, "flaky", run_id, "b.2.err").read_text() == "fixed on attempt 2\n"
+    assert steps["b"].attempt == 2
     assert integrity_ok(config)
 
 
@@ -723,3 +727,35 @@ async def test_a_plain_async_for_over_events_keeps_up_with_a_fast_run(config: Co
     ]
     assert seqs == stored
     assert len(seqs) > 6000
+
+
+async def test_a_state_file_from_before_attempt_numbers_is_upgraded(
+    config: Config, tmp_path: Path
+) -> None:
+    # The steps table as dagd wrote it before it kept attempt numbers, with a failed run in it.
+    old_schema = SCHEMA.replace("    attempt INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old_schema != SCHEMA
+    config.db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(config.db_path)
+    conn.executescript(old_schema)
+    conn.execute(
+        "INSERT INTO runs (run_id, dag_id, status, queued_at, ended_at)"
+        " VALUES ('old-run', 'flaky', 'failed', 1, 2)"
+    )
+    conn.execute(
+        "INSERT INTO steps (run_id, step_id, status, retry_count, start_time, end_time)"
+        " VALUES ('old-run', 'a', 'failed', 0, 1, 2)"
+    )
+    conn.commit()
+    conn.close()
+    count, marker = tmp_path / "count", tmp_path / "marker"
+    write_dag(config, "flaky", FLAKY.format(count=count, marker=marker))
+    marker.touch()  # b succeeds at once
+    async with open_daemon(config) as daemon:
+        await daemon.retry("old-run")
+        # (its record says failed until the retry's first events are committed)
+        record, steps = await wait_status(daemon, "old-run", ("success",))
+    assert record.status == "success"
+    # a's one known attempt was 1 (its number was not kept): the retry's is 2
+    assert (steps["a"].attempt, steps["b"].attempt, steps["c"].attempt) == (2, 1, 1)
+    assert log_file(config, "flaky", "old-run", "a.2.out").read_text() == "a\n"

@@ -38,6 +38,10 @@ class StepStatusEvent:
     error: str | None
     timestamp: float
     seq: int | None = None
+    # The step's latest attempt number, counted over every try of the run (a run retry
+    # continues it, while retry_count starts again). Not on the wire: the store keeps it so
+    # that a retry after a restart still numbers attempts (DAGD_ATTEMPT, log files) onwards.
+    attempt: int = attrs.field(default=0, eq=False)
 
 
 @attrs.frozen(slots=True)

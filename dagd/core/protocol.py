@@ -46,6 +46,8 @@ def _make_converter() -> cattrs.Converter:
         for field in attrs.fields(cls):
             if field.name == "seq":
                 overrides["seq"] = override(omit=True)  # lives beside `data`, not inside it
+            elif field.name == "attempt":
+                overrides["attempt"] = override(omit=True)  # ours, not the protocol's
             elif field.name in _TIME_FIELDS:
                 overrides[field.name] = override(
                     rename=_camel(field.name),

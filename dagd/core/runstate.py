@@ -39,6 +39,12 @@ from dagd.core.model import (
 
 S = StepStatus
 
+#: A step's record for `RunState.restore`: status, retry_count, start, end, error[, attempt].
+StepRecordTuple = (
+    tuple[StepStatus, int, float | None, float | None, str | None]
+    | tuple[StepStatus, int, float | None, float | None, str | None, int]
+)
+
 
 class IllegalTransition(ValueError):
     """The caller fed an event that makes no sense in the current state (a bug in the caller)."""
@@ -89,7 +95,8 @@ class StepState:
     spec: StepSpec
     downstream: list[str]
     status: StepStatus = S.PENDING
-    attempt: int = 0  # attempts dispatched so far; retry_count is attempt - 1
+    attempt: int = 0  # attempts dispatched in this try of the run; retry_count is attempt - 1
+    attempts_before: int = 0  # attempts made in earlier tries (a run retry numbers onwards)
     ready: bool = False  # waiting in the ready queue for a max_active_steps slot
     dispatched: bool = False  # a StartStep is out and not yet answered
     start_time: float | None = None
@@ -160,22 +167,27 @@ class RunState:
         run_id: str,
         params: Mapping[str, str] | None,
         status: RunStatus,
-        steps: Mapping[str, tuple[StepStatus, int, float | None, float | None, str | None]],
+        steps: Mapping[str, StepRecordTuple],
         **kwargs: float,
     ) -> RunState:
         """Rebuild a finished run from its record, e.g. to retry it after a restart.
 
-        `steps` maps step id -> (status, retry_count, start_time, end_time, error); steps the
-        record does not know (never touched, or added to the DAG since) are pending.
+        `steps` maps step id -> (status, retry_count, start_time, end_time, error[, attempt]),
+        `attempt` being the latest attempt number over all tries (0: unknown, as in records
+        from before it was kept); steps the record does not know (never touched, or added to
+        the DAG since) are pending.
         """
         if not status.finished:
             raise IllegalTransition(f"only a finished run can be restored, not a {status} one")
         state = cls(dag, run_id, params, **kwargs)
-        for sid, (st_status, retry_count, start, end, error) in steps.items():
+        for sid, (st_status, retry_count, start, end, error, *rest) in steps.items():
             st = state.steps.get(sid)
             if st is not None:
                 st.status = StepStatus(st_status)
-                st.attempt = retry_count + 1 if st.status is not S.PENDING else 0
+                # a step that never started in the last try (upstream_failed, skipped,
+                # cancelled while pending) made no attempt in it
+                st.attempt = retry_count + 1 if start is not None else 0
+                st.attempts_before = max(0, (rest[0] if rest else 0) - st.attempt)
                 st.start_time, st.end_time, st.error = start, end, error
         state.status = status
         state._recount()
@@ -216,6 +228,7 @@ class RunState:
             st.retry_count,
             st.error,
             now,
+            attempt=st.attempts_before + st.attempt,
         )
 
     def run_event(self, now: float) -> DagRunStatusEvent:
@@ -359,6 +372,7 @@ class RunState:
         for st in self.steps.values():
             if st.status is not S.SUCCESS:
                 st.start_time = st.end_time = st.error = None
+                st.attempts_before += st.attempt  # numbering goes on; the retry budget is new
                 st.attempt = 0
                 self._set(st, S.PENDING, now, out)
         self._recount()
@@ -484,7 +498,7 @@ class RunState:
             st.ready, st.dispatched = False, True
             st.attempt += 1
             self.active += 1
-            out.append(StartStep(sid, st.attempt))
+            out.append(StartStep(sid, st.attempts_before + st.attempt))
 
     def _settle(self, out: list[object], now: float, force_progress: bool = False) -> list[object]:
         """Finish the run if every step is final; add a progress event when one is due."""

@@ -242,6 +242,9 @@ class Harness:
                 assert last.duration == expected_duration(state.start_time, state.end_time)
                 assert last.duration is None or isinstance(last.duration, int)
                 assert last.retry_count == max(0, state.attempt - 1)
+                # (a dispatch sends no event: the last one came before its attempt was counted)
+                dispatched = 1 if state.dispatched else 0
+                assert last.attempt == state.attempts_before + state.attempt - dispatched
                 assert last.error == state.error
 
     def _check_run_events(self, out, before_run, now):
@@ -294,8 +297,10 @@ class Harness:
                 assert e.step_id not in self.dispatched and e.step_id not in self.running
                 self.dispatched.add(e.step_id)
                 self.starts[e.step_id].append(e.attempt)
-                assert e.attempt == rs.steps[e.step_id].attempt
-                assert e.attempt <= rs.steps[e.step_id].spec.max_attempts
+                state = rs.steps[e.step_id]
+                # numbered over every try of the run; the budget counts this try only
+                assert e.attempt == state.attempts_before + state.attempt
+                assert state.attempt <= state.spec.max_attempts
             elif isinstance(e, ScheduleRetry):
                 assert rs.steps[e.step_id].status is S.RETRYING
                 assert e.at >= now
@@ -1134,7 +1139,7 @@ def test_retry_a_failed_run_keeps_successes_and_reruns_the_rest():
     out = h.retry()
     assert [e.status for e in out if isinstance(e, DagRunStatusEvent)] == [R.QUEUED, R.RUNNING]
     assert sorted(step_events(out)) == [("b", "pending"), ("c", "pending")]
-    assert starts(out) == [("b", 1)]  # attempts start over, retries included
+    assert starts(out) == [("b", 3)]  # numbering goes on after b's 2 attempts
     assert (h.rs.steps["a"].start_time, h.rs.steps["a"].end_time) == a_times
     assert h.rs.steps["b"].error is None and h.rs.steps["b"].start_time is None
     p = h.progress[-1]
@@ -1161,7 +1166,7 @@ def test_retry_a_cancelled_run():
     h.step_cancelled("b")
     assert h.rs.status is R.CANCELLED
     out = h.retry()
-    assert starts(out) == [("b", 1)]
+    assert starts(out) == [("b", 2)]
     assert not h.rs.cancelling and h.rs.cancel_reason is None
     h.run_through("b")
     assert h.rs.status is R.SUCCESS
@@ -1184,7 +1189,7 @@ def test_retry_re_decides_skipped_steps_and_finishes():
     assert h.rs.status is R.FAILED
     assert h.status("alert") is S.SKIPPED and h.status("after_alert") is S.SKIPPED
     out = h.retry()
-    assert starts(out) == [("b", 1)]
+    assert starts(out) == [("b", 2)]
     assert h.status("alert") is S.SKIPPED and h.status("after_alert") is S.SKIPPED
     out = h.run_through("b")
     assert h.rs.status is R.SUCCESS
@@ -1199,7 +1204,7 @@ def test_retry_reruns_a_root_whatever_its_trigger_rule():
     h.run_through("r", "failed")
     h.run_through("s")
     assert h.rs.status is R.FAILED
-    assert starts(h.retry()) == [("r", 1)]
+    assert starts(h.retry()) == [("r", 2)]
     h.run_through("r")
     assert h.rs.status is R.SUCCESS
 
@@ -1213,7 +1218,7 @@ def test_retry_all_failed_run_with_max_active_steps():
         else:
             pytest.fail(f"s{i} was not dispatched")
     assert h.rs.status is R.FAILED
-    assert starts(h.retry()) == [("s0", 1), ("s1", 1)]
+    assert starts(h.retry()) == [("s0", 2), ("s1", 2)]
     for i in range(4):
         h.run_through(f"s{i}")
     assert h.rs.status is R.SUCCESS
@@ -1566,7 +1571,7 @@ def test_requeue_waits_as_queued_until_start():
 
     out = rs.start(T0 + 5)
     assert rs.status is R.RUNNING
-    assert starts(out) == [("b", 1)]  # a kept its success; b's upstream is already done
+    assert starts(out) == [("b", 2)]  # a kept its success; b's upstream is already done
     assert rs.started_at == T0 + 5
 
 
@@ -1593,5 +1598,30 @@ def test_retry_dispatches_a_step_freed_by_a_redecided_upstream_once(wait_queued)
         out = h.start()
     else:
         out = h.retry()
-    assert starts(out) == [("after", 1)]
+    assert starts(out) == [("after", 2)]
     assert h.status("s") is S.SKIPPED
+
+
+def test_restore_then_retry_numbers_attempts_onwards():
+    # What the daemon does after a restart: rebuild the failed run from its record, retry it.
+    dag = make_dag({"a": {}, "b": {"depends_on": ["a"], "retries": 2}, "c": {"depends_on": ["b"]}})
+    record = {
+        "a": (S.SUCCESS, 0, T0, T0 + 1, None, 1),
+        # b's third attempt (retry_count 2) failed; it was the 5th over two earlier tries
+        "b": (S.FAILED, 2, T0 + 1, T0 + 2, "exit code 1", 5),
+        "c": (S.UPSTREAM_FAILED, 0, None, T0 + 2, None, 0),
+    }
+    rs = RunState.restore(dag, RUN_ID, {}, R.FAILED, record)
+    assert rs.requeue(T0 + 3)[0] == DagRunStatusEvent(dag.id, RUN_ID, R.QUEUED, T0 + 3)
+    assert starts(rs.start(T0 + 4)) == [("b", 6)]
+    rs.step_started("b", T0 + 4)
+    (event,) = [e for e in rs.step_failed("b", T0 + 5, "again") if isinstance(e, StepStatusEvent)]
+    assert (event.status, event.retry_count, event.attempt) == (S.RETRYING, 0, 6)
+    assert starts(rs.retry_due("b", T0 + 6)) == [("b", 7)]
+
+
+def test_restore_of_a_record_without_attempt_numbers():
+    # Records written before attempt numbers were kept: the last try's count is all we know.
+    dag = make_dag({"a": {"retries": 1}})
+    rs = RunState.restore(dag, RUN_ID, {}, R.FAILED, {"a": (S.FAILED, 1, T0, T0 + 1, "x")})
+    assert starts(rs.retry(T0 + 2)) == [("a", 3)]
