@@ -341,8 +341,12 @@ class Connection:
     # ---- lifecycle
 
     async def run(self) -> None:
-        if not await self._authenticate():
-            return
+        self.server.unauthenticated.add(self)
+        try:
+            if not await self._authenticate():
+                return
+        finally:
+            self.server.unauthenticated.discard(self)
         self.sub = self.daemon.subscribe(set(), self.server.config.send_buffer)
         if not self.ws._stream_lock.locked():
             # A semaphore instead of trio-websocket's lock: same mutual exclusion, but the hub's
@@ -421,6 +425,11 @@ class Connection:
         self.role = entry.role
         self.auth_request_id = message.request_id
         return True
+
+    async def close_going_away(self) -> None:
+        """Shutdown, before this connection authenticated: its reader sees the close."""
+        with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError, OSError):
+            await self._close(CLOSE_GOING_AWAY, "daemon shutting down")
 
     async def _close(self, code: int, reason: str) -> None:
         """Close with `code`; if even the close frame cannot be written within a second, drop
@@ -689,6 +698,7 @@ class Server:
         self.throttle = AuthThrottle()
         self.connections = 0
         self.authenticated: set[Connection] = set()
+        self.unauthenticated: set[Connection] = set()  # accepted, auth not yet done
         self.slow_closed = 0
         self.port: int | None = None
         self._closing = False
@@ -760,14 +770,17 @@ class Server:
                 conn.queue(beat)
 
     async def close_all(self) -> None:
-        """Deliver what is queued, then close every connection with 1001 (going away)."""
+        """Deliver what is queued, then close every connection with 1001 (going away); those
+        still before authentication are closed with 1001 at once."""
         self._closing = True
-        if not self.authenticated:
-            return
-        for conn in list(self.authenticated):
-            conn.queue(_CloseJob(CLOSE_GOING_AWAY, "daemon shutting down"))
-        with trio.move_on_after(3.0):
-            await self._drained.wait()
+        async with trio.open_nursery() as nursery:
+            for conn in list(self.unauthenticated):
+                nursery.start_soon(conn.close_going_away)
+            if self.authenticated:
+                for conn in list(self.authenticated):
+                    conn.queue(_CloseJob(CLOSE_GOING_AWAY, "daemon shutting down"))
+                with trio.move_on_after(3.0):
+                    await self._drained.wait()
 
 
 def _too_big(text: str | bytes, limit: int) -> bool:

@@ -31,6 +31,7 @@ from wshelp import (
     publish_committed,
     publish_errors,
     running,
+    server_of,
     stored_seqs,
     trio_client,
     url_of,
@@ -795,3 +796,29 @@ async def test_dagd_serve_subprocess_end_to_end(tmp_path: Path, aio: Aio) -> Non
     text = "\n".join(log)
     assert "Traceback" not in text, text
     assert "dagd stopped" in text, text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_shutdown_closes_a_connection_waiting_to_authenticate_with_1001(
+    tmp_path: Path, aio: Aio, kind: str
+) -> None:
+    result = {}
+    async with trio.open_nursery() as outer, running(tmp_path) as daemon:
+        url = url_of(daemon)
+        if kind == "trio":
+            client = await trio_client(outer, url, token=None)
+        else:
+            client = await aio.connect(url, token=None)
+        server = server_of(daemon)
+        with trio.fail_after(5):
+            while not server.unauthenticated:  # accepted, waiting for its auth message
+                await trio.sleep(0.01)
+
+        async def collect() -> None:
+            result["closed"] = await client.closed(timeout=15)
+            outer.cancel_scope.cancel()
+
+        outer.start_soon(collect)
+    code, reason, frames = result["closed"]
+    assert (code, frames) == (1001, [])
+    assert "shutting down" in reason
