@@ -34,6 +34,7 @@ from trio_websocket import (
     WebSocketServer,
 )
 
+from dagd import wsfail
 from dagd.core.config import Config
 from dagd.core.messages import (
     CONTROL,
@@ -806,6 +807,7 @@ async def serve(
     daemon: Daemon, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve the protocol until cancelled; `task_status.started(server)` once listening."""
+    wsfail.install()  # a refused frame closes with 1007/1002 instead of dropping TCP
     server = Server(daemon)
     cfg = server.config
     ssl_context = None

@@ -30,6 +30,7 @@ from wshelp import (
     READ_TOKEN,
     SERVER_TYPES,
     Aio,
+    AioWS,
     harness,
     make_config,
     publish_committed,
@@ -791,3 +792,19 @@ async def test_tls_serves_wss_with_the_configured_certificate(tmp_path: Path) ->
         async with open_websocket_url(url, ssl_context=context, connect_timeout=5) as ws:
             await ws.send_message(json.dumps({"type": "auth", "token": OP_TOKEN}))
             assert json.loads(await ws.get_message())["type"] == "auth_success"
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+async def test_text_frame_that_is_not_utf8_fails_the_connection_with_1007(
+    tmp_path: Path, aio: Aio, authenticated: bool
+) -> None:
+    # RFC 6455 8.1: fail the WebSocket connection; 7.4.1: with 1007. The `websockets` client
+    # sends the bytes as a text frame without checking them.
+    async with harness(tmp_path, aio) as h:
+        other = await h.connect("asyncio")
+        client = await h.connect("asyncio", token=OP_TOKEN if authenticated else None)
+        assert isinstance(client, AioWS)
+        await aio.run(client.conn.send(b'{"type": "ping", "requestId": "\xff"}', text=True))
+        code, _reason, frames = await client.closed()
+        assert (code, frames) == (1007, [])
+        assert (await other.request({"type": "ping", "requestId": 1}))["type"] == "pong"

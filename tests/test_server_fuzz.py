@@ -249,9 +249,8 @@ def test_fuzz_before_auth(served: ThreadedDaemon, no_server_errors: None) -> Non
                 ws.close()
             rcvd = closed.value.rcvd
             if not valid_utf8(frame):
-                # trio-websocket (wsproto) drops the TCP connection without a close frame
-                # (RFC 6455 says it SHOULD send 1007 first); no answer either way
-                assert rcvd is None or rcvd.code == 1007
+                # RFC 6455: fail the connection with 1007 (dagd/wsfail.py); no answer
+                assert rcvd is not None and rcvd.code == 1007, rcvd
                 assert received == []
                 ping(control)
                 return
@@ -289,7 +288,7 @@ def test_fuzz_after_auth(served: ThreadedDaemon, no_server_errors: None) -> None
                 if valid_utf8(frame):
                     assert rcvd is not None and rcvd.code == 1009, rcvd
                 else:  # see test_fuzz_before_auth
-                    assert rcvd is None or rcvd.code == 1007, rcvd
+                    assert rcvd is not None and rcvd.code == 1007, rcvd
                 ws.close()
                 state["ws"] = open_client(served.url)
             else:
