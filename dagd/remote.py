@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -239,7 +240,7 @@ def _exit_code(run_status: str) -> int:
 
 def print_logs(config: Config, run_id: str, step_id: str, attempt: int | None) -> None:
     """Print a step's log files (stdout, then stderr) for one or every attempt. A stream that
-    wrote nothing has no file."""
+    wrote nothing has no file; the run history says whether the step ran at all."""
     matches = sorted(config.log_dir.glob(f"*/{_glob_escape(run_id)}/{_glob_escape(step_id)}.*"))
     by_attempt: dict[int, list[Path]] = {}
     for path in matches:
@@ -247,23 +248,48 @@ def print_logs(config: Config, run_id: str, step_id: str, attempt: int | None) -
         parts = path.name.rsplit(".", 2)
         if len(parts) == 3 and parts[0] == step_id and parts[1].isdigit():
             by_attempt.setdefault(int(parts[1]), []).append(path)
-    if not by_attempt:
+    record = _step_record(config, run_id, step_id)  # (status, latest attempt) or None
+    made = max([record[1] if record else 0, *by_attempt])  # attempts made
+    if not made:
+        if record is not None:
+            click.echo(f"step {step_id!r} of run {run_id!r} did not run ({record[0]})")
+            return
         raise click.ClickException(
-            f"no logs for step {step_id!r} of run {run_id!r} under {config.log_dir}: it has "
-            "not run, or it wrote no output (a log file is made on a step's first output)"
+            f"no step {step_id!r} in run {run_id!r}: no record of it in {config.db_path} and "
+            f"no logs under {config.log_dir}"
         )
-    if attempt is not None and attempt not in by_attempt:
+    if attempt is not None and not 1 <= attempt <= made:
         raise click.ClickException(
-            f"no attempt {attempt} of step {step_id!r} in run {run_id!r} "
-            f"(attempts: {', '.join(map(str, sorted(by_attempt)))})"
+            f"no attempt {attempt} of step {step_id!r} in run {run_id!r} (attempts: 1-{made})"
         )
-    attempts = sorted(by_attempt) if attempt is None else [attempt]
-    for n in attempts:
-        for path in sorted(by_attempt.get(n, []), key=lambda p: p.suffix != ".out"):
+    for n in range(1, made + 1) if attempt is None else [attempt]:
+        paths = sorted(by_attempt.get(n, []), key=lambda p: p.suffix != ".out")
+        if not paths:
+            click.echo(f"==> attempt {n}: no output <==")
+        for path in paths:
             text = path.read_text(errors="replace")
             stream = "stdout" if path.suffix == ".out" else "stderr"
             click.echo(f"==> attempt {n} {stream} ({path}) <==")
             click.echo(text, nl=not text.endswith("\n") and bool(text))
+
+
+def _step_record(config: Config, run_id: str, step_id: str) -> tuple[str, int] | None:
+    """(status, latest attempt number) of a step from the run history, read-only; None when
+    there is no history or no such step."""
+    if not config.db_path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{config.db_path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute(
+                "SELECT status, attempt FROM steps WHERE run_id=? AND step_id=?",
+                (run_id, step_id),
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return (str(row[0]), int(row[1])) if row else None
 
 
 def _glob_escape(text: str) -> str:

@@ -174,9 +174,14 @@ def test_trigger_wait_plain_succeeds_then_runs_and_logs_show_it(
     assert result.exit_code == 1
     assert "no attempt 2 of step 'extract'" in result.stderr
 
+    # transform ran (sleep) and wrote nothing: said so, not an error
+    result = invoke(cli, "logs", run_id, "transform")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "==> attempt 1: no output <==\n"
+
     result = invoke(cli, "logs", run_id, "nosuchstep")
     assert result.exit_code == 1
-    assert "no logs for step 'nosuchstep'" in result.stderr
+    assert f"no step 'nosuchstep' in run {run_id!r}" in result.stderr
 
 
 def test_trigger_without_wait_prints_the_run_id(
@@ -207,6 +212,9 @@ def test_trigger_wait_of_a_failing_dag_exits_1(
 
     result = invoke(cli, "logs", run_id, "boom")
     assert "partial" in result.stdout and "bad input" in result.stdout
+    result = invoke(cli, "logs", run_id, "after")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"step 'after' of run {run_id!r} did not run (upstream_failed)\n"
 
 
 def test_trigger_errors_are_clear(
