@@ -351,8 +351,19 @@ class Daemon:
 
     async def _drive(self, driver: RunDriver) -> None:
         state = driver.state
+        log.info("run %s of %s started", state.run_id, state.dag.id)
         try:
             await driver.run()
+            took = (state.ended_at or 0.0) - (state.started_at or 0.0)
+            failed = sorted(sid for sid, st in state.steps.items() if st.status.value == "failed")
+            log.info(
+                "run %s of %s: %s in %.1fs%s",
+                state.run_id,
+                state.dag.id,
+                state.status.value,
+                max(0.0, took),
+                f" (failed: {', '.join(failed)})" if failed else "",
+            )
         except Exception as exc:
             # A bug in one run must not take the daemon and every other run down with it:
             # record it, close the run out as failed, and carry on.
@@ -381,11 +392,9 @@ class Daemon:
         for queue in self._queues.values():
             for state in queue:
                 if state.run_id == run_id:
-                    queue.remove(state)
-                    if state.status.finished:  # a finished run waiting to be retried
-                        self._recent[run_id] = state
-                    else:
-                        self._publish_all(state.cancel(self.clock(), reason))
+                    queue.remove(state)  # a new run or a retried one, waiting for a slot
+                    self._publish_all(state.cancel(self.clock(), reason))
+                    self._recent[run_id] = state
                     return
         record = await self.store.get_run(run_id)
         if record is None:

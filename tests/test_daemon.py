@@ -759,3 +759,26 @@ async def test_a_state_file_from_before_attempt_numbers_is_upgraded(
     # a's one known attempt was 1 (its number was not kept): the retry's is 2
     assert (steps["a"].attempt, steps["b"].attempt, steps["c"].attempt) == (2, 1, 1)
     assert log_file(config, "flaky", "old-run", "a.2.out").read_text() == "a\n"
+
+
+async def test_cancel_a_retry_that_waits_for_its_slot(config: Config, tmp_path: Path) -> None:
+    gate, order = tmp_path / "gate", tmp_path / "order"
+    write_dag(config, "gated", GATED.format(gate=gate, order=order))
+    async with open_daemon(config) as daemon:
+        first = await daemon.trigger("gated")
+        await wait_status(daemon, first, ("running",))
+        await daemon.cancel(first)
+        await wait_status(daemon, first)
+        second = await daemon.trigger("gated")  # holds the only slot
+        await wait_status(daemon, second, ("running",))
+        await daemon.retry(first)
+        await wait_status(daemon, first, ("queued",))
+        await daemon.cancel(first)
+        record, steps = await wait_status(daemon, first)
+        assert record.status == "cancelled"
+        assert steps["wait"].status == "cancelled"
+        gate.touch()
+        assert (await wait_status(daemon, second))[0].status == "success"
+        await daemon.retry(first)  # and it can be retried again
+        assert (await wait_status(daemon, first, ("success",)))[0].status == "success"
+    assert order.read_text().split() == [second, first]

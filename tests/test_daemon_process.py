@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -260,6 +261,9 @@ def test_sigterm_cancels_the_run_and_exits_cleanly(root: Path, cleanup: dict) ->
     assert code == 0, daemon.output()
     assert elapsed < KILL_GRACE + 2
     assert "dagd stopped" in daemon.output()
+    # the daemon's own log tells the run's story too
+    assert f"run {run_id} of stubborn started" in daemon.output()
+    assert re.search(rf"run {re.escape(run_id)} of stubborn: cancelled in \d", daemon.output())
     assert run_status(root, run_id) == "cancelled"
     [(status, error)] = query(root, "SELECT status, error FROM steps WHERE run_id=?", (run_id,))
     assert status == "cancelled"

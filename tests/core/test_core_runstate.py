@@ -1625,3 +1625,18 @@ def test_restore_of_a_record_without_attempt_numbers():
     dag = make_dag({"a": {"retries": 1}})
     rs = RunState.restore(dag, RUN_ID, {}, R.FAILED, {"a": (S.FAILED, 1, T0, T0 + 1, "x")})
     assert starts(rs.retry(T0 + 2)) == [("a", 3)]
+
+
+def test_cancel_a_requeued_run_before_it_starts():
+    dag = make_dag({"a": {}, "b": {"depends_on": ["a"]}})
+    h = Harness(dag)
+    h.start()
+    h.run_through("a")
+    h.started("b")
+    h.fail("b")
+    h.requeue()
+    out = h.cancel()
+    assert h.rs.status is R.CANCELLED
+    assert h.statuses() == {"a": "success", "b": "cancelled"}
+    assert out[-1] == FinishRun(R.CANCELLED)
+    assert h.finished == [R.FAILED, R.CANCELLED]
