@@ -86,7 +86,8 @@ class Daemon:
         self.dags: dict[str, DagSpec] = {}
         self.problems: dict[str, str] = {}  # file -> error text, for broken DAG files
         # path -> ((mtime, size), dag id): size too, since two edits can share a coarse mtime
-        self._files: dict[Path, tuple[tuple[int, int], str | None]] = {}
+        self._files: dict[Path, tuple[tuple[int, ...] | None, str | None]] = {}
+        self._duplicates: set[Path] = set()  # files refused because their DAG id was taken
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
         self.executor = Executor(
             log_dir=config.log_dir, grace=config.kill_grace, on_spawn=self._record_process
@@ -198,13 +199,15 @@ class Daemon:
         version running, and its problems are logged and published as an error event."""
         folder = self.config.dags_dir
         seen: set[Path] = set()
-        changed = False
+        changed = freed = False
         paths = dag_files(folder) if folder.is_dir() else []
         for path in paths:
             seen.add(path)
             try:
                 info = path.stat()
-                mtime = (info.st_mtime_ns, info.st_size)
+                # An edit shows in one of these even within one coarse mtime tick: editors
+                # that save by rename make a new inode, and a write moves ctime too.
+                mtime = (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
             except OSError:
                 continue
             old = self._files.get(path)
@@ -220,17 +223,20 @@ class Daemon:
             except DagSpecError as exc:
                 if exc.problems:
                     text = "\n".join(map(str, exc.problems))
+                    self._duplicates.discard(path)
                 else:
                     text = f"{path}: DAG id {dag.id!r} is already used by {other.source}"
+                    self._duplicates.add(path)
                 self._files[path] = (mtime, old_id)
                 self.problems[str(path)] = text
                 log.error("cannot load DAG file (keeping the last good version):\n%s", text)
                 self.publish(ErrorEvent(old_id or path.stem, None, None, text, self.clock()))
                 continue
             if old_id is not None and old_id != dag.id:
-                self.dags.pop(old_id, None)
+                freed = self.dags.pop(old_id, None) is not None or freed
             self.dags[dag.id] = dag
             self._files[path] = (mtime, dag.id)
+            self._duplicates.discard(path)
             self.problems.pop(str(path), None)
             log.info("%s DAG %s from %s", "reloaded" if old else "loaded", dag.id, path.name)
         for path in list(self._files):
@@ -239,8 +245,17 @@ class Daemon:
                 self.problems.pop(str(path), None)
                 if dag_id is not None and (d := self.dags.get(dag_id)) and d.source == str(path):
                     del self.dags[dag_id]
+                    freed = True
                     log.info("removed DAG %s (%s was deleted)", dag_id, path.name)
                 changed = True
+        self._duplicates &= set(self._files)
+        if freed and self._duplicates:
+            # A DAG id was given up: a file refused for using it gets another look now,
+            # not only at its next edit.
+            for dup in self._duplicates:
+                self._files[dup] = (None, self._files[dup][1])
+            self.reload()
+            return
         if changed:
             self.scheduler.set_dags(self.dags)
 

@@ -515,8 +515,27 @@ async def test_a_file_broken_from_the_start_and_a_duplicate_id(config: Config) -
         assert str(dup) in stored.event.error
         assert "already used" in stored.event.error
         assert daemon.dags["same"].source == str(config.dags_dir / "one.toml")
+        # The owner of the id goes away: the refused file takes its place at once, without
+        # waiting for an edit; the broken file is not re-reported.
+        (config.dags_dir / "one.toml").unlink()
+        daemon.reload()
+        assert daemon.dags["same"].source == str(dup)
+        assert str(dup) not in daemon.problems
+        assert str(bad) in daemon.problems
+        await daemon.store.flush()
     rows = db_rows(config, "SELECT dag_id, run_id, body FROM events WHERE type='error'")
     assert [(r[0], r[1]) for r in rows] == [("bad", None), ("two", None)]
+
+
+async def test_reload_notices_a_same_size_rewrite_within_one_mtime_tick(config: Config) -> None:
+    path = write_dag(config, "tick", '[steps.s]\ncommand = "echo aaa"\n')
+    async with open_daemon(config) as daemon:
+        before = path.stat()
+        path.write_text('[steps.s]\ncommand = "echo bbb"\n')
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime, same size
+        assert path.stat().st_size == before.st_size
+        daemon.reload()
+        assert daemon.dags["tick"].steps["s"].command == "echo bbb"
 
 
 # --------------------------------------------------------------------- event log and restarts
