@@ -42,7 +42,13 @@ from dagd.engine import RunDriver
 from dagd.executor import Executor, StepContext
 from dagd.groups import unwrap_single
 from dagd.hub import Hub, Subscriber
-from dagd.procs import boot_id, kill_leftover_group, process_start
+from dagd.procs import (
+    boot_id,
+    kill_leftover_group,
+    kill_processes_and_groups,
+    process_start,
+    processes_of_runs,
+)
 from dagd.scheduler import CronScheduler
 from dagd.store import RunRecord, StepRecord, Store, StoredEvent
 
@@ -162,6 +168,14 @@ class Daemon:
                     step.step_id,
                     step.pgid,
                 )
+        # Then whatever still carries one of these runs in its environment: a group that was
+        # spawned but not yet recorded when the daemon died, or a process that left its group.
+        strays = processes_of_runs({run.run_id for run in runs})
+        if strays:
+            kill_processes_and_groups(sorted(strays))
+            for run_id in sorted(set(strays.values())):
+                pids = sorted(pid for pid, rid in strays.items() if rid == run_id)
+                log.warning("killed leftover processes of run %s: %s", run_id, pids)
         for run in runs:
             for step in by_run.get(run.run_id, []):
                 if step.status in ("running", "retrying", "pending"):

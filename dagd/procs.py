@@ -66,3 +66,38 @@ def kill_leftover_group(pgid: int, recorded_start: int | None, recorded_boot: st
         os.killpg(pgid, signal.SIGKILL)
         return True
     return False
+
+
+def processes_of_runs(run_ids: set[str]) -> dict[int, str]:
+    """Live processes (pid -> run id) whose environment says they belong to one of `run_ids`
+    (every step gets DAGD_RUN_ID). This finds a step's processes even when its process group
+    was never recorded (a daemon killed in the moment between a spawn and its next commit)."""
+    wanted = {f"DAGD_RUN_ID={run_id}".encode(): run_id for run_id in run_ids}
+    found: dict[int, str] = {}
+    if not wanted:
+        return found
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, a kernel thread, or not ours to read
+            continue
+        for var in environ.split(b"\0"):
+            run_id = wanted.get(var)
+            if run_id is not None:
+                found[int(entry.name)] = run_id
+                break
+    return found
+
+
+def kill_processes_and_groups(pids: list[int]) -> None:
+    """SIGKILL each process and, unless it is ours, its whole process group."""
+    own = os.getpgrp()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            pgid = os.getpgid(pid)
+            if pgid != own:
+                os.killpg(pgid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import sqlite3
+import subprocess
 import textwrap
 import time
 from collections.abc import Callable
@@ -584,6 +585,37 @@ async def test_reopen_closes_out_a_run_left_running(config: Config) -> None:
     assert (steps["s"].status, steps["s"].error) == ("failed", "interrupted: the daemon stopped")
     assert (steps["t"].status, steps["t"].error) == ("cancelled", "interrupted: the daemon stopped")
     assert integrity_ok(config)
+
+
+async def test_reopen_kills_a_step_whose_process_group_was_never_recorded(
+    config: Config,
+) -> None:
+    """A daemon killed between a spawn and the commit that records its process group leaves a
+    step the record cannot point to; the next daemon finds it by DAGD_RUN_ID."""
+    write_dag(config, "two", '[steps.s]\ncommand = "true"\n[steps.t]\ncommand = "true"\n')
+    async with open_daemon(config) as daemon:
+        run_id = await daemon.trigger("two")
+        await wait_status(daemon, run_id)
+    conn = sqlite3.connect(config.db_path)
+    with conn:
+        conn.execute("UPDATE runs SET status='running' WHERE run_id=?", (run_id,))
+        conn.execute("UPDATE steps SET status='running', pgid=NULL WHERE step_id='s'")
+    conn.close()
+    mark = procs.new_mark()
+    # the step's process and a grandchild, in their own group, as the executor makes them
+    env = {**os.environ, "DAGD_RUN_ID": run_id, "DAGD_STEP_ID": "s", procs.MARK_VAR: mark}
+    leftover = subprocess.Popen(["sh", "-c", "sleep 600 & sleep 600"], env=env, process_group=0)
+    try:
+        with trio.fail_after(5):
+            while len(procs.live_processes(mark)) < 3:
+                await trio.sleep(0.01)
+        async with open_daemon(config) as daemon:
+            record, _ = await wait_status(daemon, run_id)
+        assert record.status == "failed"
+        assert procs.wait_gone(mark) == []
+    finally:
+        leftover.kill()
+        leftover.wait()
 
 
 async def test_shutdown_cancels_running_and_queued_runs(config: Config, tmp_path: Path) -> None:
