@@ -91,7 +91,7 @@ class Daemon:
         self.store.on_commit = self.hub.publish
         self.dags: dict[str, DagSpec] = {}
         self.problems: dict[str, str] = {}  # file -> error text, for broken DAG files
-        # path -> ((mtime, size), dag id): size too, since two edits can share a coarse mtime
+        # path -> ((mtime_ns, ctime_ns, size, inode), or None to force a look; dag id)
         self._files: dict[Path, tuple[tuple[int, ...] | None, str | None]] = {}
         self._duplicates: set[Path] = set()  # files refused because their DAG id was taken
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
@@ -431,7 +431,8 @@ class Daemon:
         raise DaemonError("not_running", f"run {run_id} is already {record[0].status}")
 
     async def retry(self, run_id: str) -> str:
-        """Run a failed or cancelled run again: successful steps are kept, the rest rerun."""
+        """Run a failed or cancelled run again: successful steps are kept, the rest rerun. It
+        is published `queued` at once and starts when the DAG's max_active_runs allows."""
         if run_id in self.active or any(
             s.run_id == run_id for q in self._queues.values() for s in q
         ):

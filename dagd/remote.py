@@ -1,4 +1,5 @@
-"""The CLI's side of the daemon: finding it, and the commands that talk to it over WebSocket.
+"""The CLI's side of the daemon: finding it, and the commands that talk to it over WebSocket
+(`dagd logs` reads the log folder and the run history directly).
 
 The URL and token come from, in order: `--url`/`--token`, `DAGD_URL`/`DAGD_TOKEN`, then the
 config file (its server address; a configured literal or environment token, else the token the
