@@ -24,6 +24,7 @@ from dagd.core.timefmt import RunIdFactory
 from dagd.dagfiles import load_dag_folder
 from dagd.engine import RunDriver
 from dagd.executor import Executor
+from dagd.procs import raise_open_files_limit
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -179,6 +180,7 @@ def run(
 
     console = Console()
     live = not plain and console.is_terminal
+    raise_open_files_limit()
     status = trio.run(
         _run_here, state, executor, parallel or config.max_parallel_steps, console, live
     )
@@ -276,6 +278,9 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    before, after = raise_open_files_limit()
+    if after > before:
+        log.debug("open files limit raised from %d to %d", before, after)
     try:
         trio.run(_serve, config)
     except OSError as exc:

@@ -101,3 +101,18 @@ def kill_processes_and_groups(pids: list[int]) -> None:
             if pgid != own:
                 os.killpg(pgid, signal.SIGKILL)
             os.kill(pid, signal.SIGKILL)
+
+
+def raise_open_files_limit(want: int = 65536) -> tuple[int, int]:
+    """Raise this process's soft limit on open files towards `want` (never past the hard
+    limit); returns (before, after). Many systems start processes at 1024, which a daemon
+    runs out of: each running shell step holds five descriptors (two pipes, a pidfd, two
+    log files) and each WebSocket client one. Steps inherit the raised limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]

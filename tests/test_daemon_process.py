@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -34,8 +35,14 @@ KILL_GRACE = 0.5
 class Daemon:
     """One `dagd serve` subprocess whose stderr goes to a file."""
 
-    def __init__(self, root: Path, n: int) -> None:
+    def __init__(self, root: Path, n: int, open_files: int | None = None) -> None:
         self.log = root / f"daemon{n}.log"
+
+        def low_limit() -> None:  # as many systems start processes: soft limit 1024 or less
+            if open_files is not None:
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
+
         self.started = time.monotonic()
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -52,6 +59,7 @@ class Daemon:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=low_limit if open_files is not None else None,
             )
 
     def output(self) -> str:
@@ -283,3 +291,19 @@ def test_startup_time(root: Path, cleanup: dict) -> None:
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(timeout=5) == 0, daemon.output()
     assert "dagd stopped" in daemon.output()
+
+
+def test_serve_raises_a_low_open_files_limit(root: Path, cleanup: dict) -> None:
+    (root / "dags" / "hello.toml").write_text('[steps.s]\ncommand = "true"\n')
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+    daemon = Daemon(root, 0, open_files=256)
+    cleanup["daemons"].append(daemon)
+    daemon.wait_ready()
+    limits = Path(f"/proc/{daemon.proc.pid}/limits").read_text()
+    soft = int(next(line for line in limits.splitlines() if "open files" in line).split()[3])
+    assert soft > 256
+    assert soft == min(65536, hard) or hard == resource.RLIM_INFINITY
+    daemon.proc.send_signal(signal.SIGINT)
+    assert daemon.proc.wait(timeout=5) == 0, daemon.output()
