@@ -385,3 +385,21 @@ async def test_process_group_is_recorded_while_the_step_runs(
                 await trio.sleep(0.01)
         assert os.getpgid(groups[0]) == groups[0]  # alive, and the leader of its own group
         (tmp_path / "go").touch()
+
+
+async def test_missing_working_directory(executor: Executor, tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere")
+    result = await executor.run(shell("true", cwd=missing), ctx())
+    assert (result.ok, result.pid) == (False, None)
+    assert result.error == f"working directory {missing!r} does not exist"
+
+
+async def test_nul_byte_in_a_param_is_refused_before_anything_runs(
+    executor: Executor, tmp_path: Path
+) -> None:
+    result = await executor.run(shell(f"touch {tmp_path}/ran"), ctx(date="2024\x0001"))
+    assert (result.ok, result.pid) == (False, None)
+    assert result.error is not None
+    assert result.error.startswith("cannot start the command: ")
+    assert "null byte" in result.error
+    assert not (tmp_path / "ran").exists()
