@@ -441,12 +441,17 @@ def watch(
 @click.argument("run_id")
 @click.argument("step_id")
 @click.option("--attempt", type=int, help="Only this attempt (default: all).")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing output as it comes, until the step ends."
+)
 @config_option
-def logs(run_id: str, step_id: str, attempt: int | None, config_path: Path | None) -> None:
+def logs(
+    run_id: str, step_id: str, attempt: int | None, follow: bool, config_path: Path | None
+) -> None:
     """Print the log of STEP_ID in RUN_ID (stdout then stderr, per attempt)."""
     from dagd.remote import print_logs
 
-    print_logs(load_config(config_path), run_id, step_id, attempt)
+    print_logs(load_config(config_path), run_id, step_id, attempt, follow)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -239,18 +240,20 @@ def _exit_code(run_status: str) -> int:
     return EXIT_CANCELLED if run_status == "cancelled" else EXIT_FAILED
 
 
-def print_logs(config: Config, run_id: str, step_id: str, attempt: int | None) -> None:
+def print_logs(
+    config: Config, run_id: str, step_id: str, attempt: int | None, follow: bool = False
+) -> None:
     """Print a step's log files (stdout, then stderr) for one or every attempt. A stream that
-    wrote nothing has no file; the run history says whether the step ran at all."""
-    matches = sorted(config.log_dir.glob(f"*/{_glob_escape(run_id)}/{_glob_escape(step_id)}.*"))
-    by_attempt: dict[int, list[Path]] = {}
-    for path in matches:
-        # Step ids may contain dots: "load.*" also matches the logs of a step "load.more".
-        parts = path.name.rsplit(".", 2)
-        if len(parts) == 3 and parts[0] == step_id and parts[1].isdigit():
-            by_attempt.setdefault(int(parts[1]), []).append(path)
+    wrote nothing has no file; the run history says whether the step ran at all. With
+    `follow`, keep printing output as it is written until the step is final."""
+    by_attempt = _log_files(config, run_id, step_id)
     record = _step_record(config, run_id, step_id)  # (status, latest attempt) or None
     made = max([record[1] if record else 0, *by_attempt])  # attempts made
+    if follow and (record is None or record[0] not in FINAL_STEP):
+        if record is None and not made:
+            raise click.ClickException(f"no step {step_id!r} in run {run_id!r} to follow")
+        _follow_logs(config, run_id, step_id, attempt)
+        return
     if not made:
         if record is not None:
             click.echo(f"step {step_id!r} of run {run_id!r} did not run ({record[0]})")
@@ -272,6 +275,53 @@ def print_logs(config: Config, run_id: str, step_id: str, attempt: int | None) -
             stream = "stdout" if path.suffix == ".out" else "stderr"
             click.echo(f"==> attempt {n} {stream} ({path}) <==")
             click.echo(text, nl=not text.endswith("\n") and bool(text))
+
+
+FINAL_STEP = frozenset({"success", "failed", "upstream_failed", "skipped", "cancelled"})
+
+
+def _log_files(config: Config, run_id: str, step_id: str) -> dict[int, list[Path]]:
+    matches = sorted(config.log_dir.glob(f"*/{_glob_escape(run_id)}/{_glob_escape(step_id)}.*"))
+    by_attempt: dict[int, list[Path]] = {}
+    for path in matches:
+        # Step ids may contain dots: "load.*" also matches the logs of a step "load.more".
+        parts = path.name.rsplit(".", 2)
+        if len(parts) == 3 and parts[0] == step_id and parts[1].isdigit():
+            by_attempt.setdefault(int(parts[1]), []).append(path)
+    return by_attempt
+
+
+def _follow_logs(
+    config: Config, run_id: str, step_id: str, attempt: int | None, poll: float = 0.2
+) -> None:
+    """`tail -f` over a step's log files, new attempts included, until the step is final (or
+    gone from the history); a header line marks each switch to another file."""
+    offsets: dict[Path, int] = {}
+    current: Path | None = None
+    while True:
+        # Read the status first: output written before a final status is then always seen.
+        record = _step_record(config, run_id, step_id)
+        for n, paths in sorted(_log_files(config, run_id, step_id).items()):
+            if attempt is not None and n != attempt:
+                continue
+            for path in sorted(paths, key=lambda p: p.suffix != ".out"):
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(offsets.get(path, 0))
+                        data = f.read()
+                except OSError:
+                    continue
+                if not data:
+                    continue
+                offsets[path] = offsets.get(path, 0) + len(data)
+                if path != current:
+                    stream = "stdout" if path.suffix == ".out" else "stderr"
+                    click.echo(f"==> attempt {n} {stream} ({path}) <==")
+                    current = path
+                click.echo(data.decode("utf-8", "replace"), nl=False)
+        if record is None or record[0] in FINAL_STEP:
+            return
+        time.sleep(poll)
 
 
 def _step_record(config: Config, run_id: str, step_id: str) -> tuple[str, int] | None:

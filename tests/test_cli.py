@@ -70,10 +70,18 @@ def flaky_dag(marker: Path) -> str:
     """
 
 
+def talk_dag(gate: Path) -> str:
+    return f"""
+        [steps.talk]
+        command = 'echo first; while [ ! -e "{gate}" ]; do sleep 0.02; done; echo second >&2'
+    """
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     root = tmp_path_factory.mktemp("cli")
-    d = DaemonProc(root, {**DAGS, "flaky": flaky_dag(root / "flaky.marker")})
+    dags = {**DAGS, "flaky": flaky_dag(root / "flaky.marker"), "talk": talk_dag(root / "gate")}
+    d = DaemonProc(root, dags)
     try:
         d.start()
         d.wait_ready()
@@ -111,7 +119,7 @@ def test_dags_and_runs_need_no_flags_in_the_config_folder(
     result = invoke(cli, "dags")
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
-    assert set(lines) == {"etl", "failing", "slow", "flaky"}
+    assert set(lines) == {"etl", "failing", "slow", "flaky", "talk"}
     assert "manual" in lines["etl"]
     assert "4 steps" in lines["etl"]
     assert "extract, transform, load" in lines["etl"]
@@ -502,3 +510,37 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
         result = dagd("serve", "--port", str(port), cwd=tmp_path, timeout=20)
     assert result.returncode == 1
     assert "cannot start" in result.stderr
+
+
+def test_logs_follow_prints_output_as_it_comes_until_the_step_ends(
+    daemon: DaemonProc, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(daemon.root)
+    result = invoke(cli, "trigger", "talk")
+    assert result.exit_code == 0, result.output
+    run_id = run_id_of(result.stdout)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "dagd", "logs", run_id, "talk", "--follow"],
+        cwd=daemon.root,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        seen = []
+        deadline = time.monotonic() + 10
+        while "first" not in seen and time.monotonic() < deadline:
+            seen.append(follower.stdout.readline().strip())
+        assert "first" in seen, seen  # printed while the step still waits for its gate
+        assert follower.poll() is None
+        (daemon.root / "gate").touch()
+        out, err = follower.communicate(timeout=10)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    assert seen[0].startswith("==> attempt 1 stdout (")
+    lines = out.splitlines()
+    assert lines[-1] == "second"
+    assert lines[-2].startswith("==> attempt 1 stderr (")
