@@ -113,8 +113,8 @@ class RunDriver:
 
     async def _attempt(self, start: StartStep, scope: trio.CancelScope) -> None:
         """Run an attempt, then the attempt it freed a slot for, and so on: the task of a
-        finished attempt carries on with the next one rather than spawning a task and waiting
-        a loop pass for it (measurable when steps are short, bench/shell_steps.py)."""
+        finished attempt carries on with the next one rather than spawning a task for it
+        (measurable when steps are short, bench/shell_steps.py)."""
         state = self.state
         take: list[tuple[StartStep, trio.CancelScope]] = []
         while True:
@@ -143,6 +143,10 @@ class RunDriver:
             if not take:
                 return
             start, scope = take.pop()
+            # A fresh task would wait for the next loop pass; so does this one. Without the
+            # yield, a chain of steps that never block (async no-ops) would hold the loop for
+            # the whole chain.
+            await trio.lowlevel.checkpoint()
 
     async def _run_attempt(self, spec: StepSpec, ctx: StepContext) -> AttemptResult:
         """The executor's result; an unexpected error fails the attempt, never the run."""

@@ -7,6 +7,8 @@ import re
 
 import pytest
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dagd.core.events import (
     EVENT_TYPES,
@@ -319,3 +321,45 @@ def test_offsets_other_than_z_are_read_as_the_same_instant():
     message = valid_message()
     message["data"]["timestamp"] = "2024-01-01T13:00:00.500+01:00"
     assert event_from_wire(message).timestamp == T + 0.5
+
+
+# Any text a field may hold (control characters, quotes, non-ASCII, lone surrogates excluded:
+# Python strings from TOML and the OS never carry them), any time of the 21st century.
+_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=30)
+_time = st.floats(946_684_800, 4_102_444_800, allow_nan=False)
+_opt_time = st.none() | _time
+_seq = st.none() | st.integers(1, 2**53)
+_events = st.one_of(
+    st.builds(DagRunStatusEvent, _text, _text, st.sampled_from(RunStatus), _time, _seq),
+    st.builds(
+        StepStatusEvent,
+        _text,
+        _text,
+        _text,
+        st.sampled_from(StepStatus),
+        _opt_time,
+        _opt_time,
+        st.none() | st.integers(0, 2**40),
+        st.integers(0, 1000),
+        st.none() | _text,
+        _time,
+        _seq,
+    ),
+    st.builds(
+        DagRunProgressEvent,
+        _text,
+        _text,
+        *[st.integers(0, 100_000)] * 5,
+        st.floats(0, 100, allow_nan=False),
+        _time,
+        _seq,
+    ),
+    st.builds(ErrorEvent, _text, st.none() | _text, st.none() | _text, _text, _time, _seq),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=_events)
+def test_fast_encoding_is_exactly_json_dumps_of_the_wire_dict(event):
+    expected = json.dumps(event_to_wire(event), separators=(",", ":"), ensure_ascii=False)
+    assert encode_event(event) == expected
