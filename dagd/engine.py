@@ -143,10 +143,11 @@ class RunDriver:
             if not take:
                 return
             start, scope = take.pop()
-            # A fresh task would wait for the next loop pass; so does this one. Without the
-            # yield, a chain of steps that never block (async no-ops) would hold the loop for
-            # the whole chain.
-            await trio.lowlevel.checkpoint()
+            if spec.call is not None:
+                # A Python step may never have yielded (an async no-op): without this, a chain
+                # of them would hold the loop for the whole chain. A shell step always waited
+                # for its thread, so the next one may start at once.
+                await trio.lowlevel.checkpoint()
 
     async def _run_attempt(self, spec: StepSpec, ctx: StepContext) -> AttemptResult:
         """The executor's result; an unexpected error fails the attempt, never the run."""

@@ -186,6 +186,29 @@ async def test_event_stream_of_a_successful_run() -> None:
     assert stepfuncs.calls["run-ok"] == [(f"s{i}", 1) for i in range(5)]
 
 
+async def test_a_chain_of_steps_that_never_block_leaves_the_loop_to_other_tasks() -> None:
+    # An attempt's task runs the next attempt itself; async no-ops never yield on their own.
+    n = 300
+    dag = make_dag("busy", [call(f"s{i}", "noop", *([f"s{i - 1}"] if i else [])) for i in range(n)])
+    passes, done = 0, False
+
+    async def other_task() -> None:
+        nonlocal passes
+        while not done:
+            passes += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        await trio.lowlevel.checkpoint()
+        before = passes
+        status = await run_dag(RunState(dag, "run-busy"), Executor(), Recorder())
+        during = passes - before
+        done = True
+    assert status is RunStatus.SUCCESS
+    assert during >= n  # the other task got the loop at least once per step
+
+
 # ------------------------------------------------------------------------------------ retries
 
 
