@@ -9,7 +9,7 @@ bound. It loses nothing for good: every event is in the log, and `replay` fetche
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 
 import trio
 
@@ -30,9 +30,15 @@ class Subscriber:
         #: Optional fast path: takes the events this subscriber wants and returns True if it
         #: delivered them itself (the WebSocket server writes straight to an idle socket).
         self.direct: Callable[[list[StoredEvent]], bool] | None = None
+        # The channel's own deque, if this trio has one where we expect it: `statistics()`
+        # builds an object per call (1.1 µs), and the WebSocket fast path asks once per
+        # delivery. A test holds the two answers equal.
+        self._buffer: Sized | None = getattr(getattr(self.receive, "_state", None), "data", None)
 
     def queued(self) -> int:
         """How many items wait in the queue."""
+        if self._buffer is not None:
+            return len(self._buffer)
         return self.receive.statistics().current_buffer_used
 
     def wants(self, dag_id: str) -> bool:

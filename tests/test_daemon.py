@@ -685,6 +685,23 @@ async def test_the_same_slot_cannot_be_queued_twice(config: Config, tmp_path: Pa
 # ---------------------------------------------------------------------------------- store
 
 
+def test_subscriber_queued_agrees_with_trio_statistics() -> None:
+    # queued() reads the channel's deque directly (a trio internal): it must say what the
+    # public statistics() says, or the WebSocket fast path could overtake queued events.
+    sub = Hub().subscribe(None, 8)
+    stored = [
+        StoredEvent(i, "d", ErrorEvent("d", None, None, "e", 1.0, seq=i), "t", b"f")
+        for i in range(1, 6)
+    ]
+    for item in stored:
+        sub._send.send_nowait(item)
+        assert sub.queued() == sub.receive.statistics().current_buffer_used
+    for _ in stored:
+        sub.receive.receive_nowait()
+        assert sub.queued() == sub.receive.statistics().current_buffer_used
+    assert sub.queued() == 0
+
+
 async def test_a_backlog_is_written_in_steps_a_draining_subscriber_keeps_up(
     tmp_path: Path,
 ) -> None:
