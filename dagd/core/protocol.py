@@ -103,7 +103,7 @@ def encode_event(event: DagEvent) -> str:
     """The event as one compact JSON text (what goes in a WebSocket text frame).
 
     The same text as `json.dumps(event_to_wire(event), separators=(",", ":"),
-    ensure_ascii=False)` (a test holds them equal), built in 60 % of the time: every event
+    ensure_ascii=False)` (a test holds them equal), built in two thirds of the time: every event
     passes here once, and it was the daemon's largest cost per event. Only `data` goes
     through the JSON encoder (one encoder, made once); the envelope is plain text.
     """
