@@ -566,9 +566,9 @@ async def test_seq_never_repeats_across_reopen(config: Config) -> None:
     assert integrity_ok(config)
 
 
-async def test_reopen_closes_out_a_run_left_running(config: Config) -> None:
-    """What a killed daemon leaves (a run and a step still 'running') is closed out as failed
-    by the next one. (The real kill -9 is in test_daemon_process.py.)"""
+async def left_running(config: Config, *step_updates: str) -> str:
+    """A run of a two-step DAG as a killed daemon leaves it: finished for real, then its record
+    set back to 'running' and its steps changed by `step_updates` (SQL)."""
     write_dag(config, "two", '[steps.s]\ncommand = "true"\n[steps.t]\ncommand = "true"\n')
     async with open_daemon(config) as daemon:
         run_id = await daemon.trigger("two")
@@ -576,9 +576,20 @@ async def test_reopen_closes_out_a_run_left_running(config: Config) -> None:
     conn = sqlite3.connect(config.db_path)
     with conn:
         conn.execute("UPDATE runs SET status='running' WHERE run_id=?", (run_id,))
-        conn.execute("UPDATE steps SET status='running' WHERE step_id='s'")
-        conn.execute("UPDATE steps SET status='pending' WHERE step_id='t'")
+        for update in step_updates:
+            conn.execute(update)
     conn.close()
+    return run_id
+
+
+async def test_reopen_closes_out_a_run_left_running(config: Config) -> None:
+    """What a killed daemon leaves (a run and a step still 'running') is closed out as failed
+    by the next one. (The real kill -9 is in test_daemon_process.py.)"""
+    run_id = await left_running(
+        config,
+        "UPDATE steps SET status='running' WHERE step_id='s'",
+        "UPDATE steps SET status='pending' WHERE step_id='t'",
+    )
     async with open_daemon(config) as daemon:
         record, steps = await wait_status(daemon, run_id)
     assert record.status == "failed"
@@ -592,15 +603,9 @@ async def test_reopen_kills_a_step_whose_process_group_was_never_recorded(
 ) -> None:
     """A daemon killed between a spawn and the commit that records its process group leaves a
     step the record cannot point to; the next daemon finds it by DAGD_RUN_ID."""
-    write_dag(config, "two", '[steps.s]\ncommand = "true"\n[steps.t]\ncommand = "true"\n')
-    async with open_daemon(config) as daemon:
-        run_id = await daemon.trigger("two")
-        await wait_status(daemon, run_id)
-    conn = sqlite3.connect(config.db_path)
-    with conn:
-        conn.execute("UPDATE runs SET status='running' WHERE run_id=?", (run_id,))
-        conn.execute("UPDATE steps SET status='running', pgid=NULL WHERE step_id='s'")
-    conn.close()
+    run_id = await left_running(
+        config, "UPDATE steps SET status='running', pgid=NULL WHERE step_id='s'"
+    )
     mark = procs.new_mark()
     # the step's process and a grandchild, in their own group, as the executor makes them
     env = {**os.environ, "DAGD_RUN_ID": run_id, "DAGD_STEP_ID": "s", procs.MARK_VAR: mark}
