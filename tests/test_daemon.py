@@ -397,18 +397,25 @@ async def test_retry_of_a_cancelled_run(config: Config, tmp_path: Path) -> None:
     assert order.read_text().split() == [run_id]
 
 
+async def cancelled_run_and_one_holding_the_slot(daemon: Daemon) -> tuple[str, str]:
+    """Of the GATED DAG (max_active_runs = 1): a run cancelled while running, to retry, and
+    then a second run that holds the only slot until the gate file appears."""
+    first = await daemon.trigger("gated")
+    await wait_status(daemon, first, ("running",))
+    await daemon.cancel(first)
+    assert (await wait_status(daemon, first))[0].status == "cancelled"
+    second = await daemon.trigger("gated")
+    await wait_status(daemon, second, ("running",))
+    return first, second
+
+
 async def test_retry_waits_queued_for_a_max_active_runs_slot(
     config: Config, tmp_path: Path
 ) -> None:
     gate, order = tmp_path / "gate", tmp_path / "order"
     write_dag(config, "gated", GATED.format(gate=gate, order=order))
     async with open_daemon(config) as daemon:
-        first = await daemon.trigger("gated")
-        await wait_status(daemon, first, ("running",))
-        await daemon.cancel(first)
-        assert (await wait_status(daemon, first))[0].status == "cancelled"
-        second = await daemon.trigger("gated")  # holds the only slot
-        await wait_status(daemon, second, ("running",))
+        first, second = await cancelled_run_and_one_holding_the_slot(daemon)
         got: list[StoredEvent] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect_run, daemon, first, got)
@@ -838,12 +845,7 @@ async def test_cancel_a_retry_that_waits_for_its_slot(config: Config, tmp_path: 
     gate, order = tmp_path / "gate", tmp_path / "order"
     write_dag(config, "gated", GATED.format(gate=gate, order=order))
     async with open_daemon(config) as daemon:
-        first = await daemon.trigger("gated")
-        await wait_status(daemon, first, ("running",))
-        await daemon.cancel(first)
-        await wait_status(daemon, first)
-        second = await daemon.trigger("gated")  # holds the only slot
-        await wait_status(daemon, second, ("running",))
+        first, second = await cancelled_run_and_one_holding_the_slot(daemon)
         await daemon.retry(first)
         await wait_status(daemon, first, ("queued",))
         await daemon.cancel(first)
