@@ -38,6 +38,7 @@ _TAIL_SIZE = 4096  # how much of stderr is kept in memory for a failure's messag
 # After the step's first process exits, at most this much more output is copied: a leftover
 # that keeps writing (it is being killed) must not keep the attempt alive.
 _DRAIN_LIMIT = 16 * _READ_SIZE
+_LEADER_CHECK_MS = 50  # without a pidfd: how often the thread looks whether the step exited
 
 # Append, never truncate: a run retry numbers attempts onwards, but one restored from a state
 # file older than that numbering (or an embedder reusing a run id) can meet an attempt's file
@@ -182,16 +183,21 @@ class ShellAttempt:
     def _copy_output(self, pid: int, streams: dict[int, _Stream]) -> None:
         """Copy both pipes into their logs until the step's first process exits (a pidfd
         says so: a background grandchild may hold the pipes open for much longer)."""
-        leader = os.pidfd_open(pid)
+        try:
+            leader = os.pidfd_open(pid)
+        except OSError:  # Linux before 5.3, or a seccomp filter: look every 50 ms instead
+            leader = -1
         try:
             poller = select.poll()
-            poller.register(leader, select.POLLIN)
+            if leader >= 0:
+                poller.register(leader, select.POLLIN)
             for fd in streams:
                 poller.register(fd, select.POLLIN)
+            timeout = None if leader >= 0 else _LEADER_CHECK_MS
             open_fds = set(streams)
             leader_alive = True
             while leader_alive:  # a step may close its output and still run
-                for fd, _ in poller.poll():
+                for fd, _ in poller.poll(timeout):
                     if fd == leader:
                         leader_alive = False
                     elif fd in open_fds:
@@ -201,13 +207,21 @@ class ShellAttempt:
                         else:
                             poller.unregister(fd)
                             open_fds.discard(fd)
+                if leader < 0 and _exited(pid):
+                    leader_alive = False
             if not self.stopping:
                 # Whatever the step left behind; before draining, so nothing writes any more.
                 signal_group(pid, signal.SIGKILL)
             for fd in open_fds:
                 _drain(fd, streams[fd])
         finally:
-            os.close(leader)
+            if leader >= 0:
+                os.close(leader)
+
+
+def _exited(pid: int) -> bool:
+    """Has our child `pid` exited? It stays a zombie (not reaped), so its pid stays ours."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _drain(fd: int, stream: _Stream) -> None:

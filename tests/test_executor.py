@@ -403,3 +403,29 @@ async def test_nul_byte_in_a_param_is_refused_before_anything_runs(
     assert result.error.startswith("cannot start the command: ")
     assert "null byte" in result.error
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("case", ["output", "closes its output", "background child"])
+async def test_without_pidfd_the_thread_looks_for_the_exit_itself(
+    executor: Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    # As on Linux before 5.3 (RHEL 8's 4.18) or under a seccomp filter.
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    mark = procs.new_mark()
+    command = {
+        "output": "echo out; echo err >&2; exit 3",
+        "closes its output": f"exec >&- 2>&-; sleep 0.2; touch {tmp_path}/done; exit 3",
+        "background child": "sleep 600 & echo out; echo err >&2; exit 3",
+    }[case]
+    t0 = time.monotonic()
+    result = await executor.run(shell(command, mark, timeout=10), ctx())
+    assert time.monotonic() - t0 < 5
+    assert result.error == ("exit code 3" if case == "closes its output" else "exit code 3: err")
+    if case == "closes its output":
+        assert (tmp_path / "done").exists()
+    else:
+        assert (tmp_path / "logs" / "dag1" / "run1" / "s.1.out").read_text() == "out\n"
+    assert procs.wait_gone(mark) == []
