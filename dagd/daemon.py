@@ -106,6 +106,7 @@ class Daemon:
         self._boot_id = boot_id()
         self._nursery: trio.Nursery | None = None
         self._accepting = False
+        self._retrying: set[str] = set()  # run ids between a retry request and its queueing
         self._idle = trio.Event()
         self.url: str | None = None  # set by the WebSocket server once it listens
         #: Called after the runs have stopped and their events are committed (the server
@@ -431,12 +432,25 @@ class Daemon:
         raise DaemonError("not_running", f"run {run_id} is already {record[0].status}")
 
     async def retry(self, run_id: str) -> str:
-        """Run a failed or cancelled run again: successful steps are kept, the rest rerun. It
-        is published `queued` at once and starts when the DAG's max_active_runs allows."""
-        if run_id in self.active or any(
-            s.run_id == run_id for q in self._queues.values() for s in q
+        """Run a failed or cancelled run again: successful steps are kept, the rest rerun.
+
+        Like `trigger`, it answers once the run is stored as queued again; its events (queued,
+        then running when the DAG's max_active_runs allows) follow the answer."""
+        if (
+            run_id in self._retrying
+            or run_id in self.active
+            or any(s.run_id == run_id for q in self._queues.values() for s in q)
         ):
             raise DaemonError("not_finished", f"run {run_id} has not finished yet")
+        # Reserved until queued: two retries of one run at once must not both get through the
+        # awaits below.
+        self._retrying.add(run_id)
+        try:
+            return await self._retry(run_id)
+        finally:
+            self._retrying.discard(run_id)
+
+    async def _retry(self, run_id: str) -> str:
         state = self._recent.pop(run_id, None)
         if state is None:
             found = await self.store.get_run(run_id)
@@ -471,6 +485,11 @@ class Daemon:
             )
         if not self._accepting:
             self._recent[run_id] = state
+            raise DaemonError("shutting_down", "the daemon is shutting down")
+        self.store.record_requeue(run_id)
+        await self.store.flush()
+        if not self._accepting:  # the daemon began to stop meanwhile (as for trigger, the
+            self._recent[run_id] = state  # record says queued; the next start closes it out)
             raise DaemonError("shutting_down", "the daemon is shutting down")
         # queued again (clients see it wait for a max_active_runs slot), then started by _launch
         self._publish_all(state.requeue(self.clock()))

@@ -203,6 +203,11 @@ class Store:
         self._pending.append(("proc", (pgid, proc_start, boot_id, run_id, step_id)))
         self._wakeup.set()
 
+    def record_requeue(self, run_id: str) -> None:
+        """Queue a finished run's return to `queued` (a retry, before its first event)."""
+        self._pending.append(("requeue", (run_id,)))
+        self._wakeup.set()
+
     def record_slot(self, dag_id: str, slot: float) -> None:
         self._pending.append(("slot", (dag_id, slot)))
         self._wakeup.set()
@@ -319,6 +324,10 @@ class Store:
                         "INSERT OR IGNORE INTO runs (run_id, dag_id, status, params, queued_at)"
                         " VALUES (?, ?, 'queued', ?, ?)",
                         item,
+                    )
+                elif kind == "requeue":
+                    conn.execute(
+                        "UPDATE runs SET status='queued', ended_at=NULL WHERE run_id=?", item
                     )
                 elif kind == "proc":
                     self._write_steps(conn, steps)  # the step's row must exist first

@@ -421,8 +421,12 @@ async def test_retry_waits_queued_for_a_max_active_runs_slot(
             nursery.start_soon(collect_run, daemon, first, got)
             await trio.sleep(0)
             await daemon.retry(first)
-            record, steps = await wait_status(daemon, first, ("queued",))
+            # stored as queued before the answer, as trigger does; its events follow
+            record, _ = (await daemon.store.get_run(first)) or (None, None)
+            assert record is not None and record.status == "queued"
             assert record.ended_at is None  # waiting again, not ended
+            await daemon.store.flush()
+            _, steps = await wait_status(daemon, first, ("queued",))
             assert steps["wait"].status == "pending"
             await trio.sleep(0.2)
             assert (await daemon.store.get_run(first))[0].status == "queued"  # still waiting
@@ -833,8 +837,7 @@ async def test_a_state_file_from_before_attempt_numbers_is_upgraded(
     marker.touch()  # b succeeds at once
     async with open_daemon(config) as daemon:
         await daemon.retry("old-run")
-        # (its record says failed until the retry's first events are committed)
-        record, steps = await wait_status(daemon, "old-run", ("success",))
+        record, steps = await wait_status(daemon, "old-run")
     assert record.status == "success"
     # a's one known attempt was 1 (its number was not kept): the retry's is 2
     assert (steps["a"].attempt, steps["b"].attempt, steps["c"].attempt) == (2, 1, 1)
@@ -847,8 +850,7 @@ async def test_cancel_a_retry_that_waits_for_its_slot(config: Config, tmp_path: 
     async with open_daemon(config) as daemon:
         first, second = await cancelled_run_and_one_holding_the_slot(daemon)
         await daemon.retry(first)
-        await wait_status(daemon, first, ("queued",))
-        await daemon.cancel(first)
+        await daemon.cancel(first)  # while it waits for the slot
         record, steps = await wait_status(daemon, first)
         assert record.status == "cancelled"
         assert steps["wait"].status == "cancelled"
@@ -857,3 +859,28 @@ async def test_cancel_a_retry_that_waits_for_its_slot(config: Config, tmp_path: 
         await daemon.retry(first)  # and it can be retried again
         assert (await wait_status(daemon, first, ("success",)))[0].status == "success"
     assert order.read_text().split() == [second, first]
+
+
+async def test_two_retries_of_one_run_at_once_run_it_once(config: Config, tmp_path: Path) -> None:
+    count, marker = tmp_path / "count", tmp_path / "marker"
+    write_dag(config, "flaky", FLAKY.format(count=count, marker=marker))
+    async with open_daemon(config) as daemon:
+        run_id = await daemon.trigger("flaky")
+        await wait_status(daemon, run_id)
+    async with open_daemon(config) as daemon:  # from the record: the retry awaits the store
+        outcomes: list[str] = []
+
+        async def retry() -> None:
+            try:
+                outcomes.append(await daemon.retry(run_id))
+            except DaemonError as exc:
+                outcomes.append(exc.code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(retry)
+            nursery.start_soon(retry)
+        assert sorted(outcomes) == sorted([run_id, "not_finished"])
+        record, _ = await wait_status(daemon, run_id, ("success",))
+    assert record.status == "success"
+    b_log = log_file(config, "flaky", run_id, "b.2.err").read_text()
+    assert b_log == "fixed on attempt 2\n"  # one retry ran b, once
