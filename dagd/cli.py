@@ -232,7 +232,10 @@ async def _run_here(
     run_view = view.view(state.dag.id, state.run_id)
     view.summary(run_view, console)
     if executor.log_dir is not None:
-        console.print(f"  logs: {executor.log_dir / state.dag.id / state.run_id}", highlight=False)
+        folder = executor.log_dir / state.dag.id / state.run_id
+        # Log files are made on a step's first output: a run of quiet steps leaves none.
+        where = str(folder) if folder.is_dir() else "none (no step wrote any output)"
+        console.print(f"  logs: {where}", highlight=False)
     return state.status
 
 

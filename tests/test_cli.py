@@ -451,6 +451,14 @@ def test_run_succeeds_and_prints_a_summary(local: Path, cli: CliRunner) -> None:
     assert log.read_text() == "extract 2030-01-02\n"
 
 
+def test_run_of_quiet_steps_says_there_are_no_logs(local: Path, cli: CliRunner) -> None:
+    (local / "dags" / "quiet.toml").write_text('[steps.s]\ncommand = "true"\n')
+    result = invoke(cli, "run", "quiet", "--plain")
+    assert result.exit_code == 0, result.output
+    assert "logs: none (no step wrote any output)" in result.stdout
+    assert not (local / "state" / "logs" / "quiet").exists()
+
+
 def test_run_of_a_failing_dag_exits_1_with_the_error(local: Path, cli: CliRunner) -> None:
     result = invoke(cli, "run", "failing")
     assert result.exit_code == 1, result.output
