@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -85,10 +86,8 @@ def dagd_run(dag: DagSpec, log_dir: Path | None, run_id: str) -> float:
     return wall
 
 
-def bare_trio(n: int = N) -> float:
-    async def worker(count: int) -> None:
-        for _ in range(count):
-            await trio.run_process(["true"])
+def parallel_trio(worker: Callable[[int], Awaitable[None]], n: int) -> float:
+    """Seconds for PARALLEL trio tasks to run `worker(n // PARALLEL)` each."""
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -98,6 +97,14 @@ def bare_trio(n: int = N) -> float:
     t0 = time.perf_counter()
     trio.run(main)
     return time.perf_counter() - t0
+
+
+def bare_trio(n: int = N) -> float:
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await trio.run_process(["true"])
+
+    return parallel_trio(worker, n)
 
 
 def bare_trio_dagd_options(n: int = N) -> float:
@@ -120,14 +127,7 @@ def bare_trio_dagd_options(n: int = N) -> float:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            for _ in range(PARALLEL):
-                nursery.start_soon(worker, n // PARALLEL)
-
-    t0 = time.perf_counter()
-    trio.run(main)
-    return time.perf_counter() - t0
+    return parallel_trio(worker, n)
 
 
 def plain_subprocess(n: int = N) -> float:

@@ -34,7 +34,7 @@ from dagd.core.events import (
     StepStatusEvent,
 )
 from dagd.core.model import DagSpec, RunStatus, StepStatus
-from dagd.core.runstate import RunState
+from dagd.core.runstate import RunState, duration_ms
 from dagd.core.spec import DagSpecError
 from dagd.core.timefmt import RunIdFactory, scheduled_run_id
 from dagd.dagfiles import dag_files, load_dag_file
@@ -181,9 +181,6 @@ class Daemon:
             for step in by_run.get(run.run_id, []):
                 if step.status in ("running", "retrying", "pending"):
                     status = StepStatus.FAILED if step.status != "pending" else StepStatus.CANCELLED
-                    dur = None
-                    if step.start_time is not None:
-                        dur = max(0, round((now - step.start_time) * 1000))
                     self.publish(
                         StepStatusEvent(
                             run.dag_id,
@@ -192,7 +189,7 @@ class Daemon:
                             status,
                             step.start_time,
                             now,
-                            dur,
+                            duration_ms(step.start_time, now),
                             step.retry_count,
                             INTERRUPTED,
                             now,
@@ -232,20 +229,13 @@ class Daemon:
             old_id = old[1] if old else None
             try:
                 dag = load_dag_file(path)
-                other = self.dags.get(dag.id)
-                if other is not None and other.source != str(path):
-                    raise DagSpecError([])  # handled below with a clear message
             except DagSpecError as exc:
-                if exc.problems:
-                    text = "\n".join(map(str, exc.problems))
-                    self._duplicates.discard(path)
-                else:
-                    text = f"{path}: DAG id {dag.id!r} is already used by {other.source}"
-                    self._duplicates.add(path)
-                self._files[path] = (mtime, old_id)
-                self.problems[str(path)] = text
-                log.error("cannot load DAG file (keeping the last good version):\n%s", text)
-                self.publish(ErrorEvent(old_id or path.stem, None, None, text, self.clock()))
+                self._refuse(path, mtime, old_id, "\n".join(map(str, exc.problems)))
+                continue
+            other = self.dags.get(dag.id)
+            if other is not None and other.source != str(path):
+                text = f"{path}: DAG id {dag.id!r} is already used by {other.source}"
+                self._refuse(path, mtime, old_id, text, duplicate=True)
                 continue
             if old_id is not None and old_id != dag.id:
                 freed = self.dags.pop(old_id, None) is not None or freed
@@ -273,6 +263,24 @@ class Daemon:
             return
         if changed:
             self.scheduler.set_dags(self.dags)
+
+    def _refuse(
+        self,
+        path: Path,
+        mtime: tuple[int, ...],
+        old_id: str | None,
+        text: str,
+        duplicate: bool = False,
+    ) -> None:
+        """A DAG file that cannot be loaded: its last good version (if any) stays."""
+        self._files[path] = (mtime, old_id)
+        if duplicate:
+            self._duplicates.add(path)
+        else:
+            self._duplicates.discard(path)
+        self.problems[str(path)] = text
+        log.error("cannot load DAG file (keeping the last good version):\n%s", text)
+        self.publish(ErrorEvent(old_id or path.stem, None, None, text, self.clock()))
 
     async def _watch_folder(self) -> None:
         while True:
@@ -348,7 +356,7 @@ class Daemon:
     ) -> str:
         if not self._accepting:
             raise DaemonError("shutting_down", "the daemon is shutting down")
-        if run_id in self.active or any(s.run_id == run_id for s in self._queues.get(dag.id, ())):
+        if self._waiting_or_running(run_id):
             raise DaemonError("duplicate_run", f"run {run_id} is already queued or running")
         now = self.clock()
         state = RunState(dag, run_id, params, progress_interval=self.config.progress_interval)
@@ -408,9 +416,7 @@ class Daemon:
         finally:
             del self.active[state.run_id]
             self._running_per_dag[state.dag.id] -= 1
-            self._recent[state.run_id] = state
-            while len(self._recent) > 200:
-                self._recent.popitem(last=False)
+            self._remember(state)
             self._idle.set()
             self._launch(state.dag.id)
 
@@ -424,7 +430,7 @@ class Daemon:
                 if state.run_id == run_id:
                     queue.remove(state)  # a new run or a retried one, waiting for a slot
                     self._publish_all(state.cancel(self.clock(), reason))
-                    self._recent[run_id] = state
+                    self._remember(state)
                     return
         record = await self.store.get_run(run_id)
         if record is None:
@@ -436,11 +442,7 @@ class Daemon:
 
         Like `trigger`, it answers once the run is stored as queued again; its events (queued,
         then running when the DAG's max_active_runs allows) follow the answer."""
-        if (
-            run_id in self._retrying
-            or run_id in self.active
-            or any(s.run_id == run_id for q in self._queues.values() for s in q)
-        ):
+        if run_id in self._retrying or self._waiting_or_running(run_id):
             raise DaemonError("not_finished", f"run {run_id} has not finished yet")
         # Reserved until queued: two retries of one run at once must not both get through the
         # awaits below.
@@ -449,6 +451,17 @@ class Daemon:
             return await self._retry(run_id)
         finally:
             self._retrying.discard(run_id)
+
+    def _waiting_or_running(self, run_id: str) -> bool:
+        return run_id in self.active or any(
+            s.run_id == run_id for q in self._queues.values() for s in q
+        )
+
+    def _remember(self, state: RunState) -> None:
+        """Keep a finished run at hand (for retry and snapshots), the newest 200."""
+        self._recent[state.run_id] = state
+        while len(self._recent) > 200:
+            self._recent.popitem(last=False)
 
     async def _retry(self, run_id: str) -> str:
         state = self._recent.pop(run_id, None)
@@ -478,18 +491,18 @@ class Daemon:
                 progress_interval=self.config.progress_interval,
             )
         if state.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
-            self._recent[run_id] = state
+            self._remember(state)
             raise DaemonError(
                 "not_retryable",
                 f"run {run_id} is {state.status}; only failed or cancelled runs can be retried",
             )
         if not self._accepting:
-            self._recent[run_id] = state
+            self._remember(state)
             raise DaemonError("shutting_down", "the daemon is shutting down")
         self.store.record_requeue(run_id)
         await self.store.flush()
         if not self._accepting:  # the daemon began to stop meanwhile (as for trigger, the
-            self._recent[run_id] = state  # record says queued; the next start closes it out)
+            self._remember(state)  # record says queued; the next start closes it out)
             raise DaemonError("shutting_down", "the daemon is shutting down")
         # queued again (clients see it wait for a max_active_runs slot), then started by _launch
         self._publish_all(state.requeue(self.clock()))

@@ -51,9 +51,7 @@ class StepContext:
     @property
     def log_path(self) -> Path | None:
         """This attempt's stdout log (what `log()` appends to)."""
-        if self.log_dir is None:
-            return None
-        return self.log_dir / self.dag_id / self.run_id / f"{self.step_id}.{self.attempt}.out"
+        return None if self.log_dir is None else attempt_log(self.log_dir, self, "out")
 
     def log(self, message: str) -> None:
         """Append a line to this attempt's log file (no-op when logs are not kept)."""
@@ -62,6 +60,11 @@ class StepContext:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
                 f.write(message.rstrip("\n") + "\n")
+
+
+def attempt_log(log_dir: Path, ctx: StepContext, stream: str) -> Path:
+    """`<log_dir>/<dag>/<run>/<step>.<attempt>.<stream>`, stream "out" or "err"."""
+    return log_dir / ctx.dag_id / ctx.run_id / f"{ctx.step_id}.{ctx.attempt}.{stream}"
 
 
 @attrs.frozen
@@ -195,11 +198,7 @@ class Executor:
     def log_paths(self, ctx: StepContext) -> tuple[Path, Path] | None:
         if self.log_dir is None:
             return None
-        folder = self.log_dir / ctx.dag_id / ctx.run_id
-        return (
-            folder / f"{ctx.step_id}.{ctx.attempt}.out",
-            folder / f"{ctx.step_id}.{ctx.attempt}.err",
-        )
+        return attempt_log(self.log_dir, ctx, "out"), attempt_log(self.log_dir, ctx, "err")
 
     async def run(self, step: StepSpec, ctx: StepContext) -> AttemptResult:
         """Run one attempt to its end. Cancellation stops it (killing its process group) and
@@ -256,18 +255,16 @@ class Executor:
             return AttemptResult(False, f"cannot start the command: {exc}")
         assert returncode is not None
         attempt = running.attempt
-        if attempt.log_error is not None:
+        lost = None
+        if (exc := attempt.log_error) is not None:
             # The step ran: its own result stands (failing it would run it again on retry),
             # but the lost output is said loudly, here and in a failure's message.
-            exc = attempt.log_error
             lost = f"output lost, cannot write {exc.filename}: {exc.strerror or exc}"
             log.warning("step %s of run %s: %s", ctx.step_id, ctx.run_id, lost)
         if returncode == 0:
             return AttemptResult(True, pid=attempt.pid)
         error = _exit_error(returncode, attempt.stderr_tail)
-        if attempt.log_error is not None:
-            error = f"{error} ({lost})"
-        return AttemptResult(False, error, pid=attempt.pid)
+        return AttemptResult(False, f"{error} ({lost})" if lost else error, pid=attempt.pid)
 
     @staticmethod
     def _start_error(argv: list[str], step: StepSpec, exc: OSError) -> str:

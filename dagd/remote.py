@@ -267,13 +267,12 @@ def print_logs(
             f"no attempt {attempt} of step {step_id!r} in run {run_id!r} (attempts: 1-{made})"
         )
     for n in range(1, made + 1) if attempt is None else [attempt]:
-        paths = sorted(by_attempt.get(n, []), key=lambda p: p.suffix != ".out")
+        paths = by_attempt.get(n, [])
         if not paths:
             click.echo(f"==> attempt {n}: no output <==")
         for path in paths:
             text = path.read_text(errors="replace")
-            stream = "stdout" if path.suffix == ".out" else "stderr"
-            click.echo(f"==> attempt {n} {stream} ({path}) <==")
+            click.echo(_log_header(n, path))
             click.echo(text, nl=not text.endswith("\n") and bool(text))
 
 
@@ -281,6 +280,7 @@ FINAL_STEP = frozenset({"success", "failed", "upstream_failed", "skipped", "canc
 
 
 def _log_files(config: Config, run_id: str, step_id: str) -> dict[int, list[Path]]:
+    """A step's log files by attempt number, each attempt's stdout before its stderr."""
     matches = sorted(config.log_dir.glob(f"*/{_glob_escape(run_id)}/{_glob_escape(step_id)}.*"))
     by_attempt: dict[int, list[Path]] = {}
     for path in matches:
@@ -288,6 +288,8 @@ def _log_files(config: Config, run_id: str, step_id: str) -> dict[int, list[Path
         parts = path.name.rsplit(".", 2)
         if len(parts) == 3 and parts[0] == step_id and parts[1].isdigit():
             by_attempt.setdefault(int(parts[1]), []).append(path)
+    for paths in by_attempt.values():
+        paths.sort(key=lambda p: p.suffix != ".out")  # stdout, then stderr
     return by_attempt
 
 
@@ -304,7 +306,7 @@ def _follow_logs(
         for n, paths in sorted(_log_files(config, run_id, step_id).items()):
             if attempt is not None and n != attempt:
                 continue
-            for path in sorted(paths, key=lambda p: p.suffix != ".out"):
+            for path in paths:
                 try:
                     with open(path, "rb") as f:
                         f.seek(offsets.get(path, 0))
@@ -315,13 +317,17 @@ def _follow_logs(
                     continue
                 offsets[path] = offsets.get(path, 0) + len(data)
                 if path != current:
-                    stream = "stdout" if path.suffix == ".out" else "stderr"
-                    click.echo(f"==> attempt {n} {stream} ({path}) <==")
+                    click.echo(_log_header(n, path))
                     current = path
                 click.echo(data.decode("utf-8", "replace"), nl=False)
         if record is None or record[0] in FINAL_STEP:
             return
         time.sleep(poll)
+
+
+def _log_header(attempt: int, path: Path) -> str:
+    stream = "stdout" if path.suffix == ".out" else "stderr"
+    return f"==> attempt {attempt} {stream} ({path}) <=="
 
 
 def _step_record(config: Config, run_id: str, step_id: str) -> tuple[str, int] | None:

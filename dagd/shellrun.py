@@ -110,7 +110,6 @@ class ShellAttempt:
     on_spawn: Callable[[int], None] | None = None  # called in this thread, right after spawn
     pid: int | None = None
     stopping: bool = False
-    returncode: int | None = None
     stderr_tail: bytes = b""
     log_error: OSError | None = None  # the first failure to write a log file, if any
 
@@ -128,10 +127,8 @@ class ShellAttempt:
             os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
             if not self.stopping:
                 signal_group(popen.pid, signal.SIGKILL)  # whatever the step left behind
-            self.returncode = popen.wait()
-        else:
-            self.returncode = self._run_with_logs(env, self.log_paths)
-        return self.returncode
+            return popen.wait()
+        return self._run_with_logs(env, self.log_paths)
 
     def _spawn(self, env: Mapping[str, str], stdout: int, stderr: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(

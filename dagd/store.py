@@ -185,32 +185,31 @@ class Store:
         object.__setattr__(event, "seq", seq)
         text = encode_event(event)
         stored = StoredEvent(seq, event.dag_id, event, text, text_frame(text.encode()))
-        self._pending.append(("event", stored))
-        self._wakeup.set()
+        self._queue("event", stored)
         return stored
+
+    def _queue(self, kind: str, item: Any) -> None:
+        self._pending.append((kind, item))
+        self._wakeup.set()
 
     def record_run(
         self, run_id: str, dag_id: str, params: dict[str, str], queued_at: float
     ) -> None:
         """Queue the creation of a run row (before its first event)."""
-        self._pending.append(("run", (run_id, dag_id, json.dumps(params), queued_at)))
-        self._wakeup.set()
+        self._queue("run", (run_id, dag_id, json.dumps(params), queued_at))
 
     def record_process(
         self, run_id: str, step_id: str, pgid: int, proc_start: int | None, boot_id: str | None
     ) -> None:
         """Queue the process group of a running step, so a later start can clean it up."""
-        self._pending.append(("proc", (pgid, proc_start, boot_id, run_id, step_id)))
-        self._wakeup.set()
+        self._queue("proc", (pgid, proc_start, boot_id, run_id, step_id))
 
     def record_requeue(self, run_id: str) -> None:
         """Queue a finished run's return to `queued` (a retry, before its first event)."""
-        self._pending.append(("requeue", (run_id,)))
-        self._wakeup.set()
+        self._queue("requeue", (run_id,))
 
     def record_slot(self, dag_id: str, slot: float) -> None:
-        self._pending.append(("slot", (dag_id, slot)))
-        self._wakeup.set()
+        self._queue("slot", (dag_id, slot))
 
     async def writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

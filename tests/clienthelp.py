@@ -209,6 +209,19 @@ class DaemonProc:
         return dict(rows)
 
 
+def start_dagd(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Popen[str]:
+    """Start `python -m dagd ARGS` with its stdout and stderr piped (text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dagd", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def dagd(
     *args: str, cwd: Path | None = None, timeout: float = 30.0, **env: str
 ) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,6 @@ signal runs as a real `python -m dagd` subprocess.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from clienthelp import DaemonProc, clean_env, dagd, free_port, wait_for
+from clienthelp import DaemonProc, dagd, free_port, start_dagd, wait_for
 
 from dagd.cli import main
 
@@ -246,15 +244,7 @@ def test_trigger_errors_are_clear(
 def test_cancel_makes_trigger_wait_exit_130(
     daemon: DaemonProc, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    waiter = subprocess.Popen(
-        [sys.executable, "-m", "dagd", "trigger", "slow", "--wait", "--plain"],
-        cwd=daemon.root,
-        env=clean_env(COLUMNS="200"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    waiter = start_dagd("trigger", "slow", "--wait", "--plain", cwd=daemon.root, COLUMNS="200")
     try:
         assert waiter.stderr is not None
         first = waiter.stderr.readline()  # "triggered slow: <run id>"
@@ -481,15 +471,7 @@ def test_run_with_an_undeclared_param_is_a_clear_error(local: Path, cli: CliRunn
 
 
 def test_run_is_interrupted_by_sigint_and_exits_130(local: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dagd", "run", "slow", "--plain"],
-        cwd=local,
-        env=clean_env(COLUMNS="200"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_dagd("run", "slow", "--plain", cwd=local, COLUMNS="200")
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 10
@@ -527,14 +509,7 @@ def test_logs_follow_prints_output_as_it_comes_until_the_step_ends(
     result = invoke(cli, "trigger", "talk")
     assert result.exit_code == 0, result.output
     run_id = run_id_of(result.stdout)
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "dagd", "logs", run_id, "talk", "--follow"],
-        cwd=daemon.root,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    follower = start_dagd("logs", run_id, "talk", "--follow", cwd=daemon.root)
     try:
         assert follower.stdout is not None
         seen = []

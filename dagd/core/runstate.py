@@ -114,7 +114,7 @@ class StepState:
         return max(0, self.attempt - 1)
 
 
-def _duration_ms(start: float | None, end: float | None) -> int | None:
+def duration_ms(start: float | None, end: float | None) -> int | None:
     if start is None or end is None:
         return None
     return max(0, round((end - start) * 1000))
@@ -224,7 +224,7 @@ class RunState:
             st.status,
             st.start_time,
             st.end_time,
-            _duration_ms(st.start_time, st.end_time),
+            duration_ms(st.start_time, st.end_time),
             st.retry_count,
             st.error,
             now,
@@ -346,10 +346,6 @@ class RunState:
     def requeue(self, now: float) -> list[object]:
         """failed/cancelled -> queued, for a retry: successful steps stay, the rest are pending
         again. The run then waits for a slot like a new one; `start(now)` begins it."""
-        if self.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
-            raise IllegalTransition(
-                f"run {self.run_id} is {self.status}; only failed or cancelled runs can be retried"
-            )
         out = self._requeue(now)
         out.append(self.progress(now))
         return out
@@ -357,13 +353,13 @@ class RunState:
     def retry(self, now: float) -> list[object]:
         """`requeue(now)` and `start(now)` at once (one progress event): a retry that need
         not wait for a slot."""
+        return self._requeue(now) + self.start(now)
+
+    def _requeue(self, now: float) -> list[object]:
         if self.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
             raise IllegalTransition(
                 f"run {self.run_id} is {self.status}; only failed or cancelled runs can be retried"
             )
-        return self._requeue(now) + self.start(now)
-
-    def _requeue(self, now: float) -> list[object]:
         out: list[object] = []
         self.cancelling, self.cancel_reason, self.ended_at = False, None, None
         self.status = RunStatus.QUEUED
