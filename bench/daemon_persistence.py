@@ -1,7 +1,7 @@
 """What persistence costs: a 10,000-step chain of no-op async callables run through the daemon
 (open_daemon: every event numbered, written to SQLite in batches by the store's writer thread,
 fanned out to one hub subscriber that drains them) versus the same run through
-dagd.engine.run_dag alone (events into a counter).
+dagd.runtime.engine.run_dag alone (events into a counter).
 
     python bench/daemon_persistence.py              # median of 3 runs each, ~10 s
     python bench/daemon_persistence.py --reps 1
@@ -26,14 +26,14 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchsteps: the no-op callables
 
+from dagd.app import open_daemon
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent
 from dagd.core.model import DagSpec, RunStatus
 from dagd.core.runstate import RunState
-from dagd.daemon import open_daemon
-from dagd.dagfiles import load_dag_file
-from dagd.engine import run_dag
-from dagd.executor import Executor
+from dagd.daemon.dagfolder import load_dag_file
+from dagd.runtime.engine import run_dag
+from dagd.runtime.executor import Executor
 
 N = 10_000
 RATIO_LIMIT = 3.0

@@ -1,4 +1,4 @@
-"""Engine overhead per step: 10,000 no-op Python-callable steps through dagd.engine.run_dag.
+"""Engine overhead per step: 10,000 no-op Python-callable steps through dagd.runtime.engine.run_dag.
 
     python bench/engine_overhead.py             # timings (median of 3) + memory, ~30-45 s
     python bench/engine_overhead.py --reps 5    # more repetitions on a noisy machine
@@ -26,8 +26,8 @@ import trio
 
 from dagd.core.model import DagSpec, StepSpec
 from dagd.core.runstate import RunState
-from dagd.engine import run_dag
-from dagd.executor import Executor
+from dagd.runtime.engine import run_dag
+from dagd.runtime.executor import Executor
 
 N = 10_000
 US_LIMIT = 100.0  # requirement: <= 100 µs of wall time per step

@@ -4,7 +4,7 @@
     python bench/shell_steps.py --rounds 3
 
 dagd: one run of a DAG with 500 independent steps running `true`, max_active_steps = 2, through
-dagd.engine.run_dag with a publish callback that keeps every event. Each step gets its own
+dagd.runtime.engine.run_dag with a publish callback that keeps every event. Each step gets its own
 process group, an environment with the DAGD_* variables, its output piped into log files that
 are created on the first byte (so `true` creates none), and the executor kills the group when
 the step ends: that is the cost measured. Rows: argv form `["true"]` (no shell, the same
@@ -44,8 +44,8 @@ import trio
 
 from dagd.core.model import DagSpec, StepSpec
 from dagd.core.runstate import RunState
-from dagd.engine import run_dag
-from dagd.executor import Executor
+from dagd.runtime.engine import run_dag
+from dagd.runtime.executor import Executor
 
 N = 500
 PARALLEL = 2

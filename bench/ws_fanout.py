@@ -100,7 +100,7 @@ def open_shm(path: str) -> tuple[mmap.mmap, memoryview]:
 
 def make_padding() -> str:
     from dagd.core.events import ErrorEvent
-    from dagd.core.protocol import encode_event
+    from dagd.core.protocol.events import encode_event
 
     probe = encode_event(
         ErrorEvent("bench", None, None, f"{time.time():.6f} ", time.time(), seq=100_000)
@@ -198,9 +198,9 @@ async def serve_commands(publish_one, shm: memoryview, nprocs: int, extra=None) 
 def dagd_server_main(args: argparse.Namespace) -> None:
     import trio
 
+    from dagd.app import open_daemon
     from dagd.core.config import parse_config
     from dagd.core.events import ErrorEvent
-    from dagd.daemon import open_daemon
 
     raise_nofile()
     logging.basicConfig(level=logging.WARNING)
@@ -277,7 +277,7 @@ def baseline_server_main(args: argparse.Namespace) -> None:
     from trio_websocket import ConnectionClosed, serve_websocket
 
     from dagd.core.events import ErrorEvent
-    from dagd.core.protocol import encode_event
+    from dagd.core.protocol.events import encode_event
 
     raise_nofile()
     _mm, shm = open_shm(args.shm)

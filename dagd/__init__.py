@@ -21,14 +21,15 @@ from dagd.core.spec import DagSpecError, parse_dag
 
 if TYPE_CHECKING:
     from dagd import client
-    from dagd.daemon import Daemon, DaemonError, open_daemon
-    from dagd.engine import run_dag
+    from dagd.app import open_daemon
+    from dagd.daemon.daemon import Daemon, DaemonError
+    from dagd.runtime.engine import run_dag
 
 _LAZY = {
-    "open_daemon": "dagd.daemon",
-    "Daemon": "dagd.daemon",
-    "DaemonError": "dagd.daemon",
-    "run_dag": "dagd.engine",
+    "open_daemon": "dagd.app",
+    "Daemon": "dagd.daemon.daemon",
+    "DaemonError": "dagd.daemon.daemon",
+    "run_dag": "dagd.runtime.engine",
 }
 
 __all__ = [

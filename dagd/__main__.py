@@ -1,3 +1,3 @@
-from dagd.cli import main
+from dagd.cli.main import main
 
 main()

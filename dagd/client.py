@@ -36,9 +36,9 @@ from trio_websocket import (
 
 from dagd.core.backoff import ReconnectBackoff
 from dagd.core.events import DagEvent
-from dagd.core.protocol import TYPE_TO_EVENT, event_from_wire
+from dagd.core.exceptiongroups import unwrap_single
+from dagd.core.protocol.events import TYPE_TO_EVENT, event_from_wire
 from dagd.core.timefmt import iso_z
-from dagd.groups import unwrap_single
 
 
 class ClientError(Exception):

@@ -1,6 +1,6 @@
 """The four DAG events of the WebSocket protocol, as plain values.
 
-Field names are the seed's, in snake_case; `dagd.core.protocol` maps them to camelCase on the
+Field names are the seed's, in snake_case; `dagd.core.protocol.events` maps them to camelCase on the
 wire. Times are UNIX seconds (floats) here and ISO 8601 UTC strings on the wire; `duration` is
 integer milliseconds. `seq` is None until the event log assigns one.
 """

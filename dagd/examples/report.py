@@ -1,4 +1,4 @@
-"""Callables for dags/report.toml: each receives a `dagd.executor.StepContext`."""
+"""Callables for dags/report.toml: each receives a `dagd.runtime.executor.StepContext`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from dagd.executor import StepContext
+from dagd.runtime.executor import StepContext
 
 
 def _scratch(ctx: StepContext) -> Path:

@@ -1,4 +1,4 @@
-"""dagd.core.protocol: events on the wire, camelCase, ISO `Z` times, integer ms durations."""
+"""dagd.core.protocol.events: events on the wire, camelCase, ISO `Z` times, integer ms durations."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dagd.core.events import (
     StepStatusEvent,
 )
 from dagd.core.model import RunStatus, StepStatus
-from dagd.core.protocol import encode_event, event_from_wire, event_to_wire
+from dagd.core.protocol.events import encode_event, event_from_wire, event_to_wire
 
 T = 1_704_110_400.0  # 2024-01-01T12:00:00Z
 RUN = "manual__2024-01-01T12:00:00.123456+00:00"

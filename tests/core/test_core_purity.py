@@ -12,7 +12,7 @@ CORE = [
     "dagd.core.graph",
     "dagd.core.runstate",
     "dagd.core.events",
-    "dagd.core.protocol",
+    "dagd.core.protocol.events",
     "dagd.core.backoff",
     "dagd.core.timefmt",
     "dagd.core.cron",
@@ -33,7 +33,7 @@ def imported_after(modules: list[str]) -> set[str]:
 
 
 def test_spec_runstate_protocol_do_not_import_trio():
-    loaded = imported_after(["dagd.core.spec", "dagd.core.runstate", "dagd.core.protocol"])
+    loaded = imported_after(["dagd.core.spec", "dagd.core.runstate", "dagd.core.protocol.events"])
     assert "dagd.core.runstate" in loaded  # the check itself worked
     assert "trio" not in loaded
 
@@ -45,4 +45,4 @@ def test_no_core_module_imports_an_event_loop():
 
 
 def test_the_check_would_see_trio():
-    assert "trio" in imported_after(["dagd.engine"])
+    assert "trio" in imported_after(["dagd.runtime.engine"])

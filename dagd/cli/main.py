@@ -1,0 +1,461 @@
+"""The `dagd` command. Thin: it reads options, builds the core objects and hands them over.
+
+User mistakes become `click.ClickException`s (exit code 1 with a clear message) or usage errors
+(exit code 2); a run that fails exits 1, a cancelled one 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+import click
+import trio
+
+from dagd.core.config import Config, ConfigError, default_config, parse_config
+from dagd.core.model import RunStatus
+from dagd.core.runstate import RunState
+from dagd.core.timefmt import RunIdFactory
+from dagd.daemon.dagfolder import load_dag_folder
+from dagd.runtime.engine import RunDriver
+from dagd.runtime.executor import Executor
+from dagd.runtime.local.procs import raise_open_files_limit
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+log = logging.getLogger("dagd")
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130
+
+
+def load_config(path: Path | None) -> Config:
+    """The given config file, else ./config.toml if there is one, else the defaults."""
+    if path is None:
+        candidate = Path("config.toml")
+        if not candidate.is_file():
+            return default_config(Path.cwd())
+        path = candidate
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        return parse_config(text, path.resolve().parent, source=path)
+    except ConfigError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--param")
+        params[name] = value
+    return params
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DAGD_CONFIG",
+    help="config.toml to use (default: ./config.toml if present).",
+)
+dags_option = click.option(
+    "--dags",
+    "dags_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of DAG files (default: dags_dir from the config, else ./dags).",
+)
+
+
+def _dags_dir(config: Config, dags_dir: Path | None) -> Path:
+    return dags_dir if dags_dir is not None else config.dags_dir
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dagd")
+def main() -> None:
+    """dagd: run DAGs of shell commands and Python functions, on a schedule or by hand.
+
+    \b
+    Quick start:
+      dagd validate              check every DAG file in ./dags
+      dagd list                  show the DAGs
+      dagd run etl -p date=2024-01-01
+                                 run one DAG here and now, with live progress
+      dagd serve                 start the daemon (cron, history, WebSocket events)
+    """
+
+
+@main.command()
+@config_option
+@dags_option
+def validate(config_path: Path | None, dags_dir: Path | None) -> None:
+    """Check every DAG file; print 'ok' or every problem, each naming file, step and field."""
+    folder = load_dag_folder(_dags_dir(load_config(config_path), dags_dir))
+    for problems in folder.problems.values():
+        for problem in problems:
+            click.echo(str(problem), err=True)
+    if not folder.ok:
+        count = sum(len(p) for p in folder.problems.values())
+        raise click.ClickException(
+            f"{count} problem(s) in {len(folder.problems)} file(s); "
+            f"{len(folder.dags)} DAG(s) are fine"
+        )
+    click.echo(f"ok: {len(folder.dags)} DAG(s)")
+
+
+@main.command("list")
+@config_option
+@dags_option
+def list_dags(config_path: Path | None, dags_dir: Path | None) -> None:
+    """List the DAGs: id, schedule, steps, description."""
+    folder = load_dag_folder(_dags_dir(load_config(config_path), dags_dir))
+    for dag in sorted(folder.dags.values(), key=lambda d: d.id):
+        schedule = dag.schedule or "manual"
+        desc = f"  {dag.description}" if dag.description else ""
+        click.echo(f"{dag.id:<24} {schedule:<16} {len(dag.steps):>4} steps{desc}")
+    for path in folder.problems:
+        click.echo(f"{Path(path).name:<24} (broken: run `dagd validate`)", err=True)
+
+
+@main.command()
+@click.argument("dag_id")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a declared param (repeatable).",
+)
+@config_option
+@dags_option
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many steps at once (default: max_parallel_steps of the config).",
+)
+@click.option("--plain", is_flag=True, help="Print one line per event instead of a live view.")
+def run(
+    dag_id: str,
+    params: tuple[str, ...],
+    config_path: Path | None,
+    dags_dir: Path | None,
+    parallel: int | None,
+    plain: bool,
+) -> None:
+    """Run DAG_ID once in this process (no daemon needed) and show its progress.
+
+    Exits 0 when the run succeeds, 1 when it fails, 130 when interrupted (Ctrl-C stops every
+    step and its child processes).
+    """
+    config = load_config(config_path)
+    folder_path = _dags_dir(config, dags_dir)
+    path = folder_path / f"{dag_id}.toml"
+    folder = load_dag_folder(folder_path)
+    dag = folder.dags.get(dag_id)
+    if dag is None:
+        if path.is_file():
+            bad = folder.problems.get(str(path), [])
+            raise click.ClickException("\n".join(map(str, bad)) or f"cannot load {path}")
+        known = ", ".join(sorted(folder.dags)) or "none"
+        raise click.ClickException(f"no DAG {dag_id!r} in {folder_path} (DAGs: {known})")
+    try:
+        bound = dag.bind_params(parse_params(params))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    state = RunState(dag, RunIdFactory().make("manual", time.time()), bound)
+    executor = Executor(log_dir=config.log_dir, grace=config.kill_grace)
+    from rich.console import Console
+
+    console = Console()
+    live = not plain and console.is_terminal
+    raise_open_files_limit()
+    status = trio.run(
+        _run_here, state, executor, parallel or config.max_parallel_steps, console, live
+    )
+    if status is RunStatus.SUCCESS:
+        return
+    sys.exit(EXIT_CANCELLED if status is RunStatus.CANCELLED else EXIT_FAILED)
+
+
+async def _run_here(
+    state: RunState, executor: Executor, parallel: int, console: Console, live: bool
+) -> RunStatus:
+    from rich.live import Live
+
+    from dagd.cli.render import RunsView
+
+    view = RunsView()
+
+    def publish(event: object) -> None:
+        view.apply(event)  # type: ignore[arg-type]
+        if not live:
+            line = view.line(event)  # type: ignore[arg-type]
+            if line:
+                console.print(line, highlight=False, markup=False)
+
+    driver = RunDriver(state, executor, publish, step_slots=trio.CapacityLimiter(parallel))
+
+    async def stop_on_signal(cancel_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if state.cancelling:  # second Ctrl-C: stop waiting for the grace period
+                    cancel_scope.cancel()
+                    return
+                driver.cancel(f"interrupted by {signal.Signals(signum).name}")
+
+    async def refresh(display: Live) -> None:
+        while True:
+            display.update(view.render())
+            await trio.sleep(0.1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+        if live:
+            with Live(view.render(), console=console, transient=True) as display:
+                nursery.start_soon(refresh, display)
+                await driver.run()
+        else:
+            await driver.run()
+        nursery.cancel_scope.cancel()
+    run_view = view.view(state.dag.id, state.run_id)
+    view.summary(run_view, console)
+    if executor.log_dir is not None:
+        folder = executor.log_dir / state.dag.id / state.run_id
+        # Log files are made on a step's first output: a run of quiet steps leaves none.
+        where = str(folder) if folder.is_dir() else "none (no step wrote any output)"
+        console.print(f"  logs: {where}", highlight=False)
+    return state.status
+
+
+@main.command()
+@config_option
+@dags_option
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default 3000).")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the SQLite history, step logs and token live.",
+)
+@click.option("--no-websocket", is_flag=True, help="Do not serve the WebSocket endpoint.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
+def serve(
+    config_path: Path | None,
+    dags_dir: Path | None,
+    host: str | None,
+    port: int | None,
+    state_dir: Path | None,
+    no_websocket: bool,
+    verbose: bool,
+) -> None:
+    """Start the daemon: run DAGs on their schedules and on request, keep their history, and
+    stream live events over WebSocket. Stops cleanly on Ctrl-C or SIGTERM."""
+    config = load_config(config_path)
+    server = config.server
+    server = attrs.evolve(
+        server,
+        host=host if host is not None else server.host,
+        port=port if port is not None else server.port,
+        enabled=server.enabled and not no_websocket,
+    )
+    config = attrs.evolve(
+        config,
+        server=server,
+        dags_dir=dags_dir if dags_dir is not None else config.dags_dir,
+        state_dir=state_dir if state_dir is not None else config.state_dir,
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    before, after = raise_open_files_limit()
+    if after > before:
+        log.debug("open files limit raised from %d to %d", before, after)
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
+
+
+async def _serve(config: Config) -> None:
+    from dagd.app import open_daemon
+
+    async with open_daemon(config, websocket=config.server.enabled) as daemon:
+        where = f"events at {daemon.url}" if config.server.enabled else "no WebSocket server"
+        log.info(
+            "dagd ready: %d DAG(s) from %s; %s; state in %s",
+            len(daemon.dags),
+            config.dags_dir,
+            where,
+            config.state_dir,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info(
+                    "%s received: stopping (running steps get %gs to exit)",
+                    signal.Signals(signum).name,
+                    config.kill_grace,
+                )
+                break
+    log.info("dagd stopped")
+
+
+# ------------------------------------------------------- talking to the daemon
+
+url_option = click.option("--url", envvar="DAGD_URL", help="Daemon URL (default: from the config).")
+token_option = click.option(
+    "--token",
+    envvar="DAGD_TOKEN",
+    help="Auth token (default: from the config, else the daemon's token file).",
+)
+
+
+def _endpoint(config_path: Path | None, url: str | None, token: str | None):
+    from dagd.cli.remote import resolve_endpoint
+
+    return resolve_endpoint(load_config(config_path), url, token)
+
+
+@main.command()
+@config_option
+@url_option
+@token_option
+def dags(config_path: Path | None, url: str | None, token: str | None) -> None:
+    """List the DAGs the running daemon knows, with their next scheduled run."""
+    from dagd.cli import remote
+
+    remote.run_async(remote.list_dags, _endpoint(config_path, url, token))
+
+
+@main.command()
+@click.argument("dag_id", required=False)
+@click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True)
+@config_option
+@url_option
+@token_option
+def runs(
+    dag_id: str | None, limit: int, config_path: Path | None, url: str | None, token: str | None
+) -> None:
+    """Show the latest runs (of DAG_ID, or of every DAG), newest first."""
+    from dagd.cli import remote
+
+    remote.run_async(remote.list_runs, _endpoint(config_path, url, token), dag_id, limit)
+
+
+@main.command()
+@click.argument("dag_id")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a declared param (repeatable).",
+)
+@click.option("--wait", is_flag=True, help="Follow the run live and exit with its outcome.")
+@click.option("--plain", is_flag=True, help="With --wait: plain lines instead of a live view.")
+@config_option
+@url_option
+@token_option
+def trigger(
+    dag_id: str,
+    params: tuple[str, ...],
+    wait: bool,
+    plain: bool,
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Start a run of DAG_ID on the running daemon and print its run id.
+
+    With --wait, follow it (reconnecting if the daemon restarts) and exit 0 on success, 1 on
+    failure, 130 if it was cancelled.
+    """
+    from dagd.cli import remote
+
+    endpoint = _endpoint(config_path, url, token)
+    live = wait and not plain and sys.stdout.isatty()
+    code = remote.run_async(remote.trigger, endpoint, dag_id, parse_params(params), wait, live)
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("run_id")
+@config_option
+@url_option
+@token_option
+def cancel(run_id: str, config_path: Path | None, url: str | None, token: str | None) -> None:
+    """Cancel RUN_ID: waiting steps are cancelled, running ones are stopped."""
+    from dagd.cli import remote
+
+    remote.run_async(remote.control, _endpoint(config_path, url, token), "cancel", run_id)
+
+
+@main.command()
+@click.argument("run_id")
+@config_option
+@url_option
+@token_option
+def retry(run_id: str, config_path: Path | None, url: str | None, token: str | None) -> None:
+    """Retry a failed or cancelled RUN_ID: successful steps are kept, the rest run again."""
+    from dagd.cli import remote
+
+    remote.run_async(remote.control, _endpoint(config_path, url, token), "retry", run_id)
+
+
+@main.command()
+@click.argument("dag_ids", nargs=-1)
+@click.option("--plain", is_flag=True, help="Plain lines instead of a live view.")
+@config_option
+@url_option
+@token_option
+def watch(
+    dag_ids: tuple[str, ...],
+    plain: bool,
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Watch runs live (all DAGs, or the DAG_IDS given) until Ctrl-C.
+
+    Shows a progress bar per run and the steps that are running or failed; while the daemon is
+    unreachable it says so and retries, then catches up without gaps.
+    """
+    from dagd.cli import remote
+
+    live = not plain and sys.stdout.isatty()
+    remote.run_async(remote.watch, _endpoint(config_path, url, token), list(dag_ids), live)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("step_id")
+@click.option("--attempt", type=int, help="Only this attempt (default: all).")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing output as it comes, until the step ends."
+)
+@config_option
+def logs(
+    run_id: str, step_id: str, attempt: int | None, follow: bool, config_path: Path | None
+) -> None:
+    """Print the log of STEP_ID in RUN_ID (stdout then stderr, per attempt)."""
+    from dagd.cli.remote import print_logs
+
+    print_logs(load_config(config_path), run_id, step_id, attempt, follow)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""The CLI's side of the daemon: finding it, and the commands that talk to it over WebSocket
+(`dagd logs` reads the log folder and the run history directly).
+
+The URL and token come from, in order: `--url`/`--token`, `DAGD_URL`/`DAGD_TOKEN`, then the
+config file (its server address; a configured literal or environment token, else the token the
+daemon generated into its state folder). On one machine every command works with no flags.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import click
+import trio
+
+from dagd.client import (
+    AuthFailed,
+    Client,
+    ClientError,
+    Connected,
+    ConnectionLost,
+    GapRepaired,
+    connect,
+)
+from dagd.core.config import Config
+from dagd.core.events import DagRunStatusEvent, ErrorEvent
+
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130
+
+
+@attrs.frozen
+class Endpoint:
+    url: str
+    token: str
+    token_source: str
+
+
+def resolve_endpoint(config: Config, url: str | None, token: str | None) -> Endpoint:
+    url = url or os.environ.get("DAGD_URL") or config.url.replace("0.0.0.0", "127.0.0.1")
+    if token:
+        return Endpoint(url, token, "--token")
+    if os.environ.get("DAGD_TOKEN"):
+        return Endpoint(url, os.environ["DAGD_TOKEN"], "DAGD_TOKEN")
+    for spec in config.tokens:
+        if spec.role == "operate" and spec.token:
+            return Endpoint(url, spec.token, f"config token {spec.name or 'operate'}")
+        if spec.role == "operate" and spec.env and os.environ.get(spec.env):
+            return Endpoint(url, os.environ[spec.env], f"${spec.env}")
+    try:
+        return Endpoint(url, config.token_file.read_text().strip(), str(config.token_file))
+    except OSError:
+        raise click.ClickException(
+            f"no token file at {config.token_file}: has the daemon been started with this "
+            "config? Start it with `dagd serve --config config.toml`, or pass --token or set "
+            "DAGD_TOKEN"
+        ) from None
+
+
+def _unreachable(endpoint: Endpoint, why: str) -> click.ClickException:
+    return click.ClickException(
+        f"cannot reach the daemon at {endpoint.url} ({why}).\n"
+        "Is it running? Start it with: dagd serve --config config.toml"
+    )
+
+
+@asynccontextmanager
+async def open_client(
+    endpoint: Endpoint, dag_ids: list[str], *, retry_first: bool = False, **kwargs: Any
+) -> AsyncIterator[Client]:
+    """A connected client; fails fast (unless `retry_first`) if the daemon is not there."""
+    async with connect(endpoint.url, endpoint.token, dag_ids or ["*"], **kwargs) as client:
+        if not retry_first:
+            first = await _first_item(client)
+            if isinstance(first, ConnectionLost):
+                raise _unreachable(endpoint, first.message)
+        yield client
+
+
+async def _first_item(client: Client) -> object:
+    try:
+        async for item in client:
+            return item
+    except AuthFailed:
+        raise click.ClickException(
+            "the daemon refused the token (wrong --token, DAGD_TOKEN or token file?)"
+        ) from None
+    return None
+
+
+def run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """trio.run with the errors a user should see turned into clean messages."""
+    try:
+        return trio.run(fn, *args)
+    except ClientError as exc:
+        raise click.ClickException(
+            exc.message if exc.code != "auth_failed" else "the daemon refused the token"
+        ) from None
+
+
+# ------------------------------------------------------------------ commands
+
+
+async def list_dags(endpoint: Endpoint) -> None:
+    async with open_client(endpoint, []) as client:
+        dags = await client.list_dags()
+    for dag in dags:
+        click.echo(
+            f"{dag['dagId']:<24} {dag['schedule'] or 'manual':<16} "
+            f"next: {dag['nextRun'] or '-':<26} {len(dag['steps']):>4} steps  "
+            f"{dag['description']}"
+        )
+
+
+async def list_runs(endpoint: Endpoint, dag_id: str | None, limit: int) -> None:
+    async with open_client(endpoint, []) as client:
+        runs = await client.list_runs(dag_id, limit)
+    if not runs:
+        click.echo("no runs yet")
+    for run in runs:
+        click.echo(
+            f"{run['status']:<10} {run['dagId']:<20} {run['runId']:<50} "
+            f"{run['startedAt'] or run['queuedAt']}"
+        )
+
+
+async def control(endpoint: Endpoint, action: str, run_id: str) -> None:
+    async with open_client(endpoint, []) as client:
+        await (client.cancel(run_id) if action == "cancel" else client.retry(run_id))
+    click.echo(f"{action} accepted: {run_id}")
+
+
+async def trigger(
+    endpoint: Endpoint, dag_id: str, params: dict[str, str], wait: bool, live: bool
+) -> int:
+    async with open_client(endpoint, [dag_id]) as client:
+        run_id = await client.trigger(dag_id, params)
+        click.echo(f"triggered {dag_id}: {run_id}", err=wait)
+        if not wait:
+            return 0
+        return await follow(client, {run_id}, live, stop_when_done=True)
+
+
+async def watch(endpoint: Endpoint, dag_ids: list[str], live: bool) -> int:
+    async with open_client(endpoint, dag_ids, retry_first=True, initial_snapshot=True) as client:
+        return await follow(client, None, live, stop_when_done=False)
+
+
+async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when_done: bool) -> int:
+    """Show events (live view or plain lines) until the runs end (or forever, for watch)."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from dagd.cli.render import RunsView
+
+    console = Console()
+    view = RunsView()
+    status = "running"
+
+    def show_line(text: str | None, style: str | None = None) -> None:
+        if text and not live:
+            console.print(text, style=style, highlight=False, markup=False)
+
+    async def consume(display: Live | None) -> int:
+        nonlocal status
+        async for item in client:
+            if isinstance(item, ConnectionLost):
+                view.notice = f"disconnected ({item.message}), retrying in {item.retry_in:.0f} s"
+                show_line(view.notice)
+            elif isinstance(item, Connected):
+                if view.notice:
+                    show_line("reconnected; catching up")
+                view.notice = None
+            elif isinstance(item, GapRepaired):
+                for event in item.events:
+                    if run_ids is None or getattr(event, "run_id", None) in run_ids:
+                        view.apply(event)
+                if item.events and run_ids is not None:
+                    show_line("missed events were no longer available: showing current state")
+                if stop_when_done and run_ids is not None:
+                    for run_id in run_ids:  # the run may have ended while we were away
+                        run = view.runs.get(run_id)
+                        if run is not None and run.status in ("success", "failed", "cancelled"):
+                            status = run.status
+                            return _exit_code(status)
+            elif (
+                run_ids is None
+                or getattr(item, "run_id", None) in run_ids
+                or (isinstance(item, ErrorEvent) and item.run_id is None)
+            ):
+                view.apply(item)
+                show_line(view.line(item))
+                if (
+                    stop_when_done
+                    and isinstance(item, DagRunStatusEvent)
+                    and run_ids is not None
+                    and item.run_id in run_ids
+                    and item.status.finished
+                ):
+                    status = str(item.status)
+                    return _exit_code(status)
+            if display is not None:
+                display.update(view.render())
+        return 0
+
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def interrupt() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(interrupt)
+            code = EXIT_CANCELLED
+            if live:
+                with Live(view.render(), console=console, transient=False) as display:
+                    code = await consume(display)
+            else:
+                code = await consume(None)
+            nursery.cancel_scope.cancel()
+    for run in view.runs.values():
+        if run_ids is not None and run.run_id in run_ids:
+            view.summary(run, console)
+    return code
+
+
+def _exit_code(run_status: str) -> int:
+    if run_status == "success":
+        return 0
+    return EXIT_CANCELLED if run_status == "cancelled" else EXIT_FAILED
+
+
+def print_logs(
+    config: Config, run_id: str, step_id: str, attempt: int | None, follow: bool = False
+) -> None:
+    """Print a step's log files (stdout, then stderr) for one or every attempt. A stream that
+    wrote nothing has no file; the run history says whether the step ran at all. With
+    `follow`, keep printing output as it is written until the step is final."""
+    by_attempt = _log_files(config, run_id, step_id)
+    record = _step_record(config, run_id, step_id)  # (status, latest attempt) or None
+    made = max([record[1] if record else 0, *by_attempt])  # attempts made
+    if follow and (record is None or record[0] not in FINAL_STEP):
+        if record is None and not made:
+            raise click.ClickException(f"no step {step_id!r} in run {run_id!r} to follow")
+        _follow_logs(config, run_id, step_id, attempt)
+        return
+    if not made:
+        if record is not None:
+            click.echo(f"step {step_id!r} of run {run_id!r} did not run ({record[0]})")
+            return
+        raise click.ClickException(
+            f"no step {step_id!r} in run {run_id!r}: no record of it in {config.db_path} and "
+            f"no logs under {config.log_dir}"
+        )
+    if attempt is not None and not 1 <= attempt <= made:
+        raise click.ClickException(
+            f"no attempt {attempt} of step {step_id!r} in run {run_id!r} (attempts: 1-{made})"
+        )
+    for n in range(1, made + 1) if attempt is None else [attempt]:
+        paths = by_attempt.get(n, [])
+        if not paths:
+            click.echo(f"==> attempt {n}: no output <==")
+        for path in paths:
+            text = path.read_text(errors="replace")
+            click.echo(_log_header(n, path))
+            click.echo(text, nl=not text.endswith("\n") and bool(text))
+
+
+FINAL_STEP = frozenset({"success", "failed", "upstream_failed", "skipped", "cancelled"})
+
+
+def _log_files(config: Config, run_id: str, step_id: str) -> dict[int, list[Path]]:
+    """A step's log files by attempt number, each attempt's stdout before its stderr."""
+    matches = sorted(config.log_dir.glob(f"*/{_glob_escape(run_id)}/{_glob_escape(step_id)}.*"))
+    by_attempt: dict[int, list[Path]] = {}
+    for path in matches:
+        # Step ids may contain dots: "load.*" also matches the logs of a step "load.more".
+        parts = path.name.rsplit(".", 2)
+        if len(parts) == 3 and parts[0] == step_id and parts[1].isdigit():
+            by_attempt.setdefault(int(parts[1]), []).append(path)
+    for paths in by_attempt.values():
+        paths.sort(key=lambda p: p.suffix != ".out")  # stdout, then stderr
+    return by_attempt
+
+
+def _follow_logs(
+    config: Config, run_id: str, step_id: str, attempt: int | None, poll: float = 0.2
+) -> None:
+    """`tail -f` over a step's log files, new attempts included, until the step is final (or
+    gone from the history); a header line marks each switch to another file."""
+    offsets: dict[Path, int] = {}
+    current: Path | None = None
+    while True:
+        # Read the status first: output written before a final status is then always seen.
+        record = _step_record(config, run_id, step_id)
+        for n, paths in sorted(_log_files(config, run_id, step_id).items()):
+            if attempt is not None and n != attempt:
+                continue
+            for path in paths:
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(offsets.get(path, 0))
+                        data = f.read()
+                except OSError:
+                    continue
+                if not data:
+                    continue
+                offsets[path] = offsets.get(path, 0) + len(data)
+                if path != current:
+                    click.echo(_log_header(n, path))
+                    current = path
+                click.echo(data.decode("utf-8", "replace"), nl=False)
+        if record is None or record[0] in FINAL_STEP:
+            return
+        time.sleep(poll)
+
+
+def _log_header(attempt: int, path: Path) -> str:
+    stream = "stdout" if path.suffix == ".out" else "stderr"
+    return f"==> attempt {attempt} {stream} ({path}) <=="
+
+
+def _step_record(config: Config, run_id: str, step_id: str) -> tuple[str, int] | None:
+    """(status, latest attempt number) of a step from the run history, read-only; None when
+    there is no history or no such step."""
+    if not config.db_path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{config.db_path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute(
+                "SELECT status, attempt FROM steps WHERE run_id=? AND step_id=?",
+                (run_id, step_id),
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return (str(row[0]), int(row[1])) if row else None
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

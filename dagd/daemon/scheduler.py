@@ -1,0 +1,105 @@
+"""Cron triggering. It knows nothing of runs or storage: it gets a wall clock, a `fire` function
+and a `record` function, so it can be tested alone under trio's MockClock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+import trio
+
+from dagd.core.cron import Schedule, due_slots
+from dagd.core.model import DagSpec
+
+log = logging.getLogger("dagd.daemon.scheduler")
+
+Fire = Callable[[DagSpec, datetime], None]
+Record = Callable[[str, float], None]
+
+
+class CronScheduler:
+    """Fires each scheduled DAG at its cron slots.
+
+    `last_slots` (UNIX seconds by DAG id) is where each DAG left off, from the store. A DAG seen for
+    the first time starts from now: it does not run for slots before dagd knew it.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        fire: Fire,
+        record: Record,
+        last_slots: Mapping[str, float] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.fire = fire
+        self.record = record
+        self.last_slots: dict[str, float] = dict(last_slots or {})
+        self._dags: dict[str, tuple[DagSpec, Schedule]] = {}
+        self._changed = trio.Event()
+
+    def set_dags(self, dags: Mapping[str, DagSpec]) -> None:
+        """Replace the set of DAGs (after a reload); the loop recomputes its next wake-up."""
+        fresh: dict[str, tuple[DagSpec, Schedule]] = {}
+        for dag in dags.values():
+            if dag.schedule:
+                old = self._dags.get(dag.id)
+                if old and old[0].schedule == dag.schedule and old[0].timezone == dag.timezone:
+                    fresh[dag.id] = (dag, old[1])
+                else:
+                    fresh[dag.id] = (dag, Schedule(dag.schedule, dag.timezone))
+                    if old:
+                        # A changed schedule runs from now: slots of the new expression that
+                        # passed before the change were never due, so they must not fire.
+                        now = self.clock()
+                        if self.last_slots.get(dag.id, now) < now:
+                            self.last_slots[dag.id] = now
+                            self.record(dag.id, now)
+        self._dags = fresh
+        self._changed.set()
+
+    def next_fire(self, dag_id: str) -> float | None:
+        """When the DAG fires next (UNIX seconds), or None if it has no schedule."""
+        entry = self._dags.get(dag_id)
+        if entry is None:
+            return None
+        last = self.last_slots.get(dag_id, self.clock())
+        start = max(last, self.clock())
+        return entry[1].next_after(datetime.fromtimestamp(start, UTC)).timestamp()
+
+    def tick(self) -> float:
+        """Fire everything due now; return the UNIX time of the next slot (inf if none)."""
+        now = self.clock()
+        now_dt = datetime.fromtimestamp(now, UTC)
+        wake = math.inf
+        for dag_id, (dag, schedule) in list(self._dags.items()):
+            last = self.last_slots.get(dag_id)
+            if last is None:
+                last = self.last_slots[dag_id] = now
+                self.record(dag_id, now)
+            slots = due_slots(schedule, datetime.fromtimestamp(last, UTC), now_dt, dag.catchup)
+            for slot in slots:
+                try:
+                    self.fire(dag, slot)
+                except Exception:
+                    log.exception("could not start scheduled run of %s for %s", dag_id, slot)
+            if slots:
+                self.last_slots[dag_id] = slots[-1].timestamp()
+                self.record(dag_id, slots[-1].timestamp())
+            nxt = schedule.next_after(datetime.fromtimestamp(max(now, last), UTC)).timestamp()
+            wake = min(wake, nxt)
+        return wake
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            self._changed = trio.Event()
+            wake = self.tick()
+            delay = wake - self.clock()
+            # Wake at the slot, when the DAGs change, and at least every minute (the wall clock
+            # can jump, e.g. after a suspend, and trio's sleep follows the monotonic clock).
+            with trio.move_on_after(min(max(delay, 0.0), 60.0)):
+                await self._changed.wait()

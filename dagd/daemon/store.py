@@ -1,0 +1,476 @@
+"""SQLite persistence: runs, steps, the numbered event log, scheduler bookkeeping.
+
+Why this shape:
+- Every event gets its `seq` the moment it is published (so it is encoded once, with its seq),
+  and is written by one writer task that gathers events for a few milliseconds and commits them
+  in one transaction (a 10,000-step run: about a hundred transactions of ~200 events). The
+  writes run on the event loop: in WAL mode with synchronous=NORMAL a commit only appends to the
+  WAL file (no fsync), which costs less than handing the batch to a thread and fighting it for
+  the GIL (measured: 2.8x engine-only time instead of 3.7x, loop stalls under 10 ms). The one
+  slow part, the checkpoint that copies the WAL into the database and fsyncs, runs in a worker
+  thread on its own connection (`checkpointer`), never on the loop.
+- `on_commit` (the fan-out) is called only after the batch's transaction committed, so no client
+  ever sees an event the log could lose.
+- The runs and steps tables are folded from the same events in the same transaction: there is
+  one path by which state changes, and the tables can never disagree with the log.
+- `events.seq` is `INTEGER PRIMARY KEY AUTOINCREMENT`: SQLite never reuses a number, even after
+  retention deletes old rows or the daemon restarts, which is what a replay cursor needs.
+- WAL with synchronous=NORMAL: a crash of dagd (kill -9) loses nothing committed; a power loss may
+  lose the last fraction of a second of events, in exchange for not fsyncing every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from dagd.core.events import (
+    EVENT_TYPES,
+    DagEvent,
+    DagRunStatusEvent,
+    StepStatusEvent,
+)
+from dagd.core.protocol.events import encode_event, text_frame
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    dag_id TEXT NOT NULL,
+    run_id TEXT,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_dag ON events (dag_id, seq);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    dag_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    queued_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS runs_by_dag ON runs (dag_id, queued_at);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    retry_count INTEGER NOT NULL DEFAULT 0,
+    start_time REAL,
+    end_time REAL,
+    duration INTEGER,
+    error TEXT,
+    pgid INTEGER,
+    proc_start INTEGER,
+    boot_id TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, step_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schedule (
+    dag_id TEXT PRIMARY KEY,
+    last_slot REAL NOT NULL
+);
+"""
+
+FINISHED_RUN = ("success", "failed", "cancelled")
+
+
+@attrs.frozen(slots=True)
+class StoredEvent:
+    """An event with its seq and its wire text, encoded once for the log and every client."""
+
+    seq: int
+    dag_id: str
+    event: DagEvent
+    text: str
+    frame: bytes  # the text as a ready-made WebSocket frame
+
+
+@attrs.frozen
+class RunRecord:
+    run_id: str
+    dag_id: str
+    status: str
+    params: dict[str, str]
+    queued_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+@attrs.frozen
+class StepRecord:
+    run_id: str
+    step_id: str
+    status: str
+    retry_count: int
+    start_time: float | None
+    end_time: float | None
+    duration: int | None
+    error: str | None
+    pgid: int | None = None
+    proc_start: int | None = None
+    boot_id: str | None = None
+    attempt: int = 0  # the latest attempt's number over every try of the run (0: unknown)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a state file from an older dagd up to SCHEMA (columns added since)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(steps)")}
+    if "attempt" not in columns:
+        conn.execute("ALTER TABLE steps ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
+
+
+def _run_record(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6])
+
+
+class Store:
+    """Open with `Store.open(path)`; run `writer()` in a nursery; `close()` at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._wconn = connect(path)
+        self._wconn.executescript(SCHEMA)
+        _migrate(self._wconn)
+        self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: see checkpointer()
+        self._rconn = connect(path)
+        self._read_lock = threading.Lock()
+        row = self._wconn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        self._next_seq = (row[0] if row else 0) + 1
+        self.committed_seq = self._next_seq - 1
+        self._pending: list[tuple[str, Any]] = []
+        self._wakeup = trio.Event()
+        self._flushed = trio.Event()
+        self._writing = False
+        self._write_lock = trio.Lock()  # one user of the write connection at a time
+        self.on_commit: Callable[[list[StoredEvent]], None] | None = None
+        self.batches = 0  # how many transactions the writer made (for benchmarks)
+        self.gather_interval = 0.005
+        self.max_batch = 500  # items per transaction (keep it well under server.send_buffer)
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        return cls(path)
+
+    def close(self) -> None:
+        self._wconn.close()
+        self._rconn.close()
+
+    # ---------------------------------------------------------------- writing
+
+    def publish(self, event: DagEvent) -> StoredEvent:
+        """Number the event and queue it for the writer. Never blocks."""
+        seq = self._next_seq
+        self._next_seq += 1
+        # The event is a fresh value handed over by its producer: numbering it in place is
+        # safe and costs a tenth of attrs.evolve (this runs for every event).
+        object.__setattr__(event, "seq", seq)
+        text = encode_event(event)
+        stored = StoredEvent(seq, event.dag_id, event, text, text_frame(text.encode()))
+        self._queue("event", stored)
+        return stored
+
+    def _queue(self, kind: str, item: Any) -> None:
+        self._pending.append((kind, item))
+        self._wakeup.set()
+
+    def record_run(
+        self, run_id: str, dag_id: str, params: dict[str, str], queued_at: float
+    ) -> None:
+        """Queue the creation of a run row (before its first event)."""
+        self._queue("run", (run_id, dag_id, json.dumps(params), queued_at))
+
+    def record_process(
+        self, run_id: str, step_id: str, pgid: int, proc_start: int | None, boot_id: str | None
+    ) -> None:
+        """Queue the process group of a running step, so a later start can clean it up."""
+        self._queue("proc", (pgid, proc_start, boot_id, run_id, step_id))
+
+    def record_requeue(self, run_id: str) -> None:
+        """Queue a finished run's return to `queued` (a retry, before its first event)."""
+        self._queue("requeue", (run_id,))
+
+    def record_slot(self, dag_id: str, slot: float) -> None:
+        self._queue("slot", (dag_id, slot))
+
+    async def writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write queued items in batches until cancelled, then write what is left."""
+        task_status.started()
+        try:
+            while True:
+                await self._wakeup.wait()
+                await self._write_pending()
+                # Let the next events gather: one transaction per few ms, not per event.
+                await trio.sleep(self.gather_interval)
+        finally:
+            with trio.CancelScope(shield=True):
+                while self._pending:
+                    await self._write_pending()
+
+    async def checkpointer(
+        self,
+        interval: float = 1.0,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Copy the WAL into the database (and fsync) in a worker thread, every `interval`
+        seconds while there are new writes, so the WAL stays small and the loop never syncs."""
+        conn = connect(self.path)
+        task_status.started()
+        try:
+            done = self.batches
+            while True:
+                await trio.sleep(interval)
+                if self.batches != done:
+                    done = self.batches
+                    await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    async def flush(self) -> None:
+        """Wait until everything published so far is committed."""
+        while self._pending or self._writing:
+            await self._flushed.wait()
+
+    async def _write_pending(self) -> None:
+        """Write one batch of at most max_batch items (the writer loops for the rest)."""
+        self._wakeup = trio.Event()
+        if not self._pending:
+            return
+        # At most max_batch items per transaction. When the writer falls behind (a busy event
+        # loop starves the writer thread of the GIL for most of a second), the backlog goes out
+        # in steps and each subscriber can drain between them, instead of getting thousands of
+        # events in one call and being cut off as a slow consumer.
+        batch = self._pending[: self.max_batch]
+        self._pending = self._pending[self.max_batch :]
+        if self._pending:
+            self._wakeup.set()
+        self._writing = True
+        try:
+            # Shielded: the batch has left _pending, so a cancellation at the lock or at the
+            # thread call's checkpoint would drop it (the writer's final flush never sees it).
+            with trio.CancelScope(shield=True):
+                async with self._write_lock:
+                    self._write_batch(batch)
+        finally:
+            self._writing = False
+        self.batches += 1
+        events = [item for kind, item in batch if kind == "event"]
+        if events:
+            self.committed_seq = events[-1].seq
+            if self.on_commit is not None:
+                self.on_commit(events)
+        flushed, self._flushed = self._flushed, trio.Event()
+        flushed.set()
+
+    def _write_batch(self, batch: list[tuple[str, Any]]) -> None:
+        """One transaction for a batch: the events with one executemany, and the steps table
+        with one upsert per step (its latest status in the batch), not one per event."""
+        conn = self._wconn
+        events: list[tuple[Any, ...]] = []
+        steps: dict[tuple[str, str], tuple[Any, ...]] = {}
+        conn.execute("BEGIN")
+        try:
+            for kind, item in batch:
+                if kind == "event":
+                    ev = item.event
+                    events.append(
+                        (
+                            item.seq,
+                            ev.timestamp,
+                            ev.dag_id,
+                            getattr(ev, "run_id", None),
+                            EVENT_TYPES[type(ev)],
+                            item.text,
+                        )
+                    )
+                    if type(ev) is StepStatusEvent:
+                        steps[(ev.run_id, ev.step_id)] = (
+                            ev.run_id,
+                            ev.step_id,
+                            ev.status.value,
+                            ev.retry_count,
+                            ev.start_time,
+                            ev.end_time,
+                            ev.duration,
+                            ev.error,
+                            ev.attempt,
+                        )
+                    elif type(ev) is DagRunStatusEvent:
+                        self._write_run_status(conn, ev)
+                elif kind == "run":
+                    conn.execute(
+                        "INSERT OR IGNORE INTO runs (run_id, dag_id, status, params, queued_at)"
+                        " VALUES (?, ?, 'queued', ?, ?)",
+                        item,
+                    )
+                elif kind == "requeue":
+                    conn.execute(
+                        "UPDATE runs SET status='queued', ended_at=NULL WHERE run_id=?", item
+                    )
+                elif kind == "proc":
+                    self._write_steps(conn, steps)  # the step's row must exist first
+                    conn.execute(
+                        "UPDATE steps SET pgid=?, proc_start=?, boot_id=?"
+                        " WHERE run_id=? AND step_id=?",
+                        item,
+                    )
+                elif kind == "slot":
+                    conn.execute(
+                        "INSERT INTO schedule (dag_id, last_slot) VALUES (?, ?)"
+                        " ON CONFLICT (dag_id) DO UPDATE SET last_slot=excluded.last_slot",
+                        item,
+                    )
+            conn.executemany(
+                "INSERT INTO events (seq, ts, dag_id, run_id, type, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                events,
+            )
+            self._write_steps(conn, steps)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _write_steps(
+        conn: sqlite3.Connection, steps: dict[tuple[str, str], tuple[Any, ...]]
+    ) -> None:
+        if steps:
+            conn.executemany(
+                "INSERT INTO steps (run_id, step_id, status, retry_count, start_time, end_time,"
+                " duration, error, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status,"
+                " retry_count=excluded.retry_count, start_time=excluded.start_time,"
+                " end_time=excluded.end_time, duration=excluded.duration, error=excluded.error,"
+                " attempt=max(attempt, excluded.attempt)",
+                list(steps.values()),
+            )
+            steps.clear()
+
+    @staticmethod
+    def _write_run_status(conn: sqlite3.Connection, ev: DagRunStatusEvent) -> None:
+        status = ev.status.value
+        conn.execute(
+            "INSERT INTO runs (run_id, dag_id, status, queued_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET status=excluded.status",
+            (ev.run_id, ev.dag_id, status, ev.timestamp),
+        )
+        if status == "queued":  # a retried run waits again: it has not ended
+            conn.execute("UPDATE runs SET ended_at=NULL WHERE run_id=?", (ev.run_id,))
+        elif status == "running":
+            conn.execute(
+                "UPDATE runs SET started_at=coalesce(started_at, ?), ended_at=NULL WHERE run_id=?",
+                (ev.timestamp, ev.run_id),
+            )
+        elif status in FINISHED_RUN:
+            conn.execute("UPDATE runs SET ended_at=? WHERE run_id=?", (ev.timestamp, ev.run_id))
+
+    # ---------------------------------------------------------------- reading
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        with self._read_lock:
+            return self._rconn.execute(sql, tuple(args)).fetchall()
+
+    async def read(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        """Run a short read query in a worker thread."""
+        return await trio.to_thread.run_sync(self._read, sql, tuple(args))
+
+    async def events_page(
+        self, since: int, until: int | None = None, limit: int = 1000
+    ) -> list[tuple[int, str, str]]:
+        """(seq, dag_id, wire text) of stored events with since < seq <= until, oldest first,
+        at most `limit` of them (page on with the last seq)."""
+        until = self.committed_seq if until is None else until
+        return await self.read(
+            "SELECT seq, dag_id, body FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (since, until, limit),
+        )
+
+    async def oldest_seq(self) -> int | None:
+        rows = await self.read("SELECT min(seq) FROM events")
+        return rows[0][0]
+
+    async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+        cols = "run_id, dag_id, status, params, queued_at, started_at, ended_at"
+        if dag_id is None:
+            rows = await self.read(
+                f"SELECT {cols} FROM runs ORDER BY queued_at DESC, run_id DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = await self.read(
+                f"SELECT {cols} FROM runs WHERE dag_id=? ORDER BY queued_at DESC, run_id DESC"
+                " LIMIT ?",
+                (dag_id, limit),
+            )
+        return [_run_record(r) for r in rows]
+
+    async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
+        rows = await self.read(
+            "SELECT run_id, dag_id, status, params, queued_at, started_at, ended_at FROM runs"
+            " WHERE run_id=?",
+            (run_id,),
+        )
+        if not rows:
+            return None
+        steps = await self.read(
+            "SELECT run_id, step_id, status, retry_count, start_time, end_time, duration, error,"
+            " pgid, proc_start, boot_id, attempt FROM steps WHERE run_id=?",
+            (run_id,),
+        )
+        return _run_record(rows[0]), [StepRecord(*s) for s in steps]
+
+    def schedule_slots(self) -> dict[str, float]:
+        return dict(self._read("SELECT dag_id, last_slot FROM schedule"))
+
+    def unfinished(self) -> tuple[list[RunRecord], list[StepRecord]]:
+        """Runs and steps a previous process left queued or running (read at startup)."""
+        runs = self._read(
+            "SELECT run_id, dag_id, status, params, queued_at, started_at, ended_at FROM runs"
+            " WHERE status IN ('queued', 'running')"
+        )
+        steps = self._read(
+            "SELECT s.run_id, step_id, s.status, retry_count, start_time, end_time, duration,"
+            " error, pgid, proc_start, boot_id, attempt FROM steps s JOIN runs r USING (run_id)"
+            " WHERE r.status IN ('queued', 'running')"
+        )
+        return [_run_record(r) for r in runs], [StepRecord(*s) for s in steps]
+
+    # --------------------------------------------------------------- retention
+
+    async def prune(self, keep_count: int, max_age: float | None, now: float | None = None) -> int:
+        """Delete events beyond the newest `keep_count` or older than `max_age` seconds."""
+        now = time.time() if now is None else now
+
+        def work() -> int:
+            conn = self._wconn
+            floor = self.committed_seq - keep_count
+            cur = conn.execute("DELETE FROM events WHERE seq <= ?", (floor,))
+            deleted = cur.rowcount
+            if max_age is not None:
+                cur = conn.execute("DELETE FROM events WHERE ts < ?", (now - max_age,))
+                deleted += cur.rowcount
+            return deleted
+
+        async with self._write_lock:
+            return await trio.to_thread.run_sync(work)

@@ -1,0 +1,175 @@
+"""Drives one run: feeds a `RunState` and carries out the effects it returns, in a nursery.
+
+The state machine decides everything; this layer only starts attempts, sleeps until retries are
+due, cancels attempts it is told to stop, and hands every event to `publish` (which must not
+block: the daemon persists and fans out from there). Each attempt runs in its own cancel scope
+inside the run's nursery, so cancelling the run (or the whole daemon) reaches every process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import trio
+
+from dagd.core.events import DagEvent
+from dagd.core.model import RunStatus, StepSpec
+from dagd.core.runstate import FinishRun, RunState, ScheduleRetry, StartStep, StopStep
+from dagd.runtime.executor import AttemptResult, Executor, StepContext
+
+log = logging.getLogger("dagd.runtime.engine")
+
+Publish = Callable[[DagEvent], None]
+WallClock = Callable[[], float]
+
+
+def trio_wall_clock(offset: float | None = None) -> WallClock:
+    """A wall clock that follows trio's clock: under MockClock, time jumps for it too."""
+    base = time.time() - trio.current_time() if offset is None else offset
+    return lambda: base + trio.current_time()
+
+
+class RunDriver:
+    """Carries out one run. Use `await driver.run()`; `cancel()` and `retry()` may be called
+    from any task of the same trio loop while it runs."""
+
+    def __init__(
+        self,
+        state: RunState,
+        executor: Executor,
+        publish: Publish,
+        *,
+        clock: WallClock = time.time,
+        step_slots: trio.CapacityLimiter | None = None,
+        on_finish: Callable[[RunState], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.executor = executor
+        self.publish = publish
+        self.clock = clock
+        self.step_slots = step_slots
+        self.on_finish = on_finish
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._done = trio.Event()
+
+    @property
+    def run_id(self) -> str:
+        return self.state.run_id
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> RunStatus:
+        """Start a queued run, or retry a failed or cancelled one (its successful steps are
+        kept), and drive it until the state machine says it is over."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._done = trio.Event()
+            if self.state.status is RunStatus.QUEUED:
+                self._apply(self.state.start(self.clock()))
+            else:
+                self._apply(self.state.retry(self.clock()))
+            task_status.started()
+            await self._done.wait()
+            nursery.cancel_scope.cancel()  # pending retry timers
+        self._nursery = None
+        if self.on_finish is not None:
+            self.on_finish(self.state)
+        return self.state.status
+
+    def cancel(self, reason: str = "cancelled by user") -> None:
+        """Ask the run to stop: waiting steps end now, running ones are killed."""
+        if not self.state.status.finished and not self.state.cancelling:
+            self._apply(self.state.cancel(self.clock(), reason))
+
+    def _apply(
+        self, effects: list[object], take: list[tuple[StartStep, trio.CancelScope]] | None = None
+    ) -> None:
+        """Carry out effects. With `take`, the first StartStep is handed back to the caller (a
+        finishing attempt's task runs it next) instead of getting a task of its own."""
+        publish = self.publish
+        for effect in effects:
+            kind = type(effect)
+            if kind is StartStep:
+                scope = self._scopes[effect.step_id] = trio.CancelScope()  # type: ignore[attr-defined]
+                if take is not None and not take:
+                    take.append((effect, scope))  # type: ignore[arg-type]
+                    continue
+                assert self._nursery is not None
+                self._nursery.start_soon(self._attempt, effect, scope)
+            elif kind is ScheduleRetry:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._retry_timer, effect)
+            elif kind is StopStep:
+                scope = self._scopes.get(effect.step_id)  # type: ignore[attr-defined]
+                if scope is not None:
+                    scope.cancel()
+            elif kind is FinishRun:
+                self._done.set()
+            else:
+                publish(effect)  # type: ignore[arg-type]
+
+    async def _attempt(self, start: StartStep, scope: trio.CancelScope) -> None:
+        """Run an attempt, then the attempt it freed a slot for, and so on: the task of a
+        finished attempt carries on with the next one rather than spawning a task for it
+        (measurable when steps are short, bench/shell_steps.py)."""
+        state = self.state
+        take: list[tuple[StartStep, trio.CancelScope]] = []
+        while True:
+            sid = start.step_id
+            spec = state.dag.steps[sid]
+            ctx = StepContext(
+                state.dag.id, state.run_id, sid, start.attempt, state.params, self.executor.log_dir
+            )
+            result = None
+            with scope:
+                if self.step_slots is not None:
+                    async with self.step_slots:
+                        self._apply(state.step_started(sid, self.clock()))
+                        result = await self._run_attempt(spec, ctx)
+                else:
+                    self._apply(state.step_started(sid, self.clock()))
+                    result = await self._run_attempt(spec, ctx)
+            del self._scopes[sid]
+            now = self.clock()
+            if result is None:  # cancelled before it finished
+                self._apply(state.step_cancelled(sid, now), take)
+            elif result.ok:
+                self._apply(state.step_succeeded(sid, now), take)
+            else:
+                self._apply(state.step_failed(sid, now, result.error or "failed"), take)
+            if not take:
+                return
+            start, scope = take.pop()
+            if spec.call is not None:
+                # A Python step may never have yielded (an async no-op): without this, a chain
+                # of them would hold the loop for the whole chain. A shell step always waited
+                # for its thread, so the next one may start at once.
+                await trio.lowlevel.checkpoint()
+
+    async def _run_attempt(self, spec: StepSpec, ctx: StepContext) -> AttemptResult:
+        """The executor's result; an unexpected error fails the attempt, never the run."""
+        try:
+            return await self.executor.run(spec, ctx)
+        except Exception as exc:
+            log.exception("step %s of run %s failed unexpectedly", ctx.step_id, ctx.run_id)
+            return AttemptResult(False, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _retry_timer(self, retry: ScheduleRetry) -> None:
+        await trio.sleep(max(0.0, retry.at - self.clock()))
+        st = self.state.steps[retry.step_id]
+        if self.state.status is RunStatus.RUNNING and st.status.value == "retrying":
+            self._apply(self.state.retry_due(retry.step_id, self.clock()))
+
+
+async def run_dag(
+    state: RunState,
+    executor: Executor | None = None,
+    publish: Publish | None = None,
+    **kwargs: object,
+) -> RunStatus:
+    """Run a whole DAG run in this trio program and return its final status."""
+    driver = RunDriver(state, executor or Executor(), publish or (lambda event: None), **kwargs)  # type: ignore[arg-type]
+    return await driver.run()

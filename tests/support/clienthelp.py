@@ -1,0 +1,237 @@
+"""Real `dagd serve` processes for the client, CLI and watch tests.
+
+A `DaemonProc` writes a config (its own free port, state and DAG folders), starts
+`python -m dagd serve --config ...` with stderr in a log file (a fresh one per start, so
+"listening on" always refers to the current process), and can be stopped with SIGTERM or
+kill -9 and started again on the same state. Every process it starts (the daemon and the
+steps it runs) carries a `DAGD_TEST_MARK` in its environment, so `close()` can end whatever a
+failing test left behind, by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import proctools as procs
+import trio
+
+#: Environment variables that would override the config file's endpoint.
+ENDPOINT_VARS = ("DAGD_URL", "DAGD_TOKEN", "DAGD_CONFIG")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the DAGD_* endpoint overrides."""
+    env = {k: v for k, v in os.environ.items() if k not in ENDPOINT_VARS}
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll `predicate` (blocking) until it is truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+async def await_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """`wait_for` for trio tests."""
+    with trio.fail_after(timeout):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            await trio.sleep(0.02)
+
+
+class DaemonProc:
+    """One daemon's folder (config.toml, dags/, state/) and the `dagd serve` process on it."""
+
+    def __init__(
+        self,
+        root: Path,
+        dags: Mapping[str, str],
+        *,
+        top: str = "",
+        server: str = "",
+    ) -> None:
+        self.root = root
+        self.port = free_port()
+        self.mark = procs.new_mark()
+        self.starts = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: Path | None = None
+        (root / "dags").mkdir(parents=True, exist_ok=True)
+        for name, text in dags.items():
+            (root / "dags" / f"{name}.toml").write_text(textwrap.dedent(text))
+        self.config = root / "config.toml"
+        self.config.write_text(
+            f'state_dir = "state"\n'
+            f'dags_dir = "dags"\n'
+            f'kill_grace = "0.3s"\n'
+            f"progress_interval = 0\n"
+            f"{top}\n"
+            f"[server]\n"
+            f"port = {self.port}\n"
+            f"{server}\n"
+        )
+
+    # ---------------------------------------------------------------- paths
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/ws"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def db(self) -> Path:
+        return self.state / "dagd.sqlite3"
+
+    @property
+    def token(self) -> str:
+        return (self.state / "token").read_text().strip()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log else ""
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        self.log = self.root / f"daemon{self.starts}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dagd", "serve", "--config", str(self.config)],
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=clean_env(**{procs.MARK_VAR: self.mark}),
+            )
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the daemon exited early:\n{self.output()}")
+        return "listening on ws://" in self.output() and (self.state / "token").is_file()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        wait_for(self._ready, timeout, "the daemon to listen")
+
+    async def await_ready(self, timeout: float = 15.0) -> None:
+        await await_for(self._ready, timeout, "the daemon to listen")
+
+    def send(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def _exited(self) -> bool:
+        return self.proc is None or self.proc.poll() is not None
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Signal the daemon and wait until it exited; returns its exit code."""
+        if self._exited():
+            return None if self.proc is None else self.proc.returncode
+        self.send(signum)
+        wait_for(self._exited, timeout, "the daemon to exit")
+        assert self.proc is not None
+        return self.proc.returncode
+
+    async def astop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self._exited():
+            return None if self.proc is None else self.proc.returncode
+        self.send(signum)
+        await await_for(self._exited, timeout, "the daemon to exit")
+        assert self.proc is not None
+        return self.proc.returncode
+
+    def close(self) -> None:
+        """End the daemon (SIGTERM, then SIGKILL) and every process that carries its mark."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in procs.live_processes(self.mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    # -------------------------------------------------------------- the log
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.db, timeout=10)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def stored_events(self, dag_id: str, since: int = 0) -> list[tuple[int, dict[str, Any]]]:
+        """(seq, wire JSON) of the DAG's events in the daemon's event log, oldest first."""
+        rows = self.query(
+            "SELECT seq, body FROM events WHERE dag_id = ? AND seq > ? ORDER BY seq",
+            (dag_id, since),
+        )
+        return [(seq, json.loads(body)) for seq, body in rows]
+
+    def run_statuses(self, dag_id: str | None = None) -> dict[str, str]:
+        if dag_id is None:
+            rows = self.query("SELECT run_id, status FROM runs")
+        else:
+            rows = self.query("SELECT run_id, status FROM runs WHERE dag_id = ?", (dag_id,))
+        return dict(rows)
+
+
+def start_dagd(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Popen[str]:
+    """Start `python -m dagd ARGS` with its stdout and stderr piped (text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dagd", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def dagd(
+    *args: str, cwd: Path | None = None, timeout: float = 30.0, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m dagd ARGS` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "dagd", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
