@@ -1,7 +1,9 @@
 """dagd: a single-host workflow daemon on trio.
 
-The public surface. The pure pieces are imported eagerly; the trio layers (`open_daemon`,
-`run_dag`, `client`) load on first use, so `import dagd.core` never pulls in trio.
+The public surface, for step authors and embedders: everything in `__all__` is kept working
+across releases (tests/test_public_api.py holds the list). The pure pieces are imported
+eagerly; the trio layers (`open_daemon`, `run_dag`, `StepContext`, `client`) load on first use,
+so `import dagd` never pulls in trio.
 """
 
 from __future__ import annotations
@@ -17,18 +19,22 @@ from dagd.core.events import (
     StepStatusEvent,
 )
 from dagd.core.model import DagSpec, RunStatus, StepSpec, StepStatus, TriggerRule
+from dagd.core.runstate import RunState
 from dagd.core.spec import DagSpecError, parse_dag
 
 if TYPE_CHECKING:
     from dagd import client
     from dagd.app import open_daemon
-    from dagd.daemon.daemon import Daemon, DaemonError
+    from dagd.daemon.daemon import Daemon, DaemonError, EventStream
     from dagd.runtime.engine import run_dag
+    from dagd.runtime.executor import StepContext
 
 _LAZY = {
     "open_daemon": "dagd.app",
     "Daemon": "dagd.daemon.daemon",
     "DaemonError": "dagd.daemon.daemon",
+    "EventStream": "dagd.daemon.daemon",
+    "StepContext": "dagd.runtime.executor",
     "run_dag": "dagd.runtime.engine",
 }
 
@@ -42,7 +48,10 @@ __all__ = [
     "DagSpec",
     "DagSpecError",
     "ErrorEvent",
+    "EventStream",
+    "RunState",
     "RunStatus",
+    "StepContext",
     "StepSpec",
     "StepStatus",
     "StepStatusEvent",

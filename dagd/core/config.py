@@ -53,6 +53,9 @@ class ServerConfig:
 
 @attrs.frozen
 class Config:
+    """The daemon's settings (docs/config.md describes each key; times are seconds). Build
+    one with `parse_config(text, base)`; relative paths are resolved against `base`."""
+
     dags_dir: Path = Path("dags")
     state_dir: Path = Path("state")
     max_parallel_steps: int = 16

@@ -20,6 +20,9 @@ def param_text(value: object) -> str:
 
 
 class RunStatus(enum.StrEnum):
+    """A run's status: queued -> running -> success | failed | cancelled (a failed or
+    cancelled run may be retried: queued again). The value is the wire and database text."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCESS = "success"
@@ -35,6 +38,9 @@ _FINISHED_RUN = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCEL
 
 
 class StepStatus(enum.StrEnum):
+    """A step's status within a run (docs/protocol.md lists the transitions). The value is
+    the wire and database text."""
+
     PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"
