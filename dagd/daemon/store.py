@@ -38,68 +38,79 @@ from dagd.core.events import (
     DagRunStatusEvent,
     StepStatusEvent,
 )
-from dagd.core.protocol.events import encode_event, text_frame
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    dag_id TEXT NOT NULL,
-    run_id TEXT,
-    type TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_dag ON events (dag_id, seq);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    dag_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    params TEXT NOT NULL DEFAULT '{}',
-    queued_at REAL NOT NULL,
-    started_at REAL,
-    ended_at REAL
-);
-CREATE INDEX IF NOT EXISTS runs_by_dag ON runs (dag_id, queued_at);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL,
-    step_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    retry_count INTEGER NOT NULL DEFAULT 0,
-    start_time REAL,
-    end_time REAL,
-    duration INTEGER,
-    error TEXT,
-    pgid INTEGER,
-    proc_start INTEGER,
-    boot_id TEXT,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, step_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS schedule (
-    dag_id TEXT PRIMARY KEY,
-    last_slot REAL NOT NULL
-);
-"""
-
-FINISHED_RUN = ("success", "failed", "cancelled")
+from dagd.core.model import RunStatus, StepStatus
+from dagd.core.protocol.events import encode_event
+from dagd.daemon.schema import migrate
 
 
 @attrs.frozen(slots=True)
 class StoredEvent:
-    """An event with its seq and its wire text, encoded once for the log and every client."""
+    """An event with its seq and its wire text, encoded once for the log and every client
+    (the network layer frames the text once for all its clients: dagd/net/frames.py)."""
 
     seq: int
     dag_id: str
     event: DagEvent
     text: str
-    frame: bytes  # the text as a ready-made WebSocket frame
+
+
+# ------------------------------------------------------------------ intents
+# What the writer is asked to do, in publishing order: each a small record, one transaction per
+# batch of them (see _write_batch).
+
+
+@attrs.frozen(slots=True)
+class RecordRun:
+    """Create a run's row as queued (before its first event); a known run id is left alone."""
+
+    run_id: str
+    dag_id: str
+    params_json: str  # the bound params as a JSON object
+    queued_at: float  # UNIX seconds
+
+
+@attrs.frozen(slots=True)
+class Requeue:
+    """A finished run goes back to queued (a retry, before its first event)."""
+
+    run_id: str
+
+
+@attrs.frozen(slots=True)
+class RecordLeftover:
+    """What a running step may leave behind if dagd dies: its process group, and the start time
+    and boot id that prove the group is still that step's (see runtime/local/procs.py)."""
+
+    run_id: str
+    step_id: str
+    pgid: int
+    proc_start: int | None  # clock ticks since boot
+    boot_id: str | None
+
+
+@attrs.frozen(slots=True)
+class RecordSlot:
+    """The cron slot a DAG was last fired for."""
+
+    dag_id: str
+    slot: float  # UNIX seconds
+
+
+#: Everything the writer writes.
+Intent = StoredEvent | RecordRun | Requeue | RecordLeftover | RecordSlot
+
+
+# ------------------------------------------------------------------ records
 
 
 @attrs.frozen
 class RunRecord:
+    """A run's row: its latest status and when it was queued, started and ended (UNIX
+    seconds; None until it happens)."""
+
     run_id: str
     dag_id: str
-    status: str
+    status: RunStatus
     params: dict[str, str]
     queued_at: float
     started_at: float | None
@@ -108,9 +119,12 @@ class RunRecord:
 
 @attrs.frozen
 class StepRecord:
+    """A step's row: its latest status within the run (times in UNIX seconds, `duration` in
+    ms), and the process group a recovery may have to clean up."""
+
     run_id: str
     step_id: str
-    status: str
+    status: StepStatus
     retry_count: int
     start_time: float | None
     end_time: float | None
@@ -123,6 +137,8 @@ class StepRecord:
 
 
 def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode, WAL with synchronous=NORMAL (see the module docstring);
+    makes the file's folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -131,46 +147,60 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a state file from an older dagd up to SCHEMA (columns added since)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(steps)")}
-    if "attempt" not in columns:
-        conn.execute("ALTER TABLE steps ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
-
-
 def _run_record(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6])
+    return RunRecord(row[0], row[1], RunStatus(row[2]), json.loads(row[3]), *row[4:7])
+
+
+def _step_record(row: Sequence[Any]) -> StepRecord:
+    return StepRecord(row[0], row[1], StepStatus(row[2]), *row[3:])
+
+
+_RUN_COLUMNS = "run_id, dag_id, status, params, queued_at, started_at, ended_at"
+_STEP_COLUMNS = (
+    "run_id, step_id, status, retry_count, start_time, end_time, duration, error,"
+    " pgid, proc_start, boot_id, attempt"
+)
 
 
 class Store:
     """Open with `Store.open(path)`; run `writer()` in a nursery; `close()` at the end."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, on_commit: Callable[[list[StoredEvent]], None] | None = None
+    ) -> None:
         self.path = path
         self._wconn = connect(path)
-        self._wconn.executescript(SCHEMA)
-        _migrate(self._wconn)
+        migrate(self._wconn)
         self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: see checkpointer()
         self._rconn = connect(path)
         self._read_lock = threading.Lock()
         row = self._wconn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
         self._next_seq = (row[0] if row else 0) + 1
         self.committed_seq = self._next_seq - 1
-        self._pending: list[tuple[str, Any]] = []
+        self._pending: list[Intent] = []
         self._wakeup = trio.Event()
         self._flushed = trio.Event()
         self._writing = False
         self._write_lock = trio.Lock()  # one user of the write connection at a time
-        self.on_commit: Callable[[list[StoredEvent]], None] | None = None
+        #: Called with each committed batch's events, in seq order (the fan-out).
+        self.on_commit = on_commit
         self.batches = 0  # how many transactions the writer made (for benchmarks)
         self.gather_interval = 0.005
         self.max_batch = 500  # items per transaction (keep it well under server.send_buffer)
 
     @classmethod
-    def open(cls, path: Path) -> Store:
-        return cls(path)
+    def open(
+        cls, path: Path, on_commit: Callable[[list[StoredEvent]], None] | None = None
+    ) -> Store:
+        """Open (or create) the state file at `path` and bring its schema up to date
+        (schema.py). `on_commit` gets every committed batch of events.
+
+        Raises `sqlite3.DatabaseError` for a file that is not a dagd state file or is newer
+        than this dagd."""
+        return cls(path, on_commit)
 
     def close(self) -> None:
+        """Close both connections. Call it after the writer has stopped."""
         self._wconn.close()
         self._rconn.close()
 
@@ -184,32 +214,32 @@ class Store:
         # safe and costs a tenth of attrs.evolve (this runs for every event).
         object.__setattr__(event, "seq", seq)
         text = encode_event(event)
-        stored = StoredEvent(seq, event.dag_id, event, text, text_frame(text.encode()))
-        self._queue("event", stored)
+        stored = StoredEvent(seq, event.dag_id, event, text)
+        self._queue(stored)
         return stored
 
-    def _queue(self, kind: str, item: Any) -> None:
-        self._pending.append((kind, item))
+    def _queue(self, intent: Intent) -> None:
+        self._pending.append(intent)
         self._wakeup.set()
 
     def record_run(
         self, run_id: str, dag_id: str, params: dict[str, str], queued_at: float
     ) -> None:
-        """Queue the creation of a run row (before its first event)."""
-        self._queue("run", (run_id, dag_id, json.dumps(params), queued_at))
+        """Queue the creation of a run row as queued (before its first event); `queued_at` in
+        UNIX seconds."""
+        self._queue(RecordRun(run_id, dag_id, json.dumps(params), queued_at))
 
-    def record_process(
-        self, run_id: str, step_id: str, pgid: int, proc_start: int | None, boot_id: str | None
-    ) -> None:
-        """Queue the process group of a running step, so a later start can clean it up."""
-        self._queue("proc", (pgid, proc_start, boot_id, run_id, step_id))
+    def record_leftover(self, leftover: RecordLeftover) -> None:
+        """Queue what a running step may leave behind, so a later start can clean it up."""
+        self._queue(leftover)
 
     def record_requeue(self, run_id: str) -> None:
         """Queue a finished run's return to `queued` (a retry, before its first event)."""
-        self._queue("requeue", (run_id,))
+        self._queue(Requeue(run_id))
 
     def record_slot(self, dag_id: str, slot: float) -> None:
-        self._queue("slot", (dag_id, slot))
+        """Queue the cron slot (UNIX seconds) a DAG was last fired for."""
+        self._queue(RecordSlot(dag_id, slot))
 
     async def writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -275,7 +305,7 @@ class Store:
         finally:
             self._writing = False
         self.batches += 1
-        events = [item for kind, item in batch if kind == "event"]
+        events = [item for item in batch if type(item) is StoredEvent]
         if events:
             self.committed_seq = events[-1].seq
             if self.on_commit is not None:
@@ -283,7 +313,7 @@ class Store:
         flushed, self._flushed = self._flushed, trio.Event()
         flushed.set()
 
-    def _write_batch(self, batch: list[tuple[str, Any]]) -> None:
+    def _write_batch(self, batch: list[Intent]) -> None:
         """One transaction for a batch: the events with one executemany, and the steps table
         with one upsert per step (its latest status in the batch), not one per event."""
         conn = self._wconn
@@ -291,56 +321,57 @@ class Store:
         steps: dict[tuple[str, str], tuple[Any, ...]] = {}
         conn.execute("BEGIN")
         try:
-            for kind, item in batch:
-                if kind == "event":
-                    ev = item.event
-                    events.append(
-                        (
-                            item.seq,
-                            ev.timestamp,
-                            ev.dag_id,
-                            getattr(ev, "run_id", None),
-                            EVENT_TYPES[type(ev)],
-                            item.text,
+            for item in batch:
+                match item:
+                    case StoredEvent(event=ev):
+                        events.append(
+                            (
+                                item.seq,
+                                ev.timestamp,
+                                ev.dag_id,
+                                getattr(ev, "run_id", None),
+                                EVENT_TYPES[type(ev)],
+                                item.text,
+                            )
                         )
-                    )
-                    if type(ev) is StepStatusEvent:
-                        steps[(ev.run_id, ev.step_id)] = (
-                            ev.run_id,
-                            ev.step_id,
-                            ev.status.value,
-                            ev.retry_count,
-                            ev.start_time,
-                            ev.end_time,
-                            ev.duration,
-                            ev.error,
-                            ev.attempt,
+                        if type(ev) is StepStatusEvent:
+                            steps[(ev.run_id, ev.step_id)] = (
+                                ev.run_id,
+                                ev.step_id,
+                                ev.status.value,
+                                ev.retry_count,
+                                ev.start_time,
+                                ev.end_time,
+                                ev.duration,
+                                ev.error,
+                                ev.attempt,
+                            )
+                        elif type(ev) is DagRunStatusEvent:
+                            self._write_run_status(conn, ev)
+                    case RecordRun(run_id, dag_id, params_json, queued_at):
+                        conn.execute(
+                            "INSERT OR IGNORE INTO runs (run_id, dag_id, status, params,"
+                            " queued_at) VALUES (?, ?, 'queued', ?, ?)",
+                            (run_id, dag_id, params_json, queued_at),
                         )
-                    elif type(ev) is DagRunStatusEvent:
-                        self._write_run_status(conn, ev)
-                elif kind == "run":
-                    conn.execute(
-                        "INSERT OR IGNORE INTO runs (run_id, dag_id, status, params, queued_at)"
-                        " VALUES (?, ?, 'queued', ?, ?)",
-                        item,
-                    )
-                elif kind == "requeue":
-                    conn.execute(
-                        "UPDATE runs SET status='queued', ended_at=NULL WHERE run_id=?", item
-                    )
-                elif kind == "proc":
-                    self._write_steps(conn, steps)  # the step's row must exist first
-                    conn.execute(
-                        "UPDATE steps SET pgid=?, proc_start=?, boot_id=?"
-                        " WHERE run_id=? AND step_id=?",
-                        item,
-                    )
-                elif kind == "slot":
-                    conn.execute(
-                        "INSERT INTO schedule (dag_id, last_slot) VALUES (?, ?)"
-                        " ON CONFLICT (dag_id) DO UPDATE SET last_slot=excluded.last_slot",
-                        item,
-                    )
+                    case Requeue(run_id):
+                        conn.execute(
+                            "UPDATE runs SET status='queued', ended_at=NULL WHERE run_id=?",
+                            (run_id,),
+                        )
+                    case RecordLeftover(run_id, step_id, pgid, proc_start, boot_id):
+                        self._write_steps(conn, steps)  # the step's row must exist first
+                        conn.execute(
+                            "UPDATE steps SET pgid=?, proc_start=?, boot_id=?"
+                            " WHERE run_id=? AND step_id=?",
+                            (pgid, proc_start, boot_id, run_id, step_id),
+                        )
+                    case RecordSlot(dag_id, slot):
+                        conn.execute(
+                            "INSERT INTO schedule (dag_id, last_slot) VALUES (?, ?)"
+                            " ON CONFLICT (dag_id) DO UPDATE SET last_slot=excluded.last_slot",
+                            (dag_id, slot),
+                        )
             conn.executemany(
                 "INSERT INTO events (seq, ts, dag_id, run_id, type, body)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -370,20 +401,20 @@ class Store:
 
     @staticmethod
     def _write_run_status(conn: sqlite3.Connection, ev: DagRunStatusEvent) -> None:
-        status = ev.status.value
+        status = ev.status
         conn.execute(
             "INSERT INTO runs (run_id, dag_id, status, queued_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (run_id) DO UPDATE SET status=excluded.status",
-            (ev.run_id, ev.dag_id, status, ev.timestamp),
+            (ev.run_id, ev.dag_id, status.value, ev.timestamp),
         )
-        if status == "queued":  # a retried run waits again: it has not ended
+        if status is RunStatus.QUEUED:  # a retried run waits again: it has not ended
             conn.execute("UPDATE runs SET ended_at=NULL WHERE run_id=?", (ev.run_id,))
-        elif status == "running":
+        elif status is RunStatus.RUNNING:
             conn.execute(
                 "UPDATE runs SET started_at=coalesce(started_at, ?), ended_at=NULL WHERE run_id=?",
                 (ev.timestamp, ev.run_id),
             )
-        elif status in FINISHED_RUN:
+        elif status.finished:
             conn.execute("UPDATE runs SET ended_at=? WHERE run_id=?", (ev.timestamp, ev.run_id))
 
     # ---------------------------------------------------------------- reading
@@ -408,53 +439,45 @@ class Store:
         )
 
     async def oldest_seq(self) -> int | None:
+        """The lowest seq still in the log (retention deletes older ones), None if empty."""
         rows = await self.read("SELECT min(seq) FROM events")
         return rows[0][0]
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
-        cols = "run_id, dag_id, status, params, queued_at, started_at, ended_at"
+        """The newest `limit` runs (of `dag_id`, or of every DAG), newest queued first."""
         if dag_id is None:
             rows = await self.read(
-                f"SELECT {cols} FROM runs ORDER BY queued_at DESC, run_id DESC LIMIT ?", (limit,)
+                f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY queued_at DESC, run_id DESC LIMIT ?",
+                (limit,),
             )
         else:
             rows = await self.read(
-                f"SELECT {cols} FROM runs WHERE dag_id=? ORDER BY queued_at DESC, run_id DESC"
-                " LIMIT ?",
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE dag_id=?"
+                " ORDER BY queued_at DESC, run_id DESC LIMIT ?",
                 (dag_id, limit),
             )
         return [_run_record(r) for r in rows]
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
-        rows = await self.read(
-            "SELECT run_id, dag_id, status, params, queued_at, started_at, ended_at FROM runs"
-            " WHERE run_id=?",
-            (run_id,),
-        )
+        """A run's row and its steps' rows (steps that never started have none), or None."""
+        rows = await self.read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id=?", (run_id,))
         if not rows:
             return None
-        steps = await self.read(
-            "SELECT run_id, step_id, status, retry_count, start_time, end_time, duration, error,"
-            " pgid, proc_start, boot_id, attempt FROM steps WHERE run_id=?",
-            (run_id,),
-        )
-        return _run_record(rows[0]), [StepRecord(*s) for s in steps]
+        steps = await self.read(f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id=?", (run_id,))
+        return _run_record(rows[0]), [_step_record(s) for s in steps]
 
     def schedule_slots(self) -> dict[str, float]:
+        """The last fired cron slot (UNIX seconds) by DAG id (read at startup)."""
         return dict(self._read("SELECT dag_id, last_slot FROM schedule"))
 
     def unfinished(self) -> tuple[list[RunRecord], list[StepRecord]]:
         """Runs and steps a previous process left queued or running (read at startup)."""
-        runs = self._read(
-            "SELECT run_id, dag_id, status, params, queued_at, started_at, ended_at FROM runs"
-            " WHERE status IN ('queued', 'running')"
-        )
+        runs = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running')")
         steps = self._read(
-            "SELECT s.run_id, step_id, s.status, retry_count, start_time, end_time, duration,"
-            " error, pgid, proc_start, boot_id, attempt FROM steps s JOIN runs r USING (run_id)"
-            " WHERE r.status IN ('queued', 'running')"
+            f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id IN"
+            " (SELECT run_id FROM runs WHERE status IN ('queued', 'running'))"
         )
-        return [_run_record(r) for r in runs], [StepRecord(*s) for s in steps]
+        return [_run_record(r) for r in runs], [_step_record(s) for s in steps]
 
     # --------------------------------------------------------------- retention
 

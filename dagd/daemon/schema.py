@@ -1,0 +1,103 @@
+"""The SQLite schema of the state file, as numbered migrations.
+
+Rules this file keeps:
+- `PRAGMA user_version` is the number of migrations a file has had. Opening a file runs the ones
+  it lacks, in order, each in its own transaction with the version bump, so a crash mid-upgrade
+  leaves the file at a whole version.
+- A migration is never edited once released: a change to the schema is a new migration at the
+  end of `MIGRATIONS`.
+- Files written before dagd numbered its schema have `user_version` 0 but already hold tables:
+  `_unnumbered_version` reads which migrations their shape already has (once per such file).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+#: Migration n (1-based) brings a file from user_version n-1 to n.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the event log, runs, steps (with process groups for recovery), scheduler slots
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        dag_id TEXT NOT NULL,
+        run_id TEXT,
+        type TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS events_by_dag ON events (dag_id, seq);
+    CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        dag_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        queued_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL
+    );
+    CREATE INDEX IF NOT EXISTS runs_by_dag ON runs (dag_id, queued_at);
+    CREATE TABLE IF NOT EXISTS steps (
+        run_id TEXT NOT NULL,
+        step_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        retry_count INTEGER NOT NULL DEFAULT 0,
+        start_time REAL,
+        end_time REAL,
+        duration INTEGER,
+        error TEXT,
+        pgid INTEGER,
+        proc_start INTEGER,
+        boot_id TEXT,
+        PRIMARY KEY (run_id, step_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS schedule (
+        dag_id TEXT PRIMARY KEY,
+        last_slot REAL NOT NULL
+    );
+    """,
+    # 2: a step's latest attempt number over every try of its run (0: unknown), so a retry
+    # numbers its attempts (and their log files) on from there
+    "ALTER TABLE steps ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;",
+)
+
+VERSION = len(MIGRATIONS)
+
+
+def _unnumbered_version(conn: sqlite3.Connection) -> int:
+    """The version a file from before numbered migrations has: 0 if it has no tables."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(steps)")}
+    if not columns:
+        return 0
+    return 2 if "attempt" in columns else 1
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the file behind `conn` (autocommit mode) up to `VERSION`; returns the version it
+    had. Raises `sqlite3.DatabaseError` for a file newer than this dagd (it would misread it)."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    before = version
+    if version > VERSION:
+        raise sqlite3.DatabaseError(
+            f"the state file has schema version {version}; this dagd knows up to {VERSION}"
+        )
+    if version == 0:
+        version = _unnumbered_version(conn)
+    for number in range(version + 1, VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[number - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    if version != before and version == VERSION:  # an unnumbered file already up to date
+        conn.execute(f"PRAGMA user_version = {VERSION}")
+    return before
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements (`executescript` would commit the open transaction)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
