@@ -39,7 +39,7 @@ from dagd.core.timefmt import RunIdFactory, scheduled_run_id
 from dagd.daemon.dagfolder import dag_files, load_dag_file
 from dagd.daemon.hub import Hub, Subscriber
 from dagd.daemon.scheduler import CronScheduler
-from dagd.daemon.store import RunRecord, StepRecord, Store, StoredEvent
+from dagd.daemon.store import RecordLeftover, RunRecord, StepRecord, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.executor import Executor, StepContext
 from dagd.runtime.local.procs import (
@@ -315,7 +315,9 @@ class Daemon:
         return EventStream(self.subscribe(dag_ids, buffer))
 
     def _record_process(self, ctx: StepContext, pid: int) -> None:
-        self.store.record_process(ctx.run_id, ctx.step_id, pid, process_start(pid), self._boot_id)
+        self.store.record_leftover(
+            RecordLeftover(ctx.run_id, ctx.step_id, pid, process_start(pid), self._boot_id)
+        )
 
     # ------------------------------------------------------------------ runs
 
@@ -566,7 +568,7 @@ class EventStream:
 
     def __init__(self, sub: Subscriber) -> None:
         self._sub = sub
-        self._taken: deque[StoredEvent] = deque()
+        self._taken: deque[object] = deque()
 
     def __aiter__(self) -> EventStream:
         return self
@@ -576,21 +578,23 @@ class EventStream:
         # would get fewer turns than a fast run publishes events, and be cut off. Memory stays
         # bounded: at most one buffer here and one in the subscription.
         if not self._taken:
-            receive = self._sub.receive
+            sub = self._sub
             try:
-                self._taken.append(await receive.receive())
+                self._taken.append(await sub.get())
             except trio.EndOfChannel:
-                if self._sub.overflowed:
+                if sub.overflowed:
                     raise DaemonError(
                         "slow_consumer", "the event consumer fell behind its buffer"
                     ) from None
                 raise StopAsyncIteration from None
             while True:
                 try:
-                    self._taken.append(receive.receive_nowait())
+                    self._taken.append(sub.get_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-        return self._taken.popleft().event
+        stored = self._taken.popleft()
+        assert isinstance(stored, StoredEvent)  # only the hub puts in this subscription
+        return stored.event
 
     def close(self) -> None:
         self._sub.close()

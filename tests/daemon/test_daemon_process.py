@@ -26,7 +26,8 @@ from typing import Any
 import proctools as procs
 import pytest
 
-from dagd.daemon.store import SCHEMA, connect
+from dagd.daemon.schema import migrate
+from dagd.daemon.store import connect
 
 INTERRUPTED = "interrupted: the daemon stopped"
 KILL_GRACE = 0.5
@@ -141,7 +142,7 @@ def add_scheduled_dag(root: Path, dag_id: str, mark: str, command: str) -> None:
     )
     conn = connect(db(root))
     try:
-        conn.executescript(SCHEMA)
+        migrate(conn)
         conn.execute(
             "INSERT INTO schedule (dag_id, last_slot) VALUES (?, ?)",
             (dag_id, time.time() - 400 * 86400),
