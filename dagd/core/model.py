@@ -1,13 +1,17 @@
-"""The DAG model: what a user wrote, validated, as frozen values.
+"""The DAG model: what a user wrote, validated, as frozen values; and the statuses of runs and
+steps, with the sets and buckets every layer reads them through.
 
 Status values are stable strings: they go on the wire and into SQLite, so renaming one is a
-protocol change.
+protocol change. The finished sets (`FINISHED_RUN`, `RETRYABLE_RUN`, `FINISHED_STEP`,
+`FAILED_STEP`) and the progress buckets (`ProgressBucket`, `BUCKET_OF`) are defined here once:
+compare statuses with them, never with string copies.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import Final
 
 import attrs
 
@@ -31,10 +35,14 @@ class RunStatus(enum.StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self in _FINISHED_RUN
+        """True for the statuses in `FINISHED_RUN`: the run is over."""
+        return self in FINISHED_RUN
 
 
-_FINISHED_RUN = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED})
+#: A run in one of these is over: nothing of it runs or waits any more.
+FINISHED_RUN: Final = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED})
+#: A run in one of these can be retried (its successful steps are kept).
+RETRYABLE_RUN: Final = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
 
 
 class StepStatus(enum.StrEnum):
@@ -52,10 +60,12 @@ class StepStatus(enum.StrEnum):
 
     @property
     def finished(self) -> bool:
+        """True for the statuses in `FINISHED_STEP`: the step will not run again in this try."""
         return self in FINISHED_STEP
 
 
-FINISHED_STEP = frozenset(
+#: A step in one of these is final for this try of its run.
+FINISHED_STEP: Final = frozenset(
     {
         StepStatus.SUCCESS,
         StepStatus.FAILED,
@@ -65,7 +75,34 @@ FINISHED_STEP = frozenset(
     }
 )
 #: Upstream outcomes that count as "failed" for trigger rules.
-FAILED_STEP = frozenset({StepStatus.FAILED, StepStatus.UPSTREAM_FAILED, StepStatus.CANCELLED})
+FAILED_STEP: Final = frozenset(
+    {StepStatus.FAILED, StepStatus.UPSTREAM_FAILED, StepStatus.CANCELLED}
+)
+#: Step outcomes that make a run that was not cancelled end failed.
+RUN_FAILING_STEP: Final = frozenset({StepStatus.FAILED, StepStatus.UPSTREAM_FAILED})
+
+
+class ProgressBucket(enum.StrEnum):
+    """The four counts of a run's progress (the protocol's `dag_run_progress`); every step
+    is in exactly one, given by `BUCKET_OF[status]`."""
+
+    COMPLETED = "completed"
+    RUNNING = "running"
+    FAILED = "failed"
+    PENDING = "pending"
+
+
+#: Which progress bucket each step status counts in (the protocol's definition).
+BUCKET_OF: Final[Mapping[StepStatus, ProgressBucket]] = {
+    StepStatus.PENDING: ProgressBucket.PENDING,
+    StepStatus.RUNNING: ProgressBucket.RUNNING,
+    StepStatus.RETRYING: ProgressBucket.RUNNING,
+    StepStatus.SUCCESS: ProgressBucket.COMPLETED,
+    StepStatus.SKIPPED: ProgressBucket.COMPLETED,
+    StepStatus.FAILED: ProgressBucket.FAILED,
+    StepStatus.UPSTREAM_FAILED: ProgressBucket.FAILED,
+    StepStatus.CANCELLED: ProgressBucket.FAILED,
+}
 
 
 class TriggerRule(enum.StrEnum):

@@ -1,36 +1,69 @@
 """The run state machine: events in, transitions and effects out. No I/O, no clock.
 
-Every public method takes `now` (UNIX seconds), checks that the event is legal *before* touching
-anything (an illegal event raises `IllegalTransition` and leaves the state as it was), applies it,
-and returns the effects for the I/O layer to carry out, in order:
+Rules this file keeps:
+
+- Every public method takes `now` (UNIX seconds), checks that the event is legal *before*
+  touching anything (an illegal event raises `IllegalTransition` and leaves the state as it
+  was), applies it, and returns the effects for the I/O layer to carry out, in order.
+- Legality lives in two tables, never in `if`s: `RUN_TRANSITIONS[run phase][run input]` and
+  `STEP_TRANSITIONS[step phase][step input]` give the next phase, and a missing key *is* the
+  illegal transition. Which step runs next is a table too: `TRIGGER_RULES[rule](counts)`.
+- Work per event is proportional to the steps it touches (counters, not scans), so a
+  10,000-step run costs the same per step as a 3-step one.
+
+Theory of operation. A run is queued, then running (or cancelling, once `cancel` was called),
+then success, failed or cancelled; a failed or cancelled run can be queued again (a run retry).
+A step's phase is finer than its status, because the engine has to know where an attempt is:
+
+    waiting --triggered--> ready --dispatch--> dispatched --started--> running
+       |                                          |                     |  |  \\
+       | skip / upstream_failed         stopped   |          succeeded  |  |   failed_will_retry
+       v                                          v                     v  |          v
+    skipped, upstream_failed                  cancelled           success  |     retry_wait
+                                                                  failed <-'          |
+    retry_wait --retry_due--> retry_ready --dispatch--> retry_dispatched --started--> running
+
+`waiting`, `ready` and `dispatched` are all status `pending`; the three `retry_*` phases are
+all status `retrying`. A run's cancel moves every waiting phase to `cancelled` at once and asks
+for the attempts that are out (`dispatched`, `retry_dispatched`, `running`) to stop; a run
+retry resets every step that did not succeed to `waiting`. Trigger rules are small functions
+of a step's upstream counters (how many upstreams, how many finished, succeeded, failed,
+skipped), which `_finished` keeps up to date as upstream steps reach a final status; a rule
+answers `triggered`, `skip`, `upstream_failed`, or None for "not yet", and its answer is fed
+to the step table like any other input.
+
+The effects (`Effect`, a closed union), in the order they must be carried out:
 
 - `StartStep(step_id, attempt)`: run this attempt, then report `step_started` and an outcome;
 - `ScheduleRetry(step_id, at)`: call `retry_due(step_id)` at time `at`;
 - `StopStep(step_id)`: kill the running attempt, then report `step_cancelled`;
-- an event (`dagd.core.events`): publish it;
+- an event (`dagd.core.events.DagEvent`): publish it;
 - `FinishRun(status)`: the run is over.
-
-Work per event is proportional to the steps it touches (counters, not scans), so a 10,000-step
-run costs the same per step as a 3-step one.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Final, Protocol
 
 import attrs
 
 from dagd.core.backoff import retry_delay
 from dagd.core.events import (
+    DagEvent,
     DagRunProgressEvent,
     DagRunStatusEvent,
     ErrorEvent,
     StepStatusEvent,
 )
 from dagd.core.model import (
+    BUCKET_OF,
     FAILED_STEP,
+    RUN_FAILING_STEP,
     DagSpec,
+    ProgressBucket,
     RunStatus,
     StepSpec,
     StepStatus,
@@ -38,6 +71,7 @@ from dagd.core.model import (
 )
 
 S = StepStatus
+B = ProgressBucket
 
 #: A step's record for `RunState.restore`: status, retry_count, start, end, error[, attempt].
 StepRecordTuple = (
@@ -50,59 +84,287 @@ class IllegalTransition(ValueError):
     """The caller fed an event that makes no sense in the current state (a bug in the caller)."""
 
 
+# ------------------------------------------------------------------------------------ effects
+
+
 @attrs.frozen(slots=True)
 class StartStep:
+    """Run attempt number `attempt` (1-based, counted over every try of the run) of a step."""
+
     step_id: str
     attempt: int
 
 
 @attrs.frozen(slots=True)
 class ScheduleRetry:
+    """Call `RunState.retry_due(step_id, now)` at `at` (UNIX seconds)."""
+
     step_id: str
     at: float
 
 
 @attrs.frozen(slots=True)
 class StopStep:
+    """Stop the step's attempt that is out, then report `step_cancelled`."""
+
     step_id: str
 
 
 @attrs.frozen(slots=True)
 class FinishRun:
+    """The run is over with `status` (always a finished one)."""
+
     status: RunStatus
 
 
-# Which progress bucket each step status counts in (the protocol's definition).
-_COMPLETED = frozenset({S.SUCCESS, S.SKIPPED})
-_RUNNING = frozenset({S.RUNNING, S.RETRYING})
-_FAILED = frozenset({S.FAILED, S.UPSTREAM_FAILED, S.CANCELLED})
-_BUCKET = {
-    s: (
-        "completed"
-        if s in _COMPLETED
-        else "running"
-        if s in _RUNNING
-        else "failed"
-        if s in _FAILED
-        else "pending"
-    )
-    for s in StepStatus
+#: What every event method returns a list of: commands for the engine and events to publish.
+Effect = StartStep | ScheduleRetry | StopStep | FinishRun | DagEvent
+#: The `DagEvent` members of `Effect`, the most frequent first: a dispatcher's
+#: `isinstance(effect, EVENT_CLASSES)` picks out the effects to publish.
+EVENT_CLASSES: Final = (StepStatusEvent, DagRunProgressEvent, DagRunStatusEvent, ErrorEvent)
+
+
+# ------------------------------------------------------------------------------ run lifecycle
+
+
+class RunPhase(enum.StrEnum):
+    """A run's place in its lifecycle: its status, with `running` split by whether `cancel`
+    was called (a cancelling run takes step reports but cannot be cancelled again)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class RunInput(enum.StrEnum):
+    START = "start"
+    CANCEL = "cancel"
+    REPORT = "report"  # any step event: an attempt started, ended, or a retry is due
+    FINISH_OK = "finish_ok"  # every step is final and none failed
+    FINISH_FAILED = "finish_failed"  # every step is final and one failed
+    REQUEUE = "requeue"  # a run retry
+
+
+RP, RI = RunPhase, RunInput
+
+RUN_TRANSITIONS: Final[Mapping[RunPhase, Mapping[RunInput, RunPhase]]] = {
+    RP.QUEUED: {RI.START: RP.RUNNING, RI.CANCEL: RP.CANCELLING},
+    RP.RUNNING: {
+        RI.REPORT: RP.RUNNING,
+        RI.CANCEL: RP.CANCELLING,
+        RI.FINISH_OK: RP.SUCCESS,
+        RI.FINISH_FAILED: RP.FAILED,
+    },
+    RP.CANCELLING: {
+        RI.REPORT: RP.CANCELLING,
+        RI.FINISH_OK: RP.CANCELLED,  # a cancelled run ends cancelled, whatever its steps did
+        RI.FINISH_FAILED: RP.CANCELLED,
+    },
+    RP.SUCCESS: {},
+    RP.FAILED: {RI.REQUEUE: RP.QUEUED},
+    RP.CANCELLED: {RI.REQUEUE: RP.QUEUED},
 }
+
+RUN_STATUS_OF: Final[Mapping[RunPhase, RunStatus]] = {
+    RP.QUEUED: RunStatus.QUEUED,
+    RP.RUNNING: RunStatus.RUNNING,
+    RP.CANCELLING: RunStatus.RUNNING,
+    RP.SUCCESS: RunStatus.SUCCESS,
+    RP.FAILED: RunStatus.FAILED,
+    RP.CANCELLED: RunStatus.CANCELLED,
+}
+
+
+# ----------------------------------------------------------------------------- step lifecycle
+
+
+class Phase(enum.StrEnum):
+    """A step's place in its lifecycle; `STATUS_OF[phase]` is the status the world sees."""
+
+    WAITING = "waiting"  # for its upstreams (its trigger rule has not fired)
+    READY = "ready"  # in the ready queue, for a max_active_steps slot
+    DISPATCHED = "dispatched"  # a StartStep is out and not yet answered
+    RUNNING = "running"
+    RETRY_WAIT = "retry_wait"  # a ScheduleRetry is out
+    RETRY_READY = "retry_ready"
+    RETRY_DISPATCHED = "retry_dispatched"
+    SUCCESS = "success"
+    FAILED = "failed"
+    UPSTREAM_FAILED = "upstream_failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class StepInput(enum.StrEnum):
+    TRIGGERED = "triggered"  # the trigger rule fired (or the step has no upstreams)
+    SKIP = "skip"  # the trigger rule decided the step will not run
+    UPSTREAM_FAILED = "upstream_failed"  # likewise, because an upstream failed
+    DISPATCH = "dispatch"  # a slot is free: StartStep
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the attempt failed and the step has no attempt left
+    FAILED_WILL_RETRY = "failed_will_retry"  # the attempt failed; another one follows
+    RETRY_DUE = "retry_due"
+    STOPPED = "stopped"  # the attempt that was out was stopped (step_cancelled)
+    CANCEL = "cancel"  # the run was cancelled while the step waited
+    RESET = "reset"  # a run retry: the step did not succeed, so it runs again
+
+
+P, E = Phase, StepInput  # short names for the tables below
+
+_CANCEL_OR_RESET: Final = {E.CANCEL: P.CANCELLED, E.RESET: P.WAITING}
+_STOP_OR_RESET: Final = {E.STOPPED: P.CANCELLED, E.RESET: P.WAITING}
+
+STEP_TRANSITIONS: Final[Mapping[Phase, Mapping[StepInput, Phase]]] = {
+    P.WAITING: {
+        E.TRIGGERED: P.READY,
+        E.SKIP: P.SKIPPED,
+        E.UPSTREAM_FAILED: P.UPSTREAM_FAILED,
+        **_CANCEL_OR_RESET,
+    },
+    P.READY: {E.DISPATCH: P.DISPATCHED, **_CANCEL_OR_RESET},
+    P.DISPATCHED: {E.STARTED: P.RUNNING, **_STOP_OR_RESET},
+    P.RUNNING: {
+        E.SUCCEEDED: P.SUCCESS,
+        E.FAILED: P.FAILED,
+        E.FAILED_WILL_RETRY: P.RETRY_WAIT,
+        **_STOP_OR_RESET,
+    },
+    P.RETRY_WAIT: {E.RETRY_DUE: P.RETRY_READY, **_CANCEL_OR_RESET},
+    P.RETRY_READY: {E.DISPATCH: P.RETRY_DISPATCHED, **_CANCEL_OR_RESET},
+    P.RETRY_DISPATCHED: {E.STARTED: P.RUNNING, **_STOP_OR_RESET},
+    P.SUCCESS: {},  # kept by a run retry
+    P.FAILED: {E.RESET: P.WAITING},
+    P.UPSTREAM_FAILED: {E.RESET: P.WAITING},
+    P.SKIPPED: {E.RESET: P.WAITING},
+    P.CANCELLED: {E.RESET: P.WAITING},
+}
+
+STATUS_OF: Final[Mapping[Phase, StepStatus]] = {
+    P.WAITING: S.PENDING,
+    P.READY: S.PENDING,
+    P.DISPATCHED: S.PENDING,
+    P.RUNNING: S.RUNNING,
+    P.RETRY_WAIT: S.RETRYING,
+    P.RETRY_READY: S.RETRYING,
+    P.RETRY_DISPATCHED: S.RETRYING,
+    P.SUCCESS: S.SUCCESS,
+    P.FAILED: S.FAILED,
+    P.UPSTREAM_FAILED: S.UPSTREAM_FAILED,
+    P.SKIPPED: S.SKIPPED,
+    P.CANCELLED: S.CANCELLED,
+}
+
+#: The phase a step rests in with a given status when no attempt is out or queued (a step
+#: restored from a record, or reset by a run retry).
+RESTING_PHASE: Final[Mapping[StepStatus, Phase]] = {
+    S.PENDING: P.WAITING,
+    S.RUNNING: P.RUNNING,
+    S.RETRYING: P.RETRY_WAIT,
+    S.SUCCESS: P.SUCCESS,
+    S.FAILED: P.FAILED,
+    S.UPSTREAM_FAILED: P.UPSTREAM_FAILED,
+    S.SKIPPED: P.SKIPPED,
+    S.CANCELLED: P.CANCELLED,
+}
+
+#: Phases with an attempt out: a run's cancel stops them (StopStep) rather than ending them.
+ATTEMPT_OUT: Final = frozenset({P.DISPATCHED, P.RETRY_DISPATCHED, P.RUNNING})
+
+# The hot path reads enum members through module names: on Python 3.11 an attribute of an
+# Enum class costs about 100 ns, a global about 10 (bench/engine_overhead.py runs through here).
+_WAITING, _READY = P.WAITING, P.READY
+_TRIGGERED, _SKIP, _UPSTREAM_FAILED = E.TRIGGERED, E.SKIP, E.UPSTREAM_FAILED
+_DISPATCH, _STARTED, _SUCCEEDED = E.DISPATCH, E.STARTED, E.SUCCEEDED
+_REPORT = RI.REPORT
+_SUCCESS, _SKIPPED = S.SUCCESS, S.SKIPPED
+_COMPLETED, _RUNNING, _FAILED, _PENDING = B.COMPLETED, B.RUNNING, B.FAILED, B.PENDING
+
+
+# ------------------------------------------------------------------------------ trigger rules
+
+
+class UpstreamCounts(Protocol):
+    """A step's counters over its upstream steps' outcomes (`StepState` keeps them)."""
+
+    @property
+    def up_total(self) -> int: ...
+    @property
+    def up_done(self) -> int: ...
+    @property
+    def up_success(self) -> int: ...
+    @property
+    def up_failed(self) -> int: ...
+    @property
+    def up_skipped(self) -> int: ...
+
+
+#: A trigger rule's verdict: TRIGGERED (run), SKIP, UPSTREAM_FAILED, or None (not yet).
+Verdict = StepInput | None
+
+
+def _all_success(c: UpstreamCounts) -> Verdict:
+    if c.up_failed:
+        return _UPSTREAM_FAILED
+    if c.up_skipped:
+        return _SKIP
+    return _TRIGGERED if c.up_done == c.up_total else None
+
+
+def _all_done(c: UpstreamCounts) -> Verdict:
+    return _TRIGGERED if c.up_done == c.up_total else None
+
+
+def _one_failed(c: UpstreamCounts) -> Verdict:
+    if c.up_failed:
+        return _TRIGGERED
+    return _SKIP if c.up_done == c.up_total else None
+
+
+def _one_success(c: UpstreamCounts) -> Verdict:
+    if c.up_success:
+        return _TRIGGERED
+    if c.up_done == c.up_total:
+        return _UPSTREAM_FAILED if c.up_failed else _SKIP
+    return None
+
+
+def _none_failed(c: UpstreamCounts) -> Verdict:
+    if c.up_failed:
+        return _UPSTREAM_FAILED
+    return _TRIGGERED if c.up_done == c.up_total else None
+
+
+#: Each rule as a function of the upstream counts (Airflow's meanings; see `TriggerRule`).
+TRIGGER_RULES: Final[Mapping[TriggerRule, Callable[[UpstreamCounts], Verdict]]] = {
+    TriggerRule.ALL_SUCCESS: _all_success,
+    TriggerRule.ALL_DONE: _all_done,
+    TriggerRule.ONE_FAILED: _one_failed,
+    TriggerRule.ONE_SUCCESS: _one_success,
+    TriggerRule.NONE_FAILED: _none_failed,
+}
+
+
+# ---------------------------------------------------------------------------------- the state
 
 
 @attrs.define(slots=True, eq=False)
 class StepState:
+    """One step within one run: its phase and status, attempt numbers, times, and counters
+    over its upstream steps' outcomes (so trigger rules never rescan upstreams)."""
+
     spec: StepSpec
     downstream: list[str]
-    status: StepStatus = S.PENDING
+    status: StepStatus = S.PENDING  # always STATUS_OF[phase]
+    phase: Phase = P.WAITING
     attempt: int = 0  # attempts dispatched in this try of the run; retry_count is attempt - 1
     attempts_before: int = 0  # attempts made in earlier tries (a run retry numbers onwards)
-    ready: bool = False  # waiting in the ready queue for a max_active_steps slot
-    dispatched: bool = False  # a StartStep is out and not yet answered
     start_time: float | None = None
     end_time: float | None = None
     error: str | None = None
-    # Counters over upstream outcomes, so trigger rules never rescan upstreams.
     up_total: int = 0
     up_done: int = 0
     up_success: int = 0
@@ -111,10 +373,23 @@ class StepState:
 
     @property
     def retry_count(self) -> int:
+        """Retries made in this try of the run: the attempt number minus one, at least 0."""
         return max(0, self.attempt - 1)
+
+    @property
+    def ready(self) -> bool:
+        """Waiting in the ready queue for a max_active_steps slot."""
+        return self.phase is P.READY or self.phase is P.RETRY_READY
+
+    @property
+    def dispatched(self) -> bool:
+        """A StartStep is out and not yet answered by `step_started`."""
+        return self.phase is P.DISPATCHED or self.phase is P.RETRY_DISPATCHED
 
 
 def duration_ms(start: float | None, end: float | None) -> int | None:
+    """Milliseconds from `start` to `end` (UNIX seconds), rounded, never negative; None when
+    either is unknown."""
     if start is None or end is None:
         return None
     return max(0, round((end - start) * 1000))
@@ -125,8 +400,17 @@ def format_seconds(seconds: float) -> str:
     return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.3f}".rstrip("0") + "s"
 
 
+_TRANSITIONS = STEP_TRANSITIONS  # module-level aliases, read on every event
+_RUN = RUN_TRANSITIONS
+
+
 class RunState:
-    """One run of one DAG. Create with `RunState(dag, run_id, params)`, then `start(now)`."""
+    """One run of one DAG. Create with `RunState(dag, run_id, params)`, then `start(now)`.
+
+    `status` (a `RunStatus`) and `steps[step_id].status` (a `StepStatus`) are what clients
+    see; `phase` and `steps[step_id].phase` are where the tables keep them. `cancelling` is
+    True from `cancel` until a run retry.
+    """
 
     def __init__(
         self,
@@ -139,7 +423,8 @@ class RunState:
         self.dag = dag
         self.run_id = run_id
         self.params = dict(params or {})
-        self.status = RunStatus.QUEUED
+        self.phase = RP.QUEUED
+        self.status = RunStatus.QUEUED  # always RUN_STATUS_OF[phase]
         self.cancelling = False
         self.cancel_reason: str | None = None
         self.progress_interval = progress_interval
@@ -150,7 +435,12 @@ class RunState:
         for sid, spec in dag.steps.items():
             for up in spec.depends_on:
                 self.steps[up].downstream.append(sid)
-        self.counts = {"completed": 0, "running": 0, "failed": 0, "pending": len(self.steps)}
+        self.counts: dict[ProgressBucket, int] = {
+            B.COMPLETED: 0,
+            B.RUNNING: 0,
+            B.FAILED: 0,
+            B.PENDING: len(self.steps),
+        }
         self.active = 0  # dispatched or running: what max_active_steps limits
         self.finished_steps = 0
         self._ready: deque[str] = deque()
@@ -175,7 +465,8 @@ class RunState:
         `steps` maps step id -> (status, retry_count, start_time, end_time, error[, attempt]),
         `attempt` being the latest attempt number over all tries (0: unknown, as in records
         from before it was kept); steps the record does not know (never touched, or added to
-        the DAG since) are pending.
+        the DAG since) are pending. `kwargs` go to the constructor (`progress_interval`).
+        Raises `IllegalTransition` if `status` is not a finished one.
         """
         if not status.finished:
             raise IllegalTransition(f"only a finished run can be restored, not a {status} one")
@@ -189,6 +480,7 @@ class RunState:
                 st.attempt = retry_count + 1 if start is not None else 0
                 st.attempts_before = max(0, (rest[0] if rest else 0) - st.attempt)
                 st.start_time, st.end_time, st.error = start, end, error
+        state.phase = RunPhase(status.value)
         state.status = status
         state._recount()
         return state
@@ -197,25 +489,31 @@ class RunState:
 
     @property
     def total_steps(self) -> int:
+        """The number of steps in the run's DAG."""
         return len(self.steps)
 
     def progress(self, now: float) -> DagRunProgressEvent:
+        """The run's progress event as of `now`: the four bucket counts (summing to the total)
+        and the percentage completed, rounded to 0.1."""
         c = self.counts
         total = len(self.steps)
-        pct = round(100.0 * c["completed"] / total, 1) if total else 100.0
+        completed = c[_COMPLETED]
+        pct = round(100.0 * completed / total, 1) if total else 100.0
         return DagRunProgressEvent(
             self.dag.id,
             self.run_id,
             total,
-            c["completed"],
-            c["running"],
-            c["failed"],
-            c["pending"],
+            completed,
+            c[_RUNNING],
+            c[_FAILED],
+            c[_PENDING],
             pct,
             now,
         )
 
     def step_event(self, step_id: str, now: float) -> StepStatusEvent:
+        """The step's status event as of `now` (duration in ms). Raises KeyError for an
+        unknown step id."""
         st = self.steps[step_id]
         return StepStatusEvent(
             self.dag.id,
@@ -232,25 +530,26 @@ class RunState:
         )
 
     def run_event(self, now: float) -> DagRunStatusEvent:
+        """The run's status event as of `now`."""
         return DagRunStatusEvent(self.dag.id, self.run_id, self.status, now)
 
     # ------------------------------------------------------------------ events
 
-    def start(self, now: float) -> list[object]:
-        """queued -> running: the run begins; steps without upstreams are dispatched."""
-        if self.status is not RunStatus.QUEUED:
-            raise IllegalTransition(f"run {self.run_id} is {self.status}, not queued")
-        out: list[object] = []
-        self.status = RunStatus.RUNNING
+    def start(self, now: float) -> list[Effect]:
+        """queued -> running: the run begins; steps without upstreams are dispatched.
+        Raises `IllegalTransition` unless the run is queued."""
+        phase = self._run_next(RI.START)
+        out: list[Effect] = []
+        self._run_enter(phase)
         self.started_at = now
         out.append(self.run_event(now))
         requeued, self._requeued = self._requeued, False
         for sid in self.dag.order:
             st = self.steps[sid]
-            if st.status is not S.PENDING or st.ready or st.dispatched:  # kept, or decided
+            if st.phase is not _WAITING:  # kept, or decided
                 continue
             if st.up_total == 0:  # a step without upstreams always runs
-                st.ready = True
+                st.phase = _TRANSITIONS[_WAITING][_TRIGGERED]
                 self._ready.append(sid)
             elif requeued and self._evaluate(st, now, out):
                 # A retried run's upstreams may be final already: the step may be skipped or
@@ -259,141 +558,166 @@ class RunState:
         self._pump(out)
         return self._settle(out, now, force_progress=True)
 
-    def step_started(self, step_id: str, now: float) -> list[object]:
-        """A dispatched attempt is now actually running."""
-        st = self._step(step_id)
-        if not st.dispatched or st.status not in (S.PENDING, S.RETRYING):
-            raise IllegalTransition(f"step {step_id} is {st.status} and was not dispatched")
-        out: list[object] = []
-        st.dispatched = False
+    def step_started(self, step_id: str, now: float) -> list[Effect]:
+        """A dispatched attempt is now actually running. Raises `IllegalTransition` unless
+        the step was dispatched and the run is running."""
+        st = self._reported(step_id)
+        phase = self._next(st, _STARTED)
+        out: list[Effect] = []
         st.start_time, st.end_time, st.error = now, None, None
-        self._set(st, S.RUNNING, now, out)
+        self._enter(st, phase, now, out)
         return self._settle(out, now)
 
-    def step_succeeded(self, step_id: str, now: float) -> list[object]:
-        st = self._running(step_id)
-        out: list[object] = []
+    def step_succeeded(self, step_id: str, now: float) -> list[Effect]:
+        """The running attempt succeeded. Raises `IllegalTransition` unless it was running."""
+        st = self._reported(step_id)
+        phase = self._next(st, _SUCCEEDED)
+        out: list[Effect] = []
         self.active -= 1
         st.end_time, st.error = now, None
-        self._set(st, S.SUCCESS, now, out)
+        self._enter(st, phase, now, out)
         self._finished(st, now, out)
         return self._settle(out, now)
 
-    def step_failed(self, step_id: str, now: float, error: str) -> list[object]:
-        """The attempt failed: retry it if it has attempts left, else the step has failed."""
-        st = self._running(step_id)
-        out: list[object] = []
+    def step_failed(self, step_id: str, now: float, error: str) -> list[Effect]:
+        """The attempt failed: retry it if it has attempts left (and the run is not being
+        cancelled), else the step has failed. Raises `IllegalTransition` unless it was
+        running."""
+        st = self._reported(step_id)
+        will_retry = st.attempt < st.spec.max_attempts and not self.cancelling
+        phase = self._next(st, E.FAILED_WILL_RETRY if will_retry else E.FAILED)
+        out: list[Effect] = []
         self.active -= 1
         st.end_time, st.error = now, error
         out.append(ErrorEvent(self.dag.id, self.run_id, step_id, error, now))
-        if st.attempt < st.spec.max_attempts and not self.cancelling:
-            self._set(st, S.RETRYING, now, out)
+        self._enter(st, phase, now, out)
+        if will_retry:
             out.append(ScheduleRetry(step_id, now + retry_delay(st.spec, st.attempt)))
             self._pump(out)
         else:
-            self._set(st, S.FAILED, now, out)
             self._finished(st, now, out)
         return self._settle(out, now)
 
-    def step_timed_out(self, step_id: str, now: float, timeout: float) -> list[object]:
+    def step_timed_out(self, step_id: str, now: float, timeout: float) -> list[Effect]:
+        """`step_failed` with the error 'timed out after <timeout>s' (`timeout` in seconds)."""
         return self.step_failed(step_id, now, f"timed out after {format_seconds(timeout)}")
 
-    def retry_due(self, step_id: str, now: float) -> list[object]:
-        """A retry's waiting time is over: queue its next attempt."""
-        st = self._step(step_id)
-        if st.status is not S.RETRYING or st.dispatched or st.ready:
-            raise IllegalTransition(f"step {step_id} is {st.status}, not waiting for a retry")
-        out: list[object] = []
-        st.ready = True
+    def retry_due(self, step_id: str, now: float) -> list[Effect]:
+        """A retry's waiting time is over: queue its next attempt. Raises `IllegalTransition`
+        unless the step waits for exactly this retry."""
+        st = self._reported(step_id)
+        phase = self._next(st, E.RETRY_DUE)
+        out: list[Effect] = []
+        st.phase = phase
         self._ready.append(step_id)
         self._pump(out)
         return self._settle(out, now)
 
-    def step_cancelled(self, step_id: str, now: float, reason: str | None = None) -> list[object]:
-        """A running (or dispatched) attempt was stopped."""
-        st = self._step(step_id)
-        if not (st.status is S.RUNNING or st.dispatched):
-            raise IllegalTransition(f"step {step_id} is {st.status}, nothing to cancel")
-        out: list[object] = []
+    def step_cancelled(self, step_id: str, now: float, reason: str | None = None) -> list[Effect]:
+        """A running (or dispatched) attempt was stopped; the step is cancelled with `reason`,
+        else the run's cancel reason, else 'cancelled'. Raises `IllegalTransition` unless an
+        attempt of the step was out."""
+        st = self._reported(step_id)
+        phase = self._next(st, E.STOPPED)
+        out: list[Effect] = []
         self.active -= 1
-        st.dispatched = False
         st.end_time = now
         st.error = reason or self.cancel_reason or "cancelled"
-        self._set(st, S.CANCELLED, now, out)
+        self._enter(st, phase, now, out)
         self._finished(st, now, out)
         return self._settle(out, now)
 
-    def cancel(self, now: float, reason: str = "cancelled by user") -> list[object]:
-        """Stop the run: waiting steps are cancelled now, running ones are asked to stop."""
-        if self.status.finished or self.cancelling:
-            raise IllegalTransition(f"run {self.run_id} is {self.status}, cannot cancel")
-        out: list[object] = []
+    def cancel(self, now: float, reason: str = "cancelled by user") -> list[Effect]:
+        """Stop the run: waiting steps are cancelled now, running ones are asked to stop.
+        Raises `IllegalTransition` if the run is finished or already being cancelled."""
+        run_phase = self._run_next(RI.CANCEL)
+        out: list[Effect] = []
         self.cancelling = True
         self.cancel_reason = reason
         self._ready.clear()
-        if self.status is RunStatus.QUEUED:
-            self.status = RunStatus.RUNNING  # a queued run goes straight to cancelled below
+        self._run_enter(run_phase)  # a queued run goes straight to cancelled below
+        cancel = E.CANCEL
         for sid, st in self.steps.items():
-            if st.status is S.RUNNING or st.dispatched:
+            if st.phase in ATTEMPT_OUT:
                 out.append(StopStep(sid))
-            elif st.status in (S.PENDING, S.RETRYING):
-                st.ready = False
+                continue
+            phase = _TRANSITIONS[st.phase].get(cancel)
+            if phase is not None:  # a waiting step; a final one stays as it is
                 st.end_time, st.error = now, reason
-                self._set(st, S.CANCELLED, now, out)
+                self._enter(st, phase, now, out)
                 self.finished_steps += 1
         return self._settle(out, now)
 
-    def requeue(self, now: float) -> list[object]:
+    def requeue(self, now: float) -> list[Effect]:
         """failed/cancelled -> queued, for a retry: successful steps stay, the rest are pending
-        again. The run then waits for a slot like a new one; `start(now)` begins it."""
+        again. The run then waits for a slot like a new one; `start(now)` begins it. Raises
+        `IllegalTransition` unless the run failed or was cancelled."""
         out = self._requeue(now)
         out.append(self.progress(now))
         return out
 
-    def retry(self, now: float) -> list[object]:
+    def retry(self, now: float) -> list[Effect]:
         """`requeue(now)` and `start(now)` at once (one progress event): a retry that need
-        not wait for a slot."""
+        not wait for a slot. Raises `IllegalTransition` as `requeue` does."""
         return self._requeue(now) + self.start(now)
 
-    def _requeue(self, now: float) -> list[object]:
-        if self.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
-            raise IllegalTransition(
-                f"run {self.run_id} is {self.status}; only failed or cancelled runs can be retried"
-            )
-        out: list[object] = []
+    def _requeue(self, now: float) -> list[Effect]:
+        run_phase = self._run_next(RI.REQUEUE)
+        out: list[Effect] = []
         self.cancelling, self.cancel_reason, self.ended_at = False, None, None
-        self.status = RunStatus.QUEUED
+        self._run_enter(run_phase)
         self._requeued = True
         out.append(self.run_event(now))
+        reset = E.RESET
         for st in self.steps.values():
-            if st.status is not S.SUCCESS:
+            phase = _TRANSITIONS[st.phase].get(reset)
+            if phase is not None:  # every step but a successful one
                 st.start_time = st.end_time = st.error = None
                 st.attempts_before += st.attempt  # numbering goes on; the retry budget is new
                 st.attempt = 0
-                self._set(st, S.PENDING, now, out)
+                self._enter(st, phase, now, out)
         self._recount()
         return out
 
     # --------------------------------------------------------------- internals
 
-    def _step(self, step_id: str) -> StepState:
-        if self.status is not RunStatus.RUNNING:
+    def _run_next(self, event: RunInput) -> RunPhase:
+        """The run's next phase on `event`; raises `IllegalTransition` if it has none."""
+        try:
+            return _RUN[self.phase][event]
+        except KeyError:
+            raise IllegalTransition(f"run {self.run_id} is {self.phase}: cannot {event}") from None
+
+    def _run_enter(self, phase: RunPhase) -> None:
+        self.phase = phase
+        self.status = RUN_STATUS_OF[phase]
+
+    def _reported(self, step_id: str) -> StepState:
+        """The step a step event is about, once the run takes step events at all."""
+        if _REPORT not in _RUN[self.phase]:
             raise IllegalTransition(f"run {self.run_id} is {self.status}, not running")
         try:
             return self.steps[step_id]
         except KeyError:
             raise IllegalTransition(f"run {self.run_id} has no step {step_id!r}") from None
 
-    def _running(self, step_id: str) -> StepState:
-        st = self._step(step_id)
-        if st.status is not S.RUNNING:
-            raise IllegalTransition(f"step {step_id} is {st.status}, not running")
-        return st
+    @staticmethod
+    def _next(st: StepState, event: StepInput) -> Phase:
+        """The step's next phase on `event`; raises `IllegalTransition` if it has none."""
+        try:
+            return _TRANSITIONS[st.phase][event]
+        except KeyError:
+            raise IllegalTransition(
+                f"step {st.spec.id} is {st.status} ({st.phase}): cannot {event}"
+            ) from None
 
-    def _set(self, st: StepState, status: StepStatus, now: float, out: list[object]) -> None:
-        old = st.status
-        old_bucket, new_bucket = _BUCKET[old], _BUCKET[status]
-        if old_bucket != new_bucket:
+    def _enter(self, st: StepState, phase: Phase, now: float, out: list[Effect]) -> None:
+        """Move a step to `phase`, whose status differs from or restates the step's: count
+        it in its progress bucket and report it with a StepStatusEvent."""
+        st.phase = phase
+        status = STATUS_OF[phase]
+        old_bucket, new_bucket = BUCKET_OF[st.status], BUCKET_OF[status]
+        if old_bucket is not new_bucket:
             counts = self.counts
             counts[old_bucket] -= 1
             counts[new_bucket] += 1
@@ -402,12 +726,13 @@ class RunState:
         out.append(self.step_event(st.spec.id, now))
 
     def _recount(self) -> None:
-        """Rebuild every counter from the step statuses (after a run retry)."""
-        self.counts = dict.fromkeys(("completed", "running", "failed", "pending"), 0)
+        """Rebuild every counter from the step statuses (after a run retry or a restore);
+        every step rests in the phase of its status."""
+        self.counts = dict.fromkeys(B, 0)
         for st in self.steps.values():
-            self.counts[_BUCKET[st.status]] += 1
+            self.counts[BUCKET_OF[st.status]] += 1
             st.up_done = st.up_success = st.up_failed = st.up_skipped = 0
-            st.ready = st.dispatched = False
+            st.phase = RESTING_PHASE[st.status]
         self._ready.clear()
         for st in self.steps.values():
             for up in st.spec.depends_on:
@@ -420,14 +745,14 @@ class RunState:
         if not up_status.finished:
             return
         st.up_done += 1
-        if up_status is S.SUCCESS:
+        if up_status is _SUCCESS:
             st.up_success += 1
-        elif up_status is S.SKIPPED:
+        elif up_status is _SKIPPED:
             st.up_skipped += 1
         elif up_status in FAILED_STEP:
             st.up_failed += 1
 
-    def _finished(self, st: StepState, now: float, out: list[object]) -> None:
+    def _finished(self, st: StepState, now: float, out: list[Effect]) -> None:
         """`st` reached a final status: tell its downstream steps, iteratively (long chains)."""
         self.finished_steps += 1
         work = [st]
@@ -436,67 +761,41 @@ class RunState:
             for down_id in done.downstream:
                 down = self.steps[down_id]
                 self._count_upstream(down, done.status)
-                waiting = not (down.ready or down.dispatched)  # an eager rule may have fired
-                if down.status is S.PENDING and waiting and not self.cancelling:
+                # only a waiting step has a rule to apply: an eager rule may have fired already
+                if down.phase is _WAITING and not self.cancelling:
                     final = self._evaluate(down, now, out)
                     if final:
                         self.finished_steps += 1
                         work.append(down)
         self._pump(out)
 
-    def _evaluate(self, st: StepState, now: float, out: list[object]) -> bool:
-        """Apply the trigger rule of a pending step. Returns True if it became final."""
-        rule = st.spec.trigger_rule
-        all_done = st.up_done == st.up_total
-        verdict: StepStatus | None = None  # None: not yet; RUNNING: dispatch
-        if rule is TriggerRule.ALL_SUCCESS:
-            if st.up_failed:
-                verdict = S.UPSTREAM_FAILED
-            elif st.up_skipped:
-                verdict = S.SKIPPED
-            elif all_done:
-                verdict = S.RUNNING
-        elif rule is TriggerRule.ALL_DONE:
-            if all_done:
-                verdict = S.RUNNING
-        elif rule is TriggerRule.ONE_FAILED:
-            if st.up_failed:
-                verdict = S.RUNNING
-            elif all_done:
-                verdict = S.SKIPPED
-        elif rule is TriggerRule.ONE_SUCCESS:
-            if st.up_success:
-                verdict = S.RUNNING
-            elif all_done:
-                verdict = S.UPSTREAM_FAILED if st.up_failed else S.SKIPPED
-        elif rule is TriggerRule.NONE_FAILED:
-            if st.up_failed:
-                verdict = S.UPSTREAM_FAILED
-            elif all_done:
-                verdict = S.RUNNING
+    def _evaluate(self, st: StepState, now: float, out: list[Effect]) -> bool:
+        """Apply the trigger rule of a waiting step. Returns True if it became final."""
+        verdict = TRIGGER_RULES[st.spec.trigger_rule](st)
         if verdict is None:
             return False
-        if verdict is S.RUNNING:
-            st.ready = True
+        phase = _TRANSITIONS[_WAITING][verdict]
+        if phase is _READY:
+            st.phase = phase
             self._ready.append(st.spec.id)
             return False
         st.end_time = now
-        self._set(st, verdict, now, out)
+        self._enter(st, phase, now, out)
         return True
 
-    def _pump(self, out: list[object]) -> None:
+    def _pump(self, out: list[Effect]) -> None:
         """Dispatch ready steps while the DAG's max_active_steps allows."""
         limit = self.dag.max_active_steps
         ready = self._ready
         while ready and (limit is None or self.active < limit):
             sid = ready.popleft()
             st = self.steps[sid]
-            st.ready, st.dispatched = False, True
+            st.phase = _TRANSITIONS[st.phase][_DISPATCH]
             st.attempt += 1
             self.active += 1
             out.append(StartStep(sid, st.attempts_before + st.attempt))
 
-    def _settle(self, out: list[object], now: float, force_progress: bool = False) -> list[object]:
+    def _settle(self, out: list[Effect], now: float, force_progress: bool = False) -> list[Effect]:
         """Finish the run if every step is final; add a progress event when one is due."""
         done = self.finished_steps == len(self.steps) and self.active == 0
         last = self._last_progress
@@ -508,13 +807,9 @@ class RunState:
             out.append(self.progress(now))
             self._last_progress = now
             self._progress_dirty = False
-        if done and self.status is RunStatus.RUNNING:
-            if self.cancelling:
-                self.status = RunStatus.CANCELLED
-            elif any(st.status in (S.FAILED, S.UPSTREAM_FAILED) for st in self.steps.values()):
-                self.status = RunStatus.FAILED
-            else:
-                self.status = RunStatus.SUCCESS
+        if done:
+            failed = any(st.status in RUN_FAILING_STEP for st in self.steps.values())
+            self._run_enter(self._run_next(RI.FINISH_FAILED if failed else RI.FINISH_OK))
             self.ended_at = now
             out.append(self.run_event(now))
             out.append(FinishRun(self.status))
