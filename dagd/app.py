@@ -14,7 +14,7 @@ Use it from any trio program:
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -22,7 +22,11 @@ import trio
 from dagd.core.config import Config
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.daemon.daemon import Daemon
+from dagd.daemon.hub import Hub
+from dagd.daemon.recovery import LeftoverRecorder
+from dagd.daemon.store import Store
 from dagd.net.server import serve
+from dagd.runtime.executor import Executor
 
 
 @asynccontextmanager
@@ -34,24 +38,58 @@ async def open_daemon(
 ) -> AsyncIterator[Daemon]:
     """Run a daemon inside the caller's trio program for the duration of the block.
 
-    With `websocket=True` it also serves the WebSocket protocol on config.server's host/port.
-    Leaving the block cancels active runs (killing their processes) and commits every event.
+    Builds the daemon's collaborators (the store on config.db_path, the hub, the local
+    executor) and hands them in; `clock` is the wall clock in UNIX seconds (default
+    `time.time`). With `websocket=True` it also serves the WebSocket protocol on
+    config.server's host/port. Leaving the block cancels active runs (killing their processes)
+    and commits every event (see `shut_down`).
+
+    Raises `sqlite3.DatabaseError` for a state file that is not dagd's or is newer than this
+    dagd, and OSError if the WebSocket address cannot be bound.
     """
-    daemon = Daemon(config, clock=clock or time.time)
+    hub = Hub()
+    store = Store.open(config.db_path, on_commit=hub.publish)
     try:
+        executor = Executor(
+            log_dir=config.log_dir, grace=config.kill_grace, on_spawn=LeftoverRecorder(store)
+        )
+        daemon = Daemon(config, store=store, hub=hub, executor=executor, clock=clock or time.time)
         with unwrap_single():
             async with trio.open_nursery() as nursery:
+                await nursery.start(store.writer)
+                await nursery.start(store.checkpointer)
                 await daemon.start(nursery)
                 if websocket:
-                    await nursery.start(serve, daemon)
+                    server = await nursery.start(serve, daemon, config)
+                    daemon.url = server.url
+                    # Shutdown order: stop runs, flush the store, close the network (this
+                    # hook: the last events delivered, then 1001), close the hub.
+                    daemon.on_shutdown.append(server.close_all)
                 try:
                     yield daemon
                 finally:
                     with trio.CancelScope(shield=True):
-                        await daemon.shutdown()
-                    nursery.cancel_scope.cancel()
+                        await shut_down(daemon, store, hub, daemon.on_shutdown)
+                    nursery.cancel_scope.cancel()  # the store's writer commits what is left
     finally:
-        daemon.store.close()
+        store.close()
 
 
-__all__ = ["open_daemon"]
+async def shut_down(
+    daemon: Daemon,
+    store: Store,
+    hub: Hub,
+    close_network: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> None:
+    """The shutdown order: stop the runs (queued ones cancelled, running ones' steps killed
+    after config.kill_grace seconds), commit every event, close the network (it delivers what
+    is committed, then closes its connections), end every subscription. The caller then
+    cancels the nursery and closes the store."""
+    await daemon.stop()
+    await store.flush()
+    for close in close_network:
+        await close()
+    hub.close_all()
+
+
+__all__ = ["open_daemon", "shut_down"]

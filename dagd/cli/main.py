@@ -18,6 +18,7 @@ import click
 import trio
 
 from dagd.core.config import Config, ConfigError, default_config, parse_config
+from dagd.core.events import DagEvent
 from dagd.core.model import RunStatus
 from dagd.core.runstate import RunState
 from dagd.core.timefmt import RunIdFactory
@@ -28,6 +29,8 @@ from dagd.runtime.local.procs import raise_open_files_limit
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from dagd.cli.remote import Endpoint
 
 log = logging.getLogger("dagd")
 EXIT_FAILED = 1
@@ -198,10 +201,10 @@ async def _run_here(
 
     view = RunsView()
 
-    def publish(event: object) -> None:
-        view.apply(event)  # type: ignore[arg-type]
+    def publish(event: DagEvent) -> None:
+        view.apply(event)
         if not live:
-            line = view.line(event)  # type: ignore[arg-type]
+            line = view.line(event)
             if line:
                 console.print(line, highlight=False, markup=False)
 
@@ -323,7 +326,7 @@ token_option = click.option(
 )
 
 
-def _endpoint(config_path: Path | None, url: str | None, token: str | None):
+def _endpoint(config_path: Path | None, url: str | None, token: str | None) -> Endpoint:
     from dagd.cli.remote import resolve_endpoint
 
     return resolve_endpoint(load_config(config_path), url, token)

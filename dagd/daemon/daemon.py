@@ -1,73 +1,59 @@
-"""The composition root: one nursery holding the store writer, the scheduler, the DAG folder
-watcher, every run, and (if asked) the WebSocket server.
+"""The daemon: DAGs from a folder, run on schedule and on request, every event recorded.
 
-Use it from any trio program:
+It is given its collaborators (dagd/app.py builds them): the store (SQLite history and the
+event log), the hub (fan-out of committed events), the executor (runs step attempts) and a
+wall clock. It owns run admission (admission.py), the DAG folder (dagfolder.py), the cron
+scheduler (scheduler.py: it fires into the daemon, so the daemon makes it) and crash recovery
+at start (recovery.py).
+
+Use it through `dagd.open_daemon`:
 
     async with dagd.open_daemon(config) as daemon:
         run_id = await daemon.trigger("etl", {"date": "2024-01-01"})
         async for event in daemon.events(["etl"]):
             ...
-
-`dagd serve` is this plus signal handling and the WebSocket server.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
 from dagd.core.config import Config
-from dagd.core.events import (
-    EVENT_TYPES,
-    DagEvent,
-    DagRunStatusEvent,
-    ErrorEvent,
-    StepStatusEvent,
-)
-from dagd.core.model import DagSpec, RunStatus, StepStatus
-from dagd.core.runstate import RunState, duration_ms
-from dagd.core.spec import DagSpecError
+from dagd.core.events import DagEvent, ErrorEvent
+from dagd.core.model import RETRYABLE_RUN, DagSpec, RunStatus, StepStatus
+from dagd.core.runstate import RunState
+from dagd.core.spec import Problem
 from dagd.core.timefmt import RunIdFactory, scheduled_run_id
-from dagd.daemon.dagfolder import dag_files, load_dag_file
+from dagd.daemon.admission import Admission
+from dagd.daemon.dagfolder import DagFolder
+from dagd.daemon.errors import DaemonError
 from dagd.daemon.hub import Hub, Subscriber
+from dagd.daemon.recovery import recover
 from dagd.daemon.scheduler import CronScheduler
-from dagd.daemon.store import RecordLeftover, RunRecord, StepRecord, Store, StoredEvent
+from dagd.daemon.store import RunRecord, StepRecord, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
-from dagd.runtime.executor import Executor, StepContext
-from dagd.runtime.local.procs import (
-    boot_id,
-    kill_leftover_group,
-    kill_processes_and_groups,
-    process_start,
-    processes_of_runs,
-)
+from dagd.runtime.executor import Executor
 
 log = logging.getLogger("dagd")
 
-DAG_EVENT_CLASSES = tuple(EVENT_TYPES)
-INTERRUPTED = "interrupted: the daemon stopped"
 SHUTTING_DOWN = "cancelled: the daemon is shutting down"
-
-
-class DaemonError(Exception):
-    """A request the daemon cannot carry out (unknown DAG or run, wrong state); safe to show."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+#: How often retention prunes the event log, in seconds.
+PRUNE_INTERVAL = 300.0
 
 
 @attrs.define
 class DagInfo:
+    """A loaded DAG as `list_dags` shows it; `next_run` in UNIX seconds (None: no schedule),
+    `source` the file it came from."""
+
     id: str
     description: str
     schedule: str | None
@@ -79,47 +65,49 @@ class DagInfo:
 
 
 class Daemon:
-    """Runs DAGs from a folder, on schedule and on request, recording everything in SQLite."""
+    """Runs DAGs from a folder, on schedule and on request, recording everything in the store.
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    Build it with its collaborators, then `await start(nursery)`; `stop()` ends the runs. The
+    composition root (dagd/app.py, `open_daemon`) does all three and orders the rest of the
+    shutdown (flush the store, close the network and the hub, close the store).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        hub: Hub,
+        executor: Executor,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.clock = clock
-        self.store = Store.open(config.db_path)
-        self.hub = Hub()
-        self.store.on_commit = self.hub.publish
-        self.dags: dict[str, DagSpec] = {}
-        self.problems: dict[str, str] = {}  # file -> error text, for broken DAG files
-        # path -> ((mtime_ns, ctime_ns, size, inode), or None to force a look; dag id)
-        self._files: dict[Path, tuple[tuple[int, ...] | None, str | None]] = {}
-        self._duplicates: set[Path] = set()  # files refused because their DAG id was taken
+        self.store = store
+        self.hub = hub
+        self.executor = executor
+        self.folder = DagFolder(config.dags_dir, log)
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
-        self.executor = Executor(
-            log_dir=config.log_dir, grace=config.kill_grace, on_spawn=self._record_process
-        )
-        self.active: dict[str, RunDriver] = {}
-        self._queues: dict[str, deque[RunState]] = {}  # runs waiting for max_active_runs
-        self._running_per_dag: dict[str, int] = {}
-        self._recent: OrderedDict[str, RunState] = OrderedDict()  # finished, for retry/snapshot
+        self.admission = Admission()
+        self.active: dict[str, RunDriver] = {}  # running runs by run id
+        self.scheduler = CronScheduler(clock, self._fire_scheduled, store.record_slot)
         self._run_ids = RunIdFactory()
-        self._boot_id = boot_id()
         self._nursery: trio.Nursery | None = None
         self._accepting = False
-        self._retrying: set[str] = set()  # run ids between a retry request and its queueing
         self._idle = trio.Event()
-        self.url: str | None = None  # set by the WebSocket server once it listens
-        #: Called after the runs have stopped and their events are committed (the server
-        #: uses it to deliver the final events and close its connections with 1001).
+        # Written by dagd.net.server.serve, read by nothing here: they go once the network
+        # layer reports its address and registers its close with dagd/app.py instead.
+        self.url: str | None = None
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
-        self.scheduler = CronScheduler(clock, self._fire_scheduled, self.store.record_slot)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Recover from the previous process, load the DAGs and start the background tasks."""
+        """Close out what a previous process left (recovery.py), load the DAG folder, and start
+        the scheduler, the folder watcher and retention in `nursery`, where runs will run too.
+        From then on the daemon accepts runs. The store's writer must be running already."""
         self._nursery = nursery
-        await nursery.start(self.store.writer)
-        await nursery.start(self.store.checkpointer)
-        self.recover()
+        recover(self.store, self.publish, self.clock())
         self.scheduler.last_slots.update(self.store.schedule_slots())
         self.reload()
         self._accepting = True
@@ -127,158 +115,44 @@ class Daemon:
         nursery.start_soon(self._watch_folder)
         nursery.start_soon(self._prune_loop)
 
-    async def shutdown(self, reason: str = SHUTTING_DOWN) -> None:
-        """Stop accepting runs, cancel the running ones (their steps get SIGTERM, then SIGKILL
-        after kill_grace), wait for them to end, and commit every event."""
+    async def stop(self, reason: str = SHUTTING_DOWN) -> None:
+        """Stop accepting runs, cancel the queued ones, cancel the running ones (their steps get
+        SIGTERM, then SIGKILL after config.kill_grace seconds) and wait for them to end, at most
+        kill_grace + 1.5 seconds. Their events are published, not yet committed: the caller
+        flushes the store (see dagd/app.py)."""
         self._accepting = False
-        for queue in self._queues.values():
-            while queue:
-                state = queue.popleft()
-                if not state.status.finished:
-                    self._publish_all(state.cancel(self.clock(), reason))
+        for state in self.admission.drain():
+            if not state.status.finished:
+                self._publish_all(state.cancel(self.clock(), reason))
         for driver in list(self.active.values()):
             driver.cancel(reason)
         with trio.move_on_after(self.config.kill_grace + 1.5):
             while self.active:
                 self._idle = trio.Event()
                 await self._idle.wait()
-        await self.store.flush()
-        for hook in self.on_shutdown:
-            await hook()
-        self.hub.close_all()
-
-    # -------------------------------------------------------------- recovery
-
-    def recover(self) -> None:
-        """Close out what a previous process left queued or running: nothing stays running."""
-        runs, steps = self.store.unfinished()
-        if not runs:
-            return
-        now = self.clock()
-        by_run: dict[str, list[StepRecord]] = {}
-        for step in steps:
-            by_run.setdefault(step.run_id, []).append(step)
-            if step.pgid is not None and kill_leftover_group(
-                step.pgid, step.proc_start, step.boot_id
-            ):
-                log.warning(
-                    "killed leftover processes of %s/%s (process group %s)",
-                    step.run_id,
-                    step.step_id,
-                    step.pgid,
-                )
-        # Then whatever still carries one of these runs in its environment: a group that was
-        # spawned but not yet recorded when the daemon died, or a process that left its group.
-        strays = processes_of_runs({run.run_id for run in runs})
-        if strays:
-            kill_processes_and_groups(sorted(strays))
-            for run_id in sorted(set(strays.values())):
-                pids = sorted(pid for pid, rid in strays.items() if rid == run_id)
-                log.warning("killed leftover processes of run %s: %s", run_id, pids)
-        for run in runs:
-            for step in by_run.get(run.run_id, []):
-                if step.status in ("running", "retrying", "pending"):
-                    status = StepStatus.FAILED if step.status != "pending" else StepStatus.CANCELLED
-                    self.publish(
-                        StepStatusEvent(
-                            run.dag_id,
-                            run.run_id,
-                            step.step_id,
-                            status,
-                            step.start_time,
-                            now,
-                            duration_ms(step.start_time, now),
-                            step.retry_count,
-                            INTERRUPTED,
-                            now,
-                        )
-                    )
-            self.publish(ErrorEvent(run.dag_id, run.run_id, None, INTERRUPTED, now))
-            self.publish(DagRunStatusEvent(run.dag_id, run.run_id, RunStatus.FAILED, now))
-            log.warning(
-                "run %s of %s was %s when the daemon stopped: marked failed",
-                run.run_id,
-                run.dag_id,
-                run.status,
-            )
 
     # ------------------------------------------------------------ DAG folder
 
-    def reload(self) -> None:
-        """Pick up added, changed and removed DAG files. A broken file keeps its last good
-        version running, and its problems are logged and published as an error event."""
-        folder = self.config.dags_dir
-        seen: set[Path] = set()
-        changed = freed = False
-        paths = dag_files(folder) if folder.is_dir() else []
-        for path in paths:
-            seen.add(path)
-            try:
-                info = path.stat()
-                # An edit shows in one of these even within one coarse mtime tick: editors
-                # that save by rename make a new inode, and a write moves ctime too.
-                mtime = (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
-            except OSError:
-                continue
-            old = self._files.get(path)
-            if old is not None and old[0] == mtime:
-                continue
-            changed = True
-            old_id = old[1] if old else None
-            try:
-                dag = load_dag_file(path)
-            except DagSpecError as exc:
-                self._refuse(path, mtime, old_id, "\n".join(map(str, exc.problems)))
-                continue
-            other = self.dags.get(dag.id)
-            if other is not None and other.source != str(path):
-                text = f"{path}: DAG id {dag.id!r} is already used by {other.source}"
-                self._refuse(path, mtime, old_id, text, duplicate=True)
-                continue
-            if old_id is not None and old_id != dag.id:
-                freed = self.dags.pop(old_id, None) is not None or freed
-            self.dags[dag.id] = dag
-            self._files[path] = (mtime, dag.id)
-            self._duplicates.discard(path)
-            self.problems.pop(str(path), None)
-            log.info("%s DAG %s from %s", "reloaded" if old else "loaded", dag.id, path.name)
-        for path in list(self._files):
-            if path not in seen:
-                _, dag_id = self._files.pop(path)
-                self.problems.pop(str(path), None)
-                if dag_id is not None and (d := self.dags.get(dag_id)) and d.source == str(path):
-                    del self.dags[dag_id]
-                    freed = True
-                    log.info("removed DAG %s (%s was deleted)", dag_id, path.name)
-                changed = True
-        self._duplicates &= set(self._files)
-        if freed and self._duplicates:
-            # A DAG id was given up: a file refused for using it gets another look now,
-            # not only at its next edit.
-            for dup in self._duplicates:
-                self._files[dup] = (None, self._files[dup][1])
-            self.reload()
-            return
-        if changed:
-            self.scheduler.set_dags(self.dags)
+    @property
+    def dags(self) -> dict[str, DagSpec]:
+        """The loaded DAGs by id (the folder's; do not change it)."""
+        return self.folder.dags
 
-    def _refuse(
-        self,
-        path: Path,
-        mtime: tuple[int, ...],
-        old_id: str | None,
-        text: str,
-        duplicate: bool = False,
-    ) -> None:
-        """A DAG file that cannot be loaded: its last good version (if any) stays."""
-        self._files[path] = (mtime, old_id)
-        if duplicate:
-            self._duplicates.add(path)
-        else:
-            self._duplicates.discard(path)
-        self.problems[str(path)] = text
-        log.error("cannot load DAG file (keeping the last good version):\n%s", text)
-        self.publish(ErrorEvent(old_id or path.stem, None, None, text, self.clock()))
+    @property
+    def problems(self) -> dict[str, str]:
+        """What is wrong with each broken or refused DAG file, by file path: the problems'
+        text, one per line."""
+        return {path: _text(problems) for path, problems in self.folder.problems.items()}
+
+    def reload(self) -> None:
+        """Pick up added, changed and removed DAG files (dagfolder.py). A broken file keeps its
+        last good version running; its problems are logged and published as an error event
+        (with the last good DAG's id, else the file's stem)."""
+        reloaded = self.folder.reload()
+        for refused in reloaded.refused:
+            self.publish(ErrorEvent(refused.dag_id, None, None, refused.text, self.clock()))
+        if reloaded.changed:
+            self.scheduler.set_dags(self.dags)
 
     async def _watch_folder(self) -> None:
         while True:
@@ -287,7 +161,7 @@ class Daemon:
 
     async def _prune_loop(self) -> None:
         while True:
-            await trio.sleep(300)
+            await trio.sleep(PRUNE_INTERVAL)
             deleted = await self.store.prune(
                 self.config.event_retention_count, self.config.event_retention_age, self.clock()
             )
@@ -297,27 +171,52 @@ class Daemon:
     # ----------------------------------------------------------------- events
 
     def publish(self, event: DagEvent) -> StoredEvent:
-        """Number, persist and (once committed) fan out one event. Never blocks."""
+        """Number, persist and (once committed) fan out one event; returns it with its seq.
+        Never blocks."""
         return self.store.publish(event)
 
+    def _emit(self, event: DagEvent) -> None:
+        """`publish` as the engine's Publish (which returns nothing)."""
+        self.store.publish(event)
+
     def _publish_all(self, effects: Iterable[object]) -> None:
+        """Publish the events among a run state's effects (the rest concern a running run)."""
         for effect in effects:
-            if isinstance(effect, DAG_EVENT_CLASSES):
+            if isinstance(effect, DagEvent):
                 self.publish(effect)
 
     def subscribe(self, dag_ids: Iterable[str] | None = None, buffer: int = 0) -> Subscriber:
-        """A bounded queue of committed events (StoredEvent) for the given DAGs (None: all)."""
+        """A bounded queue of committed events (StoredEvent, in seq order) for `dag_ids` (None:
+        every DAG), holding at most `buffer` events (0: config.server.send_buffer). A
+        subscriber that falls that far behind is cut off (`overflowed`, then the end of its
+        queue) rather than making the daemon wait; close it when done."""
         return self.hub.subscribe(dag_ids, buffer or self.config.server.send_buffer)
 
     def events(self, dag_ids: Iterable[str] | None = None, buffer: int = 0) -> EventStream:
-        """Every event committed from this call on (with its seq), for the given DAGs (None:
-        all). Subscribes at once, so nothing published after the call is missed."""
+        """Every event committed from this call on, with its seq, for `dag_ids` (None: every
+        DAG), as an async iterator of DagEvent. Subscribes at once, so nothing published after
+        the call is missed. Iteration raises DaemonError('slow_consumer') if the consumer falls
+        more than `buffer` events behind (0: config.server.send_buffer)."""
         return EventStream(self.subscribe(dag_ids, buffer))
 
-    def _record_process(self, ctx: StepContext, pid: int) -> None:
-        self.store.record_leftover(
-            RecordLeftover(ctx.run_id, ctx.step_id, pid, process_start(pid), self._boot_id)
-        )
+    # ------------------------------------------------------- the event log
+    # For the network layer (dagd.daemon.api.DaemonService), which never sees the store.
+
+    @property
+    def committed_seq(self) -> int:
+        """The seq of the newest committed event (0: none yet)."""
+        return self.store.committed_seq
+
+    async def events_page(
+        self, since: int, until: int | None = None, limit: int = 1000
+    ) -> list[tuple[int, str, str]]:
+        """(seq, dag_id, wire text) of committed events with since < seq <= until (None: the
+        committed seq), oldest first, at most `limit`; read in a worker thread."""
+        return await self.store.events_page(since, until, limit)
+
+    async def oldest_seq(self) -> int | None:
+        """The lowest seq still in the event log, None if it is empty."""
+        return await self.store.oldest_seq()
 
     # ------------------------------------------------------------------ runs
 
@@ -328,23 +227,39 @@ class Daemon:
             raise DaemonError("unknown_dag", f"no DAG {dag_id!r} (DAGs: {known})")
         return dag
 
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise DaemonError("shutting_down", "the daemon is shutting down")
+
     async def trigger(self, dag_id: str, params: Mapping[str, Any] | None = None) -> str:
-        """Queue a manual run; returns its run id. It starts when max_active_runs allows."""
+        """Queue a manual run of `dag_id` with `params` (name -> value; values become text as
+        written in TOML, undeclared names are refused); returns its run id.
+
+        It answers once the run is stored as queued, so a crash right after cannot lose it
+        (the next start closes it out). Its events (queued, then running when the DAG's
+        max_active_runs allows, ...) follow the answer.
+
+        Raises DaemonError with code:
+        - `unknown_dag`: no DAG `dag_id` is loaded;
+        - `invalid_params`: a param the DAG does not declare;
+        - `shutting_down`: the daemon is stopping;
+        - `duplicate_run`: a run with the new id is already queued or running (two triggers
+          within one clock microsecond can only collide if the clock goes backwards).
+        """
         dag = self._dag(dag_id)
         try:
             bound = dag.bind_params(params)
         except ValueError as exc:
             raise DaemonError("invalid_params", str(exc)) from None
-        if not self._accepting:
-            raise DaemonError("shutting_down", "the daemon is shutting down")
+        self._check_accepting()
         run_id = self._run_ids.make("manual", self.clock())
-        # The run is on disk before anyone hears of it (a crash right after the answer cannot
-        # lose it: the next start closes it out), and its events follow the answer.
         self.store.record_run(run_id, dag.id, bound, self.clock())
         await self.store.flush()
         return self._enqueue(dag, run_id, bound, recorded=True)
 
     def _fire_scheduled(self, dag: DagSpec, slot: datetime) -> None:
+        """The scheduler's `fire`: queue the run of `dag` for a cron `slot`. Raises
+        DaemonError('duplicate_run') if that slot's run is still queued or running."""
         if self._accepting:
             # Run ids key runs across every DAG (active runs, cancel/retry, the runs table), so
             # the id of a slot's run names the DAG: DAGs sharing a schedule fire the same slots.
@@ -354,36 +269,30 @@ class Daemon:
     def _enqueue(
         self, dag: DagSpec, run_id: str, params: dict[str, str], recorded: bool = False
     ) -> str:
-        if not self._accepting:
-            raise DaemonError("shutting_down", "the daemon is shutting down")
-        if self._waiting_or_running(run_id):
-            raise DaemonError("duplicate_run", f"run {run_id} is already queued or running")
+        self._check_accepting()
+        self.admission.check_new(run_id)
         now = self.clock()
         state = RunState(dag, run_id, params, progress_interval=self.config.progress_interval)
         if not recorded:
             self.store.record_run(run_id, dag.id, params, now)
         self.publish(state.run_event(now))  # queued
-        self._queues.setdefault(dag.id, deque()).append(state)
+        self.admission.enqueue(state)
         self._launch(dag.id)
         return run_id
 
     def _launch(self, dag_id: str) -> None:
-        """Start queued runs of `dag_id` while its max_active_runs allows."""
-        queue = self._queues.get(dag_id)
-        while queue and self._accepting:
-            state = queue[0]
-            if self._running_per_dag.get(dag_id, 0) >= state.dag.max_active_runs:
-                return
-            queue.popleft()
+        """Start the queued runs of `dag_id` that its max_active_runs allows."""
+        if not self._accepting:
+            return
+        for state in self.admission.admit(dag_id):
             driver = RunDriver(
                 state,
                 self.executor,
-                self.publish,
+                self._emit,
                 clock=self.clock,
                 step_slots=self.step_slots,
             )
             self.active[state.run_id] = driver
-            self._running_per_dag[dag_id] = self._running_per_dag.get(dag_id, 0) + 1
             assert self._nursery is not None
             self._nursery.start_soon(self._drive, driver, name=f"run {state.run_id}")
 
@@ -393,7 +302,9 @@ class Daemon:
         try:
             await driver.run()
             took = (state.ended_at or 0.0) - (state.started_at or 0.0)
-            failed = sorted(sid for sid, st in state.steps.items() if st.status.value == "failed")
+            failed = sorted(
+                sid for sid, st in state.steps.items() if st.status is StepStatus.FAILED
+            )
             log.info(
                 "run %s of %s: %s in %.1fs%s",
                 state.run_id,
@@ -415,104 +326,99 @@ class Daemon:
                 self.publish(state.run_event(now))
         finally:
             del self.active[state.run_id]
-            self._running_per_dag[state.dag.id] -= 1
-            self._remember(state)
+            self.admission.finished(state)
             self._idle.set()
             self._launch(state.dag.id)
 
     async def cancel(self, run_id: str, reason: str = "cancelled by user") -> None:
+        """Cancel a queued or running run; `reason` becomes the error of the steps it stops.
+
+        A queued run is cancelled at once (its events are published before this returns). A
+        running run's waiting steps are cancelled and its running steps stopped (SIGTERM, then
+        SIGKILL after config.kill_grace seconds); this returns at once, and the run's final
+        `cancelled` status follows as an event.
+
+        Raises DaemonError with code:
+        - `unknown_run`: no run `run_id` is known, in memory or in the store;
+        - `not_running`: the run has already finished.
+        """
         driver = self.active.get(run_id)
         if driver is not None:
             driver.cancel(reason)
             return
-        for queue in self._queues.values():
-            for state in queue:
-                if state.run_id == run_id:
-                    queue.remove(state)  # a new run or a retried one, waiting for a slot
-                    self._publish_all(state.cancel(self.clock(), reason))
-                    self._remember(state)
-                    return
+        state = self.admission.remove_queued(run_id)
+        if state is not None:  # a new run or a retried one, waiting for a slot
+            self._publish_all(state.cancel(self.clock(), reason))
+            self.admission.remember(state)
+            return
         record = await self.store.get_run(run_id)
         if record is None:
             raise DaemonError("unknown_run", f"no run {run_id!r}")
         raise DaemonError("not_running", f"run {run_id} is already {record[0].status}")
 
     async def retry(self, run_id: str) -> str:
-        """Run a failed or cancelled run again: successful steps are kept, the rest rerun.
+        """Run a failed or cancelled run again under the same run id (returned): successful
+        steps are kept, the rest run again, their attempt numbers going on from the last try.
 
         Like `trigger`, it answers once the run is stored as queued again; its events (queued,
-        then running when the DAG's max_active_runs allows) follow the answer."""
-        if run_id in self._retrying or self._waiting_or_running(run_id):
-            raise DaemonError("not_finished", f"run {run_id} has not finished yet")
+        then running when the DAG's max_active_runs allows, ...) follow the answer. A run no
+        longer in memory is rebuilt from the store (its DAG must still be loaded).
+
+        Raises DaemonError with code:
+        - `not_finished`: the run is queued or running, or another retry of it is under way;
+        - `unknown_run`: no run `run_id` is known;
+        - `unknown_dag`: the run's DAG is no longer loaded;
+        - `not_retryable`: the run succeeded;
+        - `shutting_down`: the daemon is stopping.
+        """
         # Reserved until queued: two retries of one run at once must not both get through the
         # awaits below.
-        self._retrying.add(run_id)
-        try:
-            return await self._retry(run_id)
-        finally:
-            self._retrying.discard(run_id)
-
-    def _waiting_or_running(self, run_id: str) -> bool:
-        return run_id in self.active or any(
-            s.run_id == run_id for q in self._queues.values() for s in q
-        )
-
-    def _remember(self, state: RunState) -> None:
-        """Keep a finished run at hand (for retry and snapshots), the newest 200."""
-        self._recent[state.run_id] = state
-        while len(self._recent) > 200:
-            self._recent.popitem(last=False)
-
-    async def _retry(self, run_id: str) -> str:
-        state = self._recent.pop(run_id, None)
-        if state is None:
-            found = await self.store.get_run(run_id)
-            if found is None:
-                raise DaemonError("unknown_run", f"no run {run_id!r}")
-            record, steps = found
-            state = RunState.restore(
-                self._dag(record.dag_id),
-                run_id,
-                record.params,
-                RunStatus(record.status)
-                if record.status in ("success", "failed", "cancelled")
-                else RunStatus.FAILED,
-                {
-                    s.step_id: (
-                        StepStatus(s.status),
-                        s.retry_count,
-                        s.start_time,
-                        s.end_time,
-                        s.error,
-                        s.attempt,
+        with self.admission.retrying(run_id):
+            state = self.admission.recall(run_id) or await self._restore(run_id)
+            try:
+                if state.status not in RETRYABLE_RUN:
+                    raise DaemonError(
+                        "not_retryable",
+                        f"run {run_id} is {state.status}; only failed or cancelled runs can be"
+                        " retried",
                     )
-                    for s in steps
-                },
-                progress_interval=self.config.progress_interval,
-            )
-        if state.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
-            self._remember(state)
-            raise DaemonError(
-                "not_retryable",
-                f"run {run_id} is {state.status}; only failed or cancelled runs can be retried",
-            )
-        if not self._accepting:
-            self._remember(state)
-            raise DaemonError("shutting_down", "the daemon is shutting down")
-        self.store.record_requeue(run_id)
-        await self.store.flush()
-        if not self._accepting:  # the daemon began to stop meanwhile (as for trigger, the
-            self._remember(state)  # record says queued; the next start closes it out)
-            raise DaemonError("shutting_down", "the daemon is shutting down")
-        # queued again (clients see it wait for a max_active_runs slot), then started by _launch
-        self._publish_all(state.requeue(self.clock()))
-        self._queues.setdefault(state.dag.id, deque()).append(state)
-        self._launch(state.dag.id)
-        return run_id
+                self._check_accepting()
+                self.store.record_requeue(run_id)
+                await self.store.flush()
+                # The daemon may have begun to stop meanwhile: as for trigger, the record says
+                # queued, and the next start closes it out.
+                self._check_accepting()
+            except DaemonError:
+                self.admission.remember(state)
+                raise
+            # queued again (clients see it wait for a max_active_runs slot), then started
+            self._publish_all(state.requeue(self.clock()))
+            self.admission.enqueue(state)
+            self._launch(state.dag.id)
+            return run_id
+
+    async def _restore(self, run_id: str) -> RunState:
+        """A finished run rebuilt from its records (it was not in memory)."""
+        found = await self.store.get_run(run_id)
+        if found is None:
+            raise DaemonError("unknown_run", f"no run {run_id!r}")
+        record, steps = found
+        return RunState.restore(
+            self._dag(record.dag_id),
+            run_id,
+            record.params,
+            record.status if record.status.finished else RunStatus.FAILED,
+            {
+                s.step_id: (s.status, s.retry_count, s.start_time, s.end_time, s.error, s.attempt)
+                for s in steps
+            },
+            progress_interval=self.config.progress_interval,
+        )
 
     # --------------------------------------------------------------- queries
 
     def list_dags(self) -> list[DagInfo]:
+        """Every loaded DAG, sorted by id, with its next scheduled run."""
         return [
             DagInfo(
                 dag.id,
@@ -528,21 +434,25 @@ class Daemon:
         ]
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+        """The newest `limit` runs (of `dag_id`, or of every DAG) as stored, newest queued
+        first. An unknown `dag_id` has no runs (no error). Read in a worker thread."""
         return await self.store.list_runs(dag_id, limit)
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
+        """A run's record and its steps' records as committed (steps that never started have
+        none), or None for an unknown run id. Read in a worker thread."""
         return await self.store.get_run(run_id)
 
     def run_states(self, dag_ids: set[str] | None = None) -> list[RunState]:
-        """Active and queued runs, then recently finished ones, for the given DAGs."""
-        states = [d.state for d in self.active.values()]
-        states += [s for q in self._queues.values() for s in q]
-        states += list(self._recent.values())
-        return [s for s in states if dag_ids is None or s.dag.id in dag_ids]
+        """In-memory runs of `dag_ids` (None: all): running, then queued, then the recently
+        finished ones (oldest first). Live objects: read, do not change."""
+        return self.admission.states(dag_ids)
 
     def snapshot(self, dag_ids: set[str] | None = None) -> tuple[list[DagEvent], int]:
-        """The current state of active runs and each DAG's latest finished run, as events
-        (without seq), and the seq the caller can replay from to continue without a gap."""
+        """The present state of every queued or running run and of each DAG's latest finished
+        run (of `dag_ids`; None: all) as events without seq (per run: its status, each step's
+        status, its progress), and the committed seq they are current at: replaying the log
+        from that seq continues them without a gap."""
         seq = self.store.committed_seq
         now = self.clock()
         latest: dict[str, RunState] = {}
@@ -559,6 +469,10 @@ class Daemon:
             events.extend(state.step_event(sid, now) for sid in state.steps)
             events.append(state.progress(now))
         return events, seq
+
+
+def _text(problems: list[Problem]) -> str:
+    return "\n".join(map(str, problems))
 
 
 class EventStream:

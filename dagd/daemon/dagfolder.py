@@ -1,11 +1,20 @@
-"""Reading a folder of DAG files: every good DAG, and every problem of every bad file.
+"""The folder of DAG files: one loader for the CLI (`dagd validate`, `list`, `run`) and for the
+daemon's hot reload.
 
-One broken file never hides the others: the caller gets the DAGs that loaded and the problems of
-the rest, each naming its file.
+Rules this file keeps:
+- Every `*.toml` file directly in the folder is one DAG, read in sorted path order. One broken
+  file never hides the others: the caller gets the DAGs that loaded and the problems of the
+  rest, each naming its file.
+- One rule for duplicate DAG ids: the file that claimed the id first keeps it (on a fresh read,
+  the first by sorted path), and the other file is a problem naming both files.
+- Reloading is incremental: a file is read again only when its (mtime, ctime, size, inode)
+  changed. A file that breaks keeps its last good version; when a DAG id is given up (its file
+  deleted, or its id changed), the files refused for using it get another look at once.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import attrs
@@ -13,24 +22,19 @@ import attrs
 from dagd.core.model import DagSpec
 from dagd.core.spec import DagSpecError, Problem, parse_dag
 
-
-@attrs.frozen
-class DagFolder:
-    dags: dict[str, DagSpec]
-    problems: dict[str, list[Problem]]  # by file path
-    mtimes: dict[str, float] = attrs.field(factory=dict)  # by file path, to notice edits
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
+#: What tells a file changed: an edit shows in one of these even within one coarse mtime tick
+#: (editors that save by rename make a new inode, and a write moves ctime too).
+Stamp = tuple[int, int, int, int]
 
 
 def dag_files(folder: Path) -> list[Path]:
+    """The DAG files of `folder`, sorted by path."""
     return sorted(p for p in folder.glob("*.toml") if p.is_file())
 
 
 def load_dag_file(path: Path) -> DagSpec:
-    """Parse one file; raises DagSpecError naming the file."""
+    """Parse one file (its id defaults to the file name's stem); raises DagSpecError naming the
+    file for a file that cannot be read or is not a valid DAG."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -38,29 +42,150 @@ def load_dag_file(path: Path) -> DagSpec:
     return parse_dag(text, str(path), default_id=path.stem)
 
 
+@attrs.frozen
+class Refused:
+    """A file a reload could not use; `dag_id` is its last good DAG's id, else the file's stem."""
+
+    path: Path
+    dag_id: str
+    problems: list[Problem]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(map(str, self.problems))
+
+
+@attrs.frozen
+class Reloaded:
+    """What one `DagFolder.reload()` changed."""
+
+    changed: bool  # the set of DAGs (or one of them) is not what it was
+    refused: list[Refused]  # files newly found broken or duplicate, in path order
+
+
+@attrs.define
+class _File:
+    stamp: Stamp | None  # None: look again at the next reload whatever the stamp says
+    dag_id: str | None  # the id this file's DAG has (or had, when last good)
+
+
+class DagFolder:
+    """The DAGs of one folder, kept up to date by `reload()`.
+
+    `dags` maps DAG id to its spec (`spec.source` names the file); `problems` maps a file path
+    (as text) to what is wrong with it, for every file that is broken or refused now. With a
+    `log`, loads, removals and refusals are logged there (the daemon's log; the CLI prints
+    problems itself).
+    """
+
+    def __init__(self, folder: Path, log: logging.Logger | None = None) -> None:
+        self.folder = folder
+        self._log = log
+        self.dags: dict[str, DagSpec] = {}
+        self.problems: dict[str, list[Problem]] = {}
+        self._files: dict[Path, _File] = {}
+        self._duplicates: set[Path] = set()  # files refused because their DAG id was taken
+
+    @property
+    def ok(self) -> bool:
+        """No file has a problem."""
+        return not self.problems
+
+    def reload(self) -> Reloaded:
+        """Pick up added, changed and removed files (a missing folder holds none). A broken
+        file keeps its last good version; it is reported once per change, in `refused`."""
+        changed = False
+        refused: list[Refused] = []
+        while True:
+            again_changed, freed = self._pass(refused)
+            changed = changed or again_changed
+            if not (freed and self._duplicates):
+                return Reloaded(changed, refused)
+            # A DAG id was given up: a file refused for using it gets another look now, not
+            # only at its next edit.
+            for dup in self._duplicates:
+                self._files[dup].stamp = None
+
+    def _pass(self, refused: list[Refused]) -> tuple[bool, bool]:
+        """One look at every file: (something changed, a DAG id was given up)."""
+        changed = freed = False
+        seen: set[Path] = set()
+        for path in dag_files(self.folder) if self.folder.is_dir() else []:
+            seen.add(path)
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
+            old = self._files.get(path)
+            if old is not None and old.stamp == stamp:
+                continue
+            changed = True
+            old_id = old.dag_id if old else None
+            try:
+                dag = load_dag_file(path)
+            except DagSpecError as exc:
+                refused.append(self._refuse(path, stamp, old_id, exc.problems))
+                continue
+            owner = self.dags.get(dag.id)
+            if owner is not None and owner.source != str(path):
+                text = f"DAG id {dag.id!r} is already used by {owner.source}"
+                problem = Problem(str(path), text, field="id")
+                refused.append(self._refuse(path, stamp, old_id, [problem], duplicate=True))
+                continue
+            if old_id is not None and old_id != dag.id:
+                freed = self.dags.pop(old_id, None) is not None or freed
+            self.dags[dag.id] = dag
+            self._files[path] = _File(stamp, dag.id)
+            self._duplicates.discard(path)
+            self.problems.pop(str(path), None)
+            if self._log:
+                verb = "reloaded" if old else "loaded"
+                self._log.info("%s DAG %s from %s", verb, dag.id, path.name)
+        for path in list(self._files):
+            if path not in seen:
+                dag_id = self._files.pop(path).dag_id
+                self.problems.pop(str(path), None)
+                owned = self.dags.get(dag_id) if dag_id is not None else None
+                if owned is not None and owned.source == str(path):
+                    del self.dags[owned.id]
+                    freed = True
+                    if self._log:
+                        self._log.info("removed DAG %s (%s was deleted)", owned.id, path.name)
+                changed = True
+        self._duplicates &= set(self._files)
+        return changed, freed
+
+    def _refuse(
+        self,
+        path: Path,
+        stamp: Stamp,
+        old_id: str | None,
+        problems: list[Problem],
+        duplicate: bool = False,
+    ) -> Refused:
+        """A file that cannot be used: its last good version (if any) stays."""
+        self._files[path] = _File(stamp, old_id)
+        if duplicate:
+            self._duplicates.add(path)
+        else:
+            self._duplicates.discard(path)
+        self.problems[str(path)] = problems
+        refused = Refused(path, old_id or path.stem, problems)
+        if self._log:
+            self._log.error(
+                "cannot load DAG file (keeping the last good version):\n%s", refused.text
+            )
+        return refused
+
+
 def load_dag_folder(folder: Path) -> DagFolder:
-    if not folder.is_dir():
+    """One read of `folder`, as `dagd validate`, `list` and `run` see it. Unlike the daemon's
+    reload, a missing folder is a problem here (the user named it)."""
+    loaded = DagFolder(folder)
+    if folder.is_dir():
+        loaded.reload()
+    else:
         problem = Problem(str(folder), "DAG folder does not exist (set dags_dir or --dags)")
-        return DagFolder({}, {str(folder): [problem]})
-    dags: dict[str, DagSpec] = {}
-    problems: dict[str, list[Problem]] = {}
-    mtimes: dict[str, float] = {}
-    for path in dag_files(folder):
-        key = str(path)
-        try:
-            mtimes[key] = path.stat().st_mtime
-            dag = load_dag_file(path)
-        except DagSpecError as exc:
-            problems[key] = exc.problems
-            continue
-        except OSError as exc:
-            problems[key] = [Problem(key, f"cannot read file: {exc}")]
-            continue
-        if dag.id in dags:
-            other = dags[dag.id].source
-            problems[key] = [
-                Problem(key, f"DAG id {dag.id!r} is already used by {other}", field="id")
-            ]
-            continue
-        dags[dag.id] = dag
-    return DagFolder(dags, problems, mtimes)
+        loaded.problems[str(folder)] = [problem]
+    return loaded

@@ -75,8 +75,7 @@ def _unnumbered_version(conn: sqlite3.Connection) -> int:
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the file behind `conn` (autocommit mode) up to `VERSION`; returns the version it
     had. Raises `sqlite3.DatabaseError` for a file newer than this dagd (it would misread it)."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    before = version
+    version = before = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > VERSION:
         raise sqlite3.DatabaseError(
             f"the state file has schema version {version}; this dagd knows up to {VERSION}"

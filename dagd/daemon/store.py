@@ -441,7 +441,8 @@ class Store:
     async def oldest_seq(self) -> int | None:
         """The lowest seq still in the log (retention deletes older ones), None if empty."""
         rows = await self.read("SELECT min(seq) FROM events")
-        return rows[0][0]
+        oldest: int | None = rows[0][0]
+        return oldest
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """The newest `limit` runs (of `dag_id`, or of every DAG), newest queued first."""

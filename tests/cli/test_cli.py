@@ -419,6 +419,32 @@ def test_validate_lists_every_problem_with_file_step_and_field(
     assert result.stderr == ""
 
 
+def test_validate_list_and_run_share_the_daemons_rule_for_duplicate_ids(
+    tmp_path: Path, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first file by sorted path keeps the id; the other is a problem naming both files
+    (dagd/daemon/dagfolder.py, the loader the daemon reloads with)."""
+    dags_dir = tmp_path / "dags"
+    dags_dir.mkdir()
+    (dags_dir / "b.toml").write_text('id = "same"\n[steps.s]\ncommand = "echo from-b"\n')
+    (dags_dir / "a.toml").write_text('id = "same"\n[steps.s]\ncommand = "echo from-a"\n')
+    monkeypatch.chdir(tmp_path)
+    result = invoke(cli, "validate")
+    assert result.exit_code == 1
+    first, second = dags_dir / "a.toml", dags_dir / "b.toml"
+    problem = f"{second}: field 'id': DAG id 'same' is already used by {first}"
+    assert result.stderr.splitlines()[0] == problem
+    assert result.stderr.splitlines()[-1] == "Error: 1 problem(s) in 1 file(s); 1 DAG(s) are fine"
+    result = invoke(cli, "list")
+    assert result.stdout.split()[0] == "same"
+    assert "b.toml" in result.stderr and "broken" in result.stderr
+    result = invoke(cli, "run", "same", "--plain")
+    assert result.exit_code == 0, result.output
+    run_id = run_id_of(result.stdout)
+    logs = tmp_path / "state" / "logs" / "same" / run_id
+    assert (logs / "s.1.out").read_text() == "from-a\n"
+
+
 # ----------------------------------------------------------------- run
 
 

@@ -1,0 +1,20 @@
+"""The one error the daemon's API raises: `DaemonError`, with a stable code."""
+
+from __future__ import annotations
+
+
+class DaemonError(Exception):
+    """A request the daemon cannot carry out; `message` is safe to show to whoever asked.
+
+    `code` is stable (it goes on the wire as the error's code): `unknown_dag`, `invalid_params`,
+    `shutting_down`, `duplicate_run`, `unknown_run`, `not_running`, `not_finished`,
+    `not_retryable`, `slow_consumer`. Each method's docstring says which codes it raises.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+__all__ = ["DaemonError"]

@@ -1,0 +1,154 @@
+"""The DAG folder alone: one loader, one rule for duplicate ids, incremental reloads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dagd.daemon.dagfolder import DagFolder, load_dag_folder
+
+GOOD = '[steps.s]\ncommand = "true"\n'
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    """Write <folder>/<name>.toml so that a reload sees a change even within one mtime tick."""
+    path = folder / f"{name}.toml"
+    old = path.stat().st_mtime_ns if path.exists() else None
+    path.write_text(textwrap.dedent(text))
+    if old is not None and path.stat().st_mtime_ns <= old:
+        os.utime(path, ns=(old + 10_000_000, old + 10_000_000))
+    return path
+
+
+def test_good_and_broken_files_each_reported_by_file(tmp_path: Path) -> None:
+    write(tmp_path, "one", GOOD)
+    bad = write(tmp_path, "bad", "this is = not toml [")
+    (tmp_path / "notes.txt").write_text("not a DAG file")
+    folder = load_dag_folder(tmp_path)
+    assert set(folder.dags) == {"one"}
+    assert folder.dags["one"].source == str(tmp_path / "one.toml")
+    assert list(folder.problems) == [str(bad)]
+    assert "not valid TOML" in str(folder.problems[str(bad)][0])
+    assert not folder.ok
+
+
+def test_a_missing_folder_is_a_problem_for_the_cli_and_empty_for_a_reload(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "nope"
+    loaded = load_dag_folder(missing)
+    assert loaded.dags == {}
+    [problem] = loaded.problems[str(missing)]
+    assert "does not exist" in problem.message
+    watched = DagFolder(missing)
+    assert watched.reload().refused == []
+    assert watched.ok
+
+
+@pytest.mark.parametrize("names", [("a", "b"), ("b", "a")])
+def test_a_duplicate_id_stays_with_the_first_file_by_sorted_path(
+    tmp_path: Path, names: tuple[str, str]
+) -> None:
+    # Written in either order: the first by sorted path keeps the id, the other is reported
+    # as a problem naming both files.
+    for name in names:
+        write(tmp_path, name, f'id = "same"\ndescription = "{name}"\n' + GOOD)
+    folder = load_dag_folder(tmp_path)
+    assert folder.dags["same"].description == "a"
+    [problem] = folder.problems[str(tmp_path / "b.toml")]
+    assert str(problem) == (
+        f"{tmp_path / 'b.toml'}: field 'id': DAG id 'same' is already used by {tmp_path / 'a.toml'}"
+    )
+
+
+def test_a_reload_reads_only_what_changed(tmp_path: Path) -> None:
+    path = write(tmp_path, "live", 'description = "v1"\n' + GOOD)
+    folder = DagFolder(tmp_path)
+    assert folder.reload().changed
+    first = folder.dags["live"]
+    assert not folder.reload().changed
+    assert folder.dags["live"] is first  # not read again
+    write(tmp_path, "live", 'description = "v2"\n' + GOOD)
+    assert folder.reload().changed
+    assert folder.dags["live"].description == "v2"
+    path.unlink()
+    assert folder.reload().changed
+    assert folder.dags == {}
+
+
+def test_a_same_size_rewrite_within_one_mtime_tick_is_noticed(tmp_path: Path) -> None:
+    path = write(tmp_path, "tick", '[steps.s]\ncommand = "echo aaa"\n')
+    folder = DagFolder(tmp_path)
+    folder.reload()
+    before = path.stat()
+    path.write_text('[steps.s]\ncommand = "echo bbb"\n')
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime, same size
+    assert path.stat().st_size == before.st_size
+    assert folder.reload().changed
+    assert folder.dags["tick"].steps["s"].command == "echo bbb"
+
+
+def test_a_broken_edit_keeps_the_last_good_version_and_is_reported_once(tmp_path: Path) -> None:
+    write(tmp_path, "live", 'description = "good"\n' + GOOD)
+    folder = DagFolder(tmp_path)
+    folder.reload()
+    path = write(tmp_path, "live", '[steps.s]\ncommand = "x"\ndepends_on = ["nope"]\n')
+    reloaded = folder.reload()
+    [refused] = reloaded.refused
+    assert (refused.path, refused.dag_id) == (path, "live")
+    assert "unknown step 'nope'" in refused.text
+    assert folder.dags["live"].description == "good"
+    assert folder.reload().refused == []  # not reported again until it changes
+    write(tmp_path, "live", 'description = "fixed"\n' + GOOD)
+    assert folder.reload().refused == []
+    assert folder.ok
+    assert folder.dags["live"].description == "fixed"
+
+
+def test_a_broken_new_file_is_reported_under_its_stem(tmp_path: Path) -> None:
+    write(tmp_path, "fresh", "this is = not toml [")
+    [refused] = DagFolder(tmp_path).reload().refused
+    assert refused.dag_id == "fresh"
+
+
+def test_a_freed_id_goes_to_the_refused_file_at_once(tmp_path: Path) -> None:
+    one = write(tmp_path, "one", 'id = "same"\n' + GOOD)
+    folder = DagFolder(tmp_path)
+    folder.reload()
+    two = write(tmp_path, "two", 'id = "same"\n' + GOOD)
+    [refused] = folder.reload().refused
+    assert refused.path == two and "already used" in refused.text
+    one.unlink()
+    reloaded = folder.reload()
+    assert reloaded.changed and reloaded.refused == []
+    assert folder.dags["same"].source == str(two)
+    assert folder.ok
+
+
+def test_an_id_given_up_by_a_rename_goes_to_the_refused_file(tmp_path: Path) -> None:
+    write(tmp_path, "one", 'id = "same"\n' + GOOD)
+    folder = DagFolder(tmp_path)
+    folder.reload()
+    two = write(tmp_path, "two", 'id = "same"\n' + GOOD)
+    folder.reload()
+    write(tmp_path, "one", 'id = "other"\n' + GOOD)
+    folder.reload()
+    assert folder.dags["same"].source == str(two)
+    assert folder.dags["other"].source == str(tmp_path / "one.toml")
+    assert folder.ok
+
+
+def test_only_a_folder_given_a_log_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path, "one", GOOD)
+    write(tmp_path, "bad", "nope [")
+    with caplog.at_level(logging.INFO, logger="test.dagfolder"):
+        load_dag_folder(tmp_path)
+        assert caplog.records == []
+        DagFolder(tmp_path, logging.getLogger("test.dagfolder")).reload()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("loaded DAG one") for m in messages)
+    assert any("cannot load DAG file" in m for m in messages)

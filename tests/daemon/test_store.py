@@ -1,0 +1,166 @@
+"""The store alone: the writer's batches, the intents it writes, the records it reads back."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from dagd.core.events import DagRunStatusEvent, ErrorEvent, StepStatusEvent
+from dagd.core.model import RunStatus, StepStatus
+from dagd.daemon.hub import Hub
+from dagd.daemon.store import RecordLeftover, RunRecord, Store, StoredEvent
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def test_every_kind_of_intent_is_written_in_one_batch(tmp_path: Path) -> None:
+    """A run, its events, a step's leftover record, a requeue and a cron slot, published
+    together, land in one transaction, each in its table."""
+    committed: list[list[StoredEvent]] = []
+    store = Store.open(tmp_path / "db.sqlite3", on_commit=committed.append)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            store.record_run("r1", "d", {"x": "1"}, 10.0)
+            store.publish(DagRunStatusEvent("d", "r1", RunStatus.RUNNING, 11.0))
+            store.publish(
+                StepStatusEvent("d", "r1", "s", StepStatus.RUNNING, 11.0, None, None, 0, None, 11.0)
+            )
+            store.record_leftover(RecordLeftover("r1", "s", 4242, 99, "boot"))
+            store.publish(
+                StepStatusEvent(
+                    "d", "r1", "s", StepStatus.FAILED, 11.0, 12.0, 1000, 0, "exit 1", 12.0
+                )
+            )
+            store.publish(DagRunStatusEvent("d", "r1", RunStatus.FAILED, 12.0))
+            store.record_requeue("r1")
+            store.record_slot("d", 1234.5)
+            await store.flush()
+            assert store.batches == 1
+            assert [s.seq for s in committed[0]] == [1, 2, 3, 4]
+            found = await store.get_run("r1")
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert found is not None
+    run, [step] = found
+    assert run == RunRecord("r1", "d", RunStatus.QUEUED, {"x": "1"}, 10.0, 11.0, None)
+    assert type(run.status) is RunStatus and type(step.status) is StepStatus
+    assert (step.status, step.error, step.duration) == (StepStatus.FAILED, "exit 1", 1000)
+    assert (step.pgid, step.proc_start, step.boot_id) == (4242, 99, "boot")
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert conn.execute("SELECT dag_id, last_slot FROM schedule").fetchall() == [("d", 1234.5)]
+    bodies = [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
+    assert [b["seq"] for b in bodies] == [1, 2, 3, 4]
+    conn.close()
+
+
+async def test_unfinished_reads_the_runs_left_queued_or_running(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db.sqlite3")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            for run_id, status in [("q", RunStatus.QUEUED), ("r", RunStatus.RUNNING)]:
+                store.record_run(run_id, "d", {}, 1.0)
+                store.publish(DagRunStatusEvent("d", run_id, status, 2.0))
+                store.publish(
+                    StepStatusEvent(
+                        "d", run_id, "s", StepStatus.RUNNING, 2.0, None, None, 0, None, 2.0
+                    )
+                )
+            store.record_run("done", "d", {}, 1.0)
+            store.publish(DagRunStatusEvent("d", "done", RunStatus.SUCCESS, 3.0))
+            await store.flush()
+            nursery.cancel_scope.cancel()
+        runs, steps = store.unfinished()
+    finally:
+        store.close()
+    assert sorted((r.run_id, r.status) for r in runs) == [
+        ("q", RunStatus.QUEUED),
+        ("r", RunStatus.RUNNING),
+    ]
+    assert sorted((s.run_id, s.status) for s in steps) == [
+        ("q", StepStatus.RUNNING),
+        ("r", StepStatus.RUNNING),
+    ]
+
+
+def seq_of(item: object) -> int:
+    assert isinstance(item, StoredEvent)
+    return item.seq
+
+
+async def test_a_backlog_is_written_in_steps_a_draining_subscriber_keeps_up(
+    tmp_path: Path,
+) -> None:
+    """Thousands of events published at once (as after a stall of the writer) reach a
+    subscriber with a 1024-event buffer in batches of at most max_batch, so a consumer that
+    drains is never cut off; cancelling the writer still commits everything."""
+    store = Store.open(tmp_path / "db.sqlite3")
+    hub = Hub()
+    store.on_commit = hub.publish
+    sub = hub.subscribe(None, 1024)
+    got: list[int] = []
+
+    async def drain() -> None:
+        # Greedy, as a sender should be: everything queued at each wake-up.
+        with contextlib.suppress(trio.EndOfChannel):
+            while True:
+                got.append(seq_of(await sub.get()))
+                with contextlib.suppress(trio.WouldBlock):
+                    while True:
+                        got.append(seq_of(sub.get_nowait()))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await nursery.start(store.writer)
+            for i in range(5000):
+                store.publish(ErrorEvent("d", None, None, f"e{i}", 1.0))
+            await store.flush()
+            await wait_until(lambda: len(got) == 5000)
+            assert not sub.overflowed
+            assert store.batches >= 5000 // store.max_batch
+            for i in range(1200):  # more than one batch pending when the writer is cancelled
+                store.publish(ErrorEvent("d", None, None, f"late{i}", 1.0))
+            nursery.cancel_scope.cancel()
+        assert store._pending == []
+        assert store.committed_seq == 6200
+        assert got[:5000] == list(range(1, 5001))
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert conn.execute("SELECT count(*), min(seq), max(seq) FROM events").fetchone() == (
+        6200,
+        1,
+        6200,
+    )
+    conn.close()
+
+
+async def test_an_event_published_just_before_the_writer_is_cancelled_is_kept(
+    tmp_path: Path,
+) -> None:
+    """The writer wakes for the event, is cancelled before it runs, and must still commit it
+    (it used to take the batch and then lose it at the lock's checkpoint)."""
+    store = Store.open(tmp_path / "db.sqlite3")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            await trio.sleep(0.05)
+            store.publish(ErrorEvent("d", None, None, "last words", 1.0))
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert conn.execute("SELECT seq, type FROM events").fetchall() == [(1, "error")]
+    conn.close()
