@@ -39,7 +39,7 @@ class ReconnectBackoff:
 
     def ceiling(self) -> float:
         """The upper bound of the next delay."""
-        return min(self.cap, self.base * 2 ** min(self.failures, 32))
+        return min(self.cap, self.base * (1 << min(self.failures, 32)))  # base * 2**failures
 
     def next_delay(self) -> float:
         delay = self._rng.uniform(0, self.ceiling())

@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import attrs
 
@@ -112,6 +112,12 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+Table = Mapping[str, Any]  # a TOML table as tomllib reads it
+T = TypeVar("T")
+D = TypeVar("D")
+Check = Callable[[T], "str | None"]  # a value -> why it is wrong, or None
+
+
 class _Reader:
     """Collects problems while reading one file's tables."""
 
@@ -122,27 +128,30 @@ class _Reader:
     def problem(self, message: str, step: str | None = None, field: str | None = None) -> None:
         self.problems.append(Problem(self.file, message, step, field))
 
-    def unknown_keys(self, table: Mapping[str, Any], allowed: list[str], step: str | None) -> None:
+    def unknown_keys(self, table: Table, allowed: list[str], step: str | None) -> None:
         for key in table:
             if key not in allowed:
                 self.problem(f"unknown key{_suggest(key, allowed)}", step, key)
 
-    def get(self, table, key, kind, step=None, default=None, check=None):
-        """table[key] if it has the right type (and passes `check`), else record why."""
+    def get(
+        self,
+        table: Table,
+        key: str,
+        kind: type[T] | tuple[type[T], ...],
+        *,
+        default: D,
+        step: str | None = None,
+        check: Check[T] | None = None,
+    ) -> T | D:
+        """table[key] if it is a `kind` (an int is never a bool) and passes `check`, else
+        `default`, with a problem recorded for a value that is there but wrong."""
         if key not in table:
             return default
         value = table[key]
-        if kind is float:
-            try:
-                value = parse_duration(value)
-            except ValueError as exc:
-                self.problem(str(exc), step, key)
-                return default
-        elif kind is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                self.problem(f"expected an integer, got {value!r}", step, key)
-                return default
-        elif not isinstance(value, kind):
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            self.problem(f"expected an integer, got {value!r}", step, key)
+            return default
+        if not isinstance(value, kind):
             names = (
                 kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             )
@@ -156,8 +165,19 @@ class _Reader:
                 return default
         return value
 
-    def string_table(self, table, key, step=None) -> dict[str, str]:
-        raw = self.get(table, key, dict, step, {})
+    def duration(self, table: Table, key: str, *, default: D, step: str | None = None) -> float | D:
+        """table[key] read by `parse_duration` (seconds), else `default`, with a problem
+        recorded for a value that is there but cannot be read."""
+        if key not in table:
+            return default
+        try:
+            return parse_duration(table[key])
+        except ValueError as exc:
+            self.problem(str(exc), step, key)
+            return default
+
+    def string_table(self, table: Table, key: str, step: str | None = None) -> dict[str, str]:
+        raw = self.get(table, key, dict, default={}, step=step)
         out: dict[str, str] = {}
         for name, value in raw.items():
             if not PARAM_RE.match(name):
@@ -169,38 +189,42 @@ class _Reader:
         return out
 
 
-def _at_least(n: int):
+def _at_least(n: int) -> Check[int]:
     return lambda v: None if v >= n else f"must be at least {n}, got {v}"
 
 
 def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -> StepSpec | None:
+    """One `[steps.<id>]` table -> StepSpec, or None if it is not a table at all."""
     if not isinstance(raw, dict):
         r.problem("must be a table ([steps.<id>])", step_id)
         return None
     if not ID_RE.match(step_id):
         r.problem("step ids use letters, digits, '_', '-' and '.', at most 128", step_id)
     r.unknown_keys(raw, STEP_KEYS, step_id)
-    command = r.get(raw, "command", (str, list), step_id)
-    if isinstance(command, list):
-        if not command or not all(isinstance(a, str) for a in command):
+    raw_command = r.get(raw, "command", (str, list), default=None, step=step_id)
+    command: str | tuple[str, ...] | None = None
+    if isinstance(raw_command, list):
+        if not raw_command or not all(isinstance(a, str) for a in raw_command):
             r.problem("an argv list must be a non-empty list of strings", step_id, "command")
-            command = None
         else:
-            command = tuple(command)
-    elif isinstance(command, str) and not command.strip():
-        r.problem("must not be empty", step_id, "command")
+            command = tuple(raw_command)
+    elif isinstance(raw_command, str):
+        if not raw_command.strip():
+            r.problem("must not be empty", step_id, "command")
+        command = raw_command
     call = r.get(
         raw,
         "call",
         str,
-        step_id,
+        default=None,
+        step=step_id,
         check=lambda v: (
             None if CALL_RE.match(v) else f"{v!r} must look like 'package.module:function'"
         ),
     )
     if ("command" in raw) == ("call" in raw):
         r.problem("a step needs exactly one of 'command' or 'call'", step_id)
-    deps = r.get(raw, "depends_on", (list, str), step_id, [])
+    deps = r.get(raw, "depends_on", (list, str), default=[], step=step_id)
     if isinstance(deps, str):
         deps = [deps]
     if not all(isinstance(d, str) for d in deps):
@@ -210,8 +234,8 @@ def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -
         raw,
         "trigger_rule",
         str,
-        step_id,
-        "all_success",
+        default="all_success",
+        step=step_id,
         check=lambda v: (
             None
             if v in TriggerRule.__members__.values()
@@ -219,11 +243,11 @@ def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -
             f"choose from {', '.join(TriggerRule)}"
         ),
     )
-    backoff = r.get(raw, "retry_backoff", (int, float), step_id, 2.0)
+    backoff = r.get(raw, "retry_backoff", (int, float), default=2.0, step=step_id)
     if isinstance(backoff, bool) or backoff < 1:
         r.problem(f"must be a number >= 1, got {backoff!r}", step_id, "retry_backoff")
         backoff = 2.0
-    timeout = r.get(raw, "timeout", float, step_id)
+    timeout = r.duration(raw, "timeout", default=None, step=step_id)
     if timeout == 0:
         r.problem("must be greater than 0 (leave it out for no timeout)", step_id, "timeout")
     return StepSpec(
@@ -231,15 +255,15 @@ def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -
         command=command,
         call=call,
         depends_on=tuple(dict.fromkeys(deps)),
-        retries=r.get(raw, "retries", int, step_id, 0, check=_at_least(0)),
-        retry_delay=r.get(raw, "retry_delay", float, step_id, 0.0),
+        retries=r.get(raw, "retries", int, default=0, step=step_id, check=_at_least(0)),
+        retry_delay=r.duration(raw, "retry_delay", default=0.0, step=step_id),
         retry_backoff=float(backoff),
-        max_retry_delay=r.get(raw, "max_retry_delay", float, step_id),
+        max_retry_delay=r.duration(raw, "max_retry_delay", default=None, step=step_id),
         timeout=timeout or None,
         env={**dag_env, **r.string_table(raw, "env", step_id)},
-        cwd=r.get(raw, "cwd", str, step_id),
+        cwd=r.get(raw, "cwd", str, default=None, step=step_id),
         trigger_rule=TriggerRule(rule),
-        description=r.get(raw, "description", str, step_id, ""),
+        description=r.get(raw, "description", str, default="", step=step_id),
     )
 
 
@@ -256,7 +280,7 @@ def parse_dag(text: str, file: str = "<string>", default_id: str | None = None) 
         r.problem("missing 'id'", field="id")
     elif not ID_RE.match(dag_id):
         r.problem(f"{dag_id!r} is not a valid id (letters, digits, '_', '-', '.')", field="id")
-    schedule = r.get(doc, "schedule", str, check=cron_problem)
+    schedule = r.get(doc, "schedule", str, default=None, check=cron_problem)
     tz = r.get(doc, "timezone", str, default="UTC", check=timezone_problem)
     dag_env = r.string_table(doc, "env")
     raw_steps = r.get(doc, "steps", dict, default={})
@@ -280,7 +304,7 @@ def parse_dag(text: str, file: str = "<string>", default_id: str | None = None) 
         cycle = find_cycle(deps) or []
         # Show it in the direction work flows: upstream -> downstream.
         r.problem(f"dependency cycle: {' -> '.join(reversed(cycle))}", field="depends_on")
-    max_active_steps = r.get(doc, "max_active_steps", int, check=_at_least(1))
+    max_active_steps = r.get(doc, "max_active_steps", int, default=None, check=_at_least(1))
     dag = DagSpec(
         id=dag_id or "",
         steps=steps,
