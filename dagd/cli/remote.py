@@ -32,6 +32,7 @@ from dagd.client import (
 )
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent, ErrorEvent
+from dagd.runtime.logfiles import step_logs
 
 T = TypeVar("T")
 
@@ -246,7 +247,7 @@ def print_logs(
     """Print a step's log files (stdout, then stderr) for one or every attempt. A stream that
     wrote nothing has no file; the run history says whether the step ran at all. With
     `follow`, keep printing output as it is written until the step is final."""
-    by_attempt = _log_files(config, run_id, step_id)
+    by_attempt = step_logs(config.log_dir, run_id, step_id)
     record = _step_record(config, run_id, step_id)  # (status, latest attempt) or None
     made = max([record[1] if record else 0, *by_attempt])  # attempts made
     if follow and (record is None or record[0] not in FINAL_STEP):
@@ -279,20 +280,6 @@ def print_logs(
 FINAL_STEP = frozenset({"success", "failed", "upstream_failed", "skipped", "cancelled"})
 
 
-def _log_files(config: Config, run_id: str, step_id: str) -> dict[int, list[Path]]:
-    """A step's log files by attempt number, each attempt's stdout before its stderr."""
-    matches = sorted(config.log_dir.glob(f"*/{_glob_escape(run_id)}/{_glob_escape(step_id)}.*"))
-    by_attempt: dict[int, list[Path]] = {}
-    for path in matches:
-        # Step ids may contain dots: "load.*" also matches the logs of a step "load.more".
-        parts = path.name.rsplit(".", 2)
-        if len(parts) == 3 and parts[0] == step_id and parts[1].isdigit():
-            by_attempt.setdefault(int(parts[1]), []).append(path)
-    for paths in by_attempt.values():
-        paths.sort(key=lambda p: p.suffix != ".out")  # stdout, then stderr
-    return by_attempt
-
-
 def _follow_logs(
     config: Config, run_id: str, step_id: str, attempt: int | None, poll: float = 0.2
 ) -> None:
@@ -303,7 +290,7 @@ def _follow_logs(
     while True:
         # Read the status first: output written before a final status is then always seen.
         record = _step_record(config, run_id, step_id)
-        for n, paths in sorted(_log_files(config, run_id, step_id).items()):
+        for n, paths in sorted(step_logs(config.log_dir, run_id, step_id).items()):
             if attempt is not None and n != attempt:
                 continue
             for path in paths:
@@ -347,7 +334,3 @@ def _step_record(config: Config, run_id: str, step_id: str) -> tuple[str, int] |
     except sqlite3.Error:
         return None
     return (str(row[0]), int(row[1])) if row else None
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

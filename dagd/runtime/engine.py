@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import assert_never
 
 import trio
@@ -26,7 +26,14 @@ from dagd.core.runstate import (
     StartStep,
     StopStep,
 )
-from dagd.runtime.executor import AttemptResult, Executor, StepContext
+from dagd.runtime.executor import (
+    AttemptResult,
+    LeftoverSink,
+    StepContext,
+    StepExecutor,
+    executor_for,
+)
+from dagd.runtime.local.executor import LocalExecutor
 
 log = logging.getLogger("dagd.runtime.engine")
 
@@ -42,24 +49,35 @@ def trio_wall_clock(offset: float | None = None) -> WallClock:
 
 class RunDriver:
     """Carries out one run. Use `await driver.run()`; `cancel()` and `retry()` may be called
-    from any task of the same trio loop while it runs."""
+    from any task of the same trio loop while it runs.
+
+    `executors`: the registry by name (`executor_registry`), or one executor that runs every
+    step. Each attempt runs on `executor_for(executors, step)`. `publish` gets every event
+    and must not block. `clock`: UNIX seconds, for event times. `step_slots`: a limiter every
+    running attempt holds a token of (the daemon's max_parallel_steps). `on_finish` is called
+    with the final state once the run is over. `on_leftover` gets each attempt's leftover
+    handle (dagd/runtime/executor.py), for crash recovery."""
 
     def __init__(
         self,
         state: RunState,
-        executor: Executor,
+        executors: StepExecutor | Mapping[str, StepExecutor],
         publish: Publish,
         *,
         clock: WallClock = time.time,
         step_slots: trio.CapacityLimiter | None = None,
         on_finish: Callable[[RunState], None] | None = None,
+        on_leftover: LeftoverSink | None = None,
     ) -> None:
         self.state = state
-        self.executor = executor
+        self.executors: Mapping[str, StepExecutor] = (
+            executors if isinstance(executors, Mapping) else {executors.name: executors}
+        )
         self.publish = publish
         self.clock = clock
         self.step_slots = step_slots
         self.on_finish = on_finish
+        self.on_leftover = on_leftover
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
@@ -133,18 +151,19 @@ class RunDriver:
         while True:
             sid = start.step_id
             spec = state.dag.steps[sid]
+            executor = executor_for(self.executors, spec)
             ctx = StepContext(
-                state.dag.id, state.run_id, sid, start.attempt, state.params, self.executor.log_dir
+                state.dag.id, state.run_id, sid, start.attempt, state.params, executor.log_dir
             )
             result = None
             with scope:
                 if self.step_slots is not None:
                     async with self.step_slots:
                         self._apply(state.step_started(sid, self.clock()))
-                        result = await self._run_attempt(spec, ctx)
+                        result = await self._run_attempt(executor, spec, ctx)
                 else:
                     self._apply(state.step_started(sid, self.clock()))
-                    result = await self._run_attempt(spec, ctx)
+                    result = await self._run_attempt(executor, spec, ctx)
             del self._scopes[sid]
             now = self.clock()
             if result is None:  # cancelled before it finished
@@ -162,10 +181,12 @@ class RunDriver:
                 # for its thread, so the next one may start at once.
                 await trio.lowlevel.checkpoint()
 
-    async def _run_attempt(self, spec: StepSpec, ctx: StepContext) -> AttemptResult:
+    async def _run_attempt(
+        self, executor: StepExecutor, spec: StepSpec, ctx: StepContext
+    ) -> AttemptResult:
         """The executor's result; an unexpected error fails the attempt, never the run."""
         try:
-            return await self.executor.run(spec, ctx)
+            return await executor.run(spec, ctx, self.on_leftover)
         except Exception as exc:
             log.exception("step %s of run %s failed unexpectedly", ctx.step_id, ctx.run_id)
             return AttemptResult(False, f"internal error: {type(exc).__name__}: {exc}")
@@ -179,10 +200,20 @@ class RunDriver:
 
 async def run_dag(
     state: RunState,
-    executor: Executor | None = None,
+    executors: StepExecutor | Mapping[str, StepExecutor] | None = None,
     publish: Publish | None = None,
-    **kwargs: object,
+    *,
+    clock: WallClock = time.time,
+    step_slots: trio.CapacityLimiter | None = None,
 ) -> RunStatus:
-    """Run a whole DAG run in this trio program and return its final status."""
-    driver = RunDriver(state, executor or Executor(), publish or (lambda event: None), **kwargs)  # type: ignore[arg-type]
+    """Run a whole DAG run in this trio program and return its final status. `executors`:
+    as `RunDriver` takes them (default: a `LocalExecutor` that keeps no logs); `publish` gets
+    every event (default: dropped); `clock` and `step_slots` as for `RunDriver`."""
+    driver = RunDriver(
+        state,
+        LocalExecutor() if executors is None else executors,
+        publish or (lambda event: None),
+        clock=clock,
+        step_slots=step_slots,
+    )
     return await driver.run()

@@ -30,7 +30,7 @@ from dagd.core.model import DagSpec, RunStatus, StepSpec, StepStatus, TriggerRul
 from dagd.core.runstate import RunState
 from dagd.core.spec import parse_dag
 from dagd.runtime.engine import RunDriver, run_dag, trio_wall_clock
-from dagd.runtime.executor import Executor
+from dagd.runtime.local.executor import LocalExecutor
 
 S = StepStatus
 GRACE = 0.3
@@ -147,7 +147,7 @@ async def test_event_stream_of_a_full_run(tmp_path: Path) -> None:
     )
     rec = Recorder()
     state = RunState(dag, "run-mixed")
-    status = await run_dag(state, Executor(log_dir=tmp_path), rec)
+    status = await run_dag(state, LocalExecutor(log_dir=tmp_path), rec)
     assert status is RunStatus.FAILED
     check_event_stream(rec.events, dag, "run-mixed", RunStatus.FAILED)
     finals = {sid: rec.last_status(sid) for sid in dag.steps}
@@ -179,7 +179,7 @@ async def test_event_stream_of_a_full_run(tmp_path: Path) -> None:
 async def test_event_stream_of_a_successful_run() -> None:
     dag = make_dag("ok", [call(f"s{i}", "noop", *([f"s{i - 1}"] if i else [])) for i in range(5)])
     rec = Recorder()
-    status = await run_dag(RunState(dag, "run-ok"), Executor(), rec)
+    status = await run_dag(RunState(dag, "run-ok"), LocalExecutor(), rec)
     assert status is RunStatus.SUCCESS
     check_event_stream(rec.events, dag, "run-ok", RunStatus.SUCCESS)
     assert [e.completion_percentage for e in rec.of(DagRunProgressEvent)][-1] == 100.0
@@ -202,7 +202,7 @@ async def test_a_chain_of_steps_that_never_block_leaves_the_loop_to_other_tasks(
         nursery.start_soon(other_task)
         await trio.lowlevel.checkpoint()
         before = passes
-        status = await run_dag(RunState(dag, "run-busy"), Executor(), Recorder())
+        status = await run_dag(RunState(dag, "run-busy"), LocalExecutor(), Recorder())
         during = passes - before
         done = True
     assert status is RunStatus.SUCCESS
@@ -215,7 +215,7 @@ async def test_a_chain_of_steps_that_never_block_leaves_the_loop_to_other_tasks(
 async def run_retry_dag(step: StepSpec, run_id: str, **params: str) -> tuple[RunStatus, Recorder]:
     rec = Recorder()
     state = RunState(make_dag("retry", [step]), run_id, params)
-    driver = RunDriver(state, Executor(), rec, clock=trio_wall_clock(0))
+    driver = RunDriver(state, LocalExecutor(), rec, clock=trio_wall_clock(0))
     return await driver.run(), rec
 
 
@@ -295,7 +295,9 @@ async def test_cancel_a_running_run(tmp_path: Path) -> None:
         ],
     )
     rec = Recorder()
-    driver = RunDriver(RunState(dag, "run-cancel"), Executor(log_dir=tmp_path, grace=GRACE), rec)
+    driver = RunDriver(
+        RunState(dag, "run-cancel"), LocalExecutor(log_dir=tmp_path, grace=GRACE), rec
+    )
     result: list[RunStatus] = []
 
     async def run() -> None:
@@ -333,7 +335,7 @@ async def test_outer_cancellation_kills_processes(tmp_path: Path) -> None:
     dag = make_dag(
         "shutdown", [StepSpec("tree", command="sleep 600 & sleep 600", env={procs.MARK_VAR: mark})]
     )
-    driver = RunDriver(RunState(dag, "run-shutdown"), Executor(grace=GRACE), Recorder())
+    driver = RunDriver(RunState(dag, "run-shutdown"), LocalExecutor(grace=GRACE), Recorder())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(driver.run)
         await wait_until(lambda: len(procs.live_processes(mark)) >= 3)
@@ -353,7 +355,7 @@ async def test_timeout_through_the_engine(tmp_path: Path) -> None:
         ],
     )
     rec = Recorder()
-    status = await run_dag(RunState(dag, "run-timeout"), Executor(grace=GRACE), rec)
+    status = await run_dag(RunState(dag, "run-timeout"), LocalExecutor(grace=GRACE), rec)
     assert status is RunStatus.FAILED
     final = rec.of(StepStatusEvent, "slow")[-1]
     assert (final.status, final.error) == (S.FAILED, "timed out after 0.3s")
@@ -370,7 +372,7 @@ async def test_max_active_steps(autojump_clock: trio.testing.MockClock) -> None:
     rec = Recorder()
     t0 = trio.current_time()
     status = await RunDriver(
-        RunState(dag, "run-capped-steps"), Executor(), rec, clock=trio_wall_clock(0)
+        RunState(dag, "run-capped-steps"), LocalExecutor(), rec, clock=trio_wall_clock(0)
     ).run()
     assert status is RunStatus.SUCCESS
     assert stepfuncs.concurrency["run-capped-steps"] == [0, 3]
@@ -389,7 +391,7 @@ async def test_global_step_slots_across_runs(autojump_clock: trio.testing.MockCl
         for n in range(2):
             state = RunState(dags[n], f"run-slots-{n}", {"group": group})
             driver = RunDriver(
-                state, Executor(), recorders[n], clock=trio_wall_clock(0), step_slots=slots
+                state, LocalExecutor(), recorders[n], clock=trio_wall_clock(0), step_slots=slots
             )
             nursery.start_soon(driver.run)
     assert stepfuncs.concurrency[group] == [0, 2]
@@ -408,7 +410,7 @@ async def test_cancel_while_waiting_for_a_step_slot(
     rec = Recorder()
     driver = RunDriver(
         RunState(dag, "run-slot-cancel"),
-        Executor(),
+        LocalExecutor(),
         rec,
         clock=trio_wall_clock(0),
         step_slots=slots,
@@ -464,7 +466,7 @@ cwd = '{work}'
     params = dag.bind_params({"evil": evil})
     rec = Recorder()
     status = await run_dag(
-        RunState(dag, "run-env", params), Executor(log_dir=tmp_path / "logs"), rec
+        RunState(dag, "run-env", params), LocalExecutor(log_dir=tmp_path / "logs"), rec
     )
     assert status is RunStatus.SUCCESS, rec.of(ErrorEvent)
     out = (tmp_path / "logs" / "envdag" / "run-env" / "show.1.out").read_text().splitlines()
@@ -480,7 +482,7 @@ async def test_retry_attempt_numbers_reach_the_step(
     dag = make_dag("attempts", [call("w", "fail_until_last_attempt", retries=1, retry_delay=3)])
     status = await run_dag(
         RunState(dag, "run-attempts", {"succeed_on": "2"}),
-        Executor(log_dir=tmp_path),
+        LocalExecutor(log_dir=tmp_path),
         Recorder(),
         clock=trio_wall_clock(0),
     )
@@ -495,6 +497,8 @@ async def test_many_steps_finish(width: int) -> None:
     steps.append(call("sink", "sync_noop", *(f"m{i}" for i in range(width))))
     dag = make_dag(f"fan{width}", steps)
     rec = Recorder()
-    assert await run_dag(RunState(dag, f"run-fan{width}"), Executor(), rec) is RunStatus.SUCCESS
+    assert (
+        await run_dag(RunState(dag, f"run-fan{width}"), LocalExecutor(), rec) is RunStatus.SUCCESS
+    )
     check_event_stream(rec.events, dag, f"run-fan{width}", RunStatus.SUCCESS)
     assert stepfuncs.calls[f"run-fan{width}"][-1] == ("sink", 1)

@@ -1,18 +1,34 @@
-"""Identifying and cleaning up step processes left behind by an earlier daemon (Linux /proc).
+"""Process groups of local steps, and telling whether a process is still the one dagd started
+(processes are read through psutil).
 
-A pid alone is not an identity: pids are reused. A process is ours only if its start time (clock
-ticks since boot, field 22 of /proc/<pid>/stat) and the boot id both match what we recorded.
+A pid alone is not an identity: pids are reused. A process is a step's only if its start time
+and the boot id both match what was recorded when the step was spawned.
+
+Start times are clock ticks since boot, the unit of field 22 of /proc/<pid>/stat and of the
+start times in state files written by earlier dagd versions. psutil gives seconds since the
+epoch (`create_time`, the ticks plus the boot time as the wall clock reckons it now, so it
+moves when the clock is stepped); less `psutil.boot_time()` and times SC_CLK_TCK it is the tick
+count again, which never changes and compares exactly with any recorded one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 from pathlib import Path
 
+import psutil
 
+from dagd.runtime.local.environment import RUN_ID_VAR
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # ticks per second of /proc start times (100 on Linux)
+
+
+@functools.cache
 def boot_id() -> str | None:
+    """This boot's id (/proc/sys/kernel/random/boot_id, Linux), None where there is none."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -20,40 +36,52 @@ def boot_id() -> str | None:
 
 
 def process_start(pid: int) -> int | None:
-    """The start time of `pid` in clock ticks since boot, or None if it does not exist."""
+    """When `pid` started, in clock ticks since boot; None if there is no such process (a
+    zombie still has its start time)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
+    return round((created - psutil.boot_time()) * CLOCK_TICKS)
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is `pgid`."""
+    """The live (non-zombie) processes whose process group is `pgid`, as pids."""
     members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for proc in psutil.process_iter():
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (OSError, psutil.Error):  # gone meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
     return members
 
 
+def group_alive(pgid: int) -> bool:
+    """Does any live process remain in the group? Zombies do not count: where PID 1 does not
+    reap orphans (some containers), a step's dead background children linger as zombies."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return bool(group_members(pgid))
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Send `sig` to process group `pgid`; a group that is gone (or not ours) is ignored."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
 def kill_leftover_group(pgid: int, recorded_start: int | None, recorded_boot: str | None) -> bool:
-    """SIGKILL the process group of a step from an earlier daemon, if it is provably that group.
+    """SIGKILL the process group of a step from an earlier daemon, if it is provably that group;
+    True if a signal was sent. `recorded_start` is in clock ticks since boot.
 
     - Different boot (or unknown): nothing from before the reboot can be alive; do nothing.
-    - Leader alive with the recorded start time: our group; kill it.
+    - Leader alive with the recorded start time: the step's group; kill it.
     - Leader alive with another start time: the pid was reused; leave it alone.
     - Leader gone: Linux never hands out a pid that is still in use as a process group id, so
-      any process still in group `pgid` is a leftover of ours; kill the group.
+      any process still in group `pgid` is a leftover of the step; kill the group.
     """
     if recorded_boot is None or recorded_boot != boot_id():
         return False
@@ -69,31 +97,28 @@ def kill_leftover_group(pgid: int, recorded_start: int | None, recorded_boot: st
 
 
 def processes_of_runs(run_ids: set[str]) -> dict[int, str]:
-    """Live processes (pid -> run id) whose environment says they belong to one of `run_ids`
-    (every step gets DAGD_RUN_ID). This finds a step's processes even when its process group
-    was never recorded (a daemon killed in the moment between a spawn and its next commit)."""
-    wanted = {f"DAGD_RUN_ID={run_id}".encode(): run_id for run_id in run_ids}
+    """Live processes (pid -> run id) whose environment says they belong to one of `run_ids`:
+    every local step's processes carry DAGD_RUN_ID (environment.py), so this finds them even
+    when their process group was never recorded. This process is excluded; processes whose
+    environment cannot be read (another user's, kernel threads, zombies) are skipped."""
     found: dict[int, str] = {}
-    if not wanted:
+    if not run_ids:
         return found
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+    for proc in psutil.process_iter():
+        if proc.pid == me:
             continue
         try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:  # gone, a kernel thread, or not ours to read
+            run_id = proc.environ().get(RUN_ID_VAR)
+        except psutil.Error:
             continue
-        for var in environ.split(b"\0"):
-            run_id = wanted.get(var)
-            if run_id is not None:
-                found[int(entry.name)] = run_id
-                break
+        if run_id in run_ids:
+            found[proc.pid] = run_id
     return found
 
 
 def kill_processes_and_groups(pids: list[int]) -> None:
-    """SIGKILL each process and, unless it is ours, its whole process group."""
+    """SIGKILL each process and, unless it is dagd's own, its whole process group."""
     own = os.getpgrp()
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):

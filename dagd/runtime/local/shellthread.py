@@ -4,8 +4,9 @@ Why a thread per attempt rather than `trio.Process` on the event loop: spawning 
 worker thread (fork/exec blocks), and once there, waiting for the child there too costs nothing
 while the loop is spared a second hand-off and the Process bookkeeping (bench/shell_steps.py:
 500 `true` steps at 0.87-0.92 of bare `trio.run_process`, from 0.60-0.80 before).
-The event loop keeps the decisions (timeouts, cancellation, the SIGTERM/SIGKILL escalation); this
-thread only spawns, copies output and reaps, and it ends as soon as the step's first process does.
+The event loop keeps the decisions (shell.py: timeouts, cancellation, the SIGTERM/SIGKILL
+escalation); this thread only spawns, copies output and reaps, and it ends as soon as the
+step's first process does.
 
 Why pipes and log files created on first output: creating a file on this VM's ext4 costs 20 to
 650 µs of CPU depending on where the folder sits, as much as the spawn, and many steps write
@@ -17,7 +18,7 @@ stays at one 64 KiB read per stream.
 The price: one thread (mostly asleep in poll) per running shell step, so a thousand concurrent
 long steps hold a thousand threads; their number is bounded by the DAGs' `max_active_steps`.
 
-Nothing here imports trio: the executor runs `ShellAttempt.run` with
+Nothing here imports trio: shell.py runs `ShellAttempt.run` with
 `trio.lowlevel.start_thread_soon` and talks to it through two attributes (`pid`, `stopping`).
 """
 
@@ -33,6 +34,8 @@ from pathlib import Path
 
 import attrs
 
+from dagd.runtime.local.procs import signal_group
+
 _READ_SIZE = 65536
 _TAIL_SIZE = 4096  # how much of stderr is kept in memory for a failure's message
 # After the step's first process exits, at most this much more output is copied: a leftover
@@ -45,11 +48,6 @@ _LEADER_CHECK_MS = 50  # without a pidfd: how often the thread looks whether the
 # again, and the earlier output must survive (a marker line separates the tries).
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 RETRY_MARKER = b"\n==> dagd: the run was retried; this attempt's output follows <==\n"
-
-
-def signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def _open_log(path: Path) -> int:

@@ -1,0 +1,36 @@
+"""The environment a local step runs with: dagd's own, the DAG's and the step's `env`, then the
+DAGD_* variables that say which attempt this is and carry the run's params.
+
+Params travel only as environment variables, never pasted into the shell text: a param value
+is data, whatever characters it holds. DAGD_RUN_ID is also how recovery finds a step's
+processes when their process group was never recorded (procs.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from dagd.core.model import StepSpec
+from dagd.runtime.executor import StepContext
+
+#: The variable every local step's processes carry, and recovery searches for.
+RUN_ID_VAR = "DAGD_RUN_ID"
+
+
+def step_environment(
+    step: StepSpec, ctx: StepContext, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of one attempt of a shell step: `base` (default: this process's
+    environment), updated with `step.env` (the DAG's `env` merged with the step's), then
+    DAGD_DAG_ID, DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT and DAGD_PARAM_<NAME> for each
+    param (names upper-cased), which a step's `env` cannot override."""
+    env = dict(os.environ if base is None else base)
+    env.update(step.env)
+    env["DAGD_DAG_ID"] = ctx.dag_id
+    env[RUN_ID_VAR] = ctx.run_id
+    env["DAGD_STEP_ID"] = ctx.step_id
+    env["DAGD_ATTEMPT"] = str(ctx.attempt)
+    for name, value in ctx.params.items():
+        env[f"DAGD_PARAM_{name.upper()}"] = value
+    return env

@@ -1,0 +1,89 @@
+"""The local executor: shell commands (shell.py, shellthread.py) and Python callables
+(python.py) on this machine, behind the `StepExecutor` protocol (dagd/runtime/executor.py).
+
+Its leftover handles name a shell attempt's process group (leftovers.py); its clean-up kills
+those groups, and any process that carries an unfinished run's DAGD_RUN_ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+
+import attrs
+import trio
+
+from dagd.core.model import StepSpec
+from dagd.runtime.executor import (
+    DEFAULT_EXECUTOR,
+    AttemptResult,
+    Leftover,
+    LeftoverSink,
+    StepContext,
+)
+from dagd.runtime.local.leftovers import clean_up as kill_leftovers
+from dagd.runtime.local.python import run_callable
+from dagd.runtime.local.shell import run_shell
+
+
+@attrs.define
+class LocalExecutor:
+    """Runs step attempts on this machine.
+
+    `log_dir`: where attempt logs go (None: output is discarded). `grace`: seconds between
+    SIGTERM and SIGKILL when a shell step is stopped. `base_env`: the environment steps start
+    from (None: dagd's own). `sync_limiter`: bounds the worker threads of sync callables
+    (default 32). `name`: the name it is registered under.
+    """
+
+    log_dir: Path | None = None
+    grace: float = 5.0
+    base_env: Mapping[str, str] | None = None
+    sync_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(32))
+    name: str = DEFAULT_EXECUTOR
+
+    async def run(
+        self, step: StepSpec, ctx: StepContext, on_leftover: LeftoverSink | None = None
+    ) -> AttemptResult:
+        """One attempt of `step` (a `call` or a `command`), as `StepExecutor.run` says. A
+        callable gets `ctx` with this executor's `log_dir` if `ctx` has none. Only shell
+        attempts call `on_leftover` (once, right after the spawn, with leftovers.py's handle)."""
+        call = step.call
+        if call is not None:
+            if ctx.log_dir is None and self.log_dir is not None:  # made on the first ctx.log()
+                ctx = attrs.evolve(ctx, log_dir=self.log_dir)
+            return await run_callable(call, step.timeout, ctx, self.sync_limiter)
+        return await run_shell(
+            step,
+            ctx,
+            log_dir=self.log_dir,
+            grace=self.grace,
+            base_env=self.base_env,
+            executor=self.name,
+            on_leftover=on_leftover,
+        )
+
+    async def clean_up(self, leftovers: Collection[Leftover], run_ids: Collection[str]) -> None:
+        """Kill what shell attempts of the unfinished `run_ids` left running (leftovers.py's
+        `clean_up`). It blocks the loop for the few ms a walk of /proc takes: it runs once, at
+        startup, before any run."""
+        kill_leftovers(leftovers, run_ids)
+
+
+@attrs.define
+class SpawnHookExecutor(LocalExecutor):
+    """Transitional, for callers written against the executor before the `StepExecutor` seam
+    (`dagd.runtime.executor.Executor`): a local executor that also calls `on_spawn(ctx,
+    pgid)` on the event loop when a shell attempt has spawned its process group, where an
+    attempt is run without an `on_leftover`. Pass `on_leftover` to the engine instead."""
+
+    on_spawn: Callable[[StepContext, int], None] | None = None
+
+    async def run(
+        self, step: StepSpec, ctx: StepContext, on_leftover: LeftoverSink | None = None
+    ) -> AttemptResult:
+        """`LocalExecutor.run`, with `on_spawn` standing in for a missing `on_leftover`."""
+        hook = self.on_spawn
+        if on_leftover is None and hook is not None:
+            on_leftover = lambda c, handle: hook(c, handle["pgid"])  # noqa: E731
+        return await super().run(step, ctx, on_leftover)

@@ -1,0 +1,180 @@
+"""The event loop's side of one shell attempt: the timeout, cancellation, and the SIGTERM ->
+grace -> SIGKILL escalation.
+
+Why process groups: cancelling a plain child leaves its children running (`sh -c "sleep 300
+&"`), so every shell step gets its own process group, and a timeout or cancel signals the whole
+group, SIGTERM first and SIGKILL after `grace` seconds. When a step ends normally, anything it
+left running in its group is killed too: a step owns nothing after it returns.
+
+The attempt itself runs start to finish in one worker thread (shellthread.py: spawn, copy
+output into the log files, reap); the loop only waits for that thread, or stops it. A failure's
+message quotes the last line of stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from dagd.core.model import StepSpec
+from dagd.core.runstate import format_seconds
+from dagd.runtime.executor import AttemptResult, LeftoverSink, StepContext
+from dagd.runtime.local.environment import step_environment
+from dagd.runtime.local.leftovers import leftover_handle
+from dagd.runtime.local.procs import group_alive, signal_group
+from dagd.runtime.local.shellthread import ShellAttempt
+from dagd.runtime.logfiles import attempt_log
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import outcome
+
+log = logging.getLogger("dagd.runtime.local")
+
+
+class _Running:
+    """The event loop's side of a ShellAttempt running in its worker thread."""
+
+    __slots__ = ("attempt", "done", "outcome")
+
+    def __init__(self, attempt: ShellAttempt) -> None:
+        self.attempt = attempt
+        self.done = trio.Event()
+        self.outcome: outcome.Outcome[int | None] | None = None
+
+    def start(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def finished(result: outcome.Outcome[int | None]) -> None:
+            self.outcome = result
+            self.done.set()
+
+        trio.lowlevel.start_thread_soon(
+            self.attempt.run,
+            lambda result: token.run_sync_soon(finished, result),
+            name="dagd shell step",
+        )
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM the group, wait up to `grace` seconds for all of it to exit, then SIGKILL
+        what is left, and wait for the thread to reap the step."""
+        attempt = self.attempt
+        attempt.stopping = True  # read by the thread after it sets pid: one of us signals
+        if attempt.pid is not None:
+            signal_group(attempt.pid, signal.SIGTERM)
+        with trio.move_on_after(grace):
+            await self.done.wait()
+            while attempt.pid is not None and group_alive(attempt.pid):
+                await trio.sleep(0.02)
+        if attempt.pid is not None:
+            signal_group(attempt.pid, signal.SIGKILL)
+        await self.done.wait()
+
+
+async def run_shell(
+    step: StepSpec,
+    ctx: StepContext,
+    *,
+    log_dir: Path | None,
+    grace: float,
+    base_env: Mapping[str, str] | None,
+    executor: str,
+    on_leftover: LeftoverSink | None,
+) -> AttemptResult:
+    """Run one attempt of the shell step `step` (its `command`: a string for `/bin/sh -c`, or
+    an argv tuple run without a shell) to its end. Output goes to the attempt's log files
+    under `log_dir` (dagd/runtime/logfiles.py; None: discarded). `grace`: seconds between
+    SIGTERM and SIGKILL. `base_env`: see environment.py. `on_leftover` gets the process
+    group's handle (leftovers.py, naming `executor`) right after the spawn.
+
+    Returns a failed result for a non-zero exit, a signal, a timeout, or a command that
+    cannot start (missing executable or working directory, a NUL byte in the command or a
+    param). On cancellation the group is stopped (SIGTERM, then SIGKILL after `grace`)
+    before `trio.Cancelled` propagates."""
+    assert step.command is not None
+    argv = ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
+    spawned: Callable[[int], None] | None = None
+    if on_leftover is not None:
+        token = trio.lowlevel.current_trio_token()
+
+        def report(pid: int) -> None:  # in the worker thread: reads /proc off the loop
+            token.run_sync_soon(on_leftover, ctx, leftover_handle(executor, pid))
+
+        spawned = report
+
+    log_paths = None
+    if log_dir is not None:
+        ids = (ctx.dag_id, ctx.run_id, ctx.step_id, ctx.attempt)
+        log_paths = (attempt_log(log_dir, *ids, "out"), attempt_log(log_dir, *ids, "err"))
+    running = _Running(
+        ShellAttempt(
+            argv, partial(step_environment, step, ctx, base_env), step.cwd, log_paths, spawned
+        )
+    )
+    # The spawn, the wait and the copying of output all happen in one worker thread
+    # (shellthread.py says why); the loop only waits for it, or stops it.
+    running.start()
+    try:
+        if step.timeout:
+            with trio.move_on_after(step.timeout) as scope:
+                await running.done.wait()
+            timed_out = scope.cancelled_caught
+        else:
+            await running.done.wait()  # no idle cancel scope: see python.py
+            timed_out = False
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await running.stop(grace)
+        raise
+    if timed_out:
+        with trio.CancelScope(shield=True):
+            await running.stop(grace)
+        assert step.timeout is not None
+        return AttemptResult(False, f"timed out after {format_seconds(step.timeout)}", True)
+    assert running.outcome is not None
+    try:
+        returncode = running.outcome.unwrap()
+    except OSError as exc:
+        return AttemptResult(False, _start_error(argv, step, exc))
+    except ValueError as exc:  # e.g. a NUL byte in a param value or the command
+        return AttemptResult(False, f"cannot start the command: {exc}")
+    assert returncode is not None
+    attempt = running.attempt
+    lost = None
+    if (unwritten := attempt.log_error) is not None:
+        # The step ran: its own result stands (failing it would run it again on retry), but
+        # the lost output is said loudly, here and in a failure's message.
+        lost = f"output lost, cannot write {unwritten.filename}: {unwritten.strerror or unwritten}"
+        log.warning("step %s of run %s: %s", ctx.step_id, ctx.run_id, lost)
+    if returncode == 0:
+        return AttemptResult(True)
+    error = _exit_error(returncode, attempt.stderr_tail)
+    return AttemptResult(False, f"{error} ({lost})" if lost else error)
+
+
+def _exit_error(returncode: int, stderr_tail: bytes) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        message = f"killed by {name}"
+    else:
+        message = f"exit code {returncode}"
+    lines = [line.strip() for line in stderr_tail.decode("utf-8", "replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), "")[:500]
+    return f"{message}: {last}" if last else message
+
+
+def _start_error(argv: list[str], step: StepSpec, exc: OSError) -> str:
+    if step.cwd is not None and not os.path.isdir(step.cwd):
+        return f"working directory {step.cwd!r} does not exist"
+    return f"cannot start {argv[0]!r}: {exc.strerror or exc}"

@@ -1,0 +1,37 @@
+"""The step-log layout, for the executors that write logs and the `dagd logs` command that reads
+them: `<log_dir>/<dag>/<run>/<step>.<attempt>.<out|err>`.
+
+One file per attempt and stream, made on the first byte of output (a stream that wrote nothing
+has no file). Attempt numbers go on across retries of a run, so no two attempts share a file.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Literal
+
+Stream = Literal["out", "err"]
+
+
+def attempt_log(
+    log_dir: Path, dag_id: str, run_id: str, step_id: str, attempt: int, stream: Stream
+) -> Path:
+    """The log file of one stream ("out": stdout, "err": stderr) of one attempt (1-based)."""
+    return log_dir / dag_id / run_id / f"{step_id}.{attempt}.{stream}"
+
+
+def step_logs(log_dir: Path, run_id: str, step_id: str) -> dict[int, list[Path]]:
+    """The log files of every attempt of a step (of whichever DAG has run `run_id`) that exist
+    now, by attempt number; each attempt's stdout before its stderr. Empty when there are none
+    (the step wrote no output, never ran, or `log_dir` does not exist)."""
+    pattern = f"*/{glob.escape(run_id)}/{glob.escape(step_id)}.*"
+    by_attempt: dict[int, list[Path]] = {}
+    for path in sorted(log_dir.glob(pattern)):
+        # Step ids may contain dots: "load.*" also matches the logs of a step "load.more".
+        parts = path.name.rsplit(".", 2)
+        if len(parts) == 3 and parts[0] == step_id and parts[1].isdigit():
+            by_attempt.setdefault(int(parts[1]), []).append(path)
+    for paths in by_attempt.values():
+        paths.sort(key=lambda p: p.suffix != ".out")  # stdout, then stderr
+    return by_attempt
