@@ -1,0 +1,68 @@
+"""The protocol's codes: error codes, WebSocket close codes, token roles, and the exception
+that carries an error code to the wire.
+
+Every value here is part of the contract (docs/protocol.md lists them, docs/asyncapi.yaml
+enumerates them, tests/core/test_protocol_docs.py holds the three together): renaming one is a
+protocol change.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """The `code` of an `error` answer (docs/protocol.md, *Errors*)."""
+
+    AUTH_REQUIRED = "auth_required"  # first message is not auth; close 1008
+    AUTH_FAILED = "auth_failed"  # wrong token; close 1008
+    AUTH_TIMEOUT = "auth_timeout"  # no auth within auth_timeout; close 1008
+    INVALID_MESSAGE = "invalid_message"  # malformed, wrong fields, second auth; stays open
+    UNKNOWN_TYPE = "unknown_type"  # a `type` the server does not know
+    FORBIDDEN = "forbidden"  # a read token asked for trigger, cancel or retry
+    RATE_LIMITED = "rate_limited"  # over server.rate_limit messages per second
+    REPLAY_UNAVAILABLE = "replay_unavailable"  # `since` older than the log; has oldestSeq
+    UNKNOWN_DAG = "unknown_dag"  # trigger of a DAG that does not exist
+    INVALID_PARAMS = "invalid_params"  # a param the DAG does not declare
+    UNKNOWN_RUN = "unknown_run"  # cancel or retry of a run id that does not exist
+    NOT_RUNNING = "not_running"  # cancel of a finished run
+    NOT_FINISHED = "not_finished"  # retry of a run that is still queued or running
+    NOT_RETRYABLE = "not_retryable"  # retry of a run that succeeded
+    SHUTTING_DOWN = "shutting_down"  # trigger or retry while the daemon stops
+    # Never sent by the server: the client library reports a lost or refused connection in
+    # the shape of an error answer with this code.
+    CONNECTION_ERROR = "connection_error"
+
+
+class CloseCode(enum.IntEnum):
+    """The WebSocket close codes dagd uses (RFC 6455 section 7.4.1; docs/protocol.md)."""
+
+    NORMAL = 1000  # the client's choice
+    GOING_AWAY = 1001  # the daemon is shutting down
+    PROTOCOL_ERROR = 1002  # a frame that breaks RFC 6455 framing
+    INVALID_DATA = 1007  # a text frame that is not valid UTF-8
+    POLICY = 1008  # auth failed, auth required, auth timeout, rate limit exceeded
+    TOO_BIG = 1009  # a message over server.max_message_size bytes
+    TRY_AGAIN = 1013  # slow consumer: reconnect and replay from the last seq
+
+
+class Role(enum.StrEnum):
+    """What a token may do: `read` subscribes, replays, lists and pings; `operate` may also
+    trigger, cancel and retry."""
+
+    READ = "read"
+    OPERATE = "operate"
+
+
+class ProtocolError(Exception):
+    """The peer sent something dagd cannot act on; the server answers it with an `error`.
+
+    `code` goes on the wire as the error's code, `message` as its text, and `request_id` (the
+    request's `requestId` when it could be read, else None) as its `requestId`.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, request_id: str | int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id

@@ -1,0 +1,72 @@
+"""Which answer answers which request, and the one function that puts a `requestId` on it.
+
+Modelled on lsprotocol's request/response table: the server looks up what it owes a request,
+and the client library what it waits for. Any request may instead get an `Error` (with the
+request's `requestId`); a `subscribe` with `since` is answered `subscribed`, then replays and
+ends with `replay_complete` carrying the same `requestId`.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import attrs
+
+from dagd.core.protocol.answers import (
+    Answer,
+    AuthSuccess,
+    CancelAccepted,
+    DagList,
+    Pong,
+    ReplayComplete,
+    RetryAccepted,
+    RunList,
+    SnapshotComplete,
+    Subscribed,
+    Triggered,
+    Unsubscribed,
+)
+from dagd.core.protocol.requests import (
+    Auth,
+    Cancel,
+    ListDags,
+    ListRuns,
+    Ping,
+    Replay,
+    Request,
+    RequestId,
+    Retry,
+    Snapshot,
+    Subscribe,
+    Trigger,
+    Unsubscribe,
+)
+
+#: request class -> the class of its (successful) answer.
+ANSWER_TO: dict[type[Request], type[Answer]] = {
+    Auth: AuthSuccess,
+    Subscribe: Subscribed,
+    Unsubscribe: Unsubscribed,
+    Replay: ReplayComplete,
+    Snapshot: SnapshotComplete,
+    Trigger: Triggered,
+    Cancel: CancelAccepted,
+    Retry: RetryAccepted,
+    ListDags: DagList,
+    ListRuns: RunList,
+    Ping: Pong,
+}
+
+A = TypeVar("A", bound=Answer)
+
+
+def with_request_id(answer: A, request_id: RequestId) -> A:
+    """`answer` (any answer or error) carrying `request_id` (None: no `requestId` on the wire).
+
+    The one place a `requestId` is put on an answer: the server passes the id of the request
+    it answers, as parsed (`Request.request_id`, or `ProtocolError.request_id` when the request
+    itself could not be parsed).
+    """
+    if request_id is None and answer.request_id is None:
+        return answer
+    return attrs.evolve(answer, request_id=request_id)
