@@ -119,10 +119,10 @@ async def through_daemon(config: Config) -> Result:
             nonlocal received
             try:
                 while True:
-                    batch = [await sub.receive.receive()]
+                    batch = [await sub.get()]
                     with contextlib.suppress(trio.WouldBlock):
                         while True:
-                            batch.append(sub.receive.receive_nowait())
+                            batch.append(sub.get_nowait())
                     for stored in batch:
                         if getattr(stored.event, "run_id", None) != run_id:
                             continue

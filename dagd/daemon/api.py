@@ -1,13 +1,81 @@
 """The daemon as the network layer sees it: a narrow interface, and the values it hands out.
 
 `dagd.net` imports this module and nothing else of the daemon layer (tests/test_layers.py holds
-it to that), so the daemon's insides can change without touching the network code.
+it to that), so the daemon's insides can change without touching the network code. `Daemon`
+satisfies `DaemonService`; the composition root (dagd/app.py) hands it to the server.
 """
 
 from __future__ import annotations
 
-from dagd.daemon.daemon import Daemon, DaemonError, DagInfo
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from dagd.core.events import DagEvent
+from dagd.daemon.daemon import DaemonError, DagInfo
 from dagd.daemon.hub import Subscriber
 from dagd.daemon.store import RunRecord, StoredEvent
 
-__all__ = ["Daemon", "DaemonError", "DagInfo", "RunRecord", "StoredEvent", "Subscriber"]
+
+class DaemonService(Protocol):
+    """What the WebSocket server needs of the daemon: requests, queries, live events and the
+    event log. Errors a client caused are DaemonError(code, message); the codes are in
+    docs/protocol.md."""
+
+    async def trigger(self, dag_id: str, params: Mapping[str, Any] | None = None) -> str:
+        """Queue a run of `dag_id`; returns its run id. DaemonError codes: unknown_dag,
+        invalid_params, shutting_down, duplicate_run."""
+        ...
+
+    async def cancel(self, run_id: str, reason: str = ...) -> None:
+        """Cancel a queued or running run. DaemonError codes: unknown_run, not_running."""
+        ...
+
+    async def retry(self, run_id: str) -> str:
+        """Run a failed or cancelled run's unfinished steps again; returns its run id.
+        DaemonError codes: unknown_run, not_finished, not_retryable, shutting_down."""
+        ...
+
+    def list_dags(self) -> list[DagInfo]:
+        """Every loaded DAG, by id."""
+        ...
+
+    async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+        """The newest `limit` runs (of `dag_id`, or of every DAG), newest first."""
+        ...
+
+    def snapshot(self, dag_ids: set[str] | None = None) -> tuple[list[DagEvent], int]:
+        """Events describing every known run's present state (of `dag_ids`; None: all), and
+        the committed seq they are current at."""
+        ...
+
+    def subscribe(self, dag_ids: Iterable[str] | None = None, buffer: int = 0) -> Subscriber:
+        """A bounded queue of committed events (StoredEvent) for `dag_ids` (None: all);
+        `buffer` items at most (0: config.server.send_buffer)."""
+        ...
+
+    @property
+    def committed_seq(self) -> int:
+        """The seq of the newest committed event (0: none yet)."""
+        ...
+
+    async def events_page(
+        self, since: int, until: int | None = None, limit: int = 1000
+    ) -> list[tuple[int, str, str]]:
+        """(seq, dag_id, wire text) of committed events with since < seq <= until (None: the
+        committed seq), oldest first, at most `limit`."""
+        ...
+
+    async def oldest_seq(self) -> int | None:
+        """The lowest seq still in the event log (retention deletes older ones), None if
+        the log is empty."""
+        ...
+
+
+__all__ = [
+    "DaemonError",
+    "DaemonService",
+    "DagInfo",
+    "RunRecord",
+    "StoredEvent",
+    "Subscriber",
+]

@@ -1,6 +1,6 @@
 """Fan-out of committed events to subscribers, never waiting for any of them.
 
-Each subscriber has a bounded queue. `publish` puts events in with `send_nowait`; a subscriber
+Each subscriber owns a bounded queue. `publish` puts events in with `put_nowait`; a subscriber
 whose queue is full is cut off (`overflowed` is set and its queue closed after what it already
 holds), because a client that cannot keep up must not make the daemon wait or grow without
 bound. It loses nothing for good: every event is in the log, and `replay` fetches it.
@@ -9,7 +9,8 @@ bound. It loses nothing for good: every event is in the log, and `replay` fetche
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sized
+from collections import deque
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -17,29 +18,61 @@ from dagd.daemon.store import StoredEvent
 
 
 class Subscriber:
-    """One consumer's view of the stream: a bounded queue of events for the DAGs it wants."""
+    """One consumer's view of the stream: a bounded queue of events for the DAGs it wants.
+
+    The queue holds StoredEvents put by the hub and whatever else its consumer puts there
+    itself (the WebSocket server queues its answers behind the events, so both leave in
+    order). `buffer` items at most (0 or less: unbounded).
+    """
 
     def __init__(self, hub: Hub, dag_ids: Iterable[str] | None, buffer: int) -> None:
         self._hub = hub
         self.dag_ids: set[str] | None = None if dag_ids is None else set(dag_ids)
-        self._send, self.receive = trio.open_memory_channel[StoredEvent](
-            buffer if buffer > 0 else math.inf
-        )
+        self.capacity: float = buffer if buffer > 0 else math.inf
+        self._items: deque[object] = deque()
+        self._readers = trio.lowlevel.ParkingLot()  # tasks waiting in get()
         self.overflowed = False
         self.closed = False
         #: Optional fast path: takes the events this subscriber wants and returns True if it
         #: delivered them itself (the WebSocket server writes straight to an idle socket).
         self.direct: Callable[[list[StoredEvent]], bool] | None = None
-        # The channel's own deque, if this trio has one where we expect it: `statistics()`
-        # builds an object per call (1.1 µs), and the WebSocket fast path asks once per
-        # delivery. A test holds the two answers equal.
-        self._buffer: Sized | None = getattr(getattr(self.receive, "_state", None), "data", None)
 
     def queued(self) -> int:
         """How many items wait in the queue."""
-        if self._buffer is not None:
-            return len(self._buffer)
-        return self.receive.statistics().current_buffer_used
+        return len(self._items)
+
+    def put_nowait(self, item: object) -> None:
+        """Queue `item` without waiting. Raises trio.WouldBlock if the queue holds `buffer`
+        items already, trio.ClosedResourceError once the subscription is closed."""
+        if self.closed:
+            raise trio.ClosedResourceError("the subscription is closed")
+        items = self._items
+        if len(items) >= self.capacity:
+            raise trio.WouldBlock
+        items.append(item)
+        if self._readers:
+            self._readers.unpark()
+
+    def get_nowait(self) -> object:
+        """The oldest queued item. Raises trio.WouldBlock if none is queued, trio.EndOfChannel
+        once the subscription is closed and drained."""
+        if self._items:
+            return self._items.popleft()
+        if self.closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def get(self) -> object:
+        """The oldest queued item, waiting for one. Raises trio.EndOfChannel once the
+        subscription is closed and drained. A checkpoint either way (like trio's channels)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._items:
+            if self.closed:
+                raise trio.EndOfChannel
+            await self._readers.park()
+        item = self._items.popleft()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return item
 
     def wants(self, dag_id: str) -> bool:
         return self.dag_ids is None or dag_id in self.dag_ids
@@ -49,10 +82,11 @@ class Subscriber:
         self.dag_ids = None if dag_ids is None else set(dag_ids)
 
     def close(self) -> None:
+        """End the subscription: no more puts; readers get what is queued, then EndOfChannel."""
         if not self.closed:
             self.closed = True
-            self._hub._subscribers.discard(self)
-            self._send.close()
+            self._hub.unsubscribe(self)
+            self._readers.unpark_all()
 
     def __enter__(self) -> Subscriber:
         return self
@@ -63,9 +97,9 @@ class Subscriber:
     def __aiter__(self) -> Subscriber:
         return self
 
-    async def __anext__(self) -> StoredEvent:
+    async def __anext__(self) -> object:
         try:
-            return await self.receive.receive()
+            return await self.get()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 
@@ -80,6 +114,10 @@ class Hub:
         sub = Subscriber(self, dag_ids, buffer)
         self._subscribers.add(sub)
         return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Forget `sub` (its close() calls this); nothing is put in its queue any more."""
+        self._subscribers.discard(sub)
 
     @property
     def subscriber_count(self) -> int:
@@ -100,14 +138,14 @@ class Hub:
             if sub.direct is not None and sub.direct(wanted):
                 self.delivered += len(wanted)
                 continue
-            send = sub._send.send_nowait
+            put = sub.put_nowait
             try:
                 for stored in wanted:
-                    send(stored)
+                    put(stored)
                     self.delivered += 1
             except trio.WouldBlock:
                 sub.overflowed = True
                 self.dropped_subscribers += 1
                 sub.close()
-            except trio.BrokenResourceError:  # its reader went away
+            except trio.ClosedResourceError:  # closed by its consumer
                 sub.close()

@@ -36,7 +36,7 @@ from wshelp import (
     url_of,
 )
 
-from dagd.net.server import TokenBook
+from dagd.net.auth import TokenBook
 
 
 @pytest.fixture

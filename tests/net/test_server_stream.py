@@ -39,7 +39,7 @@ from wshelp import (
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-import dagd.net.server as server_module
+import dagd.net.connection as connection_module
 from dagd.net.server import Server
 
 
@@ -250,7 +250,7 @@ async def test_replay_during_a_burst_loses_and_duplicates_nothing(
             publish_errors(d, "b", n, "burst")
             await d.store.flush()
 
-        original_replay = server_module.Connection._replay
+        original_replay = connection_module.Connection._replay
         original_page = d.store.events_page
 
         async def replay_after_a_burst(self, job) -> None:  # type: ignore[no-untyped-def]
@@ -261,7 +261,7 @@ async def test_replay_during_a_burst_loses_and_duplicates_nothing(
             await commit_burst(3)  # committed while the replay runs: after its `until`
             return await original_page(*args, **kw)
 
-        monkeypatch.setattr(server_module.Connection, "_replay", replay_after_a_burst)
+        monkeypatch.setattr(connection_module.Connection, "_replay", replay_after_a_burst)
         monkeypatch.setattr(d.store, "events_page", page_after_a_burst)
 
         client = await h.connect("trio")
@@ -606,7 +606,7 @@ async def test_heartbeats_every_interval_under_a_mock_clock(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     config = make_config(tmp_path, server='heartbeat_interval = "30s"')
-    server = Server(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    server = Server(SimpleNamespace(), config)  # type: ignore[arg-type]
     a, b = FakeConnection(), FakeConnection()
     server.authenticated.update({a, b})  # type: ignore[arg-type]
     t0 = trio.current_time()

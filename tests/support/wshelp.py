@@ -33,7 +33,8 @@ from dagd.app import open_daemon
 from dagd.core.config import Config, parse_config
 from dagd.core.events import ErrorEvent
 from dagd.daemon.daemon import Daemon
-from dagd.net.server import AuthThrottle, Server
+from dagd.net.auth import AuthThrottle
+from dagd.net.server import Server
 
 OP_TOKEN = "operate-secret-token"
 READ_TOKEN = "read-secret-token"

@@ -1,0 +1,507 @@
+"""One WebSocket client, from its first message to its close.
+
+One connection = three tasks: a reader (requests in, answers queued), a writer that owns every
+write to the socket, and a pinger that finds dead peers. They meet at one bounded queue, the
+connection's hub subscription: events, answers and heartbeats all go through it, so a client
+can never cost more than `send_buffer` messages of memory, and publishing never waits for it.
+
+The writer drains whatever is waiting and puts it on the socket in a single write, with each
+event's frame built once for all clients (`FrameCache`). That, not trio-websocket's
+`send_message` (one awaited socket write per message per client), is what makes fan-out cheap.
+The hub's fast path (`_direct`) goes further: an idle client's events are written straight to
+its socket from the publishing task. trio-websocket still does everything else: the handshake,
+reading, pings, closing; every byte of it passes through the same `ConnectionStream`, so its
+frames and dagd's never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any, Protocol
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from dagd.core.config import ServerConfig
+from dagd.core.protocol.codec import parse_client_message
+from dagd.core.protocol.events import encode_event
+from dagd.core.protocol.requests import (
+    CONTROL,
+    MAX_DAG_IDS,
+    Auth,
+    Cancel,
+    ListDags,
+    ListRuns,
+    Ping,
+    ProtocolError,
+    Replay,
+    Retry,
+    Snapshot,
+    Subscribe,
+    Trigger,
+    Unsubscribe,
+)
+from dagd.core.timefmt import iso_z
+from dagd.daemon.api import DaemonError, DaemonService, StoredEvent, Subscriber
+from dagd.net.answers import dag_to_wire, dumps, error_message, run_to_wire
+from dagd.net.auth import AuthThrottle, TokenBook
+from dagd.net.frames import FrameCache, text_frame
+from dagd.net.limits import TokenBucket, too_big
+from dagd.net.stream import ConnectionStream
+
+log = logging.getLogger("dagd.net.connection")
+
+REPLAY_PAGE = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013  # the peer is too slow: "try again later", and replay what you missed
+
+
+@attrs.frozen
+class Text:
+    """An answer or heartbeat waiting in the queue, as wire text."""
+
+    text: str
+
+
+@attrs.frozen
+class _ReplayJob:
+    since: int
+    request_id: Any
+
+
+@attrs.frozen
+class _SnapshotJob:
+    request_id: Any
+
+
+@attrs.frozen
+class _Flush:
+    """The stream holds bytes of a direct write that the kernel did not take: write them
+    before anything queued after this."""
+
+
+@attrs.frozen
+class CloseJob:
+    """Close the connection with `code` once everything queued before it is written."""
+
+    code: int
+    reason: str
+
+
+FLUSH = _Flush()
+
+
+class Endpoint(Protocol):
+    """What a connection shares with the others of its endpoint (dagd.net.server.Server)."""
+
+    daemon: DaemonService
+    config: ServerConfig
+    tokens: TokenBook
+    throttle: AuthThrottle
+    frames: FrameCache
+    authenticated: set[Connection]  # registered after auth, for heartbeats and shutdown
+    unauthenticated: set[Connection]
+    slow_closed: int  # connections closed with 1013 so far
+
+
+class _Closed(Exception):
+    """The writer closed the connection as a CloseJob asked: it stops."""
+
+
+class Connection:
+    """One accepted WebSocket: `run()` serves it until either side closes it."""
+
+    def __init__(
+        self, server: Endpoint, ws: WebSocketConnection, stream: ConnectionStream, peer: str
+    ) -> None:
+        self.server = server
+        self.daemon = server.daemon
+        self.frames = server.frames
+        self.ws = ws
+        self.stream = stream
+        self.peer = peer
+        self.role: str | None = None
+        self.sub: Subscriber | None = None
+        self.dag_ids: set[str] = set()
+        self.bucket = TokenBucket(server.config.rate_limit)
+        self.rate_warned = False
+        self.skip_upto = 0  # events at or below this seq were already sent by a replay/snapshot
+        self.writer_busy = False  # the writer task holds items it has not written yet
+        self.auth_request_id: Any = None
+
+    # ---- sending
+
+    def queue(self, item: object) -> None:
+        """Queue an answer or a job for the writer; a client whose queue is full is too slow
+        (its subscription is closed, and the writer closes the connection with 1013)."""
+        assert self.sub is not None
+        try:
+            self.sub.put_nowait(item)
+        except trio.WouldBlock:
+            self.sub.overflowed = True
+            self.sub.close()
+        except trio.ClosedResourceError:
+            pass
+
+    def answer(self, message: dict[str, Any], request_id: Any = None) -> None:
+        """Queue `message` (with `requestId` if given) behind everything queued so far."""
+        if request_id is not None:
+            message["requestId"] = request_id
+        self.queue(Text(dumps(message)))
+
+    def error(self, code: str, message: str, request_id: Any = None, **extra: Any) -> None:
+        """Queue an `error` answer."""
+        self.answer(error_message(code, message, **extra), request_id)
+
+    async def send_now(self, message: dict[str, Any]) -> None:
+        """Before auth there is no writer task: send directly (bounded by send_timeout)."""
+        with trio.move_on_after(self.server.config.send_timeout):
+            await self.ws.send_message(dumps(message))
+
+    async def _write(self, data: bytes | bytearray) -> None:
+        """Write `data` after everything written before it, waiting for the socket only for
+        what the kernel does not take at once (bounded by send_timeout: trio.TooSlowError)."""
+        if self.ws.closed is not None:
+            raise ConnectionClosed(self.ws.closed)
+        stream = self.stream
+        if data:
+            stream.write_nowait(data)
+        if stream.pending:
+            with trio.fail_after(self.server.config.send_timeout):
+                await stream.flush()
+
+    def _direct(self, events: list[StoredEvent]) -> bool:
+        """The hub's fast path: write committed events straight to an idle client's socket.
+
+        Taken only when nothing can be overtaken: the writer task is idle, its queue is empty,
+        no replay or snapshot is running, and the stream is idle (nothing pending, nobody
+        writing, plain TCP). Most deliveries then cost one write system call and no task
+        switch. If the kernel takes only part of the data, the rest waits in the stream and
+        the writer is told to flush it before anything queued later."""
+        sub = self.sub
+        if self.writer_busy or sub is None or sub.queued() or not self.stream.idle():
+            return False
+        if self.ws.closed is not None or events[0].seq <= self.skip_upto:
+            return False
+        try:
+            done = self.stream.write_nowait(self.frames.frames(events))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False  # the writer path finds out and reports it
+        if not done:
+            self.queue(FLUSH)
+        return True
+
+    # ---- lifecycle
+
+    async def run(self) -> None:
+        """Authenticate, then serve requests and events until the connection closes."""
+        self.server.unauthenticated.add(self)
+        try:
+            if not await self._authenticate():
+                return
+        finally:
+            self.server.unauthenticated.discard(self)
+        self.sub = self.daemon.subscribe(set(), self.server.config.send_buffer)
+        self.sub.direct = self._direct
+        self.server.authenticated.add(self)
+        try:
+            welcome: dict[str, Any] = {
+                "type": "auth_success",
+                "role": self.role,
+                "seq": self.daemon.committed_seq,
+            }
+            if self.auth_request_id is not None:
+                welcome["requestId"] = self.auth_request_id
+            await self.send_now(welcome)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, nursery.cancel_scope)
+                nursery.start_soon(self._pinger, nursery.cancel_scope)
+                await self._reader()
+                if not self.sub.closed:
+                    nursery.cancel_scope.cancel()
+                # else the writer is closing the connection (1013) and ends the nursery
+                # itself: cancelling it here would cut the close short (bounded by
+                # send_timeout / the 1 s close timeout)
+        finally:
+            self.server.authenticated.discard(self)
+            self.sub.close()
+
+    async def _authenticate(self) -> bool:
+        cfg = self.server.config
+        text = None
+        with trio.move_on_after(cfg.auth_timeout):
+            text = await self.ws.get_message()
+        if text is None:
+            await self.send_now(
+                error_message(
+                    "auth_timeout",
+                    f'send {{"type":"auth","token":...}} within {cfg.auth_timeout:g}s',
+                )
+            )
+            await self._close(CLOSE_POLICY, "auth timeout")
+            return False
+        if too_big(text, cfg.max_message_size):
+            await self._close(CLOSE_TOO_BIG, "message too big")
+            return False
+        try:
+            message = parse_client_message(text)
+        except ProtocolError as exc:
+            message = exc
+        if not isinstance(message, Auth):
+            detail = f" ({message.message})" if isinstance(message, ProtocolError) else ""
+            await self.send_now(
+                error_message("auth_required", f"the first message must be auth{detail}")
+            )
+            await self._close(CLOSE_POLICY, "auth required")
+            return False
+        throttle = self.server.throttle
+        delay = throttle.delay(self.peer)
+        if delay:
+            await trio.sleep(delay)
+        entry = self.server.tokens.check(message.token)
+        if entry is None:
+            throttle.failed(self.peer)
+            log.warning("auth failed from %s", self.peer)  # never the token itself
+            reply = error_message("auth_failed", "invalid token")
+            if message.request_id is not None:
+                reply["requestId"] = message.request_id
+            await self.send_now(reply)
+            await self._close(CLOSE_POLICY, "auth failed")
+            return False
+        throttle.succeeded(self.peer)
+        self.role = entry.role
+        self.auth_request_id = message.request_id
+        return True
+
+    async def close_going_away(self) -> None:
+        """Shutdown, before this connection authenticated: its reader sees the close."""
+        with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError, OSError):
+            await self._close(CLOSE_GOING_AWAY, "daemon shutting down")
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close with `code`; if even the close frame cannot be written within a second, drop
+        the TCP connection."""
+        with trio.move_on_after(1.0) as scope:
+            await self.ws.aclose(code, reason)
+        if scope.cancelled_caught:
+            await self._abort()
+
+    async def _abort(self) -> None:
+        closed = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0), contextlib.suppress(*closed):
+            await self.stream.aclose()
+
+    # ---- reading
+
+    async def _reader(self) -> None:
+        cfg = self.server.config
+        while True:
+            text = await self.ws.get_message()
+            if too_big(text, cfg.max_message_size):
+                await self._close(CLOSE_TOO_BIG, "message too big")
+                return
+            balance = self.bucket.take()
+            if balance < 0:
+                if balance < -self.bucket.capacity:
+                    await self._close(CLOSE_POLICY, "rate limit exceeded")
+                    return
+                if not self.rate_warned:
+                    self.rate_warned = True
+                    self.error(
+                        "rate_limited",
+                        f"more than {cfg.rate_limit} messages per "
+                        "second; slow down or the connection will be closed",
+                    )
+                continue
+            self.rate_warned = False
+            message: object = None
+            try:
+                message = parse_client_message(text)
+                await self._handle(message)
+            except ProtocolError as exc:
+                self.error(exc.code, exc.message, exc.request_id)
+            except DaemonError as exc:
+                self.error(exc.code, exc.message, getattr(message, "request_id", None))
+            if self.sub is not None and self.sub.closed:
+                return  # the writer is closing the connection
+
+    async def _handle(self, message: object) -> None:
+        rid = getattr(message, "request_id", None)
+        if isinstance(message, CONTROL) and self.role != "operate":
+            raise ProtocolError(
+                "forbidden",
+                f"this token's role is 'read': it cannot {type(message).__name__.lower()}",
+                rid,
+            )
+        daemon = self.daemon
+        assert self.sub is not None
+        if isinstance(message, Subscribe | Unsubscribe):
+            if isinstance(message, Subscribe):
+                self.dag_ids.update(message.dag_ids)
+                kind = "subscribed"
+            else:
+                self.dag_ids.difference_update(message.dag_ids)
+                kind = "unsubscribed"
+            if len(self.dag_ids) > MAX_DAG_IDS:
+                self.dag_ids.difference_update(message.dag_ids)
+                raise ProtocolError("invalid_message", f"at most {MAX_DAG_IDS} subscriptions", rid)
+            self.sub.set_dags(None if "*" in self.dag_ids else self.dag_ids)
+            self.answer({"type": kind, "dagIds": sorted(self.dag_ids)}, rid)
+            if isinstance(message, Subscribe) and message.since is not None:
+                # Queued right after the filter changed, with no await in between: every live
+                # event for the new set is behind this job, so the replay and the live stream
+                # join in seq order with nothing repeated.
+                self.queue(_ReplayJob(message.since, rid))
+        elif isinstance(message, Replay):
+            self.queue(_ReplayJob(message.since, rid))
+        elif isinstance(message, Snapshot):
+            self.queue(_SnapshotJob(rid))
+        elif isinstance(message, Trigger):
+            run_id = await daemon.trigger(message.dag_id, message.params)
+            self.answer({"type": "triggered", "dagId": message.dag_id, "runId": run_id}, rid)
+        elif isinstance(message, Cancel):
+            await daemon.cancel(message.run_id)
+            self.answer({"type": "cancel_accepted", "runId": message.run_id}, rid)
+        elif isinstance(message, Retry):
+            await daemon.retry(message.run_id)
+            self.answer({"type": "retry_accepted", "runId": message.run_id}, rid)
+        elif isinstance(message, ListDags):
+            self.answer({"type": "dags", "dags": [dag_to_wire(d) for d in daemon.list_dags()]}, rid)
+        elif isinstance(message, ListRuns):
+            runs = await daemon.list_runs(message.dag_id, message.limit)
+            self.answer({"type": "runs", "runs": [run_to_wire(r) for r in runs]}, rid)
+        elif isinstance(message, Ping):
+            self.answer({"type": "pong", "timestamp": iso_z(time.time())}, rid)
+        elif isinstance(message, Auth):
+            raise ProtocolError("invalid_message", "already authenticated", rid)
+
+    # ---- writing
+
+    async def _writer(self, cancel_scope: trio.CancelScope) -> None:
+        assert self.sub is not None
+        sub = self.sub
+        get_nowait = sub.get_nowait
+        try:
+            while True:
+                try:
+                    first = await sub.get()
+                except trio.EndOfChannel:
+                    break
+                self.writer_busy = True  # set before any checkpoint: see _direct
+                batch = [first]
+                while len(batch) < 512:
+                    try:
+                        batch.append(get_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if sub.overflowed:
+                    break
+                await self._send_batch(batch)
+                self.writer_busy = False
+            if sub.overflowed:
+                self.server.slow_closed += 1
+                log.info(
+                    "closing %s: slow consumer (send buffer of %d full)",
+                    self.peer,
+                    self.server.config.send_buffer,
+                )
+                await self._close(CLOSE_TRY_AGAIN, "slow consumer")
+        except (_Closed, ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except trio.TooSlowError:
+            # A send was cut short: the stream is in an unknown state; never write again.
+            await self._abort()
+        cancel_scope.cancel()
+
+    async def _send_batch(self, batch: list[object]) -> None:
+        out = bytearray()
+        skip = self.skip_upto
+        frame = self.frames.frame
+        for item in batch:
+            if isinstance(item, StoredEvent):
+                if item.seq > skip:
+                    out += frame(item)
+            elif isinstance(item, Text):
+                out += text_frame(item.text.encode())
+            elif item is FLUSH:
+                pass  # the stream writes its pending bytes before `out` (see _write)
+            else:
+                await self._write(out)
+                out = bytearray()
+                if isinstance(item, _ReplayJob):
+                    await self._replay(item)
+                elif isinstance(item, _SnapshotJob):
+                    await self._snapshot(item)
+                elif isinstance(item, CloseJob):
+                    await self._close(item.code, item.reason)
+                    raise _Closed
+                skip = self.skip_upto
+        await self._write(out)
+
+    def _wanted(self, dag_id: str) -> bool:
+        return "*" in self.dag_ids or dag_id in self.dag_ids
+
+    async def _replay(self, job: _ReplayJob) -> None:
+        daemon = self.daemon
+        until = daemon.committed_seq
+        oldest = await daemon.oldest_seq()
+        if job.since < until and (oldest is None or oldest > job.since + 1):
+            message = error_message(
+                "replay_unavailable",
+                f"events after seq {job.since} are no longer retained; ask for a snapshot",
+                oldestSeq=oldest,
+            )
+            if job.request_id is not None:
+                message["requestId"] = job.request_id
+            await self._write(text_frame(dumps(message).encode()))
+            return
+        cursor = job.since
+        while cursor < until:
+            rows = await daemon.events_page(cursor, until, REPLAY_PAGE)
+            if not rows:
+                break
+            out = bytearray()
+            for _seq, dag_id, body in rows:
+                if self._wanted(dag_id):
+                    out += text_frame(body.encode())
+            if out:
+                await self._write(out)
+            cursor = rows[-1][0]
+        self.skip_upto = max(self.skip_upto, until)
+        done: dict[str, Any] = {"type": "replay_complete", "seq": until}
+        if job.request_id is not None:
+            done["requestId"] = job.request_id
+        await self._write(text_frame(dumps(done).encode()))
+
+    async def _snapshot(self, job: _SnapshotJob) -> None:
+        dag_filter = None if "*" in self.dag_ids else set(self.dag_ids)
+        events, seq = self.daemon.snapshot(dag_filter)
+        out = bytearray()
+        for event in events:
+            out += text_frame(encode_event(event).encode())
+        done: dict[str, Any] = {"type": "snapshot_complete", "seq": seq}
+        if job.request_id is not None:
+            done["requestId"] = job.request_id
+        out += text_frame(dumps(done).encode())
+        await self._write(out)
+        self.skip_upto = max(self.skip_upto, seq)
+
+    async def _pinger(self, cancel_scope: trio.CancelScope) -> None:
+        interval = self.server.config.ping_interval
+        while True:
+            await trio.sleep(interval)
+            with trio.move_on_after(interval) as scope:
+                try:
+                    await self.ws.ping()
+                except ConnectionClosed:
+                    break
+            if scope.cancelled_caught:
+                log.info("closing %s: no pong within %gs", self.peer, interval)
+                await self._abort()
+                break
+        cancel_scope.cancel()
