@@ -17,36 +17,67 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import random
 import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
+    wrap_client_stream,
 )
 
 from dagd.core.backoff import ReconnectBackoff
 from dagd.core.events import DagEvent
 from dagd.core.exceptiongroups import unwrap_single
-from dagd.core.protocol.events import TYPE_TO_EVENT, event_from_wire
-from dagd.core.timefmt import iso_z
+from dagd.core.protocol.answers import (
+    Answer,
+    AuthSuccess,
+    CancelAccepted,
+    DagList,
+    DagSummary,
+    Error,
+    ReplayComplete,
+    RetryAccepted,
+    RunList,
+    RunSummary,
+    ServerAnswer,
+    SnapshotComplete,
+    Subscribed,
+    Triggered,
+)
+from dagd.core.protocol.codec import encode, parse_client_message, parse_server_message, to_wire
+from dagd.core.protocol.codes import CloseCode, ErrorCode, ProtocolError
+from dagd.core.protocol.pairs import ANSWER_TO
+from dagd.core.protocol.requests import (
+    Auth,
+    Cancel,
+    ListDags,
+    ListRuns,
+    Request,
+    Retry,
+    Snapshot,
+    Subscribe,
+    Trigger,
+)
+from dagd.core.protocol.wire import dumps
 
 
 class ClientError(Exception):
-    """The daemon answered a request with an error (`code` is the protocol's error code)."""
+    """The daemon answered a request with an error: `code` is its `ErrorCode` (docs/protocol.md
+    lists them), `message` the daemon's explanation."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        self.code = ErrorCode(code)
+        super().__init__(f"{self.code}: {message}")
         self.message = message
 
 
@@ -55,29 +86,29 @@ class AuthFailed(ClientError):
 
 
 class NotConnected(ClientError):
-    """A request could not be sent because the daemon is unreachable."""
+    """A request could not be sent, or its answer not received, because the daemon is
+    unreachable or the connection dropped (`code` is `connection_error`)."""
 
 
 @attrs.frozen
 class ConnectionLost:
     """The connection failed or dropped; the client retries in `retry_in` seconds.
 
-    `to_wire()` gives the seed's shape: {"type":"error","code":"connection_error",...}.
+    `timestamp` is UNIX seconds; `attempt` counts failed attempts since the last healthy
+    connection. `to_wire()` gives the protocol's error shape with code `connection_error`.
     """
 
     message: str
     timestamp: float
     retry_in: float
     attempt: int
-    code: str = "connection_error"
+    code: ErrorCode = ErrorCode.CONNECTION_ERROR
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": "error",
-            "code": self.code,
-            "message": f"{self.message}; retrying in {self.retry_in:.1f}s",
-            "timestamp": iso_z(self.timestamp),
-        }
+        """`{"type": "error", "code": "connection_error", "message": ..., "timestamp": ...}`
+        (the message ends with the retry delay; the timestamp is ISO 8601 UTC)."""
+        message = f"{self.message}; retrying in {self.retry_in:.1f}s"
+        return to_wire(Error(self.code, message, self.timestamp))
 
 
 @attrs.frozen
@@ -99,6 +130,79 @@ class GapRepaired:
 
 Item = DagEvent | ConnectionLost | Connected | GapRepaired
 Opener = Callable[..., Any]
+
+
+@asynccontextmanager
+async def open_connection(
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    connect_timeout: float = 5.0,
+    disconnect_timeout: float = 2.0,
+    message_queue_size: int = 256,
+    max_message_size: int = 16 * 1024 * 1024,
+) -> AsyncIterator[WebSocketConnection]:
+    """One WebSocket connection to `url` (ws:// or wss://) for the duration of the block.
+
+    The client opens the TCP (or TLS) stream itself, hands it to trio-websocket with the
+    public `wrap_client_stream`, and closes it itself at the end: trio-websocket never closes a
+    client's stream once the daemon closed the connection or it dropped. `connect_timeout` and
+    `disconnect_timeout` are seconds; `max_message_size` counts characters (trio-websocket's
+    rule). Raises ConnectionTimeout (a HandshakeError) when connecting takes longer,
+    HandshakeError from the OSError when the TCP connection fails, ConnectionRejected when the
+    daemon refuses the handshake (its HTTP status), ValueError for a URL that is not ws(s)://.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    secure = parts.scheme == "wss"
+    host = parts.hostname
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # The Host header carries the port unless it is the scheme's default (RFC 6455 4.1).
+    host_header = host if port == (443 if secure else 80) else f"{host}:{port}"
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
+    try:
+        with trio.fail_after(connect_timeout):
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                raise HandshakeError from exc
+            if secure:
+                context = ssl_context or ssl.create_default_context()
+                stream = trio.SSLStream(
+                    stream, context, server_hostname=host, https_compatible=True
+                )
+    except trio.TooSlowError:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise ConnectionTimeout from None
+    assert stream is not None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(connect_timeout):
+                    ws = await wrap_client_stream(
+                        nursery,
+                        stream,
+                        host_header,
+                        resource,
+                        message_queue_size=message_queue_size,
+                        max_message_size=max_message_size,
+                    )
+            except trio.TooSlowError:
+                raise ConnectionTimeout from None
+            except OSError as exc:  # the TLS handshake, or the peer hung up
+                raise HandshakeError from exc
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(disconnect_timeout):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()  # trio-websocket's reader task
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
 
 
 class _Reconnect(Exception):
@@ -147,7 +251,8 @@ class Client:
         self._send_items, self._items = trio.open_memory_channel[Item](buffer)
         self._ws: WebSocketConnection | None = None
         self._connected = trio.Event()
-        self._pending: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}
+        # requestId -> (set when answered or lost, [the answer; None: the connection dropped])
+        self._pending: dict[str, tuple[trio.Event, list[Answer | None]]] = {}
         self._ids = itertools.count(1)
         self.failure: BaseException | None = None
         self.connections = 0
@@ -174,49 +279,100 @@ class Client:
 
     # -------------------------------------------------------------- requests
 
-    async def request(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """Send a request and wait for its answer (matched by requestId)."""
+    async def request(self, message: Request | Mapping[str, Any]) -> Answer:
+        """Send one request and wait for its answer, matched by `requestId`.
+
+        `message` is a request object (`dagd.core.protocol.requests`: `Trigger("etl")`, ...) or
+        its wire dict (`{"type": "trigger", "dagId": "etl"}`); the client sets its own
+        `requestId`. Returns the answer object that `dagd.core.protocol.pairs.ANSWER_TO` pairs
+        with the request (`Triggered` for `Trigger`, ...). Waits at most `request_timeout`
+        seconds for a connection and as long again for the answer.
+
+        Raises `NotConnected` (code `connection_error`) when the daemon cannot be reached in
+        time or the connection drops before the answer (the request may or may not have been
+        applied), and `ClientError` with the daemon's code for an error answer:
+        `invalid_message` (also for a malformed `message` dict, which is never sent),
+        `forbidden`, `unknown_dag`, `invalid_params`, `unknown_run`, `not_running`,
+        `not_finished`, `not_retryable`, `shutting_down`, `rate_limited`.
+        """
+        request = message if not isinstance(message, Mapping) else _request_of(message)
         with trio.move_on_after(self.request_timeout) as scope:
             await self._connected.wait()
         if scope.cancelled_caught or self._ws is None:
-            raise NotConnected("connection_error", f"cannot reach the daemon at {self.url}")
+            raise NotConnected(ErrorCode.CONNECTION_ERROR, f"cannot reach the daemon at {self.url}")
         request_id = f"c{next(self._ids)}"
-        done, holder = trio.Event(), []
+        done, holder = trio.Event(), list[Answer | None]()
         self._pending[request_id] = (done, holder)
         try:
             with trio.fail_after(self.request_timeout):
-                await self._ws.send_message(json.dumps({**message, "requestId": request_id}))
+                await self._ws.send_message(encode(attrs.evolve(request, request_id=request_id)))
                 await done.wait()
         except (ConnectionClosed, trio.TooSlowError):
-            raise NotConnected("connection_error", _DROPPED) from None
+            raise NotConnected(ErrorCode.CONNECTION_ERROR, _DROPPED) from None
         finally:
             self._pending.pop(request_id, None)
         answer = holder[0]
-        if answer is _LOST:  # the connection dropped while we waited (see _fail_pending)
-            raise NotConnected("connection_error", _DROPPED)
-        if answer.get("type") == "error":
-            raise ClientError(answer.get("code", "error"), answer.get("message", ""))
+        if answer is None:  # the connection dropped while we waited (see _fail_pending)
+            raise NotConnected(ErrorCode.CONNECTION_ERROR, _DROPPED)
+        if isinstance(answer, Error):
+            raise ClientError(answer.code, answer.message)
+        expected = ANSWER_TO[type(request)]
+        if not isinstance(answer, expected):
+            raise ClientError(
+                ErrorCode.INVALID_MESSAGE,
+                f"the daemon answered {type(request).__name__} with {type(answer).__name__}",
+            )
+        return answer
+
+    async def _ask(self, request: Request, expected: type[A]) -> A:
+        answer = await self.request(request)
+        assert isinstance(answer, expected)  # request() checked it against ANSWER_TO
         return answer
 
     async def trigger(self, dag_id: str, params: Mapping[str, Any] | None = None) -> str:
-        message = {"type": "trigger", "dagId": dag_id, "params": dict(params or {})}
-        answer = await self.request(message)
-        return str(answer["runId"])
+        """Start a run of `dag_id` with `params` (name -> string, number or boolean; only params
+        the DAG declares). Returns the new run id (`manual__<trigger time>`) once the daemon
+        stored the run as queued; its events follow on the stream.
+
+        Raises `ClientError` `unknown_dag`, `invalid_params`, `forbidden` (a read token),
+        `shutting_down`, `invalid_message`; `NotConnected` (see `request`).
+        """
+        answer = await self._ask(Trigger(dag_id, dict(params or {})), Triggered)
+        return answer.run_id
 
     async def cancel(self, run_id: str) -> None:
-        await self.request({"type": "cancel", "runId": run_id})
+        """Cancel a queued or running run; returns once the daemon accepted it (the run's
+        `cancelled` events follow on the stream).
+
+        Raises `ClientError` `unknown_run`, `not_running` (it already finished), `forbidden`;
+        `NotConnected` (see `request`).
+        """
+        await self._ask(Cancel(run_id), CancelAccepted)
 
     async def retry(self, run_id: str) -> None:
-        await self.request({"type": "retry", "runId": run_id})
+        """Rerun a failed or cancelled run with the same id (successful steps are kept);
+        returns once the daemon stored it as queued again.
 
-    async def list_dags(self) -> list[dict[str, Any]]:
-        return list((await self.request({"type": "list_dags"}))["dags"])
+        Raises `ClientError` `unknown_run`, `not_finished` (still queued or running),
+        `not_retryable` (it succeeded), `shutting_down`, `forbidden`; `NotConnected`.
+        """
+        await self._ask(Retry(run_id), RetryAccepted)
 
-    async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        message: dict[str, Any] = {"type": "list_runs", "limit": limit}
-        if dag_id is not None:
-            message["dagId"] = dag_id
-        return list((await self.request(message))["runs"])
+    async def list_dags(self) -> list[DagSummary]:
+        """Every DAG the daemon has loaded: id, description, schedule, next run (UNIX seconds
+        or None), step ids, tags and declared params (name -> default text).
+
+        Raises `NotConnected` (see `request`).
+        """
+        return (await self._ask(ListDags(), DagList)).dags
+
+    async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunSummary]:
+        """The newest `limit` runs (1..1000), of `dag_id` or of every DAG, newest first: run id,
+        status, params, and queued/started/ended times (UNIX seconds; None until then).
+
+        Raises `ClientError` `invalid_message` (a limit out of range); `NotConnected`.
+        """
+        return (await self._ask(ListRuns(dag_id, limit), RunList)).runs
 
     # ------------------------------------------------------------ connection
 
@@ -252,50 +408,37 @@ class Client:
     def _fail_pending(self) -> None:
         for done, holder in self._pending.values():
             if not holder:
-                holder.append(_LOST)
+                holder.append(None)  # lost: request() raises NotConnected
             done.set()
 
     async def _session(self) -> None:
-        opened: list[Any] = []
-        try:
-            async with self._open(
-                self.url,
-                ssl_context=self._ssl,
-                connect_timeout=5,
-                disconnect_timeout=2,
-                message_queue_size=256,
-                max_message_size=16 * 1024 * 1024,
-            ) as ws:
-                opened.append(ws)
-                await self._talk(ws)
-        finally:
-            # trio-websocket 0.12 never closes a client's TCP stream when the daemon closed the
-            # connection or it dropped (aclose() returns early once a close reason is set):
-            # close it here, or every reconnect leaks a socket until garbage collection.
-            stream = getattr(opened[0], "_stream", None) if opened else None
-            if stream is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(stream)
+        async with self._open(
+            self.url,
+            ssl_context=self._ssl,
+            connect_timeout=5,
+            disconnect_timeout=2,
+            message_queue_size=256,
+            max_message_size=16 * 1024 * 1024,
+        ) as ws:
+            await self._talk(ws)
 
     async def _talk(self, ws: WebSocketConnection) -> None:
         """One connection: authenticate, subscribe, catch up, then receive until it fails."""
-        await ws.send_message(json.dumps({"type": "auth", "token": self._token}))
-        answer = await self._expect(ws, "auth_success")
-        subscribe: dict[str, Any] = {"type": "subscribe", "dagIds": self.dag_ids}
-        if self.last_seq is not None:
-            # Subscribe and replay in one step: the daemon then sends the missed events and
-            # the live ones after them in seq order, nothing repeated (docs/protocol.md).
-            subscribe["since"] = self.last_seq
-        await ws.send_message(json.dumps(subscribe))
-        await self._expect(ws, "subscribed")
+        await ws.send_message(encode(Auth(self._token)))
+        welcome = await self._expect(ws, AuthSuccess)
+        # Subscribe and replay in one step (since = the last delivered seq): the daemon then
+        # sends the missed events and the live ones after them in seq order, nothing
+        # repeated (docs/protocol.md).
+        await ws.send_message(encode(Subscribe(self.dag_ids, since=self.last_seq)))
+        await self._expect(ws, Subscribed)
         reconnect = self.connections > 0
         self.connections += 1
         snapshot = replay = False
         if self.last_seq is None:
-            self.last_seq = int(answer["seq"])  # first connection: from now on
+            self.last_seq = welcome.seq  # first connection: from now on
             if self.initial_snapshot:
                 snapshot = True
-                await ws.send_message(json.dumps({"type": "snapshot"}))
+                await ws.send_message(encode(Snapshot()))
         else:
             replay = True
         self._ws = ws
@@ -314,14 +457,15 @@ class Client:
         for event in sorted(held, key=lambda e: e.seq or 0):
             await self._deliver(event)
 
-    async def _expect(self, ws: WebSocketConnection, kind: str) -> dict[str, Any]:
+    async def _expect(self, ws: WebSocketConnection, kind: type[A]) -> A:
         with trio.fail_after(10):
-            message = json.loads(await ws.get_message())
-        if message.get("type") == kind:
+            text = await ws.get_message()
+        message = _parse(text)
+        if isinstance(message, kind):
             return message
-        if message.get("code") == "auth_failed":
-            raise AuthFailed("auth_failed", "the daemon refused the token")
-        raise _Reconnect(f"expected {kind}, got {json.dumps(message)[:200]}")
+        if isinstance(message, Error) and message.code is ErrorCode.AUTH_FAILED:
+            raise AuthFailed(ErrorCode.AUTH_FAILED, "the daemon refused the token")
+        raise _Reconnect(f"expected {kind.__name__}, got {str(text)[:200]}")
 
     async def _receive(
         self, ws: WebSocketConnection, snapshot_pending: bool, replay_pending: bool
@@ -338,34 +482,37 @@ class Client:
                 text = await ws.get_message()
             if scope.cancelled_caught:
                 raise _Reconnect(f"no heartbeat for {silence:g}s")
-            message = json.loads(text)
-            kind = message.get("type")
-            if kind in TYPE_TO_EVENT and "data" in message:
-                event = event_from_wire(message)
-                if snapshot is not None and event.seq is None:
-                    snapshot.append(event)
+            message = _parse(text)
+            if isinstance(message, DagEvent):
+                if snapshot is not None and message.seq is None:
+                    snapshot.append(message)
                 elif held is not None:
-                    held.append(event)
+                    held.append(message)
                 else:
-                    await self._deliver(event)
-            elif kind == "replay_complete" and held is not None:
+                    await self._deliver(message)
+            elif isinstance(message, ReplayComplete) and held is not None:
                 await self._deliver_held(held)
                 held = None
-            elif kind == "snapshot_complete":
-                self.last_seq = max(self.last_seq or 0, int(message["seq"]))
+            elif isinstance(message, SnapshotComplete):
+                self.last_seq = max(self.last_seq or 0, message.seq)
                 await self._send_items.send(GapRepaired(snapshot or [], self.last_seq))
                 snapshot = None
-            elif kind == "error" and message.get("code") == "replay_unavailable":
+            elif isinstance(message, Error) and message.code is ErrorCode.REPLAY_UNAVAILABLE:
                 if held is not None:  # live events only: the replay itself did not happen
                     await self._deliver_held(held)
                     held = None
                 snapshot = []
-                await ws.send_message(json.dumps({"type": "snapshot"}))
-            elif "requestId" in message and message["requestId"] in self._pending:
-                done, holder = self._pending[message["requestId"]]
+                await ws.send_message(encode(Snapshot()))
+            elif (
+                isinstance(message, Answer)
+                and isinstance(message.request_id, str)
+                and message.request_id in self._pending
+            ):
+                done, holder = self._pending[message.request_id]
                 holder.append(message)
                 done.set()
-            # heartbeat, replay_complete, pong and the rest only prove the link is alive
+            # heartbeat, replay_complete, pong, unknown types and the rest only prove the
+            # link is alive
 
 
 class _EventsOnly:
@@ -390,7 +537,27 @@ _DROPPED = (
     "the connection dropped before the daemon answered; "
     "the request may or may not have been applied"
 )
-_LOST: dict[str, Any] = {"type": "error", "code": "connection_error", "message": _DROPPED}
+A = TypeVar("A", bound=ServerAnswer)
+
+
+def _parse(text: str | bytes) -> ServerAnswer | DagEvent | None:
+    """A frame from the daemon as an answer or event; None for a type this client does not
+    know (a newer daemon's: it only proves the link is alive). Raises ValueError for a frame
+    that is not a valid server message (the client then reconnects)."""
+    try:
+        return parse_server_message(text)
+    except ProtocolError:
+        return None
+
+
+def _request_of(message: Mapping[str, Any]) -> Request:
+    """A request given as its wire dict, checked as strictly as the daemon would."""
+    try:
+        return parse_client_message(dumps(dict(message)))
+    except ProtocolError as exc:
+        raise ClientError(exc.code, exc.message) from None
+    except TypeError as exc:  # a value JSON cannot hold
+        raise ClientError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -405,9 +572,9 @@ def _describe(exc: BaseException) -> str:
         reason = exc.reason
         code = getattr(reason, "code", None)
         text = getattr(reason, "reason", None)
-        if code == 1013:
+        if code == CloseCode.TRY_AGAIN:
             return "the daemon dropped this client as too slow (it will replay what it missed)"
-        if code == 1001:
+        if code == CloseCode.GOING_AWAY:
             return "the daemon is shutting down"
         return f"connection closed ({code}{': ' + text if text else ''})"
     if isinstance(exc, HandshakeError):
@@ -436,7 +603,7 @@ async def connect(
     request_timeout: float = 10.0,
     rng: random.Random | None = None,
     initial_snapshot: bool = False,
-    _opener: Opener = open_websocket_url,
+    _opener: Opener | None = None,  # None: open_connection; tests pass a fake
 ) -> AsyncIterator[Client]:
     """Connect to a dagd daemon and keep connected until the block ends.
 
@@ -452,7 +619,7 @@ async def connect(
         backoff=backoff or ReconnectBackoff(1.0, 30.0, rng),
         buffer=buffer,
         ssl_context=ssl_context,
-        opener=_opener,
+        opener=_opener or open_connection,
         request_timeout=request_timeout,
         initial_snapshot=initial_snapshot,
     )

@@ -32,6 +32,8 @@ from dagd.client import (
 )
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent, ErrorEvent
+from dagd.core.protocol.codes import ErrorCode
+from dagd.core.timefmt import iso_z
 from dagd.runtime.logfiles import step_logs
 
 T = TypeVar("T")
@@ -105,7 +107,7 @@ def run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return trio.run(fn, *args)
     except ClientError as exc:
         raise click.ClickException(
-            exc.message if exc.code != "auth_failed" else "the daemon refused the token"
+            exc.message if exc.code is not ErrorCode.AUTH_FAILED else "the daemon refused the token"
         ) from None
 
 
@@ -116,10 +118,11 @@ async def list_dags(endpoint: Endpoint) -> None:
     async with open_client(endpoint, []) as client:
         dags = await client.list_dags()
     for dag in dags:
+        next_run = iso_z(dag.next_run) if dag.next_run is not None else "-"
         click.echo(
-            f"{dag['dagId']:<24} {dag['schedule'] or 'manual':<16} "
-            f"next: {dag['nextRun'] or '-':<26} {len(dag['steps']):>4} steps  "
-            f"{dag['description']}"
+            f"{dag.dag_id:<24} {dag.schedule or 'manual':<16} "
+            f"next: {next_run:<26} {len(dag.steps):>4} steps  "
+            f"{dag.description}"
         )
 
 
@@ -129,10 +132,8 @@ async def list_runs(endpoint: Endpoint, dag_id: str | None, limit: int) -> None:
     if not runs:
         click.echo("no runs yet")
     for run in runs:
-        click.echo(
-            f"{run['status']:<10} {run['dagId']:<20} {run['runId']:<50} "
-            f"{run['startedAt'] or run['queuedAt']}"
-        )
+        since = run.started_at if run.started_at is not None else run.queued_at
+        click.echo(f"{run.status:<10} {run.dag_id:<20} {run.run_id:<50} {iso_z(since)}")
 
 
 async def control(endpoint: Endpoint, action: str, run_id: str) -> None:

@@ -43,7 +43,24 @@ from dagd.core.events import (
     StepStatusEvent,
 )
 from dagd.core.model import RunStatus, StepStatus
+from dagd.core.protocol.answers import (
+    AuthSuccess,
+    DagList,
+    DagSummary,
+    Error,
+    Heartbeat,
+    Pong,
+    ReplayComplete,
+    RunList,
+    RunSummary,
+    SnapshotComplete,
+    Subscribed,
+    Triggered,
+)
+from dagd.core.protocol.codec import to_wire
+from dagd.core.protocol.codes import ErrorCode, Role
 from dagd.core.protocol.events import event_to_wire
+from dagd.core.protocol.requests import Ping
 
 URL = "ws://daemon.invalid/api/v1/ws"
 SEED = 20240601
@@ -105,23 +122,17 @@ def server(
     def handle(ws: FakeWS, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "auth":
-            ws.push({"type": "auth_success", "role": "operate", "seq": seq})
+            ws.push(to_wire(AuthSuccess(Role.OPERATE, seq)))
         elif kind == "subscribe":
-            ws.push({"type": "subscribed", "dagIds": sorted(message["dagIds"])})
+            ws.push(to_wire(Subscribed(sorted(message["dagIds"]))))
             for frame in after_subscribe:
                 ws.push(frame)
             if "since" in message:  # subscribe + replay in one step
-                frames = (
-                    replay(message["since"])
-                    if replay
-                    else [{"type": "replay_complete", "seq": seq}]
-                )
+                frames = replay(message["since"]) if replay else [to_wire(ReplayComplete(seq))]
                 for frame in frames:
                     ws.push(frame)
         elif kind == "replay":
-            frames = (
-                replay(message["since"]) if replay else [{"type": "replay_complete", "seq": seq}]
-            )
+            frames = replay(message["since"]) if replay else [to_wire(ReplayComplete(seq))]
             for frame in frames:
                 ws.push(frame)
         elif kind == "snapshot":
@@ -137,7 +148,7 @@ def server(
 
 def refuse(ws: FakeWS, message: dict[str, Any]) -> None:
     if message["type"] == "auth":
-        ws.push({"type": "error", "code": "auth_failed", "message": "invalid token"})
+        ws.push(to_wire(Error(ErrorCode.AUTH_FAILED, "invalid token", T0)))
         ws.push(CLOSE)
 
 
@@ -268,7 +279,7 @@ async def test_reconnect_resends_auth_and_subscribe_then_replays_from_last_seq(
     first = FakeWS(server(seq=10, after_subscribe=[wire(error_event(11)), CLOSE]))
 
     def replay(since: int) -> list[object]:
-        return [wire(error_event(12)), {"type": "replay_complete", "seq": 12}]
+        return [wire(error_event(12)), to_wire(ReplayComplete(12))]
 
     second = FakeWS(server(seq=12, replay=replay))
     opener = FakeOpener([first, second])
@@ -305,7 +316,7 @@ async def test_auth_failed_ends_iteration_and_stops_reconnecting(
         with pytest.raises(AuthFailed) as info:
             async for item in client:
                 items.append(item)
-        assert info.value.code == "auth_failed"
+        assert info.value.code is ErrorCode.AUTH_FAILED
         await trio.sleep(3600)  # an hour later: still no further attempt
         assert len(opener.calls) == 3
     assert [type(i).__name__ for i in items] == ["ConnectionLost", "ConnectionLost"]
@@ -350,7 +361,7 @@ async def test_every_message_resets_the_heartbeat_watchdog(
         for _ in range(4):
             await trio.sleep(9.9)  # just under 2.5 x 4 s
             beats.append(trio.current_time())
-            ws.push({"type": "heartbeat", "timestamp": "2024-01-01T00:00:00.000Z"})
+            ws.push(to_wire(Heartbeat(T0)))
 
     opener = FakeOpener([lambda: FakeWS(server(seq=3)), refused()])
     opener.feeder = heartbeats
@@ -376,7 +387,7 @@ async def test_live_events_queued_before_the_replay_do_not_hide_older_replayed_o
         assert since == 12
         return [
             *(wire(error_event(s)) for s in (13, 14, 15, 16)),
-            {"type": "replay_complete", "seq": 16},
+            to_wire(ReplayComplete(16)),
             wire(error_event(16)),  # live, already replayed
             wire(error_event(17)),
         ]
@@ -407,21 +418,13 @@ async def test_replay_unavailable_falls_back_to_a_snapshot_and_reports_the_gap(
     ]
 
     def replay(since: int) -> list[object]:
-        return [
-            {
-                "type": "error",
-                "code": "replay_unavailable",
-                "message": "gone",
-                "oldestSeq": 50,
-                "timestamp": "2024-01-01T00:00:00.000Z",
-            }
-        ]
+        return [to_wire(Error(ErrorCode.REPLAY_UNAVAILABLE, "gone", T0, oldest_seq=50))]
 
     ws = FakeWS(
         server(
             seq=60,
             replay=replay,
-            snapshot=[*(wire(e) for e in snap), {"type": "snapshot_complete", "seq": 60}],
+            snapshot=[*(wire(e) for e in snap), to_wire(SnapshotComplete(60))],
         )
     )
     opener = FakeOpener([ws])
@@ -449,7 +452,7 @@ async def test_initial_snapshot_then_live_events(autojump_clock: trio.testing.Mo
         server(
             seq=40,
             after_subscribe=[],
-            snapshot=[wire(snap[0]), {"type": "snapshot_complete", "seq": 41}],
+            snapshot=[wire(snap[0]), to_wire(SnapshotComplete(41))],
         )
     )
     opener = FakeOpener([ws])
@@ -476,7 +479,8 @@ async def test_initial_snapshot_then_live_events(autojump_clock: trio.testing.Mo
 async def test_a_request_waits_for_a_connection_through_several_failed_attempts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    dags = {"type": "dags", "dags": [{"dagId": "etl"}]}
+    etl = DagSummary("etl", "", None, None, ["a"], [], {})
+    dags = to_wire(DagList([etl]))
 
     def ws() -> FakeWS:
         return FakeWS(server(answers={"list_dags": dags}))
@@ -484,7 +488,7 @@ async def test_a_request_waits_for_a_connection_through_several_failed_attempts(
     opener = FakeOpener([refused(), refused(), refused(), ws])
     async with fake_client(opener, request_timeout=10.0) as client:
         # Issued before the first attempt; the backoff waits add up to less than 7 s.
-        assert await client.list_dags() == [{"dagId": "etl"}]
+        assert await client.list_dags() == [etl]
         assert trio.current_time() < 7
     assert len(opener.calls) == 4
     assert opener.sockets[0].sent[-1]["type"] == "list_dags"
@@ -520,22 +524,85 @@ async def test_request_errors_carry_the_protocol_code(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     def unknown(ws: FakeWS, message: dict[str, Any]) -> None:
-        ws.push(
-            {
-                "type": "error",
-                "code": "unknown_dag",
-                "message": "no DAG 'nope'",
-                "requestId": message["requestId"],
-                "timestamp": "2024-01-01T00:00:00.000Z",
-            }
-        )
+        error = Error(ErrorCode.UNKNOWN_DAG, "no DAG 'nope'", T0, request_id=message["requestId"])
+        ws.push(to_wire(error))
 
     opener = FakeOpener([lambda: FakeWS(server(on_request=unknown))])
     async with fake_client(opener) as client:
         with pytest.raises(ClientError) as info:
             await client.trigger("nope")
-    assert info.value.code == "unknown_dag"
+    assert info.value.code is ErrorCode.UNKNOWN_DAG
     assert not isinstance(info.value, NotConnected)
+
+
+async def test_requests_are_objects_or_their_wire_dicts_and_answers_are_objects(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """`request` takes a request object or its wire dict and returns the answer object that
+    ANSWER_TO pairs with it; a malformed dict is refused before anything is sent, and an
+    answer of the wrong type is an error, not a silent success."""
+
+    def answer(ws: FakeWS, message: dict[str, Any]) -> None:
+        rid = message["requestId"]
+        if message["type"] == "ping":
+            ws.push(to_wire(Pong(T0, request_id=rid)))
+        elif message["type"] == "trigger":
+            ws.push(to_wire(Triggered(message["dagId"], "manual__1", request_id=rid)))
+        elif message["type"] == "cancel":
+            ws.push(to_wire(Pong(T0, request_id=rid)))  # the wrong answer
+        elif message["type"] == "list_runs":
+            run = RunSummary("etl", "manual__1", RunStatus.QUEUED, {}, T0, None, None)
+            ws.push(to_wire(RunList([run], request_id=rid)))
+
+    opener = FakeOpener([lambda: FakeWS(server(on_request=answer))])
+    async with fake_client(opener) as client:
+        assert await client.request(Ping()) == Pong(T0, request_id="c1")
+        assert await client.request({"type": "ping"}) == Pong(T0, request_id="c2")
+        assert await client.trigger("etl", {"n": 1}) == "manual__1"
+        runs = await client.list_runs("etl", 5)
+        assert [(r.run_id, r.status, r.started_at) for r in runs] == [
+            ("manual__1", RunStatus.QUEUED, None)
+        ]
+        with pytest.raises(ClientError) as info:
+            await client.request({"type": "ping", "extra": 1})
+        assert info.value.code is ErrorCode.INVALID_MESSAGE
+        with pytest.raises(ClientError) as info:
+            await client.cancel("manual__1")
+        assert info.value.code is ErrorCode.INVALID_MESSAGE
+    sent = opener.sockets[0].sent
+    assert [m["type"] for m in sent] == [
+        "auth", "subscribe", "ping", "ping", "trigger", "list_runs", "cancel"
+    ]  # fmt: skip
+    assert sent[4] == {"type": "trigger", "dagId": "etl", "params": {"n": 1}, "requestId": "c3"}
+    assert sent[5] == {"type": "list_runs", "dagId": "etl", "limit": 5, "requestId": "c4"}
+
+
+async def test_frames_of_unknown_types_only_prove_the_link_is_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = FakeWS(server(seq=3, after_subscribe=[{"type": "from_a_newer_daemon", "x": 1}]))
+    opener = FakeOpener([ws])
+
+    async def live(ws: FakeWS) -> None:
+        await trio.sleep(1)
+        ws.push(wire(error_event(4)))
+
+    opener.feeder = live
+    async with fake_client(opener) as client:
+        got = await collect(client, lambda items: isinstance(items[-1], ErrorEvent))
+    assert [type(i).__name__ for _, i in got] == ["Connected", "ErrorEvent"]
+    assert len(opener.calls) == 1
+
+
+def test_connection_lost_has_the_error_shape() -> None:
+    lost = ConnectionLost("cannot connect: refused", T0, 1.25, 1)
+    assert lost.code is ErrorCode.CONNECTION_ERROR
+    assert lost.to_wire() == {
+        "type": "error",
+        "code": "connection_error",
+        "message": "cannot connect: refused; retrying in 1.2s",
+        "timestamp": "2023-11-14T22:13:20.000Z",
+    }
 
 
 # ================================================== against a real daemon
