@@ -16,7 +16,7 @@ from typing import assert_never
 import trio
 
 from dagd.core.events import DagEvent
-from dagd.core.model import RunStatus, StepSpec
+from dagd.core.model import RunStatus, StepSpec, StepStatus
 from dagd.core.runstate import (
     EVENT_CLASSES,
     Effect,
@@ -194,7 +194,7 @@ class RunDriver:
     async def _retry_timer(self, retry: ScheduleRetry) -> None:
         await trio.sleep(max(0.0, retry.at - self.clock()))
         st = self.state.steps[retry.step_id]
-        if self.state.status is RunStatus.RUNNING and st.status.value == "retrying":
+        if self.state.status is RunStatus.RUNNING and st.status is StepStatus.RETRYING:
             self._apply(self.state.retry_due(retry.step_id, self.clock()))
 
 
