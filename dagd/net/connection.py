@@ -19,15 +19,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from dagd.core.config import ServerConfig
-from dagd.core.protocol.codec import parse_client_message
+from dagd.core.protocol.answers import (
+    Answer,
+    AuthSuccess,
+    CancelAccepted,
+    DagList,
+    Pong,
+    ReplayComplete,
+    RetryAccepted,
+    RunList,
+    SnapshotComplete,
+    Subscribed,
+    Triggered,
+    Unsubscribed,
+)
+from dagd.core.protocol.codec import encode, parse_client_message
+from dagd.core.protocol.codes import CloseCode, ErrorCode, Role
 from dagd.core.protocol.events import encode_event
+from dagd.core.protocol.pairs import with_request_id
 from dagd.core.protocol.requests import (
     CONTROL,
     MAX_DAG_IDS,
@@ -38,15 +54,16 @@ from dagd.core.protocol.requests import (
     Ping,
     ProtocolError,
     Replay,
+    Request,
+    RequestId,
     Retry,
     Snapshot,
     Subscribe,
     Trigger,
     Unsubscribe,
 )
-from dagd.core.timefmt import iso_z
 from dagd.daemon.api import DaemonError, DaemonService, StoredEvent, Subscriber
-from dagd.net.answers import dag_to_wire, dumps, error_message, run_to_wire
+from dagd.net.answers import dag_summary, error, run_summary
 from dagd.net.auth import AuthThrottle, TokenBook
 from dagd.net.frames import FrameCache, text_frame
 from dagd.net.limits import TokenBucket, too_big
@@ -55,10 +72,6 @@ from dagd.net.stream import ConnectionStream
 log = logging.getLogger("dagd.net.connection")
 
 REPLAY_PAGE = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN = 1013  # the peer is too slow: "try again later", and replay what you missed
 
 
 @attrs.frozen
@@ -71,12 +84,12 @@ class Text:
 @attrs.frozen
 class _ReplayJob:
     since: int
-    request_id: Any
+    request_id: RequestId
 
 
 @attrs.frozen
 class _SnapshotJob:
-    request_id: Any
+    request_id: RequestId
 
 
 @attrs.frozen
@@ -132,7 +145,7 @@ class Connection:
         self.rate_warned = False
         self.skip_upto = 0  # events at or below this seq were already sent by a replay/snapshot
         self.writer_busy = False  # the writer task holds items it has not written yet
-        self.auth_request_id: Any = None
+        self.auth_request_id: RequestId = None
 
     # ---- sending
 
@@ -148,20 +161,18 @@ class Connection:
         except trio.ClosedResourceError:
             pass
 
-    def answer(self, message: dict[str, Any], request_id: Any = None) -> None:
+    def answer(self, message: Answer, request_id: RequestId = None) -> None:
         """Queue `message` (with `requestId` if given) behind everything queued so far."""
-        if request_id is not None:
-            message["requestId"] = request_id
-        self.queue(Text(dumps(message)))
+        self.queue(Text(encode(with_request_id(message, request_id))))
 
-    def error(self, code: str, message: str, request_id: Any = None, **extra: Any) -> None:
+    def error(self, code: ErrorCode | str, message: str, request_id: RequestId = None) -> None:
         """Queue an `error` answer."""
-        self.answer(error_message(code, message, **extra), request_id)
+        self.answer(error(code, message), request_id)
 
-    async def send_now(self, message: dict[str, Any]) -> None:
+    async def send_now(self, message: Answer, request_id: RequestId = None) -> None:
         """Before auth there is no writer task: send directly (bounded by send_timeout)."""
         with trio.move_on_after(self.server.config.send_timeout):
-            await self.ws.send_message(dumps(message))
+            await self.ws.send_message(encode(with_request_id(message, request_id)))
 
     async def _write(self, data: bytes | bytearray) -> None:
         """Write `data` after everything written before it, waiting for the socket only for
@@ -210,14 +221,9 @@ class Connection:
         self.sub.direct = self._direct
         self.server.authenticated.add(self)
         try:
-            welcome: dict[str, Any] = {
-                "type": "auth_success",
-                "role": self.role,
-                "seq": self.daemon.committed_seq,
-            }
-            if self.auth_request_id is not None:
-                welcome["requestId"] = self.auth_request_id
-            await self.send_now(welcome)
+            assert self.role is not None
+            welcome = AuthSuccess(Role(self.role), self.daemon.committed_seq)
+            await self.send_now(welcome, self.auth_request_id)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, nursery.cancel_scope)
                 nursery.start_soon(self._pinger, nursery.cancel_scope)
@@ -238,16 +244,17 @@ class Connection:
             text = await self.ws.get_message()
         if text is None:
             await self.send_now(
-                error_message(
-                    "auth_timeout",
+                error(
+                    ErrorCode.AUTH_TIMEOUT,
                     f'send {{"type":"auth","token":...}} within {cfg.auth_timeout:g}s',
                 )
             )
-            await self._close(CLOSE_POLICY, "auth timeout")
+            await self._close(CloseCode.POLICY, "auth timeout")
             return False
         if too_big(text, cfg.max_message_size):
-            await self._close(CLOSE_TOO_BIG, "message too big")
+            await self._close(CloseCode.TOO_BIG, "message too big")
             return False
+        message: Request | ProtocolError
         try:
             message = parse_client_message(text)
         except ProtocolError as exc:
@@ -255,9 +262,9 @@ class Connection:
         if not isinstance(message, Auth):
             detail = f" ({message.message})" if isinstance(message, ProtocolError) else ""
             await self.send_now(
-                error_message("auth_required", f"the first message must be auth{detail}")
+                error(ErrorCode.AUTH_REQUIRED, f"the first message must be auth{detail}")
             )
-            await self._close(CLOSE_POLICY, "auth required")
+            await self._close(CloseCode.POLICY, "auth required")
             return False
         throttle = self.server.throttle
         delay = throttle.delay(self.peer)
@@ -267,11 +274,8 @@ class Connection:
         if entry is None:
             throttle.failed(self.peer)
             log.warning("auth failed from %s", self.peer)  # never the token itself
-            reply = error_message("auth_failed", "invalid token")
-            if message.request_id is not None:
-                reply["requestId"] = message.request_id
-            await self.send_now(reply)
-            await self._close(CLOSE_POLICY, "auth failed")
+            await self.send_now(error(ErrorCode.AUTH_FAILED, "invalid token"), message.request_id)
+            await self._close(CloseCode.POLICY, "auth failed")
             return False
         throttle.succeeded(self.peer)
         self.role = entry.role
@@ -281,7 +285,7 @@ class Connection:
     async def close_going_away(self) -> None:
         """Shutdown, before this connection authenticated: its reader sees the close."""
         with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError, OSError):
-            await self._close(CLOSE_GOING_AWAY, "daemon shutting down")
+            await self._close(CloseCode.GOING_AWAY, "daemon shutting down")
 
     async def _close(self, code: int, reason: str) -> None:
         """Close with `code`; if even the close frame cannot be written within a second, drop
@@ -303,12 +307,12 @@ class Connection:
         while True:
             text = await self.ws.get_message()
             if too_big(text, cfg.max_message_size):
-                await self._close(CLOSE_TOO_BIG, "message too big")
+                await self._close(CloseCode.TOO_BIG, "message too big")
                 return
             balance = self.bucket.take()
             if balance < 0:
                 if balance < -self.bucket.capacity:
-                    await self._close(CLOSE_POLICY, "rate limit exceeded")
+                    await self._close(CloseCode.POLICY, "rate limit exceeded")
                     return
                 if not self.rate_warned:
                     self.rate_warned = True
@@ -332,9 +336,9 @@ class Connection:
 
     async def _handle(self, message: object) -> None:
         rid = getattr(message, "request_id", None)
-        if isinstance(message, CONTROL) and self.role != "operate":
+        if isinstance(message, CONTROL) and self.role != Role.OPERATE:
             raise ProtocolError(
-                "forbidden",
+                ErrorCode.FORBIDDEN,
                 f"this token's role is 'read': it cannot {type(message).__name__.lower()}",
                 rid,
             )
@@ -343,15 +347,17 @@ class Connection:
         if isinstance(message, Subscribe | Unsubscribe):
             if isinstance(message, Subscribe):
                 self.dag_ids.update(message.dag_ids)
-                kind = "subscribed"
+                kind: type[Subscribed | Unsubscribed] = Subscribed
             else:
                 self.dag_ids.difference_update(message.dag_ids)
-                kind = "unsubscribed"
+                kind = Unsubscribed
             if len(self.dag_ids) > MAX_DAG_IDS:
                 self.dag_ids.difference_update(message.dag_ids)
-                raise ProtocolError("invalid_message", f"at most {MAX_DAG_IDS} subscriptions", rid)
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE, f"at most {MAX_DAG_IDS} subscriptions", rid
+                )
             self.sub.set_dags(None if "*" in self.dag_ids else self.dag_ids)
-            self.answer({"type": kind, "dagIds": sorted(self.dag_ids)}, rid)
+            self.answer(kind(sorted(self.dag_ids)), rid)
             if isinstance(message, Subscribe) and message.since is not None:
                 # Queued right after the filter changed, with no await in between: every live
                 # event for the new set is behind this job, so the replay and the live stream
@@ -363,22 +369,22 @@ class Connection:
             self.queue(_SnapshotJob(rid))
         elif isinstance(message, Trigger):
             run_id = await daemon.trigger(message.dag_id, message.params)
-            self.answer({"type": "triggered", "dagId": message.dag_id, "runId": run_id}, rid)
+            self.answer(Triggered(message.dag_id, run_id), rid)
         elif isinstance(message, Cancel):
             await daemon.cancel(message.run_id)
-            self.answer({"type": "cancel_accepted", "runId": message.run_id}, rid)
+            self.answer(CancelAccepted(message.run_id), rid)
         elif isinstance(message, Retry):
             await daemon.retry(message.run_id)
-            self.answer({"type": "retry_accepted", "runId": message.run_id}, rid)
+            self.answer(RetryAccepted(message.run_id), rid)
         elif isinstance(message, ListDags):
-            self.answer({"type": "dags", "dags": [dag_to_wire(d) for d in daemon.list_dags()]}, rid)
+            self.answer(DagList([dag_summary(d) for d in daemon.list_dags()]), rid)
         elif isinstance(message, ListRuns):
             runs = await daemon.list_runs(message.dag_id, message.limit)
-            self.answer({"type": "runs", "runs": [run_to_wire(r) for r in runs]}, rid)
+            self.answer(RunList([run_summary(r) for r in runs]), rid)
         elif isinstance(message, Ping):
-            self.answer({"type": "pong", "timestamp": iso_z(time.time())}, rid)
+            self.answer(Pong(time.time()), rid)
         elif isinstance(message, Auth):
-            raise ProtocolError("invalid_message", "already authenticated", rid)
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "already authenticated", rid)
 
     # ---- writing
 
@@ -410,7 +416,7 @@ class Connection:
                     self.peer,
                     self.server.config.send_buffer,
                 )
-                await self._close(CLOSE_TRY_AGAIN, "slow consumer")
+                await self._close(CloseCode.TRY_AGAIN, "slow consumer")
         except (_Closed, ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except trio.TooSlowError:
@@ -451,14 +457,12 @@ class Connection:
         until = daemon.committed_seq
         oldest = await daemon.oldest_seq()
         if job.since < until and (oldest is None or oldest > job.since + 1):
-            message = error_message(
-                "replay_unavailable",
+            gone = error(
+                ErrorCode.REPLAY_UNAVAILABLE,
                 f"events after seq {job.since} are no longer retained; ask for a snapshot",
-                oldestSeq=oldest,
+                oldest_seq=oldest,
             )
-            if job.request_id is not None:
-                message["requestId"] = job.request_id
-            await self._write(text_frame(dumps(message).encode()))
+            await self._write(text_frame(encode(with_request_id(gone, job.request_id)).encode()))
             return
         cursor = job.since
         while cursor < until:
@@ -473,10 +477,8 @@ class Connection:
                 await self._write(out)
             cursor = rows[-1][0]
         self.skip_upto = max(self.skip_upto, until)
-        done: dict[str, Any] = {"type": "replay_complete", "seq": until}
-        if job.request_id is not None:
-            done["requestId"] = job.request_id
-        await self._write(text_frame(dumps(done).encode()))
+        done = with_request_id(ReplayComplete(until), job.request_id)
+        await self._write(text_frame(encode(done).encode()))
 
     async def _snapshot(self, job: _SnapshotJob) -> None:
         dag_filter = None if "*" in self.dag_ids else set(self.dag_ids)
@@ -484,10 +486,8 @@ class Connection:
         out = bytearray()
         for event in events:
             out += text_frame(encode_event(event).encode())
-        done: dict[str, Any] = {"type": "snapshot_complete", "seq": seq}
-        if job.request_id is not None:
-            done["requestId"] = job.request_id
-        out += text_frame(dumps(done).encode())
+        done = with_request_id(SnapshotComplete(seq), job.request_id)
+        out += text_frame(encode(done).encode())
         await self._write(out)
         self.skip_upto = max(self.skip_upto, seq)
 

@@ -25,11 +25,12 @@ from trio_websocket import (
 )
 
 from dagd.core.config import Config
-from dagd.core.timefmt import iso_z
+from dagd.core.protocol.answers import Heartbeat
+from dagd.core.protocol.codec import encode
+from dagd.core.protocol.codes import CloseCode
 from dagd.daemon.api import DaemonService
-from dagd.net.answers import dumps
 from dagd.net.auth import AuthThrottle, TokenBook
-from dagd.net.connection import CLOSE_GOING_AWAY, CloseJob, Connection, Text
+from dagd.net.connection import CloseJob, Connection, Text
 from dagd.net.frames import FrameCache
 from dagd.net.stream import ConnectionStream
 
@@ -139,7 +140,7 @@ class Server:
         """Every heartbeat_interval seconds, queue a heartbeat for every authenticated client."""
         while True:
             await trio.sleep(self.config.heartbeat_interval)
-            beat = Text(dumps({"type": "heartbeat", "timestamp": iso_z(time.time())}))
+            beat = Text(encode(Heartbeat(time.time())))
             for conn in list(self.authenticated):
                 conn.queue(beat)
 
@@ -153,7 +154,7 @@ class Server:
                 nursery.start_soon(conn.close_going_away)
             if self.authenticated:
                 for conn in list(self.authenticated):
-                    conn.queue(CloseJob(CLOSE_GOING_AWAY, "daemon shutting down"))
+                    conn.queue(CloseJob(CloseCode.GOING_AWAY, "daemon shutting down"))
                 with trio.move_on_after(3.0):
                     await self._drained.wait()
 
