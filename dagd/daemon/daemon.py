@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -35,6 +34,7 @@ from dagd.core.timefmt import RunIdFactory, scheduled_run_id
 from dagd.daemon.admission import Admission
 from dagd.daemon.dagfolder import DagFolder
 from dagd.daemon.errors import DaemonError
+from dagd.daemon.eventstream import EventStream
 from dagd.daemon.hub import Hub, Subscriber
 from dagd.daemon.recovery import recover
 from dagd.daemon.scheduler import CronScheduler
@@ -95,8 +95,10 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self._accepting = False
         self._idle = trio.Event()
-        # Written by dagd.net.server.serve, read by nothing here: they go once the network
-        # layer reports its address and registers its close with dagd/app.py instead.
+        # Set by dagd/app.py when it serves the network, read by nothing here: the address
+        # (for `dagd serve`'s log and the tests), and the network's close, which app.py's
+        # shut_down runs in its place in the shutdown order. Transitional: tests/support's
+        # server_of finds the server through on_shutdown.
         self.url: str | None = None
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
 
@@ -473,51 +475,6 @@ class Daemon:
 
 def _text(problems: list[Problem]) -> str:
     return "\n".join(map(str, problems))
-
-
-class EventStream:
-    """Async iterator of DagEvents over a hub subscription. If the consumer falls more than
-    `buffer` events behind, iteration raises DaemonError('slow_consumer') instead of making the
-    daemon wait; `close()` (or `with`) ends the subscription."""
-
-    def __init__(self, sub: Subscriber) -> None:
-        self._sub = sub
-        self._taken: deque[object] = deque()
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> DagEvent:
-        # Take everything queued at each wake-up: a consumer that took one event per turn
-        # would get fewer turns than a fast run publishes events, and be cut off. Memory stays
-        # bounded: at most one buffer here and one in the subscription.
-        if not self._taken:
-            sub = self._sub
-            try:
-                self._taken.append(await sub.get())
-            except trio.EndOfChannel:
-                if sub.overflowed:
-                    raise DaemonError(
-                        "slow_consumer", "the event consumer fell behind its buffer"
-                    ) from None
-                raise StopAsyncIteration from None
-            while True:
-                try:
-                    self._taken.append(sub.get_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-        stored = self._taken.popleft()
-        assert isinstance(stored, StoredEvent)  # only the hub puts in this subscription
-        return stored.event
-
-    def close(self) -> None:
-        self._sub.close()
-
-    def __enter__(self) -> EventStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 __all__ = ["Daemon", "DaemonError", "DagInfo", "EventStream"]
