@@ -55,6 +55,8 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`NAME=VALUE` options as a dict (a later NAME wins); raises click.BadParameter for a
+    pair without `=` or without a name."""
     params: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")

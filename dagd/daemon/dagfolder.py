@@ -52,6 +52,7 @@ class Refused:
 
     @property
     def text(self) -> str:
+        """The problems, one per line, each naming the file."""
         return "\n".join(map(str, self.problems))
 
 

@@ -94,6 +94,8 @@ class CronScheduler:
         return wake
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fire due slots until cancelled: at each slot, when the DAGs change, and at least
+        every 60 seconds. `task_status.started()` at once."""
         task_status.started()
         while True:
             self._changed = trio.Event()

@@ -356,13 +356,13 @@ class Store:
                     case RecordRun(run_id, dag_id, params_json, queued_at):
                         conn.execute(
                             "INSERT OR IGNORE INTO runs (run_id, dag_id, status, params,"
-                            " queued_at) VALUES (?, ?, 'queued', ?, ?)",
-                            (run_id, dag_id, params_json, queued_at),
+                            " queued_at) VALUES (?, ?, ?, ?, ?)",
+                            (run_id, dag_id, RunStatus.QUEUED.value, params_json, queued_at),
                         )
                     case Requeue(run_id):
                         conn.execute(
-                            "UPDATE runs SET status='queued', ended_at=NULL WHERE run_id=?",
-                            (run_id,),
+                            "UPDATE runs SET status=?, ended_at=NULL WHERE run_id=?",
+                            (RunStatus.QUEUED.value, run_id),
                         )
                     case RecordLeftover(run_id, step_id, pgid, proc_start, boot_id):
                         self._write_steps(conn, steps)  # the step's row must exist first
@@ -480,10 +480,13 @@ class Store:
 
     def unfinished(self) -> tuple[list[RunRecord], list[StepRecord]]:
         """Runs and steps a previous process left queued or running (read at startup)."""
-        runs = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running')")
+        unfinished = [s.value for s in RunStatus if not s.finished]
+        marks = ", ".join("?" * len(unfinished))
+        runs = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks})", unfinished)
         steps = self._read(
             f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id IN"
-            " (SELECT run_id FROM runs WHERE status IN ('queued', 'running'))"
+            f" (SELECT run_id FROM runs WHERE status IN ({marks}))",
+            unfinished,
         )
         return [_run_record(r) for r in runs], [_step_record(s) for s in steps]
 
