@@ -13,15 +13,16 @@ Rules this file keeps:
 
 Theory of operation. A run is queued, then running (or cancelling, once `cancel` was called),
 then success, failed or cancelled; a failed or cancelled run can be queued again (a run retry).
-A step's phase is finer than its status, because the engine has to know where an attempt is:
+A step's phase is finer than its status, because the engine has to know where an attempt is
+(`STEP_TRANSITIONS` in full):
 
-    waiting --triggered--> ready --dispatch--> dispatched --started--> running
-       |                                          |                     |  |  \\
-       | skip / upstream_failed         stopped   |          succeeded  |  |   failed_will_retry
-       v                                          v                     v  |          v
-    skipped, upstream_failed                  cancelled           success  |     retry_wait
-                                                                  failed <-'          |
+    waiting    --triggered--> ready       --dispatch--> dispatched       --started--> running
     retry_wait --retry_due--> retry_ready --dispatch--> retry_dispatched --started--> running
+    running --succeeded--> success, --failed--> failed, --failed_will_retry--> retry_wait
+    waiting --skip--> skipped, --upstream_failed--> upstream_failed
+    dispatched, retry_dispatched, running --stopped--> cancelled
+    waiting, ready, retry_wait, retry_ready --cancel--> cancelled
+    every phase but success --reset--> waiting
 
 `waiting`, `ready` and `dispatched` are all status `pending`; the three `retry_*` phases are
 all status `retrying`. A run's cancel moves every waiting phase to `cancelled` at once and asks
@@ -686,7 +687,9 @@ class RunState:
         try:
             return _RUN[self.phase][event]
         except KeyError:
-            raise IllegalTransition(f"run {self.run_id} is {self.phase}: cannot {event}") from None
+            raise IllegalTransition(
+                f"run {self.run_id} is {self.phase}: no '{event}' then"
+            ) from None
 
     def _run_enter(self, phase: RunPhase) -> None:
         self.phase = phase
@@ -708,7 +711,7 @@ class RunState:
             return _TRANSITIONS[st.phase][event]
         except KeyError:
             raise IllegalTransition(
-                f"step {st.spec.id} is {st.status} ({st.phase}): cannot {event}"
+                f"step {st.spec.id!r} is {st.status} ({st.phase}): no '{event}' then"
             ) from None
 
     def _enter(self, st: StepState, phase: Phase, now: float, out: list[Effect]) -> None:
