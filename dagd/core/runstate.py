@@ -169,13 +169,10 @@ RUN_TRANSITIONS: Final[Mapping[RunPhase, Mapping[RunInput, RunPhase]]] = {
     RP.CANCELLED: {RI.REQUEUE: RP.QUEUED},
 }
 
+#: A run's status in each phase: the status of the same name; a cancelling run is running.
 RUN_STATUS_OF: Final[Mapping[RunPhase, RunStatus]] = {
-    RP.QUEUED: RunStatus.QUEUED,
-    RP.RUNNING: RunStatus.RUNNING,
-    RP.CANCELLING: RunStatus.RUNNING,
-    RP.SUCCESS: RunStatus.SUCCESS,
-    RP.FAILED: RunStatus.FAILED,
-    RP.CANCELLED: RunStatus.CANCELLED,
+    phase: RunStatus.RUNNING if phase is RP.CANCELLING else RunStatus(phase.value)
+    for phase in RunPhase
 }
 
 
@@ -216,32 +213,27 @@ class StepInput(enum.StrEnum):
 
 P, E = Phase, StepInput  # short names for the tables below
 
+# Parts that several rows share: what a trigger rule's verdict does to a waiting step, what
+# an attempt's outcome does to a running one, and how a run's cancel and retry reach a step.
+_VERDICTS: Final = {E.TRIGGERED: P.READY, E.SKIP: P.SKIPPED, E.UPSTREAM_FAILED: P.UPSTREAM_FAILED}
+_OUTCOMES: Final = {E.SUCCEEDED: P.SUCCESS, E.FAILED: P.FAILED, E.FAILED_WILL_RETRY: P.RETRY_WAIT}
 _CANCEL_OR_RESET: Final = {E.CANCEL: P.CANCELLED, E.RESET: P.WAITING}
 _STOP_OR_RESET: Final = {E.STOPPED: P.CANCELLED, E.RESET: P.WAITING}
+_RESET: Final = {E.RESET: P.WAITING}
 
 STEP_TRANSITIONS: Final[Mapping[Phase, Mapping[StepInput, Phase]]] = {
-    P.WAITING: {
-        E.TRIGGERED: P.READY,
-        E.SKIP: P.SKIPPED,
-        E.UPSTREAM_FAILED: P.UPSTREAM_FAILED,
-        **_CANCEL_OR_RESET,
-    },
+    P.WAITING: {**_VERDICTS, **_CANCEL_OR_RESET},
     P.READY: {E.DISPATCH: P.DISPATCHED, **_CANCEL_OR_RESET},
     P.DISPATCHED: {E.STARTED: P.RUNNING, **_STOP_OR_RESET},
-    P.RUNNING: {
-        E.SUCCEEDED: P.SUCCESS,
-        E.FAILED: P.FAILED,
-        E.FAILED_WILL_RETRY: P.RETRY_WAIT,
-        **_STOP_OR_RESET,
-    },
+    P.RUNNING: {**_OUTCOMES, **_STOP_OR_RESET},
     P.RETRY_WAIT: {E.RETRY_DUE: P.RETRY_READY, **_CANCEL_OR_RESET},
     P.RETRY_READY: {E.DISPATCH: P.RETRY_DISPATCHED, **_CANCEL_OR_RESET},
     P.RETRY_DISPATCHED: {E.STARTED: P.RUNNING, **_STOP_OR_RESET},
     P.SUCCESS: {},  # kept by a run retry
-    P.FAILED: {E.RESET: P.WAITING},
-    P.UPSTREAM_FAILED: {E.RESET: P.WAITING},
-    P.SKIPPED: {E.RESET: P.WAITING},
-    P.CANCELLED: {E.RESET: P.WAITING},
+    P.FAILED: _RESET,
+    P.UPSTREAM_FAILED: _RESET,
+    P.SKIPPED: _RESET,
+    P.CANCELLED: _RESET,
 }
 
 STATUS_OF: Final[Mapping[Phase, StepStatus]] = {
@@ -260,16 +252,9 @@ STATUS_OF: Final[Mapping[Phase, StepStatus]] = {
 }
 
 #: The phase a step rests in with a given status when no attempt is out or queued (a step
-#: restored from a record, or reset by a run retry).
+#: restored from a record, or reset by a run retry): the first phase of that status.
 RESTING_PHASE: Final[Mapping[StepStatus, Phase]] = {
-    S.PENDING: P.WAITING,
-    S.RUNNING: P.RUNNING,
-    S.RETRYING: P.RETRY_WAIT,
-    S.SUCCESS: P.SUCCESS,
-    S.FAILED: P.FAILED,
-    S.UPSTREAM_FAILED: P.UPSTREAM_FAILED,
-    S.SKIPPED: P.SKIPPED,
-    S.CANCELLED: P.CANCELLED,
+    status: phase for phase, status in reversed(list(STATUS_OF.items()))
 }
 
 #: Phases with an attempt out: a run's cancel stops them (StopStep) rather than ending them.
