@@ -397,28 +397,28 @@ def trigger(
     sys.exit(code)
 
 
-@main.command()
-@click.argument("run_id")
-@config_option
-@url_option
-@token_option
-def cancel(run_id: str, config_path: Path | None, url: str | None, token: str | None) -> None:
-    """Cancel RUN_ID: waiting steps are cancelled, running ones are stopped."""
-    from dagd.cli import remote
+def _run_command(action: str, help_text: str) -> click.Command:
+    """`dagd cancel` and `dagd retry`: one request about one run, sent to the daemon."""
 
-    remote.run_async(remote.control, _endpoint(config_path, url, token), "cancel", run_id)
+    @main.command(action, help=help_text)
+    @click.argument("run_id")
+    @config_option
+    @url_option
+    @token_option
+    def command(run_id: str, config_path: Path | None, url: str | None, token: str | None) -> None:
+        from dagd.cli import remote
+
+        remote.run_async(remote.control, _endpoint(config_path, url, token), action, run_id)
+
+    return command
 
 
-@main.command()
-@click.argument("run_id")
-@config_option
-@url_option
-@token_option
-def retry(run_id: str, config_path: Path | None, url: str | None, token: str | None) -> None:
-    """Retry a failed or cancelled RUN_ID: successful steps are kept, the rest run again."""
-    from dagd.cli import remote
-
-    remote.run_async(remote.control, _endpoint(config_path, url, token), "retry", run_id)
+cancel = _run_command(
+    "cancel", "Cancel RUN_ID: waiting steps are cancelled, running ones are stopped."
+)
+retry = _run_command(
+    "retry", "Retry a failed or cancelled RUN_ID: successful steps are kept, the rest run again."
+)
 
 
 @main.command()
