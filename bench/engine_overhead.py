@@ -27,7 +27,7 @@ import trio
 from dagd.core.model import DagSpec, StepSpec
 from dagd.core.runstate import RunState
 from dagd.runtime.engine import run_dag
-from dagd.runtime.executor import Executor
+from dagd.runtime.local.executor import LocalExecutor
 
 N = 10_000
 US_LIMIT = 100.0  # requirement: <= 100 µs of wall time per step
@@ -62,7 +62,7 @@ def run_once(dag: DagSpec, run_id: str) -> tuple[float, int]:
 
     async def main() -> None:
         state = RunState(dag, run_id)
-        status = await run_dag(state, Executor(log_dir=None), events.append)
+        status = await run_dag(state, LocalExecutor(log_dir=None), events.append)
         assert status.value == "success", status
 
     gc.collect()
@@ -160,7 +160,7 @@ def main() -> None:
         return
 
     reps = args.reps
-    print(f"dagd engine overhead: {N:,} no-op callable steps, Executor(log_dir=None)")
+    print(f"dagd engine overhead: {N:,} no-op callable steps, LocalExecutor(log_dir=None)")
     print(
         f"python {sys.version.split()[0]}, trio {trio.__version__}, nproc {os.cpu_count()}, "
         f"{reps} interleaved repetitions, median reported"

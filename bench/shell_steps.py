@@ -45,7 +45,7 @@ import trio
 from dagd.core.model import DagSpec, StepSpec
 from dagd.core.runstate import RunState
 from dagd.runtime.engine import run_dag
-from dagd.runtime.executor import Executor
+from dagd.runtime.local.executor import LocalExecutor
 
 N = 500
 PARALLEL = 2
@@ -76,7 +76,7 @@ def dagd_run(dag: DagSpec, log_dir: Path | None, run_id: str) -> float:
     events: list[object] = []
 
     async def main() -> None:
-        status = await run_dag(RunState(dag, run_id), Executor(log_dir=log_dir), events.append)
+        status = await run_dag(RunState(dag, run_id), LocalExecutor(log_dir=log_dir), events.append)
         assert status.value == "success", status
 
     t0 = time.perf_counter()
