@@ -42,9 +42,12 @@ class ReconnectBackoff:
         return min(self.cap, self.base * (1 << min(self.failures, 32)))  # base * 2**failures
 
     def next_delay(self) -> float:
+        """Seconds to wait before the next attempt, uniform in [0, ceiling()]; counts a
+        failure."""
         delay = self._rng.uniform(0, self.ceiling())
         self.failures += 1
         return delay
 
     def reset(self) -> None:
+        """A connection was healthy: the next failure waits as little as the first."""
         self.failures = 0

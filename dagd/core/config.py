@@ -34,6 +34,8 @@ class TokenSpec:
 
 @attrs.frozen
 class ServerConfig:
+    """The `[server]` table: the listener, its limits (bytes, messages, seconds) and TLS."""
+
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 3000
@@ -70,20 +72,26 @@ class Config:
 
     @property
     def url(self) -> str:
+        """The WebSocket URL clients use: `ws://host:port/api/v1/ws` (`wss` with TLS; an IPv6
+        host in brackets)."""
         scheme = "wss" if self.server.tls_cert else "ws"
         host = self.server.host if ":" not in self.server.host else f"[{self.server.host}]"
         return f"{scheme}://{host}:{self.server.port}/api/v1/ws"
 
     @property
     def db_path(self) -> Path:
+        """The SQLite history: `<state_dir>/dagd.sqlite3`."""
         return self.state_dir / "dagd.sqlite3"
 
     @property
     def log_dir(self) -> Path:
+        """The step logs' root folder: `<state_dir>/logs`."""
         return self.state_dir / "logs"
 
     @property
     def token_file(self) -> Path:
+        """The generated operate token of a daemon without configured tokens:
+        `<state_dir>/token`."""
         return self.state_dir / "token"
 
 
@@ -159,7 +167,8 @@ def _value(kind: str, value: Any, key: str, base: Path) -> Any:
 
 
 def parse_config(text: str, base: Path, source: Path | None = None) -> Config:
-    """Read config text; relative paths resolve against `base` (the config file's folder)."""
+    """Read config text; relative paths resolve against `base` (the config file's folder).
+    Durations are seconds (or '90s', '5m', ...). Raises ConfigError naming the key and why."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -36,6 +36,7 @@ def cron_problem(expr: str) -> str | None:
 
 
 def timezone_problem(name: str) -> str | None:
+    """Why `name` is not a usable IANA time zone, or None when it is."""
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

@@ -135,6 +135,7 @@ class StepSpec:
 
     @property
     def max_attempts(self) -> int:
+        """Attempts a step gets in one try of its run: the first plus `retries`."""
         return self.retries + 1
 
 

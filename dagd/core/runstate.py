@@ -141,6 +141,8 @@ class RunPhase(enum.StrEnum):
 
 
 class RunInput(enum.StrEnum):
+    """What happens to a run: the inputs of `RUN_TRANSITIONS`."""
+
     START = "start"
     CANCEL = "cancel"
     REPORT = "report"  # any step event: an attempt started, ended, or a retry is due
@@ -197,6 +199,8 @@ class Phase(enum.StrEnum):
 
 
 class StepInput(enum.StrEnum):
+    """What happens to a step: the inputs of `STEP_TRANSITIONS`."""
+
     TRIGGERED = "triggered"  # the trigger rule fired (or the step has no upstreams)
     SKIP = "skip"  # the trigger rule decided the step will not run
     UPSTREAM_FAILED = "upstream_failed"  # likewise, because an upstream failed

@@ -126,9 +126,11 @@ class _Reader:
         self.problems: list[Problem] = []
 
     def problem(self, message: str, step: str | None = None, field: str | None = None) -> None:
+        """Record one problem, at the step and field it concerns (None: the DAG itself)."""
         self.problems.append(Problem(self.file, message, step, field))
 
     def unknown_keys(self, table: Table, allowed: list[str], step: str | None) -> None:
+        """Record a problem, with a suggestion, for each key of `table` not in `allowed`."""
         for key in table:
             if key not in allowed:
                 self.problem(f"unknown key{_suggest(key, allowed)}", step, key)
@@ -177,6 +179,8 @@ class _Reader:
             return default
 
     def string_table(self, table: Table, key: str, step: str | None = None) -> dict[str, str]:
+        """table[key] as names -> text (`params`, `env`): bad names and values that are not
+        strings, numbers or booleans are recorded as problems and left out."""
         raw = self.get(table, key, dict, default={}, step=step)
         out: dict[str, str] = {}
         for name, value in raw.items():

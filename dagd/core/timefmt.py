@@ -47,6 +47,8 @@ class RunIdFactory:
         self._last_us = 0
 
     def make(self, kind: str, now: float) -> str:
+        """`<kind>__<now as ISO 8601 UTC, microseconds>`, `now` in UNIX seconds; later than
+        every id this factory made before."""
         us = max(round(now * 1_000_000), self._last_us + 1)
         self._last_us = us
         moment = datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
