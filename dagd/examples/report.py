@@ -1,4 +1,5 @@
-"""Callables for dags/report.toml: each receives a `dagd.runtime.executor.StepContext`."""
+"""Callables for dags/report.toml: each receives a `dagd.StepContext` (which attempt of which
+step of which run this is, the run's params, and `log()` for the attempt's log file)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from dagd.runtime.executor import StepContext
+from dagd import StepContext
 
 
 def _scratch(ctx: StepContext) -> Path:
