@@ -53,7 +53,7 @@ async def open_daemon(
         executor = Executor(
             log_dir=config.log_dir, grace=config.kill_grace, on_spawn=LeftoverRecorder(store)
         )
-        daemon = Daemon(config, store=store, hub=hub, executor=executor, clock=clock or time.time)
+        daemon = Daemon(config, store=store, hub=hub, executors=executor, clock=clock or time.time)
         with unwrap_single():
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.writer)

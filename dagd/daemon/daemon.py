@@ -1,7 +1,7 @@
 """The daemon: DAGs from a folder, run on schedule and on request, every event recorded.
 
 It is given its collaborators (dagd/app.py builds them): the store (SQLite history and the
-event log), the hub (fan-out of committed events), the executor (runs step attempts) and a
+event log), the hub (fan-out of committed events), the step executors (by name) and a
 wall clock. It owns run admission (admission.py), the DAG folder (dagfolder.py), the cron
 scheduler (scheduler.py: it fires into the daemon, so the daemon makes it) and crash recovery
 at start (recovery.py).
@@ -40,7 +40,7 @@ from dagd.daemon.recovery import recover
 from dagd.daemon.scheduler import CronScheduler
 from dagd.daemon.store import RunRecord, StepRecord, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
-from dagd.runtime.executor import Executor
+from dagd.runtime.executor import StepExecutor
 
 log = logging.getLogger("dagd")
 
@@ -78,14 +78,14 @@ class Daemon:
         *,
         store: Store,
         hub: Hub,
-        executor: Executor,
+        executors: StepExecutor | Mapping[str, StepExecutor],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.clock = clock
         self.store = store
         self.hub = hub
-        self.executor = executor
+        self.executors = executors  # one for every step, or by executor name
         self.folder = DagFolder(config.dags_dir, log)
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
         self.admission = Admission()
@@ -289,7 +289,7 @@ class Daemon:
         for state in self.admission.admit(dag_id):
             driver = RunDriver(
                 state,
-                self.executor,
+                self.executors,
                 self._emit,
                 clock=self.clock,
                 step_slots=self.step_slots,

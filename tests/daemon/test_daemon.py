@@ -17,7 +17,6 @@ from pathlib import Path
 import proctools as procs
 import pytest
 import trio
-import trio.testing
 
 from dagd.app import open_daemon
 from dagd.core.config import Config
@@ -30,8 +29,10 @@ from dagd.core.events import (
 )
 from dagd.core.model import RunStatus, StepStatus
 from dagd.daemon.daemon import Daemon, DaemonError
+from dagd.daemon.hub import Hub
 from dagd.daemon.schema import MIGRATIONS, migrate
-from dagd.daemon.store import RunRecord, StepRecord, StoredEvent, connect
+from dagd.daemon.store import RunRecord, StepRecord, Store, StoredEvent, connect
+from dagd.runtime.local.executor import LocalExecutor
 
 S = StepStatus
 OLD_STATE_FILE = Path(__file__).parent / "data" / "state-before-attempt-numbers.sqlite3"
@@ -189,6 +190,34 @@ async def test_trigger_events_in_order_and_matching_rows(config: Config) -> None
         )
         assert st.pgid is not None and st.boot_id is not None
     assert integrity_ok(config)
+
+
+async def test_a_daemon_runs_on_the_collaborators_it_is_given(config: Config) -> None:
+    """No composition root: a store, a hub, an executor and a fixed clock handed in, the
+    store's writer started by the caller, and the daemon uses exactly those."""
+    write_dag(config, "quick", '[steps.s]\ncommand = "echo hi"\n')
+    hub = Hub()
+    store = Store.open(config.db_path, on_commit=hub.publish)
+    executor = LocalExecutor(grace=0.5)
+    daemon = Daemon(config, store=store, hub=hub, executors=executor, clock=lambda: 1_000_000.0)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            await daemon.start(nursery)
+            got: list[StoredEvent] = []
+            async with trio.open_nursery() as inner:
+                run_id = await daemon.trigger("quick")
+                inner.start_soon(collect_run, daemon, run_id, got)
+            await daemon.stop()
+            await store.flush()
+            nursery.cancel_scope.cancel()
+        record, _ = await wait_status(daemon, run_id)
+    finally:
+        store.close()
+    assert run_id == "manual__1970-01-12T13:46:40.000000+00:00"
+    assert (record.status, record.queued_at, record.started_at) == ("success", 1e6, 1e6)
+    assert {s.event.timestamp for s in got} == {1e6}
+    assert not (config.log_dir / "quick").exists()  # this executor was given no log folder
 
 
 # ---------------------------------------------------------------------- max_active_runs
