@@ -7,12 +7,16 @@ it is made of.)
 
 from __future__ import annotations
 
+import typing
+
 import attrs
 import pytest
 
+from dagd.core.events import DagEvent
 from dagd.core.model import FINISHED_STEP, RunStatus, StepStatus, TriggerRule
 from dagd.core.runstate import (
     ATTEMPT_OUT,
+    EVENT_CLASSES,
     RESTING_PHASE,
     RUN_STATUS_OF,
     RUN_TRANSITIONS,
@@ -26,6 +30,12 @@ from dagd.core.runstate import (
 )
 
 P, E, S = Phase, StepInput, StepStatus
+
+
+def test_event_classes_are_every_dag_event():
+    # RunDriver._apply publishes the effects that are EVENT_CLASSES instances.
+    assert set(EVENT_CLASSES) == set(typing.get_args(DagEvent))
+    assert len(EVENT_CLASSES) == len(set(EVENT_CLASSES))
 
 
 def test_every_phase_has_a_row_and_a_status():
