@@ -8,7 +8,7 @@ What it does for you, after every lost connection: waits (about 1 s, doubling, a
 jitter; reset after a healthy connection), authenticates again, subscribes to the same DAGs, and
 replays from the last seq it delivered, de-duplicating by seq. If the daemon no longer has those
 events it falls back to a snapshot and says so with a `GapRepaired` item. A lost connection shows
-up as a `ConnectionLost` item (the seed's connection-error shape, `code="connection_error"`), a
+up as a `ConnectionLost` item (in the protocol's error shape, `code="connection_error"`), a
 refused token ends the iteration with `AuthFailed`: retrying a wrong token only hammers the daemon.
 No heartbeat (or any message) for 2.5 heartbeat intervals counts as a dead connection.
 """

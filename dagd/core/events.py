@@ -1,8 +1,9 @@
 """The four DAG events of the WebSocket protocol, as plain values.
 
-Field names are the seed's, in snake_case; `dagd.core.protocol.events` maps them to camelCase on the
-wire. Times are UNIX seconds (floats) here and ISO 8601 UTC strings on the wire; `duration` is
-integer milliseconds. `seq` is None until the event log assigns one.
+Field names are the protocol's (docs/protocol.md), in snake_case; the protocol's converter
+(`dagd.core.protocol.converter`) maps them to camelCase on the wire. Times are UNIX seconds
+(floats) here and ISO 8601 UTC strings on the wire; `duration` is integer milliseconds. `seq`
+is None until the event log assigns one.
 """
 
 from __future__ import annotations

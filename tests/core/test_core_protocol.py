@@ -1,4 +1,5 @@
-"""dagd.core.protocol.events: events on the wire, camelCase, ISO `Z` times, integer ms durations."""
+"""dagd.core.protocol.events: DAG events on the wire, camelCase, ISO `Z` times, integer ms
+durations, and the fast encoder that must write exactly what json.dumps writes."""
 
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ WIRE_KEYS = {
 
 
 @pytest.mark.parametrize("event", EVENTS)
-def test_wire_field_names_are_the_seeds(event):
+def test_wire_field_names_are_the_documented_ones(event):
     data = json.loads(encode_event(event))["data"]
     assert list(data) == WIRE_KEYS[type(event)]
 
@@ -184,8 +185,8 @@ def test_run_and_step_status_strings():
         assert json.loads(encode_event(event))["data"]["status"] == status.value
 
 
-# The seed's examples (websocket-events.md) decode as they are.
-SEED_EXAMPLES = [
+# Events as another producer may write them (times without milliseconds) decode as they are.
+FOREIGN_EXAMPLES = [
     (
         "dag_run_status",
         {
@@ -237,8 +238,8 @@ SEED_EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "data"), SEED_EXAMPLES, ids=[k for k, _ in SEED_EXAMPLES])
-def test_seed_examples_decode_and_keep_their_keys(kind, data):
+@pytest.mark.parametrize(("kind", "data"), FOREIGN_EXAMPLES, ids=[k for k, _ in FOREIGN_EXAMPLES])
+def test_foreign_examples_decode_and_keep_their_keys(kind, data):
     event = event_from_wire({"type": kind, "data": data})
     assert event.dag_id == "example_dag"
     assert event.timestamp >= 1_672_531_200.0  # 2023-01-01T00:00:00Z
@@ -254,7 +255,7 @@ def test_seed_examples_decode_and_keep_their_keys(kind, data):
 
 
 def test_decoded_times_are_unix_seconds():
-    event = event_from_wire({"type": "step_status", "data": SEED_EXAMPLES[1][1]})
+    event = event_from_wire({"type": "step_status", "data": FOREIGN_EXAMPLES[1][1]})
     assert event.start_time == 1_672_531_200.0
     assert event.end_time == 1_672_531_500.0
     assert event.status is StepStatus.SUCCESS
