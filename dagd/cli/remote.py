@@ -32,6 +32,7 @@ from dagd.client import (
 )
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent, ErrorEvent
+from dagd.core.model import FINISHED_RUN, FINISHED_STEP
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.timefmt import iso_z
 from dagd.runtime.logfiles import step_logs
@@ -192,7 +193,7 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
                 if stop_when_done and run_ids is not None:
                     for run_id in run_ids:  # the run may have ended while we were away
                         run = view.runs.get(run_id)
-                        if run is not None and run.status in ("success", "failed", "cancelled"):
+                        if run is not None and run.status in FINISHED_RUN:
                             status = run.status
                             return _exit_code(status)
             elif (
@@ -278,7 +279,7 @@ def print_logs(
             click.echo(text, nl=not text.endswith("\n") and bool(text))
 
 
-FINAL_STEP = frozenset({"success", "failed", "upstream_failed", "skipped", "cancelled"})
+FINAL_STEP = FINISHED_STEP
 
 
 def _follow_logs(

@@ -22,6 +22,7 @@ from dagd.core.events import (
     ErrorEvent,
     StepStatusEvent,
 )
+from dagd.core.model import BUCKET_OF, FINISHED_RUN, ProgressBucket
 
 STYLE = {
     "queued": "dim",
@@ -47,15 +48,8 @@ SYMBOL = {
 }
 
 
-BUCKET = {
-    "success": "completed",
-    "skipped": "completed",
-    "running": "running",
-    "retrying": "running",
-    "failed": "failed",
-    "upstream_failed": "failed",
-    "cancelled": "failed",
-}
+# Steps per progress bucket, pending left out (the total minus the rest).
+BUCKET = {s: str(b) for s, b in BUCKET_OF.items() if b is not ProgressBucket.PENDING}
 
 
 def format_duration(ms: int | None) -> str:
@@ -122,7 +116,7 @@ class RunsView:
             run.status = str(event.status)
             if event.status == "running" and run.started is None:
                 run.started = event.timestamp
-            if event.status in ("success", "failed", "cancelled"):
+            if event.status in FINISHED_RUN:
                 run.ended = event.timestamp
         elif isinstance(event, StepStatusEvent):
             run.steps[event.step_id] = event
@@ -210,7 +204,7 @@ class RunsView:
         head = self._head()
         budget = height - sum(len(console.render_lines(p, options, pad=False)) for p in head)
         runs = list(self.runs.values())
-        finished = ("success", "failed", "cancelled")
+        finished = FINISHED_RUN
         order = [r for r in reversed(runs) if r.status not in finished]
         order += [r for r in reversed(runs) if r.status in finished]
         chosen: dict[str, RenderableType] = {}
