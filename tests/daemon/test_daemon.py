@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from dagd.core.events import (
     ErrorEvent,
     StepStatusEvent,
 )
-from dagd.core.model import RunStatus, StepStatus
+from dagd.core.model import FINISHED_RUN, RunStatus, StepStatus
 from dagd.daemon.daemon import Daemon, DaemonError
 from dagd.daemon.hub import Hub
 from dagd.daemon.schema import MIGRATIONS, migrate
@@ -36,7 +36,6 @@ from dagd.runtime.local.executor import LocalExecutor
 
 S = StepStatus
 OLD_STATE_FILE = Path(__file__).parent / "data" / "state-before-attempt-numbers.sqlite3"
-FINISHED = ("success", "failed", "cancelled")
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -84,7 +83,10 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 
 
 async def wait_status(
-    daemon: Daemon, run_id: str, statuses: tuple[str, ...] = FINISHED, timeout: float = 10.0
+    daemon: Daemon,
+    run_id: str,
+    statuses: Collection[str] = FINISHED_RUN,
+    timeout: float = 10.0,
 ) -> tuple[RunRecord, dict[str, StepRecord]]:
     """Poll the database until the run has one of `statuses` (committed, so visible to all)."""
     with trio.fail_after(timeout):
