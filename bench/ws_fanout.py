@@ -246,17 +246,27 @@ role = "read"
             fan_out = daemon.store.on_commit
             assert fan_out is not None
 
-            def on_commit(events: list) -> None:
+            def on_commit(batch: list) -> None:
                 now = clock()
-                for stored in events:
+                for stored in batch:
                     lags.append(now - stored.event.timestamp)
+                events[0] += len(batch)
                 commits[0] += 1
-                fan_out(events)
+                fan_out(batch)
 
             daemon.store.on_commit = on_commit
+            # The WebSocket server builds each event's frame once for all clients
+            # (dagd/net/frames.py): frames built per committed event should stay 1.0.
+            server = next(h.__self__ for h in daemon.on_shutdown if hasattr(h, "__self__"))
+            events = [0]
+            built = [server.frames.built]
 
             def stats() -> dict:
+                frames_per_event = (server.frames.built - built[0]) / max(1, events[0])
+                built[0] = server.frames.built
+                events[0] = 0
                 out = {
+                    "frames_per_event": frames_per_event,
                     "subscribers": daemon.hub.subscriber_count,
                     "dropped": daemon.hub.dropped_subscribers,
                     "commits": commits[0],
@@ -688,7 +698,8 @@ class Bench:
             f"  p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms"
             + (
                 f"  (publish->commit p50 {server_stats['commit_p50_ms']:.1f} ms"
-                f" p99 {server_stats['commit_p99_ms']:.1f} ms, {server_stats['commits']} commits)"
+                f" p99 {server_stats['commit_p99_ms']:.1f} ms, {server_stats['commits']} commits,"
+                f" {server_stats['frames_per_event']:.2f} frames built per event)"
                 if "commits" in server_stats
                 else ""
             ),
