@@ -250,7 +250,7 @@ def test_fuzz_before_auth(served: ThreadedDaemon, no_server_errors: None) -> Non
                 ws.close()
             rcvd = closed.value.rcvd
             if not valid_utf8(frame):
-                # RFC 6455: fail the connection with 1007 (dagd/wsfail.py); no answer
+                # RFC 6455: fail the connection with 1007 (dagd/net/stream.py); no answer
                 assert rcvd is not None and rcvd.code == 1007, rcvd
                 assert received == []
                 ping(control)
