@@ -36,7 +36,7 @@ from dagd.daemon.dagfolder import DagFolder
 from dagd.daemon.errors import DaemonError
 from dagd.daemon.eventstream import EventStream
 from dagd.daemon.hub import Hub, Subscriber
-from dagd.daemon.recovery import recover
+from dagd.daemon.recovery import LeftoverRecorder, recover
 from dagd.daemon.scheduler import CronScheduler
 from dagd.daemon.store import RunRecord, StepRecord, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
@@ -86,6 +86,7 @@ class Daemon:
         self.store = store
         self.hub = hub
         self.executors = executors  # one for every step, or by executor name
+        self._record_leftover = LeftoverRecorder(store)  # for recovery after a crash
         self.folder = DagFolder(config.dags_dir, log)
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
         self.admission = Admission()
@@ -293,6 +294,7 @@ class Daemon:
                 self._emit,
                 clock=self.clock,
                 step_slots=self.step_slots,
+                on_leftover=self._record_leftover,
             )
             self.active[state.run_id] = driver
             assert self._nursery is not None

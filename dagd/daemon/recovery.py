@@ -21,14 +21,9 @@ from dagd.core.events import DagEvent, DagRunStatusEvent, ErrorEvent, StepStatus
 from dagd.core.model import RunStatus, StepStatus
 from dagd.core.runstate import duration_ms
 from dagd.daemon.store import RecordLeftover, RunRecord, StepRecord, Store
-from dagd.runtime.executor import StepContext
-from dagd.runtime.local.procs import (
-    boot_id,
-    kill_leftover_group,
-    kill_processes_and_groups,
-    process_start,
-    processes_of_runs,
-)
+from dagd.runtime.executor import Leftover, LeftoverHandle, StepContext
+from dagd.runtime.local.leftovers import clean_up as clean_up_local
+from dagd.runtime.local.leftovers import columns_from_handle, handle_from_columns
 
 log = logging.getLogger("dagd")
 
@@ -71,23 +66,18 @@ def interrupted_events(
 
 def kill_leftovers(runs: list[RunRecord], steps: list[StepRecord]) -> None:
     """SIGKILL what the steps of `runs` left running: each recorded process group that is still
-    provably the step's, then any process whose environment names one of the runs."""
+    provably the step's, then any process whose environment names one of the runs (the local
+    executor's clean-up, dagd/runtime/local/leftovers.py, from the handles the step rows hold).
+
+    Transitional: only the local executor's leftovers, from the store's pgid/proc_start/boot_id
+    columns. With handles stored whole this becomes `await clean_up_leftovers(executors,
+    leftovers, run_ids)` (dagd/runtime/executor.py), which asks every registered executor."""
+    leftovers = []
     for step in steps:
-        if step.pgid is not None and kill_leftover_group(step.pgid, step.proc_start, step.boot_id):
-            log.warning(
-                "killed leftover processes of %s/%s (process group %s)",
-                step.run_id,
-                step.step_id,
-                step.pgid,
-            )
-    # Then whatever still carries one of these runs in its environment: a group that was
-    # spawned but not yet recorded when the daemon died, or a process that left its group.
-    strays = processes_of_runs({run.run_id for run in runs})
-    if strays:
-        kill_processes_and_groups(sorted(strays))
-        for run_id in sorted(set(strays.values())):
-            pids = sorted(pid for pid, rid in strays.items() if rid == run_id)
-            log.warning("killed leftover processes of run %s: %s", run_id, pids)
+        handle = handle_from_columns(step.pgid, step.proc_start, step.boot_id)
+        if handle is not None:
+            leftovers.append(Leftover(step.run_id, step.step_id, handle))
+    clean_up_local(leftovers, {run.run_id for run in runs})
 
 
 def recover(store: Store, publish: Callable[[DagEvent], object], now: float) -> list[RunRecord]:
@@ -112,16 +102,22 @@ def recover(store: Store, publish: Callable[[DagEvent], object], now: float) -> 
 
 
 class LeftoverRecorder:
-    """The executor's `on_spawn(ctx, pid)`: records a spawned step's process group (the leader's
-    pid) with its start time and the boot id, so `kill_leftovers` can find it after a crash."""
+    """The engine's `on_leftover(ctx, handle)`: stores a started attempt's leftover handle with
+    its step, so `kill_leftovers` can find what it left after a crash.
+
+    Transitional: the store keeps the local executor's handle (process group, start time, boot
+    id) in columns of their own; a handle of another executor is logged and not stored."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._boot_id = boot_id()
 
-    def __call__(self, ctx: StepContext, pid: int) -> None:
-        leftover = RecordLeftover(ctx.run_id, ctx.step_id, pid, process_start(pid), self._boot_id)
-        self._store.record_leftover(leftover)
+    def __call__(self, ctx: StepContext, handle: LeftoverHandle) -> None:
+        try:
+            pgid, start, boot = columns_from_handle(handle)
+        except KeyError:
+            log.warning("cannot store the leftover handle of %s/%s", ctx.run_id, ctx.step_id)
+            return
+        self._store.record_leftover(RecordLeftover(ctx.run_id, ctx.step_id, pgid, start, boot))
 
 
 __all__ = ["INTERRUPTED", "LeftoverRecorder", "interrupted_events", "kill_leftovers", "recover"]
