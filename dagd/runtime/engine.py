@@ -151,6 +151,7 @@ class RunDriver:
         while True:
             sid = start.step_id
             spec = state.dag.steps[sid]
+            # A dict lookup: the seam adds no task, cancel scope or object per attempt.
             executor = executor_for(self.executors, spec)
             ctx = StepContext(
                 state.dag.id, state.run_id, sid, start.attempt, state.params, executor.log_dir
