@@ -232,7 +232,7 @@ class RunsView:
         if run.started is not None and run.ended is not None:
             took = f" in {format_duration(round((run.ended - run.started) * 1000))}"
         console.print(
-            Text(f"{run.dag_id} {run.run_id}: {run.status}{took}", style=STYLE.get(run.status))
+            Text(f"{run.dag_id} {run.run_id}: {run.status}{took}", style=STYLE.get(run.status, ""))
         )
         console.print("  " + ", ".join(f"{n} {k}" for k, n in sorted(by_status.items())))
         for s in run.steps.values():
