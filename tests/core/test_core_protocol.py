@@ -364,3 +364,21 @@ _events = st.one_of(
 def test_fast_encoding_is_exactly_json_dumps_of_the_wire_dict(event):
     expected = json.dumps(event_to_wire(event), separators=(",", ":"), ensure_ascii=False)
     assert encode_event(event) == expected
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        # Exponent notation: Python writes 1e-05 where orjson writes 0.00001.
+        DagRunProgressEvent("etl", RUN, 3, 0, 0, 0, 3, 1e-5, T, seq=1),
+        DagRunProgressEvent("etl", RUN, 3, 0, 0, 0, 3, 5e-324, T),
+        DagRunProgressEvent("etl", RUN, 3, 0, 0, 0, 3, float("nan"), T),
+        # What orjson refuses: a lone surrogate, an integer beyond 64 bits.
+        ErrorEvent("etl", RUN, "s", "bad \ud800 byte", T, seq=2),
+        StepStatusEvent("etl", RUN, "s", StepStatus.SUCCESS, T, T, 2**70, 0, None, T),
+    ],
+    ids=["tiny-float", "subnormal", "nan", "lone-surrogate", "huge-int"],
+)
+def test_values_orjson_writes_otherwise_take_the_standard_encoder(event):
+    expected = json.dumps(event_to_wire(event), separators=(",", ":"), ensure_ascii=False)
+    assert encode_event(event) == expected
