@@ -23,10 +23,9 @@ from dagd.core.config import Config
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.hub import Hub
-from dagd.daemon.recovery import LeftoverRecorder
 from dagd.daemon.store import Store
 from dagd.net.server import serve
-from dagd.runtime.executor import Executor
+from dagd.runtime.local.executor import LocalExecutor
 
 
 @asynccontextmanager
@@ -50,9 +49,8 @@ async def open_daemon(
     hub = Hub()
     store = Store.open(config.db_path, on_commit=hub.publish)
     try:
-        executor = Executor(
-            log_dir=config.log_dir, grace=config.kill_grace, on_spawn=LeftoverRecorder(store)
-        )
+        # The daemon records each attempt's leftover handle itself (recovery.LeftoverRecorder).
+        executor = LocalExecutor(log_dir=config.log_dir, grace=config.kill_grace)
         daemon = Daemon(config, store=store, hub=hub, executors=executor, clock=clock or time.time)
         with unwrap_single():
             async with trio.open_nursery() as nursery:

@@ -24,7 +24,7 @@ from dagd.core.runstate import RunState
 from dagd.core.timefmt import RunIdFactory
 from dagd.daemon.dagfolder import load_dag_folder
 from dagd.runtime.engine import RunDriver
-from dagd.runtime.executor import Executor
+from dagd.runtime.local.executor import LocalExecutor
 from dagd.runtime.local.procs import raise_open_files_limit
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ def run(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     state = RunState(dag, RunIdFactory().make("manual", time.time()), bound)
-    executor = Executor(log_dir=config.log_dir, grace=config.kill_grace)
+    executor = LocalExecutor(log_dir=config.log_dir, grace=config.kill_grace)
     from rich.console import Console
 
     console = Console()
@@ -195,7 +195,7 @@ def run(
 
 
 async def _run_here(
-    state: RunState, executor: Executor, parallel: int, console: Console, live: bool
+    state: RunState, executor: LocalExecutor, parallel: int, console: Console, live: bool
 ) -> RunStatus:
     from rich.live import Live
 
