@@ -84,6 +84,7 @@ class RunDriver:
 
     @property
     def run_id(self) -> str:
+        """The id of the run this driver carries out."""
         return self.state.run_id
 
     async def run(
