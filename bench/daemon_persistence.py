@@ -33,7 +33,7 @@ from dagd.core.model import DagSpec, RunStatus
 from dagd.core.runstate import RunState
 from dagd.daemon.dagfolder import load_dag_file
 from dagd.runtime.engine import run_dag
-from dagd.runtime.executor import Executor
+from dagd.runtime.local.executor import LocalExecutor
 
 N = 10_000
 RATIO_LIMIT = 3.0
@@ -95,7 +95,7 @@ async def engine_only(dag: DagSpec, config: Config, rep: int) -> Result:
         await nursery.start(ticker.run)
         state = RunState(dag, f"engine-{rep}", progress_interval=config.progress_interval)
         t0, c0 = time.perf_counter(), time.process_time()
-        status = await run_dag(state, Executor(), publish)
+        status = await run_dag(state, LocalExecutor(), publish)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         nursery.cancel_scope.cancel()
     assert status is RunStatus.SUCCESS, status
