@@ -43,7 +43,7 @@ from dagd.core.protocol.answers import (
 from dagd.core.protocol.codec import encode, parse_client_message
 from dagd.core.protocol.codes import CloseCode, ErrorCode, Role
 from dagd.core.protocol.events import encode_event
-from dagd.core.protocol.pairs import with_request_id
+from dagd.core.protocol.pairs import answer_to, with_request_id
 from dagd.core.protocol.requests import (
     CONTROL,
     MAX_DAG_IDS,
@@ -164,6 +164,11 @@ class Connection:
     def answer(self, message: Answer, request_id: RequestId = None) -> None:
         """Queue `message` (with `requestId` if given) behind everything queued so far."""
         self.queue(Text(encode(with_request_id(message, request_id))))
+
+    def reply(self, request: Request, answer: Answer) -> None:
+        """Queue `answer` to `request` (checked against the protocol's request -> answer
+        table, with the request's `requestId`) behind everything queued so far."""
+        self.queue(Text(encode(answer_to(request, answer))))
 
     def error(self, code: ErrorCode | str, message: str, request_id: RequestId = None) -> None:
         """Queue an `error` answer."""
@@ -323,19 +328,20 @@ class Connection:
                     )
                 continue
             self.rate_warned = False
-            message: object = None
+            message: Request | None = None
             try:
                 message = parse_client_message(text)
                 await self._handle(message)
             except ProtocolError as exc:
                 self.error(exc.code, exc.message, exc.request_id)
             except DaemonError as exc:
-                self.error(exc.code, exc.message, getattr(message, "request_id", None))
+                rid = message.request_id if message is not None else None
+                self.error(exc.code, exc.message, rid)
             if self.sub is not None and self.sub.closed:
                 return  # the writer is closing the connection
 
-    async def _handle(self, message: object) -> None:
-        rid = getattr(message, "request_id", None)
+    async def _handle(self, message: Request) -> None:
+        rid = message.request_id
         if isinstance(message, CONTROL) and self.role != Role.OPERATE:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
@@ -357,7 +363,7 @@ class Connection:
                     ErrorCode.INVALID_MESSAGE, f"at most {MAX_DAG_IDS} subscriptions", rid
                 )
             self.sub.set_dags(None if "*" in self.dag_ids else self.dag_ids)
-            self.answer(kind(sorted(self.dag_ids)), rid)
+            self.reply(message, kind(sorted(self.dag_ids)))
             if isinstance(message, Subscribe) and message.since is not None:
                 # Queued right after the filter changed, with no await in between: every live
                 # event for the new set is behind this job, so the replay and the live stream
@@ -369,20 +375,20 @@ class Connection:
             self.queue(_SnapshotJob(rid))
         elif isinstance(message, Trigger):
             run_id = await daemon.trigger(message.dag_id, message.params)
-            self.answer(Triggered(message.dag_id, run_id), rid)
+            self.reply(message, Triggered(message.dag_id, run_id))
         elif isinstance(message, Cancel):
             await daemon.cancel(message.run_id)
-            self.answer(CancelAccepted(message.run_id), rid)
+            self.reply(message, CancelAccepted(message.run_id))
         elif isinstance(message, Retry):
             await daemon.retry(message.run_id)
-            self.answer(RetryAccepted(message.run_id), rid)
+            self.reply(message, RetryAccepted(message.run_id))
         elif isinstance(message, ListDags):
-            self.answer(DagList([dag_summary(d) for d in daemon.list_dags()]), rid)
+            self.reply(message, DagList([dag_summary(d) for d in daemon.list_dags()]))
         elif isinstance(message, ListRuns):
             runs = await daemon.list_runs(message.dag_id, message.limit)
-            self.answer(RunList([run_summary(r) for r in runs]), rid)
+            self.reply(message, RunList([run_summary(r) for r in runs]))
         elif isinstance(message, Ping):
-            self.answer(Pong(time.time()), rid)
+            self.reply(message, Pong(time.time()))
         elif isinstance(message, Auth):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "already authenticated", rid)
 

@@ -33,7 +33,7 @@ from dagd.core.protocol.answers import (
 from dagd.core.protocol.codec import encode, parse_client_message, parse_server_message, to_wire
 from dagd.core.protocol.codes import CloseCode, ErrorCode, ProtocolError, Role
 from dagd.core.protocol.converter import camel, converter
-from dagd.core.protocol.pairs import ANSWER_TO, with_request_id
+from dagd.core.protocol.pairs import ANSWER_TO, answer_to, with_request_id
 from dagd.core.protocol.requests import (
     CLIENT_MESSAGES,
     REQUEST_TYPES,
@@ -162,6 +162,15 @@ def test_with_request_id_is_the_one_place_that_sets_it() -> None:
     assert to_wire(with_request_id(pong, 7))["requestId"] == 7
     assert to_wire(with_request_id(pong, "a-b"))["requestId"] == "a-b"
     assert "requestId" not in to_wire(with_request_id(Pong(T, request_id=1), None))
+
+
+def test_answer_to_checks_the_table_and_copies_the_request_id() -> None:
+    assert answer_to(Ping(request_id=4), Pong(T)) == Pong(T, request_id=4)
+    assert answer_to(Trigger("etl"), Triggered("etl", RUN)) == Triggered("etl", RUN)
+    error = Error(ErrorCode.UNKNOWN_DAG, "no", T)
+    assert answer_to(Trigger("x", request_id="t"), error) == attrs.evolve(error, request_id="t")
+    with pytest.raises(TypeError, match="Ping is answered by Pong, not Triggered"):
+        answer_to(Ping(), Triggered("etl", RUN))
 
 
 def test_type_tables_are_inverse() -> None:

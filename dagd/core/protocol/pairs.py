@@ -17,6 +17,7 @@ from dagd.core.protocol.answers import (
     AuthSuccess,
     CancelAccepted,
     DagList,
+    Error,
     Pong,
     ReplayComplete,
     RetryAccepted,
@@ -70,3 +71,19 @@ def with_request_id(answer: A, request_id: RequestId) -> A:
     if request_id is None and answer.request_id is None:
         return answer
     return attrs.evolve(answer, request_id=request_id)
+
+
+def answer_to(request: Request, answer: A) -> A:
+    """`answer` as the answer to `request`: with the request's `requestId`, after checking
+    that ANSWER_TO pairs them (an `Error` may answer any request).
+
+    Raises TypeError when `answer` is not what `request` is answered with: a bug in the
+    server, never the peer's doing.
+    """
+    expected = ANSWER_TO[type(request)]
+    if not isinstance(answer, expected | Error):
+        raise TypeError(
+            f"{type(request).__name__} is answered by {expected.__name__}, "
+            f"not {type(answer).__name__}"
+        )
+    return with_request_id(answer, request.request_id)
