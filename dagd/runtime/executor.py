@@ -217,16 +217,3 @@ async def clean_up_leftovers(
             await executor.clean_up(mine[name], run_ids)
         except Exception:
             log.exception("executor %r failed to clean up after the previous daemon", name)
-
-
-def __getattr__(name: str) -> Any:
-    # Transitional: `Executor` was the one concrete executor of this module, with an
-    # `on_spawn(ctx, pid)` hook. Callers that still import it get the local executor that
-    # keeps that hook; import dagd.runtime.local.executor.LocalExecutor instead and give the
-    # engine `on_leftover`, and this goes. (importlib, not an import statement: the local
-    # executor imports this module.)
-    if name == "Executor":
-        import importlib
-
-        return importlib.import_module("dagd.runtime.local.executor").SpawnHookExecutor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ those groups, and any process that carries an unfinished run's DAGD_RUN_ID.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import attrs
@@ -68,22 +68,3 @@ class LocalExecutor:
         `clean_up`). It blocks the loop for the few ms a walk of /proc takes: it runs once, at
         startup, before any run."""
         kill_leftovers(leftovers, run_ids)
-
-
-@attrs.define
-class SpawnHookExecutor(LocalExecutor):
-    """Transitional, for callers written against the executor before the `StepExecutor` seam
-    (`dagd.runtime.executor.Executor`): a local executor that also calls `on_spawn(ctx,
-    pgid)` on the event loop when a shell attempt has spawned its process group, where an
-    attempt is run without an `on_leftover`. Pass `on_leftover` to the engine instead."""
-
-    on_spawn: Callable[[StepContext, int], None] | None = None
-
-    async def run(
-        self, step: StepSpec, ctx: StepContext, on_leftover: LeftoverSink | None = None
-    ) -> AttemptResult:
-        """`LocalExecutor.run`, with `on_spawn` standing in for a missing `on_leftover`."""
-        hook = self.on_spawn
-        if on_leftover is None and hook is not None:
-            on_leftover = lambda c, handle: hook(c, handle["pgid"])  # noqa: E731
-        return await super().run(step, ctx, on_leftover)
