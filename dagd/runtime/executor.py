@@ -1,9 +1,9 @@
 """The executor seam: what the engine asks of whatever runs a step's attempts, and what a Python
 step receives.
 
-An executor (`StepExecutor`) runs one attempt of one step at a time per call: the engine calls
-`run` once per attempt, from a task of its own, and any number of attempts of any runs may be
-in flight at once. Executors are registered by name (`executor_registry`); the engine picks
+An executor (`StepExecutor`) runs one attempt of one step per call: the engine calls `run`
+once per attempt, from one of the run's tasks, and any number of attempts of any runs may be in
+flight at once. Executors are registered by name (`executor_registry`); the engine picks
 each step's with `executor_for(executors, step)`, so a new kind (steps on a Dask cluster, say)
 plugs in at the composition root without touching the engine or the run state machine.
 
@@ -11,7 +11,9 @@ Crash recovery: an attempt may leave something running if dagd dies mid-attempt 
 task on a cluster). While it runs, the executor hands the engine a *leftover handle*, a small
 JSON-able dict that says how to find those leftovers later; the daemon stores the latest handle
 of each step. The next daemon gives the handles of the runs it found unfinished back to
-`clean_up_leftovers`, which asks each executor to clean up after its own.
+`clean_up_leftovers`, which asks each executor to clean up after its own. (Until the store
+keeps handles whole, dagd/daemon/recovery.py rebuilds the local executor's from its columns
+and calls its clean-up directly.)
 
 The local executor (shell commands and Python callables on this machine) is
 `dagd.runtime.local.executor.LocalExecutor`.
