@@ -57,6 +57,11 @@ class FrameCache:
         self._frames: OrderedDict[int, bytes] = OrderedDict()
         self._limit = limit
         self.built = 0  # frames built so far (the fan-out benchmark and a test read it)
+        # The last batch joined, and its bytes: the hub hands the same list to every client
+        # that wants all of it, so they share one join (no copy per client).
+        self._batch: list[StoredEvent] = []
+        self._batch_key = (0, 0, 0)
+        self._joined = b""
 
     def frame(self, event: StoredEvent) -> bytes:
         """The text frame of `event.text` (bytes)."""
@@ -71,8 +76,15 @@ class FrameCache:
         return frame
 
     def frames(self, events: list[StoredEvent]) -> bytes:
-        """The frames of `events`, in order, as one bytes object ready for one socket write."""
+        """The frames of `events` (a non-empty list), in order, as one bytes object ready for
+        one socket write."""
+        key = (len(events), events[0].seq, events[-1].seq)
+        if events is self._batch and key == self._batch_key:
+            return self._joined
         if len(events) == 1:
-            return self.frame(events[0])
-        frame = self.frame
-        return b"".join([frame(e) for e in events])
+            joined = self.frame(events[0])
+        else:
+            frame = self.frame
+            joined = b"".join([frame(e) for e in events])
+        self._batch, self._batch_key, self._joined = events, key, joined
+        return joined

@@ -116,6 +116,7 @@ def test_frame_cache_builds_each_frame_once() -> None:
     ]
     joined = cache.frames(events)
     assert joined == b"".join(text_frame(e.text.encode()) for e in events)
+    assert cache.frames(events) is joined  # the next client of the same batch: no new join
     assert cache.frames(events[1:]) == joined[len(text_frame(events[0].text.encode())) :]
     assert cache.built == 3
     assert cache.frame(events[0]) == text_frame(events[0].text.encode())  # dropped: rebuilt
