@@ -8,14 +8,54 @@ Rules this file keeps:
   end of `MIGRATIONS`.
 - Files written before dagd numbered its schema have `user_version` 0 but already hold tables:
   `_unnumbered_version` reads which migrations their shape already has (once per such file).
+- A migration is SQL text, or a function of the connection where it must convert data. Either
+  holds what it needs inline: it describes files an earlier dagd wrote, so it must not change
+  when today's code does.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Callable
+
+
+def _leftover_handles(conn: sqlite3.Connection) -> None:
+    """3: a step's leftover handle (dagd/runtime/executor.py), whole, as compact JSON in
+    `steps.leftover`, so any executor's handle can be stored and recovery reads one shape.
+
+    Rows from earlier versions recorded the local executor's process group in `pgid`,
+    `proc_start` (the leader's start, clock ticks since boot) and `boot_id`; each becomes the
+    handle that executor makes today (dagd/runtime/local/leftovers.py), written as the store
+    writes handles. The three columns stay, no longer written or read: SQLite drops columns
+    poorly (ALTER TABLE DROP COLUMN exists only since SQLite 3.35 and rewrites every row; the
+    alternative is copying the table), and three nullable columns cost next to nothing."""
+    conn.execute("ALTER TABLE steps ADD COLUMN leftover TEXT")
+    rows = conn.execute(
+        "SELECT run_id, step_id, pgid, proc_start, boot_id FROM steps WHERE pgid IS NOT NULL"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE steps SET leftover=? WHERE run_id=? AND step_id=?",
+        [
+            (
+                json.dumps(
+                    {"executor": "local", "pgid": pgid, "start_ticks": start, "boot_id": boot},
+                    separators=(",", ":"),
+                ),
+                run_id,
+                step_id,
+            )
+            for run_id, step_id, pgid, start, boot in rows
+        ],
+    )
+
+
+#: One migration: SQL statements separated by ";", or a function run on the connection (both
+#: inside the migration's transaction).
+Migration = str | Callable[[sqlite3.Connection], None]
 
 #: Migration n (1-based) brings a file from user_version n-1 to n.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: the event log, runs, steps (with process groups for recovery), scheduler slots
     """
     CREATE TABLE IF NOT EXISTS events (
@@ -59,13 +99,16 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: a step's latest attempt number over every try of its run (0: unknown), so a retry
     # numbers its attempts (and their log files) on from there
     "ALTER TABLE steps ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;",
+    # 3: leftover handles as JSON (the local executor's columns converted once)
+    _leftover_handles,
 )
 
 VERSION = len(MIGRATIONS)
 
 
 def _unnumbered_version(conn: sqlite3.Connection) -> int:
-    """The version a file from before numbered migrations has: 0 if it has no tables."""
+    """The version a file from before numbered migrations has: 0 if it has no tables. (Such
+    files predate migration 3, so 2 is the most they can have.)"""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(steps)")}
     if not columns:
         return 0
@@ -85,8 +128,12 @@ def migrate(conn: sqlite3.Connection) -> int:
     for number in range(version + 1, VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(MIGRATIONS[number - 1]):
-                conn.execute(statement)
+            migration = MIGRATIONS[number - 1]
+            if isinstance(migration, str):
+                for statement in _statements(migration):
+                    conn.execute(statement)
+            else:
+                migration(conn)
             conn.execute(f"PRAGMA user_version = {number}")
             conn.execute("COMMIT")
         except BaseException:

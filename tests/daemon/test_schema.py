@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -16,6 +17,20 @@ from dagd.daemon.store import connect
 OLD_FILE = Path(__file__).parent / "data" / "state-before-attempt-numbers.sqlite3"
 
 
+def version_2_file(path: Path) -> sqlite3.Connection:
+    """A file as dagd wrote it at schema version 2 (numbered, before leftover handles)."""
+    conn = connect(path)
+    for migration in MIGRATIONS[:2]:
+        assert isinstance(migration, str)
+        conn.executescript(migration)
+    conn.execute("PRAGMA user_version = 2")
+    return conn
+
+
+def leftovers(conn: sqlite3.Connection) -> dict[str, str | None]:
+    return dict(conn.execute("SELECT step_id, leftover FROM steps ORDER BY step_id"))
+
+
 def columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
 
@@ -28,7 +43,7 @@ def test_a_new_file_gets_every_migration(tmp_path: Path) -> None:
     conn = connect(tmp_path / "new.sqlite3")
     assert migrate(conn) == 0
     assert user_version(conn) == VERSION == len(MIGRATIONS)
-    assert "attempt" in columns(conn, "steps")
+    assert {"attempt", "leftover"} <= set(columns(conn, "steps"))
     assert migrate(conn) == VERSION  # a second open changes nothing
     assert user_version(conn) == VERSION
 
@@ -43,17 +58,50 @@ def test_a_file_from_before_attempt_numbers_is_upgraded(tmp_path: Path) -> None:
     assert user_version(conn) == VERSION
     rows = conn.execute("SELECT step_id, status, attempt FROM steps ORDER BY step_id").fetchall()
     assert rows == [("a", "success", 0), ("b", "failed", 0), ("c", "upstream_failed", 0)]
+    # Its process groups became the local executor's handles (c never started: none).
+    boot = "29d3d2a3-b0f9-47f5-b74d-760cb42be645"
+    assert leftovers(conn) == {
+        "a": f'{{"executor":"local","pgid":26245,"start_ticks":66594,"boot_id":"{boot}"}}',
+        "b": f'{{"executor":"local","pgid":26246,"start_ticks":66595,"boot_id":"{boot}"}}',
+        "c": None,
+    }
 
 
-def test_an_unnumbered_file_that_already_has_every_column_is_stamped(tmp_path: Path) -> None:
-    # What dagd wrote between adding the attempt column and numbering its migrations.
-    conn = connect(tmp_path / "between.sqlite3")
-    for script in MIGRATIONS:
-        conn.executescript(script)
-    assert user_version(conn) == 0
+def test_a_version_2_file_gets_its_process_groups_as_handles(tmp_path: Path) -> None:
+    conn = version_2_file(tmp_path / "v2.sqlite3")
+    conn.executemany(
+        "INSERT INTO steps (run_id, step_id, status, pgid, proc_start, boot_id)"
+        " VALUES ('r', ?, 'running', ?, ?, ?)",
+        [("full", 4242, 99, "boot"), ("unread", 4343, None, None), ("none", None, None, None)],
+    )
+    assert migrate(conn) == 2
+    assert user_version(conn) == VERSION
+    stored = leftovers(conn)
+    # Compact JSON, as the store writes handles (store.RecordLeftover).
+    assert stored["full"] == '{"executor":"local","pgid":4242,"start_ticks":99,"boot_id":"boot"}'
+    assert stored["unread"] is not None
+    assert json.loads(stored["unread"]) == {
+        "executor": "local",
+        "pgid": 4343,
+        "start_ticks": None,
+        "boot_id": None,
+    }
+    assert stored["none"] is None
+    # The old columns stay (SQLite drops columns poorly), their values untouched.
+    assert conn.execute("SELECT pgid FROM steps WHERE step_id = 'full'").fetchone() == (4242,)
+
+
+def test_an_unnumbered_file_that_already_has_the_attempt_column_is_stamped(
+    tmp_path: Path,
+) -> None:
+    # What dagd wrote between adding the attempt column and numbering its migrations (so
+    # before migration 3): taken as version 2, then upgraded.
+    conn = version_2_file(tmp_path / "between.sqlite3")
+    conn.execute("PRAGMA user_version = 0")
     assert migrate(conn) == 0
     assert user_version(conn) == VERSION
     assert columns(conn, "steps").count("attempt") == 1
+    assert columns(conn, "steps").count("leftover") == 1
 
 
 def test_a_file_from_a_newer_dagd_is_refused(tmp_path: Path) -> None:
@@ -73,3 +121,19 @@ def test_a_failed_migration_leaves_the_file_at_the_last_whole_version(tmp_path: 
     with pytest.raises(sqlite3.OperationalError):
         migrate(conn)
     assert user_version(conn) == 1
+
+
+def test_a_failed_conversion_leaves_the_file_at_version_2(tmp_path: Path) -> None:
+    conn = version_2_file(tmp_path / "half.sqlite3")
+    conn.execute(
+        "INSERT INTO steps (run_id, step_id, status, pgid) VALUES ('r', 's', 'running', 4242)"
+    )
+    # A trigger that refuses the conversion's update: migration 3 fails after its ALTER TABLE.
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE OF leftover ON steps"
+        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="refused"):
+        migrate(conn)
+    assert user_version(conn) == 2
+    assert "leftover" not in columns(conn, "steps")
