@@ -110,7 +110,9 @@ class Daemon:
         the scheduler, the folder watcher and retention in `nursery`, where runs will run too.
         From then on the daemon accepts runs. The store's writer must be running already."""
         self._nursery = nursery
-        recover(self.store, self.publish, self.clock())
+        executors = self.executors  # one executor, or the registry by name
+        registry = executors if isinstance(executors, Mapping) else {executors.name: executors}
+        await recover(self.store, registry, self.publish, self.clock())
         self.scheduler.last_slots.update(self.store.schedule_slots())
         self.reload()
         self._accepting = True

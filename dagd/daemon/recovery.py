@@ -6,24 +6,31 @@ Rules this file keeps:
   failed run status, its unfinished steps a final status (running or retrying: failed; pending:
   cancelled), all with the error `INTERRUPTED`. Finished steps keep theirs, so a retry reruns
   only what did not succeed.
-- A leftover is killed only when it is provably one of ours. A step's process group is recorded
-  (with the leader's start time and the boot id) as soon as it is spawned (`LeftoverRecorder`);
-  a group spawned but not yet recorded when the daemon died is found by the DAGD_RUN_ID in its
-  environment. The proof checks live in runtime/local/procs.py.
+- What a step may leave behind is its executor's business: while an attempt runs, the executor
+  hands the engine a leftover handle (dagd/runtime/executor.py), `LeftoverRecorder` stores the
+  step's latest whole, and at the next start `recover` gives the handles of the unfinished
+  runs back to the executors that made them (`clean_up_leftovers`), before anything new runs.
+- A leftover is stopped only when it is provably one of ours: each executor's clean-up proves
+  it (the local executor: the process group's start time and boot id, and DAGD_RUN_ID for a
+  group spawned but not yet recorded when the daemon died; dagd/runtime/local/leftovers.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from dagd.core.events import DagEvent, DagRunStatusEvent, ErrorEvent, StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
 from dagd.core.runstate import duration_ms
 from dagd.daemon.store import RecordLeftover, RunRecord, StepRecord, Store
-from dagd.runtime.executor import Leftover, LeftoverHandle, StepContext
-from dagd.runtime.local.leftovers import clean_up as clean_up_local
-from dagd.runtime.local.leftovers import columns_from_handle, handle_from_columns
+from dagd.runtime.executor import (
+    Leftover,
+    LeftoverHandle,
+    StepContext,
+    StepExecutor,
+    clean_up_leftovers,
+)
 
 log = logging.getLogger("dagd")
 
@@ -64,31 +71,37 @@ def interrupted_events(
     return events
 
 
-def kill_leftovers(runs: list[RunRecord], steps: list[StepRecord]) -> None:
-    """SIGKILL what the steps of `runs` left running: each recorded process group that is still
-    provably the step's, then any process whose environment names one of the runs (the local
-    executor's clean-up, dagd/runtime/local/leftovers.py, from the handles the step rows hold).
+async def kill_leftovers(
+    executors: Mapping[str, StepExecutor], runs: list[RunRecord], steps: list[StepRecord]
+) -> None:
+    """Stop what the steps of `runs` left running: every stored handle of `steps` goes back to
+    the registered executor that made it, and each executor also gets the run ids to look for
+    what it never reported (`clean_up_leftovers`, dagd/runtime/executor.py: a handle of an
+    unregistered executor is logged and skipped, one executor's failure is logged and the
+    others still run). Raises nothing an executor raises."""
+    leftovers = [
+        Leftover(step.run_id, step.step_id, step.leftover)
+        for step in steps
+        if step.leftover is not None
+    ]
+    await clean_up_leftovers(executors, leftovers, {run.run_id for run in runs})
 
-    Transitional: only the local executor's leftovers, from the store's pgid/proc_start/boot_id
-    columns. With handles stored whole this becomes `await clean_up_leftovers(executors,
-    leftovers, run_ids)` (dagd/runtime/executor.py), which asks every registered executor."""
-    leftovers = []
-    for step in steps:
-        handle = handle_from_columns(step.pgid, step.proc_start, step.boot_id)
-        if handle is not None:
-            leftovers.append(Leftover(step.run_id, step.step_id, handle))
-    clean_up_local(leftovers, {run.run_id for run in runs})
 
-
-def recover(store: Store, publish: Callable[[DagEvent], object], now: float) -> list[RunRecord]:
-    """Close out what the previous process left in `store`: kill its leftovers, then publish
+async def recover(
+    store: Store,
+    executors: Mapping[str, StepExecutor],
+    publish: Callable[[DagEvent], object],
+    now: float,
+) -> list[RunRecord]:
+    """Close out what the previous process left in `store`: stop its leftovers through
+    `executors` (the registry by name, `executor_registry`; see `kill_leftovers`), then publish
     the closing events (see `interrupted_events`) at `now` (UNIX seconds). Returns the runs it
-    closed out. Call it before anything new runs: a new step could otherwise be mistaken for
-    a leftover."""
+    closed out. Await it before the daemon accepts runs: a new attempt could otherwise be
+    mistaken for a leftover."""
     runs, steps = store.unfinished()
     if not runs:
         return []
-    kill_leftovers(runs, steps)
+    await kill_leftovers(executors, runs, steps)
     for event in interrupted_events(runs, steps, now):
         publish(event)
     for run in runs:
@@ -102,22 +115,22 @@ def recover(store: Store, publish: Callable[[DagEvent], object], now: float) -> 
 
 
 class LeftoverRecorder:
-    """The engine's `on_leftover(ctx, handle)`: stores a started attempt's leftover handle with
-    its step, so `kill_leftovers` can find what it left after a crash.
-
-    Transitional: the store keeps the local executor's handle (process group, start time, boot
-    id) in columns of their own; a handle of another executor is logged and not stored."""
+    """The engine's `on_leftover(ctx, handle)`: stores a started attempt's leftover handle,
+    whole, with its step (the latest replaces the step's earlier one), so `recover` can give
+    it back to its executor after a crash."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
     def __call__(self, ctx: StepContext, handle: LeftoverHandle) -> None:
+        """Queue `handle` for the store; never raises (it runs inside the executor's attempt).
+        A handle that is not JSON (an executor's bug) is logged and not stored."""
         try:
-            pgid, start, boot = columns_from_handle(handle)
-        except KeyError:
-            log.warning("cannot store the leftover handle of %s/%s", ctx.run_id, ctx.step_id)
+            record = RecordLeftover(ctx.run_id, ctx.step_id, handle)
+        except (TypeError, ValueError, RecursionError) as e:
+            log.warning("cannot store the leftover handle of %s/%s: %s", ctx.run_id, ctx.step_id, e)
             return
-        self._store.record_leftover(RecordLeftover(ctx.run_id, ctx.step_id, pgid, start, boot))
+        self._store.record_leftover(record)
 
 
 __all__ = ["INTERRUPTED", "LeftoverRecorder", "interrupted_events", "kill_leftovers", "recover"]

@@ -41,6 +41,7 @@ from dagd.core.events import (
 from dagd.core.model import RunStatus, StepStatus
 from dagd.core.protocol.events import encode_event
 from dagd.daemon.schema import migrate
+from dagd.runtime.executor import LeftoverHandle
 
 
 @attrs.frozen(slots=True)
@@ -76,16 +77,25 @@ class Requeue:
     run_id: str
 
 
+def _handle_json(record: RecordLeftover) -> str:
+    return json.dumps(record.handle, separators=(",", ":"), allow_nan=False)
+
+
 @attrs.frozen(slots=True)
 class RecordLeftover:
-    """What a running step may leave behind if dagd dies: its process group, and the start time
-    and boot id that prove the group is still that step's (see runtime/local/procs.py)."""
+    """What a running step may leave behind if dagd dies: the leftover handle its executor gave
+    (dagd/runtime/executor.py), the step's latest, stored whole as JSON in `steps.leftover`.
+
+    Making one encodes the handle (`handle_json`, compact), so a handle that is not JSON
+    (NaN, a set, an object) raises `TypeError` or `ValueError` at its maker, not in the
+    writer's transaction, and later changes to the dict are not written."""
 
     run_id: str
     step_id: str
-    pgid: int
-    proc_start: int | None  # clock ticks since boot
-    boot_id: str | None
+    handle: LeftoverHandle
+    handle_json: str = attrs.field(
+        init=False, repr=False, eq=False, default=attrs.Factory(_handle_json, takes_self=True)
+    )
 
 
 @attrs.frozen(slots=True)
@@ -120,7 +130,8 @@ class RunRecord:
 @attrs.frozen
 class StepRecord:
     """A step's row: its latest status within the run (times in UNIX seconds, `duration` in
-    ms), and the process group a recovery may have to clean up."""
+    ms), and the leftover handle of its latest attempt that reported one, which recovery hands
+    back to that handle's executor (None: never reported)."""
 
     run_id: str
     step_id: str
@@ -130,9 +141,7 @@ class StepRecord:
     end_time: float | None
     duration: int | None
     error: str | None
-    pgid: int | None = None
-    proc_start: int | None = None
-    boot_id: str | None = None
+    leftover: LeftoverHandle | None = None
     attempt: int = 0  # the latest attempt's number over every try of the run (0: unknown)
 
 
@@ -152,13 +161,24 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
 
 
 def _step_record(row: Sequence[Any]) -> StepRecord:
-    return StepRecord(row[0], row[1], StepStatus(row[2]), *row[3:])
+    leftover = None if row[8] is None else json.loads(row[8])
+    return StepRecord(
+        row[0],
+        row[1],
+        StepStatus(row[2]),
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        leftover=leftover,
+        attempt=row[9],
+    )
 
 
 _RUN_COLUMNS = "run_id, dag_id, status, params, queued_at, started_at, ended_at"
 _STEP_COLUMNS = (
-    "run_id, step_id, status, retry_count, start_time, end_time, duration, error,"
-    " pgid, proc_start, boot_id, attempt"
+    "run_id, step_id, status, retry_count, start_time, end_time, duration, error, leftover, attempt"
 )
 
 
@@ -230,7 +250,8 @@ class Store:
         self._queue(RecordRun(run_id, dag_id, json.dumps(params), queued_at))
 
     def record_leftover(self, leftover: RecordLeftover) -> None:
-        """Queue what a running step may leave behind, so a later start can clean it up."""
+        """Queue a running step's leftover handle (it replaces the step's earlier one), so a
+        later start can hand it back to its executor (recovery.py)."""
         self._queue(leftover)
 
     def record_requeue(self, run_id: str) -> None:
@@ -364,12 +385,13 @@ class Store:
                             "UPDATE runs SET status=?, ended_at=NULL WHERE run_id=?",
                             (RunStatus.QUEUED.value, run_id),
                         )
-                    case RecordLeftover(run_id, step_id, pgid, proc_start, boot_id):
+                    case RecordLeftover(run_id, step_id, handle_json=handle_json):
                         self._write_steps(conn, steps)  # the step's row must exist first
+                        # Not the pgid/proc_start/boot_id columns of files before schema
+                        # version 3 (schema.py): they stay in the table, unused.
                         conn.execute(
-                            "UPDATE steps SET pgid=?, proc_start=?, boot_id=?"
-                            " WHERE run_id=? AND step_id=?",
-                            (pgid, proc_start, boot_id, run_id, step_id),
+                            "UPDATE steps SET leftover=? WHERE run_id=? AND step_id=?",
+                            (handle_json, run_id, step_id),
                         )
                     case RecordSlot(dag_id, slot):
                         conn.execute(

@@ -11,9 +11,8 @@ Crash recovery: an attempt may leave something running if dagd dies mid-attempt 
 task on a cluster). While it runs, the executor hands the engine a *leftover handle*, a small
 JSON-able dict that says how to find those leftovers later; the daemon stores the latest handle
 of each step. The next daemon gives the handles of the runs it found unfinished back to
-`clean_up_leftovers`, which asks each executor to clean up after its own. (Until the store
-keeps handles whole, dagd/daemon/recovery.py rebuilds the local executor's from its columns
-and calls its clean-up directly.)
+`clean_up_leftovers`, which asks each executor to clean up after its own
+(dagd/daemon/recovery.py, before the daemon accepts runs).
 
 The local executor (shell commands and Python callables on this machine) is
 `dagd.runtime.local.executor.LocalExecutor`.

@@ -190,7 +190,7 @@ async def test_trigger_events_in_order_and_matching_rows(config: Config) -> None
             last.end_time,
             last.duration,
         )
-        assert st.pgid is not None and st.boot_id is not None
+        assert st.leftover is not None and st.leftover["boot_id"] is not None
     assert integrity_ok(config)
 
 

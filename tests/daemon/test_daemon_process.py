@@ -157,7 +157,8 @@ def running_step(root: Path, dag_id: str, mark: str, processes: int) -> str | No
     rows = query(
         root,
         "SELECT r.run_id FROM runs r JOIN steps s USING (run_id)"
-        " WHERE r.dag_id=? AND r.status='running' AND s.status='running' AND s.pgid IS NOT NULL",
+        " WHERE r.dag_id=? AND r.status='running' AND s.status='running'"
+        " AND s.leftover IS NOT NULL",
         (dag_id,),
     )
     if rows and len(procs.live_processes(mark)) >= processes:

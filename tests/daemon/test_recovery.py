@@ -1,11 +1,14 @@
-"""Crash recovery alone: closing out what a dead daemon left, and killing its leftovers. (The
-real kill -9 of a daemon process is in test_daemon_process.py.)"""
+"""Crash recovery alone: closing out what a dead daemon left, and handing its leftovers back
+to the executors that made them. (The real kill -9 of a daemon process is in
+test_daemon_process.py.)"""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import attrs
@@ -13,13 +16,38 @@ import proctools as procs
 import pytest
 import trio
 
+from dagd.core.config import Config
 from dagd.core.events import DagEvent, DagRunStatusEvent, ErrorEvent, StepStatusEvent
-from dagd.core.model import RunStatus, StepStatus
-from dagd.daemon.recovery import INTERRUPTED, interrupted_events, kill_leftovers, recover
-from dagd.daemon.store import RecordLeftover, RunRecord, StepRecord, Store
+from dagd.core.model import RunStatus, StepSpec, StepStatus
+from dagd.daemon.daemon import Daemon
+from dagd.daemon.hub import Hub
+from dagd.daemon.recovery import (
+    INTERRUPTED,
+    LeftoverRecorder,
+    interrupted_events,
+    kill_leftovers,
+    recover,
+)
+from dagd.daemon.schema import MIGRATIONS
+from dagd.daemon.store import RunRecord, StepRecord, Store, connect
+from dagd.runtime.executor import (
+    AttemptResult,
+    Leftover,
+    LeftoverHandle,
+    LeftoverSink,
+    StepContext,
+    StepExecutor,
+    executor_registry,
+)
+from dagd.runtime.local.executor import LocalExecutor
+from dagd.runtime.local.leftovers import leftover_handle
 from dagd.runtime.local.procs import boot_id, process_start
 
 NOW = 1000.0
+
+
+def local_only() -> dict[str, StepExecutor]:
+    return executor_registry(LocalExecutor())
 
 
 def run_record(run_id: str, status: RunStatus = RunStatus.RUNNING) -> RunRecord:
@@ -78,14 +106,15 @@ async def test_recover_closes_out_the_runs_left_in_the_store(tmp_path: Path) -> 
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.writer)
-            assert recover(store, published.append, NOW) == []  # nothing left: nothing to do
+            # nothing left: nothing to do
+            assert await recover(store, local_only(), published.append, NOW) == []
             store.record_run("r", "d", {}, 1.0)
             store.publish(DagRunStatusEvent("d", "r", RunStatus.RUNNING, 2.0))
             store.publish(
                 StepStatusEvent("d", "r", "s", StepStatus.RUNNING, 2.0, None, None, 0, None, 2.0)
             )
             await store.flush()
-            closed = recover(store, published.append, NOW)
+            closed = await recover(store, local_only(), published.append, NOW)
             assert [r.run_id for r in closed] == ["r"]
             for event in published:
                 store.publish(event)
@@ -111,27 +140,24 @@ def wait_for_processes(mark: str, count: int) -> None:
         time.sleep(0.01)
 
 
-def test_a_recorded_process_group_is_killed() -> None:
+async def test_a_recorded_process_group_is_killed() -> None:
     mark = procs.new_mark()
     # Not DAGD_RUN_ID of the run recovered: only the record can find it.
     leftover = spawn_leftover("another-run", mark)
     try:
         wait_for_processes(mark, 3)
-        record = RecordLeftover("r", "s", leftover.pid, process_start(leftover.pid), boot_id())
         step = attrs.evolve(
             step_record("r", "s", StepStatus.RUNNING),
-            pgid=record.pgid,
-            proc_start=record.proc_start,
-            boot_id=record.boot_id,
+            leftover=leftover_handle("local", leftover.pid),
         )
-        kill_leftovers([run_record("r")], [step])
+        await kill_leftovers(local_only(), [run_record("r")], [step])
         assert procs.wait_gone(mark) == []
     finally:
         leftover.kill()
         leftover.wait()
 
 
-def test_a_group_whose_leader_pid_was_reused_is_left_alone() -> None:
+async def test_a_group_whose_leader_pid_was_reused_is_left_alone() -> None:
     mark = procs.new_mark()
     other = spawn_leftover("another-run", mark)
     try:
@@ -140,26 +166,151 @@ def test_a_group_whose_leader_pid_was_reused_is_left_alone() -> None:
         assert start is not None
         step = attrs.evolve(
             step_record("r", "s", StepStatus.RUNNING),
-            pgid=other.pid,
-            proc_start=start + 1,
-            boot_id=boot_id(),
+            leftover={**leftover_handle("local", other.pid), "start_ticks": start + 1},
         )
-        kill_leftovers([run_record("r")], [step])
+        await kill_leftovers(local_only(), [run_record("r")], [step])
         assert len(procs.live_processes(mark)) == 3
     finally:
         os.killpg(other.pid, 9)
         other.wait()
 
 
-def test_a_group_never_recorded_is_found_by_its_run_id() -> None:
+async def test_a_group_never_recorded_is_found_by_its_run_id() -> None:
     """A daemon killed between a spawn and the commit that records its process group leaves a
     step the record cannot point to; recovery finds it by DAGD_RUN_ID."""
     mark = procs.new_mark()
     leftover = spawn_leftover("r", mark)
     try:
         wait_for_processes(mark, 3)
-        kill_leftovers([run_record("r")], [step_record("r", "s", StepStatus.RUNNING)])
+        steps = [step_record("r", "s", StepStatus.RUNNING)]
+        await kill_leftovers(local_only(), [run_record("r")], steps)
         assert procs.wait_gone(mark) == []
     finally:
         leftover.kill()
         leftover.wait()
+
+
+async def leave_a_running_step(path: Path, handle: LeftoverHandle | None = None) -> None:
+    """What a daemon killed mid-run leaves in the state file at `path`: run "r" of DAG "d"
+    running, its step "s" running, and `handle` (if any) reported by the step's executor and
+    stored by the daemon's recorder."""
+    store = Store.open(path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            store.record_run("r", "d", {}, 1.0)
+            store.publish(DagRunStatusEvent("d", "r", RunStatus.RUNNING, 2.0))
+            store.publish(
+                StepStatusEvent("d", "r", "s", StepStatus.RUNNING, 2.0, None, None, 0, None, 2.0)
+            )
+            if handle is not None:
+                LeftoverRecorder(store)(StepContext("d", "r", "s", 1, {}), handle)
+            await store.flush()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+class ClusterExecutor:
+    """A second kind of executor (steps on a cluster, say): it only records its clean-ups."""
+
+    name = "cluster"
+    log_dir = None
+
+    def __init__(self) -> None:
+        self.cleaned: list[tuple[list[Leftover], set[str]]] = []
+
+    async def run(
+        self, step: StepSpec, ctx: StepContext, on_leftover: LeftoverSink | None = None
+    ) -> AttemptResult:
+        raise AssertionError("no step runs on this executor here")
+
+    async def clean_up(self, leftovers: Collection[Leftover], run_ids: Collection[str]) -> None:
+        self.cleaned.append((list(leftovers), set(run_ids)))
+
+
+async def test_another_executors_handle_goes_back_to_it_after_a_restart(tmp_path: Path) -> None:
+    """A handle of an executor registered by name next to the local one is stored whole (any
+    JSON), and the next daemon's start hands it back to that executor's clean_up; the run is
+    closed out as usual."""
+    (tmp_path / "dags").mkdir()
+    config = Config(dags_dir=tmp_path / "dags", state_dir=tmp_path / "state", kill_grace=0.5)
+    handle = {"executor": "cluster", "job": "j-7", "workers": [1, 2], "lease": {"s": 1.5}}
+    await leave_a_running_step(config.db_path, handle)
+
+    cluster = ClusterExecutor()
+    hub = Hub()
+    store = Store.open(config.db_path, on_commit=hub.publish)
+    registry = executor_registry(LocalExecutor(grace=0.5), cluster)
+    daemon = Daemon(config, store=store, hub=hub, executors=registry, clock=lambda: NOW)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            await daemon.start(nursery)
+            assert cluster.cleaned == [([Leftover("r", "s", handle)], {"r"})]
+            await daemon.stop()
+            await store.flush()
+            nursery.cancel_scope.cancel()
+        assert store.unfinished() == ([], [])
+        found = await store.get_run("r")
+    finally:
+        store.close()
+    assert found is not None
+    run, [step] = found
+    assert (run.status, step.status, step.error) == ("failed", "failed", INTERRUPTED)
+    assert step.leftover == handle
+
+
+async def test_a_group_recorded_by_a_version_2_file_is_killed_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """A state file of dagd before handles were stored whole kept a step's process group in
+    columns of its own: opening it converts them (schema.py, migration 3) and recovery kills
+    the group through the local executor."""
+    path = tmp_path / "db.sqlite3"
+    conn = connect(path)
+    for migration in MIGRATIONS[:2]:
+        assert isinstance(migration, str)
+        conn.executescript(migration)
+    conn.execute("PRAGMA user_version = 2")
+    mark = procs.new_mark()
+    leftover = spawn_leftover("another-run", mark)  # only the record can find it
+    try:
+        wait_for_processes(mark, 3)
+        conn.execute(
+            "INSERT INTO runs (run_id, dag_id, status, queued_at) VALUES ('r', 'd', 'running', 1)"
+        )
+        conn.execute(
+            "INSERT INTO steps (run_id, step_id, status, pgid, proc_start, boot_id)"
+            " VALUES ('r', 's', 'running', ?, ?, ?)",
+            (leftover.pid, process_start(leftover.pid), boot_id()),
+        )
+        conn.close()
+        store = Store.open(path)
+        try:
+            published: list[DagEvent] = []
+            closed = await recover(store, local_only(), published.append, NOW)
+        finally:
+            store.close()
+        assert [r.run_id for r in closed] == ["r"]
+        assert procs.wait_gone(mark) == []
+    finally:
+        leftover.kill()
+        leftover.wait()
+
+
+async def test_a_handle_that_is_not_json_is_logged_and_not_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The recorder runs inside an executor's attempt: an executor's bad handle must neither
+    raise there nor reach the writer's transaction."""
+    path = tmp_path / "db.sqlite3"
+    with caplog.at_level(logging.WARNING, "dagd"):
+        await leave_a_running_step(path, {"executor": "cluster", "ids": {1, 2}})
+    assert "cannot store the leftover handle of r/s" in caplog.text
+    store = Store.open(path)
+    try:
+        _, [step] = store.unfinished()
+    finally:
+        store.close()
+    assert step.leftover is None

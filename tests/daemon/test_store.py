@@ -8,12 +8,15 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 
 from dagd.core.events import DagRunStatusEvent, ErrorEvent, StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
 from dagd.daemon.hub import Hub
 from dagd.daemon.store import RecordLeftover, RunRecord, Store, StoredEvent
+
+HANDLE = {"executor": "local", "pgid": 4242, "start_ticks": 99, "boot_id": "boot"}
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -35,7 +38,7 @@ async def test_every_kind_of_intent_is_written_in_one_batch(tmp_path: Path) -> N
             store.publish(
                 StepStatusEvent("d", "r1", "s", StepStatus.RUNNING, 11.0, None, None, 0, None, 11.0)
             )
-            store.record_leftover(RecordLeftover("r1", "s", 4242, 99, "boot"))
+            store.record_leftover(RecordLeftover("r1", "s", HANDLE))
             store.publish(
                 StepStatusEvent(
                     "d", "r1", "s", StepStatus.FAILED, 11.0, 12.0, 1000, 0, "exit 1", 12.0
@@ -56,8 +59,12 @@ async def test_every_kind_of_intent_is_written_in_one_batch(tmp_path: Path) -> N
     assert run == RunRecord("r1", "d", RunStatus.QUEUED, {"x": "1"}, 10.0, 11.0, None)
     assert type(run.status) is RunStatus and type(step.status) is StepStatus
     assert (step.status, step.error, step.duration) == (StepStatus.FAILED, "exit 1", 1000)
-    assert (step.pgid, step.proc_start, step.boot_id) == (4242, 99, "boot")
+    assert step.leftover == HANDLE
     conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    # The handle whole, as compact JSON; the columns of earlier schema versions stay empty.
+    assert conn.execute("SELECT leftover, pgid, proc_start, boot_id FROM steps").fetchall() == [
+        ('{"executor":"local","pgid":4242,"start_ticks":99,"boot_id":"boot"}', None, None, None)
+    ]
     assert conn.execute("SELECT dag_id, last_slot FROM schedule").fetchall() == [("d", 1234.5)]
     bodies = [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
     assert [b["seq"] for b in bodies] == [1, 2, 3, 4]
@@ -164,3 +171,17 @@ async def test_an_event_published_just_before_the_writer_is_cancelled_is_kept(
     conn = sqlite3.connect(tmp_path / "db.sqlite3")
     assert conn.execute("SELECT seq, type FROM events").fetchall() == [(1, "error")]
     conn.close()
+
+
+@pytest.mark.parametrize("handle", [{"x": float("nan")}, {"ids": {1, 2}}, {"at": object()}])
+def test_a_leftover_handle_that_is_not_json_is_refused_at_once(handle: dict[str, object]) -> None:
+    """Encoded when the intent is made, so the writer's transaction never meets it."""
+    with pytest.raises((TypeError, ValueError)):
+        RecordLeftover("r", "s", handle)
+
+
+def test_a_leftover_intent_keeps_the_handle_as_it_was_given() -> None:
+    handle: dict[str, object] = {"executor": "cluster", "job": 7}
+    record = RecordLeftover("r", "s", handle)
+    handle["job"] = 8
+    assert record.handle_json == '{"executor":"cluster","job":7}'

@@ -14,13 +14,8 @@ import proctools as procs
 import pytest
 
 from dagd.runtime.executor import Leftover
-from dagd.runtime.local.leftovers import (
-    clean_up,
-    columns_from_handle,
-    handle_from_columns,
-    leftover_handle,
-)
-from dagd.runtime.local.procs import process_start
+from dagd.runtime.local.leftovers import clean_up, leftover_handle
+from dagd.runtime.local.procs import boot_id, process_start
 
 Group = tuple["subprocess.Popen[bytes]", str]
 
@@ -63,9 +58,14 @@ def test_a_recorded_group_is_killed(group: Group) -> None:
 
 
 def test_a_handle_from_an_earlier_state_file_is_killed(group: Group) -> None:
+    """The handle dagd/daemon/schema.py's migration 3 makes of an earlier dagd's columns."""
     proc, mark = group
-    handle = handle_from_columns(proc.pid, old_ticks(proc.pid), leftover_handle("x", 1)["boot_id"])
-    assert handle is not None and columns_from_handle(handle)[0] == proc.pid
+    handle = {
+        "executor": "local",
+        "pgid": proc.pid,
+        "start_ticks": old_ticks(proc.pid),
+        "boot_id": boot_id(),
+    }
     clean_up([Leftover("r", "s", handle)], set())
     assert procs.wait_gone(mark) == []
 
@@ -86,4 +86,3 @@ def test_processes_of_an_unfinished_run_are_found_without_a_handle(group: Group)
     _, mark = group
     clean_up([], {f"run-{mark}"})
     assert procs.wait_gone(mark) == []
-    assert handle_from_columns(None, None, None) is None  # a step whose group was never stored

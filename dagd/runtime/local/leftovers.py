@@ -7,7 +7,8 @@ A shell attempt's handle names its process group and proves whose it is:
 `pgid` is the step's first process (its pid is the group id), `start_ticks` when that process
 started, in clock ticks since boot, and `boot_id` the boot it ran in (procs.py says why both are
 needed). `start_ticks` and `boot_id` may be null where they could not be read; without a boot
-id a group is never killed.
+id a group is never killed. State files of dagd before schema version 3 kept these three in
+columns of their own; dagd/daemon/schema.py converted them to this handle once.
 """
 
 from __future__ import annotations
@@ -65,20 +66,3 @@ def clean_up(leftovers: Collection[Leftover], run_ids: Collection[str]) -> None:
         for run_id in sorted(set(strays.values())):
             pids = sorted(pid for pid, rid in strays.items() if rid == run_id)
             log.warning("killed leftover processes of run %s: %s", run_id, pids)
-
-
-def handle_from_columns(
-    pgid: int | None, proc_start: int | None, boot: str | None
-) -> LeftoverHandle | None:
-    """Transitional, for a store that keeps a step's process group, start time (clock ticks
-    since boot, also in state files of earlier dagd versions) and boot id in columns of their
-    own: the handle those columns stand for, None when no group was recorded."""
-    if pgid is None:
-        return None
-    return {"executor": "local", "pgid": pgid, "start_ticks": proc_start, "boot_id": boot}
-
-
-def columns_from_handle(handle: LeftoverHandle) -> tuple[int, int | None, str | None]:
-    """Transitional, the inverse of `handle_from_columns`: (pgid, start ticks, boot id) of a
-    local handle. Raises `KeyError` for a handle that is not the local executor's."""
-    return handle["pgid"], handle["start_ticks"], handle["boot_id"]
