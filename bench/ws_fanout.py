@@ -9,7 +9,7 @@ Exit status 0 when every requirement holds: dagd/baseline deliveries/s >= 1.5, p
 of dagd's maximum rate (100 and 1000 clients), < 100 MB RSS for 1000 idle connections.
 
 Processes (all on 127.0.0.1, each with RLIMIT_NOFILE raised):
-- the server under test, in its own process: either a real daemon (`open_daemon(config,
+- the server under test, in its own process: either a real daemon (`open_app(config,
   websocket=True)`, its events published with `daemon.publish`, so numbered, encoded, written to
   SQLite and fanned out after the commit), or the baseline: a bare `serve_websocket` server
   whose clients each have a task and a queue and get every message with `await
@@ -198,7 +198,7 @@ async def serve_commands(publish_one, shm: memoryview, nprocs: int, extra=None) 
 def dagd_server_main(args: argparse.Namespace) -> None:
     import trio
 
-    from dagd.app import open_daemon
+    from dagd.app import open_app
     from dagd.core.config import parse_config
     from dagd.core.events import ErrorEvent
 
@@ -228,7 +228,9 @@ role = "read"
     pad = make_padding()
 
     async def main() -> None:
-        async with open_daemon(config, websocket=True) as daemon:
+        async with open_app(config, websocket=True) as app:
+            daemon, server = app.daemon, app.server
+            assert server is not None and server.port is not None
             publish = daemon.publish
             clock = time.time
 
@@ -236,8 +238,7 @@ role = "read"
                 t = clock()
                 publish(ErrorEvent("bench", None, None, f"{t:.6f} {pad}", t))
 
-            port = int(daemon.url.rsplit(":", 1)[1].split("/", 1)[0])  # type: ignore[union-attr]
-            reply({"port": port})
+            reply({"port": server.port})
 
             # Instrumentation (the benchmark's, not dagd's): how long each event waited between
             # daemon.publish and the fan-out that follows its SQLite commit.
@@ -257,7 +258,6 @@ role = "read"
             daemon.store.on_commit = on_commit
             # The WebSocket server builds each event's frame once for all clients
             # (dagd/net/frames.py): frames built per committed event should stay 1.0.
-            server = next(h.__self__ for h in daemon.on_shutdown if hasattr(h, "__self__"))
             events = [0]
             built = [server.frames.built]
 

@@ -8,7 +8,8 @@ Use it from any trio program:
         async for event in daemon.events(["etl"]):
             ...
 
-`dagd serve` is this plus signal handling and the WebSocket server.
+`open_app` gives the same with the network layer in hand (`app.server`, `app.url`); `dagd
+serve` is that plus signal handling.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
+import attrs
 import trio
 
 from dagd.core.config import Config
@@ -24,24 +26,38 @@ from dagd.core.exceptiongroups import unwrap_single
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.hub import Hub
 from dagd.daemon.store import Store
-from dagd.net.server import serve
+from dagd.net.server import Server, serve
 from dagd.runtime.local.executor import LocalExecutor
 
 
+@attrs.frozen
+class App:
+    """A running dagd: the daemon, and its WebSocket server when one was asked for."""
+
+    daemon: Daemon
+    server: Server | None = None
+
+    @property
+    def url(self) -> str | None:
+        """The WebSocket endpoint, `ws://host:port/api/v1/ws` (`wss://` with TLS), or None
+        without a server."""
+        return None if self.server is None else self.server.url
+
+
 @asynccontextmanager
-async def open_daemon(
+async def open_app(
     config: Config,
     *,
     clock: Callable[[], float] | None = None,
     websocket: bool = False,
-) -> AsyncIterator[Daemon]:
-    """Run a daemon inside the caller's trio program for the duration of the block.
+) -> AsyncIterator[App]:
+    """Run dagd inside the caller's trio program for the duration of the block.
 
     Builds the daemon's collaborators (the store on config.db_path, the hub, the local
     executor) and hands them in; `clock` is the wall clock in UNIX seconds (default
     `time.time`). With `websocket=True` it also serves the WebSocket protocol on
-    config.server's host/port. Leaving the block cancels active runs (killing their processes)
-    and commits every event (see `shut_down`).
+    config.server's host/port (`app.server`, `app.url`). Leaving the block cancels active runs
+    (killing their processes) and commits every event (see `shut_down`).
 
     Raises `sqlite3.DatabaseError` for a state file that is not dagd's or is newer than this
     dagd, and OSError if the WebSocket address cannot be bound.
@@ -57,20 +73,33 @@ async def open_daemon(
                 await nursery.start(store.writer)
                 await nursery.start(store.checkpointer)
                 await daemon.start(nursery)
+                server: Server | None = None
                 if websocket:
                     server = await nursery.start(serve, daemon, config)
-                    daemon.url = server.url
-                    # Shutdown order: stop runs, flush the store, close the network (this
-                    # hook: the last events delivered, then 1001), close the hub.
-                    daemon.on_shutdown.append(server.close_all)
                 try:
-                    yield daemon
+                    yield App(daemon, server)
                 finally:
+                    # Shutdown order: stop runs, flush the store, close the network (the last
+                    # events delivered, then 1001), close the hub.
                     with trio.CancelScope(shield=True):
-                        await shut_down(daemon, store, hub, daemon.on_shutdown)
+                        closers = [server.close_all] if server is not None else []
+                        await shut_down(daemon, store, hub, closers)
                     nursery.cancel_scope.cancel()  # the store's writer commits what is left
     finally:
         store.close()
+
+
+@asynccontextmanager
+async def open_daemon(
+    config: Config,
+    *,
+    clock: Callable[[], float] | None = None,
+    websocket: bool = False,
+) -> AsyncIterator[Daemon]:
+    """`open_app`, yielding just the daemon: what an embedding program talks to (trigger,
+    cancel, retry, events, queries). Same arguments, behaviour and errors as `open_app`."""
+    async with open_app(config, clock=clock, websocket=websocket) as app:
+        yield app.daemon
 
 
 async def shut_down(
@@ -90,4 +119,4 @@ async def shut_down(
     hub.close_all()
 
 
-__all__ = ["open_daemon", "shut_down"]
+__all__ = ["App", "open_app", "open_daemon", "shut_down"]

@@ -296,10 +296,11 @@ def serve(
 
 
 async def _serve(config: Config) -> None:
-    from dagd.app import open_daemon
+    from dagd.app import open_app
 
-    async with open_daemon(config, websocket=config.server.enabled) as daemon:
-        where = f"events at {daemon.url}" if config.server.enabled else "no WebSocket server"
+    async with open_app(config, websocket=config.server.enabled) as app:
+        daemon = app.daemon
+        where = f"events at {app.url}" if app.url is not None else "no WebSocket server"
         log.info(
             "dagd ready: %d DAG(s) from %s; %s; state in %s",
             len(daemon.dags),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -96,12 +96,6 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self._accepting = False
         self._idle = trio.Event()
-        # Set by dagd/app.py when it serves the network, read by nothing here: the address
-        # (for `dagd serve`'s log and the tests), and the network's close, which app.py's
-        # shut_down runs in its place in the shutdown order. Transitional: tests/support's
-        # server_of finds the server through on_shutdown.
-        self.url: str | None = None
-        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
 
     # ------------------------------------------------------------ lifecycle
 

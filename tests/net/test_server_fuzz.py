@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
-from wshelp import OP_TOKEN, check_frame, make_config, server_of
+from wshelp import OP_TOKEN, check_frame, make_config, remember, server_of, url_of
 
-from dagd.app import open_daemon
+from dagd.app import open_app
 from dagd.core.protocol.requests import CLIENT_MESSAGES
 from dagd.daemon.daemon import Daemon
 
@@ -44,7 +44,7 @@ class NoThrottle:
 
 
 class ThreadedDaemon:
-    """open_daemon(websocket=True) in its own thread and trio loop."""
+    """open_app(websocket=True) in its own thread and trio loop."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -61,8 +61,8 @@ class ThreadedDaemon:
             self.ready.set()
 
     async def _main(self) -> None:
-        async with open_daemon(self.config, websocket=True) as daemon:
-            self.daemon = daemon
+        async with open_app(self.config, websocket=True) as app:
+            daemon = self.daemon = remember(app)
             self.token = trio.lowlevel.current_trio_token()
             self.stop_event = trio.Event()
             server_of(daemon).throttle = NoThrottle()
@@ -83,8 +83,8 @@ class ThreadedDaemon:
 
     @property
     def url(self) -> str:
-        assert self.daemon is not None and self.daemon.url is not None
-        return self.daemon.url
+        assert self.daemon is not None
+        return url_of(self.daemon)
 
     def alive(self) -> None:
         assert self.thread.is_alive() and self.error is None, self.error

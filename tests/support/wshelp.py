@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ from websockets.asyncio.client import connect as aio_connect
 from websockets.exceptions import ConnectionClosed as AioConnectionClosed
 from websockets.exceptions import InvalidStatus
 
-from dagd.app import open_daemon
+from dagd.app import App, open_app
 from dagd.core.config import Config, parse_config
 from dagd.core.events import ErrorEvent
 from dagd.daemon.daemon import Daemon
@@ -163,24 +164,35 @@ def make_config(
     return parse_config(text, tmp_path)
 
 
+#: The served daemons' apps, so that tests holding only a daemon reach its server.
+_APPS: weakref.WeakKeyDictionary[Daemon, App] = weakref.WeakKeyDictionary()
+
+
 @asynccontextmanager
 async def running(tmp_path: Path, **kw: Any) -> AsyncIterator[Daemon]:
     config = kw.pop("config", None) or make_config(tmp_path, **kw)
-    async with open_daemon(config, websocket=True) as daemon:
-        yield daemon
+    async with open_app(config, websocket=True) as app:
+        _APPS[app.daemon] = app
+        yield app.daemon
+
+
+def remember(app: App) -> Daemon:
+    """Register an app started elsewhere (open_app) for server_of / url_of; returns its daemon."""
+    _APPS[app.daemon] = app
+    return app.daemon
 
 
 def server_of(daemon: Daemon) -> Server:
-    for hook in daemon.on_shutdown:
-        owner = getattr(hook, "__self__", None)
-        if isinstance(owner, Server):
-            return owner
-    raise AssertionError("the daemon has no WebSocket server")
+    app = _APPS.get(daemon)
+    if app is None or app.server is None:
+        raise AssertionError("the daemon has no WebSocket server")
+    return app.server
 
 
 def url_of(daemon: Daemon, path: str = "/api/v1/ws") -> str:
-    assert daemon.url is not None
-    return daemon.url.replace("/api/v1/ws", path)
+    url = server_of(daemon).url
+    assert url is not None
+    return url.replace("/api/v1/ws", path)
 
 
 def publish_errors(daemon: Daemon, dag_id: str, count: int, text: str = "boom") -> list[int]:
