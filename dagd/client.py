@@ -48,7 +48,6 @@ from dagd.core.protocol.answers import (
     ReplayComplete,
     RetryAccepted,
     RunList,
-    RunSummary,
     ServerAnswer,
     SnapshotComplete,
     Subscribed,
@@ -69,6 +68,7 @@ from dagd.core.protocol.requests import (
     Trigger,
 )
 from dagd.core.protocol.wire import dumps
+from dagd.core.records import RunRecord
 
 
 class ClientError(Exception):
@@ -366,7 +366,7 @@ class Client:
         """
         return (await self._ask(ListDags(), DagList)).dags
 
-    async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunSummary]:
+    async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """The newest `limit` runs (1..1000), of `dag_id` or of every DAG, newest first: run id,
         status, params, and queued/started/ended times (UNIX seconds; None until then).
 

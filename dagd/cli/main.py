@@ -73,6 +73,14 @@ config_option = click.option(
     envvar="DAGD_CONFIG",
     help="config.toml to use (default: ./config.toml if present).",
 )
+params_option = click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a declared param (repeatable).",
+)
 dags_option = click.option(
     "--dags",
     "dags_dir",
@@ -134,14 +142,7 @@ def list_dags(config_path: Path | None, dags_dir: Path | None) -> None:
 
 @main.command()
 @click.argument("dag_id")
-@click.option(
-    "--param",
-    "-p",
-    "params",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Set a declared param (repeatable).",
-)
+@params_option
 @config_option
 @dags_option
 @click.option(
@@ -363,14 +364,7 @@ def runs(
 
 @main.command()
 @click.argument("dag_id")
-@click.option(
-    "--param",
-    "-p",
-    "params",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Set a declared param (repeatable).",
-)
+@params_option
 @click.option("--wait", is_flag=True, help="Follow the run live and exit with its outcome.")
 @click.option("--plain", is_flag=True, help="With --wait: plain lines instead of a live view.")
 @config_option

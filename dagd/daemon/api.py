@@ -11,9 +11,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from dagd.core.events import DagEvent
-from dagd.daemon.daemon import DaemonError, DagInfo
+from dagd.core.protocol.answers import DagSummary
+from dagd.core.records import RunRecord
+from dagd.daemon.daemon import DaemonError
 from dagd.daemon.hub import Subscriber
-from dagd.daemon.store import RunRecord, StoredEvent
+from dagd.daemon.store import StoredEvent
 
 
 class DaemonService(Protocol):
@@ -35,7 +37,7 @@ class DaemonService(Protocol):
         DaemonError codes: unknown_run, not_finished, not_retryable, shutting_down."""
         ...
 
-    def list_dags(self) -> list[DagInfo]:
+    def list_dags(self) -> list[DagSummary]:
         """Every loaded DAG, by id."""
         ...
 
@@ -74,7 +76,7 @@ class DaemonService(Protocol):
 __all__ = [
     "DaemonError",
     "DaemonService",
-    "DagInfo",
+    "DagSummary",
     "RunRecord",
     "StoredEvent",
     "Subscriber",

@@ -22,12 +22,13 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-import attrs
 import trio
 
 from dagd.core.config import Config
 from dagd.core.events import DagEvent, ErrorEvent
 from dagd.core.model import RETRYABLE_RUN, DagSpec, RunStatus, StepStatus
+from dagd.core.protocol.answers import DagSummary
+from dagd.core.records import RunRecord
 from dagd.core.runstate import RunState
 from dagd.core.spec import Problem
 from dagd.core.timefmt import RunIdFactory, scheduled_run_id
@@ -38,7 +39,7 @@ from dagd.daemon.eventstream import EventStream
 from dagd.daemon.hub import Hub, Subscriber
 from dagd.daemon.recovery import LeftoverRecorder, recover
 from dagd.daemon.scheduler import CronScheduler
-from dagd.daemon.store import RunRecord, StepRecord, Store, StoredEvent
+from dagd.daemon.store import StepRecord, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.executor import StepExecutor
 
@@ -47,21 +48,6 @@ log = logging.getLogger("dagd")
 SHUTTING_DOWN = "cancelled: the daemon is shutting down"
 #: How often retention prunes the event log, in seconds.
 PRUNE_INTERVAL = 300.0
-
-
-@attrs.define
-class DagInfo:
-    """A loaded DAG as `list_dags` shows it; `next_run` in UNIX seconds (None: no schedule),
-    `source` the file it came from."""
-
-    id: str
-    description: str
-    schedule: str | None
-    next_run: float | None
-    steps: list[str]
-    tags: list[str]
-    params: dict[str, str]
-    source: str | None
 
 
 class Daemon:
@@ -417,10 +403,10 @@ class Daemon:
 
     # --------------------------------------------------------------- queries
 
-    def list_dags(self) -> list[DagInfo]:
-        """Every loaded DAG, sorted by id, with its next scheduled run."""
+    def list_dags(self) -> list[DagSummary]:
+        """Every loaded DAG, sorted by id, with its next scheduled run (UNIX seconds)."""
         return [
-            DagInfo(
+            DagSummary(
                 dag.id,
                 dag.description,
                 dag.schedule,
@@ -428,7 +414,6 @@ class Daemon:
                 list(dag.steps),
                 list(dag.tags),
                 dict(dag.params),
-                dag.source,
             )
             for dag in sorted(self.dags.values(), key=lambda d: d.id)
         ]
@@ -475,4 +460,4 @@ def _text(problems: list[Problem]) -> str:
     return "\n".join(map(str, problems))
 
 
-__all__ = ["Daemon", "DaemonError", "DagInfo", "EventStream"]
+__all__ = ["Daemon", "DaemonError", "EventStream"]

@@ -22,8 +22,9 @@ from collections.abc import Callable, Mapping
 
 from dagd.core.events import DagEvent, DagRunStatusEvent, ErrorEvent, StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
+from dagd.core.records import RunRecord
 from dagd.core.runstate import duration_ms
-from dagd.daemon.store import RecordLeftover, RunRecord, StepRecord, Store
+from dagd.daemon.store import RecordLeftover, StepRecord, Store
 from dagd.runtime.executor import (
     Leftover,
     LeftoverHandle,

@@ -40,6 +40,7 @@ from dagd.core.events import (
 )
 from dagd.core.model import RunStatus, StepStatus
 from dagd.core.protocol.events import encode_event
+from dagd.core.records import RunRecord
 from dagd.daemon.schema import migrate
 from dagd.runtime.executor import LeftoverHandle
 
@@ -114,20 +115,6 @@ Intent = StoredEvent | RecordRun | Requeue | RecordLeftover | RecordSlot
 
 
 @attrs.frozen
-class RunRecord:
-    """A run's row: its latest status and when it was queued, started and ended (UNIX
-    seconds; None until it happens)."""
-
-    run_id: str
-    dag_id: str
-    status: RunStatus
-    params: dict[str, str]
-    queued_at: float
-    started_at: float | None
-    ended_at: float | None
-
-
-@attrs.frozen
 class StepRecord:
     """A step's row: its latest status within the run (times in UNIX seconds, `duration` in
     ms), and the leftover handle of its latest attempt that reported one, which recovery hands
@@ -157,7 +144,10 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(row[0], row[1], RunStatus(row[2]), json.loads(row[3]), *row[4:7])
+    run_id, dag_id, status, params, queued_at, started_at, ended_at = row
+    return RunRecord(
+        dag_id, run_id, RunStatus(status), json.loads(params), queued_at, started_at, ended_at
+    )
 
 
 def _step_record(row: Sequence[Any]) -> StepRecord:

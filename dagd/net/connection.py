@@ -26,20 +26,8 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from dagd.core.config import ServerConfig
-from dagd.core.protocol.answers import (
-    Answer,
-    AuthSuccess,
-    CancelAccepted,
-    DagList,
-    Pong,
-    ReplayComplete,
-    RetryAccepted,
-    RunList,
-    SnapshotComplete,
-    Subscribed,
-    Triggered,
-    Unsubscribed,
-)
+from dagd.core.protocol import answers
+from dagd.core.protocol.answers import Answer
 from dagd.core.protocol.codec import encode, parse_client_message
 from dagd.core.protocol.codes import CloseCode, ErrorCode, Role
 from dagd.core.protocol.events import encode_event
@@ -63,8 +51,8 @@ from dagd.core.protocol.requests import (
     Unsubscribe,
 )
 from dagd.daemon.api import DaemonError, DaemonService, StoredEvent, Subscriber
-from dagd.net.answers import dag_summary, error, run_summary
 from dagd.net.auth import AuthThrottle, TokenBook
+from dagd.net.errors import error
 from dagd.net.frames import FrameCache, text_frame
 from dagd.net.limits import TokenBucket, too_big
 from dagd.net.stream import ConnectionStream
@@ -227,7 +215,7 @@ class Connection:
         self.server.authenticated.add(self)
         try:
             assert self.role is not None
-            welcome = AuthSuccess(Role(self.role), self.daemon.committed_seq)
+            welcome = answers.AuthSuccess(Role(self.role), self.daemon.committed_seq)
             await self.send_now(welcome, self.auth_request_id)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, nursery.cancel_scope)
@@ -353,10 +341,10 @@ class Connection:
         if isinstance(message, Subscribe | Unsubscribe):
             if isinstance(message, Subscribe):
                 self.dag_ids.update(message.dag_ids)
-                kind: type[Subscribed | Unsubscribed] = Subscribed
+                kind: type[answers.Subscribed | answers.Unsubscribed] = answers.Subscribed
             else:
                 self.dag_ids.difference_update(message.dag_ids)
-                kind = Unsubscribed
+                kind = answers.Unsubscribed
             if len(self.dag_ids) > MAX_DAG_IDS:
                 self.dag_ids.difference_update(message.dag_ids)
                 raise ProtocolError(
@@ -375,20 +363,20 @@ class Connection:
             self.queue(_SnapshotJob(rid))
         elif isinstance(message, Trigger):
             run_id = await daemon.trigger(message.dag_id, message.params)
-            self.reply(message, Triggered(message.dag_id, run_id))
+            self.reply(message, answers.Triggered(message.dag_id, run_id))
         elif isinstance(message, Cancel):
             await daemon.cancel(message.run_id)
-            self.reply(message, CancelAccepted(message.run_id))
+            self.reply(message, answers.CancelAccepted(message.run_id))
         elif isinstance(message, Retry):
             await daemon.retry(message.run_id)
-            self.reply(message, RetryAccepted(message.run_id))
+            self.reply(message, answers.RetryAccepted(message.run_id))
         elif isinstance(message, ListDags):
-            self.reply(message, DagList([dag_summary(d) for d in daemon.list_dags()]))
+            self.reply(message, answers.DagList(daemon.list_dags()))
         elif isinstance(message, ListRuns):
             runs = await daemon.list_runs(message.dag_id, message.limit)
-            self.reply(message, RunList([run_summary(r) for r in runs]))
+            self.reply(message, answers.RunList(runs))
         elif isinstance(message, Ping):
-            self.reply(message, Pong(time.time()))
+            self.reply(message, answers.Pong(time.time()))
         elif isinstance(message, Auth):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "already authenticated", rid)
 
@@ -483,7 +471,7 @@ class Connection:
                 await self._write(out)
             cursor = rows[-1][0]
         self.skip_upto = max(self.skip_upto, until)
-        done = with_request_id(ReplayComplete(until), job.request_id)
+        done = with_request_id(answers.ReplayComplete(until), job.request_id)
         await self._write(text_frame(encode(done).encode()))
 
     async def _snapshot(self, job: _SnapshotJob) -> None:
@@ -492,7 +480,7 @@ class Connection:
         out = bytearray()
         for event in events:
             out += text_frame(encode_event(event).encode())
-        done = with_request_id(SnapshotComplete(seq), job.request_id)
+        done = with_request_id(answers.SnapshotComplete(seq), job.request_id)
         out += text_frame(encode(done).encode())
         await self._write(out)
         self.skip_upto = max(self.skip_upto, seq)

@@ -52,7 +52,6 @@ from dagd.core.protocol.answers import (
     Pong,
     ReplayComplete,
     RunList,
-    RunSummary,
     SnapshotComplete,
     Subscribed,
     Triggered,
@@ -61,6 +60,7 @@ from dagd.core.protocol.codec import to_wire
 from dagd.core.protocol.codes import ErrorCode, Role
 from dagd.core.protocol.events import event_to_wire
 from dagd.core.protocol.requests import Ping
+from dagd.core.records import RunRecord
 
 URL = "ws://daemon.invalid/api/v1/ws"
 SEED = 20240601
@@ -551,7 +551,7 @@ async def test_requests_are_objects_or_their_wire_dicts_and_answers_are_objects(
         elif message["type"] == "cancel":
             ws.push(to_wire(Pong(T0, request_id=rid)))  # the wrong answer
         elif message["type"] == "list_runs":
-            run = RunSummary("etl", "manual__1", RunStatus.QUEUED, {}, T0, None, None)
+            run = RunRecord("etl", "manual__1", RunStatus.QUEUED, {}, T0, None, None)
             ws.push(to_wire(RunList([run], request_id=rid)))
 
     opener = FakeOpener([lambda: FakeWS(server(on_request=answer))])

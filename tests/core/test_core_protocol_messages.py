@@ -24,7 +24,6 @@ from dagd.core.protocol.answers import (
     ReplayComplete,
     RetryAccepted,
     RunList,
-    RunSummary,
     SnapshotComplete,
     Subscribed,
     Triggered,
@@ -49,6 +48,7 @@ from dagd.core.protocol.requests import (
     Trigger,
     Unsubscribe,
 )
+from dagd.core.records import RunRecord
 
 T = 1_704_110_400.0  # 2024-01-01T12:00:00Z; times below are millisecond-exact
 RUN = "manual__2024-01-01T12:00:00.123456+00:00"
@@ -90,8 +90,8 @@ ANSWERS: dict[type, list[Any]] = {
         RunList([]),
         RunList(
             [
-                RunSummary("etl", RUN, RunStatus.QUEUED, {}, T, None, None),
-                RunSummary("etl", RUN, RunStatus.SUCCESS, {"date": "x"}, T, T + 1, T + 2.25),
+                RunRecord("etl", RUN, RunStatus.QUEUED, {}, T, None, None),
+                RunRecord("etl", RUN, RunStatus.SUCCESS, {"date": "x"}, T, T + 1, T + 2.25),
             ],
             request_id=6,
         ),
@@ -217,7 +217,7 @@ def test_answer_shapes_are_the_documented_ones() -> None:
         "tags": [],
         "params": {},
     }
-    run = RunSummary("etl", "r", RunStatus.RUNNING, {"d": "1"}, T, T + 1, None)
+    run = RunRecord("etl", "r", RunStatus.RUNNING, {"d": "1"}, T, T + 1, None)
     assert to_wire(RunList([run]))["runs"] == [
         {
             "dagId": "etl",

@@ -17,10 +17,11 @@ import yaml
 
 from dagd.core.events import EVENT_TYPES
 from dagd.core.model import RunStatus, StepStatus
-from dagd.core.protocol.answers import ANSWER_TYPES, DagSummary, RunSummary
+from dagd.core.protocol.answers import ANSWER_TYPES, DagSummary
 from dagd.core.protocol.codes import CloseCode, ErrorCode, Role
 from dagd.core.protocol.converter import camel
 from dagd.core.protocol.requests import REQUEST_TYPES
+from dagd.core.records import RunRecord
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 ASYNCAPI_TEXT = (DOCS / "asyncapi.yaml").read_text(encoding="utf-8")
@@ -89,7 +90,7 @@ def test_answers_are_exactly_the_answer_classes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("answer", "field", "cls"), [("dags", "dags", DagSummary), ("runs", "runs", RunSummary)]
+    ("answer", "field", "cls"), [("dags", "dags", DagSummary), ("runs", "runs", RunRecord)]
 )
 def test_list_entries_are_exactly_the_summary_classes(answer: str, field: str, cls: type) -> None:
     answers, _ = _answers_and_events()

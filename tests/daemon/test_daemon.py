@@ -28,10 +28,11 @@ from dagd.core.events import (
     StepStatusEvent,
 )
 from dagd.core.model import FINISHED_RUN, RunStatus, StepStatus
+from dagd.core.records import RunRecord
 from dagd.daemon.daemon import Daemon, DaemonError
 from dagd.daemon.hub import Hub
 from dagd.daemon.schema import MIGRATIONS, migrate
-from dagd.daemon.store import RunRecord, StepRecord, Store, StoredEvent, connect
+from dagd.daemon.store import StepRecord, Store, StoredEvent, connect
 from dagd.runtime.local.executor import LocalExecutor
 
 S = StepStatus
@@ -133,7 +134,7 @@ async def test_trigger_events_in_order_and_matching_rows(config: Config) -> None
     async with open_daemon(config) as daemon:
         assert set(daemon.dags) == {"hello"}
         [info] = daemon.list_dags()
-        assert (info.id, info.steps, info.params) == ("hello", ["a", "b"], {"who": "world"})
+        assert (info.dag_id, info.steps, info.params) == ("hello", ["a", "b"], {"who": "world"})
         got: list[StoredEvent] = []
         async with trio.open_nursery() as nursery:
             run_id = await daemon.trigger("hello", {"who": "dagd"})
@@ -487,7 +488,7 @@ async def test_hot_reload_add_change_break_remove(config: Config, tmp_path: Path
         # Add: the new DAG appears.
         write_dag(config, "live", version.format(desc="v1", word="one", out=out))
         await wait_until(lambda: "live" in daemon.dags)
-        assert [d.id for d in daemon.list_dags()] == ["live"]
+        assert [d.dag_id for d in daemon.list_dags()] == ["live"]
         assert daemon.list_dags()[0].description == "v1"
         run1 = await daemon.trigger("live")
         assert (await wait_status(daemon, run1))[0].status == "success"

@@ -19,6 +19,7 @@ import trio
 from dagd.core.config import Config
 from dagd.core.events import DagEvent, DagRunStatusEvent, ErrorEvent, StepStatusEvent
 from dagd.core.model import RunStatus, StepSpec, StepStatus
+from dagd.core.records import RunRecord
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.hub import Hub
 from dagd.daemon.recovery import (
@@ -29,7 +30,7 @@ from dagd.daemon.recovery import (
     recover,
 )
 from dagd.daemon.schema import MIGRATIONS
-from dagd.daemon.store import RunRecord, StepRecord, Store, connect
+from dagd.daemon.store import StepRecord, Store, connect
 from dagd.runtime.executor import (
     AttemptResult,
     Leftover,
@@ -51,7 +52,7 @@ def local_only() -> dict[str, StepExecutor]:
 
 
 def run_record(run_id: str, status: RunStatus = RunStatus.RUNNING) -> RunRecord:
-    return RunRecord(run_id, "d", status, {}, 1.0, 2.0, None)
+    return RunRecord("d", run_id, status, {}, 1.0, 2.0, None)
 
 
 def step_record(run_id: str, step_id: str, status: StepStatus) -> StepRecord:

@@ -13,8 +13,9 @@ import trio
 
 from dagd.core.events import DagRunStatusEvent, ErrorEvent, StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
+from dagd.core.records import RunRecord
 from dagd.daemon.hub import Hub
-from dagd.daemon.store import RecordLeftover, RunRecord, Store, StoredEvent
+from dagd.daemon.store import RecordLeftover, Store, StoredEvent
 
 HANDLE = {"executor": "local", "pgid": 4242, "start_ticks": 99, "boot_id": "boot"}
 
@@ -56,7 +57,7 @@ async def test_every_kind_of_intent_is_written_in_one_batch(tmp_path: Path) -> N
         store.close()
     assert found is not None
     run, [step] = found
-    assert run == RunRecord("r1", "d", RunStatus.QUEUED, {"x": "1"}, 10.0, 11.0, None)
+    assert run == RunRecord("d", "r1", RunStatus.QUEUED, {"x": "1"}, 10.0, 11.0, None)
     assert type(run.status) is RunStatus and type(step.status) is StepStatus
     assert (step.status, step.error, step.duration) == (StepStatus.FAILED, "exit 1", 1000)
     assert step.leftover == HANDLE

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import attrs
 
-from dagd.core.model import RunStatus
 from dagd.core.protocol.codes import ErrorCode, Role
 from dagd.core.protocol.requests import RequestId
+from dagd.core.records import RunRecord
 
 
 @attrs.frozen
@@ -106,24 +106,10 @@ class DagList:
 
 
 @attrs.frozen
-class RunSummary:
-    """One entry of a `runs` answer. Times are UNIX seconds; `started_at` and `ended_at` are
-    None until the run started or ended."""
-
-    dag_id: str
-    run_id: str
-    status: RunStatus
-    params: dict[str, str]
-    queued_at: float
-    started_at: float | None
-    ended_at: float | None
-
-
-@attrs.frozen
 class RunList:
     """The answer to `list_runs` (wire type `runs`), newest run first."""
 
-    runs: list[RunSummary]
+    runs: list[RunRecord]
     request_id: RequestId = None
 
 

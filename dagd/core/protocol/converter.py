@@ -24,9 +24,10 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from dagd.core.events import EVENT_TYPES
 from dagd.core.model import RunStatus, StepStatus
-from dagd.core.protocol.answers import ANSWER_TYPES, DagSummary, Error, RunSummary
+from dagd.core.protocol.answers import ANSWER_TYPES, DagSummary, Error
 from dagd.core.protocol.codes import ErrorCode, Role
 from dagd.core.protocol.requests import MAX_PARAM_NAME, MAX_REQUEST_ID, REQUEST_TYPES, RequestId
+from dagd.core.records import RunRecord
 from dagd.core.timefmt import iso_z, parse_iso
 
 Hook = Callable[[Any, Any], Any]
@@ -212,7 +213,7 @@ def make_converter() -> cattrs.Converter:
         conv.register_unstructure_hook(event_cls, _make_unstructure(event_cls, conv, **overrides))
         conv.register_structure_hook(event_cls, _make_structure(event_cls, conv, **overrides))
 
-    for plain_cls in (DagSummary, RunSummary):  # the entries of `dags` and `runs`
+    for plain_cls in (DagSummary, RunRecord):  # the entries of `dags` and `runs`
         overrides = _overrides(plain_cls)
         conv.register_unstructure_hook(plain_cls, _make_unstructure(plain_cls, conv, **overrides))
         conv.register_structure_hook(plain_cls, _make_structure(plain_cls, conv, **overrides))
