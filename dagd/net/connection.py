@@ -26,30 +26,13 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from dagd.core.config import ServerConfig
-from dagd.core.protocol import answers
+from dagd.core.protocol import answers, requests
 from dagd.core.protocol.answers import Answer
 from dagd.core.protocol.codec import encode, parse_client_message
 from dagd.core.protocol.codes import CloseCode, ErrorCode, Role
 from dagd.core.protocol.events import encode_event
 from dagd.core.protocol.pairs import answer_to, with_request_id
-from dagd.core.protocol.requests import (
-    CONTROL,
-    MAX_DAG_IDS,
-    Auth,
-    Cancel,
-    ListDags,
-    ListRuns,
-    Ping,
-    ProtocolError,
-    Replay,
-    Request,
-    RequestId,
-    Retry,
-    Snapshot,
-    Subscribe,
-    Trigger,
-    Unsubscribe,
-)
+from dagd.core.protocol.requests import CONTROL, MAX_DAG_IDS, ProtocolError, Request, RequestId
 from dagd.daemon.api import DaemonError, DaemonService, StoredEvent, Subscriber
 from dagd.net.auth import AuthThrottle, TokenBook
 from dagd.net.errors import error
@@ -252,7 +235,7 @@ class Connection:
             message = parse_client_message(text)
         except ProtocolError as exc:
             message = exc
-        if not isinstance(message, Auth):
+        if not isinstance(message, requests.Auth):
             detail = f" ({message.message})" if isinstance(message, ProtocolError) else ""
             await self.send_now(
                 error(ErrorCode.AUTH_REQUIRED, f"the first message must be auth{detail}")
@@ -338,8 +321,8 @@ class Connection:
             )
         daemon = self.daemon
         assert self.sub is not None
-        if isinstance(message, Subscribe | Unsubscribe):
-            if isinstance(message, Subscribe):
+        if isinstance(message, requests.Subscribe | requests.Unsubscribe):
+            if isinstance(message, requests.Subscribe):
                 self.dag_ids.update(message.dag_ids)
                 kind: type[answers.Subscribed | answers.Unsubscribed] = answers.Subscribed
             else:
@@ -352,32 +335,32 @@ class Connection:
                 )
             self.sub.set_dags(None if "*" in self.dag_ids else self.dag_ids)
             self.reply(message, kind(sorted(self.dag_ids)))
-            if isinstance(message, Subscribe) and message.since is not None:
+            if isinstance(message, requests.Subscribe) and message.since is not None:
                 # Queued right after the filter changed, with no await in between: every live
                 # event for the new set is behind this job, so the replay and the live stream
                 # join in seq order with nothing repeated.
                 self.queue(_ReplayJob(message.since, rid))
-        elif isinstance(message, Replay):
+        elif isinstance(message, requests.Replay):
             self.queue(_ReplayJob(message.since, rid))
-        elif isinstance(message, Snapshot):
+        elif isinstance(message, requests.Snapshot):
             self.queue(_SnapshotJob(rid))
-        elif isinstance(message, Trigger):
+        elif isinstance(message, requests.Trigger):
             run_id = await daemon.trigger(message.dag_id, message.params)
             self.reply(message, answers.Triggered(message.dag_id, run_id))
-        elif isinstance(message, Cancel):
+        elif isinstance(message, requests.Cancel):
             await daemon.cancel(message.run_id)
             self.reply(message, answers.CancelAccepted(message.run_id))
-        elif isinstance(message, Retry):
+        elif isinstance(message, requests.Retry):
             await daemon.retry(message.run_id)
             self.reply(message, answers.RetryAccepted(message.run_id))
-        elif isinstance(message, ListDags):
+        elif isinstance(message, requests.ListDags):
             self.reply(message, answers.DagList(daemon.list_dags()))
-        elif isinstance(message, ListRuns):
+        elif isinstance(message, requests.ListRuns):
             runs = await daemon.list_runs(message.dag_id, message.limit)
             self.reply(message, answers.RunList(runs))
-        elif isinstance(message, Ping):
+        elif isinstance(message, requests.Ping):
             self.reply(message, answers.Pong(time.time()))
-        elif isinstance(message, Auth):
+        elif isinstance(message, requests.Auth):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "already authenticated", rid)
 
     # ---- writing
