@@ -32,7 +32,7 @@ from dagd.client import (
 )
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent, ErrorEvent
-from dagd.core.model import FINISHED_RUN, FINISHED_STEP
+from dagd.core.model import FINISHED_RUN, FINISHED_STEP, RunStatus
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.timefmt import iso_z
 from dagd.runtime.logfiles import step_logs
@@ -168,7 +168,7 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
 
     console = Console()
     view = RunsView()
-    status = "running"
+    status = RunStatus.RUNNING
 
     def show_line(text: str | None, style: str | None = None) -> None:
         if text and not live:
@@ -210,7 +210,7 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
                     and item.run_id in run_ids
                     and item.status.finished
                 ):
-                    status = str(item.status)
+                    status = item.status
                     return _exit_code(status)
             if display is not None:
                 display.update(view.render())
@@ -237,10 +237,10 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
     return code
 
 
-def _exit_code(run_status: str) -> int:
-    if run_status == "success":
+def _exit_code(run_status: RunStatus) -> int:
+    if run_status is RunStatus.SUCCESS:
         return 0
-    return EXIT_CANCELLED if run_status == "cancelled" else EXIT_FAILED
+    return EXIT_CANCELLED if run_status is RunStatus.CANCELLED else EXIT_FAILED
 
 
 def print_logs(

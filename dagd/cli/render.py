@@ -22,34 +22,41 @@ from dagd.core.events import (
     ErrorEvent,
     StepStatusEvent,
 )
-from dagd.core.model import BUCKET_OF, FINISHED_RUN, ProgressBucket
+from dagd.core.model import BUCKET_OF, FINISHED_RUN, ProgressBucket, RunStatus, StepStatus
 
-STYLE = {
-    "queued": "dim",
-    "pending": "dim",
-    "running": "cyan",
-    "retrying": "yellow",
-    "success": "green",
-    "skipped": "dim",
-    "failed": "bold red",
-    "upstream_failed": "red",
-    "cancelled": "magenta",
+S = StepStatus
+
+#: How each status looks: a rich style and a symbol. A run's statuses are a step's plus
+#: `queued` (StrEnum members equal their text, so both kinds look up here).
+STYLE: dict[str, str] = {
+    RunStatus.QUEUED: "dim",
+    S.PENDING: "dim",
+    S.RUNNING: "cyan",
+    S.RETRYING: "yellow",
+    S.SUCCESS: "green",
+    S.SKIPPED: "dim",
+    S.FAILED: "bold red",
+    S.UPSTREAM_FAILED: "red",
+    S.CANCELLED: "magenta",
 }
-SYMBOL = {
-    "queued": "·",
-    "pending": "·",
-    "running": "▶",
-    "retrying": "↻",
-    "success": "✔",
-    "skipped": "⤼",
-    "failed": "✘",
-    "upstream_failed": "✘",
-    "cancelled": "■",
+SYMBOL: dict[str, str] = {
+    RunStatus.QUEUED: "·",
+    S.PENDING: "·",
+    S.RUNNING: "▶",
+    S.RETRYING: "↻",
+    S.SUCCESS: "✔",
+    S.SKIPPED: "⤼",
+    S.FAILED: "✘",
+    S.UPSTREAM_FAILED: "✘",
+    S.CANCELLED: "■",
 }
+#: Steps worth a line in the live view, and those among them shown last (still moving).
+NOTEWORTHY = frozenset({S.RUNNING, S.RETRYING, S.FAILED, S.UPSTREAM_FAILED, S.CANCELLED})
+MOVING = frozenset({S.RUNNING, S.RETRYING})
 
 
 # Steps per progress bucket, pending left out (the total minus the rest).
-BUCKET = {s: str(b) for s, b in BUCKET_OF.items() if b is not ProgressBucket.PENDING}
+BUCKET = {s: b for s, b in BUCKET_OF.items() if b is not ProgressBucket.PENDING}
 
 
 def format_duration(ms: int | None) -> str:
@@ -69,7 +76,7 @@ def format_duration(ms: int | None) -> str:
 class RunView:
     dag_id: str
     run_id: str
-    status: str = "queued"
+    status: RunStatus = RunStatus.QUEUED
     steps: dict[str, StepStatusEvent] = attrs.field(factory=dict)
     progress: DagRunProgressEvent | None = None
     errors: list[ErrorEvent] = attrs.field(factory=list)
@@ -82,13 +89,21 @@ class RunView:
         if self.progress is None:
             return 0, 0, 0, 0, 0
         total = self.progress.total_steps
-        buckets = {"completed": 0, "running": 0, "failed": 0}
+        buckets = dict.fromkeys(
+            (ProgressBucket.COMPLETED, ProgressBucket.RUNNING, ProgressBucket.FAILED), 0
+        )
         for step in self.steps.values():
             bucket = BUCKET.get(step.status)
             if bucket is not None:
                 buckets[bucket] += 1
         done = sum(buckets.values())
-        return total, buckets["completed"], buckets["running"], buckets["failed"], total - done
+        return (
+            total,
+            buckets[ProgressBucket.COMPLETED],
+            buckets[ProgressBucket.RUNNING],
+            buckets[ProgressBucket.FAILED],
+            total - done,
+        )
 
 
 class RunsView:
@@ -113,8 +128,8 @@ class RunsView:
         assert event.run_id is not None
         run = self.view(event.dag_id, event.run_id)
         if isinstance(event, DagRunStatusEvent):
-            run.status = str(event.status)
-            if event.status == "running" and run.started is None:
+            run.status = event.status
+            if event.status is RunStatus.RUNNING and run.started is None:
                 run.started = event.timestamp
             if event.status in FINISHED_RUN:
                 run.ended = event.timestamp
@@ -137,7 +152,7 @@ class RunsView:
             extra = f" ({format_duration(event.duration)})" if event.duration is not None else ""
             if event.retry_count:
                 extra += f" [retry {event.retry_count}]"
-            if event.error and event.status != "retrying":
+            if event.error and event.status is not S.RETRYING:
                 extra += f": {event.error}"
             return f"{stamp}  {event.step_id:<24} {event.status}{extra}"
         if isinstance(event, ErrorEvent):
@@ -175,12 +190,8 @@ class RunsView:
             ),
         )
         steps = Table.grid(padding=(0, 1))
-        shown = [
-            s
-            for s in run.steps.values()
-            if s.status in ("running", "retrying", "failed", "upstream_failed", "cancelled")
-        ]
-        shown.sort(key=lambda s: (s.status in ("running", "retrying"), s.timestamp))
+        shown = [s for s in run.steps.values() if s.status in NOTEWORTHY]
+        shown.sort(key=lambda s: (s.status in MOVING, s.timestamp))
         hidden = max(0, len(shown) - self.max_step_lines)
         for s in shown[-self.max_step_lines :]:
             steps.add_row(
@@ -236,7 +247,7 @@ class RunsView:
         )
         console.print("  " + ", ".join(f"{n} {k}" for k, n in sorted(by_status.items())))
         for s in run.steps.values():
-            if s.status == "failed":
+            if s.status is S.FAILED:
                 console.print(Text(f"  ✘ {s.step_id}: {s.error}", style="red"))
 
 
