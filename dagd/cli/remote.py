@@ -45,12 +45,19 @@ EXIT_CANCELLED = 130
 
 @attrs.frozen
 class Endpoint:
+    """Where a client command connects: the WebSocket `url`, the `token`, and where the token
+    came from (`token_source`, said in errors so a wrong one can be found)."""
+
     url: str
     token: str
     token_source: str
 
 
 def resolve_endpoint(config: Config, url: str | None, token: str | None) -> Endpoint:
+    """The endpoint of the daemon `config` describes. The URL: `url`, else $DAGD_URL, else
+    the config's (0.0.0.0 read as 127.0.0.1). The token, first found: `token`, $DAGD_TOKEN,
+    an `operate` token of the config (inline or from its environment variable), the token
+    file in the state folder. Raises click.ClickException when none is found."""
     url = url or os.environ.get("DAGD_URL") or config.url.replace("0.0.0.0", "127.0.0.1")
     if token:
         return Endpoint(url, token, "--token")
@@ -116,6 +123,7 @@ def run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 
 async def list_dags(endpoint: Endpoint) -> None:
+    """`dagd dags`: one line per loaded DAG (id, schedule, next run, steps, description)."""
     async with open_client(endpoint, []) as client:
         dags = await client.list_dags()
     for dag in dags:
@@ -128,6 +136,7 @@ async def list_dags(endpoint: Endpoint) -> None:
 
 
 async def list_runs(endpoint: Endpoint, dag_id: str | None, limit: int) -> None:
+    """`dagd runs`: the newest `limit` runs (of `dag_id`, or of all), one line each."""
     async with open_client(endpoint, []) as client:
         runs = await client.list_runs(dag_id, limit)
     if not runs:
@@ -138,6 +147,8 @@ async def list_runs(endpoint: Endpoint, dag_id: str | None, limit: int) -> None:
 
 
 async def control(endpoint: Endpoint, action: str, run_id: str) -> None:
+    """`dagd cancel` / `dagd retry` (`action` "cancel" or "retry"). Raises ClientError with
+    the daemon's code (unknown_run, not_running, not_finished, not_retryable, ...)."""
     async with open_client(endpoint, []) as client:
         await (client.cancel(run_id) if action == "cancel" else client.retry(run_id))
     click.echo(f"{action} accepted: {run_id}")
@@ -146,6 +157,8 @@ async def control(endpoint: Endpoint, action: str, run_id: str) -> None:
 async def trigger(
     endpoint: Endpoint, dag_id: str, params: dict[str, str], wait: bool, live: bool
 ) -> int:
+    """`dagd trigger`: start a run; with `wait`, follow it and return its exit code (0
+    success, else the failed or cancelled code), else 0 once it is queued."""
     async with open_client(endpoint, [dag_id]) as client:
         run_id = await client.trigger(dag_id, params)
         click.echo(f"triggered {dag_id}: {run_id}", err=wait)
@@ -155,6 +168,8 @@ async def trigger(
 
 
 async def watch(endpoint: Endpoint, dag_ids: list[str], live: bool) -> int:
+    """`dagd watch`: follow the runs of `dag_ids` (["*"]: all) until interrupted, from a
+    snapshot of where they are now."""
     async with open_client(endpoint, dag_ids, retry_first=True, initial_snapshot=True) as client:
         return await follow(client, None, live, stop_when_done=False)
 

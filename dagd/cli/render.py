@@ -60,6 +60,7 @@ BUCKET = {s: b for s, b in BUCKET_OF.items() if b is not ProgressBucket.PENDING}
 
 
 def format_duration(ms: int | None) -> str:
+    """Milliseconds as a person reads them: 1.5s, 2m05s, 1h02m ("" for None)."""
     if ms is None:
         return ""
     seconds = ms / 1000
@@ -74,6 +75,8 @@ def format_duration(ms: int | None) -> str:
 
 @attrs.define
 class RunView:
+    """What the terminal knows of one run, folded from its events."""
+
     dag_id: str
     run_id: str
     status: RunStatus = RunStatus.QUEUED
@@ -116,12 +119,14 @@ class RunsView:
         self.dag_errors: list[ErrorEvent] = []
 
     def view(self, dag_id: str, run_id: str) -> RunView:
+        """The view of `run_id`, made on first sight."""
         run = self.runs.get(run_id)
         if run is None:
             run = self.runs[run_id] = RunView(dag_id, run_id)
         return run
 
     def apply(self, event: DagEvent) -> None:
+        """Fold one event into the views (a DAG file's error is kept apart)."""
         if isinstance(event, ErrorEvent) and event.run_id is None:
             self.dag_errors.append(event)
             return

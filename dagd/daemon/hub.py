@@ -75,6 +75,7 @@ class Subscriber:
         return item
 
     def wants(self, dag_id: str) -> bool:
+        """Does this subscriber get events of `dag_id`?"""
         return self.dag_ids is None or dag_id in self.dag_ids
 
     def set_dags(self, dag_ids: Iterable[str] | None) -> None:
@@ -105,12 +106,16 @@ class Subscriber:
 
 
 class Hub:
+    """The fan-out: `publish` hands each committed batch to every subscriber that wants it,
+    never waiting; a subscriber whose queue is full is cut off (see the module docstring)."""
+
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
         self.delivered = 0
         self.dropped_subscribers = 0
 
     def subscribe(self, dag_ids: Iterable[str] | None = None, buffer: int = 1024) -> Subscriber:
+        """A new subscriber for `dag_ids` (None: every DAG) with a queue of `buffer` events."""
         sub = Subscriber(self, dag_ids, buffer)
         self._subscribers.add(sub)
         return sub
@@ -121,6 +126,7 @@ class Hub:
 
     @property
     def subscriber_count(self) -> int:
+        """How many subscriptions are open."""
         return len(self._subscribers)
 
     def close_all(self) -> None:

@@ -38,6 +38,7 @@ def summarise(ctx: StepContext) -> None:
 
 
 def check(ctx: StepContext) -> None:
+    """Fail the run if the summary's mean is out of range (raises ValueError)."""
     summary = json.loads(_scratch(ctx).read_text())
     _scratch(ctx).unlink()
     if not 80 <= summary["mean"] <= 120:
