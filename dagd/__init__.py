@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from dagd import client
     from dagd.app import open_daemon
     from dagd.daemon.daemon import Daemon, DaemonError, EventStream
+    from dagd.daemon.statelock import StateDirError, StateDirInUse
     from dagd.runtime.engine import run_dag
     from dagd.runtime.executor import StepContext
 
@@ -34,6 +35,8 @@ _LAZY = {
     "Daemon": "dagd.daemon.daemon",
     "DaemonError": "dagd.daemon.daemon",
     "EventStream": "dagd.daemon.daemon",
+    "StateDirError": "dagd.daemon.statelock",
+    "StateDirInUse": "dagd.daemon.statelock",
     "StepContext": "dagd.runtime.executor",
     "run_dag": "dagd.runtime.engine",
 }
@@ -51,6 +54,8 @@ __all__ = [
     "EventStream",
     "RunState",
     "RunStatus",
+    "StateDirError",
+    "StateDirInUse",
     "StepContext",
     "StepSpec",
     "StepStatus",

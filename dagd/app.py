@@ -25,6 +25,7 @@ from dagd.core.config import Config
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.hub import Hub
+from dagd.daemon.statelock import StateLock
 from dagd.daemon.store import Store
 from dagd.net.server import Server, serve
 from dagd.runtime.local.executor import LocalExecutor
@@ -59,11 +60,26 @@ async def open_app(
     config.server's host/port (`app.server`, `app.url`). Leaving the block cancels active runs
     (killing their processes) and commits every event (see `shut_down`).
 
+    The state folder (config.state_dir) is this block's alone: it holds an OS lock on
+    `<state_dir>/dagd.lock` from before the store opens until the block is left (the kernel
+    drops it if the process dies). Raises `StateDirInUse` (dagd.StateDirInUse), before reading
+    or writing anything, if another process or another `open_app` of this one holds that
+    folder; its message is one line, `another dagd (pid 1234) is using <state_dir>; stop it
+    first`. Raises `StateDirError` (its base) if the lock file cannot be made or locked (a
+    read-only folder, a filesystem without locks).
+
     Raises `sqlite3.DatabaseError` for a state file that is not dagd's or is newer than this
     dagd, and OSError if the WebSocket address cannot be bound.
     """
-    hub = Hub()
-    store = Store.open(config.db_path, on_commit=hub.publish)
+    # First of all: a second process on this state folder is refused before it reads or
+    # writes anything (recovery would otherwise kill the live daemon's steps).
+    state_lock = StateLock.acquire(config.state_dir)
+    try:
+        hub = Hub()
+        store = Store.open(config.db_path, on_commit=hub.publish)
+    except BaseException:
+        state_lock.release()
+        raise
     try:
         # The daemon records each attempt's leftover handle itself (recovery.LeftoverRecorder).
         executor = LocalExecutor(log_dir=config.log_dir, grace=config.kill_grace)
@@ -86,7 +102,10 @@ async def open_app(
                         await shut_down(daemon, store, hub, closers)
                     nursery.cancel_scope.cancel()  # the store's writer commits what is left
     finally:
-        store.close()
+        try:
+            store.close()
+        finally:
+            state_lock.release()  # last: the folder is free once everything is on disk
 
 
 @asynccontextmanager
@@ -97,7 +116,9 @@ async def open_daemon(
     websocket: bool = False,
 ) -> AsyncIterator[Daemon]:
     """`open_app`, yielding just the daemon: what an embedding program talks to (trigger,
-    cancel, retry, events, queries). Same arguments, behaviour and errors as `open_app`."""
+    cancel, retry, events, queries). Same arguments, behaviour and errors as `open_app`; in
+    particular it raises `dagd.StateDirInUse` at once, having touched nothing, while another
+    process (or another `open_daemon` in this one) uses the same state_dir."""
     async with open_app(config, clock=clock, websocket=websocket) as app:
         yield app.daemon
 

@@ -36,6 +36,8 @@ PUBLIC = {
     "DaemonError",
     "EventStream",
     "RunState",
+    "StateDirError",
+    "StateDirInUse",
     "run_dag",
     # the reconnecting WebSocket client library
     "client",

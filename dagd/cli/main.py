@@ -23,6 +23,7 @@ from dagd.core.model import RunStatus
 from dagd.core.runstate import RunState
 from dagd.core.timefmt import RunIdFactory
 from dagd.daemon.dagfolder import load_dag_folder
+from dagd.daemon.statelock import StateDirError
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.local.executor import LocalExecutor
 from dagd.runtime.local.procs import raise_open_files_limit
@@ -292,6 +293,8 @@ def serve(
         log.debug("open files limit raised from %d to %d", before, after)
     try:
         trio.run(_serve, config)
+    except StateDirError as exc:  # another daemon owns the folder: one line, nothing touched
+        raise click.ClickException(exc.message) from None
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
 
