@@ -20,7 +20,8 @@ Rules this file keeps:
 - A state folder whose lock cannot be taken at all (read-only and without a lock file yet,
   or on a filesystem without locks, such as NFS mounted with `nolock`) refuses too: dagd
   never runs on a folder it cannot keep to itself. Its SQLite history needs working locks as
-  well.
+  well. On NFS with working locks, Linux emulates `flock` with whole-file POSIX locks: two
+  hosts exclude each other (the note names the host), but two daemons in one process do not.
 """
 
 from __future__ import annotations
