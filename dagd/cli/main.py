@@ -19,6 +19,7 @@ import trio
 
 from dagd.core.config import Config, ConfigError, default_config, parse_config
 from dagd.core.events import DagEvent
+from dagd.core.exceptiongroups import unwrap_single
 from dagd.core.model import RunStatus
 from dagd.core.runstate import RunState
 from dagd.core.timefmt import RunIdFactory
@@ -292,7 +293,8 @@ def serve(
     if after > before:
         log.debug("open files limit raised from %d to %d", before, after)
     try:
-        trio.run(_serve, config)
+        with unwrap_single():  # _serve's nursery wraps even a start-up error in a group
+            trio.run(_serve, config)
     except StateDirError as exc:  # another daemon owns the folder: one line, nothing touched
         raise click.ClickException(exc.message) from None
     except OSError as exc:
