@@ -4,14 +4,20 @@
 connection: it puts a `ConnectionStream` (dagd's own, dagd/net/stream.py) under the connection,
 hands it to trio-websocket with the public `wrap_server_stream`, answers the handshake (404 for
 any other path, 403 for a refused Origin, 503 while closing or full), and passes an accepted
-WebSocket to a `Connection` (dagd/net/connection.py). The server keeps the connection registry,
+WebSocket to a `Connection` (dagd/net/connection.py). Every connection that does not become a
+WebSocket (refused, malformed, over-long or stalled handshake) is closed by the server at once,
+so a refused client never holds a task or a descriptor; at most `max_connections` handshakes are
+in progress at a time (more are answered 503 and closed without being read), so stalled
+handshakes cannot pile up descriptors either. The server keeps the connection registry,
 sends heartbeats, and closes every connection with 1001 on shutdown (`close_all`, called by the
 composition root after the runs stopped and the store is flushed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import ssl
 import time
 from typing import Any
@@ -39,6 +45,12 @@ log = logging.getLogger("dagd.net.server")
 PATH = "/api/v1/ws"
 MESSAGE_QUEUE_SIZE = 4  # inbound messages trio-websocket holds before its reader waits
 DISCONNECT_TIMEOUT = 2.0  # seconds for the closing handshake at the end of a connection
+#: Written, best effort and without reading the request, to a connection that finds
+#: max_connections handshakes already in progress; then the connection is closed.
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 20\r\nconnection: close\r\n\r\n"
+    b"too many handshakes\n"
+)
 
 #: Errors that end one connection and nothing else.
 _CONNECTION_ERRORS = (
@@ -61,7 +73,9 @@ class Server:
         self.tokens = TokenBook.from_config(config)
         self.throttle = AuthThrottle()
         self.frames = FrameCache()  # each event's frame, built once for every client
-        self.connections = 0
+        self.connections = 0  # accepted WebSockets (authenticated or not)
+        self.handshaking = 0  # TCP connections whose HTTP handshake is not finished
+        self.busy_refused = 0  # connections closed unread: max_connections handshakes pending
         self.authenticated: set[Connection] = set()
         self.unauthenticated: set[Connection] = set()  # accepted, auth not yet done
         self.slow_closed = 0
@@ -76,18 +90,29 @@ class Server:
         `trio.serve_listeners` calls this per connection; nothing may escape it (an exception
         here would stop the whole server): a connection's errors are logged, never raised.
         """
+        if self.handshaking >= self.config.max_connections:
+            await self._refuse_busy(transport)
+            return
         stream = ConnectionStream(transport)
         peer = stream.peer
         try:
             async with trio.open_nursery() as nursery:
                 request = None
-                with trio.move_on_after(self.config.handshake_timeout):
-                    request = await wrap_server_stream(
-                        nursery,
-                        stream,
-                        message_queue_size=MESSAGE_QUEUE_SIZE,
-                        max_message_size=self.config.max_message_size,
-                    )
+                self.handshaking += 1
+                try:
+                    with trio.move_on_after(self.config.handshake_timeout) as scope:
+                        # A refused or abandoned handshake ends the stream but not the wait
+                        # for a request (see ConnectionStream.on_end): stop waiting then.
+                        stream.on_end = scope.cancel
+                        request = await wrap_server_stream(
+                            nursery,
+                            stream,
+                            message_queue_size=MESSAGE_QUEUE_SIZE,
+                            max_message_size=self.config.max_message_size,
+                        )
+                finally:
+                    stream.on_end = None
+                    self.handshaking -= 1
                 if request is not None:
                     await self.handle(request, stream, peer)
                 nursery.cancel_scope.cancel()  # trio-websocket's reader task
@@ -105,6 +130,16 @@ class Server:
             # Also after request.reject(): trio-websocket leaves the stream open then.
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+
+    async def _refuse_busy(self, transport: Transport) -> None:
+        """Too many handshakes in progress: a 503 if the kernel takes it at once (plain TCP
+        only: TLS would need a handshake first), then close. Never waits for the peer."""
+        self.busy_refused += 1
+        if isinstance(transport, trio.SocketStream):
+            with contextlib.suppress(OSError):  # trio's sockets never block
+                os.write(transport.socket.fileno(), BUSY_RESPONSE)
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(transport)
 
     async def handle(self, request: WebSocketRequest, stream: ConnectionStream, peer: str) -> None:
         """Answer the handshake, then serve an accepted WebSocket until it closes."""

@@ -36,6 +36,13 @@ class ConnectionStream(trio.abc.Stream):
     library closes this stream after failing the connection itself (a code in
     FAILED_CONNECTION_CODES and no close frame written), `aclose` writes the close frame first,
     so the client sees why (RFC 6455 7.1.7) instead of a dropped connection (1006).
+
+    `on_end`, if set, is called once the connection has ended for either side: the peer's end
+    of stream or a broken transport seen by `receive_some`, or `aclose`. The server sets it
+    during the handshake: trio-websocket answers a request it refuses (not a WebSocket
+    upgrade, headers over its limit) with a 400 and closes the stream, and stops reading on a
+    peer's early end of stream, but in both cases leaves `wrap_server_stream` waiting for a
+    request that never comes.
     """
 
     def __init__(self, transport: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
@@ -47,6 +54,12 @@ class ConnectionStream(trio.abc.Stream):
         self._closed = False
         self._close_sent = False
         self.close_reason: Callable[[], tuple[int, str] | None] | None = None
+        self.on_end: Callable[[], None] | None = None
+
+    def _ended(self) -> None:
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
 
     @property
     def peer(self) -> str:
@@ -122,14 +135,22 @@ class ConnectionStream(trio.abc.Stream):
         await self.transport.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        """trio.abc.Stream: delegated to the transport."""
-        return await self.transport.receive_some(max_bytes)
+        """trio.abc.Stream: delegated to the transport (b"" or an error also calls `on_end`)."""
+        try:
+            data = await self.transport.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._ended()
+            raise
+        if not data:
+            self._ended()
+        return data
 
     async def aclose(self) -> None:
         """Close the transport (idempotent); first write the close frame of a connection the
         WebSocket library failed without one (see the class docstring), for at most 1 s."""
         if self._closed:
             return
+        self._ended()
         reason = self.close_reason() if self.close_reason is not None else None
         if reason is not None and reason[0] in FAILED_CONNECTION_CODES and not self._close_sent:
             self._close_sent = True
