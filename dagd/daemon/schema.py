@@ -101,6 +101,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     "ALTER TABLE steps ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;",
     # 3: leftover handles as JSON (the local executor's columns converted once)
     _leftover_handles,
+    # 4: the DAG definition each run was triggered with (dagd/core/dagsnapshot.py): each
+    # version's JSON once in dag_versions, and the run's version in runs.dag_version (NULL for
+    # runs recorded before: they kept no definition)
+    """
+    CREATE TABLE IF NOT EXISTS dag_versions (
+        version TEXT PRIMARY KEY,
+        dag_id TEXT NOT NULL,
+        definition TEXT NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE runs ADD COLUMN dag_version TEXT;
+    """,
 )
 
 VERSION = len(MIGRATIONS)

@@ -69,6 +69,7 @@ class RecordRun:
     dag_id: str
     params_json: str  # the bound params as a JSON object
     queued_at: float  # UNIX seconds
+    dag_version: str | None = None  # the definition it runs (a RecordDagVersion), if known
 
 
 @attrs.frozen(slots=True)
@@ -100,6 +101,16 @@ class RecordLeftover:
 
 
 @attrs.frozen(slots=True)
+class RecordDagVersion:
+    """A DAG definition runs are bound to (dagd/core/dagsnapshot.py): its JSON text, stored once
+    per version; a known version is left alone."""
+
+    version: str
+    dag_id: str
+    definition: str
+
+
+@attrs.frozen(slots=True)
 class RecordSlot:
     """The cron slot a DAG was last fired for."""
 
@@ -108,7 +119,7 @@ class RecordSlot:
 
 
 #: Everything the writer writes.
-Intent = StoredEvent | RecordRun | Requeue | RecordLeftover | RecordSlot
+Intent = StoredEvent | RecordRun | Requeue | RecordLeftover | RecordSlot | RecordDagVersion
 
 
 # ------------------------------------------------------------------ records
@@ -167,6 +178,10 @@ def _step_record(row: Sequence[Any]) -> StepRecord:
 
 
 _RUN_COLUMNS = "run_id, dag_id, status, params, queued_at, started_at, ended_at"
+_DEFINITION_OF_RUN = (
+    "SELECT v.version, v.definition FROM runs r JOIN dag_versions v ON v.version = r.dag_version"
+    " WHERE r.run_id = ?"
+)
 _STEP_COLUMNS = (
     "run_id, step_id, status, retry_count, start_time, end_time, duration, error, leftover, attempt"
 )
@@ -233,11 +248,22 @@ class Store:
         self._wakeup.set()
 
     def record_run(
-        self, run_id: str, dag_id: str, params: dict[str, str], queued_at: float
+        self,
+        run_id: str,
+        dag_id: str,
+        params: dict[str, str],
+        queued_at: float,
+        dag_version: str | None = None,
     ) -> None:
         """Queue the creation of a run row as queued (before its first event); `queued_at` in
-        UNIX seconds."""
-        self._queue(RecordRun(run_id, dag_id, json.dumps(params), queued_at))
+        UNIX seconds; `dag_version` the definition it is bound to (queue that definition with
+        `record_dag_version` first, or in the same batch)."""
+        self._queue(RecordRun(run_id, dag_id, json.dumps(params), queued_at, dag_version))
+
+    def record_dag_version(self, version: str, dag_id: str, definition: str) -> None:
+        """Queue a DAG definition's JSON text under its version (once per version is enough;
+        a version already stored is left alone). Once per definition, not per run or event."""
+        self._queue(RecordDagVersion(version, dag_id, definition))
 
     def record_leftover(self, leftover: RecordLeftover) -> None:
         """Queue a running step's leftover handle (it replaces the step's earlier one), so a
@@ -364,11 +390,24 @@ class Store:
                         self._write_run_status(conn, ev)
                     continue
                 match item:
-                    case RecordRun(run_id, dag_id, params_json, queued_at):
+                    case RecordRun(run_id, dag_id, params_json, queued_at, dag_version):
                         conn.execute(
                             "INSERT OR IGNORE INTO runs (run_id, dag_id, status, params,"
-                            " queued_at) VALUES (?, ?, ?, ?, ?)",
-                            (run_id, dag_id, RunStatus.QUEUED.value, params_json, queued_at),
+                            " queued_at, dag_version) VALUES (?, ?, ?, ?, ?, ?)",
+                            (
+                                run_id,
+                                dag_id,
+                                RunStatus.QUEUED.value,
+                                params_json,
+                                queued_at,
+                                dag_version,
+                            ),
+                        )
+                    case RecordDagVersion(version, dag_id, definition):
+                        conn.execute(
+                            "INSERT OR IGNORE INTO dag_versions (version, dag_id, definition)"
+                            " VALUES (?, ?, ?)",
+                            (version, dag_id, definition),
                         )
                     case Requeue(run_id):
                         conn.execute(
@@ -489,6 +528,22 @@ class Store:
     def schedule_slots(self) -> dict[str, float]:
         """The last fired cron slot (UNIX seconds) by DAG id (read at startup)."""
         return dict(self._read("SELECT dag_id, last_slot FROM schedule"))
+
+    def run_definitions(self, run_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """(version, definition JSON) of the given runs that have one stored, by run id (runs
+        recorded before dagd kept definitions have none). Read on the loop: for startup."""
+        found: dict[str, tuple[str, str]] = {}
+        for run_id in run_ids:
+            rows = self._read(_DEFINITION_OF_RUN, (run_id,))
+            if rows:
+                found[run_id] = (rows[0][0], rows[0][1])
+        return found
+
+    async def run_definition(self, run_id: str) -> tuple[str, str] | None:
+        """(version, definition JSON) the run is bound to, None if it has none stored (or no
+        such run). Read in a worker thread."""
+        rows = await self.read(_DEFINITION_OF_RUN, (run_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def unfinished(self) -> tuple[list[RunRecord], list[StepRecord]]:
         """Runs and steps a previous process left queued or running (read at startup)."""
