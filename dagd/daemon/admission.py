@@ -1,8 +1,11 @@
 """Run admission: which runs wait, which may start, and which finished runs are kept at hand.
 
 Rules this file keeps:
-- Runs of one DAG start in the order they were queued, at most `max_active_runs` at a time
-  (the DAG's value when the run was queued). Runs of different DAGs never wait for each other.
+- Runs of one DAG start in the order they were queued, at most `max_active_runs` at a time:
+  the limit the caller gives `admit` (the daemon: the DAG's *current* definition, so an edit
+  applies to runs already waiting), else the run's own definition's. Lowering it stops no
+  running run: the next ones wait until fewer than the new limit run. Runs of different DAGs
+  never wait for each other.
 - A run id is in at most one place: queued, running, or remembered as finished. Queueing a run
   id that is queued or running is a `duplicate_run`.
 - The newest `remember` finished runs stay in memory (for retry and snapshots); older ones are
@@ -53,14 +56,16 @@ class Admission:
         self.check_new(state.run_id)
         self._queues.setdefault(state.dag.id, deque()).append(state)
 
-    def admit(self, dag_id: str) -> list[RunState]:
-        """Take the queued runs of `dag_id` that may start now (its max_active_runs allows),
-        oldest first; they count as running until `finished`."""
+    def admit(self, dag_id: str, max_active_runs: int | None = None) -> list[RunState]:
+        """Take the queued runs of `dag_id` that may start now, oldest first, while fewer than
+        `max_active_runs` of its runs run (None: the first waiting run's own definition's
+        limit); they count as running until `finished`."""
         queue = self._queues.get(dag_id)
         started: list[RunState] = []
         while queue:
             state = queue[0]
-            if self._running_per_dag.get(dag_id, 0) >= state.dag.max_active_runs:
+            limit = state.dag.max_active_runs if max_active_runs is None else max_active_runs
+            if self._running_per_dag.get(dag_id, 0) >= limit:
                 break
             queue.popleft()
             self._running[state.run_id] = state
@@ -73,6 +78,10 @@ class Admission:
         del self._running[state.run_id]
         self._running_per_dag[state.dag.id] -= 1
         self.remember(state)
+
+    def waiting_dags(self) -> list[str]:
+        """The ids of the DAGs that have runs waiting for a slot."""
+        return [dag_id for dag_id, queue in self._queues.items() if queue]
 
     def remove_queued(self, run_id: str) -> RunState | None:
         """Take a waiting run out of its queue (to cancel it); None if it is not queued."""

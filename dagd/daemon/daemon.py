@@ -25,6 +25,13 @@ from typing import Any
 import trio
 
 from dagd.core.config import Config
+from dagd.core.dagsnapshot import (
+    SHORT_VERSION,
+    SnapshotError,
+    dag_from_json,
+    dag_to_json,
+    dag_version,
+)
 from dagd.core.events import DagEvent, ErrorEvent
 from dagd.core.model import RETRYABLE_RUN, DagSpec, RunStatus, StepStatus
 from dagd.core.protocol.answers import DagSummary
@@ -79,6 +86,9 @@ class Daemon:
         self.active: dict[str, RunDriver] = {}  # running runs by run id
         self.scheduler = CronScheduler(clock, self._fire_scheduled, store.record_slot)
         self._run_ids = RunIdFactory()
+        # The version of the definition each DAG id's runs were last bound to, with that very
+        # DagSpec: a trigger of an unchanged DAG finds it here and stores nothing new.
+        self._versions: dict[str, tuple[DagSpec, str]] = {}
         self._nursery: trio.Nursery | None = None
         self._accepting = False
         self._idle = trio.Event()
@@ -92,9 +102,11 @@ class Daemon:
         self._nursery = nursery
         executors = self.executors  # one executor, or the registry by name
         registry = executors if isinstance(executors, Mapping) else {executors.name: executors}
-        await recover(self.store, registry, self.publish, self.clock())
         self.scheduler.last_slots.update(self.store.schedule_slots())
         self.reload()
+        # After the folder is loaded: a run recorded before dagd stored each run's definition
+        # is closed out with its DAG's loaded steps.
+        await recover(self.store, registry, self.publish, self.clock(), self.dags)
         self._accepting = True
         await nursery.start(self.scheduler.run)
         nursery.start_soon(self._watch_folder)
@@ -138,6 +150,10 @@ class Daemon:
             self.publish(ErrorEvent(refused.dag_id, None, None, refused.text, self.clock()))
         if reloaded.changed:
             self.scheduler.set_dags(self.dags)
+            # Waiting runs are admitted under the current max_active_runs (docs/dags.md): a
+            # raised limit starts more of them now.
+            for dag_id in self.admission.waiting_dags():
+                self._launch(dag_id)
 
     async def _watch_folder(self) -> None:
         while True:
@@ -238,7 +254,7 @@ class Daemon:
             raise DaemonError("invalid_params", str(exc)) from None
         self._check_accepting()
         run_id = self._run_ids.make("manual", self.clock())
-        self.store.record_run(run_id, dag.id, bound, self.clock())
+        self.store.record_run(run_id, dag.id, bound, self.clock(), self._bind(dag))
         await self.store.flush()
         return self._enqueue(dag, run_id, bound, recorded=True)
 
@@ -259,17 +275,33 @@ class Daemon:
         now = self.clock()
         state = RunState(dag, run_id, params, progress_interval=self.config.progress_interval)
         if not recorded:
-            self.store.record_run(run_id, dag.id, params, now)
+            self.store.record_run(run_id, dag.id, params, now, self._bind(dag))
         self.publish(state.run_event(now))  # queued
         self.admission.enqueue(state)
         self._launch(dag.id)
         return run_id
 
+    def _bind(self, dag: DagSpec) -> str:
+        """The version of `dag`, a definition a new run is bound to; its JSON text is queued
+        for the store the first time (per definition and process, not per run: an unchanged
+        DAG costs a dict lookup)."""
+        known = self._versions.get(dag.id)
+        if known is not None and known[0] is dag:
+            return known[1]
+        definition = dag_to_json(dag)
+        version = dag_version(definition)
+        self.store.record_dag_version(version, dag.id, definition)
+        self._versions[dag.id] = (dag, version)
+        return version
+
     def _launch(self, dag_id: str) -> None:
-        """Start the queued runs of `dag_id` that its max_active_runs allows."""
+        """Start the queued runs of `dag_id` that its max_active_runs allows: the DAG's current
+        definition's (loaded now), else, for a DAG no longer loaded, the runs' own."""
         if not self._accepting:
             return
-        for state in self.admission.admit(dag_id):
+        current = self.dags.get(dag_id)
+        limit = current.max_active_runs if current is not None else None
+        for state in self.admission.admit(dag_id, limit):
             driver = RunDriver(
                 state,
                 self.executors,
@@ -346,9 +378,12 @@ class Daemon:
         """Run a failed or cancelled run again under the same run id (returned): successful
         steps are kept, the rest run again, their attempt numbers going on from the last try.
 
-        Like `trigger`, it answers once the run is stored as queued again; its events (queued,
-        then running when the DAG's max_active_runs allows, ...) follow the answer. A run no
-        longer in memory is rebuilt from the store (its DAG must still be loaded).
+        The run reruns the definition it was triggered with (stored with it: the same after a
+        restart; docs/dags.md), not the DAG file as edited since; its DAG must still be loaded,
+        whose current max_active_runs it waits for. A run recorded before dagd stored
+        definitions reruns the loaded DAG. Like `trigger`, it answers once the run is stored as
+        queued again; its events (queued, then running when the DAG's max_active_runs allows,
+        ...) follow the answer.
 
         Raises DaemonError with code:
         - `not_finished`: the run is queued or running, or another retry of it is under way;
@@ -362,6 +397,7 @@ class Daemon:
         with self.admission.retrying(run_id):
             state = self.admission.recall(run_id) or await self._restore(run_id)
             try:
+                self._dag(state.dag.id)  # still loaded: in memory or not, one rule
                 if state.status not in RETRYABLE_RUN:
                     raise DaemonError(
                         "not_retryable",
@@ -384,13 +420,16 @@ class Daemon:
             return run_id
 
     async def _restore(self, run_id: str) -> RunState:
-        """A finished run rebuilt from its records (it was not in memory)."""
+        """A finished run rebuilt from its records (it was not in memory), with the definition
+        stored with it (else the loaded DAG). Raises DaemonError('unknown_run'), or
+        ('unknown_dag') for a run with no stored definition whose DAG is not loaded."""
         found = await self.store.get_run(run_id)
         if found is None:
             raise DaemonError("unknown_run", f"no run {run_id!r}")
         record, steps = found
+        bound = await self.run_definition(run_id)
         return RunState.restore(
-            self._dag(record.dag_id),
+            bound[1] if bound is not None else self._dag(record.dag_id),
             run_id,
             record.params,
             record.status if record.status.finished else RunStatus.FAILED,
@@ -402,6 +441,23 @@ class Daemon:
         )
 
     # --------------------------------------------------------------- queries
+
+    async def run_definition(self, run_id: str) -> tuple[str, DagSpec] | None:
+        """(version, definition) a run is bound to: the DAG definition current when it was
+        triggered, as stored with it (docs/dags.md; the version is 64 hex digits, people see
+        the first 12). None for an unknown run, one recorded before dagd stored definitions,
+        or one whose stored definition cannot be read (logged). Read in a worker thread."""
+        stored = await self.store.run_definition(run_id)
+        if stored is None:
+            return None
+        version, text = stored
+        try:
+            return version, dag_from_json(text)
+        except SnapshotError as exc:
+            log.warning(
+                "run %s: its stored definition %s: %s", run_id, version[:SHORT_VERSION], exc
+            )
+            return None
 
     def list_dags(self) -> list[DagSummary]:
         """Every loaded DAG, sorted by id, with its next scheduled run (UNIX seconds)."""

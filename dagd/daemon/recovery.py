@@ -3,9 +3,14 @@ left behind is killed, before the next daemon starts anything.
 
 Rules this file keeps:
 - Nothing stays running across a restart: every run the store has as queued or running gets a
-  failed run status, its unfinished steps a final status (running or retrying: failed; pending:
-  cancelled), all with the error `INTERRUPTED`. Finished steps keep theirs, so a retry reruns
-  only what did not succeed.
+  failed run status, and every step of its DAG that is not final gets a final status (running
+  or retrying: failed; pending, or never started so without a row: cancelled), all with the
+  error `INTERRUPTED`, then one `dag_run_progress` whose counts have nothing running or
+  pending. Finished steps keep theirs, so a retry reruns only what did not succeed.
+- The steps of a run are those of the definition it was triggered with, stored with it
+  (dagd/core/dagsnapshot.py), whatever the DAG file says now; a run recorded before dagd
+  stored definitions (or whose stored one cannot be read) takes the loaded DAG of its id, and
+  without one only the steps that have a row are closed out.
 - What a step may leave behind is its executor's business: while an attempt runs, the executor
   hands the engine a leftover handle (dagd/runtime/executor.py), `LeftoverRecorder` stores the
   step's latest whole, and at the next start `recover` gives the handles of the unfinished
@@ -20,8 +25,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from dagd.core.events import DagEvent, DagRunStatusEvent, ErrorEvent, StepStatusEvent
-from dagd.core.model import RunStatus, StepStatus
+from dagd.core.dagsnapshot import SnapshotError, dag_from_json
+from dagd.core.events import (
+    DagEvent,
+    DagRunProgressEvent,
+    DagRunStatusEvent,
+    ErrorEvent,
+    StepStatusEvent,
+)
+from dagd.core.model import BUCKET_OF, DagSpec, ProgressBucket, RunStatus, StepStatus
 from dagd.core.records import RunRecord
 from dagd.core.runstate import duration_ms
 from dagd.daemon.store import RecordLeftover, StepRecord, Store
@@ -39,37 +51,114 @@ INTERRUPTED = "interrupted: the daemon stopped"
 
 
 def interrupted_events(
-    runs: list[RunRecord], steps: list[StepRecord], now: float
+    runs: list[RunRecord],
+    steps: list[StepRecord],
+    now: float,
+    dags: Mapping[str, DagSpec] | None = None,
 ) -> list[DagEvent]:
-    """The events that close out `runs` (left queued or running) and their unfinished `steps`,
-    at `now` (UNIX seconds): per run, its steps' final statuses, an error event, and a failed
+    """The events that close out `runs` (left queued or running) at `now` (UNIX seconds), given
+    their steps' rows (`steps`) and each run's DAG definition by run id (`dags`; a run without
+    one is closed out over the steps that have a row). Per run, in order: a final status for
+    each step that has none (the DAG's steps in its order, then rows of steps it lacks), an
+    error event, a progress event over every step (nothing running or pending), and a failed
     run status. Pure: the caller publishes them."""
-    by_run: dict[str, list[StepRecord]] = {}
+    by_run: dict[str, dict[str, StepRecord]] = {}
     for step in steps:
-        by_run.setdefault(step.run_id, []).append(step)
+        by_run.setdefault(step.run_id, {})[step.step_id] = step
     events: list[DagEvent] = []
     for run in runs:
-        for step in by_run.get(run.run_id, []):
-            if step.status.finished:
+        rows = by_run.get(run.run_id, {})
+        dag = dags.get(run.run_id) if dags else None
+        step_ids = list(dag.order) if dag is not None else []
+        step_ids += [sid for sid in rows if dag is None or sid not in dag.steps]
+        counts = dict.fromkeys(ProgressBucket, 0)
+        for step_id in step_ids:
+            row = rows.get(step_id)
+            if row is not None and row.status.finished:
+                counts[BUCKET_OF[row.status]] += 1
                 continue
-            pending = step.status is StepStatus.PENDING
-            events.append(
-                StepStatusEvent(
-                    run.dag_id,
-                    run.run_id,
-                    step.step_id,
-                    StepStatus.CANCELLED if pending else StepStatus.FAILED,
-                    step.start_time,
-                    now,
-                    duration_ms(step.start_time, now),
-                    step.retry_count,
-                    INTERRUPTED,
-                    now,
-                )
-            )
+            closed = _closing_event(run, step_id, row, now)
+            counts[BUCKET_OF[closed.status]] += 1
+            events.append(closed)
+        total, completed = len(step_ids), counts[ProgressBucket.COMPLETED]
         events.append(ErrorEvent(run.dag_id, run.run_id, None, INTERRUPTED, now))
+        events.append(
+            DagRunProgressEvent(
+                run.dag_id,
+                run.run_id,
+                total,
+                completed,
+                0,
+                counts[ProgressBucket.FAILED],
+                0,
+                round(100.0 * completed / total, 1) if total else 100.0,
+                now,
+            )
+        )
         events.append(DagRunStatusEvent(run.dag_id, run.run_id, RunStatus.FAILED, now))
     return events
+
+
+def _closing_event(
+    run: RunRecord, step_id: str, row: StepRecord | None, now: float
+) -> StepStatusEvent:
+    """The final status of an unfinished step (`row`; None: it never started, so it has no
+    row): running or retrying -> failed, pending -> cancelled, with the error INTERRUPTED."""
+    if row is None:
+        return StepStatusEvent(
+            run.dag_id,
+            run.run_id,
+            step_id,
+            StepStatus.CANCELLED,
+            None,
+            now,
+            None,
+            0,
+            INTERRUPTED,
+            now,
+        )
+    pending = row.status is StepStatus.PENDING
+    return StepStatusEvent(
+        run.dag_id,
+        run.run_id,
+        step_id,
+        StepStatus.CANCELLED if pending else StepStatus.FAILED,
+        row.start_time,
+        now,
+        duration_ms(row.start_time, now),
+        row.retry_count,
+        INTERRUPTED,
+        now,
+        attempt=row.attempt,
+    )
+
+
+def run_definitions(
+    store: Store, runs: list[RunRecord], loaded: Mapping[str, DagSpec]
+) -> dict[str, DagSpec]:
+    """Each run's DAG definition by run id: the one stored with it, else (none stored, or the
+    stored one unreadable: logged) the `loaded` DAG of its id, else none."""
+    stored = store.run_definitions(run.run_id for run in runs)
+    found: dict[str, DagSpec] = {}
+    for run in runs:
+        dag: DagSpec | None = None
+        if run.run_id in stored:
+            version, text = stored[run.run_id]
+            try:
+                dag = dag_from_json(text)
+            except SnapshotError as exc:
+                log.warning(
+                    "run %s: its stored definition %s cannot be read (%s); closing it out with"
+                    " the loaded DAG %s",
+                    run.run_id,
+                    version[:12],
+                    exc,
+                    run.dag_id,
+                )
+        dag = dag or loaded.get(run.dag_id)
+        if dag is not None:
+            found[run.run_id] = dag
+    return found
 
 
 async def kill_leftovers(
@@ -93,17 +182,20 @@ async def recover(
     executors: Mapping[str, StepExecutor],
     publish: Callable[[DagEvent], object],
     now: float,
+    loaded: Mapping[str, DagSpec] | None = None,
 ) -> list[RunRecord]:
     """Close out what the previous process left in `store`: stop its leftovers through
     `executors` (the registry by name, `executor_registry`; see `kill_leftovers`), then publish
-    the closing events (see `interrupted_events`) at `now` (UNIX seconds). Returns the runs it
+    the closing events (see `interrupted_events`; each run's steps from its stored definition,
+    else from `loaded`, the DAGs loaded now by id) at `now` (UNIX seconds). Returns the runs it
     closed out. Await it before the daemon accepts runs: a new attempt could otherwise be
     mistaken for a leftover."""
     runs, steps = store.unfinished()
     if not runs:
         return []
     await kill_leftovers(executors, runs, steps)
-    for event in interrupted_events(runs, steps, now):
+    dags = run_definitions(store, runs, loaded or {})
+    for event in interrupted_events(runs, steps, now, dags):
         publish(event)
     for run in runs:
         log.warning(
@@ -134,4 +226,11 @@ class LeftoverRecorder:
         self._store.record_leftover(record)
 
 
-__all__ = ["INTERRUPTED", "LeftoverRecorder", "interrupted_events", "kill_leftovers", "recover"]
+__all__ = [
+    "INTERRUPTED",
+    "LeftoverRecorder",
+    "interrupted_events",
+    "kill_leftovers",
+    "recover",
+    "run_definitions",
+]

@@ -246,12 +246,16 @@ def check_interrupted(root: Path, run_id: str, seq_before: int) -> None:
         (run_id, seq_before),
     )
     bodies = [(t, json.loads(b)["data"]) for _, t, b in events]
-    assert [t for t, _ in bodies] == ["step_status", "error", "dag_run_status"]
+    # (issue 10, item 6: the closing progress event, nothing running or pending, is new)
+    assert [t for t, _ in bodies] == ["step_status", "error", "dag_run_progress", "dag_run_status"]
     assert bodies[0][1]["status"] == "failed"
     assert bodies[0][1]["error"] == INTERRUPTED
     assert bodies[0][1]["stepId"] == "work"
     assert bodies[1][1]["error"] == INTERRUPTED
-    assert bodies[2][1]["status"] == "failed"
+    progress = bodies[2][1]
+    assert (progress["totalSteps"], progress["failedSteps"]) == (1, 1)
+    assert (progress["runningSteps"], progress["pendingSteps"]) == (0, 0)
+    assert bodies[3][1]["status"] == "failed"
 
 
 def test_sigterm_cancels_the_run_and_exits_cleanly(root: Path, cleanup: dict) -> None:

@@ -17,9 +17,17 @@ import pytest
 import trio
 
 from dagd.core.config import Config
-from dagd.core.events import DagEvent, DagRunStatusEvent, ErrorEvent, StepStatusEvent
+from dagd.core.dagsnapshot import dag_to_json, dag_version
+from dagd.core.events import (
+    DagEvent,
+    DagRunProgressEvent,
+    DagRunStatusEvent,
+    ErrorEvent,
+    StepStatusEvent,
+)
 from dagd.core.model import RunStatus, StepSpec, StepStatus
 from dagd.core.records import RunRecord
+from dagd.core.spec import parse_dag
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.hub import Hub
 from dagd.daemon.recovery import (
@@ -89,16 +97,81 @@ def test_each_run_ends_failed_after_an_error_naming_the_interruption() -> None:
     runs = [run_record("r1"), run_record("r2", RunStatus.QUEUED)]
     steps = [step_record("r2", "s", StepStatus.PENDING), step_record("r1", "s", StepStatus.RUNNING)]
     events = interrupted_events(runs, steps, NOW)
+    # (issue 10, item 6: a progress event now comes before the run's final status)
     assert [(type(e).__name__, e.run_id) for e in events] == [
         ("StepStatusEvent", "r1"),
         ("ErrorEvent", "r1"),
+        ("DagRunProgressEvent", "r1"),
         ("DagRunStatusEvent", "r1"),
         ("StepStatusEvent", "r2"),
         ("ErrorEvent", "r2"),
+        ("DagRunProgressEvent", "r2"),
         ("DagRunStatusEvent", "r2"),
     ]
     assert events[1] == ErrorEvent("d", "r1", None, INTERRUPTED, NOW)
-    assert events[2] == DagRunStatusEvent("d", "r1", RunStatus.FAILED, NOW)
+    assert events[2] == DagRunProgressEvent("d", "r1", 1, 0, 0, 1, 0, 0.0, NOW)
+    assert events[3] == DagRunStatusEvent("d", "r1", RunStatus.FAILED, NOW)
+
+
+# Issue 10, item 6: a run's steps that never started have no row, yet they belong to the run.
+CHAIN = parse_dag(
+    '[steps.a]\ncommand = "true"\n[steps.b]\ncommand = "true"\ndepends_on = ["a"]\n'
+    '[steps.c]\ncommand = "true"\ndepends_on = ["b"]\n',
+    "d.toml",
+    default_id="d",
+)
+
+
+def closed_steps(events: list[DagEvent]) -> dict[str, tuple[StepStatus, str | None]]:
+    return {e.step_id: (e.status, e.error) for e in events if isinstance(e, StepStatusEvent)}
+
+
+def last_progress(events: list[DagEvent]) -> DagRunProgressEvent:
+    return [e for e in events if isinstance(e, DagRunProgressEvent)][-1]
+
+
+def test_steps_without_a_row_are_closed_out_from_the_runs_definition() -> None:
+    # a succeeded, b was running, c never started: 1/3 done, 2 failed, nothing pending
+    rows = [
+        attrs.evolve(step_record("r", "a", StepStatus.SUCCESS), end_time=995.0),
+        step_record("r", "b", StepStatus.RUNNING),
+    ]
+    events = interrupted_events([run_record("r")], rows, NOW, {"r": CHAIN})
+    assert closed_steps(events) == {
+        "b": (StepStatus.FAILED, INTERRUPTED),
+        "c": (StepStatus.CANCELLED, INTERRUPTED),
+    }
+    never = next(e for e in events if isinstance(e, StepStatusEvent) and e.step_id == "c")
+    assert (never.start_time, never.end_time, never.duration, never.retry_count) == (
+        None,
+        NOW,
+        None,
+        0,
+    )
+    assert last_progress(events) == DagRunProgressEvent("d", "r", 3, 1, 0, 2, 0, 33.3, NOW)
+    assert events[-1] == DagRunStatusEvent("d", "r", RunStatus.FAILED, NOW)
+
+
+def test_a_queued_run_with_no_rows_has_every_step_cancelled() -> None:
+    events = interrupted_events([run_record("r", RunStatus.QUEUED)], [], NOW, {"r": CHAIN})
+    assert closed_steps(events) == dict.fromkeys("abc", (StepStatus.CANCELLED, INTERRUPTED))
+    assert last_progress(events) == DagRunProgressEvent("d", "r", 3, 0, 0, 3, 0, 0.0, NOW)
+
+
+def test_without_a_definition_the_rows_are_all_there_is() -> None:
+    # a run recorded before dagd stored definitions, whose DAG is gone: what has a row
+    rows = [step_record("r", "x", StepStatus.RETRYING), step_record("r", "y", StepStatus.SKIPPED)]
+    events = interrupted_events([run_record("r")], rows, NOW)
+    assert closed_steps(events) == {"x": (StepStatus.FAILED, INTERRUPTED)}
+    assert last_progress(events) == DagRunProgressEvent("d", "r", 2, 1, 0, 1, 0, 50.0, NOW)
+
+
+def test_a_row_of_a_step_the_definition_lacks_is_closed_out_too() -> None:
+    rows = [step_record("r", "old", StepStatus.RUNNING)]
+    events = interrupted_events([run_record("r")], rows, NOW, {"r": CHAIN})
+    assert set(closed_steps(events)) == {"a", "b", "c", "old"}
+    progress = last_progress(events)
+    assert (progress.total_steps, progress.running_steps, progress.pending_steps) == (4, 0, 0)
 
 
 async def test_recover_closes_out_the_runs_left_in_the_store(tmp_path: Path) -> None:
@@ -124,7 +197,39 @@ async def test_recover_closes_out_the_runs_left_in_the_store(tmp_path: Path) -> 
             nursery.cancel_scope.cancel()
     finally:
         store.close()
-    assert [type(e) for e in published] == [StepStatusEvent, ErrorEvent, DagRunStatusEvent]
+    assert [type(e) for e in published] == [
+        StepStatusEvent,
+        ErrorEvent,
+        DagRunProgressEvent,
+        DagRunStatusEvent,
+    ]
+
+
+async def test_recover_takes_each_runs_stored_definition_over_the_loaded_dag(
+    tmp_path: Path,
+) -> None:
+    edited = parse_dag('[steps.a]\ncommand = "true"\n[steps.z]\ncommand = "true"\n', "d.toml", "d")
+    store = Store.open(tmp_path / "db.sqlite3")
+    published: list[DagEvent] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            definition = dag_to_json(CHAIN)
+            store.record_dag_version(dag_version(definition), "d", definition)
+            store.record_run("bound", "d", {}, 1.0, dag_version(definition))
+            store.record_run("legacy", "d", {}, 1.0)  # as recorded before definitions were kept
+            store.record_dag_version("bad", "d", "{not json")
+            store.record_run("unreadable", "d", {}, 1.0, "bad")
+            await store.flush()
+            await recover(store, local_only(), published.append, NOW, {"d": edited})
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    steps: dict[str, set[str]] = {}
+    for e in published:
+        if isinstance(e, StepStatusEvent):
+            steps.setdefault(e.run_id, set()).add(e.step_id)
+    assert steps == {"bound": {"a", "b", "c"}, "legacy": {"a", "z"}, "unreadable": {"a", "z"}}
 
 
 def spawn_leftover(run_id: str, mark: str) -> subprocess.Popen[bytes]:
