@@ -7,7 +7,10 @@
 What it does for you, after every lost connection: waits (about 1 s, doubling, at most 30 s, full
 jitter; reset after a healthy connection), authenticates again, subscribes to the same DAGs, and
 replays from the last seq it delivered, de-duplicating by seq. If the daemon no longer has those
-events it falls back to a snapshot and says so with a `GapRepaired` item. A lost connection shows
+events (`replay_unavailable`), or the last seq is beyond the daemon's newest event so it comes
+from another event log (`replay_ahead`: a restored backup, a new state folder), it falls back to
+a snapshot and says so with a `GapRepaired` item; after `replay_ahead` the stream continues from
+the snapshot's seq, smaller than the old cursor. A lost connection shows
 up as a `ConnectionLost` item (in the protocol's error shape, `code="connection_error"`), a
 refused token ends the iteration with `AuthFailed`: retrying a wrong token only hammers the daemon.
 No heartbeat (or any message) for 2.5 heartbeat intervals counts as a dead connection.
@@ -121,8 +124,10 @@ class Connected:
 
 @attrs.frozen
 class GapRepaired:
-    """Events were missed and are no longer in the daemon's log: `events` is a snapshot of the
-    current state (events without seq) and the stream continues after `seq`."""
+    """Events were missed and are no longer in the daemon's log, or the client's cursor came
+    from another event log (the daemon answered `replay_ahead`): `events` is a snapshot of the
+    current state (events without seq) and the stream continues after `seq` (which, after
+    `replay_ahead`, is smaller than the seqs delivered before)."""
 
     events: list[DagEvent]
     seq: int
@@ -497,7 +502,12 @@ class Client:
                 self.last_seq = max(self.last_seq or 0, message.seq)
                 await self._send_items.send(GapRepaired(snapshot or [], self.last_seq))
                 snapshot = None
-            elif isinstance(message, Error) and message.code is ErrorCode.REPLAY_UNAVAILABLE:
+            elif isinstance(message, Error) and message.code in _SNAPSHOT_INSTEAD:
+                if message.code is ErrorCode.REPLAY_AHEAD:
+                    # Our cursor is from another event log (a restored backup, a new state
+                    # folder): its seqs say nothing about this one, and de-duplicating this
+                    # log's events against it would drop them. Start over from this log.
+                    self.last_seq = 0
                 if held is not None:  # live events only: the replay itself did not happen
                     await self._deliver_held(held)
                     held = None
@@ -532,6 +542,9 @@ class _EventsOnly:
                 return item
         return self._pending.popleft()
 
+
+#: Replay errors after which the client asks for a snapshot and reports a GapRepaired item.
+_SNAPSHOT_INSTEAD = frozenset({ErrorCode.REPLAY_UNAVAILABLE, ErrorCode.REPLAY_AHEAD})
 
 _DROPPED = (
     "the connection dropped before the daemon answered; "

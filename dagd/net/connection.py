@@ -430,8 +430,24 @@ class Connection:
         return "*" in self.dag_ids or dag_id in self.dag_ids
 
     async def _replay(self, job: _ReplayJob) -> None:
+        """Every stored event after `job.since` for the current subscriptions, then
+        `replay_complete`; or one error instead: `replay_ahead` when `since` is beyond the
+        newest committed seq (the cursor is from another event log: this daemon never sent
+        it), `replay_unavailable` when retention already deleted events after `since`."""
         daemon = self.daemon
         until = daemon.committed_seq
+        if job.since > until:
+            # committed_seq never goes down (the log's AUTOINCREMENT counter survives
+            # retention and restarts) and only committed events reach clients, so no cursor
+            # this daemon gave out can be ahead of it.
+            ahead = error(
+                ErrorCode.REPLAY_AHEAD,
+                f"seq {job.since} is beyond this daemon's newest event ({until}): the cursor "
+                "comes from another event log (a restored backup or a new state folder); "
+                "ask for a snapshot and continue from its seq",
+            )
+            await self._write(text_frame(encode(with_request_id(ahead, job.request_id)).encode()))
+            return
         oldest = await daemon.oldest_seq()
         if job.since < until and (oldest is None or oldest > job.since + 1):
             gone = error(

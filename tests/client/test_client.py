@@ -446,6 +446,55 @@ async def test_replay_unavailable_falls_back_to_a_snapshot_and_reports_the_gap(
     assert ws.sent[1]["since"] == 5
 
 
+async def test_replay_ahead_falls_back_to_a_snapshot_and_restarts_the_cursor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The daemon's log is not the one the cursor came from (it answers `replay_ahead`): the
+    client takes a snapshot, reports GapRepaired with the daemon's (smaller) seq, and then
+    delivers this log's events although their seqs are below its old cursor."""
+    snap: list[DagEvent] = [DagRunStatusEvent("etl", "r7", RunStatus.SUCCESS, T0)]
+
+    def replay(since: int) -> list[object]:
+        assert since == 500
+        return [
+            wire(error_event(58)),  # live, queued before the error: delivered, not dropped
+            to_wire(Error(ErrorCode.REPLAY_AHEAD, "seq 500 is beyond ... (60)", T0)),
+        ]
+
+    ws = FakeWS(
+        server(
+            seq=60,
+            replay=replay,
+            snapshot=[wire(snap[0]), to_wire(SnapshotComplete(60))],
+        )
+    )
+    opener = FakeOpener([ws])
+
+    async def live_after_snapshot(ws: FakeWS) -> None:
+        await trio.sleep(1)
+        ws.push(wire(error_event(59)))  # older than the snapshot: dropped
+        ws.push(wire(error_event(61)))
+        ws.push(wire(error_event(62)))
+
+    opener.feeder = live_after_snapshot
+    async with fake_client(opener, since=500) as client:
+        got = await collect(client, lambda items: getattr(items[-1], "seq", None) == 62)
+    items = [i for _, i in got]
+    assert [type(i).__name__ for i in items] == [
+        "Connected",
+        "ErrorEvent",
+        "GapRepaired",
+        "ErrorEvent",
+        "ErrorEvent",
+    ]
+    assert items[0] == Connected(500, reconnect=False)
+    assert items[1].seq == 58
+    assert items[2] == GapRepaired(snap, 60)
+    assert [items[3].seq, items[4].seq] == [61, 62]
+    assert client.last_seq == 62
+    assert ws.types_sent() == ["auth", "subscribe", "snapshot"]
+
+
 async def test_initial_snapshot_then_live_events(autojump_clock: trio.testing.MockClock) -> None:
     snap = [DagRunStatusEvent("etl", "r9", RunStatus.SUCCESS, T0)]
     ws = FakeWS(
@@ -810,3 +859,54 @@ async def test_replay_unavailable_after_pruning_yields_gap_repaired(
     assert all(e.seq is not None and e.seq > gap.seq for e in events)
     assert [e.seq for e in events] == [s for s, _ in daemon.stored_events("other", gap.seq)]
     assert isinstance(events[-1], DagRunStatusEvent) and events[-1].status == "success"
+
+
+async def test_a_restored_backup_behind_the_cursor_yields_gap_repaired(
+    daemon: DaemonProc, tmp_path: Path
+) -> None:
+    """The daemon's state file is restored from an older backup while a client follows it:
+    the client's cursor is ahead of the restored log. It gets a GapRepaired (the daemon's
+    snapshot) and then every new event of the restored log, whose seqs are below its cursor."""
+    backup = tmp_path / "backup.sqlite3"
+    daemon.start()
+    await daemon.await_ready()
+    consumer = Consumer()
+    async with (
+        connect(daemon.url, daemon.token, ["other"], since=0, backoff=fast_backoff()) as client,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(consumer.run, client)
+        first = await client.trigger("other")
+        await await_for(lambda: first in finished_runs(consumer.events()), what="a first run")
+        await daemon.astop(signal.SIGTERM)
+        source, target = sqlite3.connect(daemon.db), sqlite3.connect(backup)
+        with target:
+            source.backup(target)  # what an operator's backup job does
+        source.close()
+        target.close()
+
+        daemon.start()
+        await daemon.await_ready()
+        later = [await client.trigger("other") for _ in range(3)]
+        await await_for(lambda: set(later) <= finished_runs(consumer.events()), what="3 runs")
+        cursor = consumer.last_seq()
+        await daemon.astop(signal.SIGTERM)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{daemon.db}{suffix}").unlink(missing_ok=True)
+        backup.rename(daemon.db)  # the restore
+
+        daemon.start()
+        await daemon.await_ready()
+        await await_for(lambda: consumer.count(GapRepaired) == 1, what="GapRepaired")
+        gap = next(i for i in consumer.items if isinstance(i, GapRepaired))
+        assert gap.seq < cursor
+        assert not set(later) & {e.run_id for e in gap.events}  # lost with the restore
+        after = await client.trigger("other")
+        await await_for(lambda: after in finished_runs(consumer.events()), what="a live run")
+        nursery.cancel_scope.cancel()
+
+    index = consumer.items.index(gap)
+    events = [i for i in consumer.items[index + 1 :] if isinstance(i, DagEvent)]
+    assert events and all(e.seq is not None and gap.seq < e.seq for e in events)
+    assert events[-1].seq is not None and events[-1].seq < cursor  # below the old cursor
+    assert [e.seq for e in events] == [s for s, _ in daemon.stored_events("other", gap.seq)]

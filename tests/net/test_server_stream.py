@@ -408,6 +408,78 @@ async def test_replay_unavailable_after_pruning(tmp_path: Path, aio: Aio, kind: 
         assert answer == {"type": "snapshot_complete", "seq": published[-1]}
 
 
+@pytest.mark.parametrize("kind", KINDS)
+async def test_replay_ahead_of_the_log_is_an_error(tmp_path: Path, aio: Aio, kind: str) -> None:
+    """A cursor beyond the newest stored seq cannot come from this daemon: `replay` and
+    `subscribe` with `since` answer `replay_ahead` (not a `replay_complete` with a smaller seq
+    that the client would take for "nothing missed"), and the connection carries on."""
+    async with harness(tmp_path, aio) as h:
+        d = h.daemon
+        published = await publish_committed(d, "alpha", 5)
+        newest = published[-1]
+        client = await h.connect(kind)
+        await client.request({"type": "subscribe", "dagIds": ["alpha"]})
+        for since in [newest + 1, newest + 1000, 2**53]:
+            answer = await client.request({"type": "replay", "since": since, "requestId": "r"})
+            assert answer["type"] == "error", answer
+            assert answer["code"] == "replay_ahead"
+            assert answer["requestId"] == "r"
+            assert "oldestSeq" not in answer
+            assert f"seq {since} " in answer["message"] and "snapshot" in answer["message"]
+        # subscribe + since: subscribed (the subscription holds), then the error
+        await client.send({"type": "subscribe", "dagIds": ["beta"], "since": newest + 7})
+        assert await client.recv() == {"type": "subscribed", "dagIds": ["alpha", "beta"]}
+        answer = await client.recv()
+        assert (answer["type"], answer["code"]) == ("error", "replay_ahead")
+        # ... and live events of the new set flow after it
+        later = await publish_committed(d, "beta", 2)
+        frames = await until_pong(client)
+        assert seqs(frames) == later
+        # the cursors this daemon did give out are never ahead
+        for since in [newest, later[-1]]:
+            answer = await client.request({"type": "replay", "since": since})
+            assert answer["type"] == "replay_complete", answer
+        answer = await client.request({"type": "snapshot"})
+        assert answer == {"type": "snapshot_complete", "seq": later[-1]}
+
+
+async def test_a_cursor_from_another_state_folder_is_ahead(tmp_path: Path, aio: Aio) -> None:
+    """The cursor of a client that followed a daemon with a longer history is refused by a
+    daemon on a new state folder (or a restored, older state file) at the same address."""
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    async with harness(old_dir, aio) as h:
+        cursor = (await publish_committed(h.daemon, "alpha", 40))[-1]
+    async with harness(new_dir, aio) as h:
+        await publish_committed(h.daemon, "alpha", 3)
+        assert h.daemon.committed_seq < cursor
+        for kind in KINDS:
+            client = await h.connect(kind)
+            await client.send({"type": "subscribe", "dagIds": ["*"], "since": cursor})
+            assert (await client.recv())["type"] == "subscribed"
+            answer = await client.recv()
+            assert (answer["type"], answer["code"]) == ("error", "replay_ahead"), answer
+
+
+async def test_an_emptied_log_is_not_mistaken_for_another_one(tmp_path: Path, aio: Aio) -> None:
+    """Retention may delete every event and the daemon may restart: a client's last seq is
+    still this log's (SQLite's AUTOINCREMENT counter keeps the newest seq), so replaying from
+    it is complete, neither `replay_ahead` nor `replay_unavailable`."""
+    config = make_config(tmp_path)
+    async with harness(tmp_path, aio, config=config) as h:
+        cursor = (await publish_committed(h.daemon, "alpha", 12))[-1]
+        assert await h.daemon.store.prune(keep_count=0, max_age=None) >= 12
+    async with harness(tmp_path, aio, config=config) as h:
+        assert await h.daemon.oldest_seq() is None
+        client = await h.connect("trio")
+        await client.send({"type": "subscribe", "dagIds": ["*"], "since": cursor})
+        assert (await client.recv())["type"] == "subscribed"
+        assert await client.recv() == {"type": "replay_complete", "seq": cursor}
+        answer = await client.request({"type": "replay", "since": cursor + 1})
+        assert answer["code"] == "replay_ahead"
+
+
 # ------------------------------------------------------------------ snapshot
 
 

@@ -80,6 +80,7 @@ ERROR_CODES = {
     "forbidden",
     "rate_limited",
     "replay_unavailable",
+    "replay_ahead",
     "unknown_dag",
     "invalid_params",
     "unknown_run",
@@ -87,6 +88,7 @@ ERROR_CODES = {
     "not_finished",
     "not_retryable",
     "shutting_down",
+    "storage_unavailable",
 }
 
 DAGS = {

@@ -22,6 +22,9 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "forbidden"  # a read token asked for trigger, cancel or retry
     RATE_LIMITED = "rate_limited"  # over server.rate_limit messages per second
     REPLAY_UNAVAILABLE = "replay_unavailable"  # `since` older than the log; has oldestSeq
+    # `since` newer than the newest event: the cursor is from another event log (a restored
+    # backup, a new state folder); ask for a snapshot and continue from its seq
+    REPLAY_AHEAD = "replay_ahead"
     UNKNOWN_DAG = "unknown_dag"  # trigger of a DAG that does not exist
     INVALID_PARAMS = "invalid_params"  # a param the DAG does not declare
     UNKNOWN_RUN = "unknown_run"  # cancel or retry of a run id that does not exist
