@@ -12,6 +12,7 @@ tree from the root.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import ssl
@@ -22,6 +23,8 @@ from pathlib import Path
 import pytest
 import trio
 from wshelp import make_config, running, server_of
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from dagd.daemon.daemon import Daemon
 from dagd.net.server import Server
@@ -256,6 +259,47 @@ async def test_stalled_handshakes_are_bounded_by_max_connections(tmp_path: Path)
             await stream.send_all(upgrade())
             with trio.fail_after(AT_ONCE):
                 assert (await stream.receive_some()).startswith(b"HTTP/1.1 101 ")
+
+
+# ------------------------------------------------- refused after the WebSocket handshake
+
+
+async def raw_websocket(port: int) -> tuple[trio.SocketStream, WSConnection]:
+    """A WebSocket on a raw stream (wsproto), past the HTTP handshake."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host=f"127.0.0.1:{port}", target="/api/v1/ws")))
+    with trio.fail_after(AT_ONCE):
+        while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+            ws.receive_data(await stream.receive_some())
+    return stream, ws
+
+
+@pytest.mark.parametrize("first", ["wrong token", "not auth", "nothing"])
+async def test_a_refused_websocket_is_dropped_even_if_the_peer_never_closes(
+    tmp_path: Path, first: str
+) -> None:
+    """Refused at authentication (a wrong token, another message first, nothing within
+    auth_timeout): the server sends its error and close frame, and closes the TCP connection
+    itself within a second although this peer never answers the close frame."""
+    async with edge(tmp_path, 'auth_timeout = "300ms"') as (_daemon, server, port):
+        base = Baseline(server)
+        stream, ws = await raw_websocket(port)
+        async with stream:
+            if first != "nothing":
+                message = {"type": "ping"}
+                if first == "wrong token":
+                    message = {"type": "auth", "token": "wrong"}
+                await stream.send_all(ws.send(TextMessage(data=json.dumps(message))))
+            received = await read_until_closed(stream, 0.3 + 1.0 + AT_ONCE)
+        ws.receive_data(received)
+        events = list(ws.events())
+        closes = [e for e in events if isinstance(e, CloseConnection)]
+        assert [c.code for c in closes] == [1008]
+        texts = [json.loads(e.data)["code"] for e in events if isinstance(e, TextMessage)]
+        expected = {"wrong token": "auth_failed", "not auth": "auth_required"}
+        assert texts == [expected.get(first, "auth_timeout")]
+        await base.restored()
 
 
 # -------------------------------------------------------------------------------- TLS
