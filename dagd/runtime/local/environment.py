@@ -9,7 +9,7 @@ processes when their process group was never recorded (procs.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from dagd.core.model import StepSpec
 from dagd.runtime.executor import StepContext
@@ -17,15 +17,27 @@ from dagd.runtime.executor import StepContext
 #: The variable every local step's processes carry, and recovery searches for.
 RUN_ID_VAR = "DAGD_RUN_ID"
 
+#: dagd's own secrets that are never passed on to a step, whatever the config says: the
+#: client token the `dagd` commands read. Config.secret_env_names adds the variables that
+#: hold the daemon's accepted tokens.
+ALWAYS_HIDDEN = ("DAGD_TOKEN",)
+
 
 def step_environment(
-    step: StepSpec, ctx: StepContext, base: Mapping[str, str] | None = None
+    step: StepSpec,
+    ctx: StepContext,
+    base: Mapping[str, str] | None = None,
+    hidden: Collection[str] = ALWAYS_HIDDEN,
 ) -> dict[str, str]:
     """The environment of one attempt of a shell step: `base` (default: this process's
-    environment), updated with `step.env` (the DAG's `env` merged with the step's), then
+    environment) less the variables named in `hidden` (dagd's own secrets, such as the
+    variable an auth token is read from), updated with `step.env` (the DAG's `env` merged
+    with the step's), then
     DAGD_DAG_ID, DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT and DAGD_PARAM_<NAME> for each
     param (names upper-cased), which a step's `env` cannot override."""
     env = dict(os.environ if base is None else base)
+    for name in hidden:
+        env.pop(name, None)
     env.update(step.env)
     env["DAGD_DAG_ID"] = ctx.dag_id
     env[RUN_ID_VAR] = ctx.run_id

@@ -21,9 +21,10 @@ from dagd.runtime.executor import (
     LeftoverSink,
     StepContext,
 )
+from dagd.runtime.local.environment import ALWAYS_HIDDEN
 from dagd.runtime.local.leftovers import clean_up as kill_leftovers
 from dagd.runtime.local.python import run_callable
-from dagd.runtime.local.shell import run_shell
+from dagd.runtime.local.shell import Hurry, run_shell
 
 
 @attrs.define
@@ -39,8 +40,10 @@ class LocalExecutor:
     log_dir: Path | None = None
     grace: float = 5.0
     base_env: Mapping[str, str] | None = None
+    hidden_env: Collection[str] = ALWAYS_HIDDEN
     sync_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(32))
     name: str = DEFAULT_EXECUTOR
+    _hurry: Hurry = attrs.field(factory=Hurry, init=False)
 
     async def run(
         self, step: StepSpec, ctx: StepContext, on_leftover: LeftoverSink | None = None
@@ -59,9 +62,18 @@ class LocalExecutor:
             log_dir=self.log_dir,
             grace=self.grace,
             base_env=self.base_env,
+            hidden=self.hidden_env,
             executor=self.name,
             on_leftover=on_leftover,
+            hurry=self._hurry,
         )
+
+    def kill_now(self) -> None:
+        """Cut short the stopping of shell steps (a second signal at shutdown): SIGKILL the
+        process group of every running shell attempt now, and stop any attempt from now on
+        without a grace period. The attempts still end as usual (cancelled or failed, and
+        their escaped processes killed); callables are not affected."""
+        self._hurry.kill_all()
 
     async def clean_up(self, leftovers: Collection[Leftover], run_ids: Collection[str]) -> None:
         """Kill what shell attempts of the unfinished `run_ids` left running (leftovers.py's

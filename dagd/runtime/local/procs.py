@@ -14,14 +14,19 @@ count again, which never changes and compares exactly with any recorded one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import psutil
 
 from dagd.runtime.local.environment import RUN_ID_VAR
+
+log = logging.getLogger("dagd.runtime.local")
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # ticks per second of /proc start times (100 on Linux)
 
@@ -126,6 +131,126 @@ def kill_processes_and_groups(pids: list[int]) -> None:
             if pgid != own:
                 os.killpg(pgid, signal.SIGKILL)
             os.kill(pid, signal.SIGKILL)
+
+
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+_CONTAIN_LIMIT = 5.0  # seconds a step's end waits for its processes to be gone
+
+
+@functools.cache
+def become_subreaper() -> bool:
+    """Make this process a child subreaper (Linux 3.4+): a process that a step started and
+    whose parent exits is re-parented to dagd instead of PID 1, so it can still be found
+    (and must be reaped: `contain` does). True if it worked; done once per process."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # not Linux, or no prctl
+        return False
+
+
+def _orphans() -> list[int]:
+    """This process's children listed under its main thread: the kernel re-parents orphans
+    to the subreaper's first live thread, the main one (step leaders are children of the
+    worker threads that forked them, and are not listed here while those live). Empty where
+    /proc/<pid>/task/<tid>/children does not exist (CONFIG_PROC_CHILDREN)."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children", "rb") as f:
+            return [int(pid) for pid in f.read().split()]
+    except OSError:
+        return []
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) of `pid` from /proc/<pid>/stat; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()  # the name may hold spaces and ')'
+    return fields[0].decode(), int(fields[2])
+
+
+def _attempt_of(pid: int) -> tuple[str | None, str | None, str | None]:
+    """(DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT) from `pid`'s environment (Nones if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None, None, None
+    found: dict[bytes, str] = {}
+    for item in raw.split(b"\0"):
+        name, _, value = item.partition(b"=")
+        if name in _IDENT_VARS:
+            found[name] = value.decode("utf-8", "replace")
+    return found.get(b"DAGD_RUN_ID"), found.get(b"DAGD_STEP_ID"), found.get(b"DAGD_ATTEMPT")
+
+
+_IDENT_VARS = (RUN_ID_VAR.encode(), b"DAGD_STEP_ID", b"DAGD_ATTEMPT")
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def contain(pgid: int, ident: tuple[str, str, str]) -> int:
+    """After a shell attempt ended and its leader `pgid` was reaped: kill and reap what it
+    left. Blocking (call it from a worker thread); returns how many escaped processes it
+    killed.
+
+    The attempt's process group has had SIGKILL already; this waits (at most 5 s) until the
+    group is empty, reaping its members that were re-parented to dagd, and SIGKILLs (with
+    their process groups) the orphans whose environment names this attempt (`ident`: run
+    id, step id, attempt number as DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT): processes that
+    left the group (`setsid`, `setsid -f`, `set -m`) and whose parent exited, which the
+    subreaper (`become_subreaper`) brought back to dagd. Their children come back in turn
+    and are found on the next pass. Orphans of other attempts, and dagd's other children
+    (processes a Python step started), are left alone. The common case (nothing left) costs
+    one killpg and one read of a small /proc file."""
+    killed: set[int] = set()  # SIGKILLed here, not yet reaped
+    count = 0
+    deadline = None
+    own = os.getpgrp()
+    while True:
+        escaped = False
+        for pid in _orphans():
+            stat = _stat(pid)
+            if stat is None:
+                continue
+            state, group = stat
+            if state in ("Z", "X"):
+                if group == pgid or group in _killed_groups or pid in _killed_groups:
+                    _reap(pid)
+                    killed.discard(pid)
+            elif _attempt_of(pid) == ident:
+                escaped = True
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if group not in (own, pgid):
+                        _killed_groups.add(group)
+                        os.killpg(group, signal.SIGKILL)
+                    _killed_groups.add(pid)  # reaped as a zombie of a killed group
+                    os.kill(pid, signal.SIGKILL)
+                    count += pid not in killed
+                    killed.add(pid)
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            if not escaped and not any(_stat(pid) for pid in killed):
+                return count
+        if deadline is None:
+            deadline = time.monotonic() + _CONTAIN_LIMIT
+        elif time.monotonic() > deadline:
+            log.warning("process group %s outlived SIGKILL by %gs", pgid, _CONTAIN_LIMIT)
+            return count
+        time.sleep(0.002)
+
+
+# Process groups (and pids) of escaped processes `contain` killed: their members come back
+# to dagd as zombies, maybe after it returned, and any later call reaps them.
+_killed_groups: set[int] = set()
 
 
 def raise_open_files_limit(want: int = 65536) -> tuple[int, int]:

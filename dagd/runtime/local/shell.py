@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from dagd.core.model import StepSpec
@@ -28,7 +29,7 @@ from dagd.core.runstate import format_seconds
 from dagd.runtime.executor import AttemptResult, LeftoverSink, StepContext
 from dagd.runtime.local.environment import step_environment
 from dagd.runtime.local.leftovers import leftover_handle
-from dagd.runtime.local.procs import group_alive, signal_group
+from dagd.runtime.local.procs import become_subreaper, contain, group_alive, signal_group
 from dagd.runtime.local.shellthread import ShellAttempt
 from dagd.runtime.logfiles import attempt_log
 
@@ -63,13 +64,16 @@ class _Running:
             name="dagd shell step",
         )
 
-    async def stop(self, grace: float) -> None:
-        """SIGTERM the group, wait up to `grace` seconds for all of it to exit, then SIGKILL
-        what is left, and wait for the thread to reap the step."""
+    async def stop(self, grace: float, hurry: Hurry | None = None) -> None:
+        """SIGTERM the group, wait up to `grace` seconds for all of it to exit (none once
+        `hurry` is set), then SIGKILL what is left, wait for the thread to reap the step, and
+        kill what escaped the group (procs.contain)."""
         attempt = self.attempt
         attempt.stopping = True  # read by the thread after it sets pid: one of us signals
+        if hurry is not None and hurry.set:
+            grace = 0.0
         if attempt.pid is not None:
-            signal_group(attempt.pid, signal.SIGTERM)
+            signal_group(attempt.pid, signal.SIGKILL if grace <= 0 else signal.SIGTERM)
         with trio.move_on_after(grace):
             await self.done.wait()
             while attempt.pid is not None and group_alive(attempt.pid):
@@ -77,6 +81,26 @@ class _Running:
         if attempt.pid is not None:
             signal_group(attempt.pid, signal.SIGKILL)
         await self.done.wait()
+        if attempt.pid is not None and attempt.ident is not None:
+            await trio.to_thread.run_sync(contain, attempt.pid, attempt.ident)
+
+
+@attrs.define(eq=False)
+class Hurry:
+    """The shell attempts one executor has running, and whether stopping them should skip
+    the grace period (`kill_all`: a second signal at shutdown)."""
+
+    running: set[ShellAttempt] = attrs.field(factory=set)
+    set: bool = False
+
+    def kill_all(self) -> None:
+        """SIGKILL every running attempt's process group now; attempts stopped from now on
+        get no grace period. What escaped a group is killed as each attempt ends."""
+        self.set = True
+        for attempt in list(self.running):
+            attempt.hurried = True  # one still spawning is killed by its thread (_started)
+            if attempt.pid is not None:
+                signal_group(attempt.pid, signal.SIGKILL)
 
 
 async def run_shell(
@@ -86,14 +110,20 @@ async def run_shell(
     log_dir: Path | None,
     grace: float,
     base_env: Mapping[str, str] | None,
+    hidden: Collection[str] = (),
     executor: str,
     on_leftover: LeftoverSink | None,
+    hurry: Hurry | None = None,
 ) -> AttemptResult:
     """Run one attempt of the shell step `step` (its `command`: a string for `/bin/sh -c`, or
     an argv tuple run without a shell) to its end. Output goes to the attempt's log files
     under `log_dir` (dagd/runtime/logfiles.py; None: discarded). `grace`: seconds between
     SIGTERM and SIGKILL. `base_env`: see environment.py. `on_leftover` gets the process
-    group's handle (leftovers.py, naming `executor`) right after the spawn.
+    group's handle (leftovers.py, naming `executor`) right after the spawn. `hurry`: the
+    executor's registry of running attempts (`Hurry.kill_all` skips the grace period).
+
+    Whatever the attempt started is killed when it ends, however it ends: its process group,
+    and the processes that left the group (dagd is their subreaper; procs.contain).
 
     Returns a failed result for a non-zero exit, a signal, a timeout, or a command that
     cannot start (missing executable or working directory, a NUL byte in the command or a
@@ -114,14 +144,36 @@ async def run_shell(
     if log_dir is not None:
         ids = (ctx.dag_id, ctx.run_id, ctx.step_id, ctx.attempt)
         log_paths = (attempt_log(log_dir, *ids, "out"), attempt_log(log_dir, *ids, "err"))
-    running = _Running(
-        ShellAttempt(
-            argv, partial(step_environment, step, ctx, base_env), step.cwd, log_paths, spawned
-        )
+    become_subreaper()  # once per process: a step's escaped processes come back to dagd
+    shell_attempt = ShellAttempt(
+        argv,
+        partial(step_environment, step, ctx, base_env, hidden),
+        step.cwd,
+        log_paths,
+        spawned,
+        ident=(ctx.run_id, ctx.step_id, str(ctx.attempt)),
     )
+    running = _Running(shell_attempt)
+    if hurry is not None:
+        hurry.running.add(shell_attempt)
     # The spawn, the wait and the copying of output all happen in one worker thread
     # (shellthread.py says why); the loop only waits for it, or stops it.
     running.start()
+    try:
+        return await _wait(running, step, argv, ctx, grace, hurry)
+    finally:
+        if hurry is not None:
+            hurry.running.discard(shell_attempt)
+
+
+async def _wait(
+    running: _Running,
+    step: StepSpec,
+    argv: list[str],
+    ctx: StepContext,
+    grace: float,
+    hurry: Hurry | None,
+) -> AttemptResult:
     try:
         if step.timeout:
             with trio.move_on_after(step.timeout) as scope:
@@ -132,11 +184,11 @@ async def run_shell(
             timed_out = False
     except BaseException:
         with trio.CancelScope(shield=True):
-            await running.stop(grace)
+            await running.stop(grace, hurry)
         raise
     if timed_out:
         with trio.CancelScope(shield=True):
-            await running.stop(grace)
+            await running.stop(grace, hurry)
         assert step.timeout is not None
         return AttemptResult(False, f"timed out after {format_seconds(step.timeout)}", True)
     assert running.outcome is not None
@@ -152,7 +204,9 @@ async def run_shell(
     if (unwritten := attempt.log_error) is not None:
         # The step ran: its own result stands (failing it would run it again on retry), but
         # the lost output is said loudly, here and in a failure's message.
-        lost = f"output lost, cannot write {unwritten.filename}: {unwritten.strerror or unwritten}"
+        paths = attempt.log_paths
+        where = unwritten.filename or (paths[0].parent if paths else "the step's log")
+        lost = f"output lost, cannot write {where}: {unwritten.strerror or unwritten}"
         log.warning("step %s of run %s: %s", ctx.step_id, ctx.run_id, lost)
     if returncode == 0:
         return AttemptResult(True)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import attrs
 
-from dagd.runtime.local.procs import signal_group
+from dagd.runtime.local.procs import contain, signal_group
 
 _READ_SIZE = 65536
 _TAIL_SIZE = 4096  # how much of stderr is kept in memory for a failure's message
@@ -84,6 +84,10 @@ class _Stream:
                 self.log_fd = _open_log(self.path)
             os.write(self.log_fd, data)
         except OSError as exc:
+            # A failed write (ENOSPC, EIO) names no file: give it this stream's, so the
+            # step's message says which log lost output.
+            if exc.filename is None:
+                exc = OSError(exc.errno, exc.strerror or str(exc), str(self.path))
             self.error = exc
 
     def close(self) -> None:
@@ -106,8 +110,11 @@ class ShellAttempt:
     cwd: str | None
     log_paths: tuple[Path, Path] | None  # (.out, .err); None: output is discarded
     on_spawn: Callable[[int], None] | None = None  # called in this thread, right after spawn
+    # (DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT): how `contain` knows this attempt's escapees
+    ident: tuple[str, str, str] | None = None
     pid: int | None = None
     stopping: bool = False
+    hurried: bool = False  # set by the loop: SIGKILL the group as soon as it exists
     stderr_tail: bytes = b""
     log_error: OSError | None = None  # the first failure to write a log file, if any
 
@@ -125,8 +132,16 @@ class ShellAttempt:
             os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
             if not self.stopping:
                 signal_group(popen.pid, signal.SIGKILL)  # whatever the step left behind
-            return popen.wait()
+            return self._contained(popen)
         return self._run_with_logs(env, self.log_paths)
+
+    def _contained(self, popen: subprocess.Popen[bytes]) -> int:
+        """Reap the leader, then (unless the loop is stopping the attempt: it does this
+        itself after the grace period) kill what the step left, inside its group or not."""
+        returncode = popen.wait()
+        if not self.stopping and self.ident is not None:
+            contain(popen.pid, self.ident)
+        return returncode
 
     def _spawn(self, env: Mapping[str, str], stdout: int, stderr: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -145,7 +160,9 @@ class ShellAttempt:
         self.pid = pid
         if self.on_spawn is not None:
             self.on_spawn(pid)
-        if self.stopping:  # the loop asked while we were spawning and did not see the pid
+        if self.hurried:  # the loop asked while we were spawning and did not see the pid
+            signal_group(pid, signal.SIGKILL)
+        elif self.stopping:
             signal_group(pid, signal.SIGTERM)
 
     def _run_with_logs(self, env: Mapping[str, str], paths: tuple[Path, Path]) -> int:
@@ -168,7 +185,7 @@ class ShellAttempt:
                 signal_group(popen.pid, signal.SIGKILL)  # never leave a step unwatched
                 popen.wait()
                 raise
-            return popen.wait()
+            return self._contained(popen)
         finally:
             for stream in streams.values():
                 stream.close()
