@@ -44,7 +44,7 @@ from dagd.daemon.dagfolder import DagFolder
 from dagd.daemon.errors import DaemonError
 from dagd.daemon.eventstream import EventStream
 from dagd.daemon.hub import Hub, Subscriber
-from dagd.daemon.recovery import LeftoverRecorder, recover
+from dagd.daemon.recovery import LeftoverRecorder, close_out_state, recover
 from dagd.daemon.scheduler import CronScheduler
 from dagd.daemon.store import StepRecord, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
@@ -316,6 +316,7 @@ class Daemon:
 
     async def _drive(self, driver: RunDriver) -> None:
         state = driver.state
+        closed: RunState | None = None  # the run as closed out after a crash of its driver
         log.info("run %s of %s started", state.run_id, state.dag.id)
         try:
             await driver.run()
@@ -333,18 +334,21 @@ class Daemon:
             )
         except Exception as exc:
             # A bug in one run must not take the daemon and every other run down with it:
-            # record it, close the run out as failed, and carry on.
+            # record it, close the run out as failed (every step final, as recovery does it),
+            # and carry on.
             log.exception("run %s of %s crashed", state.run_id, state.dag.id)
-            now = self.clock()
-            self.publish(
-                ErrorEvent(state.dag.id, state.run_id, None, f"internal error: {exc!r}", now)
-            )
-            if not state.status.finished:
-                state.status = RunStatus.FAILED
-                self.publish(state.run_event(now))
+            now, error = self.clock(), f"internal error: {exc!r}"
+            if state.status.finished:
+                self.publish(ErrorEvent(state.dag.id, state.run_id, None, error, now))
+            else:
+                events, closed = close_out_state(state, now, error)
+                for event in events:
+                    self.publish(event)
         finally:
             del self.active[state.run_id]
             self.admission.finished(state)
+            if closed is not None:
+                self.admission.remember(closed)  # in place of the half-closed state
             self._idle.set()
             self._launch(state.dag.id)
 

@@ -35,7 +35,7 @@ from dagd.core.events import (
 )
 from dagd.core.model import BUCKET_OF, DagSpec, ProgressBucket, RunStatus, StepStatus
 from dagd.core.records import RunRecord
-from dagd.core.runstate import duration_ms
+from dagd.core.runstate import RunState, StepRecordTuple, duration_ms
 from dagd.daemon.store import RecordLeftover, StepRecord, Store
 from dagd.runtime.executor import (
     Leftover,
@@ -55,13 +55,15 @@ def interrupted_events(
     steps: list[StepRecord],
     now: float,
     dags: Mapping[str, DagSpec] | None = None,
+    error: str = INTERRUPTED,
 ) -> list[DagEvent]:
     """The events that close out `runs` (left queued or running) at `now` (UNIX seconds), given
     their steps' rows (`steps`) and each run's DAG definition by run id (`dags`; a run without
     one is closed out over the steps that have a row). Per run, in order: a final status for
     each step that has none (the DAG's steps in its order, then rows of steps it lacks), an
     error event, a progress event over every step (nothing running or pending), and a failed
-    run status. Pure: the caller publishes them."""
+    run status; `error` is the steps' and the error event's text. Pure: the caller publishes
+    them."""
     by_run: dict[str, dict[str, StepRecord]] = {}
     for step in steps:
         by_run.setdefault(step.run_id, {})[step.step_id] = step
@@ -77,11 +79,11 @@ def interrupted_events(
             if row is not None and row.status.finished:
                 counts[BUCKET_OF[row.status]] += 1
                 continue
-            closed = _closing_event(run, step_id, row, now)
+            closed = _closing_event(run, step_id, row, now, error)
             counts[BUCKET_OF[closed.status]] += 1
             events.append(closed)
         total, completed = len(step_ids), counts[ProgressBucket.COMPLETED]
-        events.append(ErrorEvent(run.dag_id, run.run_id, None, INTERRUPTED, now))
+        events.append(ErrorEvent(run.dag_id, run.run_id, None, error, now))
         events.append(
             DagRunProgressEvent(
                 run.dag_id,
@@ -100,10 +102,10 @@ def interrupted_events(
 
 
 def _closing_event(
-    run: RunRecord, step_id: str, row: StepRecord | None, now: float
+    run: RunRecord, step_id: str, row: StepRecord | None, now: float, error: str
 ) -> StepStatusEvent:
     """The final status of an unfinished step (`row`; None: it never started, so it has no
-    row): running or retrying -> failed, pending -> cancelled, with the error INTERRUPTED."""
+    row): running or retrying -> failed, pending -> cancelled, with `error`."""
     if row is None:
         return StepStatusEvent(
             run.dag_id,
@@ -114,7 +116,7 @@ def _closing_event(
             now,
             None,
             0,
-            INTERRUPTED,
+            error,
             now,
         )
     pending = row.status is StepStatus.PENDING
@@ -127,10 +129,59 @@ def _closing_event(
         now,
         duration_ms(row.start_time, now),
         row.retry_count,
-        INTERRUPTED,
+        error,
         now,
         attempt=row.attempt,
     )
+
+
+def close_out_state(state: RunState, now: float, error: str) -> tuple[list[DagEvent], RunState]:
+    """A run whose driver failed (a bug: `Daemon._drive`) closed out as recovery closes out an
+    interrupted one, at `now` (UNIX seconds), with `error` as the reason: the events (see
+    `interrupted_events`) and the run as they leave it, failed with every step final (what
+    the daemon keeps at hand for snapshots and a retry). Pure; `state` is not changed."""
+    rows = [
+        StepRecord(
+            state.run_id,
+            sid,
+            st.status,
+            st.retry_count,
+            st.start_time,
+            st.end_time,
+            None,
+            st.error,
+            attempt=st.attempts_before + st.attempt,
+        )
+        for sid, st in state.steps.items()
+    ]
+    record = RunRecord(
+        state.dag.id, state.run_id, state.status, dict(state.params), 0.0, state.started_at, None
+    )
+    events = interrupted_events([record], rows, now, {state.run_id: state.dag}, error)
+    final: dict[str, StepRecordTuple] = {
+        r.step_id: (r.status, r.retry_count, r.start_time, r.end_time, r.error, r.attempt)
+        for r in rows
+    }
+    for e in events:
+        if isinstance(e, StepStatusEvent):
+            final[e.step_id] = (
+                e.status,
+                e.retry_count,
+                e.start_time,
+                e.end_time,
+                e.error,
+                e.attempt,
+            )
+    closed = RunState.restore(
+        state.dag,
+        state.run_id,
+        state.params,
+        RunStatus.FAILED,
+        final,
+        progress_interval=state.progress_interval,
+    )
+    closed.started_at, closed.ended_at = state.started_at, now
+    return events, closed
 
 
 def run_definitions(
@@ -229,6 +280,7 @@ class LeftoverRecorder:
 __all__ = [
     "INTERRUPTED",
     "LeftoverRecorder",
+    "close_out_state",
     "interrupted_events",
     "kill_leftovers",
     "recover",

@@ -10,8 +10,9 @@ from __future__ import annotations
 import random
 import signal
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
@@ -20,8 +21,13 @@ from clienthelp import DaemonProc, await_for
 from dagd.cli.render import RunsView
 from dagd.client import Client, connect
 from dagd.core.backoff import ReconnectBackoff
+from dagd.core.config import Config
 from dagd.core.events import DagEvent, DagRunProgressEvent, DagRunStatusEvent, StepStatusEvent
-from dagd.core.model import RunStatus, StepStatus
+from dagd.core.model import RunStatus, StepSpec, StepStatus
+from dagd.daemon.daemon import Daemon
+from dagd.daemon.hub import Hub
+from dagd.daemon.store import Store
+from dagd.runtime.executor import AttemptResult, Leftover, LeftoverSink, StepContext
 
 INTERRUPTED = "interrupted: the daemon stopped"
 
@@ -136,3 +142,85 @@ async def test_kill_9_closes_out_every_step_of_the_runs_it_interrupted(
             (queued, "b", "cancelled", INTERRUPTED),
         ]
     )
+
+
+# ------------------------------------------------- a sibling: a run whose driver crashed
+
+
+class BuggyExecutor:
+    """An executor with a bug: step `bad` answers something that is not an AttemptResult, which
+    the engine cannot read, so the run's driver fails; `slow` runs until it is stopped."""
+
+    name = "local"
+    log_dir = None
+
+    async def run(
+        self, step: StepSpec, ctx: StepContext, on_leftover: LeftoverSink | None = None
+    ) -> AttemptResult:
+        if step.id == "slow":
+            await trio.sleep_forever()
+        await trio.sleep(0.05)
+        return cast(AttemptResult, object())
+
+    async def clean_up(self, leftovers: Collection[Leftover], run_ids: Collection[str]) -> None:
+        pass
+
+
+async def test_a_run_whose_driver_crashes_is_closed_out_step_by_step(tmp_path: Path) -> None:
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "buggy.toml").write_text(
+        textwrap.dedent(
+            """
+            [steps.bad]
+            command = "true"
+            [steps.slow]
+            command = "true"
+            [steps.after]
+            command = "true"
+            depends_on = ["bad"]
+            """
+        )
+    )
+    config = Config(dags_dir=tmp_path / "dags", state_dir=tmp_path / "state", kill_grace=0.5)
+    hub = Hub()
+    store = Store.open(config.db_path, on_commit=hub.publish)
+    daemon = Daemon(config, store=store, hub=hub, executors={"local": BuggyExecutor()})
+    events: list[DagEvent] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            await daemon.start(nursery)
+            with daemon.subscribe() as sub:
+                run_id = await daemon.trigger("buggy")
+                with trio.fail_after(10):
+                    async for stored in sub:
+                        events.append(stored.event)
+                        ev = stored.event
+                        if isinstance(ev, DagRunStatusEvent) and ev.status.finished:
+                            break
+            snapshot, _ = daemon.snapshot({"buggy"})
+            await daemon.stop()
+            await store.flush()
+            nursery.cancel_scope.cancel()
+        found = await store.get_run(run_id)
+    finally:
+        store.close()
+    view = RunsView()
+    for event in events:
+        view.apply(event)
+    run = view.view("buggy", run_id)
+    assert run.status is RunStatus.FAILED
+    assert run.counts() == (3, 0, 0, 3, 0)  # nothing left running or pending
+    closing = {s: (e.status, e.error) for s, e in run.steps.items()}
+    assert closing["slow"][0] is StepStatus.FAILED  # it was running
+    assert closing["after"][0] is StepStatus.CANCELLED  # it never started
+    assert all(error is not None and "internal error" in error for _, error in closing.values())
+    assert found is not None
+    assert {s.step_id: s.status for s in found[1]} == {
+        sid: status for sid, (status, _) in closing.items()
+    }
+    # What a client joining now is shown (the daemon's memory of the run) agrees.
+    shown = {e.step_id: e.status for e in snapshot if isinstance(e, StepStatusEvent)}
+    assert shown == {sid: status for sid, (status, _) in closing.items()}
+    [progress] = [e for e in snapshot if isinstance(e, DagRunProgressEvent)]
+    assert (progress.running_steps, progress.pending_steps, progress.failed_steps) == (0, 0, 3)
