@@ -82,7 +82,9 @@ async def open_app(
         raise
     try:
         # The daemon records each attempt's leftover handle itself (recovery.LeftoverRecorder).
-        executor = LocalExecutor(log_dir=config.log_dir, grace=config.kill_grace)
+        executor = LocalExecutor(
+            log_dir=config.log_dir, grace=config.kill_grace, hidden_env=config.secret_env_names
+        )
         daemon = Daemon(config, store=store, hub=hub, executors=executor, clock=clock or time.time)
         with unwrap_single():
             async with trio.open_nursery() as nursery:

@@ -7,9 +7,11 @@ User mistakes become `click.ClickException`s (exit code 1 with a clear message) 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +32,12 @@ from dagd.runtime.local.executor import LocalExecutor
 from dagd.runtime.local.procs import raise_open_files_limit
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from rich.console import Console
 
     from dagd.cli.remote import Endpoint
+    from dagd.runtime.executor import StepExecutor
 
 log = logging.getLogger("dagd")
 EXIT_FAILED = 1
@@ -183,7 +188,9 @@ def run(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     state = RunState(dag, RunIdFactory().make("manual", time.time()), bound)
-    executor = LocalExecutor(log_dir=config.log_dir, grace=config.kill_grace)
+    executor = LocalExecutor(
+        log_dir=config.log_dir, grace=config.kill_grace, hidden_env=config.secret_env_names
+    )
     from rich.console import Console
 
     console = Console()
@@ -215,13 +222,22 @@ async def _run_here(
 
     driver = RunDriver(state, executor, publish, step_slots=trio.CapacityLimiter(parallel))
 
-    async def stop_on_signal(cancel_scope: trio.CancelScope) -> None:
+    async def stop_on_signal() -> None:
+        # Listening goes on until the run is over: a second signal must not kill this
+        # process and leave steps running; it cuts the grace period short instead.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                if state.cancelling:  # second Ctrl-C: stop waiting for the grace period
-                    cancel_scope.cancel()
-                    return
-                driver.cancel(f"interrupted by {signal.Signals(signum).name}")
+                name = signal.Signals(signum).name
+                if state.cancelling or state.status.finished:
+                    console.print(f"{name} again: killing the steps now", highlight=False)
+                    executor.kill_now()
+                    continue
+                console.print(
+                    f"{name}: stopping (steps get {executor.grace:g}s to exit; "
+                    "send it again to kill them now)",
+                    highlight=False,
+                )
+                driver.cancel(f"interrupted by {name}")
 
     async def refresh(display: Live) -> None:
         while True:
@@ -229,7 +245,7 @@ async def _run_here(
             await trio.sleep(0.1)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(stop_on_signal)
         if live:
             with Live(view.render(), console=console, transient=True) as display:
                 nursery.start_soon(refresh, display)
@@ -289,6 +305,10 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    try:
+        config.token_values(os.environ)  # an unset token variable: one line, before anything
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     before, after = raise_open_files_limit()
     if after > before:
         log.debug("open files limit raised from %d to %d", before, after)
@@ -299,30 +319,53 @@ def serve(
         raise click.ClickException(exc.message) from None
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
+    except ConfigError as exc:  # e.g. a token's sha256 that is not 64 hex digits
+        raise click.ClickException(f"{config.source or 'config'}: {exc}") from None
 
 
 async def _serve(config: Config) -> None:
     from dagd.app import open_app
 
-    async with open_app(config, websocket=config.server.enabled) as app:
-        daemon = app.daemon
-        where = f"events at {app.url}" if app.url is not None else "no WebSocket server"
-        log.info(
-            "dagd ready: %d DAG(s) from %s; %s; state in %s",
-            len(daemon.dags),
-            config.dags_dir,
-            where,
-            config.state_dir,
-        )
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
+    # The signal receiver stays open through the shutdown: a second signal must never kill
+    # dagd half way (steps left running, runs left `running`); it cuts the grace short.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async with open_app(config, websocket=config.server.enabled) as app:
+                daemon = app.daemon
+                where = f"events at {app.url}" if app.url is not None else "no WebSocket server"
                 log.info(
-                    "%s received: stopping (running steps get %gs to exit)",
-                    signal.Signals(signum).name,
-                    config.kill_grace,
+                    "dagd ready: %d DAG(s) from %s; %s; state in %s",
+                    len(daemon.dags),
+                    config.dags_dir,
+                    where,
+                    config.state_dir,
                 )
-                break
+                async for signum in signals:
+                    log.info(
+                        "%s received: stopping (running steps get %gs to exit; "
+                        "send it again to kill them now)",
+                        signal.Signals(signum).name,
+                        config.kill_grace,
+                    )
+                    break
+                nursery.start_soon(_kill_on_signal, signals, daemon.executors)
+            nursery.cancel_scope.cancel()
     log.info("dagd stopped")
+
+
+async def _kill_on_signal(
+    signals: AsyncIterator[int], executors: StepExecutor | Mapping[str, StepExecutor]
+) -> None:
+    """During the shutdown: each further SIGINT/SIGTERM SIGKILLs the steps still running;
+    their runs are still recorded as cancelled before dagd exits."""
+    found = executors.values() if isinstance(executors, Mapping) else [executors]
+    async for signum in signals:
+        log.warning(
+            "%s received again: killing the running steps now", signal.Signals(signum).name
+        )
+        for executor in found:
+            if isinstance(executor, LocalExecutor):
+                executor.kill_now()
 
 
 # ------------------------------------------------------- talking to the daemon

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,34 @@ class Config:
     def log_dir(self) -> Path:
         """The step logs' root folder: `<state_dir>/logs`."""
         return self.state_dir / "logs"
+
+    @property
+    def secret_env_names(self) -> tuple[str, ...]:
+        """The environment variables that hold dagd's own secrets, never passed to a step:
+        DAGD_TOKEN (the `dagd` commands' token) and each `[[auth.tokens]]` `env`."""
+        names = ["DAGD_TOKEN"]
+        names += [spec.env for spec in self.tokens if spec.env and spec.env not in names]
+        return tuple(names)
+
+    def token_values(self, environ: Mapping[str, str]) -> list[str | None]:
+        """Each `[[auth.tokens]]` entry's token read from `environ` where it names an `env`
+        variable (None for the entries given as `token` or `sha256`), in order. Raises
+        ConfigError naming the entry and the variable when one is unset or empty."""
+        values: list[str | None] = []
+        where = str(self.source or "config")
+        for i, spec in enumerate(self.tokens):
+            if spec.env is None:
+                values.append(None)
+                continue
+            value = environ.get(spec.env)
+            if not value:
+                name = f" ({spec.name!r})" if spec.name else ""
+                raise ConfigError(
+                    f"{where}: auth.tokens[{i}]{name}: environment variable {spec.env} is not "
+                    "set or empty; set it before starting dagd, or give the token as 'sha256'"
+                )
+            values.append(value)
+        return values
 
     @property
     def token_file(self) -> Path:
@@ -203,8 +232,16 @@ def parse_config(text: str, base: Path, source: Path | None = None) -> Config:
             raise ConfigError(
                 f"{where}: auth.tokens[{i}] needs exactly one of 'token', 'sha256' or 'env'"
             )
+        if spec.sha256 is not None and not _is_sha256(spec.sha256):
+            raise ConfigError(
+                f"{where}: auth.tokens[{i}].sha256: must be 64 hex digits (a SHA-256 digest)"
+            )
         tokens.append(spec)
     return Config(**top, server=server, tokens=tuple(tokens), source=source)
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def default_config(base: Path) -> Config:

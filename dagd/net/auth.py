@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import attrs
 
-from dagd.core.config import Config
+from dagd.core.config import Config, ConfigError
 
 
 @attrs.frozen
@@ -35,26 +35,24 @@ class TokenBook:
     @classmethod
     def from_config(cls, config: Config) -> TokenBook:
         """The tokens of config.tokens, or the generated token file's if none is configured.
-        Raises ValueError naming the token for a bad sha256 or an unset environment variable."""
+        Raises ConfigError (a ValueError; one line naming the entry) for a bad sha256 or an
+        unset or empty environment variable."""
         entries = []
-        for spec in config.tokens:
-            if spec.token is not None:
+        from_env = config.token_values(os.environ)
+        for spec, value in zip(config.tokens, from_env, strict=True):
+            if value is not None:
+                digest = hashlib.sha256(value.encode()).digest()
+            elif spec.token is not None:
                 digest = hashlib.sha256(spec.token.encode()).digest()
             elif spec.sha256 is not None:
                 try:
                     digest = bytes.fromhex(spec.sha256)
                 except ValueError:
-                    raise ValueError(f"auth token {spec.name!r}: sha256 is not hex") from None
+                    raise ConfigError(f"auth token {spec.name!r}: sha256 is not hex") from None
                 if len(digest) != 32:
-                    raise ValueError(f"auth token {spec.name!r}: sha256 must be 64 hex digits")
+                    raise ConfigError(f"auth token {spec.name!r}: sha256 must be 64 hex digits")
             else:
-                assert spec.env is not None
-                value = os.environ.get(spec.env)
-                if not value:
-                    raise ValueError(
-                        f"auth token {spec.name!r}: environment variable {spec.env} is not set"
-                    )
-                digest = hashlib.sha256(value.encode()).digest()
+                raise AssertionError("parse_config allows exactly one of token, sha256, env")
             entries.append(TokenEntry(digest, spec.role, spec.name or spec.role))
         if entries:
             return cls(entries)
@@ -99,18 +97,21 @@ def ensure_token_file(config: Config) -> str:
 
 
 class AuthThrottle:
-    """Slows down repeated auth failures from one peer address: 0.25 s, 0.5 s, ... up to 5 s."""
+    """Slows down repeated auth failures from one peer address: the answer to the second
+    failure in a row waits 0.25 s, the third 0.5 s, ... up to 5 s. Only failures wait, after
+    the token was checked: a right token is answered at once, whatever came before it."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._failures: dict[str, tuple[int, float]] = {}
         self._clock = clock
 
     def delay(self, peer: str) -> float:
-        """Seconds to wait before checking `peer`'s next token (0: no recent failure)."""
+        """Seconds to wait before answering `peer`'s failure that `failed` has just counted
+        (0 for the first in 300 s)."""
         count, last = self._failures.get(peer, (0, 0.0))
-        if count == 0 or self._clock() - last > 300:
+        if count <= 1 or self._clock() - last > 300:
             return 0.0
-        return min(5.0, 0.25 * 2.0 ** (count - 1))
+        return min(5.0, 0.25 * 2.0 ** (count - 2))
 
     def failed(self, peer: str) -> None:
         """Count a failed auth from `peer` (forgotten after 300 s without one)."""

@@ -243,12 +243,14 @@ class Connection:
             await self._close(CloseCode.POLICY, "auth required")
             return False
         throttle = self.server.throttle
-        delay = throttle.delay(self.peer)
-        if delay:
-            await trio.sleep(delay)
         entry = self.server.tokens.check(message.token)
         if entry is None:
+            # Only a failure waits (after the check): a right token is never slowed down by
+            # someone else's wrong ones from the same address (a reverse proxy's, say).
             throttle.failed(self.peer)
+            delay = throttle.delay(self.peer)
+            if delay:
+                await trio.sleep(delay)
             log.warning("auth failed from %s", self.peer)  # never the token itself
             await self.send_now(error(ErrorCode.AUTH_FAILED, "invalid token"), message.request_id)
             await self._close(CloseCode.POLICY, "auth failed")
