@@ -210,7 +210,7 @@ async def test_a_header_block_that_grows_without_end_is_cut_off(tmp_path: Path) 
                     sent += 1
                     await trio.sleep(0.001)
             assert b" 101 " not in await read_until_closed(stream)
-            assert sent < 100  # cut off near 16 KiB (the kernel buffers some more)
+            assert sent < 1000  # cut off (near 16 KiB; the kernels buffer some more)
             assert trio.current_time() - start < 10
         await base.restored()
 
