@@ -32,6 +32,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FINISHED = "not_finished"  # retry of a run that is still queued or running
     NOT_RETRYABLE = "not_retryable"  # retry of a run that succeeded
     SHUTTING_DOWN = "shutting_down"  # trigger or retry while the daemon stops
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # trigger or retry while writes to disk fail
     # Never sent by the server: the client library reports a lost or refused connection in
     # the shape of an error answer with this code.
     CONNECTION_ERROR = "connection_error"
