@@ -52,13 +52,13 @@ def load_config(path: Path | None) -> Config:
             return default_config(Path.cwd())
         path = candidate
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()  # parse_config decodes: a BOM or bad UTF-8 is its problem
     except OSError as exc:
         raise click.ClickException(f"cannot read config {path}: {exc.strerror}") from None
     try:
-        return parse_config(text, path.resolve().parent, source=path)
-    except ConfigError as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
+        return parse_config(data, path.resolve().parent, source=path)
+    except ConfigError as exc:  # its one line starts with the file
+        raise click.ClickException(str(exc)) from None
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -1,6 +1,10 @@
 """config.toml -> Config. Every key has a default that works out of the box; unknown keys are
 errors that name the key (with a suggestion), and relative paths resolve against the folder of
 the config file, so the daemon behaves the same whatever directory it is started from.
+
+`parse_config` raises ConfigError and nothing else, whatever the text holds; numbers are
+bounded (`RANGES`, durations at most `MAX_DURATION`, `event_retention_age` at most
+`MAX_RETENTION_AGE`), and every message is one printable line that starts with the file.
 """
 
 from __future__ import annotations
@@ -13,13 +17,27 @@ from typing import Any
 
 import attrs
 
-from dagd.core.spec import parse_duration
+from dagd.core.spec import MAX_DURATION, decode_text, parse_duration
+from dagd.core.text import one_line, show
 
 ROLES = ("read", "operate")
 
+#: Integer keys and the ranges they must be in (both ends included).
+RANGES: dict[str, tuple[int, int]] = {
+    "max_parallel_steps": (1, 10_000),
+    "event_retention_count": (1, 10**12),
+    "server.port": (0, 65535),
+    "server.max_connections": (1, 1_000_000),
+    "server.max_message_size": (1, 64 * 1024 * 1024),
+    "server.send_buffer": (1, 1_000_000),
+    "server.rate_limit": (1, 1_000_000),
+}
+#: `event_retention_age` may be longer than other durations: 100 years, in seconds.
+MAX_RETENTION_AGE = 36500 * 86400.0
+
 
 class ConfigError(ValueError):
-    """config.toml cannot be used; the message says which key and why."""
+    """config.toml cannot be used; the message (one line) names the file, the key and why."""
 
 
 @attrs.frozen
@@ -154,33 +172,43 @@ _SERVER = {
 _TOKEN = {"role": "role", "name": "str", "token": "str", "sha256": "str", "env": "str"}
 
 
+class _Problem(Exception):
+    """One problem, found deep in the tables; `parse_config` adds the file to its message."""
+
+
 def _check_keys(table: dict[str, Any], allowed: dict[str, str], where: str) -> None:
     for key in table:
         if key not in allowed:
             close = difflib.get_close_matches(key, list(allowed), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+            raise _Problem(f"{where}unknown key {show(key)}{hint}")
 
 
 def _value(kind: str, value: Any, key: str, base: Path) -> Any:
     optional = kind.endswith("?")
     kind = kind.rstrip("?")
-    if optional and value in ("", None):
+    if optional and (value is None or value == ""):
         return None
     ok = True
     if kind == "path":
-        ok = isinstance(value, str)
+        ok = isinstance(value, str) and "\0" not in value
         if ok:
-            path = Path(value).expanduser()
+            try:
+                path = Path(value).expanduser()
+            except RuntimeError:  # "~user" of no user, or no home directory
+                raise _Problem(f"{key}: cannot expand {show(value)}: no such home") from None
             return path if path.is_absolute() else base / path
     elif kind == "duration":
+        maximum = MAX_RETENTION_AGE if key == "event_retention_age" else MAX_DURATION
         try:
-            return parse_duration(value)
+            return parse_duration(value, maximum)
         except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
+            raise _Problem(f"{key}: {exc}") from None
     elif kind in ("posint", "port"):
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        ok = ok and (value <= 65535 if kind == "port" else value >= 1)
+        low, high = RANGES[key]
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not low <= value <= high:
+            raise _Problem(f"{key}: must be from {low} to {high}, got {show(value)}")
     elif kind == "bool":
         ok = isinstance(value, bool)
     elif kind == "str":
@@ -189,53 +217,68 @@ def _value(kind: str, value: Any, key: str, base: Path) -> Any:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         value = tuple(value) if ok else value
     elif kind == "role":
-        ok = value in ROLES
+        ok = isinstance(value, str) and value in ROLES
     if not ok:
-        raise ConfigError(f"{key}: invalid value {value!r} (expected {kind})")
+        expected = {"posint": "integer", "path": "path without NUL", "role": " or ".join(ROLES)}
+        raise _Problem(f"{key}: invalid value {show(value)} (expected {expected.get(kind, kind)})")
     return value
 
 
-def parse_config(text: str, base: Path, source: Path | None = None) -> Config:
-    """Read config text; relative paths resolve against `base` (the config file's folder).
-    Durations are seconds (or '90s', '5m', ...). Raises ConfigError naming the key and why."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}") from None
+def parse_config(text: str | bytes, base: Path, source: Path | None = None) -> Config:
+    """Read config text (or the file's bytes: UTF-8, a byte-order mark is skipped); relative
+    paths resolve against `base` (the config file's folder). Durations are seconds (or '90s',
+    '5m', ...). Raises ConfigError, and never anything else: one line, `<source>: <key>: why`
+    (`config` when there is no `source`)."""
     where = str(source or "config")
+    try:
+        return _parse_config(text, base, source)
+    except _Problem as exc:
+        raise ConfigError(one_line(f"{where}: {exc}")) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(one_line(f"{where}: not UTF-8 text: {exc}")) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(one_line(f"{where}: not valid TOML: {exc}")) from None
+    except RecursionError:
+        raise ConfigError(f"{one_line(where)}: nested too deeply") from None
+    except Exception as exc:  # any failure of this file is this file's error
+        message = f"{where}: cannot be read ({type(exc).__name__}: {show(str(exc))})"
+        raise ConfigError(one_line(message)) from None
+
+
+def _parse_config(text: str | bytes, base: Path, source: Path | None) -> Config:
+    doc = tomllib.loads(decode_text(text))
     server_raw = doc.pop("server", {})
     auth_raw = doc.pop("auth", {})
-    _check_keys(doc, {**_TOP, "server": "", "auth": ""}, where)
+    _check_keys(doc, {**_TOP, "server": "", "auth": ""}, "")
     top = {k: _value(_TOP[k], v, k, base) for k, v in doc.items()}
     top.setdefault("dags_dir", base / "dags")
     top.setdefault("state_dir", base / "state")
     if not isinstance(server_raw, dict) or not isinstance(auth_raw, dict):
-        raise ConfigError(f"{where}: [server] and [auth] must be tables")
-    _check_keys(server_raw, _SERVER, f"{where} [server]")
+        raise _Problem("[server] and [auth] must be tables")
+    _check_keys(server_raw, _SERVER, "[server]: ")
     server = ServerConfig(
         **{k: _value(_SERVER[k], v, f"server.{k}", base) for k, v in server_raw.items()}
     )
     if (server.tls_cert is None) != (server.tls_key is None):
-        raise ConfigError(f"{where}: set both server.tls_cert and server.tls_key, or neither")
-    _check_keys(auth_raw, {"tokens": ""}, f"{where} [auth]")
+        raise _Problem("set both server.tls_cert and server.tls_key, or neither")
+    _check_keys(auth_raw, {"tokens": ""}, "[auth]: ")
+    raw_tokens = auth_raw.get("tokens", [])
+    if not isinstance(raw_tokens, list):
+        raise _Problem("auth.tokens: must be a list of tables ([[auth.tokens]])")
     tokens = []
-    for i, raw in enumerate(auth_raw.get("tokens", [])):
+    for i, raw in enumerate(raw_tokens):
         if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: auth.tokens[{i}] must be a table")
-        _check_keys(raw, _TOKEN, f"{where} [[auth.tokens]] #{i + 1}")
+            raise _Problem(f"auth.tokens[{i}] must be a table")
+        _check_keys(raw, _TOKEN, f"[[auth.tokens]] #{i + 1}: ")
         spec = TokenSpec(
             **{k: _value(_TOKEN[k], v, f"auth.tokens.{k}", base) for k, v in raw.items()}
         )
         if spec.token is not None and len(spec.token) < 8:
-            raise ConfigError(f"{where}: auth.tokens[{i}]: a token must be at least 8 characters")
+            raise _Problem(f"auth.tokens[{i}]: a token must be at least 8 characters")
         if sum(x is not None for x in (spec.token, spec.sha256, spec.env)) != 1:
-            raise ConfigError(
-                f"{where}: auth.tokens[{i}] needs exactly one of 'token', 'sha256' or 'env'"
-            )
+            raise _Problem(f"auth.tokens[{i}] needs exactly one of 'token', 'sha256' or 'env'")
         if spec.sha256 is not None and not _is_sha256(spec.sha256):
-            raise ConfigError(
-                f"{where}: auth.tokens[{i}].sha256: must be 64 hex digits (a SHA-256 digest)"
-            )
+            raise _Problem(f"auth.tokens[{i}].sha256: must be 64 hex digits (a SHA-256 digest)")
         tokens.append(spec)
     return Config(**top, server=server, tokens=tuple(tokens), source=source)
 

@@ -15,12 +15,46 @@ from typing import Final
 
 import attrs
 
+from dagd.core.text import show
+
+#: The longest param value a run accepts, in bytes of UTF-8 (an environment variable holds at
+#: most 128 KiB on Linux).
+MAX_PARAM_BYTES = 65536
+
 
 def param_text(value: object) -> str:
     """A param value as the text a step sees, written as in TOML (true, not True)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def param_variable(name: str) -> str:
+    """The environment variable a step reads param `name` from: `DAGD_PARAM_<NAME>`
+    (upper-cased, so `date` and `DATE` would share one: the DAG file check refuses that)."""
+    return f"DAGD_PARAM_{name.upper()}"
+
+
+def _given_param_text(name: str, value: object) -> str:
+    """One param value given to a trigger, as text; ValueError (only) for what a step could
+    not be given or dagd could not store."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"param {name!r}: an integer must fit in 64 bits")
+    elif not isinstance(value, str | float | bool):
+        raise ValueError(
+            f"param {name!r}: expected a string, number or boolean, got {type(value).__name__}"
+        )
+    text = param_text(value)
+    if "\0" in text:
+        raise ValueError(f"param {name!r}: the value contains a NUL character")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"param {name!r}: the value is not valid Unicode text") from None
+    if size > MAX_PARAM_BYTES:
+        raise ValueError(f"param {name!r}: the value is over {MAX_PARAM_BYTES} bytes")
+    return text
 
 
 class RunStatus(enum.StrEnum):
@@ -132,6 +166,9 @@ class StepSpec:
     cwd: str | None = None
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     description: str = ""
+    # `env` as written, in the order its `$VAR` references expand: the DAG's entries, then the
+    # step's (a name the step sets again appears twice). Empty: `env` in its own order.
+    env_order: tuple[tuple[str, str], ...] = ()
 
     @property
     def max_attempts(self) -> int:
@@ -158,13 +195,22 @@ class DagSpec:
     source: str | None = None  # the file it came from, for error messages
 
     def bind_params(self, given: Mapping[str, object] | None) -> dict[str, str]:
-        """Declared defaults overlaid with `given`; an undeclared name is an error."""
-        given = dict(given or {})
-        unknown = sorted(set(given) - set(self.params))
+        """Declared defaults overlaid with `given` (name -> string, number or boolean), as
+        the text steps see. Raises ValueError, and nothing else whatever `given` holds, for:
+        an undeclared name; a value of another type; an integer beyond 64 bits; a value with
+        a NUL character or a lone surrogate, or over MAX_PARAM_BYTES bytes of UTF-8."""
+        if given is None:
+            return dict(self.params)
+        if not isinstance(given, Mapping):
+            raise ValueError(f"params must be a table of names to values, got {show(given)}")
+        unknown = sorted(show(name) for name in given if name not in self.params)
         if unknown:
             declared = ", ".join(sorted(self.params)) or "none"
             raise ValueError(
-                f"DAG {self.id!r} has no param {', '.join(map(repr, unknown))} "
+                f"DAG {self.id!r} has no param {', '.join(unknown[:10])} "
                 f"(declared params: {declared})"
             )
-        return {**self.params, **{k: param_text(v) for k, v in given.items()}}
+        bound = dict(self.params)
+        for name, value in given.items():
+            bound[name] = _given_param_text(name, value)
+        return bound

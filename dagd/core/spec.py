@@ -2,6 +2,11 @@
 
 A user fixing a DAG file should see the whole list in one go, each line saying where the problem
 is and, for a typo, what they probably meant.
+
+A DAG file is untrusted input (anyone who can write to the DAG folder): `parse_dag` raises
+`DagSpecError` and nothing else, whatever the bytes; numbers are bounded (`LIMITS`,
+`MAX_DURATION`) so that no later arithmetic, timer or SQLite column can overflow on them; and
+every problem is one printable line (control characters escaped).
 """
 
 from __future__ import annotations
@@ -16,13 +21,28 @@ import attrs
 
 from dagd.core.cron import cron_problem, timezone_problem
 from dagd.core.graph import find_cycle, topological_order
-from dagd.core.model import DagSpec, StepSpec, TriggerRule, param_text
+from dagd.core.model import DagSpec, StepSpec, TriggerRule, param_text, param_variable
+from dagd.core.text import env_syntax_problem, one_line, show
 
 ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+#: The longest duration a DAG file may give (`timeout`, `retry_delay`, `max_retry_delay`):
+#: 365 days, in seconds.
+MAX_DURATION = 365 * 86400.0
+#: Integer keys of a DAG file and the ranges they must be in (both ends included).
+LIMITS: dict[str, tuple[int, int]] = {
+    "retries": (0, 1000),
+    "max_active_runs": (1, 10_000),
+    "max_active_steps": (1, 10_000),
+}
+#: `retry_backoff`: the factor each retry's delay is multiplied by.
+BACKOFF_RANGE = (1.0, 100.0)
+#: TOML integers are 64-bit signed (the TOML spec); tomllib reads any length.
+INT64 = (-(2**63), 2**63 - 1)
 
 DAG_KEYS = [
     "id",
@@ -63,12 +83,14 @@ class Problem:
     field: str | None = None
 
     def __str__(self) -> str:
+        """One printable line: `file: step 'id': field 'name': message` (control characters
+        and newlines escaped, whatever the file name or the text quoted from the file)."""
         where = [self.file]
         if self.step is not None:
-            where.append(f"step {self.step!r}")
+            where.append(f"step {show(self.step)}")
         if self.field is not None:
-            where.append(f"field {self.field!r}")
-        return f"{': '.join(where)}: {self.message}"
+            where.append(f"field {show(self.field)}")
+        return one_line(f"{': '.join(where)}: {self.message}")
 
 
 class DagSpecError(ValueError):
@@ -79,11 +101,14 @@ class DagSpecError(ValueError):
         super().__init__("\n".join(map(str, problems)))
 
 
-def parse_duration(value: object) -> float:
-    """`"90s"`, `"5m"`, `"1h30m"`, `"250ms"` or a plain number of seconds -> seconds."""
+def parse_duration(value: object, maximum: float = MAX_DURATION) -> float:
+    """`"90s"`, `"5m"`, `"1h30m"`, `"250ms"` or a plain number of seconds -> seconds, at
+    most `maximum`. Raises ValueError (only) for anything else, saying what to write."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like '90s', '5m', '1h' or seconds, got {value!r}")
-    if isinstance(value, int | float):
+    if isinstance(value, int) and not -maximum <= value <= maximum:  # float() may overflow
+        seconds = float("inf")
+    elif isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and value.strip():
         text = value.strip().replace(" ", "")
@@ -98,12 +123,17 @@ def parse_duration(value: object) -> float:
                 pos = match.end()
             if pos != len(text) or pos == 0:
                 raise ValueError(
-                    f"cannot read duration {value!r}: use e.g. '90s', '5m', '1h30m' or seconds"
+                    f"cannot read duration {show(value)}: use e.g. '90s', '5m', '1h30m' or seconds"
                 ) from None
     else:
-        raise ValueError(f"expected a duration like '90s', '5m', '1h' or seconds, got {value!r}")
-    if seconds < 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError(f"duration must be a finite number of seconds >= 0, got {value!r}")
+        raise ValueError(
+            f"expected a duration like '90s', '5m', '1h' or seconds, got {show(value)}"
+        )
+    if not 0 <= seconds <= maximum:  # also NaN and infinity
+        raise ValueError(
+            f"duration must be between 0 and {maximum:.0f} seconds ({maximum / 86400:g} days), "
+            f"got {show(value)}"
+        )
     return seconds
 
 
@@ -151,14 +181,14 @@ class _Reader:
             return default
         value = table[key]
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            self.problem(f"expected an integer, got {value!r}", step, key)
+            self.problem(f"expected an integer, got {show(value)}", step, key)
             return default
         if not isinstance(value, kind):
             names = (
                 kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             )
             names = names.replace("str", "string").replace("dict", "table")
-            self.problem(f"expected a {names}, got {value!r}", step, key)
+            self.problem(f"expected a {names}, got {show(value)}", step, key)
             return default
         if check is not None:
             message = check(value)
@@ -185,16 +215,34 @@ class _Reader:
         out: dict[str, str] = {}
         for name, value in raw.items():
             if not PARAM_RE.match(name):
-                self.problem(f"{name!r} is not a valid name (letters, digits, _)", step, key)
-            elif isinstance(value, str | int | float | bool) and not isinstance(value, dict):
+                self.problem(f"{show(name)} is not a valid name (letters, digits, _)", step, key)
+            elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+                self.problem(f"value of {name!r} is not a 64-bit integer", step, key)
+            elif isinstance(value, str) and "\0" in value:
+                self.problem(f"value of {name!r} contains a NUL character", step, key)
+            elif isinstance(value, str | int | float | bool):
                 out[name] = param_text(value)
             else:
                 self.problem(f"value of {name!r} must be a string or number", step, key)
         return out
 
+    def env_table(self, table: Table, step: str | None = None) -> dict[str, str]:
+        """`string_table` of `env`, each value checked for `$` syntax (text.py)."""
+        env = self.string_table(table, "env", step)
+        for name, value in env.items():
+            message = env_syntax_problem(value)
+            if message is not None:
+                self.problem(f"value of {name!r}: {message}", step, "env")
+        return env
 
-def _at_least(n: int) -> Check[int]:
-    return lambda v: None if v >= n else f"must be at least {n}, got {v}"
+
+def _in_range(key: str) -> Check[int]:
+    low, high = LIMITS[key]
+    return lambda v: None if low <= v <= high else f"must be from {low} to {high}, got {show(v)}"
+
+
+def _no_nul(v: str) -> str | None:
+    return "contains a NUL character" if "\0" in v else None
 
 
 def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -> StepSpec | None:
@@ -210,11 +258,15 @@ def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -
     if isinstance(raw_command, list):
         if not raw_command or not all(isinstance(a, str) for a in raw_command):
             r.problem("an argv list must be a non-empty list of strings", step_id, "command")
+        elif any("\0" in a for a in raw_command):
+            r.problem("contains a NUL character", step_id, "command")
         else:
             command = tuple(raw_command)
     elif isinstance(raw_command, str):
         if not raw_command.strip():
             r.problem("must not be empty", step_id, "command")
+        elif "\0" in raw_command:
+            r.problem("contains a NUL character", step_id, "command")
         command = raw_command
     call = r.get(
         raw,
@@ -248,34 +300,68 @@ def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -
         ),
     )
     backoff = r.get(raw, "retry_backoff", (int, float), default=2.0, step=step_id)
-    if isinstance(backoff, bool) or backoff < 1:
-        r.problem(f"must be a number >= 1, got {backoff!r}", step_id, "retry_backoff")
+    low, high = BACKOFF_RANGE
+    if isinstance(backoff, bool) or not low <= backoff <= high:  # also NaN
+        r.problem(
+            f"must be a number from {low:g} to {high:g}, got {show(backoff)}",
+            step_id,
+            "retry_backoff",
+        )
         backoff = 2.0
     timeout = r.duration(raw, "timeout", default=None, step=step_id)
     if timeout == 0:
         r.problem("must be greater than 0 (leave it out for no timeout)", step_id, "timeout")
+    step_env = r.env_table(raw, step_id)
     return StepSpec(
         id=step_id,
         command=command,
         call=call,
         depends_on=tuple(dict.fromkeys(deps)),
-        retries=r.get(raw, "retries", int, default=0, step=step_id, check=_at_least(0)),
+        retries=r.get(raw, "retries", int, default=0, step=step_id, check=_in_range("retries")),
         retry_delay=r.duration(raw, "retry_delay", default=0.0, step=step_id),
         retry_backoff=float(backoff),
         max_retry_delay=r.duration(raw, "max_retry_delay", default=None, step=step_id),
         timeout=timeout or None,
-        env={**dag_env, **r.string_table(raw, "env", step_id)},
-        cwd=r.get(raw, "cwd", str, default=None, step=step_id),
+        env={**dag_env, **step_env},
+        # Expansion order (environment.py): the DAG's entries, then the step's.
+        env_order=(*dag_env.items(), *step_env.items()),
+        cwd=r.get(raw, "cwd", str, default=None, step=step_id, check=_no_nul),
         trigger_rule=TriggerRule(rule),
         description=r.get(raw, "description", str, default="", step=step_id),
     )
 
 
-def parse_dag(text: str, file: str = "<string>", default_id: str | None = None) -> DagSpec:
-    """Read one DAG file's text. Raises DagSpecError listing every problem found."""
+def decode_text(data: str | bytes) -> str:
+    """A file's bytes (or text) as text: UTF-8, without a leading byte-order mark (editors on
+    Windows write one). Raises UnicodeDecodeError (a ValueError) for bytes that are not UTF-8."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return text.removeprefix("\ufeff")
+
+
+def parse_dag(text: str | bytes, file: str = "<string>", default_id: str | None = None) -> DagSpec:
+    """Read one DAG file's text (or its bytes: UTF-8, a byte-order mark is skipped). Raises
+    DagSpecError listing every problem found, and never any other exception: whatever fails
+    while reading the file is that file's problem."""
+    try:
+        return _parse_dag(text, file, default_id)
+    except DagSpecError:
+        raise
+    except RecursionError:
+        message = "nested too deeply (arrays or tables inside each other hundreds of levels)"
+        raise DagSpecError([Problem(file, message)]) from None
+    except MemoryError:
+        raise DagSpecError([Problem(file, "too large to read")]) from None
+    except Exception as exc:  # a failure of this file must stay this file's problem
+        message = f"cannot be read ({type(exc).__name__}: {show(str(exc))}); please report this"
+        raise DagSpecError([Problem(file, message)]) from None
+
+
+def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
     r = _Reader(file)
     try:
-        doc = tomllib.loads(text)
+        doc = tomllib.loads(decode_text(text))
+    except UnicodeDecodeError as exc:
+        raise DagSpecError([Problem(file, f"not UTF-8 text: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise DagSpecError([Problem(file, f"not valid TOML: {exc}")]) from None
     r.unknown_keys(doc, DAG_KEYS, None)
@@ -286,7 +372,7 @@ def parse_dag(text: str, file: str = "<string>", default_id: str | None = None) 
         r.problem(f"{dag_id!r} is not a valid id (letters, digits, '_', '-', '.')", field="id")
     schedule = r.get(doc, "schedule", str, default=None, check=cron_problem)
     tz = r.get(doc, "timezone", str, default="UTC", check=timezone_problem)
-    dag_env = r.string_table(doc, "env")
+    dag_env = r.env_table(doc)
     raw_steps = r.get(doc, "steps", dict, default={})
     if not raw_steps and isinstance(doc.get("steps", {}), dict):
         r.problem("a DAG needs at least one step ([steps.<id>] with a command or call)")
@@ -308,7 +394,20 @@ def parse_dag(text: str, file: str = "<string>", default_id: str | None = None) 
         cycle = find_cycle(deps) or []
         # Show it in the direction work flows: upstream -> downstream.
         r.problem(f"dependency cycle: {' -> '.join(reversed(cycle))}", field="depends_on")
-    max_active_steps = r.get(doc, "max_active_steps", int, default=None, check=_at_least(1))
+    max_active_steps = r.get(
+        doc, "max_active_steps", int, default=None, check=_in_range("max_active_steps")
+    )
+    params = r.string_table(doc, "params")
+    by_var: dict[str, str] = {}
+    for name in params:
+        var = param_variable(name)
+        if var in by_var:
+            r.problem(
+                f"params {by_var[var]!r} and {name!r} would both be {var}: rename one",
+                field="params",
+            )
+        else:
+            by_var[var] = name
     dag = DagSpec(
         id=dag_id or "",
         steps=steps,
@@ -317,9 +416,11 @@ def parse_dag(text: str, file: str = "<string>", default_id: str | None = None) 
         schedule=schedule,
         timezone=tz,
         catchup=r.get(doc, "catchup", bool, default=False),
-        max_active_runs=r.get(doc, "max_active_runs", int, default=1, check=_at_least(1)),
+        max_active_runs=r.get(
+            doc, "max_active_runs", int, default=1, check=_in_range("max_active_runs")
+        ),
         max_active_steps=max_active_steps,
-        params=r.string_table(doc, "params"),
+        params=params,
         env=dag_env,
         tags=tuple(r.get(doc, "tags", list, default=[])),
         source=file,

@@ -26,6 +26,10 @@ from dagd.core.spec import DagSpecError, Problem, parse_dag
 #: (editors that save by rename make a new inode, and a write moves ctime too).
 Stamp = tuple[int, int, int, int]
 
+#: A DAG file larger than this (bytes) is refused unread: no DAG needs it, and reading and
+#: parsing an arbitrarily large file would stall every reload.
+MAX_FILE_BYTES = 1024 * 1024
+
 
 def dag_files(folder: Path) -> list[Path]:
     """The DAG files of `folder`, sorted by path."""
@@ -34,12 +38,18 @@ def dag_files(folder: Path) -> list[Path]:
 
 def load_dag_file(path: Path) -> DagSpec:
     """Parse one file (its id defaults to the file name's stem); raises DagSpecError naming the
-    file for a file that cannot be read or is not a valid DAG."""
+    file, and nothing else, for a file that cannot be read or is not a valid DAG (parse_dag
+    decodes the bytes: a byte-order mark is skipped, bad UTF-8 is a problem)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DagSpecError([Problem(str(path), f"cannot read file: {exc}")]) from None
-    return parse_dag(text, str(path), default_id=path.stem)
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        message = f"cannot read file: {exc.strerror or exc}"
+        raise DagSpecError([Problem(str(path), message)]) from None
+    if len(data) > MAX_FILE_BYTES:
+        message = f"larger than {MAX_FILE_BYTES // 1024 // 1024} MiB: not read"
+        raise DagSpecError([Problem(str(path), message)])
+    return parse_dag(data, str(path), default_id=path.stem)
 
 
 @attrs.frozen

@@ -108,6 +108,7 @@ def test_valid_file_parses_to_the_expected_spec():
         max_retry_delay=300.0,
         timeout=5400.0,
         env={"REGION": "eu", "MODE": "dag"},
+        env_order=(("REGION", "eu"), ("MODE", "dag")),
     )
     assert extract.max_attempts == 3
 
@@ -117,6 +118,13 @@ def test_valid_file_parses_to_the_expected_spec():
     assert transform.cwd == "/srv"
     # The DAG's env is merged under the step's own: the step wins on a clash.
     assert transform.env == {"REGION": "eu", "MODE": "step", "EXTRA": "1"}
+    # ... and `$VAR` expands entry by entry: the DAG's entries, then the step's.
+    assert transform.env_order == (
+        ("REGION", "eu"),
+        ("MODE", "dag"),
+        ("MODE", "step"),
+        ("EXTRA", "1"),
+    )
 
     load = dag.steps["load"]
     assert load.call == "etl.jobs:load"
@@ -339,7 +347,7 @@ SINGLE_PROBLEMS = [
         '[steps.a]\ncommand = "x"\nretry_delay = -3',
         "a",
         "retry_delay",
-        ["duration must be a finite number of seconds >= 0, got -3"],
+        ["duration must be between 0 and 31536000 seconds (365 days), got -3"],
         id="negative-duration",
     ),
     pytest.param(
@@ -353,7 +361,7 @@ SINGLE_PROBLEMS = [
         '[steps.a]\ncommand = "x"\nretries = -1',
         "a",
         "retries",
-        ["must be at least 0, got -1"],
+        ["must be from 0 to 1000, got -1"],
         id="negative-retries",
     ),
     pytest.param(
@@ -374,14 +382,14 @@ SINGLE_PROBLEMS = [
         '[steps.a]\ncommand = "x"\nretry_backoff = 0.5',
         "a",
         "retry_backoff",
-        ["must be a number >= 1, got 0.5"],
+        ["must be a number from 1 to 100, got 0.5"],
         id="backoff-below-1",
     ),
     pytest.param(
         '[steps.a]\ncommand = "x"\nretry_backoff = true',
         "a",
         "retry_backoff",
-        ["must be a number >= 1, got True"],
+        ["must be a number from 1 to 100, got True"],
         id="backoff-bool",
     ),
     pytest.param(
@@ -535,14 +543,14 @@ SINGLE_PROBLEMS = [
         'max_active_steps = 0\n[steps.a]\ncommand = "x"',
         None,
         "max_active_steps",
-        ["must be at least 1, got 0"],
+        ["must be from 1 to 10000, got 0"],
         id="max-active-steps-zero",
     ),
     pytest.param(
         'max_active_runs = 0\n[steps.a]\ncommand = "x"',
         None,
         "max_active_runs",
-        ["must be at least 1, got 0"],
+        ["must be from 1 to 10000, got 0"],
         id="max-active-runs-zero",
     ),
     pytest.param(
@@ -580,7 +588,7 @@ def test_each_problem_is_reported_with_its_step_and_field(body, step, field, fra
 
 def test_problem_str_names_file_step_and_field():
     p = only_problem('[steps.load]\ncommand = "x"\nretries = -2')
-    assert str(p) == "dags/etl.toml: step 'load': field 'retries': must be at least 0, got -2"
+    assert str(p) == "dags/etl.toml: step 'load': field 'retries': must be from 0 to 1000, got -2"
 
 
 def test_not_toml():
