@@ -1,8 +1,12 @@
 """The environment a local step runs with: dagd's own, the DAG's and the step's `env`, then the
 DAGD_* variables that say which attempt this is and carry the run's params.
 
-Params travel only as environment variables, never pasted into the shell text: a param value
-is data, whatever characters it holds. DAGD_RUN_ID is also how recovery finds a step's
+`$NAME`, `${NAME}` and `$$` in `env` values expand here, when the attempt starts (so from the
+daemon's environment as it is then), entry by entry in `step.env_order`: the DAG's entries,
+then the step's, each seeing dagd's environment and the entries before it. Params travel only
+as environment variables (added after expansion, so no value expands into them and they never
+expand into a value), never pasted into the shell text: a param value is data, whatever
+characters it holds. DAGD_RUN_ID is also how recovery finds a step's
 processes when their process group was never recorded (procs.py).
 """
 
@@ -11,7 +15,8 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Mapping
 
-from dagd.core.model import StepSpec
+from dagd.core.model import StepSpec, param_variable
+from dagd.core.text import expand_env
 from dagd.runtime.executor import StepContext
 
 #: The variable every local step's processes carry, and recovery searches for.
@@ -32,17 +37,19 @@ def step_environment(
     """The environment of one attempt of a shell step: `base` (default: this process's
     environment) less the variables named in `hidden` (dagd's own secrets, such as the
     variable an auth token is read from), updated with `step.env` (the DAG's `env` merged
-    with the step's), then
-    DAGD_DAG_ID, DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT and DAGD_PARAM_<NAME> for each
-    param (names upper-cased), which a step's `env` cannot override."""
+    with the step's), each value `$`-expanded against what is set before it (hidden ones are
+    gone by then; `step.env_order`: the DAG's entries, then the step's), then DAGD_DAG_ID,
+    DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT and DAGD_PARAM_<NAME> for each param (names
+    upper-cased), which a step's `env` cannot override."""
     env = dict(os.environ if base is None else base)
     for name in hidden:
         env.pop(name, None)
-    env.update(step.env)
+    for name, value in step.env_order or step.env.items():
+        env[name] = expand_env(value, env)
     env["DAGD_DAG_ID"] = ctx.dag_id
     env[RUN_ID_VAR] = ctx.run_id
     env["DAGD_STEP_ID"] = ctx.step_id
     env["DAGD_ATTEMPT"] = str(ctx.attempt)
     for name, value in ctx.params.items():
-        env[f"DAGD_PARAM_{name.upper()}"] = value
+        env[param_variable(name)] = value
     return env

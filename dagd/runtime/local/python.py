@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from dagd.core.runstate import format_seconds
+from dagd.core.text import printable
 from dagd.runtime.executor import AttemptResult, StepContext
 
 
@@ -58,7 +59,7 @@ async def run_callable(
     try:
         fn = resolve_callable(target)
     except CallableNotFound as exc:
-        return AttemptResult(False, str(exc))
+        return AttemptResult(False, printable(str(exc)))
     try:
         if timeout:
             with trio.move_on_after(timeout) as scope:
@@ -70,8 +71,17 @@ async def run_callable(
             # the engine's whole per-step overhead (bench/engine_overhead.py).
             await _call(fn, ctx, limiter)
     except (Exception, SystemExit) as exc:
-        return AttemptResult(False, f"{type(exc).__name__}: {exc}")
+        # Escaped control characters: the text goes to clients, terminals and SQLite.
+        return AttemptResult(False, printable(f"{type(exc).__name__}: {_text(exc)}"))
     return AttemptResult(True)
+
+
+def _text(exc: BaseException) -> str:
+    """`str(exc)`, or what can be said when that itself fails (a broken `__str__`)."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose message cannot be shown>"
 
 
 async def _call(fn: Callable[..., Any], ctx: StepContext, limiter: trio.CapacityLimiter) -> None:

@@ -26,6 +26,7 @@ import trio
 
 from dagd.core.model import StepSpec
 from dagd.core.runstate import format_seconds
+from dagd.core.text import printable
 from dagd.runtime.executor import AttemptResult, LeftoverSink, StepContext
 from dagd.runtime.local.environment import step_environment
 from dagd.runtime.local.leftovers import leftover_handle
@@ -224,7 +225,8 @@ def _exit_error(returncode: int, stderr_tail: bytes) -> str:
     else:
         message = f"exit code {returncode}"
     lines = [line.strip() for line in stderr_tail.decode("utf-8", "replace").splitlines()]
-    last = next((line for line in reversed(lines) if line), "")[:500]
+    # Control characters (NUL, ESC, ...) are escaped: the text goes to clients and terminals.
+    last = printable(next((line for line in reversed(lines) if line), "")[:500])
     return f"{message}: {last}" if last else message
 
 
