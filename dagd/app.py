@@ -14,6 +14,7 @@ serve` is that plus signal handling.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from dagd.core.exceptiongroups import unwrap_single
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.hub import Hub
 from dagd.daemon.statelock import StateLock
-from dagd.daemon.store import Store
+from dagd.daemon.store import StorageUnavailable, Store
 from dagd.net.server import Server, serve
 from dagd.runtime.local.executor import LocalExecutor
 
@@ -68,8 +69,11 @@ async def open_app(
     first`. Raises `StateDirError` (its base) if the lock file cannot be made or locked (a
     read-only folder, a filesystem without locks).
 
-    Raises `sqlite3.DatabaseError` for a state file that is not dagd's or is newer than this
-    dagd, and OSError if the WebSocket address cannot be bound.
+    Raises `dagd.daemon.store.StateFileError` (a `sqlite3.DatabaseError`, one line naming
+    the file and what to do) for a state file that is not dagd's, is damaged or truncated, is
+    newer than this dagd or cannot be written, and OSError if the WebSocket address cannot be
+    bound. While running, a state file that cannot be written does not stop it
+    (docs/protocol.md, *When the disk fails*).
     """
     # First of all: a second process on this state folder is refused before it reads or
     # writes anything (recovery would otherwise kill the live daemon's steps).
@@ -136,7 +140,9 @@ async def shut_down(
     is committed, then closes its connections), end every subscription. The caller then
     cancels the nursery and closes the store."""
     await daemon.stop()
-    await store.flush()
+    # Writes failing: the writer tries once more as it stops, and logs what it loses.
+    with contextlib.suppress(StorageUnavailable):
+        await store.flush()
     for close in close_network:
         await close()
     hub.close_all()

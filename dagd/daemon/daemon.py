@@ -46,13 +46,15 @@ from dagd.daemon.eventstream import EventStream
 from dagd.daemon.hub import Hub, Subscriber
 from dagd.daemon.recovery import LeftoverRecorder, close_out_state, recover
 from dagd.daemon.scheduler import CronScheduler
-from dagd.daemon.store import StepRecord, Store, StoredEvent
+from dagd.daemon.store import StepRecord, StorageUnavailable, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.executor import StepExecutor
 
 log = logging.getLogger("dagd")
 
 SHUTTING_DOWN = "cancelled: the daemon is shutting down"
+#: How a failing state file is reported (error events, refused triggers, skipped cron slots).
+STORAGE_FAILED = "storage unavailable, events held until writes succeed again"
 #: How often retention prunes the event log, in seconds.
 PRUNE_INTERVAL = 300.0
 
@@ -80,6 +82,7 @@ class Daemon:
         self.hub = hub
         self.executors = executors  # one for every step, or by executor name
         self._record_leftover = LeftoverRecorder(store)  # for recovery after a crash
+        store.on_write_error = self._storage_failed  # a failing disk becomes error events
         self.folder = DagFolder(config.dags_dir, log)
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
         self.admission = Admission()
@@ -236,6 +239,29 @@ class Daemon:
         if not self._accepting:
             raise DaemonError("shutting_down", "the daemon is shutting down")
 
+    def _check_writable(self) -> None:
+        """Refuse a new run while the store cannot write: it would be answered before it is
+        stored (DaemonError 'storage_unavailable')."""
+        if self.store.write_error is not None:
+            raise _storage_unavailable(self.store.write_error)
+
+    async def _commit(self, run_id: str) -> None:
+        """Wait until the queued creation or requeue of `run_id` is committed. If writes fail
+        first it is withdrawn (nothing is written later) and DaemonError('storage_unavailable')
+        raised; committed already, the caller goes on."""
+        try:
+            await self.store.flush()
+        except StorageUnavailable as exc:
+            if self.store.withdraw_run(run_id):
+                raise _storage_unavailable(exc.message) from None
+
+    def _storage_failed(self, error: str, dag_ids: set[str]) -> None:
+        """The store's `on_write_error`: an `error` event for each DAG whose events are held.
+        Held too, it reaches clients with them once writes succeed (docs/protocol.md)."""
+        now = self.clock()
+        for dag_id in sorted(dag_ids):
+            self.publish(ErrorEvent(dag_id, None, None, f"{STORAGE_FAILED}: {error}", now))
+
     async def trigger(self, dag_id: str, params: Mapping[str, Any] | None = None) -> str:
         """Queue a manual run of `dag_id` with `params` (name -> value; values become text as
         written in TOML, undeclared names are refused); returns its run id.
@@ -249,7 +275,9 @@ class Daemon:
         - `invalid_params`: a param the DAG does not declare;
         - `shutting_down`: the daemon is stopping;
         - `duplicate_run`: a run with the new id is already queued or running (two triggers
-          within one clock microsecond can only collide if the clock goes backwards).
+          within one clock microsecond can only collide if the clock goes backwards);
+        - `storage_unavailable`: the state file cannot be written at the moment (a full disk):
+          nothing is queued; try again later.
         """
         dag = self._dag(dag_id)
         try:
@@ -257,14 +285,18 @@ class Daemon:
         except ValueError as exc:
             raise DaemonError("invalid_params", str(exc)) from None
         self._check_accepting()
+        self._check_writable()
         run_id = self._run_ids.make("manual", self.clock())
         self.store.record_run(run_id, dag.id, bound, self.clock(), self._bind(dag))
-        await self.store.flush()
+        await self._commit(run_id)
         return self._enqueue(dag, run_id, bound, recorded=True)
 
     def _fire_scheduled(self, dag: DagSpec, slot: datetime) -> None:
         """The scheduler's `fire`: queue the run of `dag` for a cron `slot`. Raises
         DaemonError('duplicate_run') if that slot's run is still queued or running."""
+        if self.store.write_error is not None:  # as a trigger would be refused
+            log.warning("cron slot %s of %s skipped: %s", slot.isoformat(), dag.id, STORAGE_FAILED)
+            return
         if self._accepting:
             # Run ids key runs across every DAG (active runs, cancel/retry, the runs table), so
             # the id of a slot's run names the DAG: DAGs sharing a schedule fire the same slots.
@@ -414,7 +446,8 @@ class Daemon:
         - `unknown_run`: no run `run_id` is known;
         - `unknown_dag`: the run's DAG is no longer loaded;
         - `not_retryable`: the run succeeded;
-        - `shutting_down`: the daemon is stopping.
+        - `shutting_down`: the daemon is stopping;
+        - `storage_unavailable`: the state file cannot be written at the moment.
         """
         # Reserved until queued: two retries of one run at once must not both get through the
         # awaits below.
@@ -429,8 +462,9 @@ class Daemon:
                         " retried",
                     )
                 self._check_accepting()
+                self._check_writable()
                 self.store.record_requeue(run_id)
-                await self.store.flush()
+                await self._commit(run_id)
                 # The daemon may have begun to stop meanwhile: as for trigger, the record says
                 # queued, and the next start closes it out.
                 self._check_accepting()
@@ -534,6 +568,13 @@ class Daemon:
             events.extend(state.step_event(sid, now) for sid in state.steps)
             events.append(state.progress(now))
         return events, seq
+
+
+def _storage_unavailable(error: str) -> DaemonError:
+    return DaemonError(
+        "storage_unavailable",
+        f"{error}; dagd takes no new runs until it can write again (it keeps trying): try later",
+    )
 
 
 def _text(problems: list[Problem]) -> str:

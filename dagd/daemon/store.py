@@ -17,11 +17,31 @@ Why this shape:
   retention deletes old rows or the daemon restarts, which is what a replay cursor needs.
 - WAL with synchronous=NORMAL: a crash of dagd (kill -9) loses nothing committed; a power loss may
   lose the last fraction of a second of events, in exchange for not fsyncing every batch.
+
+When storage fails:
+- At start (`Store.open`), before anything else reads or writes the file, cheap checks say in one
+  line (`StateFileError`) which file is wrong, how, and what to do: the header (an SQLite file,
+  as long as its header says, when no WAL is waiting to be replayed), the schema and the first
+  and last entries of each table, and a write probe (a row inserted in a transaction that is
+  rolled back, so nothing reaches the disk) for a read-only file or folder. Not `PRAGMA
+  quick_check`: it reads every page (about a second per few hundred MB of history) on every
+  start, while a truncated copy, the usual damage, is seen from the header and the file size.
+- While running, a batch whose transaction fails (disk full, I/O error, a read-only remount) is
+  put back at the head of the queue: nothing committed is lost, nothing published is dropped
+  (events keep their seqs and wait). The writer logs it once, reports it (`on_write_error`:
+  the daemon publishes an `error` event per DAG whose events are held, delivered with them),
+  and tries again after 0.1 s, doubling up to 5 s; `write_error` says what fails meanwhile, and
+  `flush` raises `StorageUnavailable` rather than waiting. The first batch that commits ends it,
+  and the held events reach `on_commit` in seq order. A failed checkpoint or retention prune is
+  logged and tried again later; neither stops dagd.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -43,6 +63,32 @@ from dagd.core.protocol.events import encode_event
 from dagd.core.records import RunRecord
 from dagd.daemon.schema import migrate
 from dagd.runtime.executor import LeftoverHandle
+
+log = logging.getLogger("dagd.store")
+
+#: Seconds before the writer tries a failed batch again: doubled each time, up to the cap.
+RETRY_FIRST = 0.1
+RETRY_CAP = 5.0
+
+
+class StateFileError(sqlite3.DatabaseError):
+    """The state file cannot be used (found at start): `message` is one line naming the file,
+    what is wrong and what to do; `path` is the file. A `sqlite3.DatabaseError`, as the errors
+    `Store.open` raised before were."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+class StorageUnavailable(Exception):
+    """Writes to the state file fail at the moment (the writer holds what is queued and keeps
+    trying); `message` is one line naming the file and SQLite's error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 @attrs.frozen(slots=True)
@@ -145,12 +191,117 @@ class StepRecord:
 
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode, WAL with synchronous=NORMAL (see the module docstring);
-    makes the file's folder if needed."""
+    makes the file's folder if needed. Raises OSError (the folder) or sqlite3.Error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=OFF")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_MOVE_ASIDE = "restore it from a backup, or move it aside to start with an empty history"
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not SQLite, or shorter than its header says (a truncated copy).
+    Reads 100 bytes; a missing or empty file is a new one. With a WAL file waiting to be
+    replayed the sizes are left to SQLite: a checkpoint cut short by a crash writes page 1
+    (and its page count) before the pages beyond the old end of the file."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(100)
+            size = os.fstat(file.fileno()).st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateFileError(
+            path, f"cannot read the state file {path}: {exc.strerror}; make it readable"
+        ) from None
+    if not head:
+        return
+    if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+        raise StateFileError(
+            path, f"{path} is not a dagd state file (not an SQLite database); {_MOVE_ASIDE}"
+        )
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        return
+    pages = int.from_bytes(head[28:32], "big")
+    counted = pages > 0 and head[24:28] == head[92:96]  # SQLite's rule for a valid count
+    if size % page_size or (counted and size < pages * page_size):
+        expected = f"{pages * page_size} bytes" if counted else f"whole pages of {page_size}"
+        raise StateFileError(
+            path, f"{path} is truncated ({size} bytes, its header says {expected}); {_MOVE_ASIDE}"
+        )
+
+
+def _state_file_error(path: Path, exc: Exception) -> StateFileError:
+    """One line for a failure to open, check or migrate the state file."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    if isinstance(exc, OSError):
+        return StateFileError(
+            path,
+            f"cannot create {path.parent} for the state file {path}: {exc.strerror}; make it a "
+            "folder dagd can write, or set state_dir",
+        )
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
+        return StateFileError(
+            path,
+            f"{path} cannot be written ({exc}); dagd writes its state folder {path.parent}: "
+            "make it writable (mount it read-write, fix its owner or mode), or set state_dir",
+        )
+    if name.startswith("SQLITE_FULL"):
+        return StateFileError(
+            path, f"{path} cannot be written ({exc}); free space on the disk of {path.parent}"
+        )
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_FORMAT")):
+        return StateFileError(path, f"{path} is damaged ({exc}); {_MOVE_ASIDE}")
+    if not name:  # raised by dagd itself (schema.py: a file from a newer dagd)
+        return StateFileError(path, f"{path}: {exc}")
+    return StateFileError(path, f"cannot use the state file {path}: {exc} ({name})")
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    """Touch what a damaged file shows first, cheaply: the schema, and each table's first and
+    last entries (a root-to-leaf walk each, whatever the history's size); then write a row in a
+    transaction that is rolled back (in WAL mode nothing reaches the disk), which fails at once
+    on a read-only file, folder or filesystem. Raises sqlite3.Error."""
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+    conn.execute("SELECT min(rowid), max(rowid), max(run_id) FROM runs").fetchone()
+    conn.execute("SELECT min(run_id), max(run_id) FROM steps").fetchone()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "INSERT OR REPLACE INTO schedule (dag_id, last_slot) VALUES ('dagd write probe', 0)"
+        )
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _open_checked(path: Path) -> sqlite3.Connection:
+    """The writer's connection, the file checked and brought up to date (see the module
+    docstring); raises StateFileError."""
+    _check_header(path)
+    try:
+        conn = connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise _state_file_error(path, exc) from None
+    try:
+        migrate(conn)
+        _probe(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _state_file_error(path, exc) from None
     return conn
 
 
@@ -194,8 +345,7 @@ class Store:
         self, path: Path, on_commit: Callable[[list[StoredEvent]], None] | None = None
     ) -> None:
         self.path = path
-        self._wconn = connect(path)
-        migrate(self._wconn)
+        self._wconn = _open_checked(path)
         self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: see checkpointer()
         self._rconn = connect(path)
         self._read_lock = threading.Lock()
@@ -212,6 +362,16 @@ class Store:
         self.batches = 0  # how many transactions the writer made (for benchmarks)
         self.gather_interval = 0.005
         self.max_batch = 500  # items per transaction (keep it well under server.send_buffer)
+        #: While writes fail: one line naming the file and SQLite's error (None: they work).
+        self.write_error: str | None = None
+        #: Called when a batch cannot be written, with `write_error` and the ids of the DAGs
+        #: whose items are held and were not reported yet in this outage (may be empty).
+        self.on_write_error: Callable[[str, set[str]], None] | None = None
+        self.retry_first = RETRY_FIRST
+        self.retry_cap = RETRY_CAP
+        self._retry_delay = RETRY_FIRST
+        self._failing_since = 0.0  # trio.current_time() of the outage's first failure
+        self._reported: set[str] = set()  # DAG ids reported to on_write_error in this outage
 
     @classmethod
     def open(
@@ -220,8 +380,10 @@ class Store:
         """Open (or create) the state file at `path` and bring its schema up to date
         (schema.py). `on_commit` gets every committed batch of events.
 
-        Raises `sqlite3.DatabaseError` for a file that is not a dagd state file or is newer
-        than this dagd."""
+        Raises `StateFileError` (a `sqlite3.DatabaseError`; its message one line naming the
+        file and what to do) for a file that is not a dagd state file, is truncated or damaged,
+        is newer than this dagd, or cannot be written (a read-only file, folder or filesystem,
+        a full disk while migrating). The file is left as it was."""
         return cls(path, on_commit)
 
     def close(self) -> None:
@@ -281,18 +443,32 @@ class Store:
     async def writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Write queued items in batches until cancelled, then write what is left."""
+        """Write queued items in batches until cancelled, then write what is left (one more
+        try if writes fail: what is still held then is logged as lost).
+
+        A batch that cannot be written stays queued and is tried again after `retry_first`
+        seconds, doubling up to `retry_cap` (module docstring); never raises for it."""
         task_status.started()
         try:
             while True:
                 await self._wakeup.wait()
-                await self._write_pending()
-                # Let the next events gather: one transaction per few ms, not per event.
-                await trio.sleep(self.gather_interval)
+                if await self._write_pending():
+                    # Let the next events gather: one transaction per few ms, not per event.
+                    await trio.sleep(self.gather_interval)
+                else:
+                    await trio.sleep(self._retry_delay)
+                    self._retry_delay = min(self._retry_delay * 2, self.retry_cap)
         finally:
             with trio.CancelScope(shield=True):
                 while self._pending:
-                    await self._write_pending()
+                    if not await self._write_pending():
+                        log.error(
+                            "%d events and records were never written to %s; runs they belong"
+                            " to are closed out at the next start",
+                            len(self._pending),
+                            self.path,
+                        )
+                        break
 
     async def checkpointer(
         self,
@@ -301,29 +477,71 @@ class Store:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Copy the WAL into the database (and fsync) in a worker thread, every `interval`
-        seconds while there are new writes, so the WAL stays small and the loop never syncs."""
+        seconds while there are new writes, so the WAL stays small and the loop never syncs.
+
+        A checkpoint that fails (on a full disk the database file cannot grow) is logged once
+        and tried again at the next interval: the WAL keeps every commit meanwhile."""
         conn = connect(self.path)
         task_status.started()
+        failing = False
         try:
             done = self.batches
             while True:
                 await trio.sleep(interval)
                 if self.batches != done:
-                    done = self.batches
-                    await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                    batches = self.batches
+                    try:
+                        await trio.to_thread.run_sync(
+                            conn.execute, "PRAGMA wal_checkpoint(PASSIVE)"
+                        )
+                    except sqlite3.Error as exc:
+                        if not failing:
+                            log.warning(
+                                "cannot checkpoint the WAL of %s (%s); trying again every %gs",
+                                self.path,
+                                exc,
+                                interval,
+                            )
+                        failing = True
+                        continue
+                    if failing:
+                        log.info("the WAL of %s is checkpointed again", self.path)
+                    failing = False
+                    done = batches
         finally:
             conn.close()
 
     async def flush(self) -> None:
-        """Wait until everything published so far is committed."""
+        """Wait until everything published so far is committed.
+
+        Raises `StorageUnavailable` if writes fail (now, or while it waits): what is queued
+        stays held and the writer keeps trying."""
         while self._pending or self._writing:
+            if self.write_error is not None and not self._writing:
+                raise StorageUnavailable(self.write_error)
             await self._flushed.wait()
 
-    async def _write_pending(self) -> None:
-        """Write one batch of at most max_batch items (the writer loops for the rest)."""
+    def withdraw_run(self, run_id: str) -> bool:
+        """Take a run's queued creation or requeue (`record_run`, `record_requeue`) back out of
+        the queue, if it is still there (a trigger or retry refused while writes fail). Returns
+        False if it was already committed (or in the transaction being written)."""
+        kept = [
+            item
+            for item in self._pending
+            if not (isinstance(item, RecordRun | Requeue) and item.run_id == run_id)
+        ]
+        withdrawn = len(kept) != len(self._pending)
+        self._pending = kept
+        return withdrawn
+
+    async def _write_pending(self) -> bool:
+        """Write one batch of at most max_batch items (the writer loops for the rest). Returns
+        False if the batch could not be written: it is back at the head of the queue."""
         self._wakeup = trio.Event()
         if not self._pending:
-            return
+            if self.write_error is not None:  # what was held has been withdrawn: none to retry
+                self._recovered()
+            return True
         # At most max_batch items per transaction. When the writer falls behind (a busy event
         # loop starves the writer thread of the GIL for most of a second), the backlog goes out
         # in steps and each subscriber can drain between them, instead of getting thousands of
@@ -339,8 +557,18 @@ class Store:
             with trio.CancelScope(shield=True):
                 async with self._write_lock:
                     self._write_batch(batch)
+        except sqlite3.Error as exc:
+            # Disk full, an I/O error, a read-only remount: keep the batch, first in line (its
+            # events keep their seqs), and let the writer try again later.
+            self._pending[:0] = batch
+            self._wakeup.set()
+            self._writing = False
+            self._failed(exc)
+            return False
         finally:
             self._writing = False
+        if self.write_error is not None:
+            self._recovered()
         self.batches += 1
         events = [item for item in batch if type(item) is StoredEvent]
         if events:
@@ -349,6 +577,42 @@ class Store:
                 self.on_commit(events)
         flushed, self._flushed = self._flushed, trio.Event()
         flushed.set()
+        return True
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        """A batch could not be written: log the first failure of an outage, report the DAGs
+        whose items are held, wake `flush` waiters (they raise)."""
+        error = f"cannot write the state file {self.path}: {exc}"
+        if self.write_error is None:
+            self._failing_since = trio.current_time()
+            self._retry_delay = self.retry_first
+            self._reported = set()
+            log.error(
+                "%s; holding %d events and records in memory and trying again (new triggers and"
+                " retries are refused until a write succeeds)",
+                error,
+                len(self._pending),
+            )
+        elif error != self.write_error:
+            log.warning("%s (still holding %d)", error, len(self._pending))
+        self.write_error = error
+        if self.on_write_error is not None:
+            held = {dag_id for item in self._pending if (dag_id := getattr(item, "dag_id", None))}
+            new = held - self._reported
+            self._reported |= new
+            self.on_write_error(error, new)
+        flushed, self._flushed = self._flushed, trio.Event()
+        flushed.set()
+
+    def _recovered(self) -> None:
+        took = trio.current_time() - self._failing_since
+        log.warning(
+            "the state file %s can be written again after %.1fs; the held events follow",
+            self.path,
+            took,
+        )
+        self.write_error = None
+        self._retry_delay = self.retry_first
 
     def _write_batch(self, batch: list[Intent]) -> None:
         """One transaction for a batch: the events with one executemany, and the steps table
@@ -438,7 +702,11 @@ class Store:
             self._write_steps(conn, steps)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A failed COMMIT (a full disk) may have rolled the transaction back already: a
+            # second ROLLBACK would raise "no transaction is active" and hide the real error.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
 
     @staticmethod
@@ -560,7 +828,8 @@ class Store:
     # --------------------------------------------------------------- retention
 
     async def prune(self, keep_count: int, max_age: float | None, now: float | None = None) -> int:
-        """Delete events beyond the newest `keep_count` or older than `max_age` seconds."""
+        """Delete events beyond the newest `keep_count` or older than `max_age` seconds;
+        returns how many. A delete that fails (a full disk) is logged and counts 0."""
         now = time.time() if now is None else now
 
         def work() -> int:
@@ -574,4 +843,8 @@ class Store:
             return deleted
 
         async with self._write_lock:
-            return await trio.to_thread.run_sync(work)
+            try:
+                return await trio.to_thread.run_sync(work)
+            except sqlite3.Error as exc:  # a full disk: the next round tries again
+                log.warning("event log retention: cannot delete from %s (%s)", self.path, exc)
+                return 0
