@@ -27,6 +27,7 @@ from dagd.core.runstate import RunState
 from dagd.core.timefmt import RunIdFactory
 from dagd.daemon.dagfolder import load_dag_folder
 from dagd.daemon.statelock import StateDirError
+from dagd.daemon.store import StateFileError
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.local.executor import LocalExecutor
 from dagd.runtime.local.procs import raise_open_files_limit
@@ -316,6 +317,8 @@ def serve(
         with unwrap_single():  # _serve's nursery wraps even a start-up error in a group
             trio.run(_serve, config)
     except StateDirError as exc:  # another daemon owns the folder: one line, nothing touched
+        raise click.ClickException(exc.message) from None
+    except StateFileError as exc:  # damaged, truncated, read-only: one line, file untouched
         raise click.ClickException(exc.message) from None
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
