@@ -1,0 +1,85 @@
+"""config.toml -> Config: defaults, paths, the bounds of every number, and one-line errors that
+start with the file. (Random documents and bytes: tests/core/test_hostile_input.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dagd.core.config import RANGES, ConfigError, default_config, parse_config
+
+BASE = Path("/srv/dagd")
+SOURCE = Path("/srv/dagd/config.toml")
+
+
+def error_of(text: str | bytes, source: Path | None = SOURCE) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, BASE, source=source)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_and_relative_paths() -> None:
+    config = default_config(BASE)
+    assert (config.dags_dir, config.state_dir) == (BASE / "dags", BASE / "state")
+    config = parse_config('dags_dir = "d"\nstate_dir = "/abs"\n', BASE)
+    assert (config.dags_dir, config.state_dir) == (BASE / "d", Path("/abs"))
+
+
+@pytest.mark.parametrize(("key", "bounds"), sorted(RANGES.items()))
+def test_each_integer_accepts_its_range_and_refuses_beyond(
+    key: str, bounds: tuple[int, int]
+) -> None:
+    table, _, name = key.rpartition(".")
+
+    def text(value: int) -> str:
+        return f"[{table}]\n{name} = {value}\n" if table else f"{name} = {value}\n"
+
+    low, high = bounds
+    for value in (low, high):
+        config = parse_config(text(value), BASE)
+        assert getattr(config.server if table else config, name) == value
+    for value in (low - 1, high + 1, 10**400):
+        message = error_of(text(value))
+        assert message.startswith(f"{SOURCE}: {key}: must be from {low} to {high}, got ")
+
+
+@pytest.mark.parametrize(
+    ("key", "longest", "too_long"),
+    [
+        ("kill_grace", "365d", "366d"),
+        ("server.send_timeout", 31536000, 31536001),
+        ("event_retention_age", "36500d", "36501d"),
+    ],
+)
+def test_durations_are_bounded(key: str, longest: object, too_long: object) -> None:
+    table, _, name = key.rpartition(".")
+
+    def text(value: object) -> str:
+        shown = f'"{value}"' if isinstance(value, str) else str(value)
+        return f"[{table}]\n{name} = {shown}\n" if table else f"{name} = {shown}\n"
+
+    parse_config(text(longest), BASE)
+    assert error_of(text(too_long)).startswith(f"{SOURCE}: {key}: duration must be between 0")
+
+
+def test_every_message_starts_with_the_file_and_names_the_key() -> None:
+    assert error_of("[server]\nprot = 1\n") == (
+        f"{SOURCE}: [server]: unknown key 'prot' (did you mean 'port'?)"
+    )
+    assert error_of("kill_grace = true\n", source=None).startswith("config: kill_grace: ")
+    assert error_of("[[auth.tokens]]\nrole = 'admin'\ntoken = '12345678'\n") == (
+        f"{SOURCE}: auth.tokens.role: invalid value 'admin' (expected read or operate)"
+    )
+    assert error_of("[[auth.tokens]]\nrole = 'read'\n") == (
+        f"{SOURCE}: auth.tokens[0] needs exactly one of 'token', 'sha256' or 'env'"
+    )
+    assert error_of("server = 3\n") == f"{SOURCE}: [server] and [auth] must be tables"
+
+
+def test_a_byte_order_mark_is_skipped_and_bad_utf8_is_one_line() -> None:
+    assert parse_config("\ufeff[server]\nport = 0\n", BASE).server.port == 0
+    assert parse_config(b"\xef\xbb\xbfmax_parallel_steps = 3\n", BASE).max_parallel_steps == 3
+    assert error_of(b"kill_grace = '\xff'\n").startswith(f"{SOURCE}: not UTF-8 text: ")
