@@ -138,3 +138,20 @@ def test_max_active_runs_is_the_queued_runs_own() -> None:
     admission.enqueue(run(dag("d", 3), "r3"))
     assert ids(admission.admit("d")) == ["r1"]
     assert admission.states()[0].status is RunStatus.QUEUED
+
+
+def test_a_given_limit_overrides_the_one_the_runs_were_queued_with() -> None:
+    # Issue 10, item 8: the daemon passes the current definition's max_active_runs.
+    spec = dag("d", 1)
+    admission = Admission()
+    for run_id in ("r1", "r2", "r3", "r4"):
+        admission.enqueue(run(spec, run_id))
+    assert admission.waiting_dags() == ["d"]
+    assert ids(admission.admit("d", 3)) == ["r1", "r2", "r3"]  # raised: three at once
+    assert admission.admit("d", 1) == []  # lowered: none while three run
+    admission.finished(admission.states()[0])
+    admission.finished(admission.states()[0])
+    assert admission.admit("d", 1) == []  # two still run: the fourth waits
+    admission.finished(admission.states()[0])
+    assert ids(admission.admit("d", 1)) == ["r4"]
+    assert admission.waiting_dags() == []
