@@ -275,7 +275,7 @@ def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -
         default=None,
         step=step_id,
         check=lambda v: (
-            None if CALL_RE.match(v) else f"{v!r} must look like 'package.module:function'"
+            None if CALL_RE.match(v) else f"{show(v)} must look like 'package.module:function'"
         ),
     )
     if ("command" in raw) == ("call" in raw):
@@ -295,7 +295,7 @@ def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -
         check=lambda v: (
             None
             if v in TriggerRule.__members__.values()
-            else f"unknown trigger rule {v!r}{_suggest(v, list(map(str, TriggerRule)))}; "
+            else f"unknown trigger rule {show(v)}{_suggest(v, list(map(str, TriggerRule)))}; "
             f"choose from {', '.join(TriggerRule)}"
         ),
     )
@@ -369,7 +369,7 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
     if dag_id is None:
         r.problem("missing 'id'", field="id")
     elif not ID_RE.match(dag_id):
-        r.problem(f"{dag_id!r} is not a valid id (letters, digits, '_', '-', '.')", field="id")
+        r.problem(f"{show(dag_id)} is not a valid id (letters, digits, '_', '-', '.')", field="id")
     schedule = r.get(doc, "schedule", str, default=None, check=cron_problem)
     tz = r.get(doc, "timezone", str, default="UTC", check=timezone_problem)
     dag_env = r.env_table(doc)
@@ -387,7 +387,7 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
             if dep == step.id:
                 r.problem("a step cannot depend on itself", step.id, "depends_on")
             elif dep not in steps:
-                r.problem(f"unknown step {dep!r}{_suggest(dep, known)}", step.id, "depends_on")
+                r.problem(f"unknown step {show(dep)}{_suggest(dep, known)}", step.id, "depends_on")
     deps = {s.id: tuple(d for d in s.depends_on if d != s.id) for s in steps.values()}
     order = topological_order(deps)
     if order is None:

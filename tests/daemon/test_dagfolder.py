@@ -152,3 +152,33 @@ def test_only_a_folder_given_a_log_logs(tmp_path: Path, caplog: pytest.LogCaptur
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("loaded DAG one") for m in messages)
     assert any("cannot load DAG file" in m for m in messages)
+
+
+def test_a_hostile_edit_keeps_the_last_good_version_and_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "one", 'description = "good"\n' + GOOD)
+    folder = DagFolder(tmp_path)
+    folder.reload()
+    for text in (
+        "x = " + "[" * 3000 + "]" * 3000,
+        GOOD + "timeout = " + "9" * 400,
+        GOOD + "retry_backoff = " + "9" * 400,
+    ):
+        write(tmp_path, "one", text)
+        [refused] = folder.reload().refused
+        assert refused.path == path and refused.dag_id == "one"
+        assert refused.text.startswith(f"{path}: ") and "\n" not in refused.text
+        assert folder.dags["one"].description == "good"
+
+
+def test_file_bytes_bom_bad_utf8_and_size(tmp_path: Path) -> None:
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    (tmp_path / "latin1.toml").write_bytes(b'description = "caf\xe9"\n' + GOOD.encode())
+    big = tmp_path / "big.toml"
+    big.write_bytes(GOOD.encode() + b"#" * (1024 * 1024))
+    (tmp_path / "link.toml").symlink_to(tmp_path / "link.toml")  # a loop: not a file
+    os.mkfifo(tmp_path / "fifo.toml")  # never opened: a reload must not block on it
+    folder = load_dag_folder(tmp_path)
+    assert set(folder.dags) == {"bom"}
+    assert "not UTF-8 text" in str(folder.problems[str(tmp_path / "latin1.toml")][0])
+    assert str(folder.problems[str(big)][0]) == f"{big}: larger than 1 MiB: not read"
+    assert set(folder.problems) == {str(tmp_path / "latin1.toml"), str(big)}
