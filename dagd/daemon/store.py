@@ -24,8 +24,9 @@ When storage fails:
   as long as its header says, when no WAL is waiting to be replayed), the schema and the first
   and last entries of each table, and a write probe (a row inserted in a transaction that is
   rolled back, so nothing reaches the disk) for a read-only file or folder. Not `PRAGMA
-  quick_check`: it reads every page (about a second per few hundred MB of history) on every
-  start, while a truncated copy, the usual damage, is seen from the header and the file size.
+  quick_check`: it reads every page on every start (measured on a 215 MB history: 1.7 s cold,
+  0.26 s from the page cache; these checks: under 0.15 s cold, most of it opening the file),
+  while a truncated copy, the usual damage, is seen from the header and the file size.
 - While running, a batch whose transaction fails (disk full, I/O error, a read-only remount) is
   put back at the head of the queue: nothing committed is lost, nothing published is dropped
   (events keep their seqs and wait). The writer logs it once, reports it (`on_write_error`:
