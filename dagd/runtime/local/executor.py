@@ -33,14 +33,22 @@ class LocalExecutor:
 
     `log_dir`: where attempt logs go (None: output is discarded). `grace`: seconds between
     SIGTERM and SIGKILL when a shell step is stopped. `base_env`: the environment steps start
-    from (None: dagd's own). `sync_limiter`: bounds the worker threads of sync callables
-    (default 32). `name`: the name it is registered under.
+    from (None: dagd's own). `hidden_env`: variables never passed to a step (dagd's own
+    secrets; always DAGD_TOKEN, and `Config.secret_env_names` where a config is at hand).
+    `subreaper`: on the first shell step, make this process a child subreaper (Linux), so
+    what a step starts and leaves its process group is killed when the step ends. The
+    process then inherits every orphan below it: those it cannot tie to a shell step (a
+    Python step's, or an embedding program's own) stay zombies until it exits; an embedding
+    program that double-forks processes of its own may prefer False (what escapes a step's
+    group then goes to PID 1 and outlives the step). `sync_limiter`: bounds the worker
+    threads of sync callables (default 32). `name`: the name it is registered under.
     """
 
     log_dir: Path | None = None
     grace: float = 5.0
     base_env: Mapping[str, str] | None = None
     hidden_env: Collection[str] = ALWAYS_HIDDEN
+    subreaper: bool = True
     sync_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(32))
     name: str = DEFAULT_EXECUTOR
     _hurry: Hurry = attrs.field(factory=Hurry, init=False)
@@ -66,6 +74,7 @@ class LocalExecutor:
             executor=self.name,
             on_leftover=on_leftover,
             hurry=self._hurry,
+            subreaper=self.subreaper,
         )
 
     def kill_now(self) -> None:

@@ -115,6 +115,7 @@ async def run_shell(
     executor: str,
     on_leftover: LeftoverSink | None,
     hurry: Hurry | None = None,
+    subreaper: bool = True,
 ) -> AttemptResult:
     """Run one attempt of the shell step `step` (its `command`: a string for `/bin/sh -c`, or
     an argv tuple run without a shell) to its end. Output goes to the attempt's log files
@@ -122,6 +123,8 @@ async def run_shell(
     SIGTERM and SIGKILL. `base_env`: see environment.py. `on_leftover` gets the process
     group's handle (leftovers.py, naming `executor`) right after the spawn. `hurry`: the
     executor's registry of running attempts (`Hurry.kill_all` skips the grace period).
+    `subreaper`: make this process a child subreaper first (once per process), so processes
+    that leave the step's group come back to it and are killed when the attempt ends.
 
     Whatever the attempt started is killed when it ends, however it ends: its process group,
     and the processes that left the group (dagd is their subreaper; procs.contain).
@@ -145,7 +148,8 @@ async def run_shell(
     if log_dir is not None:
         ids = (ctx.dag_id, ctx.run_id, ctx.step_id, ctx.attempt)
         log_paths = (attempt_log(log_dir, *ids, "out"), attempt_log(log_dir, *ids, "err"))
-    become_subreaper()  # once per process: a step's escaped processes come back to dagd
+    if subreaper:
+        become_subreaper()  # once per process: a step's escaped processes come back to dagd
     shell_attempt = ShellAttempt(
         argv,
         partial(step_environment, step, ctx, base_env, hidden),
