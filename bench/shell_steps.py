@@ -8,12 +8,13 @@ dagd.runtime.engine.run_dag with a publish callback that keeps every event. Each
 process group, an environment with the DAGD_* variables, its output piped into log files that
 are created on the first byte (so `true` creates none), and the executor kills the group when
 the step ends and looks among dagd's re-parented children for processes that escaped it (dagd
-is their subreaper: procs.contain): that is the cost measured. Rows: argv form `["true"]` (no shell, the same
-program the baselines run) with a log_dir in the temp dir (--log-parent; the requirement's
-row), with a log_dir on tmpfs (/dev/shm), and with log_dir=None (output to /dev/null, no
-pipes); the shell form `"true"` (`/bin/sh -c true`); and `printf x`, whose output makes every
-step create its .out file, which shows what a log file costs on this disk. The cost of creating
-a file in each log_dir is probed and printed first: it belongs to the file system, not to dagd.
+is their subreaper: procs.contain): that is the cost measured. Rows: argv form `["true"]` (no
+shell, the same program the baselines run) with a log_dir in the temp dir (--log-parent; the
+requirement's row), with a log_dir on tmpfs (/dev/shm), and with log_dir=None (output to
+/dev/null, no pipes); the shell form `"true"` (`/bin/sh -c true`); and `printf x`, whose
+output makes every step create its .out file, which shows what a log file costs on this disk.
+The cost of creating a file in each log_dir is probed and printed first: it belongs to the
+file system, not to dagd.
 
 bare trio: two tasks, each awaiting `trio.run_process(["true"])` 250 times.
 subprocess: two threads, each calling `subprocess.run(["true"])` 250 times.

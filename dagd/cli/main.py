@@ -363,9 +363,7 @@ async def _kill_on_signal(
     their runs are still recorded as cancelled before dagd exits."""
     found = executors.values() if isinstance(executors, Mapping) else [executors]
     async for signum in signals:
-        log.warning(
-            "%s received again: killing the running steps now", signal.Signals(signum).name
-        )
+        log.warning("%s received again: killing the running steps now", signal.Signals(signum).name)
         for executor in found:
             if isinstance(executor, LocalExecutor):
                 executor.kill_now()

@@ -184,9 +184,7 @@ def test_a_clean_shutdown_leaves_no_escaped_process(
     assert query(root, "SELECT status FROM runs") == [("cancelled",)]
 
 
-def test_kill_9_then_restart_kills_what_escaped(
-    root: Path, mark: str, started: list[Proc]
-) -> None:
+def test_kill_9_then_restart_kills_what_escaped(root: Path, mark: str, started: list[Proc]) -> None:
     add_dag(root, "escapes", mark, "setsid -f sleep 3005; sleep 3006")
     daemon = serve(root, started, mark)
     daemon.proc.kill()  # kill -9: nothing of dagd runs any more

@@ -30,7 +30,7 @@ ESCAPES = {
     "double fork": "( (setsid sleep 3005 &) &) ; sleep 3006",
     "nohup setsid": "nohup setsid sleep 3005 >/dev/null 2>&1 & sleep 3006",
     "setpgid": (  # a process group of its own in the same session, as job control makes
-        "python3 -c 'import os; os.setpgid(0, 0); os.execvp(\"sleep\", [\"sleep\", \"3005\"])'"
+        'python3 -c \'import os; os.setpgid(0, 0); os.execvp("sleep", ["sleep", "3005"])\''
         " & sleep 3006"
     ),
     "escapee's own children": (
