@@ -175,3 +175,19 @@ async def test_kill_now_cuts_the_grace_period_short(tmp_path: Path, mark: str) -
             await ended.wait()
     assert trio.current_time() - started < 5
     assert procs.wait_gone(mark, 2.0) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["setsid -f true; sleep 0.3", "( (setsid true &) &); sleep 0.3", "setsid -f sh -c 'true &'"],
+)
+async def test_escapees_that_exit_on_their_own_are_reaped(
+    executor: LocalExecutor, mark: str, command: str
+) -> None:
+    """An escaped process that ends before its step comes back to dagd as a zombie, whose
+    environment can no longer be read: it is reaped all the same (none piles up)."""
+    zombies = set(zombie_children())
+    for attempt in (1, 2, 3):
+        result = await executor.run(shell(command, mark), ctx(attempt=attempt))
+        assert result.ok, result.error
+    assert set(zombie_children()) - zombies == set()

@@ -163,7 +163,8 @@ def _orphans() -> list[int]:
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) of `pid` from /proc/<pid>/stat; None if it is gone."""
+    """(state letter, process group) of `pid` from /proc/<pid>/stat; None if it is gone. A
+    zombie keeps the group it died in."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -202,14 +203,19 @@ def contain(pgid: int, ident: tuple[str, str, str]) -> int:
     killed.
 
     The attempt's process group has had SIGKILL already; this waits (at most 5 s) until the
-    group is empty, reaping its members that were re-parented to dagd, and SIGKILLs (with
-    their process groups) the orphans whose environment names this attempt (`ident`: run
-    id, step id, attempt number as DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT): processes that
-    left the group (`setsid`, `setsid -f`, `set -m`) and whose parent exited, which the
-    subreaper (`become_subreaper`) brought back to dagd. Their children come back in turn
-    and are found on the next pass. Orphans of other attempts, and dagd's other children
-    (processes a Python step started), are left alone. The common case (nothing left) costs
-    one killpg and one read of a small /proc file."""
+    group is empty, and SIGKILLs (with their process groups) the orphans whose environment
+    names this attempt (`ident`: run id, step id, attempt number as DAGD_RUN_ID,
+    DAGD_STEP_ID, DAGD_ATTEMPT): processes that left the group (`setsid`, `setsid -f`,
+    `setpgid`) and whose parent exited, which the subreaper (`become_subreaper`) brought
+    back to dagd. Their children come back in turn and are found on the next pass. Live
+    orphans of other attempts are left alone.
+
+    It also reaps every dead orphan outside dagd's own process group, whichever step it
+    came from (the subreaper inherits them all; some exit on their own): every shell step
+    runs in a group of its own, while the processes dagd's own code starts (as a Python
+    step may) stay in dagd's group and are listed under the thread that forked them, so
+    their exit status is never taken from their owner. The common case (nothing left)
+    costs one killpg and one read of a small /proc file."""
     killed: set[int] = set()  # SIGKILLed here, not yet reaped
     count = 0
     deadline = None
@@ -222,16 +228,14 @@ def contain(pgid: int, ident: tuple[str, str, str]) -> int:
                 continue
             state, group = stat
             if state in ("Z", "X"):
-                if group == pgid or group in _killed_groups or pid in _killed_groups:
+                if group != own or pid in killed:
                     _reap(pid)
                     killed.discard(pid)
             elif _attempt_of(pid) == ident:
                 escaped = True
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     if group not in (own, pgid):
-                        _killed_groups.add(group)
                         os.killpg(group, signal.SIGKILL)
-                    _killed_groups.add(pid)  # reaped as a zombie of a killed group
                     os.kill(pid, signal.SIGKILL)
                     count += pid not in killed
                     killed.add(pid)
@@ -246,11 +250,6 @@ def contain(pgid: int, ident: tuple[str, str, str]) -> int:
             log.warning("process group %s outlived SIGKILL by %gs", pgid, _CONTAIN_LIMIT)
             return count
         time.sleep(0.002)
-
-
-# Process groups (and pids) of escaped processes `contain` killed: their members come back
-# to dagd as zombies, maybe after it returned, and any later call reaps them.
-_killed_groups: set[int] = set()
 
 
 def raise_open_files_limit(want: int = 65536) -> tuple[int, int]:
