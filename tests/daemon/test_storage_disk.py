@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from clienthelp import DaemonProc, await_for
+from clienthelp import DaemonProc
 from test_storage_start import assert_one_line, serve_once
 from wshelp import trio_client
 
@@ -164,6 +164,3 @@ def test_a_failed_log_write_names_the_file_without_root() -> None:
     assert attempt.log_error is not None
     assert attempt.log_error.filename == "/dev/full"
     assert attempt.log_error.errno == errno.ENOSPC
-
-
-__all__ = ["await_for"]
