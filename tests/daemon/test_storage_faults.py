@@ -24,6 +24,7 @@ from dagd.app import open_app
 from dagd.core.events import DagRunStatusEvent, ErrorEvent
 from dagd.core.model import RunStatus
 from dagd.daemon.daemon import STORAGE_FAILED
+from dagd.daemon.errors import DaemonError
 from dagd.daemon.store import StorageUnavailable, Store
 
 FULL = "database or disk is full"
@@ -275,3 +276,28 @@ async def test_while_writes_fail_the_daemon_serves_refuses_runs_and_catches_up(
             "type"
         ] == "retry_accepted"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_trigger_whose_own_record_fails_is_refused_and_never_runs(
+    tmp_path: Path,
+) -> None:
+    """The disk fills between the trigger's check and its commit: the caller gets
+    storage_unavailable, and the run is neither started nor written once space returns."""
+    config = make_config(tmp_path, dags=DAGS)
+    async with open_app(config) as app:
+        daemon = app.daemon
+        store = daemon.store
+        conn = failing(store, 3)
+        store.retry_cap = 0.05
+        with pytest.raises(DaemonError) as refused:
+            await daemon.trigger("flaky")
+        assert refused.value.code == "storage_unavailable"
+        assert str(store.path) in refused.value.message
+        assert not daemon.active and not daemon.run_states()
+        with trio.fail_after(10):
+            while store.write_error is not None or conn.failures:
+                await trio.sleep(0.02)
+        await store.flush()
+        assert await daemon.list_runs() == []
+        run_id = await daemon.trigger("flaky")
+        assert [r.run_id for r in await daemon.list_runs()] == [run_id]
