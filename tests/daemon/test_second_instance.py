@@ -11,14 +11,13 @@ the daemon's history, keep working beside it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mounts
 import proctools as procs
 import pytest
 import trio
@@ -229,18 +228,8 @@ async def test_two_embedded_daemons_in_one_process_refuse(tmp_path: Path) -> Non
 @pytest.fixture
 def read_only_state(tmp_path: Path) -> Iterator[Path]:
     """tmp_path/state as an empty read-only tmpfs (needs root, as in CI)."""
-    state = tmp_path / "state"
-    state.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(state)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with mounts.tmpfs(tmp_path / "state", "size=1m,ro") as state:
         yield state
-    finally:
-        with contextlib.suppress(OSError):
-            subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 def test_serve_on_a_read_only_state_folder_is_one_line(

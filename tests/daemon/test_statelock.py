@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mounts
 import pytest
 
 from dagd.daemon.statelock import (
@@ -228,17 +229,8 @@ def test_a_filesystem_without_locks_refuses(
 @pytest.fixture
 def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs at tmp_path/ro, to be remounted read-only (needs root, as in CI)."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with mounts.tmpfs(tmp_path / "ro", "size=1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _remount_read_only(mnt: Path) -> None:

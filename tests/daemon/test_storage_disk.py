@@ -9,10 +9,10 @@ import contextlib
 import errno
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import mounts
 import pytest
 import trio
 from clienthelp import DaemonProc
@@ -35,16 +35,8 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` mounted on `folder` (made if needed), unmounted at the end."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs these as root)")
-    folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip(f"mount -t tmpfs was refused: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with mounts.tmpfs(folder, f"size={size}", refused="mount -t tmpfs was refused"):
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def fill(folder: Path) -> Path:
