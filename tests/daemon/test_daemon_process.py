@@ -14,20 +14,17 @@ import os
 import re
 import resource
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import proctools as procs
 import pytest
-
-from dagd.daemon.schema import migrate
-from dagd.daemon.store import connect
+from clienthelp import add_marked_dag, poll_until, query_state
 
 INTERRUPTED = "interrupted: the daemon stopped"
 KILL_GRACE = 0.5
@@ -68,7 +65,7 @@ class Daemon:
 
     def wait_ready(self, timeout: float = 10.0) -> float:
         """Seconds from start until the "dagd ready" line."""
-        wait_for(lambda: "dagd ready" in self.output() or self.proc.poll() is not None, timeout)
+        poll_until(lambda: "dagd ready" in self.output() or self.proc.poll() is not None, timeout)
         assert "dagd ready" in self.output(), self.output()
         return time.monotonic() - self.started
 
@@ -105,56 +102,10 @@ def cleanup() -> Iterator[dict[str, list[Any]]]:
                 os.kill(pid, signal.SIGKILL)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(0.02)
-
-
-def db(root: Path) -> Path:
-    return root / "state" / "dagd.sqlite3"
-
-
-def query(root: Path, sql: str, args: tuple = ()) -> list[tuple]:
-    conn = sqlite3.connect(db(root), timeout=10)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
-def add_scheduled_dag(root: Path, dag_id: str, mark: str, command: str) -> None:
-    """A DAG whose single step runs `command`, and a schedule row that makes the next daemon
-    start fire it at once."""
-    (root / "dags" / f"{dag_id}.toml").write_text(
-        textwrap.dedent(
-            f"""
-            schedule = "0 0 1 1 *"
-            catchup = false
-            env = {{ {procs.MARK_VAR} = "{mark}" }}
-            [steps.work]
-            command = '{command}'
-            """
-        )
-    )
-    conn = connect(db(root))
-    try:
-        migrate(conn)
-        conn.execute(
-            "INSERT INTO schedule (dag_id, last_slot) VALUES (?, ?)",
-            (dag_id, time.time() - 400 * 86400),
-        )
-    finally:
-        conn.close()
-
-
 def running_step(root: Path, dag_id: str, mark: str, processes: int) -> str | None:
     """The run id once the DAG's step is running, its process group is recorded, and at least
     `processes` processes of it are alive."""
-    rows = query(
+    rows = query_state(
         root,
         "SELECT r.run_id FROM runs r JOIN steps s USING (run_id)"
         " WHERE r.dag_id=? AND r.status='running' AND s.status='running'"
@@ -167,14 +118,14 @@ def running_step(root: Path, dag_id: str, mark: str, processes: int) -> str | No
 
 
 def run_status(root: Path, run_id: str) -> str:
-    return query(root, "SELECT status FROM runs WHERE run_id=?", (run_id,))[0][0]
+    return query_state(root, "SELECT status FROM runs WHERE run_id=?", (run_id,))[0][0]
 
 
 def check_log(root: Path) -> list[int]:
     """The event log is intact: seqs are unique and increasing in insertion order, and each
     stored body carries its own seq. Returns the seqs."""
-    assert query(root, "PRAGMA integrity_check") == [("ok",)]
-    rows = query(root, "SELECT seq, body FROM events ORDER BY rowid")
+    assert query_state(root, "PRAGMA integrity_check") == [("ok",)]
+    rows = query_state(root, "SELECT seq, body FROM events ORDER BY rowid")
     seqs = [r[0] for r in rows]
     assert seqs == sorted(set(seqs))
     assert all(json.loads(body)["seq"] == seq for seq, body in rows)
@@ -182,7 +133,7 @@ def check_log(root: Path) -> list[int]:
 
 
 def max_seq(root: Path) -> int:
-    return query(root, "SELECT coalesce(max(seq), 0) FROM events")[0][0]
+    return query_state(root, "SELECT coalesce(max(seq), 0) FROM events")[0][0]
 
 
 def test_kill_9_then_restart_closes_out_the_run(root: Path, cleanup: dict) -> None:
@@ -190,7 +141,7 @@ def test_kill_9_then_restart_closes_out_the_run(root: Path, cleanup: dict) -> No
     for i in range(3):
         dag_id, mark = f"kill{i}", procs.new_mark()
         cleanup["marks"].append(mark)
-        add_scheduled_dag(root, dag_id, mark, "sleep 600 & sleep 600")
+        add_marked_dag(root, dag_id, mark, "sleep 600 & sleep 600")
         before = max_seq(root)
         daemon = Daemon(root, i)
         cleanup["daemons"].append(daemon)
@@ -201,7 +152,7 @@ def test_kill_9_then_restart_closes_out_the_run(root: Path, cleanup: dict) -> No
             assert before == last_seq
             check_interrupted(root, prev_run, last_seq)
             assert procs.wait_gone(prev_mark, 5) == []
-        run_id = wait_for(lambda: running_step(root, dag_id, mark, 3))  # noqa: B023
+        run_id = poll_until(lambda: running_step(root, dag_id, mark, 3))  # noqa: B023
         assert run_id, daemon.output()
         assert run_id.startswith("scheduled__")
         daemon.proc.send_signal(signal.SIGKILL)
@@ -224,23 +175,25 @@ def test_kill_9_then_restart_closes_out_the_run(root: Path, cleanup: dict) -> No
     seqs = check_log(root)
     # Each session numbered its events after everything the previous ones committed.
     for last_seq, _, run_id, _ in sessions:
-        closing = query(
+        closing = query_state(
             root, "SELECT seq FROM events WHERE run_id=? AND body LIKE ?", (run_id, "%interr%")
         )
         assert closing and all(s > last_seq for (s,) in closing)
     assert seqs[-1] > sessions[-1][0]
-    statuses = dict(query(root, "SELECT run_id, status FROM runs"))
+    statuses = dict(query_state(root, "SELECT run_id, status FROM runs"))
     assert statuses == {run_id: "failed" for _, _, run_id, _ in sessions}
 
 
 def check_interrupted(root: Path, run_id: str, seq_before: int) -> None:
     """The run was closed out by the new daemon: failed, its step failed with the interrupted
     error, and the events saying so were published (after `seq_before`)."""
-    wait_for(lambda: run_status(root, run_id) == "failed", 5)
+    poll_until(lambda: run_status(root, run_id) == "failed", 5)
     assert run_status(root, run_id) == "failed"
-    [(status, error)] = query(root, "SELECT status, error FROM steps WHERE run_id=?", (run_id,))
+    [(status, error)] = query_state(
+        root, "SELECT status, error FROM steps WHERE run_id=?", (run_id,)
+    )
     assert (status, error) == ("failed", INTERRUPTED)
-    events = query(
+    events = query_state(
         root,
         "SELECT seq, type, body FROM events WHERE run_id=? AND seq>? ORDER BY seq",
         (run_id, seq_before),
@@ -261,11 +214,11 @@ def check_interrupted(root: Path, run_id: str, seq_before: int) -> None:
 def test_sigterm_cancels_the_run_and_exits_cleanly(root: Path, cleanup: dict) -> None:
     mark = procs.new_mark()
     cleanup["marks"].append(mark)
-    add_scheduled_dag(root, "stubborn", mark, 'trap "" TERM; sleep 600 & sleep 600')
+    add_marked_dag(root, "stubborn", mark, 'trap "" TERM; sleep 600 & sleep 600')
     daemon = Daemon(root, 0)
     cleanup["daemons"].append(daemon)
     daemon.wait_ready()
-    run_id = wait_for(lambda: running_step(root, "stubborn", mark, 3))
+    run_id = poll_until(lambda: running_step(root, "stubborn", mark, 3))
     assert run_id, daemon.output()
     t0 = time.monotonic()
     daemon.proc.send_signal(signal.SIGTERM)
@@ -279,7 +232,9 @@ def test_sigterm_cancels_the_run_and_exits_cleanly(root: Path, cleanup: dict) ->
     assert f"run {run_id} of stubborn started" in daemon.output()
     assert re.search(rf"run {re.escape(run_id)} of stubborn: cancelled in \d", daemon.output())
     assert run_status(root, run_id) == "cancelled"
-    [(status, error)] = query(root, "SELECT status, error FROM steps WHERE run_id=?", (run_id,))
+    [(status, error)] = query_state(
+        root, "SELECT status, error FROM steps WHERE run_id=?", (run_id,)
+    )
     assert status == "cancelled"
     assert error == "cancelled: the daemon is shutting down"
     assert procs.wait_gone(mark, 2) == []

@@ -12,33 +12,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import proctools as procs
 import pytest
-
-from dagd.daemon.schema import migrate
-from dagd.daemon.store import connect
+from clienthelp import add_marked_dag, poll_until, query_state
 
 GRACE = 30  # seconds: far longer than any test here may take
 # Ignores SIGTERM, and leaves one process outside its group (its own session).
 STUBBORN = "trap '' TERM; setsid -f sleep 3005; sleep 3006"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -96,44 +82,11 @@ def started() -> Iterator[list[Proc]]:
         proc.kill()
 
 
-def add_dag(root: Path, dag_id: str, mark: str, command: str, scheduled: bool = True) -> None:
-    schedule = 'schedule = "0 0 1 1 *"\ncatchup = false\n' if scheduled else ""
-    (root / "dags" / f"{dag_id}.toml").write_text(
-        textwrap.dedent(
-            f"""\
-            {schedule}
-            env = {{ {procs.MARK_VAR} = "{mark}" }}
-            [steps.work]
-            command = '''{command}'''
-            """
-        )
-    )
-    if scheduled:
-        (root / "state").mkdir(exist_ok=True)
-        conn = connect(root / "state" / "dagd.sqlite3")
-        try:
-            migrate(conn)
-            conn.execute(
-                "INSERT INTO schedule (dag_id, last_slot) VALUES (?, ?)",
-                (dag_id, time.time() - 400 * 86400),
-            )
-        finally:
-            conn.close()
-
-
-def query(root: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(root / "state" / "dagd.sqlite3", timeout=10)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
 def serve(root: Path, started: list[Proc], mark: str, processes: int = 3) -> Proc:
     """A daemon whose run is going, with `processes` processes of its step alive."""
     daemon = Proc(root, "serve", "--no-websocket")
     started.append(daemon)
-    ok = wait_for(lambda: len(procs.live_processes(mark)) >= processes, 15)
+    ok = poll_until(lambda: len(procs.live_processes(mark)) >= processes, 15)
     assert ok, daemon.output()
     return daemon
 
@@ -150,7 +103,7 @@ def serve(root: Path, started: list[Proc], mark: str, processes: int = 3) -> Pro
 def test_a_second_signal_kills_steps_at_once_and_records_them_cancelled(
     root: Path, mark: str, started: list[Proc], first: int, second: int
 ) -> None:
-    add_dag(root, "stubborn", mark, STUBBORN)
+    add_marked_dag(root, "stubborn", mark, STUBBORN)
     daemon = serve(root, started, mark)
     daemon.signal(first)
     time.sleep(0.5)
@@ -166,8 +119,8 @@ def test_a_second_signal_kills_steps_at_once_and_records_them_cancelled(
     assert "dagd stopped" in out
     assert "Traceback" not in out and "Aborted" not in out
     assert procs.wait_gone(mark, 3.0) == []  # the group and the escaped `sleep 3005`
-    assert query(root, "SELECT status FROM runs") == [("cancelled",)]
-    assert query(root, "SELECT status FROM steps") == [("cancelled",)]
+    assert query_state(root, "SELECT status FROM runs") == [("cancelled",)]
+    assert query_state(root, "SELECT status FROM steps") == [("cancelled",)]
 
 
 def test_a_clean_shutdown_leaves_no_escaped_process(
@@ -176,16 +129,16 @@ def test_a_clean_shutdown_leaves_no_escaped_process(
     (root / "config.toml").write_text(
         'dags_dir = "dags"\nstate_dir = "state"\nkill_grace = "0.5s"\nprogress_interval = 0\n'
     )
-    add_dag(root, "escapes", mark, "setsid -f sleep 3005; sleep 3006")
+    add_marked_dag(root, "escapes", mark, "setsid -f sleep 3005; sleep 3006")
     daemon = serve(root, started, mark)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=15) == 0, daemon.output()
     assert procs.wait_gone(mark, 3.0) == []
-    assert query(root, "SELECT status FROM runs") == [("cancelled",)]
+    assert query_state(root, "SELECT status FROM runs") == [("cancelled",)]
 
 
 def test_kill_9_then_restart_kills_what_escaped(root: Path, mark: str, started: list[Proc]) -> None:
-    add_dag(root, "escapes", mark, "setsid -f sleep 3005; sleep 3006")
+    add_marked_dag(root, "escapes", mark, "setsid -f sleep 3005; sleep 3006")
     daemon = serve(root, started, mark)
     daemon.proc.kill()  # kill -9: nothing of dagd runs any more
     daemon.wait(timeout=10)
@@ -193,18 +146,18 @@ def test_kill_9_then_restart_kills_what_escaped(root: Path, mark: str, started: 
     assert len(procs.live_processes(mark)) == 3  # the step, and what escaped it, live on
     again = Proc(root, "serve", "--no-websocket")
     started.append(again)
-    assert wait_for(lambda: "dagd ready" in again.output(), 15), again.output()
+    assert poll_until(lambda: "dagd ready" in again.output(), 15), again.output()
     assert procs.wait_gone(mark, 3.0) == []
-    assert query(root, "SELECT status FROM runs") == [("failed",)]
+    assert query_state(root, "SELECT status FROM runs") == [("failed",)]
 
 
 def test_dagd_run_second_ctrl_c_kills_steps_at_once(
     root: Path, mark: str, started: list[Proc]
 ) -> None:
-    add_dag(root, "stubborn", mark, STUBBORN, scheduled=False)
+    add_marked_dag(root, "stubborn", mark, STUBBORN, scheduled=False)
     run = Proc(root, "run", "stubborn", "--plain")
     started.append(run)
-    assert wait_for(lambda: len(procs.live_processes(mark)) >= 3, 15), run.output()
+    assert poll_until(lambda: len(procs.live_processes(mark)) >= 3, 15), run.output()
     run.signal(signal.SIGINT)
     time.sleep(0.5)
     assert run.proc.poll() is None

@@ -27,6 +27,9 @@ from typing import Any
 import proctools as procs
 import trio
 
+from dagd.daemon.schema import migrate
+from dagd.daemon.store import connect
+
 #: Environment variables that would override the config file's endpoint.
 ENDPOINT_VARS = ("DAGD_URL", "DAGD_TOKEN", "DAGD_CONFIG")
 
@@ -54,6 +57,56 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = ""
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(0.02)
+
+
+def poll_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll `predicate` (blocking) until it is truthy or the deadline; returns its last value
+    (falsy at the deadline: the caller asserts on it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.02)
+
+
+def query_state(root: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of `sql` on the SQLite file of the state folder root/state."""
+    conn = sqlite3.connect(root / "state" / "dagd.sqlite3", timeout=10)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def add_marked_dag(
+    root: Path, dag_id: str, mark: str, command: str, scheduled: bool = True
+) -> None:
+    """dags/<dag_id>.toml: one step `work` running `command`, with DAGD_TEST_MARK=mark in its
+    environment. `scheduled`: a yearly cron schedule (catchup=false) and a `schedule` row
+    whose last slot is 400 days old, so that the next daemon start fires one run at once."""
+    schedule = 'schedule = "0 0 1 1 *"\ncatchup = false\n' if scheduled else ""
+    (root / "dags" / f"{dag_id}.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            {schedule}
+            env = {{ {procs.MARK_VAR} = "{mark}" }}
+            [steps.work]
+            command = '''{command}'''
+            """
+        )
+    )
+    if scheduled:
+        (root / "state").mkdir(exist_ok=True)
+        conn = connect(root / "state" / "dagd.sqlite3")
+        try:
+            migrate(conn)
+            conn.execute(
+                "INSERT INTO schedule (dag_id, last_slot) VALUES (?, ?)",
+                (dag_id, time.time() - 400 * 86400),
+            )
+        finally:
+            conn.close()
 
 
 async def await_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -187,11 +240,7 @@ class DaemonProc:
     # -------------------------------------------------------------- the log
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.db, timeout=10)
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+        return query_state(self.root, sql, args)
 
     def stored_events(self, dag_id: str, since: int = 0) -> list[tuple[int, dict[str, Any]]]:
         """(seq, wire JSON) of the DAG's events in the daemon's event log, oldest first."""
