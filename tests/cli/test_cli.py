@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from clienthelp import DaemonProc, dagd, free_port, start_dagd, wait_for
+from clienthelp import DaemonProc, dagd, free_port, serving, start_dagd, wait_for
 
 from dagd.cli.main import main
 
@@ -79,13 +79,8 @@ def talk_dag(gate: Path) -> str:
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     root = tmp_path_factory.mktemp("cli")
     dags = {**DAGS, "flaky": flaky_dag(root / "flaky.marker"), "talk": talk_dag(root / "gate")}
-    d = DaemonProc(root, dags)
-    try:
-        d.start()
-        d.wait_ready()
+    with serving(root, dags) as d:
         yield d
-    finally:
-        d.close()
 
 
 @pytest.fixture

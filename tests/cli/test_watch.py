@@ -330,11 +330,8 @@ def tmux() -> Iterator[Tmux]:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
-    d = DaemonProc(tmp_path, WATCH_DAGS)
-    try:
+    with DaemonProc(tmp_path, WATCH_DAGS) as d:
         yield d
-    finally:
-        d.close()
 
 
 def trigger(daemon: DaemonProc, dag_id: str) -> str:

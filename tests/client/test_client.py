@@ -684,11 +684,8 @@ def fast_backoff() -> ReconnectBackoff:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Any:
-    d = DaemonProc(tmp_path, STREAM_DAGS)
-    try:
+    with DaemonProc(tmp_path, STREAM_DAGS) as d:
         yield d
-    finally:
-        d.close()
 
 
 class Consumer:

@@ -52,11 +52,8 @@ EDITED = """
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
-    d = DaemonProc(tmp_path, {"two": TWO_STEPS})
-    try:
+    with DaemonProc(tmp_path, {"two": TWO_STEPS}) as d:
         yield d
-    finally:
-        d.close()
 
 
 class Consumer:

@@ -21,7 +21,7 @@ import mounts
 import proctools as procs
 import pytest
 import trio
-from clienthelp import DaemonProc, dagd, free_port, start_dagd, wait_for
+from clienthelp import DaemonProc, dagd, free_port, serving, start_dagd, wait_for
 
 import dagd as dagd_api
 from dagd.app import open_daemon
@@ -44,13 +44,8 @@ DAGS = {
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
-    d = DaemonProc(tmp_path, DAGS)
-    try:
-        d.start()
-        d.wait_ready()
+    with serving(tmp_path, DAGS) as d:
         yield d
-    finally:
-        d.close()
 
 
 def pid_of(d: DaemonProc) -> int:

@@ -75,12 +75,9 @@ def history(proc: DaemonProc, events: int = 2000) -> None:
 
 @pytest.fixture
 def proc(tmp_path: Path) -> Iterator[DaemonProc]:
-    daemon = DaemonProc(tmp_path, DAGS)
-    daemon.state.mkdir()
-    try:
+    with DaemonProc(tmp_path, DAGS) as daemon:
+        daemon.state.mkdir()
         yield daemon
-    finally:
-        daemon.close()
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,12 @@ class DaemonProc:
             f"{server}\n"
         )
 
+    def __enter__(self) -> DaemonProc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---------------------------------------------------------------- paths
 
     @property
@@ -256,6 +262,15 @@ class DaemonProc:
         else:
             rows = self.query("SELECT run_id, status FROM runs WHERE dag_id = ?", (dag_id,))
         return dict(rows)
+
+
+@contextlib.contextmanager
+def serving(root: Path, dags: Mapping[str, str], **kw: str) -> Iterator[DaemonProc]:
+    """A `DaemonProc` on `root`, started and listening; closed (with its steps) at the end."""
+    with DaemonProc(root, dags, **kw) as d:
+        d.start()
+        d.wait_ready()
+        yield d
 
 
 def start_dagd(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Popen[str]:
