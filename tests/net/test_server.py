@@ -13,10 +13,8 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import ssl
 import stat
-import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,8 +29,10 @@ from wshelp import (
     AioWS,
     harness,
     make_config,
+    needs_openssl,
     publish_committed,
     running,
+    self_signed_cert,
     url_of,
 )
 
@@ -705,16 +705,11 @@ async def test_repeated_auth_failures_are_slowed_down(tmp_path: Path, aio: Aio) 
 # ---------------------------------------------------------------------------------- TLS
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@needs_openssl
 async def test_tls_serves_wss_with_the_configured_certificate(tmp_path: Path) -> None:
     """server.tls_cert/tls_key: the endpoint is wss://, a client that trusts the certificate
     authenticates and gets events; a plain ws:// client gets no WebSocket at all."""
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    self_signed_cert(tmp_path)
     config = make_config(tmp_path, server='tls_cert = "cert.pem"\ntls_key = "key.pem"')
     async with running(tmp_path, config=config) as daemon:
         url = url_of(daemon)

@@ -14,15 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
-from wshelp import make_config, running, server_of
+from wshelp import make_config, needs_openssl, running, self_signed_cert, server_of
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
@@ -305,14 +303,9 @@ async def test_a_refused_websocket_is_dropped_even_if_the_peer_never_closes(
 # -------------------------------------------------------------------------------- TLS
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@needs_openssl
 async def test_tls_port_closes_plain_and_refused_clients_at_once(tmp_path: Path) -> None:
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    self_signed_cert(tmp_path)
     tls = 'tls_cert = "cert.pem"\ntls_key = "key.pem"\nhandshake_timeout = 30'
     config = make_config(tmp_path, server=tls)
     context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import shutil
+import subprocess
 import threading
 import time
 import weakref
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -164,6 +167,22 @@ def make_config(
 {tokens or ""}
 """
     return parse_config(text, tmp_path)
+
+
+#: For the TLS tests, which make their certificate with the openssl command.
+needs_openssl = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs the openssl command"
+)
+
+
+def self_signed_cert(folder: Path) -> None:
+    """folder/cert.pem and folder/key.pem: a one-day self-signed certificate for 127.0.0.1."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
 
 
 #: The served daemons' apps, so that tests holding only a daemon reach its server.
