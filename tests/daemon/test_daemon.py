@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import sqlite3
 import textwrap
 import time
-from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
 import proctools as procs
 import pytest
 import trio
+from daemonhelp import daemon_config, wait_status, wait_until, write_dag_file
 
 from dagd.app import open_daemon
 from dagd.core.config import Config
@@ -27,12 +26,11 @@ from dagd.core.events import (
     ErrorEvent,
     StepStatusEvent,
 )
-from dagd.core.model import FINISHED_RUN, RunStatus, StepStatus
-from dagd.core.records import RunRecord
+from dagd.core.model import RunStatus, StepStatus
 from dagd.daemon.daemon import Daemon, DaemonError
 from dagd.daemon.hub import Hub
 from dagd.daemon.schema import MIGRATIONS, migrate
-from dagd.daemon.store import StepRecord, Store, StoredEvent, connect
+from dagd.daemon.store import Store, StoredEvent, connect
 from dagd.runtime.local.executor import LocalExecutor
 
 S = StepStatus
@@ -44,25 +42,13 @@ OLD_STATE_FILE = Path(__file__).parent / "data" / "state-before-attempt-numbers.
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    (tmp_path / "dags").mkdir()
-    return Config(
-        dags_dir=tmp_path / "dags",
-        state_dir=tmp_path / "state",
-        kill_grace=0.5,
-        reload_interval=0.1,
-        progress_interval=0.0,
-    )
+    return daemon_config(tmp_path, reload_interval=0.1)
 
 
 def write_dag(config: Config, name: str, text: str) -> Path:
     """Write dags/<name>.toml; its mtime moves forward even within one coarse timestamp tick, so
     the folder watcher always sees a rewrite as a change."""
-    path = config.dags_dir / f"{name}.toml"
-    old = path.stat().st_mtime_ns if path.exists() else None
-    path.write_text(textwrap.dedent(text))
-    if old is not None and path.stat().st_mtime_ns <= old:
-        os.utime(path, ns=(old + 10_000_000, old + 10_000_000))
-    return path
+    return write_dag_file(config.dags_dir, name, textwrap.dedent(text))
 
 
 def db_rows(config: Config, sql: str, args: tuple = ()) -> list[tuple]:
@@ -75,27 +61,6 @@ def db_rows(config: Config, sql: str, args: tuple = ()) -> list[tuple]:
 
 def integrity_ok(config: Config) -> bool:
     return db_rows(config, "PRAGMA integrity_check") == [("ok",)]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
-
-
-async def wait_status(
-    daemon: Daemon,
-    run_id: str,
-    statuses: Collection[str] = FINISHED_RUN,
-    timeout: float = 10.0,
-) -> tuple[RunRecord, dict[str, StepRecord]]:
-    """Poll the database until the run has one of `statuses` (committed, so visible to all)."""
-    with trio.fail_after(timeout):
-        while True:
-            found = await daemon.get_run(run_id)
-            if found is not None and found[0].status in statuses:
-                return found[0], {s.step_id: s for s in found[1]}
-            await trio.sleep(0.01)
 
 
 async def collect_run(daemon: Daemon, run_id: str, into: list[StoredEvent]) -> None:

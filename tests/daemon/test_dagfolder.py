@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from daemonhelp import write_dag_file
 
 from dagd.daemon.dagfolder import DagFolder, load_dag_folder
 
@@ -16,12 +17,7 @@ GOOD = '[steps.s]\ncommand = "true"\n'
 
 def write(folder: Path, name: str, text: str) -> Path:
     """Write <folder>/<name>.toml so that a reload sees a change even within one mtime tick."""
-    path = folder / f"{name}.toml"
-    old = path.stat().st_mtime_ns if path.exists() else None
-    path.write_text(textwrap.dedent(text))
-    if old is not None and path.stat().st_mtime_ns <= old:
-        os.utime(path, ns=(old + 10_000_000, old + 10_000_000))
-    return path
+    return write_dag_file(folder, name, textwrap.dedent(text))
 
 
 def test_good_and_broken_files_each_reported_by_file(tmp_path: Path) -> None:

@@ -6,14 +6,12 @@ current definition. Real DAG files, real shell steps, real SQLite; hot reload th
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import trio
+from daemonhelp import daemon_config, wait_status, wait_until, write_dag_file
 
 from dagd.app import open_daemon
 from dagd.core.config import Config
@@ -36,24 +34,13 @@ GATED = """
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    for name in ("dags", "gates", "out"):
-        (tmp_path / name).mkdir()
-    return Config(
-        dags_dir=tmp_path / "dags",
-        state_dir=tmp_path / "state",
-        kill_grace=0.5,
-        reload_interval=3600.0,  # the tests reload themselves, at the moment they choose
-        progress_interval=0.0,
-    )
+    # reload_interval: the tests reload themselves, at the moment they choose
+    return daemon_config(tmp_path, reload_interval=3600.0, folders=("dags", "gates", "out"))
 
 
 def write_dag(config: Config, name: str, text: str) -> None:
     """Write dags/<name>.toml so that a reload always sees the change (mtime moves on)."""
-    path = config.dags_dir / f"{name}.toml"
-    old = path.stat().st_mtime_ns if path.exists() else None
-    path.write_text(textwrap.dedent(text))
-    if old is not None and path.stat().st_mtime_ns <= old:
-        os.utime(path, ns=(old + 10_000_000, old + 10_000_000))
+    write_dag_file(config.dags_dir, name, textwrap.dedent(text))
 
 
 def gated(config: Config, limit: int, version: str) -> str:
@@ -68,22 +55,6 @@ def release(config: Config, run_id: str) -> None:
 def output(config: Config, run_id: str) -> list[str]:
     path = config.dags_dir.parent / "out" / run_id
     return path.read_text().split() if path.exists() else []
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
-
-
-async def wait_status(daemon: Daemon, run_id: str, *statuses: RunStatus) -> None:
-    """Until the run's committed status is one of `statuses`."""
-    with trio.fail_after(10):
-        while True:
-            found = await daemon.get_run(run_id)
-            if found is not None and found[0].status in statuses:
-                return
-            await trio.sleep(0.01)
 
 
 def running(daemon: Daemon) -> set[str]:
@@ -105,30 +76,30 @@ async def test_raising_max_active_runs_starts_the_waiting_runs_at_once(config: C
     write_dag(config, "g", gated(config, 1, "v1"))
     async with open_daemon(config) as daemon:
         runs = [await daemon.trigger("g") for _ in range(3)]
-        await wait_until(lambda: running(daemon) == {runs[0]})
+        await wait_until(lambda: running(daemon) == {runs[0]}, 10.0)
         write_dag(config, "g", gated(config, 3, "v1"))
         daemon.reload()
         assert running(daemon) == set(runs)  # no run had to end for the new limit to apply
         for run_id in runs:
             release(config, run_id)
         for run_id in runs:
-            await wait_status(daemon, run_id, RunStatus.SUCCESS)
+            await wait_status(daemon, run_id, {RunStatus.SUCCESS})
 
 
 async def test_lowering_max_active_runs_holds_the_waiting_runs(config: Config) -> None:
     write_dag(config, "g", gated(config, 2, "v1"))
     async with open_daemon(config) as daemon:
         r1, r2, r3, r4 = [await daemon.trigger("g") for _ in range(4)]
-        await wait_until(lambda: running(daemon) == {r1, r2})
+        await wait_until(lambda: running(daemon) == {r1, r2}, 10.0)
         write_dag(config, "g", gated(config, 1, "v1"))
         daemon.reload()
         assert running(daemon) == {r1, r2}  # a lower limit stops no running run
         release(config, r1)
-        await wait_status(daemon, r1, RunStatus.SUCCESS)
+        await wait_status(daemon, r1, {RunStatus.SUCCESS})
         # r1's slot went, but r2 alone fills the new limit of 1: r3 still waits
         assert running(daemon) == {r2}
         release(config, r2)
-        await wait_until(lambda: running(daemon) == {r3})
+        await wait_until(lambda: running(daemon) == {r3}, 10.0)
         # raised again while r4 waits: it starts beside r3 at once
         write_dag(config, "g", gated(config, 2, "v1"))
         daemon.reload()
@@ -136,7 +107,7 @@ async def test_lowering_max_active_runs_holds_the_waiting_runs(config: Config) -
         release(config, r3)
         release(config, r4)
         for run_id in (r3, r4):
-            await wait_status(daemon, run_id, RunStatus.SUCCESS)
+            await wait_status(daemon, run_id, {RunStatus.SUCCESS})
 
 
 # ------------------------------------------------------ a run keeps its own definition
@@ -146,14 +117,14 @@ async def test_a_waiting_run_keeps_the_definition_it_was_triggered_with(config: 
     write_dag(config, "g", gated(config, 1, "v1"))
     async with open_daemon(config) as daemon:
         first, waiting = await daemon.trigger("g"), await daemon.trigger("g")
-        await wait_until(lambda: running(daemon) == {first})
+        await wait_until(lambda: running(daemon) == {first}, 10.0)
         write_dag(config, "g", gated(config, 1, "v2"))  # edited while `waiting` waits
         daemon.reload()
         after = await daemon.trigger("g")
         for run_id in (first, waiting, after):
             release(config, run_id)
         for run_id in (first, waiting, after):
-            await wait_status(daemon, run_id, RunStatus.SUCCESS)
+            await wait_status(daemon, run_id, {RunStatus.SUCCESS})
         assert [output(config, r) for r in (first, waiting, after)] == [["v1"], ["v1"], ["v2"]]
         # Each run says which version it ran: the one stored with it.
         versions = [await daemon.run_definition(r) for r in (first, waiting, after)]
@@ -191,17 +162,17 @@ async def test_retry_reruns_the_triggered_definition_before_and_after_a_restart(
     write_dag(config, "f", FAILING.format(out=out, version="v1"))
     async with open_daemon(config) as daemon:
         run_id = await daemon.trigger("f")
-        await wait_status(daemon, run_id, RunStatus.FAILED)
+        await wait_status(daemon, run_id, {RunStatus.FAILED})
         write_dag(config, "f", FAILING_V2.format(out=out, version="v2"))  # while it failed
         daemon.reload()
         await daemon.retry(run_id)  # in memory
-        await wait_until(lambda: len(output(config, run_id)) >= 2)
-        await wait_status(daemon, run_id, RunStatus.FAILED)
+        await wait_until(lambda: len(output(config, run_id)) >= 2, 10.0)
+        await wait_status(daemon, run_id, {RunStatus.FAILED})
     async with open_daemon(config) as daemon:  # a restart on the same state folder
         assert sorted(daemon.dags["f"].steps) == ["a", "b"]  # the file is v2
         await daemon.retry(run_id)  # rebuilt from the store
-        await wait_until(lambda: len(output(config, run_id)) >= 3)
-        await wait_status(daemon, run_id, RunStatus.FAILED)
+        await wait_until(lambda: len(output(config, run_id)) >= 3, 10.0)
+        await wait_status(daemon, run_id, {RunStatus.FAILED})
         found = await daemon.get_run(run_id)
         assert found is not None and sorted(s.step_id for s in found[1]) == ["a"]
     assert output(config, run_id) == ["v1", "v1", "v1"]
@@ -214,7 +185,7 @@ async def test_retry_of_a_run_whose_dag_is_gone_is_refused_in_memory_and_after_a
     write_dag(config, "f", FAILING.format(out=out, version="v1"))
     async with open_daemon(config) as daemon:
         run_id = await daemon.trigger("f")
-        await wait_status(daemon, run_id, RunStatus.FAILED)
+        await wait_status(daemon, run_id, {RunStatus.FAILED})
         (config.dags_dir / "f.toml").unlink()
         daemon.reload()
         with pytest.raises(DaemonError) as in_memory:

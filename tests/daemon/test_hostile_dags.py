@@ -5,12 +5,12 @@ Real files, real SQLite, real shell steps (open_daemon)."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 import trio
+from daemonhelp import daemon_config, wait_status, write_dag_file
 
 from dagd.app import open_daemon
 from dagd.core.config import Config
@@ -28,32 +28,16 @@ HOSTILE = {
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    (tmp_path / "dags").mkdir()
-    return Config(
-        dags_dir=tmp_path / "dags",
-        state_dir=tmp_path / "state",
-        kill_grace=0.5,
-        reload_interval=0.05,
-        progress_interval=0.0,
-    )
+    return daemon_config(tmp_path, reload_interval=0.05)
 
 
 def write(config: Config, name: str, data: str | bytes) -> Path:
-    path = config.dags_dir / f"{name}.toml"
-    old = path.stat().st_mtime_ns if path.exists() else None
-    path.write_bytes(data.encode() if isinstance(data, str) else data)
-    if old is not None and path.stat().st_mtime_ns <= old:
-        os.utime(path, ns=(old + 10_000_000, old + 10_000_000))
-    return path
+    return write_dag_file(config.dags_dir, name, data)
 
 
 async def wait_finished(daemon: Daemon, run_id: str) -> str:
-    with trio.fail_after(10):
-        while True:
-            found = await daemon.get_run(run_id)
-            if found is not None and found[0].status.finished:
-                return str(found[0].status)
-            await trio.sleep(0.01)
+    record, _ = await wait_status(daemon, run_id)
+    return str(record.status)
 
 
 async def test_hot_reload_of_hostile_files_keeps_the_daemon_and_its_runs(

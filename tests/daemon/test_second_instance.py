@@ -22,6 +22,7 @@ import proctools as procs
 import pytest
 import trio
 from clienthelp import DaemonProc, dagd, free_port, serving, start_dagd, wait_for
+from daemonhelp import wait_status
 
 import dagd as dagd_api
 from dagd.app import open_daemon
@@ -212,10 +213,8 @@ async def test_two_embedded_daemons_in_one_process_refuse(tmp_path: Path) -> Non
         assert "this process" in str(refused.value) and "\n" not in str(refused.value)
         # The first one is unharmed: it still runs DAGs to the end.
         run_id = await first.trigger("quick")
-        with trio.fail_after(10):
-            while (record := await first.get_run(run_id)) is None or not record[0].status.finished:
-                await trio.sleep(0.02)
-        assert record[0].status is RunStatus.SUCCESS
+        record, _ = await wait_status(first, run_id)
+        assert record.status is RunStatus.SUCCESS
     async with open_daemon(config):  # free again once the first is closed
         pass
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
+from daemonhelp import wait_until
 
 from dagd.core.events import DagRunStatusEvent, ErrorEvent, StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
@@ -18,12 +18,6 @@ from dagd.daemon.hub import Hub
 from dagd.daemon.store import RecordLeftover, Store, StoredEvent
 
 HANDLE = {"executor": "local", "pgid": 4242, "start_ticks": 99, "boot_id": "boot"}
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def test_every_kind_of_intent_is_written_in_one_batch(tmp_path: Path) -> None:
