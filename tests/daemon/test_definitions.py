@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -155,14 +157,21 @@ FAILING_V2 = (
 )
 
 
+@asynccontextmanager
+async def failed_v1_run(config: Config) -> AsyncIterator[tuple[Daemon, str]]:
+    """A daemon on `config` with dags/f.toml as FAILING v1, and one run of it that failed."""
+    write_dag(config, "f", FAILING.format(out=config.dags_dir.parent / "out", version="v1"))
+    async with open_daemon(config) as daemon:
+        run_id = await daemon.trigger("f")
+        await wait_status(daemon, run_id, {RunStatus.FAILED})
+        yield daemon, run_id
+
+
 async def test_retry_reruns_the_triggered_definition_before_and_after_a_restart(
     config: Config,
 ) -> None:
     out = config.dags_dir.parent / "out"
-    write_dag(config, "f", FAILING.format(out=out, version="v1"))
-    async with open_daemon(config) as daemon:
-        run_id = await daemon.trigger("f")
-        await wait_status(daemon, run_id, {RunStatus.FAILED})
+    async with failed_v1_run(config) as (daemon, run_id):
         write_dag(config, "f", FAILING_V2.format(out=out, version="v2"))  # while it failed
         daemon.reload()
         await daemon.retry(run_id)  # in memory
@@ -181,11 +190,7 @@ async def test_retry_reruns_the_triggered_definition_before_and_after_a_restart(
 async def test_retry_of_a_run_whose_dag_is_gone_is_refused_in_memory_and_after_a_restart(
     config: Config,
 ) -> None:
-    out = config.dags_dir.parent / "out"
-    write_dag(config, "f", FAILING.format(out=out, version="v1"))
-    async with open_daemon(config) as daemon:
-        run_id = await daemon.trigger("f")
-        await wait_status(daemon, run_id, {RunStatus.FAILED})
+    async with failed_v1_run(config) as (daemon, run_id):
         (config.dags_dir / "f.toml").unlink()
         daemon.reload()
         with pytest.raises(DaemonError) as in_memory:
