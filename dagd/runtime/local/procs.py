@@ -135,6 +135,8 @@ def kill_processes_and_groups(pids: list[int]) -> None:
 
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 _CONTAIN_LIMIT = 5.0  # seconds a step's end waits for its processes to be gone
+#: How long (seconds) `contain` re-reads an orphan whose environment reads as empty.
+_UNDECIDED_LIMIT = 0.05
 
 
 @functools.cache
@@ -219,9 +221,10 @@ def contain(pgid: int, ident: tuple[str, str, str]) -> int:
     killed: set[int] = set()  # SIGKILLed here, not yet reaped
     count = 0
     deadline = None
+    undecided_until = None  # how long an orphan without a readable environment is re-read
     own = os.getpgrp()
     while True:
-        escaped = False
+        escaped = undecided = False
         for pid in _orphans():
             stat = _stat(pid)
             if stat is None:
@@ -231,7 +234,9 @@ def contain(pgid: int, ident: tuple[str, str, str]) -> int:
                 if group != own or pid in killed:
                     _reap(pid)
                     killed.discard(pid)
-            elif _attempt_of(pid) == ident:
+                continue
+            found = _attempt_of(pid)
+            if found == ident:
                 escaped = True
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     if group not in (own, pgid):
@@ -239,10 +244,19 @@ def contain(pgid: int, ident: tuple[str, str, str]) -> int:
                     os.kill(pid, signal.SIGKILL)
                     count += pid not in killed
                     killed.add(pid)
+            elif found == (None, None, None) and group != own:
+                # In the middle of an exec (`nohup setsid sleep`: two in a row) the kernel
+                # shows an empty environment for a moment: look again shortly, for a bounded
+                # time (an orphan started with an empty environment is out of reach anyway).
+                undecided = True
+        if undecided:
+            now = time.monotonic()
+            undecided_until = undecided_until or now + _UNDECIDED_LIMIT
+            undecided = now < undecided_until
         try:
             os.killpg(pgid, 0)
         except (ProcessLookupError, PermissionError):
-            if not escaped and not any(_stat(pid) for pid in killed):
+            if not escaped and not undecided and not any(_stat(pid) for pid in killed):
                 return count
         if deadline is None:
             deadline = time.monotonic() + _CONTAIN_LIMIT
