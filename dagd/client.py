@@ -298,7 +298,8 @@ class Client:
         applied), and `ClientError` with the daemon's code for an error answer:
         `invalid_message` (also for a malformed `message` dict, which is never sent),
         `forbidden`, `unknown_dag`, `invalid_params`, `unknown_run`, `not_running`,
-        `not_finished`, `not_retryable`, `shutting_down`, `rate_limited`.
+        `not_finished`, `not_retryable`, `shutting_down`, `storage_unavailable`,
+        `rate_limited`.
         """
         request = message if not isinstance(message, Mapping) else _request_of(message)
         with trio.move_on_after(self.request_timeout) as scope:
@@ -340,7 +341,8 @@ class Client:
         stored the run as queued; its events follow on the stream.
 
         Raises `ClientError` `unknown_dag`, `invalid_params`, `forbidden` (a read token),
-        `shutting_down`, `invalid_message`; `NotConnected` (see `request`).
+        `shutting_down`, `storage_unavailable` (the daemon cannot write its state file just
+        now), `invalid_message`; `NotConnected` (see `request`).
         """
         answer = await self._ask(Trigger(dag_id, dict(params or {})), Triggered)
         return answer.run_id
@@ -359,7 +361,8 @@ class Client:
         returns once the daemon stored it as queued again.
 
         Raises `ClientError` `unknown_run`, `not_finished` (still queued or running),
-        `not_retryable` (it succeeded), `shutting_down`, `forbidden`; `NotConnected`.
+        `not_retryable` (it succeeded), `unknown_dag` (its DAG is no longer loaded),
+        `shutting_down`, `storage_unavailable`, `forbidden`; `NotConnected`.
         """
         await self._ask(Retry(run_id), RetryAccepted)
 
