@@ -25,7 +25,7 @@ class DaemonService(Protocol):
 
     async def trigger(self, dag_id: str, params: Mapping[str, Any] | None = None) -> str:
         """Queue a run of `dag_id`; returns its run id. DaemonError codes: unknown_dag,
-        invalid_params, shutting_down, duplicate_run."""
+        invalid_params, shutting_down, duplicate_run, storage_unavailable."""
         ...
 
     async def cancel(self, run_id: str, reason: str = ...) -> None:
@@ -34,7 +34,8 @@ class DaemonService(Protocol):
 
     async def retry(self, run_id: str) -> str:
         """Run a failed or cancelled run's unfinished steps again; returns its run id.
-        DaemonError codes: unknown_run, not_finished, not_retryable, shutting_down."""
+        DaemonError codes: unknown_run, unknown_dag, not_finished, not_retryable,
+        shutting_down, storage_unavailable."""
         ...
 
     def list_dags(self) -> list[DagSummary]:
