@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from dagd.core.dagsnapshot import SnapshotError, dag_from_json
+from dagd.core.dagsnapshot import SHORT_VERSION, SnapshotError, dag_from_json
 from dagd.core.events import (
     DagEvent,
     DagRunProgressEvent,
@@ -202,7 +202,7 @@ def run_definitions(
                     "run %s: its stored definition %s cannot be read (%s); closing it out with"
                     " the loaded DAG %s",
                     run.run_id,
-                    version[:12],
+                    version[:SHORT_VERSION],
                     exc,
                     run.dag_id,
                 )
