@@ -470,8 +470,7 @@ class RunState:
                 st.attempt = retry_count + 1 if start is not None else 0
                 st.attempts_before = max(0, (rest[0] if rest else 0) - st.attempt)
                 st.start_time, st.end_time, st.error = start, end, error
-        state.phase = RunPhase(status.value)
-        state.status = status
+        state._run_enter(RunPhase(status.value))
         state._recount()
         return state
 
