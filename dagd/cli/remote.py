@@ -267,7 +267,7 @@ def print_logs(
     by_attempt = step_logs(config.log_dir, run_id, step_id)
     record = _step_record(config, run_id, step_id)  # (status, latest attempt) or None
     made = max([record[1] if record else 0, *by_attempt])  # attempts made
-    if follow and (record is None or record[0] not in FINAL_STEP):
+    if follow and (record is None or record[0] not in FINISHED_STEP):
         if record is None and not made:
             raise click.ClickException(f"no step {step_id!r} in run {run_id!r} to follow")
         _follow_logs(config, run_id, step_id, attempt)
@@ -292,9 +292,6 @@ def print_logs(
             text = path.read_text(errors="replace")
             click.echo(_log_header(n, path))
             click.echo(text, nl=not text.endswith("\n") and bool(text))
-
-
-FINAL_STEP = FINISHED_STEP
 
 
 def _follow_logs(
@@ -324,7 +321,7 @@ def _follow_logs(
                     click.echo(_log_header(n, path))
                     current = path
                 click.echo(data.decode("utf-8", "replace"), nl=False)
-        if record is None or record[0] in FINAL_STEP:
+        if record is None or record[0] in FINISHED_STEP:
             return
         time.sleep(poll)
 
