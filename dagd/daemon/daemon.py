@@ -37,10 +37,9 @@ from dagd.core.model import RETRYABLE_RUN, DagSpec, RunStatus, StepStatus
 from dagd.core.protocol.answers import DagSummary
 from dagd.core.records import RunRecord
 from dagd.core.runstate import RunState
-from dagd.core.spec import Problem
 from dagd.core.timefmt import RunIdFactory, scheduled_run_id
 from dagd.daemon.admission import Admission
-from dagd.daemon.dagfolder import DagFolder
+from dagd.daemon.dagfolder import DagFolder, problems_text
 from dagd.daemon.errors import DaemonError
 from dagd.daemon.eventstream import EventStream
 from dagd.daemon.hub import Hub, Subscriber
@@ -144,7 +143,7 @@ class Daemon:
     def problems(self) -> dict[str, str]:
         """What is wrong with each broken or refused DAG file, by file path: the problems'
         text, one per line."""
-        return {path: _text(problems) for path, problems in self.folder.problems.items()}
+        return {path: problems_text(problems) for path, problems in self.folder.problems.items()}
 
     def reload(self) -> None:
         """Pick up added, changed and removed DAG files (dagfolder.py). A broken file keeps its
@@ -575,10 +574,6 @@ def _storage_unavailable(error: str) -> DaemonError:
         "storage_unavailable",
         f"{error}; dagd takes no new runs until it can write again (it keeps trying): try later",
     )
-
-
-def _text(problems: list[Problem]) -> str:
-    return "\n".join(map(str, problems))
 
 
 __all__ = ["Daemon", "DaemonError", "EventStream"]

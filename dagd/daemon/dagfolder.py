@@ -52,6 +52,11 @@ def load_dag_file(path: Path) -> DagSpec:
     return parse_dag(data, str(path), default_id=path.stem)
 
 
+def problems_text(problems: list[Problem]) -> str:
+    """Problems as text, one per line, each naming its file."""
+    return "\n".join(map(str, problems))
+
+
 @attrs.frozen
 class Refused:
     """A file a reload could not use; `dag_id` is its last good DAG's id, else the file's stem."""
@@ -63,7 +68,7 @@ class Refused:
     @property
     def text(self) -> str:
         """The problems, one per line, each naming the file."""
-        return "\n".join(map(str, self.problems))
+        return problems_text(self.problems)
 
 
 @attrs.frozen
