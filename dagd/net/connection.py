@@ -448,7 +448,7 @@ class Connection:
                 "comes from another event log (a restored backup or a new state folder); "
                 "ask for a snapshot and continue from its seq",
             )
-            await self._write(text_frame(encode(with_request_id(ahead, job.request_id)).encode()))
+            await self._write(_answer_frame(ahead, job.request_id))
             return
         oldest = await daemon.oldest_seq()
         if job.since < until and (oldest is None or oldest > job.since + 1):
@@ -457,7 +457,7 @@ class Connection:
                 f"events after seq {job.since} are no longer retained; ask for a snapshot",
                 oldest_seq=oldest,
             )
-            await self._write(text_frame(encode(with_request_id(gone, job.request_id)).encode()))
+            await self._write(_answer_frame(gone, job.request_id))
             return
         cursor = job.since
         while cursor < until:
@@ -472,8 +472,7 @@ class Connection:
                 await self._write(out)
             cursor = rows[-1][0]
         self.skip_upto = max(self.skip_upto, until)
-        done = with_request_id(answers.ReplayComplete(until), job.request_id)
-        await self._write(text_frame(encode(done).encode()))
+        await self._write(_answer_frame(answers.ReplayComplete(until), job.request_id))
 
     async def _snapshot(self, job: _SnapshotJob) -> None:
         dag_filter = None if "*" in self.dag_ids else set(self.dag_ids)
@@ -481,8 +480,7 @@ class Connection:
         out = bytearray()
         for event in events:
             out += text_frame(encode_event(event).encode())
-        done = with_request_id(answers.SnapshotComplete(seq), job.request_id)
-        out += text_frame(encode(done).encode())
+        out += _answer_frame(answers.SnapshotComplete(seq), job.request_id)
         await self._write(out)
         self.skip_upto = max(self.skip_upto, seq)
 
@@ -500,3 +498,8 @@ class Connection:
                 await self._abort()
                 break
         cancel_scope.cancel()
+
+
+def _answer_frame(message: Answer, request_id: RequestId) -> bytes:
+    """The text frame of `message` with `requestId`, for the writer's own writes."""
+    return text_frame(encode(with_request_id(message, request_id)).encode())
