@@ -490,10 +490,7 @@ class Daemon:
             run_id,
             record.params,
             record.status if record.status.finished else RunStatus.FAILED,
-            {
-                s.step_id: (s.status, s.retry_count, s.start_time, s.end_time, s.error, s.attempt)
-                for s in steps
-            },
+            {s.step_id: s.restored() for s in steps},
             progress_interval=self.config.progress_interval,
         )
 

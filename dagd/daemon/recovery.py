@@ -158,10 +158,7 @@ def close_out_state(state: RunState, now: float, error: str) -> tuple[list[DagEv
         state.dag.id, state.run_id, state.status, dict(state.params), 0.0, state.started_at, None
     )
     events = interrupted_events([record], rows, now, {state.run_id: state.dag}, error)
-    final: dict[str, StepRecordTuple] = {
-        r.step_id: (r.status, r.retry_count, r.start_time, r.end_time, r.error, r.attempt)
-        for r in rows
-    }
+    final: dict[str, StepRecordTuple] = {r.step_id: r.restored() for r in rows}
     for e in events:
         if isinstance(e, StepStatusEvent):
             final[e.step_id] = (

@@ -62,6 +62,7 @@ from dagd.core.events import (
 from dagd.core.model import RunStatus, StepStatus
 from dagd.core.protocol.events import encode_event
 from dagd.core.records import RunRecord
+from dagd.core.runstate import StepRecordTuple
 from dagd.daemon.schema import migrate
 from dagd.runtime.executor import LeftoverHandle
 
@@ -188,6 +189,17 @@ class StepRecord:
     error: str | None
     leftover: LeftoverHandle | None = None
     attempt: int = 0  # the latest attempt's number over every try of the run (0: unknown)
+
+    def restored(self) -> StepRecordTuple:
+        """The row as `RunState.restore` takes a step (dagd/core/runstate.py)."""
+        return (
+            self.status,
+            self.retry_count,
+            self.start_time,
+            self.end_time,
+            self.error,
+            self.attempt,
+        )
 
 
 def connect(path: Path) -> sqlite3.Connection:
