@@ -111,7 +111,6 @@ class Hub:
 
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
-        self.delivered = 0
         self.dropped_subscribers = 0
 
     def subscribe(self, dag_ids: Iterable[str] | None = None, buffer: int = 1024) -> Subscriber:
@@ -142,13 +141,11 @@ class Hub:
             if not wanted:
                 continue
             if sub.direct is not None and sub.direct(wanted):
-                self.delivered += len(wanted)
                 continue
             put = sub.put_nowait
             try:
                 for stored in wanted:
                     put(stored)
-                    self.delivered += 1
             except trio.WouldBlock:
                 sub.overflowed = True
                 self.dropped_subscribers += 1
