@@ -1,14 +1,14 @@
 """Process groups of local steps, and telling whether a process is still the one dagd started
-(processes are read through psutil).
+(walks over all processes go through psutil; one process's own facts are read from /proc).
 
 A pid alone is not an identity: pids are reused. A process is a step's only if its start time
 and the boot id both match what was recorded when the step was spawned.
 
-Start times are clock ticks since boot, the unit of field 22 of /proc/<pid>/stat and of the
-start times in state files written by earlier dagd versions. psutil gives seconds since the
-epoch (`create_time`, the ticks plus the boot time as the wall clock reckons it now, so it
-moves when the clock is stepped); less `psutil.boot_time()` and times SC_CLK_TCK it is the tick
-count again, which never changes and compares exactly with any recorded one.
+Start times are clock ticks since boot: field 22 of /proc/<pid>/stat, read as it is (one small
+read per shell attempt, in its worker thread), the unit of the start times in state files
+written by earlier dagd versions too. The tick count never changes, unlike psutil's
+`create_time` (seconds since the epoch, which move when the wall clock is stepped), so it
+compares exactly with any recorded one.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from dagd.runtime.local.environment import RUN_ID_VAR
 
 log = logging.getLogger("dagd.runtime.local")
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # ticks per second of /proc start times (100 on Linux)
-
 
 @functools.cache
 def boot_id() -> str | None:
@@ -43,11 +41,8 @@ def boot_id() -> str | None:
 def process_start(pid: int) -> int | None:
     """When `pid` started, in clock ticks since boot; None if there is no such process (a
     zombie still has its start time)."""
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-    return round((created - psutil.boot_time()) * CLOCK_TICKS)
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def group_members(pgid: int) -> list[int]:
@@ -164,16 +159,22 @@ def _orphans() -> list[int]:
         return []
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) of `pid` from /proc/<pid>/stat; None if it is gone. A
-    zombie keeps the group it died in."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first);
+    None if `pid` is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    fields = data[data.rfind(b")") + 2 :].split()  # the name may hold spaces and ')'
-    return fields[0].decode(), int(fields[2])
+    return data[data.rfind(b")") + 2 :].split()  # the name may hold spaces and ')'
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) of `pid` from /proc/<pid>/stat; None if it is gone. A
+    zombie keeps the group it died in."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (fields[0].decode(), int(fields[2]))
 
 
 def _attempt_of(pid: int) -> tuple[str | None, str | None, str | None]:
