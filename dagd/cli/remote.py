@@ -183,14 +183,12 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
 
     console = Console()
     view = RunsView()
-    status = RunStatus.RUNNING
 
     def show_line(text: str | None, style: str | None = None) -> None:
         if text and not live:
             console.print(text, style=style, highlight=False, markup=False)
 
     async def consume(display: Live | None) -> int:
-        nonlocal status
         async for item in client:
             if isinstance(item, ConnectionLost):
                 view.notice = f"disconnected ({item.message}), retrying in {item.retry_in:.0f} s"
@@ -209,8 +207,7 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
                     for run_id in run_ids:  # the run may have ended while we were away
                         run = view.runs.get(run_id)
                         if run is not None and run.status in FINISHED_RUN:
-                            status = run.status
-                            return _exit_code(status)
+                            return _exit_code(run.status)
             elif (
                 run_ids is None
                 or getattr(item, "run_id", None) in run_ids
@@ -225,8 +222,7 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
                     and item.run_id in run_ids
                     and item.status.finished
                 ):
-                    status = item.status
-                    return _exit_code(status)
+                    return _exit_code(item.status)
             if display is not None:
                 display.update(view.render())
         return 0
