@@ -26,7 +26,7 @@ from dagd.core.config import Config
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.hub import Hub
-from dagd.daemon.statelock import StateLock
+from dagd.daemon.statelock import hold_state_dir
 from dagd.daemon.store import StorageUnavailable, Store
 from dagd.net.server import Server, serve
 from dagd.runtime.local.executor import LocalExecutor
@@ -76,42 +76,39 @@ async def open_app(
     (docs/protocol.md, *When the disk fails*).
     """
     # First of all: a second process on this state folder is refused before it reads or
-    # writes anything (recovery would otherwise kill the live daemon's steps).
-    state_lock = StateLock.acquire(config.state_dir)
-    try:
+    # writes anything (recovery would otherwise kill the live daemon's steps). Released last:
+    # the folder is free once everything is on disk.
+    with hold_state_dir(config.state_dir):
         hub = Hub()
         store = Store.open(config.db_path, on_commit=hub.publish)
-    except BaseException:
-        state_lock.release()
-        raise
-    try:
-        # The daemon records each attempt's leftover handle itself (recovery.LeftoverRecorder).
-        executor = LocalExecutor(
-            log_dir=config.log_dir, grace=config.kill_grace, hidden_env=config.secret_env_names
-        )
-        daemon = Daemon(config, store=store, hub=hub, executors=executor, clock=clock or time.time)
-        with unwrap_single():
-            async with trio.open_nursery() as nursery:
-                await nursery.start(store.writer)
-                await nursery.start(store.checkpointer)
-                await daemon.start(nursery)
-                server: Server | None = None
-                if websocket:
-                    server = await nursery.start(serve, daemon, config)
-                try:
-                    yield App(daemon, server)
-                finally:
-                    # Shutdown order: stop runs, flush the store, close the network (the last
-                    # events delivered, then 1001), close the hub.
-                    with trio.CancelScope(shield=True):
-                        closers = [server.close_all] if server is not None else []
-                        await shut_down(daemon, store, hub, closers)
-                    nursery.cancel_scope.cancel()  # the store's writer commits what is left
-    finally:
         try:
-            store.close()
+            # The daemon records each attempt's leftover handle itself
+            # (recovery.LeftoverRecorder).
+            executor = LocalExecutor(
+                log_dir=config.log_dir, grace=config.kill_grace, hidden_env=config.secret_env_names
+            )
+            daemon = Daemon(
+                config, store=store, hub=hub, executors=executor, clock=clock or time.time
+            )
+            with unwrap_single():
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(store.writer)
+                    await nursery.start(store.checkpointer)
+                    await daemon.start(nursery)
+                    server: Server | None = None
+                    if websocket:
+                        server = await nursery.start(serve, daemon, config)
+                    try:
+                        yield App(daemon, server)
+                    finally:
+                        # Shutdown order: stop runs, flush the store, close the network (the
+                        # last events delivered, then 1001), close the hub.
+                        with trio.CancelScope(shield=True):
+                            closers = [server.close_all] if server is not None else []
+                            await shut_down(daemon, store, hub, closers)
+                        nursery.cancel_scope.cancel()  # the store's writer commits what is left
         finally:
-            state_lock.release()  # last: the folder is free once everything is on disk
+            store.close()
 
 
 @asynccontextmanager
