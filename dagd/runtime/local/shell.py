@@ -65,13 +65,13 @@ class _Running:
             name="dagd shell step",
         )
 
-    async def stop(self, grace: float, hurry: Hurry | None = None) -> None:
+    async def stop(self, grace: float, hurry: Hurry) -> None:
         """SIGTERM the group, wait up to `grace` seconds for all of it to exit (none once
         `hurry` is set), then SIGKILL what is left, wait for the thread to reap the step, and
         kill what escaped the group (procs.contain)."""
         attempt = self.attempt
         attempt.stopping = True  # read by the thread after it sets pid: one of us signals
-        if hurry is not None and hurry.set:
+        if hurry.set:
             grace = 0.0
         if attempt.pid is not None:
             signal_group(attempt.pid, signal.SIGKILL if grace <= 0 else signal.SIGTERM)
@@ -111,11 +111,11 @@ async def run_shell(
     log_dir: Path | None,
     grace: float,
     base_env: Mapping[str, str] | None,
-    hidden: Collection[str] = (),
+    hidden: Collection[str],
     executor: str,
     on_leftover: LeftoverSink | None,
-    hurry: Hurry | None = None,
-    subreaper: bool = True,
+    hurry: Hurry,
+    subreaper: bool,
 ) -> AttemptResult:
     """Run one attempt of the shell step `step` (its `command`: a string for `/bin/sh -c`, or
     an argv tuple run without a shell) to its end. Output goes to the attempt's log files
@@ -159,16 +159,14 @@ async def run_shell(
         ident=(ctx.run_id, ctx.step_id, str(ctx.attempt)),
     )
     running = _Running(shell_attempt)
-    if hurry is not None:
-        hurry.running.add(shell_attempt)
+    hurry.running.add(shell_attempt)
     # The spawn, the wait and the copying of output all happen in one worker thread
     # (shellthread.py says why); the loop only waits for it, or stops it.
     running.start()
     try:
         return await _wait(running, step, argv, ctx, grace, hurry)
     finally:
-        if hurry is not None:
-            hurry.running.discard(shell_attempt)
+        hurry.running.discard(shell_attempt)
 
 
 async def _wait(
@@ -177,7 +175,7 @@ async def _wait(
     argv: list[str],
     ctx: StepContext,
     grace: float,
-    hurry: Hurry | None,
+    hurry: Hurry,
 ) -> AttemptResult:
     try:
         if step.timeout:
