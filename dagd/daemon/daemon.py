@@ -47,7 +47,7 @@ from dagd.daemon.recovery import LeftoverRecorder, close_out_state, recover
 from dagd.daemon.scheduler import CronScheduler
 from dagd.daemon.store import StepRecord, StorageUnavailable, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
-from dagd.runtime.executor import StepExecutor
+from dagd.runtime.executor import StepExecutor, executor_registry
 
 log = logging.getLogger("dagd")
 
@@ -105,7 +105,7 @@ class Daemon:
         From then on the daemon accepts runs. The store's writer must be running already."""
         self._nursery = nursery
         executors = self.executors  # one executor, or the registry by name
-        registry = executors if isinstance(executors, Mapping) else {executors.name: executors}
+        registry = executors if isinstance(executors, Mapping) else executor_registry(executors)
         self.scheduler.last_slots.update(self.store.schedule_slots())
         self.reload()
         # After the folder is loaded: a run recorded before dagd stored each run's definition
