@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from dagd.core.events import DagEvent
 from dagd.core.protocol.answers import DagSummary
 from dagd.core.records import RunRecord
-from dagd.daemon.daemon import DaemonError
+from dagd.daemon.errors import DaemonError
 from dagd.daemon.hub import Subscriber
 from dagd.daemon.store import StoredEvent
 
