@@ -61,6 +61,12 @@ class DagRunProgressEvent:
     seq: int | None = None
 
 
+def completion_percentage(completed: int, total: int) -> float:
+    """`completion_percentage` of a progress event: completed of total steps in percent,
+    rounded to 0.1 (100.0 for a run without steps)."""
+    return round(100.0 * completed / total, 1) if total else 100.0
+
+
 @attrs.frozen(slots=True)
 class ErrorEvent:
     """Something went wrong in a DAG: a step attempt failed, a run was interrupted, or a DAG

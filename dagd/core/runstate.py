@@ -58,6 +58,7 @@ from dagd.core.events import (
     DagRunStatusEvent,
     ErrorEvent,
     StepStatusEvent,
+    completion_percentage,
 )
 from dagd.core.model import (
     BUCKET_OF,
@@ -487,7 +488,6 @@ class RunState:
         c = self.counts
         total = len(self.steps)
         completed = c[_COMPLETED]
-        pct = round(100.0 * completed / total, 1) if total else 100.0
         return DagRunProgressEvent(
             self.dag.id,
             self.run_id,
@@ -496,7 +496,7 @@ class RunState:
             c[_RUNNING],
             c[_FAILED],
             c[_PENDING],
-            pct,
+            completion_percentage(completed, total),
             now,
         )
 

@@ -32,6 +32,7 @@ from dagd.core.events import (
     DagRunStatusEvent,
     ErrorEvent,
     StepStatusEvent,
+    completion_percentage,
 )
 from dagd.core.model import BUCKET_OF, DagSpec, ProgressBucket, RunStatus, StepStatus
 from dagd.core.records import RunRecord
@@ -93,7 +94,7 @@ def interrupted_events(
                 0,
                 counts[ProgressBucket.FAILED],
                 0,
-                round(100.0 * completed / total, 1) if total else 100.0,
+                completion_percentage(completed, total),
                 now,
             )
         )
