@@ -148,7 +148,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute(f"PRAGMA user_version = {number}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT (a full disk) may have ended it already
+                conn.execute("ROLLBACK")
             raise
     if version != before and version == VERSION:  # an unnumbered file already up to date
         conn.execute(f"PRAGMA user_version = {VERSION}")
