@@ -32,6 +32,7 @@ from dagd.runtime.executor import (
     StepContext,
     StepExecutor,
     executor_for,
+    executor_registry,
 )
 from dagd.runtime.local.executor import LocalExecutor
 
@@ -71,7 +72,7 @@ class RunDriver:
     ) -> None:
         self.state = state
         self.executors: Mapping[str, StepExecutor] = (
-            executors if isinstance(executors, Mapping) else {executors.name: executors}
+            executors if isinstance(executors, Mapping) else executor_registry(executors)
         )
         self.publish = publish
         self.clock = clock
