@@ -19,7 +19,17 @@ import attrs
 import click
 import trio
 
-from dagd.core.config import Config, ConfigError, default_config, parse_config
+from dagd.cli.options import (
+    config_option,
+    dags_option,
+    endpoint,
+    load_config,
+    params_option,
+    parse_params,
+    token_option,
+    url_option,
+)
+from dagd.core.config import Config, ConfigError
 from dagd.core.events import DagEvent
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.core.model import RunStatus
@@ -37,64 +47,11 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from dagd.cli.remote import Endpoint
     from dagd.runtime.executor import StepExecutor
 
 log = logging.getLogger("dagd")
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
-
-
-def load_config(path: Path | None) -> Config:
-    """The given config file, else ./config.toml if there is one, else the defaults."""
-    if path is None:
-        candidate = Path("config.toml")
-        if not candidate.is_file():
-            return default_config(Path.cwd())
-        path = candidate
-    try:
-        data = path.read_bytes()  # parse_config decodes: a BOM or bad UTF-8 is its problem
-    except OSError as exc:
-        raise click.ClickException(f"cannot read config {path}: {exc.strerror}") from None
-    try:
-        return parse_config(data, path.resolve().parent, source=path)
-    except ConfigError as exc:  # its one line starts with the file
-        raise click.ClickException(str(exc)) from None
-
-
-def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
-    """`NAME=VALUE` options as a dict (a later NAME wins); raises click.BadParameter for a
-    pair without `=` or without a name."""
-    params: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--param")
-        params[name] = value
-    return params
-
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="DAGD_CONFIG",
-    help="config.toml to use (default: ./config.toml if present).",
-)
-params_option = click.option(
-    "--param",
-    "-p",
-    "params",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Set a declared param (repeatable).",
-)
-dags_option = click.option(
-    "--dags",
-    "dags_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder of DAG files (default: dags_dir from the config, else ./dags).",
-)
 
 
 def _dags_dir(config: Config, dags_dir: Path | None) -> Path:
@@ -371,20 +328,6 @@ async def _kill_on_signal(
 
 # ------------------------------------------------------- talking to the daemon
 
-url_option = click.option("--url", envvar="DAGD_URL", help="Daemon URL (default: from the config).")
-token_option = click.option(
-    "--token",
-    envvar="DAGD_TOKEN",
-    help="Auth token (default: from the config, else the daemon's token file).",
-)
-
-
-def _endpoint(config_path: Path | None, url: str | None, token: str | None) -> Endpoint:
-    from dagd.cli.remote import resolve_endpoint
-
-    return resolve_endpoint(load_config(config_path), url, token)
-
-
 @main.command()
 @config_option
 @url_option
@@ -393,7 +336,7 @@ def dags(config_path: Path | None, url: str | None, token: str | None) -> None:
     """List the DAGs the running daemon knows, with their next scheduled run."""
     from dagd.cli import remote
 
-    remote.run_async(remote.list_dags, _endpoint(config_path, url, token))
+    remote.run_async(remote.list_dags, endpoint(config_path, url, token))
 
 
 @main.command()
@@ -408,7 +351,7 @@ def runs(
     """Show the latest runs (of DAG_ID, or of every DAG), newest first."""
     from dagd.cli import remote
 
-    remote.run_async(remote.list_runs, _endpoint(config_path, url, token), dag_id, limit)
+    remote.run_async(remote.list_runs, endpoint(config_path, url, token), dag_id, limit)
 
 
 @main.command()
@@ -435,9 +378,9 @@ def trigger(
     """
     from dagd.cli import remote
 
-    endpoint = _endpoint(config_path, url, token)
+    where = endpoint(config_path, url, token)
     live = wait and not plain and sys.stdout.isatty()
-    code = remote.run_async(remote.trigger, endpoint, dag_id, parse_params(params), wait, live)
+    code = remote.run_async(remote.trigger, where, dag_id, parse_params(params), wait, live)
     sys.exit(code)
 
 
@@ -452,7 +395,7 @@ def _run_command(action: str, help_text: str) -> click.Command:
     def command(run_id: str, config_path: Path | None, url: str | None, token: str | None) -> None:
         from dagd.cli import remote
 
-        remote.run_async(remote.control, _endpoint(config_path, url, token), action, run_id)
+        remote.run_async(remote.control, endpoint(config_path, url, token), action, run_id)
 
     return command
 
@@ -486,7 +429,7 @@ def watch(
     from dagd.cli import remote
 
     live = not plain and sys.stdout.isatty()
-    remote.run_async(remote.watch, _endpoint(config_path, url, token), list(dag_ids), live)
+    remote.run_async(remote.watch, endpoint(config_path, url, token), list(dag_ids), live)
 
 
 @main.command()
@@ -508,3 +451,13 @@ def logs(
 
 if __name__ == "__main__":
     main()
+
+
+def _add_commands() -> None:
+    from dagd.cli import inspect, ops
+
+    for command in (*inspect.COMMANDS, *ops.COMMANDS):
+        main.add_command(command)
+
+
+_add_commands()

@@ -73,6 +73,28 @@ class ServerConfig:
 
 
 @attrs.frozen
+class DaskExecutorConfig:
+    """The `[executors.dask]` table: the Dask scheduler that runs steps with
+    `executor = "dask"` (docs/dask.md). Times are seconds."""
+
+    address: str
+    connect_timeout: float = 10.0
+    # Dask's TLS settings (a `distributed.security.Security` built from these paths).
+    tls_ca_file: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+
+
+@attrs.frozen
+class HistoryConfig:
+    """The `[history]` table: how long finished runs are kept, with their steps, events and
+    log files. None: no limit of that kind."""
+
+    keep_days: float | None = None  # days since the run ended
+    keep_runs: int | None = None  # newest finished runs kept per DAG
+
+
+@attrs.frozen
 class Config:
     """The daemon's settings (docs/config.md describes each key; times are seconds). Build
     one with `parse_config(text, base)`; relative paths are resolved against `base`."""
@@ -87,6 +109,8 @@ class Config:
     event_retention_age: float | None = 30 * 86400.0
     server: ServerConfig = ServerConfig()
     tokens: tuple[TokenSpec, ...] = ()
+    dask: DaskExecutorConfig | None = None  # `[executors.dask]`; None: no Dask executor
+    history: HistoryConfig = HistoryConfig()
     source: Path | None = None
 
     @property

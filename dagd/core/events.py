@@ -43,6 +43,9 @@ class StepStatusEvent:
     # continues it, while retry_count starts again). Not on the wire: the store keeps it so
     # that a retry after a restart still numbers attempts (DAGD_ATTEMPT, log files) onwards.
     attempt: int = attrs.field(default=0, eq=False)
+    # Where the attempt ran, when an executor says (a Dask worker's address); on the wire as
+    # `worker` only when set, so local steps' events are unchanged.
+    worker: str | None = None
 
 
 @attrs.frozen(slots=True)

@@ -166,6 +166,9 @@ class StepSpec:
     cwd: str | None = None
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     description: str = ""
+    # The executor that runs its attempts: "local" (this machine) or a name configured under
+    # `[executors.<name>]` in config.toml, such as "dask".
+    executor: str = "local"
     # `env` as written, in the order its `$VAR` references expand: the DAG's entries, then the
     # step's (a name the step sets again appears twice). Empty: `env` in its own order.
     env_order: tuple[tuple[str, str], ...] = ()

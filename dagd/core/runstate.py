@@ -356,6 +356,7 @@ class StepState:
     start_time: float | None = None
     end_time: float | None = None
     error: str | None = None
+    worker: str | None = None  # where the latest attempt ran, when its executor said
     up_total: int = 0
     up_done: int = 0
     up_success: int = 0
@@ -516,6 +517,7 @@ class RunState:
             st.error,
             now,
             attempt=st.attempts_before + st.attempt,
+            worker=st.worker,
         )
 
     def run_event(self, now: float) -> DagRunStatusEvent:
@@ -553,31 +555,36 @@ class RunState:
         st = self._reported(step_id)
         phase = self._next(st, _STARTED)
         out: list[Effect] = []
-        st.start_time, st.end_time, st.error = now, None, None
+        st.start_time, st.end_time, st.error, st.worker = now, None, None, None
         self._enter(st, phase, now, out)
         return self._settle(out, now)
 
-    def step_succeeded(self, step_id: str, now: float) -> list[Effect]:
-        """The running attempt succeeded. Raises `IllegalTransition` unless it was running."""
+    def step_succeeded(
+        self, step_id: str, now: float, worker: str | None = None
+    ) -> list[Effect]:
+        """The running attempt succeeded (on `worker`, when its executor named one). Raises
+        `IllegalTransition` unless it was running."""
         st = self._reported(step_id)
         phase = self._next(st, _SUCCEEDED)
         out: list[Effect] = []
         self.active -= 1
-        st.end_time, st.error = now, None
+        st.end_time, st.error, st.worker = now, None, worker
         self._enter(st, phase, now, out)
         self._finished(st, now, out)
         return self._settle(out, now)
 
-    def step_failed(self, step_id: str, now: float, error: str) -> list[Effect]:
-        """The attempt failed: retry it if it has attempts left (and the run is not being
-        cancelled), else the step has failed. Raises `IllegalTransition` unless it was
-        running."""
+    def step_failed(
+        self, step_id: str, now: float, error: str, worker: str | None = None
+    ) -> list[Effect]:
+        """The attempt failed (on `worker`, when its executor named one): retry it if it has
+        attempts left (and the run is not being cancelled), else the step has failed. Raises
+        `IllegalTransition` unless it was running."""
         st = self._reported(step_id)
         will_retry = st.attempt < st.spec.max_attempts and not self.cancelling
         phase = self._next(st, E.FAILED_WILL_RETRY if will_retry else E.FAILED)
         out: list[Effect] = []
         self.active -= 1
-        st.end_time, st.error = now, error
+        st.end_time, st.error, st.worker = now, error, worker
         out.append(ErrorEvent(self.dag.id, self.run_id, step_id, error, now))
         self._enter(st, phase, now, out)
         if will_retry:

@@ -172,9 +172,10 @@ class RunDriver:
             if result is None:  # cancelled before it finished
                 self._apply(state.step_cancelled(sid, now), take)
             elif result.ok:
-                self._apply(state.step_succeeded(sid, now), take)
+                self._apply(state.step_succeeded(sid, now, result.worker), take)
             else:
-                self._apply(state.step_failed(sid, now, result.error or "failed"), take)
+                error = result.error or "failed"
+                self._apply(state.step_failed(sid, now, error, result.worker), take)
             if not take:
                 return
             start, scope = take.pop()

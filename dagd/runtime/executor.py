@@ -81,11 +81,14 @@ class StepContext:
 @attrs.frozen
 class AttemptResult:
     """How an attempt ended: `ok`, or not with `error` (a one-line message for people, e.g.
-    "exit code 3: <last stderr line>"); `timed_out` when the step's timeout stopped it."""
+    "exit code 3: <last stderr line>"); `timed_out` when the step's timeout stopped it;
+    `worker`, where it ran when that is not this machine (a Dask worker's address), which the
+    step's events carry as `worker`."""
 
     ok: bool
     error: str | None = None
     timed_out: bool = False
+    worker: str | None = None
 
 
 @attrs.frozen
@@ -147,10 +150,9 @@ class StepExecutor(Protocol):
 
 
 def executor_name(step: StepSpec) -> str:
-    """The name of the executor that runs `step`. Every step runs on "local" today; when DAG
-    files can name an executor per step (a `StepSpec.executor` field parsed in
-    dagd/core/spec.py), this returns it, and nothing else in the runtime changes."""
-    return DEFAULT_EXECUTOR
+    """The name of the executor that runs `step`: its `executor` (the step's own, else its
+    DAG's, else "local", as dagd/core/spec.py resolves it)."""
+    return step.executor
 
 
 def executor_for(executors: Mapping[str, StepExecutor], step: StepSpec) -> StepExecutor:

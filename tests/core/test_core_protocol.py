@@ -382,3 +382,20 @@ def test_fast_encoding_is_exactly_json_dumps_of_the_wire_dict(event):
 def test_values_orjson_writes_otherwise_take_the_standard_encoder(event):
     expected = json.dumps(event_to_wire(event), separators=(",", ":"), ensure_ascii=False)
     assert encode_event(event) == expected
+
+
+def test_a_step_event_carries_worker_only_when_an_executor_named_one() -> None:
+    import orjson
+
+    from dagd.core.events import StepStatusEvent
+    from dagd.core.model import StepStatus
+    from dagd.core.protocol.events import encode_event, event_from_wire
+
+    local = StepStatusEvent("d", "r", "s", StepStatus.SUCCESS, 1.0, 2.0, 1000, 0, None, 2.0)
+    assert "worker" not in orjson.loads(encode_event(local))["data"]
+    remote = StepStatusEvent(
+        "d", "r", "s", StepStatus.SUCCESS, 1.0, 2.0, 1000, 0, None, 2.0, worker="tcp://h:1"
+    )
+    wire = orjson.loads(encode_event(remote))
+    assert wire["data"]["worker"] == "tcp://h:1"
+    assert event_from_wire(wire) == remote

@@ -38,6 +38,8 @@ TIME_FIELDS = frozenset(
 )
 #: Event fields that are not on the wire: `seq` lives beside `data`; `attempt` is dagd's own.
 _EVENT_OFF_WIRE = frozenset({"seq", "attempt"})
+#: Optional fields left off the wire while they are None (their default).
+_OMIT_WHEN_NONE = frozenset({"worker"})
 _Scalar = str | int | float | bool
 
 
@@ -171,6 +173,8 @@ def _overrides(cls: type, omit: frozenset[str] = frozenset()) -> dict[str, Any]:
             )
         elif field.name == "request_id":
             result[field.name] = override(rename="requestId", omit_if_default=True)
+        elif field.name in _OMIT_WHEN_NONE:
+            result[field.name] = override(rename=camel(field.name), omit_if_default=True)
         else:
             result[field.name] = override(rename=camel(field.name))
     return result
