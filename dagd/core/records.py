@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import attrs
 
-from dagd.core.model import RunStatus
+from dagd.core.model import RunStatus, StepStatus
 
 
 @attrs.frozen
@@ -21,3 +21,21 @@ class RunRecord:
     queued_at: float
     started_at: float | None
     ended_at: float | None
+
+
+@attrs.frozen
+class AttemptRecord:
+    """One attempt of one step of a run, as the store keeps it: its number (counted over every
+    try of the run, as DAGD_ATTEMPT and the log files number it), how it ended (`status` is the
+    step's status when the attempt ended: success, failed, retrying, cancelled; running while
+    it runs), when it started and ended (UNIX seconds), its duration (ms), its error text, and
+    the worker it ran on when its executor named one."""
+
+    step_id: str
+    attempt: int
+    status: StepStatus
+    start_time: float | None
+    end_time: float | None
+    duration: int | None
+    error: str | None
+    worker: str | None = None

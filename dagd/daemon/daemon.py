@@ -44,6 +44,7 @@ from dagd.daemon.errors import DaemonError
 from dagd.daemon.eventstream import EventStream
 from dagd.daemon.hub import Hub, Subscriber
 from dagd.daemon.recovery import LeftoverRecorder, close_out_state, recover
+from dagd.daemon.retention import PRUNE_INTERVAL, prune_once
 from dagd.daemon.scheduler import CronScheduler
 from dagd.daemon.store import StepRecord, StorageUnavailable, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
@@ -54,8 +55,6 @@ log = logging.getLogger("dagd")
 SHUTTING_DOWN = "cancelled: the daemon is shutting down"
 #: How a failing state file is reported (error events, refused triggers, skipped cron slots).
 STORAGE_FAILED = "storage unavailable, events held until writes succeed again"
-#: How often retention prunes the event log, in seconds.
-PRUNE_INTERVAL = 300.0
 
 
 class Daemon:
@@ -169,11 +168,7 @@ class Daemon:
     async def _prune_loop(self) -> None:
         while True:
             await trio.sleep(PRUNE_INTERVAL)
-            deleted = await self.store.prune(
-                self.config.event_retention_count, self.config.event_retention_age, self.clock()
-            )
-            if deleted:
-                log.info("event log retention: deleted %d old events", deleted)
+            await prune_once(self.store, self.config, self.clock())
 
     # ----------------------------------------------------------------- events
 
