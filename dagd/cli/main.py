@@ -432,32 +432,14 @@ def watch(
     remote.run_async(remote.watch, endpoint(config_path, url, token), list(dag_ids), live)
 
 
-@main.command()
-@click.argument("run_id")
-@click.argument("step_id")
-@click.option("--attempt", type=int, help="Only this attempt (default: all).")
-@click.option(
-    "-f", "--follow", is_flag=True, help="Keep printing output as it comes, until the step ends."
-)
-@config_option
-def logs(
-    run_id: str, step_id: str, attempt: int | None, follow: bool, config_path: Path | None
-) -> None:
-    """Print the log of STEP_ID in RUN_ID (stdout then stderr, per attempt)."""
-    from dagd.cli.remote import print_logs
-
-    print_logs(load_config(config_path), run_id, step_id, attempt, follow)
-
-
-if __name__ == "__main__":
-    main()
-
-
 def _add_commands() -> None:
-    from dagd.cli import inspect, ops
+    from dagd.cli import inspect, logs, ops
 
-    for command in (*inspect.COMMANDS, *ops.COMMANDS):
+    for command in (*inspect.COMMANDS, *ops.COMMANDS, *logs.COMMANDS):
         main.add_command(command)
 
 
 _add_commands()
+
+if __name__ == "__main__":
+    main()

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -32,10 +29,9 @@ from dagd.client import (
 )
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent, ErrorEvent
-from dagd.core.model import FINISHED_RUN, FINISHED_STEP, RunStatus
+from dagd.core.model import FINISHED_RUN, RunStatus
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.timefmt import iso_z
-from dagd.runtime.logfiles import step_logs
 
 T = TypeVar("T")
 
@@ -252,95 +248,3 @@ def _exit_code(run_status: RunStatus) -> int:
     if run_status is RunStatus.SUCCESS:
         return 0
     return EXIT_CANCELLED if run_status is RunStatus.CANCELLED else EXIT_FAILED
-
-
-def print_logs(
-    config: Config, run_id: str, step_id: str, attempt: int | None, follow: bool = False
-) -> None:
-    """Print a step's log files (stdout, then stderr) for one or every attempt. A stream that
-    wrote nothing has no file; the run history says whether the step ran at all. With
-    `follow`, keep printing output as it is written until the step is final."""
-    by_attempt = step_logs(config.log_dir, run_id, step_id)
-    record = _step_record(config, run_id, step_id)  # (status, latest attempt) or None
-    made = max([record[1] if record else 0, *by_attempt])  # attempts made
-    if follow and (record is None or record[0] not in FINISHED_STEP):
-        if record is None and not made:
-            raise click.ClickException(f"no step {step_id!r} in run {run_id!r} to follow")
-        _follow_logs(config, run_id, step_id, attempt)
-        return
-    if not made:
-        if record is not None:
-            click.echo(f"step {step_id!r} of run {run_id!r} did not run ({record[0]})")
-            return
-        raise click.ClickException(
-            f"no step {step_id!r} in run {run_id!r}: no record of it in {config.db_path} and "
-            f"no logs under {config.log_dir}"
-        )
-    if attempt is not None and not 1 <= attempt <= made:
-        raise click.ClickException(
-            f"no attempt {attempt} of step {step_id!r} in run {run_id!r} (attempts: 1-{made})"
-        )
-    for n in range(1, made + 1) if attempt is None else [attempt]:
-        paths = by_attempt.get(n, [])
-        if not paths:
-            click.echo(f"==> attempt {n}: no output <==")
-        for path in paths:
-            text = path.read_text(errors="replace")
-            click.echo(_log_header(n, path))
-            click.echo(text, nl=not text.endswith("\n") and bool(text))
-
-
-def _follow_logs(
-    config: Config, run_id: str, step_id: str, attempt: int | None, poll: float = 0.2
-) -> None:
-    """`tail -f` over a step's log files, new attempts included, until the step is final (or
-    gone from the history); a header line marks each switch to another file."""
-    offsets: dict[Path, int] = {}
-    current: Path | None = None
-    while True:
-        # Read the status first: output written before a final status is then always seen.
-        record = _step_record(config, run_id, step_id)
-        for n, paths in sorted(step_logs(config.log_dir, run_id, step_id).items()):
-            if attempt is not None and n != attempt:
-                continue
-            for path in paths:
-                try:
-                    with open(path, "rb") as f:
-                        f.seek(offsets.get(path, 0))
-                        data = f.read()
-                except OSError:
-                    continue
-                if not data:
-                    continue
-                offsets[path] = offsets.get(path, 0) + len(data)
-                if path != current:
-                    click.echo(_log_header(n, path))
-                    current = path
-                click.echo(data.decode("utf-8", "replace"), nl=False)
-        if record is None or record[0] in FINISHED_STEP:
-            return
-        time.sleep(poll)
-
-
-def _log_header(attempt: int, path: Path) -> str:
-    stream = "stdout" if path.suffix == ".out" else "stderr"
-    return f"==> attempt {attempt} {stream} ({path}) <=="
-
-
-def _step_record(config: Config, run_id: str, step_id: str) -> tuple[str, int] | None:
-    """(status, latest attempt number) of a step from the run history, read-only; None when
-    there is no history or no such step."""
-    if not config.db_path.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"{config.db_path.as_uri()}?mode=ro", uri=True)
-        try:
-            row = conn.execute(
-                "SELECT status, attempt FROM steps WHERE run_id=? AND step_id=?",
-                (run_id, step_id),
-            ).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return None
-    return (str(row[0]), int(row[1])) if row else None

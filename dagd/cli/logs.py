@@ -1,0 +1,125 @@
+"""`dagd logs`: a step's output, attempt by attempt, read from the daemon's log files."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import click
+
+from dagd.cli.options import config_option, load_config
+from dagd.core.config import Config
+from dagd.core.model import FINISHED_STEP
+from dagd.runtime.logfiles import step_logs
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("step_id")
+@click.option("--attempt", type=int, help="Only this attempt (default: all).")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing output as it comes, until the step ends."
+)
+@config_option
+def logs(
+    run_id: str, step_id: str, attempt: int | None, follow: bool, config_path: Path | None
+) -> None:
+    """Print the log of STEP_ID in RUN_ID (stdout then stderr, per attempt)."""
+    print_logs(load_config(config_path), run_id, step_id, attempt, follow)
+
+
+#: The commands of this module, added to the `dagd` group by dagd/cli/main.py.
+COMMANDS: list[click.Command] = [logs]
+
+
+def print_logs(
+    config: Config, run_id: str, step_id: str, attempt: int | None, follow: bool = False
+) -> None:
+    """Print a step's log files (stdout, then stderr) for one or every attempt. A stream that
+    wrote nothing has no file; the run history says whether the step ran at all. With
+    `follow`, keep printing output as it is written until the step is final."""
+    by_attempt = step_logs(config.log_dir, run_id, step_id)
+    record = _step_record(config, run_id, step_id)  # (status, latest attempt) or None
+    made = max([record[1] if record else 0, *by_attempt])  # attempts made
+    if follow and (record is None or record[0] not in FINISHED_STEP):
+        if record is None and not made:
+            raise click.ClickException(f"no step {step_id!r} in run {run_id!r} to follow")
+        _follow_logs(config, run_id, step_id, attempt)
+        return
+    if not made:
+        if record is not None:
+            click.echo(f"step {step_id!r} of run {run_id!r} did not run ({record[0]})")
+            return
+        raise click.ClickException(
+            f"no step {step_id!r} in run {run_id!r}: no record of it in {config.db_path} and "
+            f"no logs under {config.log_dir}"
+        )
+    if attempt is not None and not 1 <= attempt <= made:
+        raise click.ClickException(
+            f"no attempt {attempt} of step {step_id!r} in run {run_id!r} (attempts: 1-{made})"
+        )
+    for n in range(1, made + 1) if attempt is None else [attempt]:
+        paths = by_attempt.get(n, [])
+        if not paths:
+            click.echo(f"==> attempt {n}: no output <==")
+        for path in paths:
+            text = path.read_text(errors="replace")
+            click.echo(_log_header(n, path))
+            click.echo(text, nl=not text.endswith("\n") and bool(text))
+
+
+def _follow_logs(
+    config: Config, run_id: str, step_id: str, attempt: int | None, poll: float = 0.2
+) -> None:
+    """`tail -f` over a step's log files, new attempts included, until the step is final (or
+    gone from the history); a header line marks each switch to another file."""
+    offsets: dict[Path, int] = {}
+    current: Path | None = None
+    while True:
+        # Read the status first: output written before a final status is then always seen.
+        record = _step_record(config, run_id, step_id)
+        for n, paths in sorted(step_logs(config.log_dir, run_id, step_id).items()):
+            if attempt is not None and n != attempt:
+                continue
+            for path in paths:
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(offsets.get(path, 0))
+                        data = f.read()
+                except OSError:
+                    continue
+                if not data:
+                    continue
+                offsets[path] = offsets.get(path, 0) + len(data)
+                if path != current:
+                    click.echo(_log_header(n, path))
+                    current = path
+                click.echo(data.decode("utf-8", "replace"), nl=False)
+        if record is None or record[0] in FINISHED_STEP:
+            return
+        time.sleep(poll)
+
+
+def _log_header(attempt: int, path: Path) -> str:
+    stream = "stdout" if path.suffix == ".out" else "stderr"
+    return f"==> attempt {attempt} {stream} ({path}) <=="
+
+
+def _step_record(config: Config, run_id: str, step_id: str) -> tuple[str, int] | None:
+    """(status, latest attempt number) of a step from the run history, read-only; None when
+    there is no history or no such step."""
+    if not config.db_path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{config.db_path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute(
+                "SELECT status, attempt FROM steps WHERE run_id=? AND step_id=?",
+                (run_id, step_id),
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return (str(row[0]), int(row[1])) if row else None
