@@ -27,6 +27,10 @@ from dagd.core.text import env_syntax_problem, one_line, show
 ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
+#: An executor's name, as in `[executors.<name>]` of config.toml.
+EXECUTOR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+#: The executor a step gets when neither it nor its DAG names one: this machine.
+DEFAULT_EXECUTOR = "local"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -55,6 +59,7 @@ DAG_KEYS = [
     "params",
     "env",
     "tags",
+    "executor",
     "steps",
 ]
 STEP_KEYS = [
@@ -70,6 +75,7 @@ STEP_KEYS = [
     "cwd",
     "trigger_rule",
     "description",
+    "executor",
 ]
 
 
@@ -245,7 +251,15 @@ def _no_nul(v: str) -> str | None:
     return "contains a NUL character" if "\0" in v else None
 
 
-def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -> StepSpec | None:
+def _executor_problem(v: str) -> str | None:
+    if EXECUTOR_RE.match(v):
+        return None
+    return f"{show(v)} is not an executor name (letters, digits, '_', '-')"
+
+
+def _read_step(
+    r: _Reader, step_id: str, raw: object, dag_env: dict[str, str], dag_executor: str
+) -> StepSpec | None:
     """One `[steps.<id>]` table -> StepSpec, or None if it is not a table at all."""
     if not isinstance(raw, dict):
         r.problem("must be a table ([steps.<id>])", step_id)
@@ -328,6 +342,9 @@ def _read_step(r: _Reader, step_id: str, raw: object, dag_env: dict[str, str]) -
         cwd=r.get(raw, "cwd", str, default=None, step=step_id, check=_no_nul),
         trigger_rule=TriggerRule(rule),
         description=r.get(raw, "description", str, default="", step=step_id),
+        executor=r.get(
+            raw, "executor", str, default=dag_executor, step=step_id, check=_executor_problem
+        ),
     )
 
 
@@ -373,12 +390,13 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
     schedule = r.get(doc, "schedule", str, default=None, check=cron_problem)
     tz = r.get(doc, "timezone", str, default="UTC", check=timezone_problem)
     dag_env = r.env_table(doc)
+    dag_executor = r.get(doc, "executor", str, default=DEFAULT_EXECUTOR, check=_executor_problem)
     raw_steps = r.get(doc, "steps", dict, default={})
     if not raw_steps and isinstance(doc.get("steps", {}), dict):
         r.problem("a DAG needs at least one step ([steps.<id>] with a command or call)")
     steps: dict[str, StepSpec] = {}
     for step_id, raw in raw_steps.items():
-        step = _read_step(r, step_id, raw, dag_env)
+        step = _read_step(r, step_id, raw, dag_env, dag_executor)
         if step is not None:
             steps[step_id] = step
     known = list(steps)

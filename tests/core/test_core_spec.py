@@ -154,6 +154,14 @@ def test_defaults():
     assert step.env == {} and step.cwd is None and step.depends_on == ()
 
 
+def test_executor_defaults_to_local_the_dag_sets_it_and_a_step_overrides_it():
+    steps = '[steps.a]\ncommand = "x"\n[steps.b]\ncommand = "y"\nexecutor = "local"\n'
+    dag = parse_dag(steps, default_id="d")
+    assert [s.executor for s in dag.steps.values()] == ["local", "local"]
+    dag = parse_dag('executor = "dask"\n' + steps, default_id="d")
+    assert [s.executor for s in dag.steps.values()] == ["dask", "local"]
+
+
 def test_id_defaults_to_the_file_stem_but_the_file_wins():
     body = '[steps.a]\ncommand = "true"'
     assert parse_dag(body, file="dags/nightly.toml", default_id="nightly").id == "nightly"
@@ -566,6 +574,27 @@ SINGLE_PROBLEMS = [
         "tags",
         ["must be a list of strings"],
         id="tags-not-strings",
+    ),
+    pytest.param(
+        'executor = "my cluster"\n[steps.a]\ncommand = "x"',
+        None,
+        "executor",
+        ["'my cluster' is not an executor name (letters, digits, '_', '-')"],
+        id="bad-dag-executor",
+    ),
+    pytest.param(
+        '[steps.a]\ncommand = "x"\nexecutor = 1',
+        "a",
+        "executor",
+        ["expected a string, got 1"],
+        id="step-executor-not-string",
+    ),
+    pytest.param(
+        '[steps.a]\ncommand = "x"\nexecuter = "dask"',
+        "a",
+        "executer",
+        ["did you mean 'executor'?"],
+        id="step-executor-typo",
     ),
 ]
 
