@@ -10,6 +10,7 @@ bounded (`RANGES`, durations at most `MAX_DURATION`, `event_retention_age` at mo
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,6 +115,12 @@ class Config:
     source: Path | None = None
 
     @property
+    def executor_names(self) -> tuple[str, ...]:
+        """The executors a step may name (`executor = "..."` in a DAG file): "local" always,
+        then each one configured under `[executors.<name>]`."""
+        return ("local", "dask") if self.dask is not None else ("local",)
+
+    @property
     def url(self) -> str:
         """The WebSocket URL clients use: `ws://host:port/api/v1/ws` (`wss` with TLS; an IPv6
         host in brackets)."""
@@ -194,6 +201,17 @@ _SERVER = {
     "ping_interval": "duration",
 }
 _TOKEN = {"role": "role", "name": "str", "token": "str", "sha256": "str", "env": "str"}
+_DASK = {
+    "address": "address",
+    "connect_timeout": "duration",
+    "tls_ca_file": "path?",
+    "tls_client_cert": "path?",
+    "tls_client_key": "path?",
+}
+#: The tables `[executors.<name>]` may configure ("local" needs no settings).
+EXECUTOR_TABLES = {"dask": _DASK}
+#: A Dask scheduler address: `scheme://host:port` (tcp, tls, ...) or plain `host:port`.
+_ADDRESS_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?[^\s/]+\Z")
 
 
 class _Problem(Exception):
@@ -242,8 +260,15 @@ def _value(kind: str, value: Any, key: str, base: Path) -> Any:
         value = tuple(value) if ok else value
     elif kind == "role":
         ok = isinstance(value, str) and value in ROLES
+    elif kind == "address":
+        ok = isinstance(value, str) and _ADDRESS_RE.match(value) is not None
     if not ok:
-        expected = {"posint": "integer", "path": "path without NUL", "role": " or ".join(ROLES)}
+        expected = {
+            "posint": "integer",
+            "path": "path without NUL",
+            "role": " or ".join(ROLES),
+            "address": "an address like 'tcp://10.0.0.5:8786'",
+        }
         raise _Problem(f"{key}: invalid value {show(value)} (expected {expected.get(kind, kind)})")
     return value
 
@@ -273,7 +298,8 @@ def _parse_config(text: str | bytes, base: Path, source: Path | None) -> Config:
     doc = tomllib.loads(decode_text(text))
     server_raw = doc.pop("server", {})
     auth_raw = doc.pop("auth", {})
-    _check_keys(doc, {**_TOP, "server": "", "auth": ""}, "")
+    executors_raw = doc.pop("executors", {})
+    _check_keys(doc, {**_TOP, "server": "", "auth": "", "executors": ""}, "")
     top = {k: _value(_TOP[k], v, k, base) for k, v in doc.items()}
     top.setdefault("dags_dir", base / "dags")
     top.setdefault("state_dir", base / "state")
@@ -304,7 +330,35 @@ def _parse_config(text: str | bytes, base: Path, source: Path | None) -> Config:
         if spec.sha256 is not None and not _is_sha256(spec.sha256):
             raise _Problem(f"auth.tokens[{i}].sha256: must be 64 hex digits (a SHA-256 digest)")
         tokens.append(spec)
-    return Config(**top, server=server, tokens=tuple(tokens), source=source)
+    dask = _dask_config(executors_raw, base)
+    return Config(**top, server=server, tokens=tuple(tokens), dask=dask, source=source)
+
+
+def _dask_config(executors: object, base: Path) -> DaskExecutorConfig | None:
+    """The `[executors]` table -> the Dask executor's settings (None: not configured)."""
+    if not isinstance(executors, dict):
+        raise _Problem("executors: must be a table ([executors.<name>])")
+    for name in executors:
+        if name not in EXECUTOR_TABLES:
+            close = difflib.get_close_matches(name, list(EXECUTOR_TABLES), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "known: dask"
+            raise _Problem(f"executors: unknown executor {show(name)} ({hint})")
+    raw = executors.get("dask")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _Problem("executors.dask: must be a table ([executors.dask])")
+    _check_keys(raw, _DASK, "[executors.dask]: ")
+    if "address" not in raw:
+        raise _Problem("executors.dask.address: missing (e.g. 'tcp://10.0.0.5:8786')")
+    dask = DaskExecutorConfig(
+        **{k: _value(_DASK[k], v, f"executors.dask.{k}", base) for k, v in raw.items()}
+    )
+    if (dask.tls_client_cert is None) != (dask.tls_client_key is None):
+        raise _Problem(
+            "set both executors.dask.tls_client_cert and executors.dask.tls_client_key, or neither"
+        )
+    return dask
 
 
 def _is_sha256(text: str) -> bool:

@@ -83,3 +83,54 @@ def test_a_byte_order_mark_is_skipped_and_bad_utf8_is_one_line() -> None:
     assert parse_config("\ufeff[server]\nport = 0\n", BASE).server.port == 0
     assert parse_config(b"\xef\xbb\xbfmax_parallel_steps = 3\n", BASE).max_parallel_steps == 3
     assert error_of(b"kill_grace = '\xff'\n").startswith(f"{SOURCE}: not UTF-8 text: ")
+
+
+def test_the_dask_executor_and_its_tls_paths_resolve_against_the_config_folder() -> None:
+    assert default_config(BASE).dask is None
+    assert default_config(BASE).executor_names == ("local",)
+    config = parse_config(
+        "[executors.dask]\n"
+        'address = "tls://10.0.0.5:8786"\n'
+        'connect_timeout = "30s"\n'
+        'tls_ca_file = "tls/ca.pem"\n'
+        'tls_client_cert = "/etc/dagd/client.pem"\n'
+        'tls_client_key = "tls/client.key"\n',
+        BASE,
+    )
+    assert config.dask is not None
+    assert config.dask.address == "tls://10.0.0.5:8786"
+    assert config.dask.connect_timeout == 30.0
+    assert config.dask.tls_ca_file == BASE / "tls/ca.pem"
+    assert config.dask.tls_client_cert == Path("/etc/dagd/client.pem")
+    assert config.dask.tls_client_key == BASE / "tls/client.key"
+    assert config.executor_names == ("local", "dask")
+    bare = parse_config('[executors.dask]\naddress = "tcp://h:8786"\n', BASE).dask
+    assert bare is not None and bare.connect_timeout == 10.0 and bare.tls_ca_file is None
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[executors.dask]\n", "executors.dask.address: missing (e.g. 'tcp://10.0.0.5:8786')"),
+        (
+            '[executors.dask]\naddress = "tcp://h :1"\n',
+            "executors.dask.address: invalid value 'tcp://h :1' "
+            "(expected an address like 'tcp://10.0.0.5:8786')",
+        ),
+        (
+            '[executors.dask]\naddress = "tcp://h:1"\nconect_timeout = 3\n',
+            "[executors.dask]: unknown key 'conect_timeout' (did you mean 'connect_timeout'?)",
+        ),
+        (
+            '[executors.dusk]\naddress = "tcp://h:1"\n',
+            "executors: unknown executor 'dusk' (did you mean 'dask'?)",
+        ),
+        ('[executors.ray]\naddress = "x"\n', "executors: unknown executor 'ray' (known: dask)"),
+        (
+            '[executors.dask]\naddress = "tcp://h:1"\ntls_client_cert = "c.pem"\n',
+            "set both executors.dask.tls_client_cert and executors.dask.tls_client_key, or neither",
+        ),
+    ],
+)
+def test_executor_tables_refuse_what_cannot_work(text: str, says: str) -> None:
+    assert error_of(text) == f"{SOURCE}: {says}"
