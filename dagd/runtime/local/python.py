@@ -7,13 +7,21 @@ starve trio's default one (which spawning shell steps needs).
 
 A callable leaves nothing behind that outlives dagd's process, so these attempts give no
 leftover handle.
+
+When logs are kept, a failed attempt's traceback (or why its callable could not be found) goes
+to the attempt's stderr log file, where `dagd logs` finds it; an attempt that succeeds touches
+no file unless the step itself logs.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import pkgutil
+import traceback
 from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import trio
@@ -21,11 +29,14 @@ import trio
 from dagd.core.runstate import format_seconds
 from dagd.core.text import printable
 from dagd.runtime.executor import AttemptResult, StepContext
+from dagd.runtime.logfiles import attempt_log
 
 
 class CallableNotFound(Exception):
     """A step's `call` names nothing callable; the message says what is wrong, for people."""
 
+
+log = logging.getLogger("dagd.runtime.local.python")
 
 _resolved: dict[str, Callable[..., Any]] = {}
 
@@ -55,10 +66,13 @@ async def run_callable(
     """Call the step function `target` with `ctx`; a sync one in a worker thread under
     `limiter`. `timeout` in seconds (None or 0: none). An exception the step raises
     (`SystemExit` included) fails the attempt with "<ExceptionType>: <message>"; cancellation
-    propagates (an abandoned thread runs on)."""
+    propagates (an abandoned thread runs on). When `ctx.log_dir` is set, the traceback of
+    that exception, or why `target` names nothing callable, is appended to the attempt's
+    stderr log file (dagd/runtime/logfiles.py)."""
     try:
         fn = resolve_callable(target)
     except CallableNotFound as exc:
+        await _log_failure(ctx, f"dagd: cannot call {target!r}: {exc}\n")
         return AttemptResult(False, printable(str(exc)))
     try:
         if timeout:
@@ -71,9 +85,54 @@ async def run_callable(
             # the engine's whole per-step overhead (bench/engine_overhead.py).
             await _call(fn, ctx, limiter)
     except (Exception, SystemExit) as exc:
+        await _log_failure(ctx, _traceback_text(exc))
         # Escaped control characters: the text goes to clients, terminals and SQLite.
         return AttemptResult(False, printable(f"{type(exc).__name__}: {_text(exc)}"))
     return AttemptResult(True)
+
+
+#: Modules whose frames lead up to a step's own code: dagd's call machinery, and trio's
+#: (and outcome's) hand-over to and from a worker thread.
+_CALLER_MODULES = ("dagd.runtime.local.python", "trio", "outcome")
+
+
+def _traceback_text(exc: BaseException) -> str:
+    """The traceback Python would print for `exc`, starting at the step's own code: the
+    leading frames of `_CALLER_MODULES` are left out (chained exceptions are kept whole)."""
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None and _is_caller_frame(tb):
+        tb = tb.tb_next
+    try:
+        lines = traceback.TracebackException(type(exc), exc, tb).format()
+        return "".join(lines)
+    except Exception:  # a broken __str__ or __repr__ in the step's exception
+        return f"{type(exc).__name__}: {_text(exc)}\n"
+
+
+def _is_caller_frame(tb: TracebackType) -> bool:
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return isinstance(module, str) and any(
+        module == name or module.startswith(name + ".") for name in _CALLER_MODULES
+    )
+
+
+async def _log_failure(ctx: StepContext, text: str) -> None:
+    """Append `text` to the attempt's stderr log when logs are kept. In a worker thread, so
+    a slow disk never stalls the event loop; a file that cannot be written is logged as a
+    warning and left out, since the attempt's error message still says what failed."""
+    if ctx.log_dir is None:
+        return
+    path = attempt_log(ctx.log_dir, ctx.dag_id, ctx.run_id, ctx.step_id, ctx.attempt, "err")
+    await trio.to_thread.run_sync(_append, path, text)
+
+
+def _append(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(text)
+    except OSError as exc:
+        log.warning("cannot write the traceback of a failed step to %s: %s", path, exc)
 
 
 def _text(exc: BaseException) -> str:
