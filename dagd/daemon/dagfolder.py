@@ -7,6 +7,8 @@ Rules this file keeps:
   rest, each naming its file.
 - One rule for duplicate DAG ids: the file that claimed the id first keeps it (on a fresh read,
   the first by sorted path), and the other file is a problem naming both files.
+- A step must name an executor that is configured (when the caller gives the configured
+  names): a step naming another one makes its file a problem, like any error in the file.
 - Reloading is incremental: a file is read again only when its (mtime, ctime, size, inode)
   changed. A file that breaks keeps its last good version; when a DAG id is given up (its file
   deleted, or its id changed), the files refused for using it get another look at once.
@@ -15,6 +17,7 @@ Rules this file keeps:
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import attrs
@@ -50,6 +53,22 @@ def load_dag_file(path: Path) -> DagSpec:
         message = f"larger than {MAX_FILE_BYTES // 1024 // 1024} MiB: not read"
         raise DagSpecError([Problem(str(path), message)])
     return parse_dag(data, str(path), default_id=path.stem)
+
+
+def executor_problems(dag: DagSpec, executors: Collection[str]) -> list[Problem]:
+    """A problem for each step of `dag` whose executor is not among `executors` (the
+    configured names, `Config.executor_names`), naming the file, the step and the field."""
+    configured = ", ".join(executors)
+    return [
+        Problem(
+            dag.source or dag.id,
+            f"no executor {step.executor!r} is configured (configured: {configured})",
+            step.id,
+            "executor",
+        )
+        for step in dag.steps.values()
+        if step.executor not in executors
+    ]
 
 
 def problems_text(problems: list[Problem]) -> str:
@@ -91,12 +110,20 @@ class DagFolder:
     `dags` maps DAG id to its spec (`spec.source` names the file); `problems` maps a file path
     (as text) to what is wrong with it, for every file that is broken or refused now. With a
     `log`, loads, removals and refusals are logged there (the daemon's log; the CLI prints
-    problems itself).
+    problems itself). With `executors` (the configured executor names,
+    `Config.executor_names`), a file whose step names any other executor is refused; None
+    checks no names.
     """
 
-    def __init__(self, folder: Path, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        log: logging.Logger | None = None,
+        executors: Collection[str] | None = None,
+    ) -> None:
         self.folder = folder
         self._log = log
+        self._executors = tuple(executors) if executors is not None else None
         self.dags: dict[str, DagSpec] = {}
         self.problems: dict[str, list[Problem]] = {}
         self._files: dict[Path, _File] = {}
@@ -143,6 +170,10 @@ class DagFolder:
             except DagSpecError as exc:
                 refused.append(self._refuse(path, stamp, old_id, exc.problems))
                 continue
+            problems = self._problems(dag)
+            if problems:
+                refused.append(self._refuse(path, stamp, old_id, problems))
+                continue
             owner = self.dags.get(dag.id)
             if owner is not None and owner.source != str(path):
                 text = f"DAG id {dag.id!r} is already used by {owner.source}"
@@ -172,6 +203,12 @@ class DagFolder:
         self._duplicates &= set(self._files)
         return changed, freed
 
+    def _problems(self, dag: DagSpec) -> list[Problem]:
+        """What is wrong with a DAG that parsed, given this daemon's configuration."""
+        if self._executors is None:
+            return []
+        return executor_problems(dag, self._executors)
+
     def _refuse(
         self,
         path: Path,
@@ -195,10 +232,11 @@ class DagFolder:
         return refused
 
 
-def load_dag_folder(folder: Path) -> DagFolder:
-    """One read of `folder`, as `dagd validate`, `list` and `run` see it. Unlike the daemon's
-    reload, a missing folder is a problem here (the user named it)."""
-    loaded = DagFolder(folder)
+def load_dag_folder(folder: Path, executors: Collection[str] | None = None) -> DagFolder:
+    """One read of `folder`, as `dagd validate`, `list` and `run` see it; `executors` as for
+    `DagFolder`. Unlike the daemon's reload, a missing folder is a problem here (the user
+    named it)."""
+    loaded = DagFolder(folder, executors=executors)
     if folder.is_dir():
         loaded.reload()
     else:

@@ -178,3 +178,37 @@ def test_file_bytes_bom_bad_utf8_and_size(tmp_path: Path) -> None:
     assert "not UTF-8 text" in str(folder.problems[str(tmp_path / "latin1.toml")][0])
     assert str(folder.problems[str(big)][0]) == f"{big}: larger than 1 MiB: not read"
     assert set(folder.problems) == {str(tmp_path / "latin1.toml"), str(big)}
+
+
+def test_a_step_naming_an_executor_not_configured_is_its_files_problem(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "big",
+        """
+        executor = "dask"
+        [steps.crunch]
+        command = "true"
+        [steps.publish]
+        command = "true"
+        executor = "local"
+        """,
+    )
+    # No names given: nothing is checked (the loader does not know the configuration).
+    assert set(load_dag_folder(tmp_path).dags) == {"big"}
+    assert set(load_dag_folder(tmp_path, executors=("local", "dask")).dags) == {"big"}
+    folder = load_dag_folder(tmp_path, executors=("local",))
+    assert folder.dags == {}
+    assert list(map(str, folder.problems[str(path)])) == [
+        f"{path}: step 'crunch': field 'executor': no executor 'dask' is configured "
+        "(configured: local)"
+    ]
+
+
+def test_an_edit_to_an_unconfigured_executor_keeps_the_last_good_version(tmp_path: Path) -> None:
+    write(tmp_path, "one", GOOD)
+    folder = DagFolder(tmp_path, executors=("local",))
+    folder.reload()
+    write(tmp_path, "one", GOOD + 'executor = "dask"\n')
+    [refused] = folder.reload().refused
+    assert refused.dag_id == "one" and "no executor 'dask' is configured" in refused.text
+    assert folder.dags["one"].steps["s"].executor == "local"
