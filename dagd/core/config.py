@@ -32,7 +32,10 @@ RANGES: dict[str, tuple[int, int]] = {
     "server.max_message_size": (1, 64 * 1024 * 1024),
     "server.send_buffer": (1, 1_000_000),
     "server.rate_limit": (1, 1_000_000),
+    "history.keep_runs": (1, 10**9),
 }
+#: `[history] keep_days`: more than 0 and at most 100 years (as `MAX_RETENTION_AGE`).
+MAX_KEEP_DAYS = 36500
 #: `event_retention_age` may be longer than other durations: 100 years, in seconds.
 MAX_RETENTION_AGE = 36500 * 86400.0
 
@@ -208,6 +211,7 @@ _DASK = {
     "tls_client_cert": "path?",
     "tls_client_key": "path?",
 }
+_HISTORY = {"keep_days": "days?", "keep_runs": "posint"}
 #: The tables `[executors.<name>]` may configure ("local" needs no settings).
 EXECUTOR_TABLES = {"dask": _DASK}
 #: A Dask scheduler address: `scheme://host:port` (tcp, tls, ...) or plain `host:port`.
@@ -260,11 +264,19 @@ def _value(kind: str, value: Any, key: str, base: Path) -> Any:
         value = tuple(value) if ok else value
     elif kind == "role":
         ok = isinstance(value, str) and value in ROLES
+    elif kind == "days":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not 0 < value <= MAX_KEEP_DAYS:  # also NaN and infinity
+            raise _Problem(
+                f"{key}: must be more than 0 and at most {MAX_KEEP_DAYS} days, got {show(value)}"
+            )
+        value = float(value) if ok else value
     elif kind == "address":
         ok = isinstance(value, str) and _ADDRESS_RE.match(value) is not None
     if not ok:
         expected = {
             "posint": "integer",
+            "days": "a number of days",
             "path": "path without NUL",
             "role": " or ".join(ROLES),
             "address": "an address like 'tcp://10.0.0.5:8786'",
@@ -299,7 +311,8 @@ def _parse_config(text: str | bytes, base: Path, source: Path | None) -> Config:
     server_raw = doc.pop("server", {})
     auth_raw = doc.pop("auth", {})
     executors_raw = doc.pop("executors", {})
-    _check_keys(doc, {**_TOP, "server": "", "auth": "", "executors": ""}, "")
+    history_raw = doc.pop("history", {})
+    _check_keys(doc, {**_TOP, "server": "", "auth": "", "executors": "", "history": ""}, "")
     top = {k: _value(_TOP[k], v, k, base) for k, v in doc.items()}
     top.setdefault("dags_dir", base / "dags")
     top.setdefault("state_dir", base / "state")
@@ -331,7 +344,20 @@ def _parse_config(text: str | bytes, base: Path, source: Path | None) -> Config:
             raise _Problem(f"auth.tokens[{i}].sha256: must be 64 hex digits (a SHA-256 digest)")
         tokens.append(spec)
     dask = _dask_config(executors_raw, base)
-    return Config(**top, server=server, tokens=tuple(tokens), dask=dask, source=source)
+    if not isinstance(history_raw, dict):
+        raise _Problem("history: must be a table ([history])")
+    _check_keys(history_raw, _HISTORY, "[history]: ")
+    history = HistoryConfig(
+        **{k: _value(_HISTORY[k], v, f"history.{k}", base) for k, v in history_raw.items()}
+    )
+    return Config(
+        **top,
+        server=server,
+        tokens=tuple(tokens),
+        dask=dask,
+        history=history,
+        source=source,
+    )
 
 
 def _dask_config(executors: object, base: Path) -> DaskExecutorConfig | None:

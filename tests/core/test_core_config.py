@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from dagd.core.config import RANGES, ConfigError, default_config, parse_config
+from dagd.core.config import (
+    RANGES,
+    ConfigError,
+    HistoryConfig,
+    default_config,
+    parse_config,
+)
 
 BASE = Path("/srv/dagd")
 SOURCE = Path("/srv/dagd/config.toml")
@@ -40,7 +46,7 @@ def test_each_integer_accepts_its_range_and_refuses_beyond(
     low, high = bounds
     for value in (low, high):
         config = parse_config(text(value), BASE)
-        assert getattr(config.server if table else config, name) == value
+        assert getattr(getattr(config, table) if table else config, name) == value
     for value in (low - 1, high + 1, 10**400):
         message = error_of(text(value))
         assert message.startswith(f"{SOURCE}: {key}: must be from {low} to {high}, got ")
@@ -134,3 +140,27 @@ def test_the_dask_executor_and_its_tls_paths_resolve_against_the_config_folder()
 )
 def test_executor_tables_refuse_what_cannot_work(text: str, says: str) -> None:
     assert error_of(text) == f"{SOURCE}: {says}"
+
+
+def test_history_keeps_days_and_runs_per_dag() -> None:
+    assert default_config(BASE).history == HistoryConfig(keep_days=None, keep_runs=None)
+    history = parse_config("[history]\nkeep_days = 30\nkeep_runs = 500\n", BASE).history
+    assert history == HistoryConfig(keep_days=30.0, keep_runs=500)
+    assert parse_config("[history]\nkeep_days = 0.5\n", BASE).history.keep_days == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("keep_days = 0", "history.keep_days: must be more than 0 and at most 36500 days, got 0"),
+        ("keep_days = -1.5", "history.keep_days: must be more than 0 and at most 36500 days"),
+        ("keep_days = 36501", "history.keep_days: must be more than 0 and at most 36500 days"),
+        ("keep_days = nan", "history.keep_days: must be more than 0 and at most 36500 days"),
+        ("keep_days = '30d'", "history.keep_days: invalid value '30d' (expected a number of days)"),
+        ("keep_runs = 0", "history.keep_runs: must be from 1 to 1000000000, got 0"),
+        ("keep_runs = 2.5", "history.keep_runs: invalid value 2.5 (expected integer)"),
+        ("keep_run = 3", "[history]: unknown key 'keep_run' (did you mean 'keep_runs'?)"),
+    ],
+)
+def test_history_refuses_what_it_cannot_keep(text: str, says: str) -> None:
+    assert error_of(f"[history]\n{text}\n").startswith(f"{SOURCE}: {says}")
