@@ -32,6 +32,7 @@ import attrs
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
@@ -44,31 +45,41 @@ from dagd.core.exceptiongroups import unwrap_single
 from dagd.core.protocol.answers import (
     Answer,
     AuthSuccess,
+    BackfillResult,
     CancelAccepted,
+    DagDetail,
     DagList,
     DagSummary,
     Error,
+    Paused,
     ReplayComplete,
     RetryAccepted,
+    RunDetail,
     RunList,
     ServerAnswer,
     SnapshotComplete,
     Subscribed,
     Triggered,
+    Unpaused,
 )
 from dagd.core.protocol.codec import encode, parse_client_message, parse_server_message, to_wire
 from dagd.core.protocol.codes import CloseCode, ErrorCode, ProtocolError
 from dagd.core.protocol.pairs import ANSWER_TO
 from dagd.core.protocol.requests import (
     Auth,
+    Backfill,
     Cancel,
+    GetDag,
+    GetRun,
     ListDags,
     ListRuns,
+    Pause,
     Request,
     Retry,
     Snapshot,
     Subscribe,
     Trigger,
+    Unpause,
 )
 from dagd.core.protocol.wire import dumps
 from dagd.core.records import RunRecord
@@ -98,7 +109,9 @@ class ConnectionLost:
     """The connection failed or dropped; the client retries in `retry_in` seconds.
 
     `timestamp` is UNIX seconds; `attempt` counts failed attempts since the last healthy
-    connection. `to_wire()` gives the protocol's error shape with code `connection_error`.
+    connection; `http_status` is the HTTP status with which the server refused the WebSocket
+    handshake (404: the URL's path is not dagd's), None when it did not answer with one.
+    `to_wire()` gives the protocol's error shape with code `connection_error`.
     """
 
     message: str
@@ -106,6 +119,7 @@ class ConnectionLost:
     retry_in: float
     attempt: int
     code: ErrorCode = ErrorCode.CONNECTION_ERROR
+    http_status: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """`{"type": "error", "code": "connection_error", "message": ..., "timestamp": ...}`
@@ -382,6 +396,68 @@ class Client:
         """
         return (await self._ask(ListRuns(dag_id, limit), RunList)).runs
 
+    async def get_run(self, run_id: str) -> RunDetail:
+        """One run in detail: its record, trigger kind, duration (ms), definition version, and
+        every step of its definition with its latest status, timings, error and attempts
+        (docs/protocol.md, `get_run`). A run in progress is as the daemon sees it now.
+
+        Raises `ClientError` `unknown_run`; `NotConnected` (see `request`).
+        """
+        return await self._ask(GetRun(run_id), RunDetail)
+
+    async def get_dag(self, dag_id: str) -> DagDetail:
+        """One loaded DAG in detail: its summary (as in `list_dags`), run settings, every
+        step's definition (command or callable, upstreams, executor, retries, timeout, trigger
+        rule, graph level) and its edges.
+
+        Raises `ClientError` `unknown_dag`; `NotConnected` (see `request`).
+        """
+        return await self._ask(GetDag(dag_id), DagDetail)
+
+    async def pause(self, dag_id: str) -> Paused:
+        """Stop `dag_id`'s schedule from firing (manual triggers and backfills still run); the
+        daemon keeps it across restarts. Pausing a paused DAG is no error.
+
+        Raises `ClientError` `unknown_dag`, `forbidden` (a read token),
+        `storage_unavailable`; `NotConnected` (see `request`).
+        """
+        return await self._ask(Pause(dag_id), Paused)
+
+    async def unpause(self, dag_id: str) -> Unpaused:
+        """Let `dag_id`'s schedule fire again; its `catchup` decides whether the slots missed
+        while paused run (all of them, oldest first) or only the latest one. The answer has
+        the next slot (UNIX seconds; None without schedule).
+
+        Raises `ClientError` `unknown_dag`, `forbidden`, `storage_unavailable`;
+        `NotConnected` (see `request`).
+        """
+        return await self._ask(Unpause(dag_id), Unpaused)
+
+    async def backfill(
+        self,
+        dag_id: str,
+        start: str,
+        end: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        rerun: bool = False,
+        dry_run: bool = False,
+    ) -> BackfillResult:
+        """Run `dag_id` for every schedule slot from `start` to `end` (ISO 8601 dates or date
+        and times, in the DAG's time zone unless they carry an offset; a date as `end` counts
+        its whole day), oldest first, each under the id the scheduler gives that slot. Slots
+        whose run succeeded are skipped unless `rerun`; failed or cancelled ones are retried.
+        With `dry_run` nothing is queued. The answer lists every slot with its run id and what
+        was done (`queued`, `retried`, `rerun`, `skipped` with a reason).
+
+        Raises `ClientError` `unknown_dag`, `no_schedule` (the DAG has none),
+        `invalid_range` (unreadable times, `end` before `start`, or more slots than
+        `dagd.core.protocol.requests.MAX_BACKFILL_SLOTS`), `invalid_params`, `forbidden`,
+        `shutting_down`, `storage_unavailable`; `NotConnected` (see `request`).
+        """
+        request = Backfill(dag_id, start, end, dict(params or {}), rerun=rerun, dry_run=dry_run)
+        return await self._ask(request, BackfillResult)
+
     # ------------------------------------------------------------ connection
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -393,6 +469,7 @@ class Client:
                 try:
                     await self._session()
                     message = "the daemon closed the connection"
+                    status = None
                 except Exception as exc:  # classified below; the rest is re-raised
                     leaf = _first_leaf(exc)
                     if isinstance(leaf, AuthFailed):
@@ -401,6 +478,7 @@ class Client:
                     if not isinstance(leaf, _RETRYABLE):
                         raise
                     message = _describe(leaf)
+                    status = leaf.status_code if isinstance(leaf, ConnectionRejected) else None
                 finally:
                     self._ws = None
                     if self._connected.is_set():  # requests may be waiting on an unset one
@@ -408,7 +486,8 @@ class Client:
                     self._fail_pending()
                 attempt += 1
                 delay = self.backoff.next_delay()
-                await self._send_items.send(ConnectionLost(message, time.time(), delay, attempt))
+                lost = ConnectionLost(message, time.time(), delay, attempt, http_status=status)
+                await self._send_items.send(lost)
                 await trio.sleep(delay)
         finally:
             self._send_items.close()
@@ -593,6 +672,11 @@ def _describe(exc: BaseException) -> str:
         if code == CloseCode.GOING_AWAY:
             return "the daemon is shutting down"
         return f"connection closed ({code}{': ' + text if text else ''})"
+    if isinstance(exc, ConnectionRejected):
+        body = (exc.body or b"").decode("utf-8", "replace").strip()
+        return f"the server refused the WebSocket handshake with HTTP {exc.status_code}" + (
+            f": {body[:200]}" if body else ""
+        )
     if isinstance(exc, HandshakeError):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, OSError):
@@ -619,12 +703,15 @@ async def connect(
     request_timeout: float = 10.0,
     rng: random.Random | None = None,
     initial_snapshot: bool = False,
+    max_backoff: float = 30.0,
     _opener: Opener | None = None,  # None: open_connection; tests pass a fake
 ) -> AsyncIterator[Client]:
     """Connect to a dagd daemon and keep connected until the block ends.
 
     `since`: replay from this seq on the first connection too (default: only events from now).
     `initial_snapshot`: start with a GapRepaired item holding the current state of the DAGs.
+    `max_backoff`: the longest wait between reconnect attempts, in seconds (the protocol's
+    30 s by default; an interactive view may choose a few seconds). Ignored with `backoff`.
     """
     client = Client(
         url,
@@ -632,7 +719,7 @@ async def connect(
         dag_ids,
         since=since,
         heartbeat_interval=heartbeat_interval,
-        backoff=backoff or ReconnectBackoff(1.0, 30.0, rng),
+        backoff=backoff or ReconnectBackoff(1.0, max_backoff, rng),
         buffer=buffer,
         ssl_context=ssl_context,
         opener=_opener or open_connection,

@@ -1,4 +1,4 @@
-"""The four DAG events of the WebSocket protocol, as plain values.
+"""The DAG events of the WebSocket protocol, as plain values.
 
 Field names are the protocol's (docs/protocol.md), in snake_case; the protocol's converter
 (`dagd.core.protocol.converter`) maps them to camelCase on the wire. Times are UNIX seconds
@@ -83,7 +83,23 @@ class ErrorEvent:
     seq: int | None = None
 
 
-DagEvent = DagRunStatusEvent | StepStatusEvent | DagRunProgressEvent | ErrorEvent
+@attrs.frozen(slots=True)
+class DagStatusEvent:
+    """A DAG's own state changed: it was paused or unpaused, or its file on disk broke or
+    loaded again. `file_error` is the file's problems while dagd runs the DAG's last good
+    version (one per line, each naming the file), None once the file loads again."""
+
+    dag_id: str
+    paused: bool
+    file_error: str | None
+    timestamp: float
+    seq: int | None = None
+
+
+#: The events of runs (what a run's state machine publishes).
+RunEvent = DagRunStatusEvent | StepStatusEvent | DagRunProgressEvent | ErrorEvent
+#: Every event a client may receive: the run events and a DAG's own status.
+DagEvent = RunEvent | DagStatusEvent
 
 #: The wire `type` of each event class.
 EVENT_TYPES: dict[type, str] = {
@@ -91,4 +107,5 @@ EVENT_TYPES: dict[type, str] = {
     StepStatusEvent: "step_status",
     DagRunProgressEvent: "dag_run_progress",
     ErrorEvent: "error",
+    DagStatusEvent: "dag_status",
 }

@@ -10,11 +10,14 @@ is `replay_unavailable`.
 
 from __future__ import annotations
 
+import enum
+
 import attrs
 
+from dagd.core.model import StepStatus, TriggerRule
 from dagd.core.protocol.codes import ErrorCode, Role
 from dagd.core.protocol.requests import RequestId
-from dagd.core.records import RunRecord
+from dagd.core.records import AttemptRecord, RunRecord
 
 
 @attrs.frozen
@@ -86,7 +89,11 @@ class RetryAccepted:
 @attrs.frozen
 class DagSummary:
     """One entry of a `dags` answer: a loaded DAG. `next_run`: UNIX seconds of the next cron
-    slot, None for a DAG without schedule; `params`: the declared params and their defaults."""
+    slot, None for a DAG without schedule or while it is paused; `params`: the declared params
+    and their defaults; `timezone`: the IANA zone its schedule is read in; `paused`: its
+    schedule does not fire (`pause`); `file_error`: its file on disk is broken now and dagd
+    runs the last good version (the problems, one per line, each naming the file), else None.
+    """
 
     dag_id: str
     description: str
@@ -95,6 +102,145 @@ class DagSummary:
     steps: list[str]
     tags: list[str]
     params: dict[str, str]
+    timezone: str = "UTC"
+    paused: bool = False
+    file_error: str | None = None
+
+
+@attrs.frozen
+class StepDefinition:
+    """One step of a `dag` answer, as its DAG file defines it. Exactly one of `command` (a
+    shell command line, or an argument list run without a shell) and `call` (a Python
+    callable, `module:function`) is set. `retry_delay` and `timeout` are seconds (`timeout`
+    None: none). `level` is the step's depth in the graph: 0 for a step without upstreams,
+    else one more than its deepest upstream (the column of a left-to-right drawing)."""
+
+    step_id: str
+    description: str
+    command: str | list[str] | None
+    call: str | None
+    depends_on: list[str]
+    executor: str
+    retries: int
+    retry_delay: float
+    timeout: float | None
+    trigger_rule: TriggerRule
+    level: int
+
+
+@attrs.frozen
+class Edge:
+    """A dependency of a `dag` answer: `target` depends on `source` (it runs after it)."""
+
+    source: str
+    target: str
+
+
+@attrs.frozen
+class DagDetail:
+    """The answer to `get_dag` (wire type `dag`): the DAG's `summary` (as in `dags`), its
+    definition's run settings, its steps in file order, and its edges (upstream -> downstream,
+    in the steps' order)."""
+
+    summary: DagSummary
+    catchup: bool
+    max_active_runs: int
+    max_active_steps: int | None
+    steps: list[StepDefinition]
+    edges: list[Edge]
+    request_id: RequestId = None
+
+
+class TriggerKind(enum.StrEnum):
+    """What started a run, read from its run id: `manual` (a `trigger`) or `scheduled` (a cron
+    slot, fired by the scheduler or by a `backfill`: both give a slot the same id). A retry
+    keeps the run's id, and so its kind."""
+
+    MANUAL = "manual"
+    SCHEDULED = "scheduled"
+
+
+@attrs.frozen
+class StepDetail:
+    """One step of a `run` answer: its latest status in the run, when its latest attempt
+    started and ended (UNIX seconds), `duration` (ms), `retry_count` (retries in the run's
+    latest try), `error`, `attempt` (the latest attempt's number over every try of the run, 0:
+    none yet), its upstream step ids, and every attempt the store has recorded, oldest first."""
+
+    step_id: str
+    status: StepStatus
+    start_time: float | None
+    end_time: float | None
+    duration: int | None
+    retry_count: int
+    error: str | None
+    attempt: int
+    depends_on: list[str]
+    attempts: list[AttemptRecord]
+
+
+@attrs.frozen
+class RunDetail:
+    """The answer to `get_run` (wire type `run`): the run's `record` (as in `runs`), its
+    `trigger` (None: an id dagd did not make), its `duration` (ms, None until it ended), the
+    version of the definition it runs (64 hex digits; None: not stored), and every step of
+    that definition, in file order. For a run in progress it is the daemon's live state."""
+
+    record: RunRecord
+    trigger: TriggerKind | None
+    duration: int | None
+    dag_version: str | None
+    steps: list[StepDetail]
+    request_id: RequestId = None
+
+
+@attrs.frozen
+class Paused:
+    """The answer to `pause`: the DAG's schedule does not fire until `unpause`."""
+
+    dag_id: str
+    request_id: RequestId = None
+
+
+@attrs.frozen
+class Unpaused:
+    """The answer to `unpause`: the DAG's schedule fires again; `next_run` (UNIX seconds) is
+    its next slot, None for a DAG without schedule."""
+
+    dag_id: str
+    next_run: float | None
+    request_id: RequestId = None
+
+
+class BackfillAction(enum.StrEnum):
+    """What a `backfill` does (or, in a dry run, would do) with one slot."""
+
+    QUEUED = "queued"  # no run had the slot's id: a new run is queued
+    RETRIED = "retried"  # its run failed or was cancelled: retried (successful steps kept)
+    RERUN = "rerun"  # its run succeeded and `rerun` was asked: every step runs again
+    SKIPPED = "skipped"  # left alone; `reason` says why
+
+
+@attrs.frozen
+class BackfillSlot:
+    """One schedule slot of a backfill: its time (UNIX seconds), the id of its run, what was
+    done with it, and why when it was skipped."""
+
+    slot: float
+    run_id: str
+    action: BackfillAction
+    reason: str | None = None
+
+
+@attrs.frozen
+class BackfillResult:
+    """The answer to `backfill` (wire type `backfill_result`): every slot of the range, oldest
+    first. With `dry_run` nothing was queued: the actions say what would have been done."""
+
+    dag_id: str
+    dry_run: bool
+    slots: list[BackfillSlot]
+    request_id: RequestId = None
 
 
 @attrs.frozen
@@ -161,6 +307,11 @@ Answer = (
     | RetryAccepted
     | DagList
     | RunList
+    | RunDetail
+    | DagDetail
+    | Paused
+    | Unpaused
+    | BackfillResult
     | Pong
     | Error
 )
@@ -179,6 +330,11 @@ ANSWER_TYPES: dict[type[ServerAnswer], str] = {
     RetryAccepted: "retry_accepted",
     DagList: "dags",
     RunList: "runs",
+    RunDetail: "run",
+    DagDetail: "dag",
+    Paused: "paused",
+    Unpaused: "unpaused",
+    BackfillResult: "backfill_result",
     Pong: "pong",
     Heartbeat: "heartbeat",
     Error: "error",

@@ -19,20 +19,27 @@ class ErrorCode(enum.StrEnum):
     AUTH_TIMEOUT = "auth_timeout"  # no auth within auth_timeout; close 1008
     INVALID_MESSAGE = "invalid_message"  # malformed, wrong fields, second auth; stays open
     UNKNOWN_TYPE = "unknown_type"  # a `type` the server does not know
-    FORBIDDEN = "forbidden"  # a read token asked for trigger, cancel or retry
+    # a read token asked for trigger, cancel, retry, pause, unpause or backfill
+    FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"  # over server.rate_limit messages per second
     REPLAY_UNAVAILABLE = "replay_unavailable"  # `since` older than the log; has oldestSeq
     # `since` newer than the newest event: the cursor is from another event log (a restored
     # backup, a new state folder); ask for a snapshot and continue from its seq
     REPLAY_AHEAD = "replay_ahead"
-    UNKNOWN_DAG = "unknown_dag"  # trigger of a DAG that does not exist
+    # trigger, get_dag, pause, unpause or backfill of a DAG that is not loaded; list_runs of
+    # a DAG that is neither loaded nor has any stored run
+    UNKNOWN_DAG = "unknown_dag"
     INVALID_PARAMS = "invalid_params"  # a param the DAG does not declare
-    UNKNOWN_RUN = "unknown_run"  # cancel or retry of a run id that does not exist
+    UNKNOWN_RUN = "unknown_run"  # get_run, cancel or retry of a run id that does not exist
     NOT_RUNNING = "not_running"  # cancel of a finished run
     NOT_FINISHED = "not_finished"  # retry of a run that is still queued or running
     NOT_RETRYABLE = "not_retryable"  # retry of a run that succeeded
     SHUTTING_DOWN = "shutting_down"  # trigger or retry while the daemon stops
-    STORAGE_UNAVAILABLE = "storage_unavailable"  # trigger or retry while writes to disk fail
+    # trigger, retry, pause, unpause or backfill while writes to disk fail
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    NO_SCHEDULE = "no_schedule"  # backfill of a DAG without a schedule
+    # backfill with start or end unreadable, end before start, or too many slots
+    INVALID_RANGE = "invalid_range"
     # Never sent by the server: the client library reports a lost or refused connection in
     # the shape of an error answer with this code.
     CONNECTION_ERROR = "connection_error"
@@ -51,8 +58,8 @@ class CloseCode(enum.IntEnum):
 
 
 class Role(enum.StrEnum):
-    """What a token may do: `read` subscribes, replays, lists and pings; `operate` may also
-    trigger, cancel and retry."""
+    """What a token may do: `read` subscribes, replays, lists, reads runs and DAGs, and pings;
+    `operate` may also trigger, cancel, retry, pause, unpause and backfill."""
 
     READ = "read"
     OPERATE = "operate"

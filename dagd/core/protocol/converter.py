@@ -23,18 +23,37 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from dagd.core.events import EVENT_TYPES
-from dagd.core.model import RunStatus, StepStatus
-from dagd.core.protocol.answers import ANSWER_TYPES, DagSummary, Error
+from dagd.core.model import RunStatus, StepStatus, TriggerRule
+from dagd.core.protocol.answers import (
+    ANSWER_TYPES,
+    BackfillAction,
+    BackfillSlot,
+    DagSummary,
+    Edge,
+    Error,
+    StepDefinition,
+    StepDetail,
+    TriggerKind,
+)
 from dagd.core.protocol.codes import ErrorCode, Role
 from dagd.core.protocol.requests import MAX_PARAM_NAME, MAX_REQUEST_ID, REQUEST_TYPES, RequestId
-from dagd.core.records import RunRecord
+from dagd.core.records import AttemptRecord, RunRecord
 from dagd.core.timefmt import iso_z, parse_iso
 
 Hook = Callable[[Any, Any], Any]
 
 #: Fields that hold UNIX seconds here and ISO 8601 UTC text (`...T12:00:00.123Z`) on the wire.
 TIME_FIELDS = frozenset(
-    {"timestamp", "start_time", "end_time", "next_run", "queued_at", "started_at", "ended_at"}
+    {
+        "timestamp",
+        "start_time",
+        "end_time",
+        "next_run",
+        "queued_at",
+        "started_at",
+        "ended_at",
+        "slot",
+    }
 )
 #: Event fields that are not on the wire: `seq` lives beside `data`; `attempt` is dagd's own.
 _EVENT_OFF_WIRE = frozenset({"seq", "attempt"})
@@ -111,6 +130,14 @@ def _params(value: Any, _type: object) -> dict[str, _Scalar]:
         if len(name) > MAX_PARAM_NAME:
             raise ValueError(f"param names are at most {MAX_PARAM_NAME} characters")
     return value
+
+
+def _command(value: Any, _type: object) -> str | list[str] | None:
+    if value is None or type(value) is str:
+        return value
+    if type(value) is list and all(type(v) is str for v in value):
+        return value
+    raise ValueError(f"expected a string, a list of strings or null, got {_show(value)}")
 
 
 def _str_dict(value: Any, _type: object) -> dict[str, str]:
@@ -206,8 +233,9 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(_Scalar, _scalar)
     conv.register_structure_hook(RequestId, _request_id)
     # Explicit hooks: a StrEnum is a str, and would otherwise reach the strict `str` hook.
-    for kind in (ErrorCode, Role, RunStatus, StepStatus):
+    for kind in (ErrorCode, Role, RunStatus, StepStatus, TriggerRule, TriggerKind, BackfillAction):
         conv.register_structure_hook(kind, _enum(kind))
+    conv.register_structure_hook_func(lambda t: t == (str | list[str] | None), _command)
     conv.register_structure_hook_func(lambda t: t == dict[str, _Scalar], _params)
     conv.register_structure_hook_func(lambda t: t == dict[str, str], _str_dict)
     conv.register_structure_hook_factory(_is_list, _list_hook(conv))
@@ -217,7 +245,18 @@ def make_converter() -> cattrs.Converter:
         conv.register_unstructure_hook(event_cls, _make_unstructure(event_cls, conv, **overrides))
         conv.register_structure_hook(event_cls, _make_structure(event_cls, conv, **overrides))
 
-    for plain_cls in (DagSummary, RunRecord):  # the entries of `dags` and `runs`
+    # The entries of answers: `dags`, `runs`, `dag`, `run` and `backfill_result`; a class
+    # before any class that holds it (a generated hook takes its fields' hooks as they are).
+    plain: tuple[type, ...] = (
+        DagSummary,
+        RunRecord,
+        AttemptRecord,
+        StepDefinition,
+        Edge,
+        StepDetail,
+        BackfillSlot,
+    )
+    for plain_cls in plain:
         overrides = _overrides(plain_cls)
         conv.register_unstructure_hook(plain_cls, _make_unstructure(plain_cls, conv, **overrides))
         conv.register_structure_hook(plain_cls, _make_structure(plain_cls, conv, **overrides))

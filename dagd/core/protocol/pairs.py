@@ -15,23 +15,32 @@ import attrs
 from dagd.core.protocol.answers import (
     Answer,
     AuthSuccess,
+    BackfillResult,
     CancelAccepted,
+    DagDetail,
     DagList,
     Error,
+    Paused,
     Pong,
     ReplayComplete,
     RetryAccepted,
+    RunDetail,
     RunList,
     SnapshotComplete,
     Subscribed,
     Triggered,
+    Unpaused,
     Unsubscribed,
 )
 from dagd.core.protocol.requests import (
     Auth,
+    Backfill,
     Cancel,
+    GetDag,
+    GetRun,
     ListDags,
     ListRuns,
+    Pause,
     Ping,
     Replay,
     Request,
@@ -40,6 +49,7 @@ from dagd.core.protocol.requests import (
     Snapshot,
     Subscribe,
     Trigger,
+    Unpause,
     Unsubscribe,
 )
 
@@ -55,6 +65,11 @@ ANSWER_TO: dict[type[Request], type[Answer]] = {
     Retry: RetryAccepted,
     ListDags: DagList,
     ListRuns: RunList,
+    GetRun: RunDetail,
+    GetDag: DagDetail,
+    Pause: Paused,
+    Unpause: Unpaused,
+    Backfill: BackfillResult,
     Ping: Pong,
 }
 

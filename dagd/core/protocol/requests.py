@@ -20,6 +20,8 @@ MAX_LIST_LIMIT = 1000
 MAX_DAG_IDS = 10_000
 MAX_REQUEST_ID = 200  # characters
 MAX_PARAM_NAME = 200  # characters
+#: Most schedule slots one `backfill` request may cover (dry run or not).
+MAX_BACKFILL_SLOTS = 1000
 
 
 @attrs.frozen
@@ -106,6 +108,62 @@ class ListRuns:
 
 
 @attrs.frozen
+class GetRun:
+    """Ask for one run in detail: its record, its trigger, every step of its definition with
+    its latest status and each attempt (answered with `run`)."""
+
+    run_id: str
+    request_id: RequestId = None
+
+
+@attrs.frozen
+class GetDag:
+    """Ask for one loaded DAG in detail: its summary, its steps' definitions and its edges
+    (answered with `dag`)."""
+
+    dag_id: str
+    request_id: RequestId = None
+
+
+@attrs.frozen
+class Pause:
+    """Stop a DAG's schedule from firing until `unpause` (manual triggers still run); kept
+    across restarts and edits of the DAG file. Pausing a paused DAG changes nothing."""
+
+    dag_id: str
+    request_id: RequestId = None
+
+
+@attrs.frozen
+class Unpause:
+    """Let a paused DAG's schedule fire again; the DAG's `catchup` decides what happens to the
+    slots missed while it was paused, as after downtime."""
+
+    dag_id: str
+    request_id: RequestId = None
+
+
+@attrs.frozen
+class Backfill:
+    """Run a DAG for every schedule slot from `start` to `end`, oldest first.
+
+    `start` and `end` are ISO 8601 text: a date (`2024-01-01`; as `end`, the whole day counts)
+    or a date and time, read in the DAG's time zone unless it carries an offset. Each slot's
+    run has the id the scheduler gives that slot; `params` bind as a trigger's do. A slot whose
+    run succeeded is skipped unless `rerun`; with `dry_run` nothing is queued and the answer
+    says what would be done. At most MAX_BACKFILL_SLOTS slots per request.
+    """
+
+    dag_id: str
+    start: str
+    end: str
+    params: dict[str, str | int | float | bool] = attrs.field(factory=dict)
+    rerun: bool = False
+    dry_run: bool = False
+    request_id: RequestId = None
+
+
+@attrs.frozen
 class Ping:
     """An application-level ping; answered with `pong` (handy for clients without WS pings)."""
 
@@ -123,6 +181,11 @@ Request = (
     | Retry
     | ListDags
     | ListRuns
+    | GetRun
+    | GetDag
+    | Pause
+    | Unpause
+    | Backfill
     | Ping
 )
 
@@ -138,23 +201,33 @@ REQUEST_TYPES: dict[type[Request], str] = {
     Retry: "retry",
     ListDags: "list_dags",
     ListRuns: "list_runs",
+    GetRun: "get_run",
+    GetDag: "get_dag",
+    Pause: "pause",
+    Unpause: "unpause",
+    Backfill: "backfill",
     Ping: "ping",
 }
 #: The request class of each wire `type`.
 CLIENT_MESSAGES: dict[str, type[Request]] = {name: cls for cls, name in REQUEST_TYPES.items()}
 #: Requests that change something: they need the `operate` role.
-CONTROL = (Trigger, Cancel, Retry)
+CONTROL = (Trigger, Cancel, Retry, Pause, Unpause, Backfill)
 
 __all__ = [
     "CLIENT_MESSAGES",
     "CONTROL",
+    "MAX_BACKFILL_SLOTS",
     "MAX_DAG_IDS",
     "MAX_LIST_LIMIT",
     "REQUEST_TYPES",
     "Auth",
+    "Backfill",
     "Cancel",
+    "GetDag",
+    "GetRun",
     "ListDags",
     "ListRuns",
+    "Pause",
     "Ping",
     "ProtocolError",
     "Replay",
@@ -164,5 +237,6 @@ __all__ = [
     "Snapshot",
     "Subscribe",
     "Trigger",
+    "Unpause",
     "Unsubscribe",
 ]
