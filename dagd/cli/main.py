@@ -1,7 +1,8 @@
 """The `dagd` command. Thin: it reads options, builds the core objects and hands them over.
 
 User mistakes become `click.ClickException`s (exit code 1 with a clear message) or usage errors
-(exit code 2); a run that fails exits 1, a cancelled one 130.
+(exit code 2); a run that fails exits 1, a cancelled one 130. Every code is in
+dagd/cli/exitcodes.py and docs/cli.md.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 import click
 import trio
 
+from dagd.cli.exitcodes import EXIT_FAILED, EXIT_OK, exit_code_of
 from dagd.cli.options import (
     config_option,
     dags_option,
@@ -29,13 +31,15 @@ from dagd.cli.options import (
     token_option,
     url_option,
 )
+from dagd.cli.output import json_option, make_console, print_json, problem_json, quiet_broken_pipe
 from dagd.core.config import Config, ConfigError
-from dagd.core.events import DagEvent
+from dagd.core.events import DagEvent, ErrorEvent, StepStatusEvent
 from dagd.core.exceptiongroups import unwrap_single
-from dagd.core.model import RunStatus
+from dagd.core.model import DagSpec, RunStatus, StepStatus
+from dagd.core.protocol.answers import DagSummary
 from dagd.core.runstate import RunState
 from dagd.core.timefmt import RunIdFactory
-from dagd.daemon.dagfolder import load_dag_folder
+from dagd.daemon.dagfolder import DagFolder, load_dag_folder
 from dagd.daemon.statelock import StateDirError
 from dagd.daemon.store import StateFileError
 from dagd.runtime.engine import RunDriver
@@ -47,18 +51,31 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from dagd.cli.render import RunsView
     from dagd.runtime.executor import StepExecutor
 
 log = logging.getLogger("dagd")
-EXIT_FAILED = 1
-EXIT_CANCELLED = 130
+
+
+class DagdGroup(click.Group):
+    """The `dagd` group: every command stops quietly (exit 141, no traceback) when the
+    reader of its stdout goes away, as in `dagd runs | head -1`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with quiet_broken_pipe():
+            return super().invoke(ctx)
 
 
 def _dags_dir(config: Config, dags_dir: Path | None) -> Path:
     return dags_dir if dags_dir is not None else config.dags_dir
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _load_folder(config_path: Path | None, dags_dir: Path | None) -> DagFolder:
+    config = load_config(config_path)
+    return load_dag_folder(_dags_dir(config, dags_dir))
+
+
+@click.group(cls=DagdGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dagd")
 def main() -> None:
     """dagd: run DAGs of shell commands and Python functions, on a schedule or by hand.
@@ -70,15 +87,49 @@ def main() -> None:
       dagd run etl -p date=2024-01-01
                                  run one DAG here and now, with live progress
       dagd serve                 start the daemon (cron, history, WebSocket events)
+
+    Exit codes, the same for every command: 0 success, 1 failure (or a failed run), 2 usage
+    error, 130 cancelled or interrupted, 141 stdout closed early. See docs/cli.md.
     """
+
+
+def local_summary(dag: DagSpec) -> DagSummary:
+    """A DAG file's DAG in the shape of the protocol's `dags` answer, read without a daemon:
+    no next run (only the daemon's scheduler knows it), not paused."""
+    return DagSummary(
+        dag.id,
+        dag.description,
+        dag.schedule,
+        None,
+        list(dag.steps),
+        list(dag.tags),
+        dict(dag.params),
+    )
+
+
+def folder_json(folder: DagFolder) -> dict[str, Any]:
+    """`list --json` and `validate --json`: `{"dags": [DagSummary...], "problems": [{"file",
+    "step", "field", "message"}...]}`, DAGs sorted by id, problems by file."""
+    return {
+        "dags": [local_summary(d) for d in sorted(folder.dags.values(), key=lambda d: d.id)],
+        "problems": [
+            problem_json(p) for path in sorted(folder.problems) for p in folder.problems[path]
+        ],
+    }
 
 
 @main.command()
 @config_option
 @dags_option
-def validate(config_path: Path | None, dags_dir: Path | None) -> None:
-    """Check every DAG file; print 'ok' or every problem, each naming file, step and field."""
-    folder = load_dag_folder(_dags_dir(load_config(config_path), dags_dir))
+@json_option
+def validate(config_path: Path | None, dags_dir: Path | None, as_json: bool) -> None:
+    """Check every DAG file; print 'ok' or every problem, each naming file, step and field.
+
+    Exits 1 when any file has a problem."""
+    folder = _load_folder(config_path, dags_dir)
+    if as_json:
+        print_json(folder_json(folder))
+        sys.exit(EXIT_OK if folder.ok else EXIT_FAILED)
     for problems in folder.problems.values():
         for problem in problems:
             click.echo(str(problem), err=True)
@@ -94,15 +145,25 @@ def validate(config_path: Path | None, dags_dir: Path | None) -> None:
 @main.command("list")
 @config_option
 @dags_option
-def list_dags(config_path: Path | None, dags_dir: Path | None) -> None:
-    """List the DAGs: id, schedule, steps, description."""
-    folder = load_dag_folder(_dags_dir(load_config(config_path), dags_dir))
-    for dag in sorted(folder.dags.values(), key=lambda d: d.id):
-        schedule = dag.schedule or "manual"
-        desc = f"  {dag.description}" if dag.description else ""
-        click.echo(f"{dag.id:<24} {schedule:<16} {len(dag.steps):>4} steps{desc}")
-    for path in folder.problems:
-        click.echo(f"{Path(path).name:<24} (broken: run `dagd validate`)", err=True)
+@json_option
+def list_dags(config_path: Path | None, dags_dir: Path | None, as_json: bool) -> None:
+    """List the DAG files' DAGs: id, schedule, steps, description (no daemon needed).
+
+    Broken files are named on stderr; exits 1 when there are broken files and no DAG."""
+    folder = _load_folder(config_path, dags_dir)
+    if as_json:
+        print_json(folder_json(folder))
+    else:
+        for dag in sorted(folder.dags.values(), key=lambda d: d.id):
+            schedule = dag.schedule or "manual"
+            desc = f"  {dag.description}" if dag.description else ""
+            click.echo(f"{dag.id:<24} {schedule:<16} {len(dag.steps):>4} steps{desc}")
+        for path in sorted(folder.problems):
+            click.echo(f"{Path(path).name:<24} (broken: run `dagd validate`)", err=True)
+    if folder.problems and not folder.dags:
+        if as_json:
+            sys.exit(EXIT_FAILED)
+        raise click.ClickException(f"no DAG could be loaded from {folder.folder}")
 
 
 @main.command()
@@ -117,6 +178,9 @@ def list_dags(config_path: Path | None, dags_dir: Path | None) -> None:
     help="At most this many steps at once (default: max_parallel_steps of the config).",
 )
 @click.option("--plain", is_flag=True, help="Print one line per event instead of a live view.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Print only failures and the summary, no progress."
+)
 def run(
     dag_id: str,
     params: tuple[str, ...],
@@ -124,11 +188,13 @@ def run(
     dags_dir: Path | None,
     parallel: int | None,
     plain: bool,
+    quiet: bool,
 ) -> None:
     """Run DAG_ID once in this process (no daemon needed) and show its progress.
 
-    Exits 0 when the run succeeds, 1 when it fails, 130 when interrupted (Ctrl-C stops every
-    step and its child processes).
+    On a terminal: a live view; otherwise (or with --plain) one line per step transition;
+    with --quiet only failed steps and the summary. Exits 0 when the run succeeds, 1 when it
+    fails, 130 when interrupted (Ctrl-C stops every step and its child processes).
     """
     config = load_config(config_path)
     folder_path = _dags_dir(config, dags_dir)
@@ -139,8 +205,9 @@ def run(
         if path.is_file():
             bad = folder.problems.get(str(path), [])
             raise click.ClickException("\n".join(map(str, bad)) or f"cannot load {path}")
-        known = ", ".join(sorted(folder.dags)) or "none"
-        raise click.ClickException(f"no DAG {dag_id!r} in {folder_path} (DAGs: {known})")
+        from dagd.cli.remote import unknown_dag
+
+        raise unknown_dag(dag_id, folder.dags, str(folder_path))
     try:
         bound = dag.bind_params(parse_params(params))
     except ValueError as exc:
@@ -149,35 +216,47 @@ def run(
     executor = LocalExecutor(
         log_dir=config.log_dir, grace=config.kill_grace, hidden_env=config.secret_env_names
     )
-    from rich.console import Console
-
-    console = Console()
-    live = not plain and console.is_terminal
+    console = make_console()
+    mode = "quiet" if quiet else "live" if not plain and console.is_terminal else "plain"
     raise_open_files_limit()
     status = trio.run(
-        _run_here, state, executor, parallel or config.max_parallel_steps, console, live
+        _run_here, state, executor, parallel or config.max_parallel_steps, console, mode
     )
-    if status is RunStatus.SUCCESS:
-        return
-    sys.exit(EXIT_CANCELLED if status is RunStatus.CANCELLED else EXIT_FAILED)
+    sys.exit(exit_code_of(status))
+
+
+def plain_printer(view: RunsView, out: TextIO, quiet: bool) -> Callable[[DagEvent], None]:
+    """The event handler of `dagd run` off a terminal: fold the event into `view`, and write
+    its line straight to `out` (no rich rendering per line: a line costs a few µs). With
+    `quiet`, only failed steps and DAG errors get a line."""
+    line_of = view.line
+    write = out.write
+    failed = StepStatus.FAILED
+
+    def publish(event: DagEvent) -> None:
+        view.apply(event)
+        if quiet and not (
+            isinstance(event, ErrorEvent)
+            or (isinstance(event, StepStatusEvent) and event.status is failed)
+        ):
+            return
+        line = line_of(event)
+        if line:
+            write(line + "\n")
+
+    return publish
 
 
 async def _run_here(
-    state: RunState, executor: LocalExecutor, parallel: int, console: Console, live: bool
+    state: RunState, executor: LocalExecutor, parallel: int, console: Console, mode: str
 ) -> RunStatus:
     from rich.live import Live
 
     from dagd.cli.render import RunsView
 
     view = RunsView()
-
-    def publish(event: DagEvent) -> None:
-        view.apply(event)
-        if not live:
-            line = view.line(event)
-            if line:
-                console.print(line, highlight=False, markup=False)
-
+    live = mode == "live"
+    publish = view.apply if live else plain_printer(view, sys.stdout, quiet=mode == "quiet")
     driver = RunDriver(state, executor, publish, step_slots=trio.CapacityLimiter(parallel))
 
     async def stop_on_signal() -> None:
@@ -187,13 +266,13 @@ async def _run_here(
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if state.cancelling or state.status.finished:
-                    console.print(f"{name} again: killing the steps now", highlight=False)
+                    click.echo(f"{name} again: killing the steps now", err=True)
                     executor.kill_now()
                     continue
-                console.print(
+                click.echo(
                     f"{name}: stopping (steps get {executor.grace:g}s to exit; "
                     "send it again to kill them now)",
-                    highlight=False,
+                    err=True,
                 )
                 driver.cancel(f"interrupted by {name}")
 
@@ -211,13 +290,14 @@ async def _run_here(
         else:
             await driver.run()
         nursery.cancel_scope.cancel()
+    sys.stdout.flush()
     run_view = view.view(state.dag.id, state.run_id)
     view.summary(run_view, console)
     if executor.log_dir is not None:
         folder = executor.log_dir / state.dag.id / state.run_id
         # Log files are made on a step's first output: a run of quiet steps leaves none.
         where = str(folder) if folder.is_dir() else "none (no step wrote any output)"
-        console.print(f"  logs: {where}", highlight=False)
+        console.print(f"  logs: {where}", highlight=False, markup=False)
     return state.status
 
 
@@ -267,6 +347,12 @@ def serve(
         config.token_values(os.environ)  # an unset token variable: one line, before anything
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if not config.dags_dir.is_dir():  # the daemon starts anyway and picks up files later
+        log.warning(
+            "DAG folder %s does not exist: no DAGs until it is created (set dags_dir in the "
+            "config or pass --dags)",
+            config.dags_dir,
+        )
     before, after = raise_open_files_limit()
     if after > before:
         log.debug("open files limit raised from %d to %d", before, after)
@@ -328,15 +414,20 @@ async def _kill_on_signal(
 
 # ------------------------------------------------------- talking to the daemon
 
+
 @main.command()
 @config_option
 @url_option
 @token_option
-def dags(config_path: Path | None, url: str | None, token: str | None) -> None:
-    """List the DAGs the running daemon knows, with their next scheduled run."""
+@json_option
+def dags(config_path: Path | None, url: str | None, token: str | None, as_json: bool) -> None:
+    """List the DAGs the running daemon knows, with their next scheduled run.
+
+    A paused DAG says so; a DAG whose file is broken now shows the file's error (the daemon
+    runs its last good version meanwhile)."""
     from dagd.cli import remote
 
-    remote.run_async(remote.list_dags, endpoint(config_path, url, token))
+    remote.run_async(remote.list_dags, endpoint(config_path, url, token), as_json)
 
 
 @main.command()
@@ -345,13 +436,22 @@ def dags(config_path: Path | None, url: str | None, token: str | None) -> None:
 @config_option
 @url_option
 @token_option
+@json_option
 def runs(
-    dag_id: str | None, limit: int, config_path: Path | None, url: str | None, token: str | None
+    dag_id: str | None,
+    limit: int,
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
-    """Show the latest runs (of DAG_ID, or of every DAG), newest first."""
+    """Show the latest runs (of DAG_ID, or of every DAG), newest first.
+
+    A DAG_ID the daemon does not know (and that has no runs) is an error."""
     from dagd.cli import remote
 
-    remote.run_async(remote.list_runs, endpoint(config_path, url, token), dag_id, limit)
+    where = endpoint(config_path, url, token)
+    remote.run_async(remote.list_runs, where, dag_id, limit, as_json)
 
 
 @main.command()
@@ -359,28 +459,34 @@ def runs(
 @params_option
 @click.option("--wait", is_flag=True, help="Follow the run live and exit with its outcome.")
 @click.option("--plain", is_flag=True, help="With --wait: plain lines instead of a live view.")
+@click.option("--quiet", "-q", is_flag=True, help="Print the run id alone.")
 @config_option
 @url_option
 @token_option
+@json_option
 def trigger(
     dag_id: str,
     params: tuple[str, ...],
     wait: bool,
     plain: bool,
+    quiet: bool,
     config_path: Path | None,
     url: str | None,
     token: str | None,
+    as_json: bool,
 ) -> None:
     """Start a run of DAG_ID on the running daemon and print its run id.
 
     With --wait, follow it (reconnecting if the daemon restarts) and exit 0 on success, 1 on
-    failure, 130 if it was cancelled.
+    failure, 130 if it was cancelled. With --json or -q, stdout holds only the answer (the
+    `triggered` document, or the run id) and --wait's progress goes to stderr.
     """
     from dagd.cli import remote
 
     where = endpoint(config_path, url, token)
-    live = wait and not plain and sys.stdout.isatty()
-    code = remote.run_async(remote.trigger, where, dag_id, parse_params(params), wait, live)
+    live = wait and not plain and not as_json and not quiet and sys.stdout.isatty()
+    out = remote.TriggerOutput(as_json=as_json, quiet=quiet, live=live)
+    code = remote.run_async(remote.trigger, where, dag_id, parse_params(params), wait, out)
     sys.exit(code)
 
 
@@ -392,10 +498,14 @@ def _run_command(action: str, help_text: str) -> click.Command:
     @config_option
     @url_option
     @token_option
-    def command(run_id: str, config_path: Path | None, url: str | None, token: str | None) -> None:
+    @json_option
+    def command(
+        run_id: str, config_path: Path | None, url: str | None, token: str | None, as_json: bool
+    ) -> None:
         from dagd.cli import remote
 
-        remote.run_async(remote.control, endpoint(config_path, url, token), action, run_id)
+        where = endpoint(config_path, url, token)
+        remote.run_async(remote.control, where, action, run_id, as_json)
 
     return command
 

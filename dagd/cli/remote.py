@@ -1,16 +1,19 @@
-"""The CLI's side of the daemon: finding it, and the commands that talk to it over WebSocket
-(`dagd logs` reads the log folder and the run history directly).
+"""The CLI's side of the daemon: finding it, and the commands that talk to it over WebSocket.
 
 The URL and token come from, in order: `--url`/`--token`, `DAGD_URL`/`DAGD_TOKEN`, then the
 config file (its server address; a configured literal or environment token, else the token the
-daemon generated into its state folder). On one machine every command works with no flags.
+daemon generated into its state folder). On one machine every command works with no flags;
+see dagd/cli/options.py for where the config file is looked for.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -18,6 +21,8 @@ import attrs
 import click
 import trio
 
+from dagd.cli.exitcodes import EXIT_CANCELLED, EXIT_OK, exit_code_of
+from dagd.cli.output import make_console, print_json
 from dagd.client import (
     AuthFailed,
     Client,
@@ -27,16 +32,28 @@ from dagd.client import (
     GapRepaired,
     connect,
 )
+from dagd.core.backoff import ReconnectBackoff
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent, ErrorEvent
-from dagd.core.model import FINISHED_RUN, RunStatus
+from dagd.core.model import FINISHED_RUN
+from dagd.core.protocol.answers import (
+    CancelAccepted,
+    DagList,
+    DagSummary,
+    RetryAccepted,
+    RunList,
+    Triggered,
+)
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.timefmt import iso_z
 
 T = TypeVar("T")
 
-EXIT_FAILED = 1
-EXIT_CANCELLED = 130
+#: The path of dagd's WebSocket endpoint (the daemon serves nothing else).
+ENDPOINT_PATH = "/api/v1/ws"
+#: Reconnect backoff cap of interactive views (`watch`, `trigger --wait`), in seconds: a
+#: person waiting for a restarted daemon; the client library keeps the protocol's 30 s.
+INTERACTIVE_MAX_BACKOFF = 5.0
 
 
 @attrs.frozen
@@ -49,12 +66,31 @@ class Endpoint:
     token_source: str
 
 
+def check_url(url: str) -> None:
+    """Refuse a URL the client cannot use, saying what to use instead: an http(s) URL (dagd
+    speaks WebSocket), another scheme, or no host. Raises click.ClickException."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        raise click.ClickException(
+            f"{url} is an {parts.scheme}:// URL; dagd's endpoint is a WebSocket: use "
+            f"{scheme}://HOST:PORT{ENDPOINT_PATH} (here: "
+            f"{scheme}://{parts.netloc or 'HOST:PORT'}{ENDPOINT_PATH})"
+        )
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise click.ClickException(
+            f"{url!r} is not a WebSocket URL: use ws://HOST:PORT{ENDPOINT_PATH}"
+        )
+
+
 def resolve_endpoint(config: Config, url: str | None, token: str | None) -> Endpoint:
     """The endpoint of the daemon `config` describes. The URL: `url`, else $DAGD_URL, else
     the config's (0.0.0.0 read as 127.0.0.1). The token, first found: `token`, $DAGD_TOKEN,
     an `operate` token of the config (inline or from its environment variable), the token
-    file in the state folder. Raises click.ClickException when none is found."""
+    file in the state folder. Raises click.ClickException for a URL that is not ws:// or
+    wss://, and when no token is found."""
     url = url or os.environ.get("DAGD_URL") or config.url.replace("0.0.0.0", "127.0.0.1")
+    check_url(url)
     if token:
         return Endpoint(url, token, "--token")
     if os.environ.get("DAGD_TOKEN"):
@@ -67,25 +103,57 @@ def resolve_endpoint(config: Config, url: str | None, token: str | None) -> Endp
     try:
         return Endpoint(url, config.token_file.read_text().strip(), str(config.token_file))
     except OSError:
+        where = (
+            f"the config {config.source}"
+            if config.source is not None
+            else "no config file (looked for --config, DAGD_CONFIG, ./config.toml, "
+            "$XDG_CONFIG_HOME/dagd/config.toml)"
+        )
         raise click.ClickException(
-            f"no token file at {config.token_file}: has the daemon been started with this "
-            "config? Start it with `dagd serve --config config.toml`, or pass --token or set "
-            "DAGD_TOKEN"
+            f"no token file at {config.token_file} (from {where}): has the daemon been "
+            "started with this config? Start it with `dagd serve --config config.toml`, or "
+            "pass --config, or --token / DAGD_TOKEN"
         ) from None
 
 
 def _unreachable(endpoint: Endpoint, why: str) -> click.ClickException:
+    path = urllib.parse.urlsplit(endpoint.url).path
+    if path != ENDPOINT_PATH:
+        return click.ClickException(
+            f"cannot talk to dagd at {endpoint.url} ({why}): {path or '/'} is not dagd's "
+            f"path; use ws://HOST:PORT{ENDPOINT_PATH}"
+        )
     return click.ClickException(
         f"cannot reach the daemon at {endpoint.url} ({why}).\n"
         "Is it running? Start it with: dagd serve --config config.toml"
     )
 
 
+def unknown_dag(dag_id: str, known: Iterable[str], where: str = "") -> click.ClickException:
+    """The error for a DAG id the daemon (or the DAG folder `where`) does not know: the
+    closest ids it does know (difflib), else the list of them."""
+    ids = sorted(known)
+    close = difflib.get_close_matches(dag_id, ids, n=3, cutoff=0.6)
+    if close:
+        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    else:
+        hint = f"DAGs: {', '.join(ids)}" if ids else "there are no DAGs"
+    return click.ClickException(f"unknown DAG {dag_id!r}{' in ' + where if where else ''}: {hint}")
+
+
 @asynccontextmanager
 async def open_client(
-    endpoint: Endpoint, dag_ids: list[str], *, retry_first: bool = False, **kwargs: Any
+    endpoint: Endpoint,
+    dag_ids: list[str],
+    *,
+    retry_first: bool = False,
+    interactive: bool = False,
+    **kwargs: Any,
 ) -> AsyncIterator[Client]:
-    """A connected client; fails fast (unless `retry_first`) if the daemon is not there."""
+    """A connected client; fails fast (unless `retry_first`) if the daemon is not there.
+    `interactive`: a person is waiting, reconnect with a lower backoff cap."""
+    if interactive:
+        kwargs.setdefault("backoff", ReconnectBackoff(1.0, INTERACTIVE_MAX_BACKOFF))
     async with connect(endpoint.url, endpoint.token, dag_ids or ["*"], **kwargs) as client:
         if not retry_first:
             first = await _first_item(client)
@@ -115,114 +183,210 @@ def run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         ) from None
 
 
+async def _known_dag(client: Client, dag_id: str) -> list[DagSummary]:
+    """The daemon's DAGs; raises the did-you-mean error when `dag_id` is not among them."""
+    dags = await client.list_dags()
+    if dag_id not in {d.dag_id for d in dags}:
+        raise unknown_dag(dag_id, (d.dag_id for d in dags))
+    return dags
+
+
 # ------------------------------------------------------------------ commands
 
 
-async def list_dags(endpoint: Endpoint) -> None:
-    """`dagd dags`: one line per loaded DAG (id, schedule, next run, steps, description)."""
+def dag_line(dag: DagSummary) -> str:
+    """`dagd dags`: a DAG on one line (id, schedule, next run, steps, description), then
+    whether it is paused or runs the last good version of a file that is broken now."""
+    next_run = iso_z(dag.next_run) if dag.next_run is not None else "-"
+    paused: bool = getattr(dag, "paused", False)
+    file_error: str | None = getattr(dag, "file_error", None)
+    state = "paused" if paused else ""
+    line = (
+        f"{dag.dag_id:<24} {dag.schedule or 'manual':<16} {state:<6} "
+        f"next: {next_run:<26} {len(dag.steps):>4} steps  {dag.description}"
+    ).rstrip()
+    if file_error:
+        line += f"\n{'':<24} running the last good version; {file_error}"
+    return line
+
+
+async def list_dags(endpoint: Endpoint, as_json: bool) -> None:
+    """`dagd dags`: one line per loaded DAG, or the protocol's `dags` answer with --json."""
     async with open_client(endpoint, []) as client:
         dags = await client.list_dags()
+    if as_json:
+        print_json(DagList(dags))
+        return
     for dag in dags:
-        next_run = iso_z(dag.next_run) if dag.next_run is not None else "-"
-        click.echo(
-            f"{dag.dag_id:<24} {dag.schedule or 'manual':<16} "
-            f"next: {next_run:<26} {len(dag.steps):>4} steps  "
-            f"{dag.description}"
-        )
+        click.echo(dag_line(dag))
+    if not dags:
+        click.echo("the daemon has no DAGs", err=True)
 
 
-async def list_runs(endpoint: Endpoint, dag_id: str | None, limit: int) -> None:
-    """`dagd runs`: the newest `limit` runs (of `dag_id`, or of all), one line each."""
+async def list_runs(endpoint: Endpoint, dag_id: str | None, limit: int, as_json: bool) -> None:
+    """`dagd runs`: the newest `limit` runs (of `dag_id`, or of all), one line each, or the
+    protocol's `runs` answer with --json. A `dag_id` the daemon does not know and that has no
+    runs is an error with a did-you-mean."""
     async with open_client(endpoint, []) as client:
         runs = await client.list_runs(dag_id, limit)
+        if dag_id is not None and not runs:
+            await _known_dag(client, dag_id)
+    if as_json:
+        print_json(RunList(runs))
+        return
     if not runs:
-        click.echo("no runs yet")
+        click.echo("no runs yet", err=True)
     for run in runs:
         since = run.started_at if run.started_at is not None else run.queued_at
         click.echo(f"{run.status:<10} {run.dag_id:<20} {run.run_id:<50} {iso_z(since)}")
 
 
-async def control(endpoint: Endpoint, action: str, run_id: str) -> None:
+async def control(endpoint: Endpoint, action: str, run_id: str, as_json: bool) -> None:
     """`dagd cancel` / `dagd retry` (`action` "cancel" or "retry"). Raises ClientError with
     the daemon's code (unknown_run, not_running, not_finished, not_retryable, ...)."""
     async with open_client(endpoint, []) as client:
         await (client.cancel(run_id) if action == "cancel" else client.retry(run_id))
-    click.echo(f"{action} accepted: {run_id}")
+    if as_json:
+        print_json(CancelAccepted(run_id) if action == "cancel" else RetryAccepted(run_id))
+    else:
+        click.echo(f"{action} accepted: {run_id}")
+
+
+@attrs.frozen
+class TriggerOutput:
+    """How `dagd trigger` prints: `as_json` (the `triggered` answer), `quiet` (the run id
+    alone), else "triggered DAG: RUN"; `live` view or plain lines while it waits."""
+
+    as_json: bool = False
+    quiet: bool = False
+    live: bool = False
 
 
 async def trigger(
-    endpoint: Endpoint, dag_id: str, params: dict[str, str], wait: bool, live: bool
+    endpoint: Endpoint,
+    dag_id: str,
+    params: dict[str, str],
+    wait: bool,
+    out: TriggerOutput,
 ) -> int:
     """`dagd trigger`: start a run; with `wait`, follow it and return its exit code (0
     success, else the failed or cancelled code), else 0 once it is queued."""
-    async with open_client(endpoint, [dag_id]) as client:
-        run_id = await client.trigger(dag_id, params)
-        click.echo(f"triggered {dag_id}: {run_id}", err=wait)
+    async with open_client(endpoint, [dag_id], interactive=wait) as client:
+        try:
+            run_id = await client.trigger(dag_id, params)
+        except ClientError as exc:
+            if exc.code == ErrorCode.UNKNOWN_DAG:
+                await _known_dag(client, dag_id)
+            raise
+        if out.as_json:
+            print_json(Triggered(dag_id, run_id))
+        elif out.quiet:
+            click.echo(run_id)
+        else:
+            click.echo(f"triggered {dag_id}: {run_id}", err=wait)
         if not wait:
-            return 0
-        return await follow(client, {run_id}, live, stop_when_done=True)
+            return EXIT_OK
+        # With --json or -q stdout holds only the answer: progress goes to stderr.
+        to_stderr = out.as_json or out.quiet
+        return await follow(client, {run_id}, out.live, stop_when_done=True, stderr=to_stderr)
 
 
 async def watch(endpoint: Endpoint, dag_ids: list[str], live: bool) -> int:
     """`dagd watch`: follow the runs of `dag_ids` (["*"]: all) until interrupted, from a
     snapshot of where they are now."""
-    async with open_client(endpoint, dag_ids, retry_first=True, initial_snapshot=True) as client:
+    async with open_client(
+        endpoint, dag_ids, retry_first=True, interactive=True, initial_snapshot=True
+    ) as client:
         return await follow(client, None, live, stop_when_done=False)
 
 
-async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when_done: bool) -> int:
-    """Show events (live view or plain lines) until the runs end (or forever, for watch)."""
-    from rich.console import Console
+def _countdown(lost: ConnectionLost, since: float, now: float) -> str:
+    left = max(0, round(lost.retry_in - (now - since)))
+    when = f"retrying in {left} s" if left else "retrying now"
+    return f"disconnected ({lost.message}), {when}"
+
+
+async def follow(
+    client: Client,
+    run_ids: set[str] | None,
+    live: bool,
+    stop_when_done: bool,
+    *,
+    stderr: bool = False,
+) -> int:
+    """Show events (live view or plain lines) until the runs end (or forever, for watch).
+    While the daemon is away the view counts down to the next attempt, a second at a time;
+    plain lines say it once per attempt."""
     from rich.live import Live
 
     from dagd.cli.render import RunsView
 
-    console = Console()
+    console = make_console(stderr=stderr)
+    stream = sys.stderr if stderr else sys.stdout
     view = RunsView()
+    lost: tuple[ConnectionLost, float] | None = None
 
-    def show_line(text: str | None, style: str | None = None) -> None:
+    def show_line(text: str | None) -> None:
         if text and not live:
-            console.print(text, style=style, highlight=False, markup=False)
+            stream.write(text + "\n")
+            stream.flush()
+
+    def handle(item: object) -> int | None:
+        nonlocal lost
+        if isinstance(item, ConnectionLost):
+            lost = (item, trio.current_time())
+            view.notice = _countdown(item, lost[1], lost[1])
+            show_line(f"disconnected ({item.message}), retrying in {item.retry_in:.0f} s")
+        elif isinstance(item, Connected):
+            if view.notice:
+                show_line("reconnected; catching up")
+            view.notice = None
+            lost = None
+        elif isinstance(item, GapRepaired):
+            for event in item.events:
+                if run_ids is None or getattr(event, "run_id", None) in run_ids:
+                    view.apply(event)
+            if item.events and run_ids is not None:
+                show_line("missed events were no longer available: showing current state")
+            if stop_when_done and run_ids is not None:
+                for run_id in run_ids:  # the run may have ended while we were away
+                    run = view.runs.get(run_id)
+                    if run is not None and run.status in FINISHED_RUN:
+                        return exit_code_of(run.status)
+        elif (
+            run_ids is None
+            or getattr(item, "run_id", None) in run_ids
+            or (isinstance(item, ErrorEvent) and item.run_id is None)
+        ):
+            view.apply(item)  # type: ignore[arg-type]  # the client yields only DAG events here
+            show_line(view.line(item))  # type: ignore[arg-type]
+            if (
+                stop_when_done
+                and isinstance(item, DagRunStatusEvent)
+                and run_ids is not None
+                and item.run_id in run_ids
+                and item.status.finished
+            ):
+                return exit_code_of(item.status)
+        return None
 
     async def consume(display: Live | None) -> int:
         async for item in client:
-            if isinstance(item, ConnectionLost):
-                view.notice = f"disconnected ({item.message}), retrying in {item.retry_in:.0f} s"
-                show_line(view.notice)
-            elif isinstance(item, Connected):
-                if view.notice:
-                    show_line("reconnected; catching up")
-                view.notice = None
-            elif isinstance(item, GapRepaired):
-                for event in item.events:
-                    if run_ids is None or getattr(event, "run_id", None) in run_ids:
-                        view.apply(event)
-                if item.events and run_ids is not None:
-                    show_line("missed events were no longer available: showing current state")
-                if stop_when_done and run_ids is not None:
-                    for run_id in run_ids:  # the run may have ended while we were away
-                        run = view.runs.get(run_id)
-                        if run is not None and run.status in FINISHED_RUN:
-                            return _exit_code(run.status)
-            elif (
-                run_ids is None
-                or getattr(item, "run_id", None) in run_ids
-                or (isinstance(item, ErrorEvent) and item.run_id is None)
-            ):
-                view.apply(item)
-                show_line(view.line(item))
-                if (
-                    stop_when_done
-                    and isinstance(item, DagRunStatusEvent)
-                    and run_ids is not None
-                    and item.run_id in run_ids
-                    and item.status.finished
-                ):
-                    return _exit_code(item.status)
+            code = handle(item)
+            if code is not None:
+                return code
             if display is not None:
                 display.update(view.render())
-        return 0
+        return EXIT_OK
 
+    async def tick(display: Live) -> None:
+        while True:
+            await trio.sleep(1)
+            if lost is not None:
+                view.notice = _countdown(lost[0], lost[1], trio.current_time())
+                display.update(view.render())
+
+    code = EXIT_CANCELLED
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -231,9 +395,9 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
                     nursery.cancel_scope.cancel()
 
             nursery.start_soon(interrupt)
-            code = EXIT_CANCELLED
             if live:
                 with Live(view.render(), console=console, transient=False) as display:
+                    nursery.start_soon(tick, display)
                     code = await consume(display)
             else:
                 code = await consume(None)
@@ -242,9 +406,3 @@ async def follow(client: Client, run_ids: set[str] | None, live: bool, stop_when
         if run_ids is not None and run.run_id in run_ids:
             view.summary(run, console)
     return code
-
-
-def _exit_code(run_status: RunStatus) -> int:
-    if run_status is RunStatus.SUCCESS:
-        return 0
-    return EXIT_CANCELLED if run_status is RunStatus.CANCELLED else EXIT_FAILED
