@@ -19,6 +19,7 @@ from dagd.core.events import (
     DagEvent,
     DagRunProgressEvent,
     DagRunStatusEvent,
+    DagStatusEvent,
     ErrorEvent,
     StepStatusEvent,
 )
@@ -116,7 +117,9 @@ class RunsView:
         self.runs: dict[str, RunView] = {}
         self.max_step_lines = max_step_lines
         self.notice: str | None = None  # e.g. "disconnected, retrying in 4 s"
-        self.dag_errors: list[ErrorEvent] = []
+        #: The file error of each DAG whose file is broken now, oldest first; a
+        #: `dag_status` event with no file error (the file loads again) clears it.
+        self.dag_errors: dict[str, str] = {}
 
     def view(self, dag_id: str, run_id: str) -> RunView:
         """The view of `run_id`, made on first sight."""
@@ -126,9 +129,16 @@ class RunsView:
         return run
 
     def apply(self, event: DagEvent) -> None:
-        """Fold one event into the views (a DAG file's error is kept apart)."""
+        """Fold one event into the views (a DAG file's error is kept apart, until a
+        `dag_status` event says the file loads again)."""
+        if isinstance(event, DagStatusEvent):
+            self.dag_errors.pop(event.dag_id, None)
+            if event.file_error:
+                self.dag_errors[event.dag_id] = event.file_error
+            return
         if isinstance(event, ErrorEvent) and event.run_id is None:
-            self.dag_errors.append(event)
+            self.dag_errors.pop(event.dag_id, None)  # re-inserted: the newest shows last
+            self.dag_errors[event.dag_id] = event.error
             return
         assert event.run_id is not None
         run = self.view(event.dag_id, event.run_id)
@@ -163,6 +173,12 @@ class RunsView:
         if isinstance(event, ErrorEvent):
             where = f"{event.dag_id}/{event.step_id}" if event.step_id else event.dag_id
             return f"{stamp}  error in {where}: {event.error}"
+        if isinstance(event, DagStatusEvent):
+            state = "paused" if event.paused else "active"
+            if event.file_error:
+                first = event.file_error.splitlines()[0] if event.file_error.strip() else ""
+                state += f", running the last good version; {first}"
+            return f"{stamp}  dag {event.dag_id}: {state}"
         return None
 
     # ------------------------------------------------------------------ live
@@ -175,8 +191,8 @@ class RunsView:
         parts: list[RenderableType] = []
         if self.notice:
             parts.append(Text(self.notice, style="bold yellow"))
-        for err in self.dag_errors[-3:]:
-            parts.append(Text(f"✘ {err.dag_id}: {err.error}", style="red"))
+        for dag_id, error in list(self.dag_errors.items())[-3:]:
+            parts.append(Text(f"✘ {dag_id}: {error}", style="red"))
         if not self.runs and not self.notice:
             parts.append(Text("waiting for runs…", style="dim"))
         return parts
