@@ -2,9 +2,10 @@
 errors that name the key (with a suggestion), and relative paths resolve against the folder of
 the config file, so the daemon behaves the same whatever directory it is started from.
 
-`parse_config` raises ConfigError and nothing else, whatever the text holds; numbers are
-bounded (`RANGES`, durations at most `MAX_DURATION`, `event_retention_age` at most
-`MAX_RETENTION_AGE`), and every message is one printable line that starts with the file.
+`parse_config` raises ConfigError and nothing else, whatever the text holds, listing every
+problem of the file at once (as DAG files do); numbers are bounded (`RANGES`, durations at most
+`MAX_DURATION`, `event_retention_age` at most `MAX_RETENTION_AGE`, `MAX_KEEP_DAYS`), and each
+problem is one printable line that starts with the file.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ MAX_RETENTION_AGE = 36500 * 86400.0
 
 
 class ConfigError(ValueError):
-    """config.toml cannot be used; the message (one line) names the file, the key and why."""
+    """config.toml cannot be used. `problems` lists every problem found, each one line that
+    starts with the file and names the key; `str()` is those lines joined by newlines."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems: tuple[str, ...] = problems
+        super().__init__("\n".join(problems))
 
 
 @attrs.frozen
@@ -219,15 +225,44 @@ _ADDRESS_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?[^\s/]+\Z")
 
 
 class _Problem(Exception):
-    """One problem, found deep in the tables; `parse_config` adds the file to its message."""
+    """One problem with one key; the reader adds it to its list and goes on."""
 
 
-def _check_keys(table: dict[str, Any], allowed: dict[str, str], where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, list(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise _Problem(f"{where}unknown key {show(key)}{hint}")
+class _Reader:
+    """Reads the tables of one file, collecting every problem (`key: why`) instead of stopping
+    at the first; `parse_config` adds the file to each."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.problems: list[str] = []
+
+    def table(self, raw: object, name: str) -> dict[str, Any]:
+        """`raw` if it is a table, else {} with a problem recorded for `[name]`."""
+        if isinstance(raw, dict):
+            return raw
+        self.problems.append(f"{name}: must be a table ([{name}])")
+        return {}
+
+    def read(self, raw: dict[str, Any], kinds: dict[str, str], where: str) -> dict[str, Any]:
+        """Each known key of `raw` read by its kind; unknown keys and bad values are recorded
+        as problems and left out (their defaults stand). `where` is the table's name in
+        messages ("" for the top level, else e.g. "server")."""
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in kinds:
+                close = difflib.get_close_matches(key, list(kinds), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                # `[server]: ...` for a table, `auth.tokens[0]: ...` for an entry of a list.
+                prefix = "" if not where else f"{where}: " if "[" in where else f"[{where}]: "
+                self.problems.append(f"{prefix}unknown key {show(key)}{hint}")
+                continue
+            if not kinds[key]:
+                continue  # a table, read on its own
+            try:
+                out[key] = _value(kinds[key], value, f"{where}.{key}" if where else key, self.base)
+            except _Problem as exc:
+                self.problems.append(str(exc))
+        return out
 
 
 def _value(kind: str, value: Any, key: str, base: Path) -> Any:
@@ -288,103 +323,97 @@ def _value(kind: str, value: Any, key: str, base: Path) -> Any:
 def parse_config(text: str | bytes, base: Path, source: Path | None = None) -> Config:
     """Read config text (or the file's bytes: UTF-8, a byte-order mark is skipped); relative
     paths resolve against `base` (the config file's folder). Durations are seconds (or '90s',
-    '5m', ...). Raises ConfigError, and never anything else: one line, `<source>: <key>: why`
-    (`config` when there is no `source`)."""
-    where = str(source or "config")
+    '5m', ...). Raises ConfigError, and never anything else, listing every problem found: one
+    line each, `<source>: <key>: why` (`config` when there is no `source`)."""
+    where = one_line(str(source or "config"))
     try:
-        return _parse_config(text, base, source)
-    except _Problem as exc:
-        raise ConfigError(one_line(f"{where}: {exc}")) from None
+        reader = _Reader(base)
+        config = _parse_config(text, reader, source)
     except UnicodeDecodeError as exc:
         raise ConfigError(one_line(f"{where}: not UTF-8 text: {exc}")) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(one_line(f"{where}: not valid TOML: {exc}")) from None
     except RecursionError:
-        raise ConfigError(f"{one_line(where)}: nested too deeply") from None
+        raise ConfigError(f"{where}: nested too deeply") from None
     except Exception as exc:  # any failure of this file is this file's error
         message = f"{where}: cannot be read ({type(exc).__name__}: {show(str(exc))})"
         raise ConfigError(one_line(message)) from None
+    if reader.problems:
+        raise ConfigError(*(one_line(f"{where}: {problem}") for problem in reader.problems))
+    return config
 
 
-def _parse_config(text: str | bytes, base: Path, source: Path | None) -> Config:
+_TABLES = {"server": "", "auth": "", "executors": "", "history": ""}
+
+
+def _parse_config(text: str | bytes, r: _Reader, source: Path | None) -> Config:
     doc = tomllib.loads(decode_text(text))
-    server_raw = doc.pop("server", {})
-    auth_raw = doc.pop("auth", {})
-    executors_raw = doc.pop("executors", {})
-    history_raw = doc.pop("history", {})
-    _check_keys(doc, {**_TOP, "server": "", "auth": "", "executors": "", "history": ""}, "")
-    top = {k: _value(_TOP[k], v, k, base) for k, v in doc.items()}
-    top.setdefault("dags_dir", base / "dags")
-    top.setdefault("state_dir", base / "state")
-    if not isinstance(server_raw, dict) or not isinstance(auth_raw, dict):
-        raise _Problem("[server] and [auth] must be tables")
-    _check_keys(server_raw, _SERVER, "[server]: ")
-    server = ServerConfig(
-        **{k: _value(_SERVER[k], v, f"server.{k}", base) for k, v in server_raw.items()}
-    )
+    top = r.read(doc, {**_TOP, **_TABLES}, "")
+    top.setdefault("dags_dir", r.base / "dags")
+    top.setdefault("state_dir", r.base / "state")
+    server = ServerConfig(**r.read(r.table(doc.get("server", {}), "server"), _SERVER, "server"))
     if (server.tls_cert is None) != (server.tls_key is None):
-        raise _Problem("set both server.tls_cert and server.tls_key, or neither")
-    _check_keys(auth_raw, {"tokens": ""}, "[auth]: ")
-    raw_tokens = auth_raw.get("tokens", [])
-    if not isinstance(raw_tokens, list):
-        raise _Problem("auth.tokens: must be a list of tables ([[auth.tokens]])")
-    tokens = []
-    for i, raw in enumerate(raw_tokens):
-        if not isinstance(raw, dict):
-            raise _Problem(f"auth.tokens[{i}] must be a table")
-        _check_keys(raw, _TOKEN, f"[[auth.tokens]] #{i + 1}: ")
-        spec = TokenSpec(
-            **{k: _value(_TOKEN[k], v, f"auth.tokens.{k}", base) for k, v in raw.items()}
-        )
-        if spec.token is not None and len(spec.token) < 8:
-            raise _Problem(f"auth.tokens[{i}]: a token must be at least 8 characters")
-        if sum(x is not None for x in (spec.token, spec.sha256, spec.env)) != 1:
-            raise _Problem(f"auth.tokens[{i}] needs exactly one of 'token', 'sha256' or 'env'")
-        if spec.sha256 is not None and not _is_sha256(spec.sha256):
-            raise _Problem(f"auth.tokens[{i}].sha256: must be 64 hex digits (a SHA-256 digest)")
-        tokens.append(spec)
-    dask = _dask_config(executors_raw, base)
-    if not isinstance(history_raw, dict):
-        raise _Problem("history: must be a table ([history])")
-    _check_keys(history_raw, _HISTORY, "[history]: ")
-    history = HistoryConfig(
-        **{k: _value(_HISTORY[k], v, f"history.{k}", base) for k, v in history_raw.items()}
-    )
+        r.problems.append("set both server.tls_cert and server.tls_key, or neither")
+    auth = r.table(doc.get("auth", {}), "auth")
+    r.read(auth, {"tokens": ""}, "auth")
     return Config(
         **top,
         server=server,
-        tokens=tuple(tokens),
-        dask=dask,
-        history=history,
+        tokens=_tokens(r, auth.get("tokens", [])),
+        dask=_dask_config(r, r.table(doc.get("executors", {}), "executors")),
+        history=HistoryConfig(
+            **r.read(r.table(doc.get("history", {}), "history"), _HISTORY, "history")
+        ),
         source=source,
     )
 
 
-def _dask_config(executors: object, base: Path) -> DaskExecutorConfig | None:
-    """The `[executors]` table -> the Dask executor's settings (None: not configured)."""
-    if not isinstance(executors, dict):
-        raise _Problem("executors: must be a table ([executors.<name>])")
+def _tokens(r: _Reader, raw_tokens: object) -> tuple[TokenSpec, ...]:
+    """`[[auth.tokens]]` -> the entries that are right (the others are problems)."""
+    if not isinstance(raw_tokens, list):
+        r.problems.append("auth.tokens: must be a list of tables ([[auth.tokens]])")
+        return ()
+    tokens = []
+    for i, raw in enumerate(raw_tokens):
+        if not isinstance(raw, dict):
+            r.problems.append(f"auth.tokens[{i}] must be a table")
+            continue
+        before = len(r.problems)
+        values = r.read(raw, _TOKEN, f"auth.tokens[{i}]")
+        spec = TokenSpec(**values)
+        if spec.token is not None and len(spec.token) < 8:
+            r.problems.append(f"auth.tokens[{i}]: a token must be at least 8 characters")
+        if sum(k in raw for k in ("token", "sha256", "env")) != 1:
+            r.problems.append(f"auth.tokens[{i}] needs exactly one of 'token', 'sha256' or 'env'")
+        if spec.sha256 is not None and not _is_sha256(spec.sha256):
+            r.problems.append(f"auth.tokens[{i}].sha256: must be 64 hex digits (a SHA-256 digest)")
+        if len(r.problems) == before:
+            tokens.append(spec)
+    return tuple(tokens)
+
+
+def _dask_config(r: _Reader, executors: dict[str, Any]) -> DaskExecutorConfig | None:
+    """The `[executors]` table -> the Dask executor's settings (None: not configured, or
+    with problems)."""
     for name in executors:
         if name not in EXECUTOR_TABLES:
             close = difflib.get_close_matches(name, list(EXECUTOR_TABLES), n=1)
             hint = f"did you mean {close[0]!r}?" if close else "known: dask"
-            raise _Problem(f"executors: unknown executor {show(name)} ({hint})")
-    raw = executors.get("dask")
-    if raw is None:
+            r.problems.append(f"executors: unknown executor {show(name)} ({hint})")
+    if "dask" not in executors:
         return None
-    if not isinstance(raw, dict):
-        raise _Problem("executors.dask: must be a table ([executors.dask])")
-    _check_keys(raw, _DASK, "[executors.dask]: ")
-    if "address" not in raw:
-        raise _Problem("executors.dask.address: missing (e.g. 'tcp://10.0.0.5:8786')")
-    dask = DaskExecutorConfig(
-        **{k: _value(_DASK[k], v, f"executors.dask.{k}", base) for k, v in raw.items()}
-    )
+    before = len(r.problems)
+    values = r.read(r.table(executors["dask"], "executors.dask"), _DASK, "executors.dask")
+    if "address" not in values:
+        if not any(p.startswith("executors.dask.address:") for p in r.problems[before:]):
+            r.problems.append("executors.dask.address: missing (e.g. 'tcp://10.0.0.5:8786')")
+        return None
+    dask = DaskExecutorConfig(**values)
     if (dask.tls_client_cert is None) != (dask.tls_client_key is None):
-        raise _Problem(
+        r.problems.append(
             "set both executors.dask.tls_client_cert and executors.dask.tls_client_key, or neither"
         )
-    return dask
+    return dask if len(r.problems) == before else None
 
 
 def _is_sha256(text: str) -> bool:

@@ -23,7 +23,7 @@ def error_of(text: str | bytes, source: Path | None = SOURCE) -> str:
     with pytest.raises(ConfigError) as caught:
         parse_config(text, BASE, source=source)
     message = str(caught.value)
-    assert "\n" not in message
+    assert "\n" not in message  # one problem: one line
     return message
 
 
@@ -77,12 +77,38 @@ def test_every_message_starts_with_the_file_and_names_the_key() -> None:
     )
     assert error_of("kill_grace = true\n", source=None).startswith("config: kill_grace: ")
     assert error_of("[[auth.tokens]]\nrole = 'admin'\ntoken = '12345678'\n") == (
-        f"{SOURCE}: auth.tokens.role: invalid value 'admin' (expected read or operate)"
+        f"{SOURCE}: auth.tokens[0].role: invalid value 'admin' (expected read or operate)"
     )
     assert error_of("[[auth.tokens]]\nrole = 'read'\n") == (
         f"{SOURCE}: auth.tokens[0] needs exactly one of 'token', 'sha256' or 'env'"
     )
-    assert error_of("server = 3\n") == f"{SOURCE}: [server] and [auth] must be tables"
+    assert error_of("server = 3\n") == f"{SOURCE}: server: must be a table ([server])"
+
+
+def test_every_problem_of_a_file_is_reported_at_once_one_line_each() -> None:
+    text = (
+        "kill_grace = true\n"
+        "colour = 1\n"
+        "[server]\nport = 70000\nprot = 1\n"
+        "[[auth.tokens]]\nrole = 'admin'\nrol = 1\n"
+        "[executors.dask]\naddress = 3\n"
+        "[history]\nkeep_days = 0\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, BASE, source=SOURCE)
+    assert caught.value.problems == (
+        f"{SOURCE}: kill_grace: expected a duration like '90s', '5m', '1h' or seconds, got True",
+        f"{SOURCE}: unknown key 'colour'",
+        f"{SOURCE}: server.port: must be from 0 to 65535, got 70000",
+        f"{SOURCE}: [server]: unknown key 'prot' (did you mean 'port'?)",
+        f"{SOURCE}: auth.tokens[0].role: invalid value 'admin' (expected read or operate)",
+        f"{SOURCE}: auth.tokens[0]: unknown key 'rol' (did you mean 'role'?)",
+        f"{SOURCE}: auth.tokens[0] needs exactly one of 'token', 'sha256' or 'env'",
+        f"{SOURCE}: executors.dask.address: invalid value 3 "
+        "(expected an address like 'tcp://10.0.0.5:8786')",
+        f"{SOURCE}: history.keep_days: must be more than 0 and at most 36500 days, got 0",
+    )
+    assert str(caught.value) == "\n".join(caught.value.problems)
 
 
 def test_a_byte_order_mark_is_skipped_and_bad_utf8_is_one_line() -> None:
