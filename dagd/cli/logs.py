@@ -1,10 +1,18 @@
-"""`dagd logs`: a step's output, attempt by attempt, read from the daemon's log files."""
+"""`dagd logs`: a step's output, attempt by attempt, read from the daemon's log files.
+
+As text (each file under a header line, bytes that are not UTF-8 shown as replacement
+characters), or with `--raw` exactly the bytes the step wrote: stdout then stderr of each
+attempt, no headers, binary-safe.
+"""
 
 from __future__ import annotations
 
+import codecs
+import shutil
 import sqlite3
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -21,12 +29,27 @@ from dagd.runtime.logfiles import step_logs
 @click.option(
     "-f", "--follow", is_flag=True, help="Keep printing output as it comes, until the step ends."
 )
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Write the bytes exactly as the step wrote them: no headers, no decoding.",
+)
 @config_option
 def logs(
-    run_id: str, step_id: str, attempt: int | None, follow: bool, config_path: Path | None
+    run_id: str,
+    step_id: str,
+    attempt: int | None,
+    follow: bool,
+    raw: bool,
+    config_path: Path | None,
 ) -> None:
-    """Print the log of STEP_ID in RUN_ID (stdout then stderr, per attempt)."""
-    print_logs(load_config(config_path), run_id, step_id, attempt, follow)
+    """Print the log of STEP_ID in RUN_ID (stdout then stderr, per attempt).
+
+    \b
+    With --raw the output is the step's own bytes (stdout then stderr of each attempt), e.g.
+      dagd logs RUN_ID export --raw > export.bin
+    """
+    print_logs(load_config(config_path), run_id, step_id, attempt, follow, raw=raw)
 
 
 #: The commands of this module, added to the `dagd` group by dagd/cli/main.py.
@@ -34,22 +57,30 @@ COMMANDS: list[click.Command] = [logs]
 
 
 def print_logs(
-    config: Config, run_id: str, step_id: str, attempt: int | None, follow: bool = False
+    config: Config,
+    run_id: str,
+    step_id: str,
+    attempt: int | None,
+    follow: bool = False,
+    *,
+    raw: bool = False,
 ) -> None:
     """Print a step's log files (stdout, then stderr) for one or every attempt. A stream that
     wrote nothing has no file; the run history says whether the step ran at all. With
-    `follow`, keep printing output as it is written until the step is final."""
+    `follow`, keep printing output as it is written until the step is final. With `raw`,
+    write the files' bytes to stdout with no headers; notes for people go to stderr.
+    Raises click.ClickException for a step or attempt that is not there."""
     by_attempt = step_logs(config.log_dir, run_id, step_id)
     record = _step_record(config, run_id, step_id)  # (status, latest attempt) or None
     made = max([record[1] if record else 0, *by_attempt])  # attempts made
     if follow and (record is None or record[0] not in FINISHED_STEP):
         if record is None and not made:
             raise click.ClickException(f"no step {step_id!r} in run {run_id!r} to follow")
-        _follow_logs(config, run_id, step_id, attempt)
+        _follow_logs(config, run_id, step_id, attempt, raw=raw)
         return
     if not made:
         if record is not None:
-            click.echo(f"step {step_id!r} of run {run_id!r} did not run ({record[0]})")
+            click.echo(f"step {step_id!r} of run {run_id!r} did not run ({record[0]})", err=raw)
             return
         raise click.ClickException(
             f"no step {step_id!r} in run {run_id!r}: no record of it in {config.db_path} and "
@@ -59,6 +90,13 @@ def print_logs(
         raise click.ClickException(
             f"no attempt {attempt} of step {step_id!r} in run {run_id!r} (attempts: 1-{made})"
         )
+    if raw:
+        out = click.get_binary_stream("stdout")
+        for n in range(1, made + 1) if attempt is None else [attempt]:
+            for path in by_attempt.get(n, []):
+                _copy(path, out)
+        out.flush()
+        return
     for n in range(1, made + 1) if attempt is None else [attempt]:
         paths = by_attempt.get(n, [])
         if not paths:
@@ -69,12 +107,32 @@ def print_logs(
             click.echo(text, nl=not text.endswith("\n") and bool(text))
 
 
+def _copy(path: Path, out: BinaryIO) -> None:
+    """Copy one log file to `out` in chunks (a log may be larger than memory); a file that
+    went away since it was listed (retention) is skipped."""
+    try:
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, out)
+    except FileNotFoundError:
+        pass
+
+
 def _follow_logs(
-    config: Config, run_id: str, step_id: str, attempt: int | None, poll: float = 0.2
+    config: Config,
+    run_id: str,
+    step_id: str,
+    attempt: int | None,
+    poll: float = 0.2,
+    *,
+    raw: bool = False,
 ) -> None:
     """`tail -f` over a step's log files, new attempts included, until the step is final (or
-    gone from the history); a header line marks each switch to another file."""
+    gone from the history); a header line marks each switch to another file (with `raw`, no
+    headers, the bytes as they are)."""
     offsets: dict[Path, int] = {}
+    # One decoder per file: a read may end inside a UTF-8 sequence that the next one completes.
+    decoders: dict[Path, codecs.IncrementalDecoder] = {}
+    out = click.get_binary_stream("stdout")
     current: Path | None = None
     while True:
         # Read the status first: output written before a final status is then always seen.
@@ -92,13 +150,33 @@ def _follow_logs(
                 if not data:
                     continue
                 offsets[path] = offsets.get(path, 0) + len(data)
+                if raw:
+                    out.write(data)
+                    out.flush()
+                    continue
                 if path != current:
                     click.echo(_log_header(n, path))
                     current = path
-                click.echo(data.decode("utf-8", "replace"), nl=False)
+                decoder = decoders.setdefault(path, _utf8_decoder())
+                click.echo(decoder.decode(data), nl=False)
         if record is None or record[0] in FINISHED_STEP:
+            for path, decoder in decoders.items():  # a file that ends mid-sequence
+                if tail := decoder.decode(b"", final=True):
+                    if path != current:
+                        click.echo(_log_header(_attempt_of(path), path))
+                        current = path
+                    click.echo(tail, nl=False)
             return
         time.sleep(poll)
+
+
+def _utf8_decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+def _attempt_of(path: Path) -> int:
+    """The attempt number in a log file's name (`<step>.<attempt>.<out|err>`)."""
+    return int(path.name.rsplit(".", 2)[1])
 
 
 def _log_header(attempt: int, path: Path) -> str:
