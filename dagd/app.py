@@ -18,18 +18,23 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from dagd.core.config import Config
+from dagd.core.config import Config, ConfigError
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.hub import Hub
 from dagd.daemon.statelock import hold_state_dir
 from dagd.daemon.store import StorageUnavailable, Store
 from dagd.net.server import Server, serve
+from dagd.runtime.executor import executor_registry
 from dagd.runtime.local.executor import LocalExecutor
+
+if TYPE_CHECKING:
+    from dagd.runtime.dask.executor import DaskExecutor
 
 
 @attrs.frozen
@@ -56,10 +61,11 @@ async def open_app(
     """Run dagd inside the caller's trio program for the duration of the block.
 
     Builds the daemon's collaborators (the store on config.db_path, the hub, the local
-    executor) and hands them in; `clock` is the wall clock in UNIX seconds (default
-    `time.time`). With `websocket=True` it also serves the WebSocket protocol on
-    config.server's host/port (`app.server`, `app.url`). Leaving the block cancels active runs
-    (killing their processes) and commits every event (see `shut_down`).
+    executor, and the Dask one when config.dask is set: docs/dask.md) and hands them in;
+    `clock` is the wall clock in UNIX seconds (default `time.time`). With `websocket=True` it
+    also serves the WebSocket protocol on config.server's host/port (`app.server`,
+    `app.url`). Leaving the block cancels active runs (killing their processes) and commits
+    every event (see `shut_down`).
 
     The state folder (config.state_dir) is this block's alone: it holds an OS lock on
     `<state_dir>/dagd.lock` from before the store opens until the block is left (the kernel
@@ -84,16 +90,22 @@ async def open_app(
         try:
             # The daemon records each attempt's leftover handle itself
             # (recovery.LeftoverRecorder).
-            executor = LocalExecutor(
+            local = LocalExecutor(
                 log_dir=config.log_dir, grace=config.kill_grace, hidden_env=config.secret_env_names
             )
+            dask = _dask_executor(config)
+            executors = executor_registry(local, *([dask] if dask is not None else []))
             daemon = Daemon(
-                config, store=store, hub=hub, executors=executor, clock=clock or time.time
+                config, store=store, hub=hub, executors=executors, clock=clock or time.time
             )
             with unwrap_single():
                 async with trio.open_nursery() as nursery:
                     await nursery.start(store.writer)
                     await nursery.start(store.checkpointer)
+                    if dask is not None:
+                        # Connects in the background: an unreachable scheduler never holds
+                        # up the daemon (its steps fail until it is back).
+                        await nursery.start(dask.serve)
                     await daemon.start(nursery)
                     server: Server | None = None
                     if websocket:
@@ -109,6 +121,20 @@ async def open_app(
                         nursery.cancel_scope.cancel()  # the store's writer commits what is left
         finally:
             store.close()
+
+
+def _dask_executor(config: Config) -> DaskExecutor | None:
+    """The executor of `executor = "dask"` steps when config.toml has `[executors.dask]`.
+    Raises ConfigError when it does and the `dask` extra is not installed."""
+    if config.dask is None:
+        return None
+    try:
+        from dagd.runtime.dask.executor import DaskExecutor
+    except ImportError as exc:
+        raise ConfigError(
+            f"[executors.dask] needs Dask distributed ({exc}): pip install 'dagd[dask]'"
+        ) from None
+    return DaskExecutor(config.dask, log_dir=config.log_dir, grace=config.kill_grace)
 
 
 @asynccontextmanager

@@ -1,0 +1,399 @@
+"""The Dask executor: runs step attempts on a Dask distributed cluster (docs/dask.md).
+
+Each attempt is one Dask task, `worker.run_attempt`, under the key
+`dagd/<run id>/<step id>/<attempt>`, submitted with `pure=False` and `retries=0` (dagd's own
+retry rules decide). The task's done-callback (on Dask's callback thread) reads its result
+and hands it to trio with the trio token: no thread per running step, and trio's loop never
+waits on Dask.
+
+Stopping: `Future.cancel()` alone leaves a running task's processes alive, so a timeout, a
+cancel or the shutdown also calls `worker.stop_attempts` on every worker (`Client.run`), which
+SIGTERMs the attempt's process group and SIGKILLs it after the grace period. Stops are
+batched: one `Client.run` for all the attempts stopped at about the same time. The worker
+enforces the step's timeout as well (worker.py), should the daemon's stop not arrive.
+
+Failures are named: a worker that dies mid-step fails the attempt with "worker lost:
+<address>" (Dask's `KilledWorker`; the scheduler must not re-run dagd's tasks itself, see
+`distributed.scheduler.allowed-failures` in docs/dask.md); no scheduler: "dask scheduler
+unreachable: <address>"; the connection lost while the attempt runs: "dask scheduler
+connection lost: <address>", and the attempt is stopped on its worker when the connection
+returns.
+
+Leftover handles: {"executor": "dask", "key": "dagd/<run>/<step>/<attempt>", "scheduler":
+<address>}. Clean-up after a crash asks every worker to stop the unfinished runs' attempts
+and to kill the processes on its host that carry one of their DAGD_RUN_IDs (worker.stop_runs),
+as soon as the scheduler is reachable.
+"""
+
+# mypy: allow-untyped-calls
+# (distributed's Client and Future methods carry no annotations)
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection
+from concurrent.futures import CancelledError
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from distributed import Client, Future
+from distributed.scheduler import KilledWorker
+
+from dagd.core.config import DaskExecutorConfig
+from dagd.core.model import StepSpec
+from dagd.core.runstate import format_seconds
+from dagd.core.text import printable
+from dagd.runtime.dask.connection import Connection
+from dagd.runtime.dask.logsink import AttemptLogs, LogSinks
+from dagd.runtime.dask.plugin import LeftoverReaper
+from dagd.runtime.dask.worker import (
+    TOPIC,
+    RemoteAttempt,
+    attempt_key,
+    run_attempt,
+    stop_attempts,
+    stop_runs,
+)
+from dagd.runtime.executor import AttemptResult, Leftover, LeftoverSink, StepContext
+
+log = logging.getLogger("dagd.runtime.dask")
+
+#: The name steps use to run on the cluster: `executor = "dask"`.
+DASK_EXECUTOR = "dask"
+
+_LATE_OUTPUT = 2.0  # seconds an ended attempt waits for output events still on their way
+_STOP_LIMIT = 15.0  # seconds a stop waits for the workers beyond the grace period
+
+
+class _Waiter:
+    """One submitted attempt: its future's outcome, delivered to trio by the done-callback."""
+
+    def __init__(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.done = trio.Event()
+        self.outcome: tuple[str, Any] = ("cancelled", None)
+
+    def deliver(self, future: Future[Any]) -> None:
+        """The done-callback, on Dask's callback thread: reading the result here (it may be
+        fetched from the worker) keeps that wait off trio's loop."""
+        try:
+            status = future.status
+            if status == "finished":
+                outcome: tuple[str, Any] = ("finished", future.result())
+            elif status == "error":
+                outcome = ("error", future.exception())
+            else:
+                outcome = ("cancelled", None)
+        except CancelledError:
+            outcome = ("cancelled", None)
+        except Exception as exc:  # the result could not be fetched
+            outcome = ("error", exc)
+        with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone
+            self.token.run_sync_soon(self._set, outcome)
+
+    def _set(self, outcome: tuple[str, Any]) -> None:
+        self.outcome = outcome
+        self.done.set()
+
+
+@attrs.define(eq=False)
+class _Stop:
+    """A request to stop one attempt on whichever worker runs it."""
+
+    key: str
+    future: Future[Any] | None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    worker: str | None = None  # where it was found running
+
+
+class DaskExecutor:
+    """Runs step attempts on the Dask scheduler at `config.address`, as `StepExecutor`
+    says. It works while `serve()` runs (use `open_dask_executor`).
+
+    `log_dir`: where the attempts' logs go (None: output is dropped). `grace`: seconds between
+    SIGTERM and SIGKILL when a step is stopped. `name`: the name steps use. The intervals
+    (seconds) are Connection's."""
+
+    def __init__(
+        self,
+        config: DaskExecutorConfig,
+        *,
+        log_dir: Path | None = None,
+        grace: float = 5.0,
+        name: str = DASK_EXECUTOR,
+        reconnect_interval: float = 5.0,
+        check_interval: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.grace = grace
+        self._log_dir = log_dir
+        self._name = name
+        self._logs = LogSinks(log_dir)
+        self.connection = Connection(
+            config,
+            self._on_connected,
+            reconnect_interval=reconnect_interval,
+            check_interval=check_interval,
+        )
+        self._stops: list[_Stop] = []
+        self._stop_wanted = trio.Event()
+        self._lost_keys: set[str] = set()  # to stop on the workers once reconnected
+        self._lost_runs: set[str] = set()  # crash recovery not done yet
+        self._running: dict[str, Future[Any]] = {}
+        self._hurry = False
+
+    @property
+    def name(self) -> str:
+        """The name steps use, `executor = "dask"` by default."""
+        return self._name
+
+    @property
+    def log_dir(self) -> Path | None:
+        """Where attempts' logs go; None: not kept."""
+        return self._log_dir
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the connection and carry out stops until cancelled; then close the client.
+        Reports started at once: the first connection attempt goes on in the background, and
+        attempts submitted meanwhile wait for it (at most `config.connect_timeout`)."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.connection.keep)
+            nursery.start_soon(self._stopper)
+            task_status.started()
+
+    async def _on_connected(self, client: Client) -> None:
+        client.subscribe_topic(TOPIC, self._logs.on_event)
+        await trio.to_thread.run_sync(self._set_up_cluster, client)
+        if self._lost_keys:
+            keys, self._lost_keys = self._lost_keys, set()
+            for key in keys:
+                self._stops.append(_Stop(key, None))
+            self._stop_wanted.set()
+        if self._lost_runs:
+            await self._stop_runs(client)
+
+    def _set_up_cluster(self, client: Client) -> None:
+        """In a worker thread: register the worker plugin, and say when the scheduler would
+        re-run dagd's tasks after a worker death."""
+        client.register_plugin(LeftoverReaper())
+        allowed = client.run_on_scheduler(_allowed_failures)
+        if allowed != 0:
+            log.warning(
+                "the dask scheduler %s re-runs a task whose worker died (allowed-failures = "
+                "%s): a step may then run twice; set distributed.scheduler.allowed-failures "
+                "to 0 there (docs/dask.md)",
+                self.config.address,
+                allowed,
+            )
+
+    # ------------------------------------------------------------------- attempts
+
+    async def run(
+        self, step: StepSpec, ctx: StepContext, on_leftover: LeftoverSink | None = None
+    ) -> AttemptResult:
+        """Run one attempt on the cluster, as `StepExecutor.run` says. Calls `on_leftover`
+        once, right after the submission, with the attempt's key."""
+        client = await self.connection.usable()
+        if client is None:
+            return AttemptResult(False, f"dask scheduler unreachable: {self.config.address}")
+        key = attempt_key(ctx)
+        logs = self._logs.open(key, ctx)
+        try:
+            waiter = _Waiter()
+            remote = RemoteAttempt(key, step, attrs.evolve(ctx, log_dir=None), self.grace)
+            try:
+                future = client.submit(run_attempt, remote, key=key, pure=False, retries=0)
+            except Exception as exc:  # the client closed meanwhile
+                return AttemptResult(
+                    False, f"dask scheduler unreachable: {self.config.address} ({exc})"
+                )
+            self._running[key] = future
+            try:
+                if on_leftover is not None:
+                    handle = {"executor": self.name, "key": key, "scheduler": self.config.address}
+                    on_leftover(ctx, handle)
+                future.add_done_callback(waiter.deliver)
+                return await self._wait(step, key, future, waiter, logs)
+            finally:
+                del self._running[key]
+                future.release()
+        finally:
+            self._logs.close(key)
+
+    async def _wait(
+        self, step: StepSpec, key: str, future: Future[Any], waiter: _Waiter, logs: AttemptLogs
+    ) -> AttemptResult:
+        try:
+            if step.timeout:
+                with trio.move_on_after(step.timeout) as scope:
+                    await waiter.done.wait()
+                timed_out = scope.cancelled_caught
+            else:
+                await waiter.done.wait()
+                timed_out = False
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._stop(key, future)
+            raise
+        if timed_out:
+            with trio.CancelScope(shield=True):
+                worker = await self._stop(key, future)
+            assert step.timeout is not None
+            return AttemptResult(
+                False, f"timed out after {format_seconds(step.timeout)}", True, worker
+            )
+        return await self._result(key, waiter.outcome, logs)
+
+    async def _result(self, key: str, outcome: tuple[str, Any], logs: AttemptLogs) -> AttemptResult:
+        kind, value = outcome
+        if kind == "finished" and isinstance(value, dict):
+            # The last output events may still be on their way (they pass the scheduler).
+            with trio.move_on_after(_LATE_OUTPUT):
+                while logs.received < value.get("chunks", 0):
+                    await trio.sleep(0.01)
+            error = value.get("error")
+            if logs.error is not None:
+                lost = f"output lost, cannot write {logs.error.filename}: {logs.error.strerror}"
+                log.warning("%s: %s", key, lost)
+                error = f"{error} ({lost})" if error else None
+            return AttemptResult(
+                bool(value.get("ok")), error, bool(value.get("timed_out")), value.get("worker")
+            )
+        if kind == "error" and isinstance(value, KilledWorker):
+            address = value.last_worker.address
+            return AttemptResult(False, f"worker lost: {address}", worker=address)
+        if kind == "error":
+            return AttemptResult(False, printable(f"on the dask cluster: {_describe(value)}"))
+        # Cancelled, and not by dagd (whose stops come as timeouts or trio cancellation):
+        # the client lost the scheduler and cancelled every future; the task may run on.
+        self._lost_keys.add(key)
+        return AttemptResult(False, f"dask scheduler connection lost: {self.config.address}")
+
+    # -------------------------------------------------------------------- stopping
+
+    async def _stop(self, key: str, future: Future[Any] | None) -> str | None:
+        """Stop attempt `key` on the cluster; returns the address of the worker where it was
+        running (None: not found running)."""
+        request = _Stop(key, future)
+        self._stops.append(request)
+        self._stop_wanted.set()
+        with trio.move_on_after(self.grace + _STOP_LIMIT):
+            await request.done.wait()
+        return request.worker
+
+    async def _stopper(self) -> None:
+        """Carries out the stops asked for meanwhile, in one `Client.run` per batch."""
+        while True:
+            await self._stop_wanted.wait()
+            self._stop_wanted = trio.Event()
+            batch, self._stops = self._stops, []
+            client = self.connection.client
+            if client is None:
+                self._lost_keys.update(request.key for request in batch)
+            else:
+                grace = 0.0 if self._hurry else self.grace
+                try:
+                    found = await trio.to_thread.run_sync(_stop_remote, client, batch, grace)
+                except Exception as exc:  # the connection went meanwhile
+                    log.warning("cannot stop steps on the dask cluster (%s); will retry", exc)
+                    self._lost_keys.update(request.key for request in batch)
+                else:
+                    for request in batch:
+                        request.worker = found.get(request.key)
+            for request in batch:
+                request.done.set()
+
+    def kill_now(self) -> None:
+        """Cut short the stopping of steps (a second signal at shutdown): every running
+        attempt's process group gets SIGKILL now, and later stops skip the grace period."""
+        self._hurry = True
+        for key in self._running:
+            self._stops.append(_Stop(key, None))
+        self._stop_wanted.set()
+
+    # -------------------------------------------------------------- crash recovery
+
+    async def clean_up(self, leftovers: Collection[Leftover], run_ids: Collection[str]) -> None:
+        """Stop what attempts of the unfinished `run_ids` still run on the cluster (each
+        worker's attempts of those runs, and the processes on its host whose DAGD_RUN_ID is
+        one of them), now if the scheduler is reachable, else as soon as it is. Logs what it
+        stopped (WARNING)."""
+        self._lost_runs.update(run_ids)
+        self._lost_runs.update(leftover.run_id for leftover in leftovers)
+        client = self.connection.client
+        if client is not None and self._lost_runs:
+            await self._stop_runs(client)
+
+    async def _stop_runs(self, client: Client) -> None:
+        runs = sorted(self._lost_runs)
+        try:
+            found = await trio.to_thread.run_sync(
+                lambda: client.run(stop_runs, runs, self.grace, on_error="return")
+            )
+        except Exception as exc:
+            log.warning("cannot clean up interrupted runs on the dask cluster (%s)", exc)
+            return
+        self._lost_runs.difference_update(runs)
+        for worker, stopped in sorted(found.items()):
+            if isinstance(stopped, BaseException):
+                log.warning("cannot clean up on dask worker %s: %s", worker, stopped)
+            elif stopped["keys"] or stopped["pids"]:
+                log.warning(
+                    "stopped leftovers of interrupted runs on dask worker %s: attempts %s, "
+                    "processes %s",
+                    worker,
+                    stopped["keys"],
+                    stopped["pids"],
+                )
+
+
+def _stop_remote(client: Client, batch: list[_Stop], grace: float) -> dict[str, str]:
+    """In a worker thread: cancel the futures, then stop the attempts on every worker.
+    Returns key -> the address of the worker that was running it."""
+    futures = [request.future for request in batch if request.future is not None]
+    if futures:
+        client.cancel(futures)
+    keys = [request.key for request in batch]
+    answers = client.run(stop_attempts, keys, grace, on_error="return")
+    found: dict[str, str] = {}
+    for worker, stopped in answers.items():
+        if isinstance(stopped, BaseException):
+            log.warning("cannot stop steps on dask worker %s: %s", worker, stopped)
+            continue
+        for key in stopped:
+            found[key] = worker
+    return found
+
+
+def _allowed_failures(dask_scheduler: Any) -> Any:
+    """Run on the scheduler: its `allowed-failures` setting."""
+    return dask_scheduler.allowed_failures
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+@asynccontextmanager
+async def open_dask_executor(
+    config: DaskExecutorConfig, **options: Any
+) -> AsyncIterator[DaskExecutor]:
+    """A `DaskExecutor(config, **options)` serving for the duration of the block; leaving
+    it closes the client (attempts still running are the caller's to cancel first)."""
+    executor = DaskExecutor(config, **options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.serve)
+        try:
+            yield executor
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,546 @@
+"""What runs on a Dask worker: one attempt of a step (`run_attempt`, the task dagd submits), the
+table of the attempts running in this worker process, and stopping them (`stop_attempts`,
+`stop_runs`, which the daemon calls on every worker with `Client.run`).
+
+Why a table of our own: `Future.cancel()` only forgets a task; a running one goes on, and so
+would its processes (checked with distributed 2026.8). So each attempt registers its process
+group (a shell step) or its cancel function (an async Python step) under its key while it runs,
+and `stop_attempts` reaches them: SIGTERM to the group, SIGKILL after the grace period.
+
+A shell step runs here as on the daemon's machine (dagd/runtime/local/shell.py): its own
+process group, killed whole when the step ends, times out or is stopped; the environment built
+by `step_environment` (DAGD_* variables, params, the step's `env`), but on top of a short list
+of this worker's variables (`PASSED_ENV`) rather than all of them, so the worker's own secrets
+never reach a step; its `cwd`; a failure's message with the exit code and the last line of
+stderr. The step's timeout is enforced here too, from the moment the process starts: the
+second line, should the daemon's stop never arrive.
+
+Output is not written to files here: it goes back to the daemon as events on the topic `TOPIC`
+(`Worker.log_event`), in chunks of at most `CHUNK_SIZE` bytes sent at least every
+`FLUSH_INTERVAL` seconds while output flows. Events pass through the scheduler, which keeps
+the last `distributed.admin.low-level-log-length` (1000 by default) of each topic: bounded
+chunks bound that memory too (16 MiB by default).
+
+Every process of a step carries `OWNER_VAR` in its environment, naming this worker process
+(pid and start time): when a worker dies, its steps' process groups live on (a SIGKILLed
+worker cannot stop them), and `kill_orphaned_steps` (run by plugin.py's worker plugin on
+every worker start) finds them by that variable.
+
+This module must be importable on the workers: they install dagd too (docs/dask.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+import attrs
+import psutil
+import trio
+
+from dagd.core.model import StepSpec
+from dagd.core.runstate import format_seconds
+from dagd.core.text import printable
+from dagd.runtime.executor import StepContext
+from dagd.runtime.local.environment import step_environment
+from dagd.runtime.local.procs import (
+    group_alive,
+    kill_processes_and_groups,
+    process_start,
+    processes_of_runs,
+    signal_group,
+)
+from dagd.runtime.local.python import CallableNotFound, resolve_callable
+
+#: The event topic that carries step output from workers to the daemon.
+TOPIC = "dagd-step-output"
+#: Most bytes of output in one event.
+CHUNK_SIZE = 16 * 1024
+#: Seconds output may wait in a worker before it is sent.
+FLUSH_INTERVAL = 0.05
+#: The variable naming the worker process that runs a step ("<pid>:<start ticks>").
+OWNER_VAR = "DAGD_DASK_WORKER"
+#: The only variables of the worker's own environment a shell step sees (plus every `LC_*`);
+#: the rest of it (cloud credentials, tokens) stays the worker's.
+PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+_READ_SIZE = 65536
+_TAIL_SIZE = 4096  # stderr kept for a failure's message
+_DRAIN_LIMIT = 16 * _READ_SIZE  # output copied after the step's first process exits
+_LEADER_CHECK = 0.05  # seconds, without a pidfd
+_REFUSED_KEEP = 3600.0  # seconds a key stopped before it started stays refused
+
+
+def attempt_key(ctx: StepContext) -> str:
+    """The Dask key of one attempt: `dagd/<run id>/<step id>/<attempt>` (unique per daemon:
+    attempt numbers go on across a run's retries)."""
+    return f"dagd/{ctx.run_id}/{ctx.step_id}/{ctx.attempt}"
+
+
+def run_prefix(run_id: str) -> str:
+    """The start of the keys of every attempt of run `run_id`."""
+    return f"dagd/{run_id}/"
+
+
+@attrs.frozen
+class RemoteAttempt:
+    """What the daemon sends for one attempt: its key, the step, its context (without a
+    log folder: the daemon writes the logs) and the grace period in seconds between SIGTERM
+    and SIGKILL."""
+
+    key: str
+    step: StepSpec
+    ctx: StepContext
+    grace: float
+
+
+@attrs.frozen
+class RemoteStepContext(StepContext):
+    """The `StepContext` a Python step gets on a worker: `log()` sends the line to the
+    daemon's log file of the attempt instead of writing a local file."""
+
+    write: Callable[[str], None] = attrs.field(default=print, kw_only=True, repr=False, eq=False)
+
+    def log(self, message: str) -> None:
+        """Send `message` as one line of this attempt's stdout log."""
+        self.write(message.rstrip("\n") + "\n")
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """One attempt running in this worker process (guarded by `_lock`)."""
+
+    pgid: int | None = None  # a shell step's process group once spawned
+    stopping: bool = False  # stop_attempts has it: the attempt's own kill waits
+    cancel: Callable[[], None] | None = None  # an async Python step's cancel
+
+
+_lock = threading.Lock()
+_running: dict[str, _Entry] = {}
+_refused: dict[str, float] = {}  # key -> time.monotonic() it was stopped before it started
+
+
+class _Output:
+    """A step's output on its way to the daemon: buffered per stream, sent in chunks."""
+
+    def __init__(self, key: str, send: Callable[[dict[str, Any]], None]) -> None:
+        self.key = key
+        self.send = send
+        self.buffers: dict[str, bytearray] = {"out": bytearray(), "err": bytearray()}
+        self.first_pending: float | None = None
+        self.sent = 0
+        self.err_tail = bytearray()
+
+    def add(self, stream: str, data: bytes) -> None:
+        if stream == "err":
+            self.err_tail += data
+            del self.err_tail[:-_TAIL_SIZE]
+        buffer = self.buffers[stream]
+        buffer += data
+        if self.first_pending is None:
+            self.first_pending = time.monotonic()
+        if len(buffer) >= CHUNK_SIZE:
+            self.flush()
+
+    def write_text(self, text: str) -> None:
+        self.add("out", text.encode("utf-8", "replace"))
+        self.flush()
+
+    def flush_due(self) -> float | None:
+        """Send what waited `FLUSH_INTERVAL`; returns seconds until the next send is due."""
+        if self.first_pending is None:
+            return None
+        wait = self.first_pending + FLUSH_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self.flush()
+            return None
+        return wait
+
+    def flush(self) -> None:
+        for stream, buffer in self.buffers.items():
+            for start in range(0, len(buffer), CHUNK_SIZE):
+                data = bytes(buffer[start : start + CHUNK_SIZE])
+                self.send({"key": self.key, "stream": stream, "seq": self.sent, "data": data})
+                self.sent += 1
+            buffer.clear()
+        self.first_pending = None
+
+
+def run_attempt(attempt: RemoteAttempt) -> dict[str, Any]:
+    """The task: run one attempt to its end on this worker. Never raises for the step's own
+    failure. Returns {"ok": bool, "error": str | None, "timed_out": bool, "worker": this
+    worker's address, "chunks": how many output events it sent}."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    output = _Output(attempt.key, lambda msg: worker.log_event(TOPIC, msg))
+    entry = _Entry()
+    with _lock:
+        refused = _refused.pop(attempt.key, None) is not None
+        if not refused:
+            _running[attempt.key] = entry
+    error: str | None
+    if refused:
+        ok, error, timed_out = False, "stopped before it started", False
+    else:
+        try:
+            if attempt.step.call is not None:
+                ok, error, timed_out = _run_callable(attempt, entry, output)
+            else:
+                ok, error, timed_out = _run_shell(attempt, entry, output)
+        finally:
+            with _lock:
+                _running.pop(attempt.key, None)
+            output.flush()
+    return {
+        "ok": ok,
+        "error": error,
+        "timed_out": timed_out,
+        "worker": worker.address,
+        "chunks": output.sent,
+    }
+
+
+# ----------------------------------------------------------------- shell steps
+
+
+def owner_marker() -> str:
+    """`OWNER_VAR`'s value for this process: "<pid>:<start ticks since boot>"."""
+    pid = os.getpid()
+    return f"{pid}:{process_start(pid)}"
+
+
+def passed_environment() -> dict[str, str]:
+    """The part of this worker's environment that a step starts from (`PASSED_ENV`, `LC_*`)."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name in PASSED_ENV or name.startswith("LC_")
+    }
+
+
+_Result = tuple[bool, "str | None", bool]  # ok, error, timed out
+
+
+def _run_shell(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Result:
+    step, ctx = attempt.step, attempt.ctx
+    assert step.command is not None
+    argv = ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
+    env = step_environment(step, ctx, base=passed_environment(), hidden=())
+    env[OWNER_VAR] = owner_marker()
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                env=env,
+                cwd=step.cwd,
+                process_group=0,  # its own group: stopping it reaches all it started
+            )
+        except OSError as exc:
+            return False, start_error(argv, step.cwd, exc), False
+        except ValueError as exc:  # a NUL byte in the command or a param
+            return False, f"cannot start the command: {exc}", False
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        with _lock:
+            entry.pgid = popen.pid
+            stopped = entry.stopping
+        if stopped:  # stop_attempts came while we were spawning
+            signal_group(popen.pid, signal.SIGKILL)
+        try:
+            streams = {out_r: "out", err_r: "err"}
+            timed_out = _watch(popen.pid, streams, output, step, attempt, entry)
+        except BaseException:
+            signal_group(popen.pid, signal.SIGKILL)  # never leave a step unwatched
+            raise
+        finally:
+            returncode = popen.wait()
+    finally:
+        os.close(out_r)
+        os.close(err_r)
+    if timed_out:
+        assert step.timeout is not None
+        return False, f"timed out after {format_seconds(step.timeout)}", True
+    if entry.stopping:
+        return False, "stopped", False
+    if returncode == 0:
+        return True, None, False
+    return False, exit_error(returncode, bytes(output.err_tail)), False
+
+
+def _watch(
+    pid: int,
+    fds: dict[int, str],
+    output: _Output,
+    step: StepSpec,
+    attempt: RemoteAttempt,
+    entry: _Entry,
+) -> bool:
+    """Copy output until the step's first process exits, enforcing its timeout; then kill
+    what it left (unless stop_attempts is stopping it) and drain. True if it timed out."""
+    try:
+        leader = os.pidfd_open(pid)
+    except OSError:  # Linux before 5.3: look every 50 ms
+        leader = -1
+    poller = select.poll()
+    if leader >= 0:
+        poller.register(leader, select.POLLIN)
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    open_fds = set(fds)
+    deadline = time.monotonic() + step.timeout if step.timeout else None
+    kill_at: float | None = None
+    timed_out = False
+    try:
+        while True:
+            now = time.monotonic()
+            waits = [t - now for t in (deadline, kill_at) if t is not None]
+            if (flush := output.flush_due()) is not None:
+                waits.append(flush)
+            if leader < 0:
+                waits.append(_LEADER_CHECK)
+            exited = False
+            for fd, _ in poller.poll(max(0.0, min(waits)) * 1000 if waits else None):
+                if fd == leader:
+                    exited = True
+                elif fd in open_fds:
+                    data = os.read(fd, _READ_SIZE)
+                    if data:
+                        output.add(fds[fd], data)
+                    else:
+                        poller.unregister(fd)
+                        open_fds.discard(fd)
+            if leader < 0 and _exited(pid):
+                exited = True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                deadline = None
+                timed_out = True
+                with _lock:
+                    entry.stopping = True
+                graced = attempt.grace > 0
+                signal_group(pid, signal.SIGTERM if graced else signal.SIGKILL)
+                kill_at = now + attempt.grace if graced else None
+            if kill_at is not None and now >= kill_at:
+                signal_group(pid, signal.SIGKILL)
+                kill_at = None
+            if exited:
+                break
+        if timed_out and kill_at is not None:
+            # The leader is gone; what else is in its group gets the rest of the grace.
+            while time.monotonic() < kill_at and group_alive(pid):
+                time.sleep(0.02)
+            signal_group(pid, signal.SIGKILL)
+        elif not entry.stopping:
+            signal_group(pid, signal.SIGKILL)  # whatever the step left behind
+        for fd in open_fds:
+            _drain(fd, fds[fd], output)
+    finally:
+        if leader >= 0:
+            os.close(leader)
+    return timed_out
+
+
+def _exited(pid: int) -> bool:
+    """Has our child `pid` exited? It stays a zombie (not reaped), so its pid stays ours."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _drain(fd: int, stream: str, output: _Output) -> None:
+    """Copy what the pipe holds now, without waiting for writers that are left."""
+    os.set_blocking(fd, False)
+    copied = 0
+    with contextlib.suppress(BlockingIOError):
+        while copied < _DRAIN_LIMIT and (data := os.read(fd, _READ_SIZE)):
+            output.add(stream, data)
+            copied += len(data)
+
+
+def exit_error(returncode: int, stderr_tail: bytes) -> str:
+    """A failed command's message: "exit code 3: <last stderr line>" or "killed by SIGKILL"
+    (the same words as a local step's, dagd/runtime/local/shell.py)."""
+    if returncode < 0:
+        try:
+            message = f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            message = f"killed by signal {-returncode}"
+    else:
+        message = f"exit code {returncode}"
+    lines = [line.strip() for line in stderr_tail.decode("utf-8", "replace").splitlines()]
+    last = printable(next((line for line in reversed(lines) if line), "")[:500])
+    return f"{message}: {last}" if last else message
+
+
+def start_error(argv: list[str], cwd: str | None, exc: OSError) -> str:
+    """A command that could not start: a missing working directory or program."""
+    if cwd is not None and not os.path.isdir(cwd):
+        return f"working directory {cwd!r} does not exist on the worker"
+    return f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+
+
+# ------------------------------------------------------------- Python steps
+
+
+def _run_callable(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Result:
+    step, ctx = attempt.step, attempt.ctx
+    assert step.call is not None
+    try:
+        fn = resolve_callable(step.call)
+    except CallableNotFound as exc:
+        return False, printable(str(exc)), False
+    remote_ctx = RemoteStepContext(
+        ctx.dag_id, ctx.run_id, ctx.step_id, ctx.attempt, ctx.params, write=output.write_text
+    )
+    timeout = step.timeout or None
+    if inspect.iscoroutinefunction(fn):
+        # Dask's worker loop is asyncio: a trio step gets a trio loop of its own, here.
+        return trio.run(_call_async, fn, remote_ctx, timeout, entry)
+    if timeout is None:
+        return _call_sync(fn, remote_ctx)
+    # A thread cannot be stopped: on timeout it is abandoned and finishes on its own, as
+    # on the daemon's machine (dagd/runtime/local/python.py).
+    box: list[_Result] = []
+    thread = threading.Thread(
+        target=lambda: box.append(_call_sync(fn, remote_ctx)), name="dagd step", daemon=True
+    )
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        return False, f"timed out after {format_seconds(timeout)}", True
+    return box[0]
+
+
+def _call_sync(fn: Callable[..., Any], ctx: StepContext) -> _Result:
+    try:
+        fn(ctx)
+    except (Exception, SystemExit) as exc:
+        return False, _failure(exc), False
+    return True, None, False
+
+
+async def _call_async(
+    fn: Callable[..., Any], ctx: StepContext, timeout: float | None, entry: _Entry
+) -> _Result:
+    token = trio.lowlevel.current_trio_token()
+    with trio.CancelScope() as scope:
+
+        def cancel() -> None:  # from the worker's loop thread (stop_attempts)
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(scope.cancel)
+
+        with _lock:
+            entry.cancel = cancel
+            if entry.stopping:
+                scope.cancel()
+        if timeout is not None:
+            scope.deadline = trio.current_time() + timeout
+        try:
+            await fn(ctx)
+        except (Exception, SystemExit) as exc:
+            return False, _failure(exc), False
+    if scope.cancelled_caught:
+        if entry.stopping:
+            return False, "stopped", False
+        assert timeout is not None
+        return False, f"timed out after {format_seconds(timeout)}", True
+    return True, None, False
+
+
+def _failure(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<{type(exc).__name__} whose message cannot be shown>"
+    return printable(f"{type(exc).__name__}: {text}")
+
+
+# ------------------------------------------------- stopping (through Client.run)
+
+
+async def stop_attempts(keys: Collection[str], grace: float) -> list[str]:
+    """Stop the attempts `keys` that run in this worker process: SIGTERM to a shell step's
+    process group (SIGKILL when `grace` is 0), SIGKILL `grace` seconds later to what is left;
+    an async Python step is cancelled (a sync one cannot be stopped: it runs on, its result
+    unused). A key not running here is refused if it starts later (for an hour). Returns the
+    keys found here, once their groups are gone. Runs on the worker's event loop."""
+    import asyncio
+
+    found: list[str] = []
+    groups: list[int] = []
+    now = time.monotonic()
+    with _lock:
+        for key, when in list(_refused.items()):
+            if now - when > _REFUSED_KEEP:
+                del _refused[key]
+        for key in keys:
+            entry = _running.get(key)
+            if entry is None:
+                _refused[key] = now
+                continue
+            found.append(key)
+            entry.stopping = True
+            if entry.pgid is not None:
+                groups.append(entry.pgid)
+            if entry.cancel is not None:
+                entry.cancel()
+    for pgid in groups:
+        signal_group(pgid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+    end = time.monotonic() + grace
+    while groups and time.monotonic() < end:
+        groups = [pgid for pgid in groups if group_alive(pgid)]
+        if groups:
+            await asyncio.sleep(0.02)
+    for pgid in groups:
+        signal_group(pgid, signal.SIGKILL)
+    return found
+
+
+async def stop_runs(run_ids: Collection[str], grace: float) -> dict[str, list[Any]]:
+    """Crash recovery: stop every attempt of `run_ids` running in this worker process, then
+    SIGKILL any process on this host whose environment names one of `run_ids` as
+    DAGD_RUN_ID (a step whose worker died, or that left its group). Returns {"keys": the
+    attempts stopped, "pids": the processes killed}."""
+    prefixes = tuple(run_prefix(run_id) for run_id in run_ids)
+    with _lock:
+        keys = [key for key in _running if key.startswith(prefixes)]
+    stopped = await stop_attempts(keys, grace) if keys else []
+    strays = sorted(processes_of_runs(set(run_ids)))
+    kill_processes_and_groups(strays)
+    return {"keys": stopped, "pids": strays}
+
+
+def kill_orphaned_steps() -> list[int]:
+    """SIGKILL (with their process groups) the processes on this host that a dagd step on a
+    worker process that no longer exists started: those whose `OWNER_VAR` names a pid that is
+    gone or was reused (another start time). Returns their pids. Blocking: walks /proc."""
+    orphans = []
+    for proc in psutil.process_iter():
+        try:
+            owner = proc.environ().get(OWNER_VAR)
+        except psutil.Error:  # another user's, gone, a zombie
+            continue
+        if owner is None:
+            continue
+        pid, _, start = owner.partition(":")
+        try:
+            alive = process_start(int(pid)) == int(start)
+        except ValueError:  # not a marker dagd wrote
+            continue
+        if not alive:
+            orphans.append(proc.pid)
+    kill_processes_and_groups(orphans)
+    return orphans
