@@ -32,7 +32,6 @@ from dagd.client import (
     GapRepaired,
     connect,
 )
-from dagd.core.backoff import ReconnectBackoff
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent, ErrorEvent
 from dagd.core.model import FINISHED_RUN
@@ -116,13 +115,15 @@ def resolve_endpoint(config: Config, url: str | None, token: str | None) -> Endp
         ) from None
 
 
-def _unreachable(endpoint: Endpoint, why: str) -> click.ClickException:
+def _unreachable(endpoint: Endpoint, lost: ConnectionLost) -> click.ClickException:
     path = urllib.parse.urlsplit(endpoint.url).path
-    if path != ENDPOINT_PATH:
+    if lost.http_status == 404 or (lost.http_status is not None and path != ENDPOINT_PATH):
+        # Something answered the handshake, so it is running: the path is what is wrong.
         return click.ClickException(
-            f"cannot talk to dagd at {endpoint.url} ({why}): {path or '/'} is not dagd's "
-            f"path; use ws://HOST:PORT{ENDPOINT_PATH}"
+            f"{endpoint.url}: no dagd endpoint at path {path or '/'} ({lost.message}); "
+            f"use ws://HOST:PORT{ENDPOINT_PATH}"
         )
+    why = lost.message
     return click.ClickException(
         f"cannot reach the daemon at {endpoint.url} ({why}).\n"
         "Is it running? Start it with: dagd serve --config config.toml"
@@ -153,12 +154,12 @@ async def open_client(
     """A connected client; fails fast (unless `retry_first`) if the daemon is not there.
     `interactive`: a person is waiting, reconnect with a lower backoff cap."""
     if interactive:
-        kwargs.setdefault("backoff", ReconnectBackoff(1.0, INTERACTIVE_MAX_BACKOFF))
+        kwargs.setdefault("max_backoff", INTERACTIVE_MAX_BACKOFF)
     async with connect(endpoint.url, endpoint.token, dag_ids or ["*"], **kwargs) as client:
         if not retry_first:
             first = await _first_item(client)
             if isinstance(first, ConnectionLost):
-                raise _unreachable(endpoint, first.message)
+                raise _unreachable(endpoint, first)
         yield client
 
 
@@ -198,15 +199,16 @@ def dag_line(dag: DagSummary) -> str:
     """`dagd dags`: a DAG on one line (id, schedule, next run, steps, description), then
     whether it is paused or runs the last good version of a file that is broken now."""
     next_run = iso_z(dag.next_run) if dag.next_run is not None else "-"
-    paused: bool = getattr(dag, "paused", False)
-    file_error: str | None = getattr(dag, "file_error", None)
-    state = "paused" if paused else ""
+    state = "paused" if dag.paused else ""
     line = (
         f"{dag.dag_id:<24} {dag.schedule or 'manual':<16} {state:<6} "
         f"next: {next_run:<26} {len(dag.steps):>4} steps  {dag.description}"
     ).rstrip()
-    if file_error:
-        line += f"\n{'':<24} running the last good version; {file_error}"
+    if dag.file_error:
+        # Indented under the DAG: its first word is never taken for a DAG id by a script.
+        first, *more = dag.file_error.splitlines() or [""]
+        line += f"\n    running the last good version; {first}"
+        line += "".join(f"\n    {extra}" for extra in more)
     return line
 
 
@@ -228,8 +230,13 @@ async def list_runs(endpoint: Endpoint, dag_id: str | None, limit: int, as_json:
     protocol's `runs` answer with --json. A `dag_id` the daemon does not know and that has no
     runs is an error with a did-you-mean."""
     async with open_client(endpoint, []) as client:
-        runs = await client.list_runs(dag_id, limit)
-        if dag_id is not None and not runs:
+        try:
+            runs = await client.list_runs(dag_id, limit)
+        except ClientError as exc:
+            if dag_id is not None and exc.code == ErrorCode.UNKNOWN_DAG:
+                await _known_dag(client, dag_id)
+            raise
+        if dag_id is not None and not runs:  # a daemon that answers [] for any DAG id
             await _known_dag(client, dag_id)
     if as_json:
         print_json(RunList(runs))
