@@ -112,6 +112,38 @@ MIGRATIONS: tuple[Migration, ...] = (
     ) WITHOUT ROWID;
     ALTER TABLE runs ADD COLUMN dag_version TEXT;
     """,
+    # 5: DAGs paused by `dagd pause` (their schedule does not fire), kept across restarts and
+    # edits of their files
+    """
+    CREATE TABLE IF NOT EXISTS paused_dags (
+        dag_id TEXT PRIMARY KEY,
+        paused_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+    # 6: every attempt of every step, with how it ended and where it ran. The steps table keeps
+    # only a step's latest attempt: that one is copied over for runs recorded before (a step
+    # whose start_time is NULL made no attempt in its run's latest try); earlier attempts of
+    # those runs are not known.
+    """
+    CREATE TABLE IF NOT EXISTS attempts (
+        run_id TEXT NOT NULL,
+        step_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        start_time REAL,
+        end_time REAL,
+        duration INTEGER,
+        error TEXT,
+        worker TEXT,
+        PRIMARY KEY (run_id, step_id, attempt)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO attempts
+        (run_id, step_id, attempt, status, start_time, end_time, duration, error)
+        SELECT run_id, step_id, attempt, status, start_time, end_time, duration, error
+        FROM steps
+        WHERE attempt > 0 AND start_time IS NOT NULL
+            AND status IN ('running', 'retrying', 'success', 'failed', 'cancelled');
+    """,
 )
 
 VERSION = len(MIGRATIONS)

@@ -1,4 +1,5 @@
-"""SQLite persistence: runs, steps, the numbered event log, scheduler bookkeeping.
+"""SQLite persistence: runs, steps and their attempts, the numbered event log, scheduler
+bookkeeping (cron slots, paused DAGs).
 
 Why this shape:
 - Every event gets its `seq` the moment it is published (so it is encoded once, with its seq),
@@ -11,8 +12,8 @@ Why this shape:
   thread on its own connection (`checkpointer`), never on the loop.
 - `on_commit` (the fan-out) is called only after the batch's transaction committed, so no client
   ever sees an event the log could lose.
-- The runs and steps tables are folded from the same events in the same transaction: there is
-  one path by which state changes, and the tables can never disagree with the log.
+- The runs, steps and attempts tables are folded from the same events in the same transaction:
+  there is one path by which state changes, and the tables can never disagree with the log.
 - `events.seq` is `INTEGER PRIMARY KEY AUTOINCREMENT`: SQLite never reuses a number, even after
   retention deletes old rows or the daemon restarts, which is what a replay cursor needs.
 - WAL with synchronous=NORMAL: a crash of dagd (kill -9) loses nothing committed; a power loss may
@@ -61,7 +62,7 @@ from dagd.core.events import (
 )
 from dagd.core.model import RunStatus, StepStatus
 from dagd.core.protocol.events import encode_event
-from dagd.core.records import RunRecord
+from dagd.core.records import AttemptRecord, RunRecord
 from dagd.core.runstate import StepRecordTuple
 from dagd.daemon.schema import migrate
 from dagd.runtime.executor import LeftoverHandle
@@ -166,8 +167,25 @@ class RecordSlot:
     slot: float  # UNIX seconds
 
 
+@attrs.frozen(slots=True)
+class RecordPaused:
+    """A DAG was paused (`paused`, at `at` UNIX seconds) or unpaused."""
+
+    dag_id: str
+    paused: bool
+    at: float
+
+
 #: Everything the writer writes.
-Intent = StoredEvent | RecordRun | Requeue | RecordLeftover | RecordSlot | RecordDagVersion
+Intent = (
+    StoredEvent
+    | RecordRun
+    | Requeue
+    | RecordLeftover
+    | RecordSlot
+    | RecordDagVersion
+    | RecordPaused
+)
 
 
 # ------------------------------------------------------------------ records
@@ -341,6 +359,19 @@ def _step_record(row: Sequence[Any]) -> StepRecord:
     )
 
 
+def _attempt_record(row: Sequence[Any]) -> AttemptRecord:
+    step_id, attempt, status, start_time, end_time, duration, error, worker = row
+    return AttemptRecord(
+        step_id, attempt, StepStatus(status), start_time, end_time, duration, error, worker
+    )
+
+
+_RUNNING = StepStatus.RUNNING
+#: The step statuses with which an attempt that was running ends (recorded in `attempts`).
+_ENDS_ATTEMPT = frozenset(
+    {StepStatus.SUCCESS, StepStatus.FAILED, StepStatus.RETRYING, StepStatus.CANCELLED}
+)
+
 _RUN_COLUMNS = "run_id, dag_id, status, params, queued_at, started_at, ended_at"
 _DEFINITION_OF_RUN = (
     "SELECT v.version, v.definition FROM runs r JOIN dag_versions v ON v.version = r.dag_version"
@@ -452,6 +483,12 @@ class Store:
     def record_slot(self, dag_id: str, slot: float) -> None:
         """Queue the cron slot (UNIX seconds) a DAG was last fired for."""
         self._queue(RecordSlot(dag_id, slot))
+
+    def record_paused(self, dag_id: str, paused: bool, at: float | None = None) -> None:
+        """Queue a DAG's pause (`paused` True, as of `at` UNIX seconds, default now) or unpause
+        (False); `paused_dags` reads them back at the next start. Pausing a paused DAG keeps
+        its first `paused_at`."""
+        self._queue(RecordPaused(dag_id, paused, time.time() if at is None else at))
 
     async def writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -633,6 +670,10 @@ class Store:
         conn = self._wconn
         events: list[tuple[Any, ...]] = []
         steps: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # Attempts that began in this batch (their whole row, however far they got), and
+        # attempts begun in an earlier one that ended in this one: see _write_attempts.
+        begun: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        ended: dict[tuple[str, str, int], tuple[Any, ...]] = {}
         conn.execute("BEGIN")
         try:
             for item in batch:
@@ -652,10 +693,11 @@ class Store:
                         )
                     )
                     if type(ev) is StepStatusEvent:
-                        steps[(ev.run_id, ev.step_id)] = (
-                            ev.run_id,
-                            ev.step_id,
-                            ev.status.value,
+                        run_id, step_id, status = ev.run_id, ev.step_id, ev.status
+                        steps[(run_id, step_id)] = (
+                            run_id,
+                            step_id,
+                            status.value,
                             ev.retry_count,
                             ev.start_time,
                             ev.end_time,
@@ -663,6 +705,30 @@ class Store:
                             ev.error,
                             ev.attempt,
                         )
+                        # An attempt's row: made by its running event, closed by the first
+                        # event that ends it. Events of a step with no attempt out (pending,
+                        # skipped, upstream_failed) leave the rows alone; attempt 0 is a step
+                        # that never ran in this run.
+                        if ev.attempt and (status is _RUNNING or status in _ENDS_ATTEMPT):
+                            key = (run_id, step_id, ev.attempt)
+                            row = (
+                                status.value,
+                                ev.start_time,
+                                ev.end_time,
+                                ev.duration,
+                                ev.error,
+                                ev.worker,
+                                run_id,
+                                step_id,
+                                ev.attempt,
+                            )
+                            if status is _RUNNING:
+                                begun[key] = row
+                            elif (first := begun.get(key)) is not None:
+                                if first[0] == "running":
+                                    begun[key] = row
+                            elif key not in ended:
+                                ended[key] = row
                     elif type(ev) is DagRunStatusEvent:
                         self._write_run_status(conn, ev)
                     continue
@@ -705,6 +771,15 @@ class Store:
                             " ON CONFLICT (dag_id) DO UPDATE SET last_slot=excluded.last_slot",
                             (dag_id, slot),
                         )
+                    case RecordPaused(dag_id, paused, at):
+                        if paused:
+                            conn.execute(
+                                "INSERT OR IGNORE INTO paused_dags (dag_id, paused_at)"
+                                " VALUES (?, ?)",
+                                (dag_id, at),
+                            )
+                        else:
+                            conn.execute("DELETE FROM paused_dags WHERE dag_id=?", (dag_id,))
                     case _:
                         assert_never(item)
             conn.executemany(
@@ -713,6 +788,7 @@ class Store:
                 events,
             )
             self._write_steps(conn, steps)
+            self._write_attempts(conn, begun, ended)
             conn.execute("COMMIT")
         except BaseException:
             # A failed COMMIT (a full disk) may have rolled the transaction back already: a
@@ -737,6 +813,30 @@ class Store:
                 list(steps.values()),
             )
             steps.clear()
+
+    @staticmethod
+    def _write_attempts(
+        conn: sqlite3.Connection,
+        begun: dict[tuple[str, str, int], tuple[Any, ...]],
+        ended: dict[tuple[str, str, int], tuple[Any, ...]],
+    ) -> None:
+        """Rows of attempts that began in the batch are written whole. An attempt that began
+        earlier is closed only while its row still says running, so a later event of its step
+        (a cancel while the step waits for its retry, recovery closing out a retrying step)
+        never rewrites how it ended; its start time stays its own, its worker the last known."""
+        if begun:
+            conn.executemany(
+                "INSERT OR REPLACE INTO attempts (status, start_time, end_time, duration, error,"
+                " worker, run_id, step_id, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                list(begun.values()),
+            )
+        if ended:
+            conn.executemany(
+                "UPDATE attempts SET status=?, start_time=coalesce(start_time, ?), end_time=?,"
+                " duration=?, error=?, worker=coalesce(?, worker)"
+                " WHERE run_id=? AND step_id=? AND attempt=? AND status='running'",
+                list(ended.values()),
+            )
 
     @staticmethod
     def _write_run_status(conn: sqlite3.Connection, ev: DagRunStatusEvent) -> None:
@@ -805,6 +905,22 @@ class Store:
             return None
         steps = await self.read(f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id=?", (run_id,))
         return _run_record(rows[0]), [_step_record(s) for s in steps]
+
+    async def get_attempts(self, run_id: str) -> list[AttemptRecord]:
+        """Every recorded attempt of the run's steps, by step id, then attempt number: how
+        each ended (`running` while it runs), its times (UNIX seconds), duration (ms), error
+        and worker. Empty for an unknown run. Runs recorded before dagd kept attempts
+        (schema.py, migration 6) have only each step's latest one. Read in a worker thread."""
+        rows = await self.read(
+            "SELECT step_id, attempt, status, start_time, end_time, duration, error, worker"
+            " FROM attempts WHERE run_id=? ORDER BY step_id, attempt",
+            (run_id,),
+        )
+        return [_attempt_record(r) for r in rows]
+
+    def paused_dags(self) -> set[str]:
+        """The ids of the DAGs paused now (`record_paused`), read at startup."""
+        return {dag_id for (dag_id,) in self._read("SELECT dag_id FROM paused_dags")}
 
     def schedule_slots(self) -> dict[str, float]:
         """The last fired cron slot (UNIX seconds) by DAG id (read at startup)."""

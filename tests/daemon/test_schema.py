@@ -137,3 +137,48 @@ def test_a_failed_conversion_leaves_the_file_at_version_2(tmp_path: Path) -> Non
         migrate(conn)
     assert user_version(conn) == 2
     assert "leftover" not in columns(conn, "steps")
+
+
+def file_at_version(path: Path, version: int) -> sqlite3.Connection:
+    """A file as dagd wrote it at schema `version` (its migrations applied one by one)."""
+    conn = connect(path)
+    for migration in MIGRATIONS[:version]:
+        if isinstance(migration, str):
+            conn.executescript(migration)
+        else:
+            migration(conn)
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
+def test_a_version_4_file_gets_paused_dags_and_each_steps_latest_attempt(
+    tmp_path: Path,
+) -> None:
+    conn = file_at_version(tmp_path / "v4.sqlite3", 4)
+    conn.executemany(
+        "INSERT INTO steps (run_id, step_id, status, retry_count, start_time, end_time,"
+        " duration, error, attempt) VALUES ('r', ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            ("ok", "success", 0, 1.0, 2.0, 1000, None, 1),
+            ("flaky", "failed", 2, 5.0, 6.0, 1000, "exit 1", 3),
+            ("live", "running", 0, 7.0, None, None, None, 1),
+            # Pending again after a run retry (its earlier attempt's times were cleared), and
+            # never run at all: no attempt to show.
+            ("again", "pending", 0, None, None, None, None, 2),
+            ("never", "upstream_failed", 0, None, 8.0, None, None, 0),
+            # Written before dagd numbered attempts: number unknown.
+            ("old", "success", 0, 1.0, 2.0, 1000, None, 0),
+        ],
+    )
+    assert migrate(conn) == 4
+    assert user_version(conn) == VERSION
+    rows = conn.execute(
+        "SELECT step_id, attempt, status, start_time, end_time, duration, error, worker"
+        " FROM attempts ORDER BY step_id"
+    ).fetchall()
+    assert rows == [
+        ("flaky", 3, "failed", 5.0, 6.0, 1000, "exit 1", None),
+        ("live", 1, "running", 7.0, None, None, None, None),
+        ("ok", 1, "success", 1.0, 2.0, 1000, None, None),
+    ]
+    assert conn.execute("SELECT count(*) FROM paused_dags").fetchone() == (0,)

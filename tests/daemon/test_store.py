@@ -13,8 +13,9 @@ from daemonhelp import wait_until
 
 from dagd.core.events import DagRunStatusEvent, ErrorEvent, StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
-from dagd.core.records import RunRecord
+from dagd.core.records import AttemptRecord, RunRecord
 from dagd.daemon.hub import Hub
+from dagd.daemon.recovery import INTERRUPTED, interrupted_events
 from dagd.daemon.store import RecordLeftover, Store, StoredEvent
 
 HANDLE = {"executor": "local", "pgid": 4242, "start_ticks": 99, "boot_id": "boot"}
@@ -180,3 +181,139 @@ def test_a_leftover_intent_keeps_the_handle_as_it_was_given() -> None:
     record = RecordLeftover("r", "s", handle)
     handle["job"] = 8
     assert record.handle_json == '{"executor":"cluster","job":7}'
+
+
+def step_event(
+    step_id: str,
+    status: StepStatus,
+    attempt: int,
+    *,
+    start: float | None = 10.0,
+    end: float | None = None,
+    error: str | None = None,
+    worker: str | None = None,
+) -> StepStatusEvent:
+    duration = None if start is None or end is None else round((end - start) * 1000)
+    return StepStatusEvent(
+        "d",
+        "r1",
+        step_id,
+        status,
+        start,
+        end,
+        duration,
+        max(0, attempt - 1),
+        error,
+        end or start or 10.0,
+        attempt=attempt,
+        worker=worker,
+    )
+
+
+#: A run's step events in publishing order: `s` fails once and succeeds on a second attempt
+#: (on a named worker); `t` fails, waits for its retry and is cancelled meanwhile; `u` never
+#: runs (upstream failed).
+ATTEMPT_STORY = [
+    step_event("s", StepStatus.RUNNING, 1),
+    step_event("t", StepStatus.RUNNING, 1),
+    step_event("s", StepStatus.RETRYING, 1, end=11.0, error="exit 1"),
+    step_event("t", StepStatus.RETRYING, 1, end=11.5, error="exit 2"),
+    step_event("s", StepStatus.RUNNING, 2, start=12.0),
+    step_event("s", StepStatus.SUCCESS, 2, start=12.0, end=12.25, worker="tcp://10.0.0.7:4000"),
+    step_event("t", StepStatus.CANCELLED, 1, end=13.0, error="cancelled by user"),
+    step_event("u", StepStatus.UPSTREAM_FAILED, 0, start=None, end=13.0),
+]
+
+
+@pytest.mark.parametrize("per_batch", [len(ATTEMPT_STORY), 1], ids=["one batch", "per event"])
+async def test_each_attempt_keeps_how_it_ended(tmp_path: Path, per_batch: int) -> None:
+    """Whether an attempt's running event and its end share a transaction or not, its row
+    says how it ended; a cancel while the step waits for its retry leaves the failed
+    attempt's row as it was, and a step that never ran has none."""
+    store = Store.open(tmp_path / "db.sqlite3")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            store.record_run("r1", "d", {}, 1.0)
+            for i in range(0, len(ATTEMPT_STORY), per_batch):
+                for event in ATTEMPT_STORY[i : i + per_batch]:
+                    store.publish(event)
+                await store.flush()
+            attempts = await store.get_attempts("r1")
+            assert await store.get_attempts("nosuchrun") == []
+            found = await store.get_run("r1")
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert attempts == [
+        AttemptRecord("s", 1, StepStatus.RETRYING, 10.0, 11.0, 1000, "exit 1"),
+        AttemptRecord("s", 2, StepStatus.SUCCESS, 12.0, 12.25, 250, None, "tcp://10.0.0.7:4000"),
+        AttemptRecord("t", 1, StepStatus.RETRYING, 10.0, 11.5, 1500, "exit 2"),
+    ]
+    assert all(type(a.status) is StepStatus for a in attempts)
+    # The steps table still has each step's latest status.
+    assert found is not None
+    assert {s.step_id: s.status for s in found[1]} == {
+        "s": StepStatus.SUCCESS,
+        "t": StepStatus.CANCELLED,
+        "u": StepStatus.UPSTREAM_FAILED,
+    }
+
+
+async def test_recovery_closes_the_attempt_a_dead_daemon_left_running(tmp_path: Path) -> None:
+    """The attempt row a killed daemon left running is closed by the close-out events the
+    next start publishes (recovery.py), with their error."""
+    path = tmp_path / "db.sqlite3"
+    store = Store.open(path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            store.record_run("r1", "d", {}, 1.0)
+            store.publish(DagRunStatusEvent("d", "r1", RunStatus.RUNNING, 10.0))
+            store.publish(step_event("s", StepStatus.RUNNING, 3))
+            await store.flush()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    store = Store.open(path)  # the next start
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            runs, steps = store.unfinished()
+            for event in interrupted_events(runs, steps, 20.0):
+                store.publish(event)
+            await store.flush()
+            attempts = await store.get_attempts("r1")
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert attempts == [
+        AttemptRecord("s", 3, StepStatus.FAILED, 10.0, 20.0, 10_000, INTERRUPTED),
+    ]
+
+
+async def test_paused_dags_are_kept_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    store = Store.open(path)
+    try:
+        assert store.paused_dags() == set()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            store.record_paused("etl", True, at=100.0)
+            store.record_paused("report", True, at=100.0)
+            await store.flush()
+            store.record_paused("report", False)
+            store.record_paused("etl", True, at=200.0)  # already paused: since 100 still
+            store.record_paused("never-paused", False)
+            await store.flush()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    store = Store.open(path)
+    try:
+        assert store.paused_dags() == {"etl"}
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT dag_id, paused_at FROM paused_dags").fetchall() == [("etl", 100.0)]
+    conn.close()
