@@ -1,0 +1,229 @@
+"""The Dask executor against a real LocalCluster (two worker processes, conftest.py): shell and
+Python steps, params and env on the worker, logs streamed back, timeout and cancel killing the
+remote process group, and crash recovery of remote leftovers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import trio
+from clienthelp import await_for
+from conftest import SECRET_VAR
+from distributed import LocalCluster
+
+from dagd.core.config import DaskExecutorConfig
+from dagd.core.model import StepSpec
+from dagd.runtime.dask.executor import DaskExecutor, open_dask_executor
+from dagd.runtime.executor import Leftover, LeftoverHandle, StepContext
+
+GRACE = 0.5
+
+
+@pytest.fixture
+async def executor(dask_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[DaskExecutor]:
+    config = DaskExecutorConfig(dask_cluster.scheduler_address, connect_timeout=5.0)
+    async with open_dask_executor(config, log_dir=tmp_path / "logs", grace=GRACE) as ex:
+        yield ex
+
+
+def context(step_id: str, run_id: str | None = None, **params: str) -> StepContext:
+    return StepContext("dag", run_id or uuid.uuid4().hex[:12], step_id, 1, params)
+
+
+def shell(step_id: str, command: str, **kw: Any) -> StepSpec:
+    return StepSpec(step_id, command=command, executor="dask", **kw)
+
+
+def log_text(ex: DaskExecutor, ctx: StepContext, stream: str = "out") -> str:
+    assert ex.log_dir is not None
+    path = ex.log_dir / ctx.dag_id / ctx.run_id / f"{ctx.step_id}.{ctx.attempt}.{stream}"
+    return path.read_text() if path.exists() else ""
+
+
+def alive(pids: list[int]) -> list[int]:
+    found = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+async def pids_from(path: Path) -> list[int]:
+    """The pids a step wrote into `path` (one line, space-separated), once it has."""
+    text = await await_for(
+        lambda: path.exists() and path.read_text().endswith("\n") and path.read_text(), 10
+    )
+    return [int(p) for p in text.split()]
+
+
+# ----------------------------------------------------------------- shell steps
+
+
+async def test_a_shell_step_runs_on_a_worker_with_its_params_and_env(
+    executor: DaskExecutor, dask_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    step = shell(
+        "greet",
+        f'echo "$GREETING $DAGD_PARAM_WHO from $DAGD_STEP_ID/$DAGD_ATTEMPT in $(pwd)"; '
+        f'echo "secret=${{{SECRET_VAR}:-unset}}"',
+        env={"GREETING": "hello"},
+        cwd=str(tmp_path),
+    )
+    ctx = context("greet", who="world")
+    result = await executor.run(step, ctx)
+    assert result.ok, result
+    assert result.worker in dask_cluster.scheduler_info["workers"]
+    assert log_text(executor, ctx) == (f"hello world from greet/1 in {tmp_path}\nsecret=unset\n")
+
+
+async def test_a_failing_shell_step_says_its_exit_code_and_last_stderr_line(
+    executor: DaskExecutor,
+) -> None:
+    ctx = context("fail")
+    result = await executor.run(
+        shell("fail", "echo partial; echo first >&2; echo 'the last words' >&2; exit 3"), ctx
+    )
+    assert not result.ok and not result.timed_out
+    assert result.error == "exit code 3: the last words"
+    assert log_text(executor, ctx) == "partial\n"
+    assert log_text(executor, ctx, "err") == "first\nthe last words\n"
+
+
+async def test_a_command_that_cannot_start_fails_with_a_message(executor: DaskExecutor) -> None:
+    missing = StepSpec("x", command=("/no/such/program",), executor="dask")
+    result = await executor.run(missing, context("x"))
+    assert result.error == "cannot start '/no/such/program': No such file or directory"
+
+
+async def test_large_output_arrives_whole_in_bounded_chunks(executor: DaskExecutor) -> None:
+    ctx = context("big")
+    # 200,000 lines (~1.3 MB): many 16 KiB events, in order.
+    result = await executor.run(shell("big", "seq 1 200000"), ctx)
+    assert result.ok, result
+    text = log_text(executor, ctx)
+    assert text == "".join(f"{i}\n" for i in range(1, 200001))
+
+
+# ---------------------------------------------------------------- Python steps
+
+
+@pytest.mark.parametrize(
+    ("func", "ok", "error"),
+    [
+        ("noop", True, None),  # async: under trio.run on the worker
+        ("sync_noop", True, None),
+        ("raise_value_error", False, "ValueError: bad value in py"),
+        ("async_raise_runtime_error", False, "RuntimeError: async boom"),
+        ("no_such_function", False, "module 'stepfuncs' has no attribute 'no_such_function'"),
+    ],
+)
+async def test_python_steps_run_on_a_worker(
+    executor: DaskExecutor, func: str, ok: bool, error: str | None
+) -> None:
+    result = await executor.run(
+        StepSpec("py", call=f"stepfuncs:{func}", executor="dask"), context("py")
+    )
+    assert (result.ok, result.error) == (ok, error)
+    assert result.worker is not None and result.worker.startswith("tcp://127.0.0.1:")
+
+
+async def test_a_python_steps_log_lines_reach_the_daemons_log_file(
+    executor: DaskExecutor,
+) -> None:
+    ctx = context("py")
+    result = await executor.run(StepSpec("py", call="stepfuncs:write_log", executor="dask"), ctx)
+    assert result.ok, result
+    assert log_text(executor, ctx) == "hello from py attempt 1\n"
+
+
+async def test_an_async_python_step_times_out_on_the_worker(executor: DaskExecutor) -> None:
+    step = StepSpec("py", call="stepfuncs:sleep_forever", executor="dask", timeout=0.3)
+    result = await executor.run(step, context("py"))
+    assert (result.ok, result.timed_out, result.error) == (False, True, "timed out after 0.3s")
+
+
+# ---------------------------------------------------------------- stopping
+
+
+async def test_a_timeout_kills_the_steps_process_group_on_the_worker(
+    executor: DaskExecutor, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    step = shell("slow", f"sleep 300 & echo $$ $! > {pids}; wait", timeout=1.0)
+    with trio.fail_after(10):
+        result = await executor.run(step, context("slow"))
+    assert (result.ok, result.timed_out, result.error) == (False, True, "timed out after 1s")
+    assert result.worker is not None
+    assert alive(await pids_from(pids)) == []
+
+
+async def test_cancel_kills_the_remote_process_group_before_run_returns(
+    executor: DaskExecutor, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    ctx = context("long")
+    # Output arrives while the step runs (streamed), then it waits forever.
+    step = shell("long", f"echo started; sleep 300 & echo $$ $! > {pids}; wait")
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(executor.run, step, ctx)
+            found = await pids_from(pids)
+            await await_for(lambda: log_text(executor, ctx) == "started\n", 5)
+            assert alive(found) == found
+            scope.cancel()
+    assert alive(found) == []
+
+
+async def test_crash_recovery_stops_the_remote_leftovers_of_interrupted_runs(
+    dask_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A daemon that dies leaves its remote step running; the next one's clean-up stops it."""
+    config = DaskExecutorConfig(dask_cluster.scheduler_address, connect_timeout=5.0)
+    pids = tmp_path / "pids"
+    ctx = context("left")
+    handles: list[LeftoverHandle] = []
+    step = shell("left", f"sleep 300 & echo $$ $! > {pids}; wait")
+    # The first "daemon" never looks at its connection again once it is gone (a dead
+    # daemon stops nothing).
+    async with (
+        open_dask_executor(config, grace=GRACE, check_interval=3600) as first,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(first.run, step, ctx, lambda c, h: handles.append(h))
+        found = await pids_from(pids)
+        client = first.connection.client
+        assert client is not None
+        await trio.to_thread.run_sync(client.close)  # the daemon "dies"
+    assert alive(found) == found  # the step lives on without its daemon
+    assert handles == [
+        {"executor": "dask", "key": f"dagd/{ctx.run_id}/left/1", "scheduler": config.address}
+    ]
+    async with open_dask_executor(config, grace=GRACE) as second:
+        await second.connection.usable()
+        await second.clean_up([Leftover(ctx.run_id, "left", handles[0])], {ctx.run_id})
+        await await_for(lambda: alive(found) == [], 5)
+
+
+async def test_a_step_stopped_before_it_starts_never_runs(
+    executor: DaskExecutor, tmp_path: Path
+) -> None:
+    """Cancelled while queued behind busy workers: it must not start later."""
+    marker = tmp_path / "ran"
+    blockers = [shell(f"b{i}", "sleep 2") for i in range(4)]  # 2 workers x 2 threads
+    async with trio.open_nursery() as nursery:
+        for step in blockers:
+            nursery.start_soon(executor.run, step, context(step.id))
+        await trio.sleep(0.3)
+        with trio.move_on_after(0.3):
+            await executor.run(shell("late", f"touch {marker}"), context("late"))
+        nursery.cancel_scope.cancel()
+    await trio.sleep(1.0)
+    assert not marker.exists()
