@@ -9,6 +9,15 @@ Rules this file keeps:
   the first by sorted path), and the other file is a problem naming both files.
 - A step must name an executor that is configured (when the caller gives the configured
   names): a step naming another one makes its file a problem, like any error in the file.
+- A Python step's `call` must name something callable, imported here exactly as the local
+  executor will (runtime/local/python.py), for steps that run locally (a Dask step's module
+  may exist only on the workers). A missing module, a missing attribute, an object that is not
+  callable, or an exception raised while importing the module is that file's problem, one line
+  each. Imports happen only when a file is read: a module imported once stays imported (as for
+  the executor), and a file refused because its module is simply not installed is looked at
+  again at each reload (a cheap search of the import path, nothing of the module runs), so it
+  loads by itself once the module is installed; other import failures are tried again when the
+  DAG file changes.
 - Reloading is incremental: a file is read again only when its (mtime, ctime, size, inode)
   changed. A file that breaks keeps its last good version; when a DAG id is given up (its file
   deleted, or its id changed), the files refused for using it get another look at once.
@@ -23,7 +32,8 @@ from pathlib import Path
 import attrs
 
 from dagd.core.model import DagSpec
-from dagd.core.spec import DagSpecError, Problem, parse_dag
+from dagd.core.spec import DEFAULT_EXECUTOR, DagSpecError, Problem, parse_dag
+from dagd.runtime.local.python import CallableNotFound, resolve_callable
 
 #: What tells a file changed: an edit shows in one of these even within one coarse mtime tick
 #: (editors that save by rename make a new inode, and a write moves ctime too).
@@ -71,6 +81,47 @@ def executor_problems(dag: DagSpec, executors: Collection[str]) -> list[Problem]
     ]
 
 
+@attrs.frozen
+class CallProblem:
+    """Why a `call` target cannot be called: `message` (one line, Python's own words), and
+    whether looking again later is cheap (`cheap`: the module or a parent package is simply
+    not installed, so trying again runs none of its code)."""
+
+    message: str
+    cheap: bool
+
+
+def call_problem(target: str) -> CallProblem | None:
+    """None if `target` (`module:function`) resolves to a callable the way the local executor
+    resolves it (`resolve_callable`: the module is imported, once per process), else why not.
+    Never raises for anything the module does while it is imported (SystemExit included)."""
+    module = target.partition(":")[0]
+    try:
+        resolve_callable(target)
+    except CallableNotFound as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ModuleNotFoundError) and cause.name is not None:
+            missing = cause.name
+            cheap = module == missing or module.startswith(missing + ".")
+            return CallProblem(str(exc), cheap)
+        if cause is not None and not isinstance(cause, ImportError):
+            # The module raised while it was imported: say what, not only its message.
+            text = f"cannot import module {module!r}: {type(cause).__name__}: {_text(cause)}"
+            return CallProblem(text, cheap=False)
+        return CallProblem(str(exc), cheap=False)
+    except SystemExit as exc:  # a module that calls sys.exit() when imported
+        return CallProblem(f"cannot import module {module!r}: SystemExit: {exc}", cheap=False)
+    return None
+
+
+def _text(exc: BaseException) -> str:
+    """`str(exc)`, or what can be said when that itself fails (a broken `__str__`)."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose message cannot be shown>"
+
+
 def problems_text(problems: list[Problem]) -> str:
     """Problems as text, one per line, each naming its file."""
     return "\n".join(map(str, problems))
@@ -112,7 +163,7 @@ class DagFolder:
     `log`, loads, removals and refusals are logged there (the daemon's log; the CLI prints
     problems itself). With `executors` (the configured executor names,
     `Config.executor_names`), a file whose step names any other executor is refused; None
-    checks no names.
+    checks no names. Every local step's `call` is imported and checked (`call_problem`).
     """
 
     def __init__(
@@ -128,6 +179,9 @@ class DagFolder:
         self.problems: dict[str, list[Problem]] = {}
         self._files: dict[Path, _File] = {}
         self._duplicates: set[Path] = set()  # files refused because their DAG id was taken
+        # Files refused only because a module is not installed: the parsed DAG and its
+        # problems, looked at again at each reload (see the module's docstring).
+        self._waiting: dict[Path, tuple[DagSpec, list[Problem]]] = {}
 
     @property
     def ok(self) -> bool:
@@ -161,19 +215,31 @@ class DagFolder:
                 continue
             stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
             old = self._files.get(path)
-            if old is not None and old.stamp == stamp:
-                continue
-            changed = True
             old_id = old.dag_id if old else None
-            try:
-                dag = load_dag_file(path)
-            except DagSpecError as exc:
-                refused.append(self._refuse(path, stamp, old_id, exc.problems))
-                continue
-            problems = self._problems(dag)
+            if old is not None and old.stamp == stamp:
+                waiting = self._waiting.get(path)
+                if waiting is None:
+                    continue
+                dag, before = waiting
+                problems, cheap = self._problems(dag)
+                if problems == before:
+                    continue
+            else:
+                self._waiting.pop(path, None)
+                try:
+                    dag = load_dag_file(path)
+                except DagSpecError as exc:
+                    changed = True
+                    refused.append(self._refuse(path, stamp, old_id, exc.problems))
+                    continue
+                problems, cheap = self._problems(dag)
+            changed = True
             if problems:
                 refused.append(self._refuse(path, stamp, old_id, problems))
+                if cheap:
+                    self._waiting[path] = (dag, problems)
                 continue
+            self._waiting.pop(path, None)
             owner = self.dags.get(dag.id)
             if owner is not None and owner.source != str(path):
                 text = f"DAG id {dag.id!r} is already used by {owner.source}"
@@ -191,6 +257,7 @@ class DagFolder:
                 self._log.info("%s DAG %s from %s", verb, dag.id, path.name)
         for path in list(self._files):
             if path not in seen:
+                self._waiting.pop(path, None)
                 dag_id = self._files.pop(path).dag_id
                 self.problems.pop(str(path), None)
                 owned = self.dags.get(dag_id) if dag_id is not None else None
@@ -203,11 +270,20 @@ class DagFolder:
         self._duplicates &= set(self._files)
         return changed, freed
 
-    def _problems(self, dag: DagSpec) -> list[Problem]:
-        """What is wrong with a DAG that parsed, given this daemon's configuration."""
-        if self._executors is None:
-            return []
-        return executor_problems(dag, self._executors)
+    def _problems(self, dag: DagSpec) -> tuple[list[Problem], bool]:
+        """What is wrong with a DAG that parsed, given this process and its configuration:
+        executors not configured, `call` targets that cannot be called. Second: whether
+        there are problems and all of them are worth a cheap look at the next reload."""
+        problems = executor_problems(dag, self._executors) if self._executors is not None else []
+        cheap = not problems
+        for step in dag.steps.values():
+            if step.call is None or step.executor != DEFAULT_EXECUTOR:
+                continue
+            found = call_problem(step.call)
+            if found is not None:
+                problems.append(Problem(dag.source or dag.id, found.message, step.id, "call"))
+                cheap = cheap and found.cheap
+        return problems, cheap and bool(problems)
 
     def _refuse(
         self,
