@@ -72,7 +72,7 @@ def _dags_dir(config: Config, dags_dir: Path | None) -> Path:
 
 def _load_folder(config_path: Path | None, dags_dir: Path | None) -> DagFolder:
     config = load_config(config_path)
-    return load_dag_folder(_dags_dir(config, dags_dir))
+    return load_dag_folder(_dags_dir(config, dags_dir), executors=config.executor_names)
 
 
 @click.group(cls=DagdGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -199,7 +199,7 @@ def run(
     config = load_config(config_path)
     folder_path = _dags_dir(config, dags_dir)
     path = folder_path / f"{dag_id}.toml"
-    folder = load_dag_folder(folder_path)
+    folder = load_dag_folder(folder_path, executors=config.executor_names)
     dag = folder.dags.get(dag_id)
     if dag is None:
         if path.is_file():
@@ -402,14 +402,16 @@ async def _serve(config: Config) -> None:
 async def _kill_on_signal(
     signals: AsyncIterator[int], executors: StepExecutor | Mapping[str, StepExecutor]
 ) -> None:
-    """During the shutdown: each further SIGINT/SIGTERM SIGKILLs the steps still running;
-    their runs are still recorded as cancelled before dagd exits."""
+    """During the shutdown: each further SIGINT/SIGTERM SIGKILLs the steps still running, on
+    every executor that can (`kill_now()`: the local one, Dask's); their runs are still
+    recorded as cancelled before dagd exits."""
     found = executors.values() if isinstance(executors, Mapping) else [executors]
     async for signum in signals:
         log.warning("%s received again: killing the running steps now", signal.Signals(signum).name)
         for executor in found:
-            if isinstance(executor, LocalExecutor):
-                executor.kill_now()
+            kill_now = getattr(executor, "kill_now", None)  # not part of StepExecutor
+            if callable(kill_now):
+                kill_now()
 
 
 # ------------------------------------------------------- talking to the daemon

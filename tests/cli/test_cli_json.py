@@ -191,3 +191,12 @@ def test_list_exits_1_when_every_dag_file_is_broken(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", "--dags", str(tmp_path / "nowhere"), "--json"])
     assert result.exit_code == 1
     assert "does not exist" in document(result)["problems"][0]["message"]
+
+
+def test_validate_json_checks_executors_against_the_config(tmp_path: Path) -> None:
+    dags = folder(tmp_path, {"remote": '[steps.a]\ncommand = "true"\nexecutor = "dask"\n'})
+    result = CliRunner().invoke(main, ["validate", "--dags", str(dags), "--json"])
+    assert result.exit_code == 1
+    [problem] = document(result)["problems"]
+    assert (problem["step"], problem["field"]) == ("a", "executor")
+    assert "'dask'" in problem["message"]
