@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import click
 
+from dagd.cli.completion import complete_run_ids, complete_step_ids
 from dagd.cli.options import config_option, load_config
 from dagd.core.config import Config
 from dagd.core.model import FINISHED_STEP
@@ -23,8 +24,8 @@ from dagd.runtime.logfiles import step_logs
 
 
 @click.command()
-@click.argument("run_id")
-@click.argument("step_id")
+@click.argument("run_id", shell_complete=complete_run_ids)
+@click.argument("step_id", shell_complete=complete_step_ids)
 @click.option("--attempt", type=int, help="Only this attempt (default: all).")
 @click.option(
     "-f", "--follow", is_flag=True, help="Keep printing output as it comes, until the step ends."
