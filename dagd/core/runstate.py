@@ -38,7 +38,7 @@ The effects (`Effect`, a closed union), in the order they must be carried out:
 - `StartStep(step_id, attempt)`: run this attempt, then report `step_started` and an outcome;
 - `ScheduleRetry(step_id, at)`: call `retry_due(step_id)` at time `at`;
 - `StopStep(step_id)`: kill the running attempt, then report `step_cancelled`;
-- an event (`dagd.core.events.DagEvent`): publish it;
+- an event of the run (`dagd.core.events.RunEvent`): publish it;
 - `FinishRun(status)`: the run is over.
 """
 
@@ -53,10 +53,10 @@ import attrs
 
 from dagd.core.backoff import retry_delay
 from dagd.core.events import (
-    DagEvent,
     DagRunProgressEvent,
     DagRunStatusEvent,
     ErrorEvent,
+    RunEvent,
     StepStatusEvent,
     completion_percentage,
 )
@@ -120,8 +120,8 @@ class FinishRun:
 
 
 #: What every event method returns a list of: commands for the engine and events to publish.
-Effect = StartStep | ScheduleRetry | StopStep | FinishRun | DagEvent
-#: The `DagEvent` members of `Effect`, the most frequent first: a dispatcher's
+Effect = StartStep | ScheduleRetry | StopStep | FinishRun | RunEvent
+#: The `RunEvent` members of `Effect`, the most frequent first: a dispatcher's
 #: `isinstance(effect, EVENT_CLASSES)` picks out the effects to publish.
 EVENT_CLASSES: Final = (StepStatusEvent, DagRunProgressEvent, DagRunStatusEvent, ErrorEvent)
 

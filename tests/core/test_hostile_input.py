@@ -391,8 +391,9 @@ def assert_config_or_its_error(data: str | bytes) -> None:
     try:
         parse_config(data, Path("/srv/dagd"), source=Path("cfg.toml"))
     except ConfigError as exc:
-        assert str(exc).startswith("cfg.toml: ")
-        assert "\n" not in str(exc) and "\x00" not in str(exc)
+        lines = str(exc).split("\n")
+        assert lines == list(exc.problems)
+        assert all(line.startswith("cfg.toml: ") and "\x00" not in line for line in lines)
 
 
 @settings(max_examples=120, suppress_health_check=[HealthCheck.too_slow])
