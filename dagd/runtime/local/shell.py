@@ -14,7 +14,6 @@ message quotes the last line of stderr.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from collections.abc import Collection, Mapping
 from functools import partial
@@ -26,10 +25,10 @@ import trio
 
 from dagd.core.model import StepSpec
 from dagd.core.runstate import format_seconds
-from dagd.core.text import printable
 from dagd.runtime.executor import AttemptResult, LeftoverSink, StepContext
 from dagd.runtime.local.environment import step_environment
 from dagd.runtime.local.leftovers import leftover_handle
+from dagd.runtime.local.messages import exit_error, start_error
 from dagd.runtime.local.procs import become_subreaper, contain, group_alive, signal_group
 from dagd.runtime.local.shellthread import ShellAttempt
 from dagd.runtime.logfiles import attempt_log
@@ -198,7 +197,7 @@ async def _wait(
     try:
         returncode = running.outcome.unwrap()
     except OSError as exc:
-        return AttemptResult(False, _start_error(argv, step, exc))
+        return AttemptResult(False, start_error(argv, step.cwd, exc))
     except ValueError as exc:  # e.g. a NUL byte in a param value or the command
         return AttemptResult(False, f"cannot start the command: {exc}")
     assert returncode is not None
@@ -213,26 +212,5 @@ async def _wait(
         log.warning("step %s of run %s: %s", ctx.step_id, ctx.run_id, lost)
     if returncode == 0:
         return AttemptResult(True)
-    error = _exit_error(returncode, attempt.stderr_tail)
+    error = exit_error(returncode, attempt.stderr_tail)
     return AttemptResult(False, f"{error} ({lost})" if lost else error)
-
-
-def _exit_error(returncode: int, stderr_tail: bytes) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        message = f"killed by {name}"
-    else:
-        message = f"exit code {returncode}"
-    lines = [line.strip() for line in stderr_tail.decode("utf-8", "replace").splitlines()]
-    # Control characters (NUL, ESC, ...) are escaped: the text goes to clients and terminals.
-    last = printable(next((line for line in reversed(lines) if line), "")[:500])
-    return f"{message}: {last}" if last else message
-
-
-def _start_error(argv: list[str], step: StepSpec, exc: OSError) -> str:
-    if step.cwd is not None and not os.path.isdir(step.cwd):
-        return f"working directory {step.cwd!r} does not exist"
-    return f"cannot start {argv[0]!r}: {exc.strerror or exc}"
