@@ -137,5 +137,17 @@ class Admission:
         """The running run with this id, or None."""
         return self._running.get(run_id)
 
+    def find(self, run_id: str) -> RunState | None:
+        """The run with this id if it is in memory: running, queued, or remembered as
+        finished; else None (it may still be in the store)."""
+        found = self._running.get(run_id) or self._recent.get(run_id)
+        if found is not None:
+            return found
+        for queue in self._queues.values():
+            for state in queue:
+                if state.run_id == run_id:
+                    return state
+        return None
+
 
 __all__ = ["Admission"]

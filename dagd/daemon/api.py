@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from dagd.core.events import DagEvent
-from dagd.core.protocol.answers import DagSummary
+from dagd.core.protocol.answers import BackfillResult, DagDetail, DagSummary, RunDetail
 from dagd.core.records import RunRecord
 from dagd.daemon.errors import DaemonError
 from dagd.daemon.hub import Subscriber
@@ -43,7 +43,42 @@ class DaemonService(Protocol):
         ...
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
-        """The newest `limit` runs (of `dag_id`, or of every DAG), newest first."""
+        """The newest `limit` runs (of `dag_id`, or of every DAG), newest first. DaemonError
+        code: unknown_dag (a `dag_id` neither loaded nor with any run)."""
+        ...
+
+    async def run_detail(self, run_id: str) -> RunDetail:
+        """One run with every step of its definition and their attempts. DaemonError code:
+        unknown_run."""
+        ...
+
+    def dag_detail(self, dag_id: str) -> DagDetail:
+        """One loaded DAG with its steps' definitions and edges. DaemonError code:
+        unknown_dag."""
+        ...
+
+    def pause(self, dag_id: str) -> None:
+        """Stop a DAG's schedule from firing (stored). DaemonError codes: unknown_dag,
+        storage_unavailable."""
+        ...
+
+    def unpause(self, dag_id: str) -> float | None:
+        """Let a DAG's schedule fire again; returns its next slot (UNIX seconds, None without
+        schedule). DaemonError codes: unknown_dag, storage_unavailable."""
+        ...
+
+    async def backfill(
+        self,
+        dag_id: str,
+        start: str,
+        end: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        rerun: bool = False,
+        dry_run: bool = False,
+    ) -> BackfillResult:
+        """Queue a run for every schedule slot of the range. DaemonError codes: unknown_dag,
+        no_schedule, invalid_range, invalid_params, shutting_down, storage_unavailable."""
         ...
 
     def snapshot(self, dag_ids: set[str] | None = None) -> tuple[list[DagEvent], int]:
@@ -75,9 +110,12 @@ class DaemonService(Protocol):
 
 
 __all__ = [
+    "BackfillResult",
     "DaemonError",
     "DaemonService",
+    "DagDetail",
     "DagSummary",
+    "RunDetail",
     "RunRecord",
     "StoredEvent",
     "Subscriber",

@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
+from dagd.core.backfill import RangeError, backfill_slots, parse_bound
 from dagd.core.config import Config
+from dagd.core.cron import Schedule
 from dagd.core.dagsnapshot import (
     SHORT_VERSION,
     SnapshotError,
@@ -32,11 +34,23 @@ from dagd.core.dagsnapshot import (
     dag_to_json,
     dag_version,
 )
-from dagd.core.events import DagEvent, ErrorEvent
+from dagd.core.events import DagEvent, DagStatusEvent, ErrorEvent
 from dagd.core.model import RETRYABLE_RUN, DagSpec, RunStatus, StepStatus
-from dagd.core.protocol.answers import DagSummary
-from dagd.core.records import RunRecord
-from dagd.core.runstate import RunState
+from dagd.core.protocol.answers import (
+    BackfillAction,
+    BackfillResult,
+    BackfillSlot,
+    DagDetail,
+    DagSummary,
+    Edge,
+    RunDetail,
+    StepDefinition,
+    StepDetail,
+    TriggerKind,
+)
+from dagd.core.protocol.requests import MAX_BACKFILL_SLOTS
+from dagd.core.records import AttemptRecord, RunRecord
+from dagd.core.runstate import RunState, duration_ms
 from dagd.core.timefmt import RunIdFactory, scheduled_run_id
 from dagd.daemon.admission import Admission
 from dagd.daemon.dagfolder import DagFolder, problems_text
@@ -81,7 +95,7 @@ class Daemon:
         self.executors = executors  # one for every step, or by executor name
         self._record_leftover = LeftoverRecorder(store)  # for recovery after a crash
         store.on_write_error = self._storage_failed  # a failing disk becomes error events
-        self.folder = DagFolder(config.dags_dir, log)
+        self.folder = DagFolder(config.dags_dir, log, executors=config.executor_names)
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
         self.admission = Admission()
         self.active: dict[str, RunDriver] = {}  # running runs by run id
@@ -92,6 +106,9 @@ class Daemon:
         # Made when the DAG loads, beside its parse, so a trigger only looks it up.
         self._versions: dict[str, tuple[DagSpec, tuple[str, str] | None]] = {}
         self._stored_versions: set[str] = set()  # queued for the store by this process
+        # The file error each loaded DAG had after the last reload (None: its file is fine),
+        # to publish a dag_status event when it appears or clears.
+        self._file_errors: dict[str, str | None] = {}
         self._nursery: trio.Nursery | None = None
         self._accepting = False
         self._idle = trio.Event()
@@ -106,6 +123,8 @@ class Daemon:
         executors = self.executors  # one executor, or the registry by name
         registry = executors if isinstance(executors, Mapping) else executor_registry(executors)
         self.scheduler.last_slots.update(self.store.schedule_slots())
+        for dag_id in self.store.paused_dags():
+            self.scheduler.set_paused(dag_id, True)
         self.reload()
         # After the folder is loaded: a run recorded before dagd stored each run's definition
         # is closed out with its DAG's loaded steps.
@@ -144,14 +163,25 @@ class Daemon:
         text, one per line."""
         return {path: problems_text(problems) for path, problems in self.folder.problems.items()}
 
+    def file_error(self, dag_id: str) -> str | None:
+        """The problems of a loaded DAG's file while it is broken on disk and dagd runs its last
+        good version (one per line, each naming the file), else None."""
+        dag = self.dags.get(dag_id)
+        if dag is None or dag.source is None:
+            return None
+        problems = self.folder.problems.get(dag.source)
+        return problems_text(problems) if problems else None
+
     def reload(self) -> None:
         """Pick up added, changed and removed DAG files (dagfolder.py). A broken file keeps its
         last good version running; its problems are logged and published as an error event
-        (with the last good DAG's id, else the file's stem)."""
+        (with the last good DAG's id, else the file's stem). A loaded DAG whose file breaks or
+        loads again gets a `dag_status` event with its file error (None once fixed)."""
         reloaded = self.folder.reload()
         for refused in reloaded.refused:
             self.publish(ErrorEvent(refused.dag_id, None, None, refused.text, self.clock()))
         if reloaded.changed:
+            self._publish_file_errors()
             self.scheduler.set_dags(self.dags)
             for dag in self.dags.values():
                 self._definition(dag)
@@ -159,6 +189,20 @@ class Daemon:
             # raised limit starts more of them now.
             for dag_id in self.admission.waiting_dags():
                 self._launch(dag_id)
+
+    def _publish_file_errors(self) -> None:
+        """A `dag_status` event for each loaded DAG whose file error appeared, changed or
+        cleared since the last reload."""
+        now = self.clock()
+        errors = {dag_id: self.file_error(dag_id) for dag_id in self.dags}
+        for dag_id, text in errors.items():
+            if text != self._file_errors.get(dag_id):
+                self._publish_status(dag_id, now, text)
+        self._file_errors = errors
+
+    def _publish_status(self, dag_id: str, now: float, file_error: str | None) -> None:
+        paused = dag_id in self.scheduler.paused
+        self.publish(DagStatusEvent(dag_id, paused, file_error, now))
 
     async def _watch_folder(self) -> None:
         while True:
@@ -292,10 +336,7 @@ class Daemon:
             log.warning("cron slot %s of %s skipped: %s", slot.isoformat(), dag.id, STORAGE_FAILED)
             return
         if self._accepting:
-            # Run ids key runs across every DAG (active runs, cancel/retry, the runs table), so
-            # the id of a slot's run names the DAG: DAGs sharing a schedule fire the same slots.
-            run_id = f"{scheduled_run_id(slot)}__{dag.id}"
-            self._enqueue(dag, run_id, dag.bind_params(None))
+            self._enqueue(dag, slot_run_id(dag.id, slot), dag.bind_params(None))
 
     def _enqueue(
         self, dag: DagSpec, run_id: str, params: dict[str, str], recorded: bool = False
@@ -443,10 +484,18 @@ class Daemon:
         - `shutting_down`: the daemon is stopping;
         - `storage_unavailable`: the state file cannot be written at the moment.
         """
+        return await self._requeue(run_id, every_step=False)
+
+    async def _requeue(self, run_id: str, *, every_step: bool) -> str:
+        """`retry`, and a backfill's rerun of a successful run (`every_step`: its successful
+        steps run again too, their attempt numbers going on)."""
         # Reserved until queued: two retries of one run at once must not both get through the
         # awaits below.
         with self.admission.retrying(run_id):
-            state = self.admission.recall(run_id) or await self._restore(run_id)
+            if every_step:
+                state = await self._restore(run_id, every_step=True)
+            else:
+                state = self.admission.recall(run_id) or await self._restore(run_id)
             try:
                 self._dag(state.dag.id)  # still loaded: in memory or not, one rule
                 if state.status not in RETRYABLE_RUN:
@@ -463,29 +512,167 @@ class Daemon:
                 # queued, and the next start closes it out.
                 self._check_accepting()
             except DaemonError:
-                self.admission.remember(state)
+                if not every_step:
+                    self.admission.remember(state)
                 raise
+            if every_step:
+                self.admission.recall(run_id)  # the rebuilt state replaces the remembered one
             # queued again (clients see it wait for a max_active_runs slot), then started
             self._publish_all(state.requeue(self.clock()))
             self.admission.enqueue(state)
             self._launch(state.dag.id)
             return run_id
 
-    async def _restore(self, run_id: str) -> RunState:
+    # ------------------------------------------------------------ DAG control
+
+    def pause(self, dag_id: str) -> None:
+        """Stop a loaded DAG's schedule from firing until `unpause`; manual triggers and
+        backfills still run. The state is stored (queued for the writer like a cron slot), so it
+        survives restarts and edits of the DAG file; clients get a `dag_status` event. Pausing
+        a paused DAG changes nothing. Raises DaemonError('unknown_dag'),
+        ('storage_unavailable')."""
+        self._set_paused(dag_id, True)
+
+    def unpause(self, dag_id: str) -> float | None:
+        """Let a paused DAG's schedule fire again; returns its next slot (UNIX seconds; None
+        without schedule). The DAG's `catchup` decides what happens to the slots missed while
+        it was paused, as after downtime: all of them run, oldest first, or only the latest
+        (dagd/daemon/scheduler.py). Raises DaemonError('unknown_dag'),
+        ('storage_unavailable')."""
+        self._set_paused(dag_id, False)
+        return self.scheduler.next_fire(dag_id)
+
+    def _set_paused(self, dag_id: str, paused: bool) -> None:
+        self._dag(dag_id)
+        if (dag_id in self.scheduler.paused) == paused:
+            return
+        self._check_writable()
+        self.store.record_paused(dag_id, paused, self.clock())
+        self.scheduler.set_paused(dag_id, paused)
+        self._publish_status(dag_id, self.clock(), self.file_error(dag_id))
+        log.info("DAG %s %s", dag_id, "paused" if paused else "unpaused")
+
+    async def backfill(
+        self,
+        dag_id: str,
+        start: str,
+        end: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        rerun: bool = False,
+        dry_run: bool = False,
+    ) -> BackfillResult:
+        """Run `dag_id` for every schedule slot from `start` to `end` (dagd/core/backfill.py
+        reads them: ISO dates or date and times, in the DAG's time zone unless they carry an
+        offset; a date as `end` counts its whole day), oldest first. Slots after now are left
+        out: the scheduler runs them when they are due.
+
+        Each slot's run has the id the scheduler gives that slot, so a backfilled slot and a
+        scheduled one never run twice. Per slot: no run yet -> `queued` (a new run with
+        `params`, through the DAG's queue and max_active_runs like any run); a run queued or
+        running -> `skipped`; a failed or cancelled run -> `retried` (as `retry`: successful
+        steps are kept); a successful run -> `skipped`, or with `rerun` -> `rerun` (every step
+        runs again under the same id, attempt numbers going on). With `dry_run` nothing is
+        changed and the answer says what would be done. Works on a paused DAG too.
+
+        Raises DaemonError with code `unknown_dag`, `no_schedule`, `invalid_range` (bounds
+        that cannot be read, `end` before `start`, more than MAX_BACKFILL_SLOTS slots),
+        `invalid_params`, `shutting_down`, `storage_unavailable`.
+        """
+        dag = self._dag(dag_id)
+        if not dag.schedule:
+            raise DaemonError(
+                "no_schedule", f"DAG {dag_id} has no schedule: there are no slots to backfill"
+            )
+        try:
+            bound = dag.bind_params(params)
+        except ValueError as exc:
+            raise DaemonError("invalid_params", str(exc)) from None
+        now = self.clock()
+        try:
+            first = parse_bound(start, dag.timezone, end=False)
+            last = min(
+                parse_bound(end, dag.timezone, end=True),
+                datetime.fromtimestamp(now, UTC),
+            )
+            schedule = Schedule(dag.schedule, dag.timezone)
+            slots = backfill_slots(schedule, first, last, MAX_BACKFILL_SLOTS)
+        except RangeError as exc:
+            raise DaemonError("invalid_range", str(exc)) from None
+        if not dry_run:
+            self._check_accepting()
+            self._check_writable()
+        planned: list[BackfillSlot] = []
+        for slot in slots:
+            run_id = slot_run_id(dag.id, slot)
+            action, reason = await self._backfill_action(run_id, rerun)
+            if not dry_run and action is not BackfillAction.SKIPPED:
+                try:
+                    await self._backfill_slot(dag, run_id, action, bound)
+                except DaemonError as exc:
+                    if exc.code in ("shutting_down", "storage_unavailable"):
+                        raise
+                    action, reason = BackfillAction.SKIPPED, exc.message
+            planned.append(BackfillSlot(slot.timestamp(), run_id, action, reason))
+        return BackfillResult(dag.id, dry_run, planned)
+
+    async def _backfill_action(
+        self, run_id: str, rerun: bool
+    ) -> tuple[BackfillAction, str | None]:
+        """What a backfill does with the run of one slot, from its present status."""
+        live = self.admission.find(run_id)
+        if live is not None:
+            status: RunStatus | None = live.status
+        else:
+            found = await self.store.get_run(run_id)
+            status = found[0].status if found is not None else None
+        if status is None:
+            return BackfillAction.QUEUED, None
+        if not status.finished:
+            return BackfillAction.SKIPPED, f"its run is already {status}"
+        if status in RETRYABLE_RUN:
+            return BackfillAction.RETRIED, None
+        if rerun:
+            return BackfillAction.RERUN, None
+        return BackfillAction.SKIPPED, "its run already succeeded (rerun runs it again)"
+
+    async def _backfill_slot(
+        self, dag: DagSpec, run_id: str, action: BackfillAction, params: dict[str, str]
+    ) -> None:
+        if action is BackfillAction.QUEUED:
+            self._check_accepting()
+            self.admission.check_new(run_id)
+            self.store.record_run(run_id, dag.id, params, self.clock(), self._bind(dag))
+            await self._commit(run_id)
+            self._enqueue(dag, run_id, params, recorded=True)
+        else:
+            await self._requeue(run_id, every_step=action is BackfillAction.RERUN)
+
+    async def _restore(self, run_id: str, *, every_step: bool = False) -> RunState:
         """A finished run rebuilt from its records (it was not in memory), with the definition
-        stored with it (else the loaded DAG). Raises DaemonError('unknown_run'), or
-        ('unknown_dag') for a run with no stored definition whose DAG is not loaded."""
+        stored with it (else the loaded DAG). With `every_step` its successful steps are
+        restored as failed, so that a requeue runs them again too (their attempt numbers kept).
+        Raises DaemonError('unknown_run'), or ('unknown_dag') for a run with no stored
+        definition whose DAG is not loaded."""
         found = await self.store.get_run(run_id)
         if found is None:
             raise DaemonError("unknown_run", f"no run {run_id!r}")
         record, steps = found
         bound = await self.run_definition(run_id)
+        rows = {s.step_id: s.restored() for s in steps}
+        status = record.status if record.status.finished else RunStatus.FAILED
+        if every_step:
+            status = RunStatus.FAILED
+            rows = {
+                sid: (StepStatus.FAILED, *row[1:]) if row[0] is StepStatus.SUCCESS else row
+                for sid, row in rows.items()
+            }
         return RunState.restore(
             bound[1] if bound is not None else self._dag(record.dag_id),
             run_id,
             record.params,
-            record.status if record.status.finished else RunStatus.FAILED,
-            {s.step_id: s.restored() for s in steps},
+            status,
+            rows,
             progress_interval=self.config.progress_interval,
         )
 
@@ -509,24 +696,150 @@ class Daemon:
             return None
 
     def list_dags(self) -> list[DagSummary]:
-        """Every loaded DAG, sorted by id, with its next scheduled run (UNIX seconds)."""
-        return [
-            DagSummary(
-                dag.id,
-                dag.description,
-                dag.schedule,
-                self.scheduler.next_fire(dag.id),
-                list(dag.steps),
-                list(dag.tags),
-                dict(dag.params),
+        """Every loaded DAG, sorted by id, with its next scheduled run (UNIX seconds; None
+        while paused), whether it is paused, and its file error (see `file_error`)."""
+        return [self._summary(dag) for dag in sorted(self.dags.values(), key=lambda d: d.id)]
+
+    def _summary(self, dag: DagSpec) -> DagSummary:
+        return DagSummary(
+            dag.id,
+            dag.description,
+            dag.schedule,
+            self.scheduler.next_fire(dag.id),
+            list(dag.steps),
+            list(dag.tags),
+            dict(dag.params),
+            timezone=dag.timezone,
+            paused=dag.id in self.scheduler.paused,
+            file_error=self.file_error(dag.id),
+        )
+
+    def dag_detail(self, dag_id: str) -> DagDetail:
+        """A loaded DAG as `get_dag` answers it: its summary, run settings, steps (file order,
+        each with its graph level) and edges (upstream -> downstream). Raises
+        DaemonError('unknown_dag')."""
+        dag = self._dag(dag_id)
+        levels: dict[str, int] = {}
+        for sid in dag.order:  # upstreams first
+            ups = dag.steps[sid].depends_on
+            levels[sid] = 1 + max((levels[u] for u in ups), default=-1)
+        steps = [
+            StepDefinition(
+                sid,
+                spec.description,
+                spec.command if not isinstance(spec.command, tuple) else list(spec.command),
+                spec.call,
+                list(spec.depends_on),
+                spec.executor,
+                spec.retries,
+                spec.retry_delay,
+                spec.timeout,
+                spec.trigger_rule,
+                levels.get(sid, 0),
             )
-            for dag in sorted(self.dags.values(), key=lambda d: d.id)
+            for sid, spec in dag.steps.items()
         ]
+        edges = [Edge(up, sid) for sid, spec in dag.steps.items() for up in spec.depends_on]
+        return DagDetail(
+            self._summary(dag),
+            dag.catchup,
+            dag.max_active_runs,
+            dag.max_active_steps,
+            steps,
+            edges,
+        )
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """The newest `limit` runs (of `dag_id`, or of every DAG) as stored, newest queued
-        first. An unknown `dag_id` has no runs (no error). Read in a worker thread."""
-        return await self.store.list_runs(dag_id, limit)
+        first; read in a worker thread. A DAG no longer loaded still lists its runs. Raises
+        DaemonError('unknown_dag') for a `dag_id` that is neither loaded nor has any run."""
+        runs = await self.store.list_runs(dag_id, limit)
+        if dag_id is not None and not runs and dag_id not in self.dags:
+            self._dag(dag_id)  # raises unknown_dag, naming the loaded DAGs
+        return runs
+
+    async def run_detail(self, run_id: str) -> RunDetail:
+        """A run as `get_run` answers it: its record, trigger kind, duration, definition
+        version, and every step of its definition (the one stored with it, else the loaded
+        DAG's) in file order with its latest status and every attempt the store recorded. A
+        run in memory (queued, running, recently finished) is described by its live state;
+        steps without a record yet are pending. Raises DaemonError('unknown_run')."""
+        live = self.admission.find(run_id)
+        found = await self.store.get_run(run_id)
+        if found is None and live is None:
+            raise DaemonError("unknown_run", f"no run {run_id!r}")
+        attempts: dict[str, list[AttemptRecord]] = {}
+        for attempt in await self.store.get_attempts(run_id):
+            attempts.setdefault(attempt.step_id, []).append(attempt)
+        bound = await self.run_definition(run_id)
+        version = bound[0] if bound is not None else None
+        if live is not None:
+            record = self._live_record(live, found[0] if found is not None else None)
+            steps = [
+                StepDetail(
+                    sid,
+                    st.status,
+                    st.start_time,
+                    st.end_time,
+                    duration_ms(st.start_time, st.end_time),
+                    st.retry_count,
+                    st.error,
+                    st.attempts_before + st.attempt,
+                    list(st.spec.depends_on),
+                    attempts.get(sid, []),
+                )
+                for sid, st in live.steps.items()
+            ]
+        else:
+            assert found is not None
+            record, rows = found
+            by_step = {row.step_id: row for row in rows}
+            dag = bound[1] if bound is not None else self.dags.get(record.dag_id)
+            step_ids = list(dag.steps) if dag is not None else []
+            step_ids += [sid for sid in by_step if sid not in set(step_ids)]
+            steps = []
+            for sid in step_ids:
+                spec = dag.steps.get(sid) if dag is not None else None
+                ups = list(spec.depends_on) if spec is not None else []
+                row = by_step.get(sid)
+                if row is None:
+                    detail = StepDetail(
+                        sid, StepStatus.PENDING, None, None, None, 0, None, 0, ups, []
+                    )
+                else:
+                    detail = StepDetail(
+                        sid,
+                        row.status,
+                        row.start_time,
+                        row.end_time,
+                        row.duration,
+                        row.retry_count,
+                        row.error,
+                        row.attempt,
+                        ups,
+                        attempts.get(sid, []),
+                    )
+                steps.append(detail)
+        return RunDetail(
+            record,
+            trigger_kind(run_id),
+            duration_ms(record.started_at, record.ended_at),
+            version,
+            steps,
+        )
+
+    def _live_record(self, state: RunState, stored: RunRecord | None) -> RunRecord:
+        """The record of a run in memory: its live status and times over the stored row
+        (which gives `queued_at`; a run not committed yet counts as queued now)."""
+        return RunRecord(
+            state.dag.id,
+            state.run_id,
+            state.status,
+            dict(state.params),
+            stored.queued_at if stored is not None else self.clock(),
+            state.started_at,
+            state.ended_at,
+        )
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
         """A run's record and its steps' records as committed (steps that never started have
@@ -540,9 +853,10 @@ class Daemon:
 
     def snapshot(self, dag_ids: set[str] | None = None) -> tuple[list[DagEvent], int]:
         """The present state of every queued or running run and of each DAG's latest finished
-        run (of `dag_ids`; None: all) as events without seq (per run: its status, each step's
-        status, its progress), and the committed seq they are current at: replaying the log
-        from that seq continues them without a gap."""
+        run (of `dag_ids`; None: all) as events without seq (first a `dag_status` for each DAG
+        that is paused or whose file is broken; then per run: its status, each step's status,
+        its progress), and the committed seq they are current at: replaying the log from that
+        seq continues them without a gap."""
         seq = self.store.committed_seq
         now = self.clock()
         latest: dict[str, RunState] = {}
@@ -554,11 +868,32 @@ class Daemon:
                 latest[state.dag.id] = state
         chosen += latest.values()
         events: list[DagEvent] = []
+        # DAGs that are paused or whose file is broken: a client starting from a snapshot
+        # learns it here, and from dag_status events afterwards.
+        for dag_id in sorted(self.dags):
+            if dag_ids is None or dag_id in dag_ids:
+                paused, broken = dag_id in self.scheduler.paused, self.file_error(dag_id)
+                if paused or broken:
+                    events.append(DagStatusEvent(dag_id, paused, broken, now))
         for state in chosen:
             events.append(state.run_event(now))
             events.extend(state.step_event(sid, now) for sid in state.steps)
             events.append(state.progress(now))
         return events, seq
+
+
+def slot_run_id(dag_id: str, slot: datetime) -> str:
+    """The run id of a DAG's cron slot, the same whether the scheduler or a backfill queues it.
+    Run ids key runs across every DAG (active runs, cancel/retry, the runs table), so it names
+    the DAG: DAGs sharing a schedule fire the same slots."""
+    return f"{scheduled_run_id(slot)}__{dag_id}"
+
+
+def trigger_kind(run_id: str) -> TriggerKind | None:
+    """What started a run, from its id's prefix (`manual__...`, `scheduled__...`); None for an
+    id dagd did not make."""
+    prefix = run_id.partition("__")[0]
+    return TriggerKind(prefix) if prefix in TriggerKind.__members__.values() else None
 
 
 def _storage_unavailable(error: str) -> DaemonError:

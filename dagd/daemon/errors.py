@@ -9,8 +9,9 @@ class DaemonError(Exception):
     `code` is stable (it goes on the wire as the error's code): `unknown_dag`, `invalid_params`,
     `shutting_down`, `duplicate_run`, `unknown_run`, `not_running`, `not_finished`,
     `not_retryable`, `slow_consumer`, `storage_unavailable` (the state file cannot be
-    written at the moment: a trigger or retry is refused, nothing is queued). Each method's
-    docstring says which codes it raises.
+    written at the moment: a trigger, retry, pause or backfill is refused, nothing is queued),
+    `no_schedule` (a backfill of a DAG without schedule), `invalid_range` (a backfill range
+    that cannot be used). Each method's docstring says which codes it raises.
     """
 
     def __init__(self, code: str, message: str) -> None:

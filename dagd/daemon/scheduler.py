@@ -25,6 +25,10 @@ class CronScheduler:
 
     `last_slots` (UNIX seconds by DAG id) is where each DAG left off, from the store. A DAG seen for
     the first time starts from now: it does not run for slots before dagd knew it.
+
+    `paused` holds the ids of paused DAGs: they do not fire and their last slot stays where it
+    was, so on unpause their `catchup` treats the slots missed meanwhile exactly as slots missed
+    while dagd was down (all of them, oldest first, or only the latest).
     """
 
     def __init__(
@@ -38,6 +42,7 @@ class CronScheduler:
         self.fire = fire
         self.record = record
         self.last_slots: dict[str, float] = dict(last_slots or {})
+        self.paused: set[str] = set()
         self._dags: dict[str, tuple[DagSpec, Schedule]] = {}
         self._changed = trio.Event()
 
@@ -61,10 +66,20 @@ class CronScheduler:
         self._dags = fresh
         self._changed.set()
 
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        """Pause or unpause a DAG's schedule; the loop recomputes its next wake-up (an unpaused
+        DAG's missed slots are due at once)."""
+        if paused:
+            self.paused.add(dag_id)
+        else:
+            self.paused.discard(dag_id)
+        self._changed.set()
+
     def next_fire(self, dag_id: str) -> float | None:
-        """When the DAG fires next (UNIX seconds), or None if it has no schedule."""
+        """When the DAG fires next (UNIX seconds), or None if it has no schedule or is
+        paused."""
         entry = self._dags.get(dag_id)
-        if entry is None:
+        if entry is None or dag_id in self.paused:
             return None
         last = self.last_slots.get(dag_id, self.clock())
         start = max(last, self.clock())
@@ -76,6 +91,8 @@ class CronScheduler:
         now_dt = datetime.fromtimestamp(now, UTC)
         wake = math.inf
         for dag_id, (dag, schedule) in list(self._dags.items()):
+            if dag_id in self.paused:
+                continue
             last = self.last_slots.get(dag_id)
             if last is None:
                 last = self.last_slots[dag_id] = now

@@ -360,6 +360,26 @@ class Connection:
         elif isinstance(message, requests.ListRuns):
             runs = await daemon.list_runs(message.dag_id, message.limit)
             self.reply(message, answers.RunList(runs))
+        elif isinstance(message, requests.GetRun):
+            self.reply(message, await daemon.run_detail(message.run_id))
+        elif isinstance(message, requests.GetDag):
+            self.reply(message, daemon.dag_detail(message.dag_id))
+        elif isinstance(message, requests.Pause):
+            daemon.pause(message.dag_id)
+            self.reply(message, answers.Paused(message.dag_id))
+        elif isinstance(message, requests.Unpause):
+            next_run = daemon.unpause(message.dag_id)
+            self.reply(message, answers.Unpaused(message.dag_id, next_run))
+        elif isinstance(message, requests.Backfill):
+            result = await daemon.backfill(
+                message.dag_id,
+                message.start,
+                message.end,
+                message.params,
+                rerun=message.rerun,
+                dry_run=message.dry_run,
+            )
+            self.reply(message, result)
         elif isinstance(message, requests.Ping):
             self.reply(message, answers.Pong(time.time()))
         elif isinstance(message, requests.Auth):

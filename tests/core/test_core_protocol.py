@@ -15,6 +15,7 @@ from dagd.core.events import (
     EVENT_TYPES,
     DagRunProgressEvent,
     DagRunStatusEvent,
+    DagStatusEvent,
     ErrorEvent,
     StepStatusEvent,
 )
@@ -58,6 +59,11 @@ EVENTS = [
         ErrorEvent("etl", None, None, "dags/etl.toml: bad cron", T, seq=3), id="error-no-run"
     ),
     pytest.param(ErrorEvent("étl", RUN, "s", 'unicode ✓ "quoted"\nline', T), id="error-text"),
+    pytest.param(DagStatusEvent("etl", True, None, T, seq=9), id="dag-paused"),
+    pytest.param(
+        DagStatusEvent("etl", False, "dags/etl.toml: bad cron\ndags/etl.toml: x", T),
+        id="dag-file-error",
+    ),
 ]
 
 
@@ -110,6 +116,7 @@ WIRE_KEYS = {
         "timestamp",
     ],
     ErrorEvent: ["dagId", "runId", "stepId", "error", "timestamp"],
+    DagStatusEvent: ["dagId", "paused", "fileError", "timestamp"],
 }
 
 
@@ -125,6 +132,7 @@ def test_every_event_type_has_a_wire_name():
         StepStatusEvent: "step_status",
         DagRunProgressEvent: "dag_run_progress",
         ErrorEvent: "error",
+        DagStatusEvent: "dag_status",
     } == EVENT_TYPES
 
 
@@ -356,6 +364,7 @@ _events = st.one_of(
         _seq,
     ),
     st.builds(ErrorEvent, _text, st.none() | _text, st.none() | _text, _text, _time, _seq),
+    st.builds(DagStatusEvent, _text, st.booleans(), st.none() | _text, _time, _seq),
 )
 
 

@@ -10,23 +10,34 @@ from typing import Any
 import attrs
 import pytest
 
-from dagd.core.model import RunStatus
+from dagd.core.model import RunStatus, StepStatus, TriggerRule
 from dagd.core.protocol.answers import (
     ANSWER_TYPES,
     SERVER_ANSWERS,
     AuthSuccess,
+    BackfillAction,
+    BackfillResult,
+    BackfillSlot,
     CancelAccepted,
+    DagDetail,
     DagList,
     DagSummary,
+    Edge,
     Error,
     Heartbeat,
+    Paused,
     Pong,
     ReplayComplete,
     RetryAccepted,
+    RunDetail,
     RunList,
     SnapshotComplete,
+    StepDefinition,
+    StepDetail,
     Subscribed,
+    TriggerKind,
     Triggered,
+    Unpaused,
     Unsubscribed,
 )
 from dagd.core.protocol.codec import encode, parse_client_message, parse_server_message, to_wire
@@ -37,18 +48,23 @@ from dagd.core.protocol.requests import (
     CLIENT_MESSAGES,
     REQUEST_TYPES,
     Auth,
+    Backfill,
     Cancel,
+    GetDag,
+    GetRun,
     ListDags,
     ListRuns,
+    Pause,
     Ping,
     Replay,
     Retry,
     Snapshot,
     Subscribe,
     Trigger,
+    Unpause,
     Unsubscribe,
 )
-from dagd.core.records import RunRecord
+from dagd.core.records import AttemptRecord, RunRecord
 
 T = 1_704_110_400.0  # 2024-01-01T12:00:00Z; times below are millisecond-exact
 RUN = "manual__2024-01-01T12:00:00.123456+00:00"
@@ -68,10 +84,41 @@ REQUESTS: dict[type, list[Any]] = {
     Retry: [Retry(RUN), Retry(RUN, request_id=3)],
     ListDags: [ListDags(), ListDags(request_id="l")],
     ListRuns: [ListRuns(), ListRuns("etl", 1000, request_id=4)],
+    GetRun: [GetRun(RUN), GetRun(RUN, request_id="g")],
+    GetDag: [GetDag("etl"), GetDag("etl", request_id=11)],
+    Pause: [Pause("etl"), Pause("etl", request_id="p")],
+    Unpause: [Unpause("etl"), Unpause("etl", request_id=12)],
+    Backfill: [
+        Backfill("etl", "2024-01-01", "2024-01-31"),
+        Backfill(
+            "etl",
+            "2024-01-01T06:00:00+02:00",
+            "2024-01-02",
+            {"date": "x", "n": 2},
+            rerun=True,
+            dry_run=True,
+            request_id="b",
+        ),
+    ],
     Ping: [Ping(), Ping(request_id="p")],
 }
 
 DAG = DagSummary("etl", "nightly ETL", "0 2 * * *", T + 0.5, ["a", "b"], ["x"], {"date": ""})
+BROKEN = DagSummary(
+    "m", "", None, None, [], [], {}, "Europe/Berlin", paused=True, file_error="m.toml: bad"
+)
+STEP_A = StepDefinition(
+    "a", "extract", "echo hi", None, [], "local", 2, 1.5, 30.0, TriggerRule.ALL_SUCCESS, 0
+)
+STEP_B = StepDefinition(
+    "b", "", ["ls", "-l"], None, ["a"], "dask", 0, 0.0, None, TriggerRule.ALL_DONE, 1
+)
+STEP_C = StepDefinition(
+    "c", "", None, "m:f", ["a"], "local", 0, 0.0, None, TriggerRule.ONE_FAILED, 1
+)
+ATTEMPT = AttemptRecord("a", 1, StepStatus.RETRYING, T, T + 1, 1000, "exit 1")
+ATTEMPT_2 = AttemptRecord("a", 2, StepStatus.SUCCESS, T + 2, T + 3, 1000, None, worker="tcp://w")
+DONE = RunRecord("etl", RUN, RunStatus.SUCCESS, {"date": "x"}, T, T + 1, T + 2.25)
 #: Two examples of every answer.
 ANSWERS: dict[type, list[Any]] = {
     AuthSuccess: [AuthSuccess(Role.READ, 0), AuthSuccess(Role.OPERATE, 1234, request_id=1)],
@@ -94,6 +141,59 @@ ANSWERS: dict[type, list[Any]] = {
                 RunRecord("etl", RUN, RunStatus.SUCCESS, {"date": "x"}, T, T + 1, T + 2.25),
             ],
             request_id=6,
+        ),
+    ],
+    RunDetail: [
+        RunDetail(RunRecord("etl", "x", RunStatus.QUEUED, {}, T, None, None), None, None, None, []),
+        RunDetail(
+            DONE,
+            TriggerKind.MANUAL,
+            1250,
+            "ab" * 32,
+            [
+                StepDetail(
+                    "a",
+                    StepStatus.SUCCESS,
+                    T + 2,
+                    T + 3,
+                    1000,
+                    1,
+                    None,
+                    2,
+                    [],
+                    [ATTEMPT, ATTEMPT_2],
+                ),
+                StepDetail("b", StepStatus.PENDING, None, None, None, 0, None, 0, ["a"], []),
+            ],
+            request_id="r",
+        ),
+    ],
+    DagDetail: [
+        DagDetail(BROKEN, False, 1, None, [], []),
+        DagDetail(
+            DAG,
+            True,
+            3,
+            2,
+            [STEP_A, STEP_B, STEP_C],
+            [Edge("a", "b"), Edge("a", "c")],
+            request_id=9,
+        ),
+    ],
+    Paused: [Paused("etl"), Paused("etl", request_id="p")],
+    Unpaused: [Unpaused("etl", None), Unpaused("etl", T + 60, request_id=3)],
+    BackfillResult: [
+        BackfillResult("etl", False, []),
+        BackfillResult(
+            "etl",
+            True,
+            [
+                BackfillSlot(T, "scheduled__2024-01-01T12:00:00+00:00__etl", BackfillAction.QUEUED),
+                BackfillSlot(T + 60, "s2", BackfillAction.SKIPPED, "its run already succeeded"),
+                BackfillSlot(T + 120, "s3", BackfillAction.RETRIED),
+                BackfillSlot(T + 180, "s4", BackfillAction.RERUN),
+            ],
+            request_id="b",
         ),
     ],
     Pong: [Pong(T), Pong(T + 0.001, request_id="p")],
@@ -207,6 +307,9 @@ def test_answer_shapes_are_the_documented_ones() -> None:
         "steps",
         "tags",
         "params",
+        "timezone",
+        "paused",
+        "fileError",
     ]
     assert to_wire(DagList([DagSummary("m", "", None, None, [], [], {})]))["dags"][0] == {
         "dagId": "m",
@@ -216,6 +319,9 @@ def test_answer_shapes_are_the_documented_ones() -> None:
         "steps": [],
         "tags": [],
         "params": {},
+        "timezone": "UTC",
+        "paused": False,
+        "fileError": None,
     }
     run = RunRecord("etl", "r", RunStatus.RUNNING, {"d": "1"}, T, T + 1, None)
     assert to_wire(RunList([run]))["runs"] == [

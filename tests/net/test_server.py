@@ -592,6 +592,9 @@ async def test_list_dags_and_list_runs(tmp_path: Path, aio: Aio, kind: str) -> N
             "steps": ["one", "two"],
             "tags": ["test", "quick"],
             "params": {},
+            "timezone": "UTC",
+            "paused": False,
+            "fileError": None,
         }
         assert dags[-1]["params"] == {"date": "2024-01-01"}
         run_ids = []
@@ -618,8 +621,13 @@ async def test_list_dags_and_list_runs(tmp_path: Path, aio: Aio, kind: str) -> N
         }
         assert run["status"] == "success" and run["dagId"] == "beta"
         assert run["queuedAt"].endswith("Z") and run["endedAt"].endswith("Z")
+        # a DAG neither loaded nor with any run is an error, naming the loaded ones
         none = await client.request({"type": "list_runs", "dagId": "no-such-dag"})
-        assert none == {"type": "runs", "runs": []}
+        assert none["type"] == "error" and none["code"] == "unknown_dag"
+        assert "no DAG 'no-such-dag'" in none["message"] and "alpha" in none["message"]
+        # a loaded DAG without runs is not
+        empty = await client.request({"type": "list_runs", "dagId": "slow"})
+        assert empty == {"type": "runs", "runs": []}
 
 
 # ------------------------------------------------------------ limits, closes
