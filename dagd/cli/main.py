@@ -20,6 +20,7 @@ import attrs
 import click
 import trio
 
+from dagd.cli.completion import complete_dag_ids, complete_run_ids
 from dagd.cli.exitcodes import EXIT_FAILED, EXIT_OK, exit_code_of
 from dagd.cli.options import (
     config_option,
@@ -167,7 +168,7 @@ def list_dags(config_path: Path | None, dags_dir: Path | None, as_json: bool) ->
 
 
 @main.command()
-@click.argument("dag_id")
+@click.argument("dag_id", shell_complete=complete_dag_ids)
 @params_option
 @config_option
 @dags_option
@@ -433,7 +434,7 @@ def dags(config_path: Path | None, url: str | None, token: str | None, as_json: 
 
 
 @main.command()
-@click.argument("dag_id", required=False)
+@click.argument("dag_id", required=False, shell_complete=complete_dag_ids)
 @click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True)
 @config_option
 @url_option
@@ -457,7 +458,7 @@ def runs(
 
 
 @main.command()
-@click.argument("dag_id")
+@click.argument("dag_id", shell_complete=complete_dag_ids)
 @params_option
 @click.option("--wait", is_flag=True, help="Follow the run live and exit with its outcome.")
 @click.option("--plain", is_flag=True, help="With --wait: plain lines instead of a live view.")
@@ -496,7 +497,7 @@ def _run_command(action: str, help_text: str) -> click.Command:
     """`dagd cancel` and `dagd retry`: one request about one run, sent to the daemon."""
 
     @main.command(action, help=help_text)
-    @click.argument("run_id")
+    @click.argument("run_id", shell_complete=complete_run_ids)
     @config_option
     @url_option
     @token_option
@@ -521,7 +522,7 @@ retry = _run_command(
 
 
 @main.command()
-@click.argument("dag_ids", nargs=-1)
+@click.argument("dag_ids", nargs=-1, shell_complete=complete_dag_ids)
 @click.option("--plain", is_flag=True, help="Plain lines instead of a live view.")
 @config_option
 @url_option
