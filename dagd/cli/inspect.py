@@ -7,15 +7,37 @@ does, so it works without a daemon.
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import attrs
 import click
 
-from dagd.cli.completion import complete_dag_ids
+from dagd.cli.completion import complete_dag_ids, complete_run_ids
 from dagd.cli.graphtext import FORMATS, render
-from dagd.cli.options import config_option, dags_option, load_config
-from dagd.core.model import DagSpec
+from dagd.cli.options import (
+    config_option,
+    dags_option,
+    endpoint,
+    load_config,
+    token_option,
+    url_option,
+)
+from dagd.cli.output import json_option, print_json
+from dagd.cli.render import format_duration
+from dagd.client import ClientError
+from dagd.core.model import DagSpec, TriggerRule
+from dagd.core.protocol.answers import DagDetail, RunDetail, StepDefinition, StepDetail
+from dagd.core.protocol.codes import ErrorCode
+from dagd.core.runstate import format_seconds
+from dagd.core.text import one_line
+from dagd.core.timefmt import iso_z
 from dagd.daemon.dagfolder import load_dag_folder
+
+if TYPE_CHECKING:
+    from dagd.cli.remote import Endpoint
 
 
 def local_dag(config_path: Path | None, dags_dir: Path | None, dag_id: str) -> DagSpec:
@@ -59,5 +81,236 @@ def graph(dag_id: str, fmt: str, config_path: Path | None, dags_dir: Path | None
     click.echo(render(local_dag(config_path, dags_dir, dag_id), fmt), nl=False)
 
 
+@click.command()
+@click.argument("run_id", required=False, shell_complete=complete_run_ids)
+@click.option(
+    "--dag",
+    "dag_id",
+    metavar="DAG_ID",
+    shell_complete=complete_dag_ids,
+    help="Show this DAG's definition instead of a run.",
+)
+@click.option(
+    "--attempts",
+    "all_attempts",
+    is_flag=True,
+    help="List every attempt of every step (default: only of steps tried more than once).",
+)
+@json_option
+@config_option
+@url_option
+@token_option
+def show(
+    run_id: str | None,
+    dag_id: str | None,
+    all_attempts: bool,
+    as_json: bool,
+    config_path: Path | None,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Show RUN_ID in detail, or with --dag a DAG's definition, as the running daemon has it.
+
+    \b
+    A run: its DAG, status, trigger, params, times and duration, then every step with its
+    status, attempts, duration and error (and each attempt's start, duration and error when
+    it was tried more than once, or with --attempts).
+    A DAG: schedule and time zone, next run, whether it is paused, params with their
+    defaults, tags, and every step with its command or callable, executor and upstreams.
+
+    \b
+    Examples:
+      dagd show manual__2024-05-05T10:00:00.123456+00:00
+      dagd show --dag etl
+      dagd show RUN_ID --json | jq '.steps[] | select(.status == "failed")'
+    """
+    if (run_id is None) == (dag_id is None):
+        raise click.UsageError("give a RUN_ID, or --dag DAG_ID (not both)")
+    from dagd.cli.remote import run_async
+
+    where = endpoint(config_path, url, token)
+    if run_id is not None:
+        run = run_async(_get_run, where, run_id)
+        if as_json:
+            print_json(run)
+        else:
+            click.echo(run_text(run, all_attempts), nl=False)
+    else:
+        assert dag_id is not None
+        dag = run_async(_get_dag, where, dag_id)
+        if as_json:
+            print_json(dag)
+        else:
+            click.echo(dag_text(dag), nl=False)
+
+
+async def _get_run(where: Endpoint, run_id: str) -> RunDetail:
+    from dagd.cli.remote import open_client
+
+    async with open_client(where, []) as client:
+        try:
+            run = await client.get_run(run_id)
+        except ClientError as exc:
+            if exc.code is ErrorCode.UNKNOWN_RUN:
+                raise click.ClickException(
+                    f"unknown run {run_id!r}: the daemon has no such run (`dagd runs` lists "
+                    "the latest)"
+                ) from None
+            raise
+    return attrs.evolve(run, request_id=None)
+
+
+async def _get_dag(where: Endpoint, dag_id: str) -> DagDetail:
+    from dagd.cli.remote import open_client, unknown_dag
+
+    async with open_client(where, []) as client:
+        try:
+            dag = await client.get_dag(dag_id)
+        except ClientError as exc:
+            if exc.code is ErrorCode.UNKNOWN_DAG:
+                known = [d.dag_id for d in await client.list_dags()]
+                raise unknown_dag(dag_id, known) from None
+            raise
+    return attrs.evolve(dag, request_id=None)
+
+
+# ------------------------------------------------------------------ text views
+
+
+def _time(ts: float | None) -> str:
+    return iso_z(ts) if ts is not None else "-"
+
+
+def _fields(rows: list[tuple[str, str]]) -> list[str]:
+    """`name  value` lines, the values aligned."""
+    width = max(len(name) for name, _ in rows)
+    return [f"{name:<{width}}  {value}".rstrip() for name, value in rows]
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns two spaces apart, the header in capitals; never wrapped."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def _attempt_count(step: StepDetail) -> int:
+    return max(step.attempt, len(step.attempts))
+
+
+def run_text(run: RunDetail, all_attempts: bool = False) -> str:
+    """A `get_run` answer for people: the run's fields, then a table of its steps (an
+    attempt line under each step tried more than once, or under every step that ran with
+    `all_attempts`, with where it ran when its executor says). Times are UTC; outside text is
+    shown with control characters escaped."""
+    rec = run.record
+    params = "  ".join(f"{one_line(k)}={one_line(v)}" for k, v in rec.params.items()) or "-"
+    lines = _fields(
+        [
+            ("run", one_line(rec.run_id)),
+            ("dag", one_line(rec.dag_id)),
+            ("status", str(rec.status)),
+            ("trigger", str(run.trigger) if run.trigger is not None else "-"),
+            ("params", params),
+            ("queued", _time(rec.queued_at)),
+            ("started", _time(rec.started_at)),
+            ("ended", _time(rec.ended_at)),
+            ("duration", format_duration(run.duration) or "-"),
+            ("definition", run.dag_version[:12] if run.dag_version else "-"),
+        ]
+    )
+    rows: list[tuple[str, ...]] = []
+    for step in run.steps:
+        count = _attempt_count(step)
+        rows.append(
+            (
+                one_line(step.step_id),
+                str(step.status),
+                str(count),
+                _time(step.start_time),
+                format_duration(step.duration) or "-",
+                one_line(step.error) if step.error else "",
+            )
+        )
+        if all_attempts or count > 1:
+            for attempt in step.attempts:
+                error = one_line(attempt.error) if attempt.error else ""
+                if attempt.worker:
+                    error = f"(on {one_line(attempt.worker)}) {error}".rstrip()
+                rows.append(
+                    (
+                        f"  attempt {attempt.attempt}",
+                        str(attempt.status),
+                        "",
+                        _time(attempt.start_time),
+                        format_duration(attempt.duration) or "-",
+                        error,
+                    )
+                )
+    header = ("STEP", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "ERROR")
+    lines += ["", *_table(header, rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _command_text(step: StepDefinition) -> tuple[str, str]:
+    if step.call is not None:
+        return "call", one_line(step.call)
+    if isinstance(step.command, list):
+        return "command", one_line(shlex.join(step.command))
+    return "command", step.command or ""
+
+
+def dag_text(dag: DagDetail) -> str:
+    """A `get_dag` answer for people: the DAG's fields and params, then each step with its
+    upstreams, command (a multi-line script indented as written) or callable, executor, and
+    the retries, timeout and trigger rule it sets."""
+    summary = dag.summary
+    if summary.paused:
+        next_run = "- (paused: the schedule does not fire; manual triggers still run)"
+    elif summary.schedule is None:
+        next_run = "- (no schedule: runs only when triggered)"
+    else:
+        next_run = _time(summary.next_run)
+    rows = [
+        ("dag", one_line(summary.dag_id)),
+        ("description", one_line(summary.description) or "-"),
+        ("schedule", f"{summary.schedule} ({summary.timezone})" if summary.schedule else "-"),
+        ("next run", next_run),
+        ("paused", "yes" if summary.paused else "no"),
+        ("catchup", "yes" if dag.catchup else "no"),
+        ("max active runs", str(dag.max_active_runs)),
+        ("max active steps", str(dag.max_active_steps or "-")),
+        ("tags", ", ".join(one_line(t) for t in summary.tags) or "-"),
+    ]
+    if summary.file_error:
+        rows.append(("file error", "running the last good version; " + summary.file_error))
+    lines = _fields(rows)
+    lines += ["", "PARAMS (defaults)" if summary.params else "PARAMS  none"]
+    lines += [
+        f"  {one_line(k)} = {json.dumps(v, ensure_ascii=False)}" for k, v in summary.params.items()
+    ]
+    lines += ["", f"STEPS ({len(dag.steps)})"]
+    for step in dag.steps:
+        ups = f"  <- {', '.join(one_line(u) for u in step.depends_on)}" if step.depends_on else ""
+        lines.append(f"{one_line(step.step_id)}{ups}")
+        if step.description:
+            lines.append(f"  description: {one_line(step.description)}")
+        kind, text = _command_text(step)
+        body = text.strip("\n").split("\n")
+        lines.append(f"  {kind}: {one_line(body[0])}")
+        lines += [f"  {' ' * len(kind)}  {one_line(more)}" for more in body[1:]]
+        extras = [f"executor {one_line(step.executor)}"]
+        if step.retries:
+            extras.append(f"retries {step.retries} (delay {format_seconds(step.retry_delay)})")
+        if step.timeout is not None:
+            extras.append(f"timeout {format_seconds(step.timeout)}")
+        if step.trigger_rule is not TriggerRule.ALL_SUCCESS:
+            extras.append(f"trigger rule {step.trigger_rule}")
+        lines.append("  " + ", ".join(extras))
+    return "\n".join(lines) + "\n"
+
+
 #: The commands of this module, added to the `dagd` group by dagd/cli/main.py.
-COMMANDS: list[click.Command] = [graph]
+COMMANDS: list[click.Command] = [show, graph]

@@ -1,0 +1,278 @@
+"""`dagd show RUN_ID` and `dagd show --dag DAG_ID` against a real daemon: what a run did (every
+step, attempt and error) and what a DAG is, as text and as `--json` in the protocol's shapes."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from click.testing import CliRunner, Result
+from clienthelp import DaemonProc, serving, wait_for
+
+from dagd.cli.main import main
+from dagd.client import connect
+from dagd.core.model import RunStatus, StepStatus, TriggerRule
+from dagd.core.protocol.answers import DagDetail, RunDetail, TriggerKind
+from dagd.core.protocol.codec import parse_server_message
+
+SUPPORT = Path(__file__).resolve().parent.parent / "support"
+
+DAGS = {
+    "failing": """
+        [params]
+        date = "2024-01-01"
+        [steps.prepare]
+        command = "true"
+        [steps.boom]
+        command = "echo partial; echo 'bad input' >&2; exit 3"
+        depends_on = ["prepare"]
+        retries = 1
+        [steps.after]
+        command = "true"
+        depends_on = ["boom"]
+        [steps.python]
+        call = "stepfuncs:raise_value_error"
+    """,
+    "nightly": '''
+        description = "every night"
+        schedule = "30 2 * * *"
+        timezone = "Europe/Paris"
+        tags = ["nightly", "core"]
+        [params]
+        who = 'say "hi"'
+        [steps.script]
+        command = """
+        echo one
+        echo two
+        """
+        retries = 2
+        retry_delay = "5s"
+        timeout = "1m"
+        [steps.argv]
+        command = ["echo", "it's"]
+        depends_on = ["script"]
+        trigger_rule = "all_done"
+        description = "after the script"
+        [steps.py]
+        call = "stepfuncs:noop"
+        depends_on = ["script", "argv"]
+    ''',
+    "gated": """
+        env = { GATE = "gate" }
+        [steps.wait]
+        command = 'while [ ! -e "$GATE" ]; do sleep 0.02; done'
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
+        with serving(tmp_path_factory.mktemp("show"), DAGS) as d:
+            yield d
+
+
+def start_run(daemon: DaemonProc, dag_id: str) -> str:
+    async def trigger() -> str:
+        async with connect(daemon.url, daemon.token, [dag_id]) as client:
+            return await client.trigger(dag_id)
+
+    return trio.run(trigger)
+
+
+@pytest.fixture(scope="module")
+def failed_run(daemon: DaemonProc) -> str:
+    run_id = start_run(daemon, "failing")
+    wait_for(lambda: daemon.run_statuses("failing").get(run_id) == "failed")
+    return run_id
+
+
+@pytest.fixture
+def cli(daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for var in ("DAGD_URL", "DAGD_TOKEN", "DAGD_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(daemon.root)
+    return CliRunner()
+
+
+def invoke(cli: CliRunner, *args: str) -> Result:
+    return cli.invoke(main, list(args), catch_exceptions=False)
+
+
+def field(text: str, name: str) -> str:
+    match = re.search(rf"^{name} +(.*)$", text, re.MULTILINE)
+    assert match, text
+    return match.group(1)
+
+
+def row(text: str, first: str) -> list[str]:
+    """The cells of the table row starting with `first` (cells are 2+ spaces apart)."""
+    for line in text.splitlines():
+        if line.startswith(first + "  "):
+            return re.split(r" {2,}", line.strip())
+    raise AssertionError(f"no row {first!r} in:\n{text}")
+
+
+def test_show_a_failed_run(cli: CliRunner, failed_run: str) -> None:
+    result = invoke(cli, "show", failed_run)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert field(out, "run") == failed_run
+    assert field(out, "dag") == "failing"
+    assert field(out, "status") == "failed"
+    assert field(out, "trigger") == "manual"
+    assert field(out, "params") == "date=2024-01-01"
+    assert re.fullmatch(r"\d+\.\ds", field(out, "duration"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", field(out, "ended"))
+    assert re.fullmatch(r"[0-9a-f]{12}", field(out, "definition"))
+    assert out.splitlines()[11].split() == [
+        "STEP", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "ERROR"
+    ]  # fmt: skip
+    assert row(out, "prepare")[:3] == ["prepare", "success", "1"]
+    boom = row(out, "boom")
+    assert boom[:3] == ["boom", "failed", "2"]
+    assert boom[-1] == "exit code 3: bad input"
+    # A step tried twice lists both attempts, each with its own outcome and error.
+    first, second = row(out, "  attempt 1"), row(out, "  attempt 2")
+    assert first[1] == "retrying" and first[-1] == "exit code 3: bad input"
+    assert second[1] == "failed" and second[-1] == "exit code 3: bad input"
+    assert row(out, "after") == ["after", "upstream_failed", "0", "-", "-"]
+    assert row(out, "python")[-1] == "ValueError: bad value in python"
+    assert out.count("attempt 1") == 1  # steps tried once list no attempt lines
+
+
+def test_show_every_attempt(cli: CliRunner, failed_run: str) -> None:
+    out = invoke(cli, "show", failed_run, "--attempts").stdout
+    assert out.count("  attempt 1") == 3  # prepare, boom, python
+    assert out.count("  attempt 2") == 1
+
+
+def test_show_run_json(cli: CliRunner, failed_run: str) -> None:
+    result = invoke(cli, "show", failed_run, "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 1
+    run = parse_server_message(result.stdout)
+    assert isinstance(run, RunDetail)
+    assert run.request_id is None
+    assert run.record.run_id == failed_run
+    assert run.record.status is RunStatus.FAILED
+    assert run.trigger is TriggerKind.MANUAL
+    assert run.duration is not None and run.duration >= 0
+    steps = {s.step_id: s for s in run.steps}
+    assert list(steps) == ["prepare", "boom", "after", "python"]
+    boom = steps["boom"]
+    assert (boom.status, boom.attempt, boom.retry_count) == (StepStatus.FAILED, 2, 1)
+    assert [(a.attempt, a.status, a.error) for a in boom.attempts] == [
+        (1, StepStatus.RETRYING, "exit code 3: bad input"),
+        (2, StepStatus.FAILED, "exit code 3: bad input"),
+    ]
+    assert steps["after"].status is StepStatus.UPSTREAM_FAILED
+    assert steps["after"].attempts == []
+    assert steps["boom"].depends_on == ["prepare"]
+
+
+def test_show_a_run_in_progress(daemon: DaemonProc, cli: CliRunner) -> None:
+    gate = daemon.root / "gate"
+    gate.unlink(missing_ok=True)
+    run_id = start_run(daemon, "gated")
+    try:
+        wait_for(lambda: daemon.run_statuses("gated").get(run_id) == "running")
+
+        def running_step() -> str | None:
+            out = invoke(cli, "show", run_id).stdout
+            return out if row(out, "wait")[1] == "running" else None
+
+        out = wait_for(running_step)
+        assert field(out, "status") == "running"
+        assert field(out, "ended") == "-"
+        assert field(out, "duration") == "-"
+        assert row(out, "wait")[:3] == ["wait", "running", "1"]
+    finally:
+        gate.touch()
+    wait_for(lambda: daemon.run_statuses("gated").get(run_id) == "success")
+    assert field(invoke(cli, "show", run_id).stdout, "status") == "success"
+
+
+def test_show_dag(cli: CliRunner) -> None:
+    result = invoke(cli, "show", "--dag", "nightly")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert field(out, "dag") == "nightly"
+    assert field(out, "description") == "every night"
+    assert field(out, "schedule") == "30 2 * * * (Europe/Paris)"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:30:00\.000Z", field(out, "next run"))
+    assert field(out, "paused") == "no"
+    assert field(out, "tags") == "nightly, core"
+    assert '  who = "say \\"hi\\""' in out.splitlines()
+    assert "STEPS (3)" in out
+    steps = out.split("STEPS (3)\n", 1)[1]
+    assert steps == (
+        "script\n"
+        "  command: echo one\n"
+        "           echo two\n"
+        "  executor local, retries 2 (delay 5s), timeout 60s\n"
+        "argv  <- script\n"
+        "  description: after the script\n"
+        "  command: echo 'it'\"'\"'s'\n"
+        "  executor local, trigger rule all_done\n"
+        "py  <- script, argv\n"
+        "  call: stepfuncs:noop\n"
+        "  executor local\n"
+    )
+
+
+def test_show_manual_dag(cli: CliRunner) -> None:
+    out = invoke(cli, "show", "--dag", "failing").stdout
+    assert field(out, "schedule") == "-"
+    assert field(out, "next run") == "- (no schedule: runs only when triggered)"
+    assert '  date = "2024-01-01"' in out.splitlines()
+
+
+def test_show_dag_json(cli: CliRunner) -> None:
+    result = invoke(cli, "show", "--dag", "nightly", "--json")
+    assert result.exit_code == 0, result.output
+    dag = parse_server_message(result.stdout)
+    assert isinstance(dag, DagDetail)
+    assert dag.summary.timezone == "Europe/Paris"
+    assert dag.summary.params == {"who": 'say "hi"'}
+    assert [(s.step_id, s.level) for s in dag.steps] == [("script", 0), ("argv", 1), ("py", 2)]
+    argv = dag.steps[1]
+    assert argv.command == ["echo", "it's"]
+    assert argv.trigger_rule is TriggerRule.ALL_DONE
+    assert dag.steps[2].call == "stepfuncs:noop"
+    assert [(e.source, e.target) for e in dag.edges] == [
+        ("script", "argv"),
+        ("script", "py"),
+        ("argv", "py"),
+    ]
+
+
+def test_unknown_run_and_dag(cli: CliRunner) -> None:
+    result = invoke(cli, "show", "manual__2000-01-01T00:00:00+00:00")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "unknown run 'manual__2000-01-01T00:00:00+00:00'" in result.stderr
+    result = invoke(cli, "show", "--dag", "nighty")
+    assert result.exit_code == 1
+    assert "unknown DAG 'nighty': did you mean 'nightly'?" in result.stderr
+    result = invoke(cli, "show", "--dag", "nighty", "--json")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [[], ["RUN", "--dag", "nightly"]])
+def test_run_or_dag_is_a_usage_error(cli: CliRunner, args: list[str]) -> None:
+    result = invoke(cli, "show", *args)
+    assert result.exit_code == 2
+    assert "give a RUN_ID, or --dag DAG_ID (not both)" in result.stderr
+
+
+def test_no_daemon(cli: CliRunner) -> None:
+    result = invoke(cli, "show", "x", "--url", "ws://127.0.0.1:9/api/v1/ws", "--token", "t")
+    assert result.exit_code == 1
+    assert "cannot reach the daemon at ws://127.0.0.1:9/api/v1/ws" in result.stderr
