@@ -7,6 +7,9 @@ A DAG file is untrusted input (anyone who can write to the DAG folder): `parse_d
 `DagSpecError` and nothing else, whatever the bytes; numbers are bounded (`LIMITS`,
 `MAX_DURATION`) so that no later arithmetic, timer or SQLite column can overflow on them; and
 every problem is one printable line (control characters escaped).
+
+Each table's keys are declared once (`DAG_TABLE`, `STEP_TABLE`: kind, default, description);
+the reader here and the JSON Schema of dagschema.py are both made from those declarations.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import difflib
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 import attrs
 
@@ -48,35 +51,227 @@ BACKOFF_RANGE = (1.0, 100.0)
 #: TOML integers are 64-bit signed (the TOML spec); tomllib reads any length.
 INT64 = (-(2**63), 2**63 - 1)
 
-DAG_KEYS = [
-    "id",
-    "description",
-    "schedule",
-    "timezone",
-    "catchup",
-    "max_active_runs",
-    "max_active_steps",
-    "params",
-    "env",
-    "tags",
-    "executor",
-    "steps",
-]
-STEP_KEYS = [
-    "command",
-    "call",
-    "depends_on",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "max_retry_delay",
-    "timeout",
-    "env",
-    "cwd",
-    "trigger_rule",
-    "description",
-    "executor",
-]
+# ------------------------------------------------------------------ the keys, declared once
+#
+# Each table's keys are declared here once: the kind of value (with its bounds and checks),
+# what leaving the key out means, and what it is for. `parse_dag` reads a file by these
+# declarations, and dagschema.py turns the same declarations into the JSON Schema editors
+# validate against, so the loader and the schema cannot drift apart. What JSON Schema cannot
+# say (a cron expression's fields, whether a time zone exists, dependencies and cycles, `$`
+# syntax in `env`) is checked by the loader alone.
+
+
+@attrs.frozen
+class Text:
+    """A string. It must match `pattern` (else the problem is `mismatch`, where {value} is the
+    value shown); `check` is more the loader checks (a value -> why it is wrong, or None);
+    without `nul`, a NUL character is refused (no process can be given one)."""
+
+    pattern: re.Pattern[str] | None = None
+    mismatch: str = ""
+    check: Callable[[str], str | None] | None = None
+    nul: bool = True
+
+    def problem(self, value: str) -> str | None:
+        """Why `value` is wrong for this key, or None."""
+        if self.pattern is not None and not self.pattern.match(value):
+            return self.mismatch.format(value=show(value))
+        if not self.nul and "\0" in value:
+            return "contains a NUL character"
+        return self.check(value) if self.check is not None else None
+
+
+@attrs.frozen
+class Flag:
+    """true or false."""
+
+
+@attrs.frozen
+class Integer:
+    """A whole number from `low` to `high` (both included)."""
+
+    low: int
+    high: int
+
+    def problem(self, value: int) -> str | None:
+        """Why `value` is out of range, or None."""
+        if self.low <= value <= self.high:
+            return None
+        return f"must be from {self.low} to {self.high}, got {show(value)}"
+
+
+@attrs.frozen
+class Number:
+    """An integer or a float from `low` to `high` (both included)."""
+
+    low: float
+    high: float
+
+
+@attrs.frozen
+class Duration:
+    """`parse_duration`'s text or seconds, at most MAX_DURATION; `positive`: 0 is refused
+    (the key is left out for none)."""
+
+    positive: bool = False
+
+
+@attrs.frozen
+class Choice:
+    """One of `choices`, a `what` (for the message)."""
+
+    choices: tuple[str, ...]
+    what: str
+
+    def problem(self, value: str) -> str | None:
+        """Why `value` is not one of the choices (with a suggestion for a typo), or None."""
+        if value in self.choices:
+            return None
+        close = _suggest(value, list(self.choices))
+        return f"unknown {self.what} {show(value)}{close}; choose from {', '.join(self.choices)}"
+
+
+@attrs.frozen
+class Command:
+    """A shell command line (a non-blank string) or an argv list (non-empty, of strings);
+    no NUL character anywhere."""
+
+
+@attrs.frozen
+class StepIds:
+    """A list of step ids, or one step id as a string."""
+
+
+@attrs.frozen
+class Names:
+    """A table of names (PARAM_RE) to strings, numbers or booleans (`params`, `env`); `env`:
+    its values are checked for `$` syntax (text.py)."""
+
+    env: bool = False
+
+
+@attrs.frozen
+class Labels:
+    """A list of strings."""
+
+
+@attrs.frozen
+class Steps:
+    """The `[steps.<id>]` tables: at least one, ids as ID_RE, each read by STEP_TABLE."""
+
+
+Kind = (
+    Text | Flag | Integer | Number | Duration | Choice | Command | StepIds | Names | Labels | Steps
+)
+
+
+@attrs.frozen
+class Key:
+    """One key of a table: its kind, what it is for, and `default`, the value leaving it out
+    means, as the file would write it (None: no value, or one that depends on the file, said
+    in `description`). `required`: the file must give it."""
+
+    kind: Kind
+    description: str
+    default: object = None
+    required: bool = False
+
+
+_ID = Text(ID_RE, "{value} is not a valid id (letters, digits, '_', '-', '.')")
+_EXECUTOR = Text(EXECUTOR_RE, "{value} is not an executor name (letters, digits, '_', '-')")
+
+#: The keys of a DAG file's top level, in the order the docs list them.
+DAG_TABLE: dict[str, Key] = {
+    "id": Key(_ID, "The DAG's id; default: the file's name without .toml."),
+    "description": Key(Text(), "Shown by `dagd list` and the `dags` answer.", ""),
+    "schedule": Key(
+        Text(check=cron_problem),
+        "Cron expression, 5 fields (minute hour day month weekday), or @hourly, @daily, "
+        "@weekly, @monthly, @yearly; none: triggered by hand only.",
+    ),
+    "timezone": Key(Text(check=timezone_problem), "IANA time zone the schedule is read in.", "UTC"),
+    "catchup": Key(
+        Flag(), "After downtime, run every missed slot (oldest first), not only the latest.", False
+    ),
+    "max_active_runs": Key(
+        Integer(*LIMITS["max_active_runs"]),
+        "Runs of this DAG at once; the rest wait as queued.",
+        1,
+    ),
+    "max_active_steps": Key(
+        Integer(*LIMITS["max_active_steps"]),
+        "Steps of one run at once; none: no limit but the daemon's max_parallel_steps.",
+    ),
+    "params": Key(
+        Names(),
+        "Declared params and their defaults; a run may set only these. A step reads each as "
+        "DAGD_PARAM_<NAME>.",
+        {},
+    ),
+    "env": Key(
+        Names(env=True),
+        "Environment variables for every step; $VAR and ${VAR} expand, $$ is one $.",
+        {},
+    ),
+    "tags": Key(Labels(), "Free-form labels.", []),
+    "executor": Key(
+        _EXECUTOR,
+        "Where the steps run unless a step says otherwise: local, or an executor configured "
+        "in config.toml under [executors.<name>].",
+        DEFAULT_EXECUTOR,
+    ),
+    "steps": Key(Steps(), "The steps, [steps.<step_id>], at least one.", required=True),
+}
+
+#: A step needs exactly one of these keys: what it runs.
+ONE_OF_STEP_KEYS = ("command", "call")
+
+#: The keys of a `[steps.<id>]` table, in the order the docs list them.
+STEP_TABLE: dict[str, Key] = {
+    "command": Key(
+        Command(),
+        "A string runs through /bin/sh -c; a list is an argv run without a shell. "
+        "Exactly one of command and call.",
+    ),
+    "call": Key(
+        Text(CALL_RE, "{value} must look like 'package.module:function'"),
+        "A Python callable, 'package.module:function', given the step's context. "
+        "Exactly one of command and call.",
+    ),
+    "depends_on": Key(StepIds(), "Upstream step ids (one id may be given as a string).", []),
+    "trigger_rule": Key(
+        Choice(tuple(rule.value for rule in TriggerRule), "trigger rule"),
+        "When the step runs, given its upstream steps' outcomes.",
+        TriggerRule.ALL_SUCCESS.value,
+    ),
+    "retries": Key(Integer(*LIMITS["retries"]), "Extra attempts after a failed one.", 0),
+    "retry_delay": Key(
+        Duration(), "Wait before the first retry: '90s', '5m', '1h30m', '250ms' or seconds.", 0
+    ),
+    "retry_backoff": Key(
+        Number(*BACKOFF_RANGE), "Each further retry waits this many times longer.", 2
+    ),
+    "max_retry_delay": Key(Duration(), "The longest wait between attempts; none: no cap."),
+    "timeout": Key(
+        Duration(positive=True),
+        "An attempt running longer is stopped and fails; none: no timeout.",
+    ),
+    "env": Key(
+        Names(env=True),
+        "More environment variables, over the DAG's env; $VAR and ${VAR} expand.",
+        {},
+    ),
+    "cwd": Key(Text(nul=False), "Working directory of a shell step; default: the daemon's."),
+    "description": Key(Text(), "What the step does, for people.", ""),
+    "executor": Key(
+        _EXECUTOR,
+        "Where this step's attempts run; default: the DAG's executor.",
+    ),
+}
+
+#: The keys each table accepts (any other is a problem with a suggestion).
+DAG_KEYS = list(DAG_TABLE)
+STEP_KEYS = list(STEP_TABLE)
 
 
 @attrs.frozen
@@ -232,29 +427,123 @@ class _Reader:
                 self.problem(f"value of {name!r} must be a string or number", step, key)
         return out
 
-    def env_table(self, table: Table, step: str | None = None) -> dict[str, str]:
-        """`string_table` of `env`, each value checked for `$` syntax (text.py)."""
-        env = self.string_table(table, "env", step)
+    def env_table(self, table: Table, key: str, step: str | None = None) -> dict[str, str]:
+        """`string_table` of `key` (`env`), each value checked for `$` syntax (text.py)."""
+        env = self.string_table(table, key, step)
         for name, value in env.items():
             message = env_syntax_problem(value)
             if message is not None:
-                self.problem(f"value of {name!r}: {message}", step, "env")
+                self.problem(f"value of {name!r}: {message}", step, key)
         return env
 
 
-def _in_range(key: str) -> Check[int]:
-    low, high = LIMITS[key]
-    return lambda v: None if low <= v <= high else f"must be from {low} to {high}, got {show(v)}"
+_DECLARED: Any = object()  # `_read`'s default: the key's declared default
 
 
-def _no_nul(v: str) -> str | None:
-    return "contains a NUL character" if "\0" in v else None
+def _declared_default(key: Key) -> Any:
+    """A key's declared default as the value a spec holds (lists as tuples, numbers of a
+    Duration or Number as floats, a fresh copy of a table)."""
+    value = key.default
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(key.kind, Duration | Number) and value is not None:
+        return float(value)  # type: ignore[arg-type]
+    return value
 
 
-def _executor_problem(v: str) -> str | None:
-    if EXECUTOR_RE.match(v):
-        return None
-    return f"{show(v)} is not an executor name (letters, digits, '_', '-')"
+def _read(
+    r: _Reader,
+    keys: Mapping[str, Key],
+    table: Table,
+    name: str,
+    step: str | None = None,
+    default: Any = _DECLARED,
+) -> Any:
+    """table[name] read as `keys[name]` declares it, else `default` (the declared one unless
+    given), with a problem recorded for a value that is there but wrong."""
+    key = keys[name]
+    if default is _DECLARED:
+        default = _declared_default(key)
+    if name not in table:
+        return default
+    kind = key.kind
+    match kind:
+        case Text() | Choice():
+            return r.get(table, name, str, default=default, step=step, check=kind.problem)
+        case Flag():
+            return r.get(table, name, bool, default=default, step=step)
+        case Integer():
+            return r.get(table, name, int, default=default, step=step, check=kind.problem)
+        case Number():
+            value = table[name]
+            # A bool is an int to Python, never a number here; the comparison refuses NaN.
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                ok = False
+            else:
+                ok = kind.low <= value <= kind.high
+            if not ok:
+                r.problem(
+                    f"must be a number from {kind.low:g} to {kind.high:g}, got {show(value)}",
+                    step,
+                    name,
+                )
+                return default
+            return float(value)
+        case Duration():
+            seconds = r.duration(table, name, default=default, step=step)
+            if kind.positive and seconds == 0:
+                r.problem(f"must be greater than 0 (leave it out for no {name})", step, name)
+                return default
+            return seconds
+        case Command():
+            return _read_command(r, table, name, step)
+        case StepIds():
+            deps = r.get(table, name, (list, str), default=None, step=step)
+            if deps is None:
+                return default
+            if isinstance(deps, str):
+                deps = [deps]
+            if not all(isinstance(d, str) for d in deps):
+                r.problem("must be a list of step ids", step, name)
+                return default
+            return tuple(dict.fromkeys(deps))
+        case Names():
+            return r.env_table(table, name, step) if kind.env else r.string_table(table, name, step)
+        case Labels():
+            labels = r.get(table, name, list, default=None, step=step)
+            if labels is None:
+                return default
+            if not all(isinstance(label, str) for label in labels):
+                r.problem("must be a list of strings", step, name)
+                return default
+            return tuple(labels)
+        case Steps():
+            return r.get(table, name, dict, default=default, step=step)
+    assert_never(kind)
+
+
+def _read_command(
+    r: _Reader, table: Table, name: str, step: str | None
+) -> str | tuple[str, ...] | None:
+    """A step's `command`: a non-blank string, or an argv list of strings; None (with a
+    problem recorded) for anything else."""
+    raw = r.get(table, name, (str, list), default=None, step=step)
+    if isinstance(raw, list):
+        if not raw or not all(isinstance(a, str) for a in raw):
+            r.problem("an argv list must be a non-empty list of strings", step, name)
+        elif any("\0" in a for a in raw):
+            r.problem("contains a NUL character", step, name)
+        else:
+            return tuple(raw)
+    elif isinstance(raw, str):
+        if not raw.strip():
+            r.problem("must not be empty", step, name)
+        elif "\0" in raw:
+            r.problem("contains a NUL character", step, name)
+        return raw
+    return None
 
 
 def _read_step(
@@ -267,84 +556,30 @@ def _read_step(
     if not ID_RE.match(step_id):
         r.problem("step ids use letters, digits, '_', '-' and '.', at most 128", step_id)
     r.unknown_keys(raw, STEP_KEYS, step_id)
-    raw_command = r.get(raw, "command", (str, list), default=None, step=step_id)
-    command: str | tuple[str, ...] | None = None
-    if isinstance(raw_command, list):
-        if not raw_command or not all(isinstance(a, str) for a in raw_command):
-            r.problem("an argv list must be a non-empty list of strings", step_id, "command")
-        elif any("\0" in a for a in raw_command):
-            r.problem("contains a NUL character", step_id, "command")
-        else:
-            command = tuple(raw_command)
-    elif isinstance(raw_command, str):
-        if not raw_command.strip():
-            r.problem("must not be empty", step_id, "command")
-        elif "\0" in raw_command:
-            r.problem("contains a NUL character", step_id, "command")
-        command = raw_command
-    call = r.get(
-        raw,
-        "call",
-        str,
-        default=None,
-        step=step_id,
-        check=lambda v: (
-            None if CALL_RE.match(v) else f"{show(v)} must look like 'package.module:function'"
-        ),
-    )
-    if ("command" in raw) == ("call" in raw):
+
+    def read(name: str, default: Any = _DECLARED) -> Any:
+        return _read(r, STEP_TABLE, raw, name, step_id, default)
+
+    if sum(name in raw for name in ONE_OF_STEP_KEYS) != 1:
         r.problem("a step needs exactly one of 'command' or 'call'", step_id)
-    deps = r.get(raw, "depends_on", (list, str), default=[], step=step_id)
-    if isinstance(deps, str):
-        deps = [deps]
-    if not all(isinstance(d, str) for d in deps):
-        r.problem("must be a list of step ids", step_id, "depends_on")
-        deps = []
-    rule = r.get(
-        raw,
-        "trigger_rule",
-        str,
-        default="all_success",
-        step=step_id,
-        check=lambda v: (
-            None
-            if v in TriggerRule.__members__.values()
-            else f"unknown trigger rule {show(v)}{_suggest(v, list(map(str, TriggerRule)))}; "
-            f"choose from {', '.join(TriggerRule)}"
-        ),
-    )
-    backoff = r.get(raw, "retry_backoff", (int, float), default=2.0, step=step_id)
-    low, high = BACKOFF_RANGE
-    if isinstance(backoff, bool) or not low <= backoff <= high:  # also NaN
-        r.problem(
-            f"must be a number from {low:g} to {high:g}, got {show(backoff)}",
-            step_id,
-            "retry_backoff",
-        )
-        backoff = 2.0
-    timeout = r.duration(raw, "timeout", default=None, step=step_id)
-    if timeout == 0:
-        r.problem("must be greater than 0 (leave it out for no timeout)", step_id, "timeout")
-    step_env = r.env_table(raw, step_id)
+    step_env: dict[str, str] = read("env")
     return StepSpec(
         id=step_id,
-        command=command,
-        call=call,
-        depends_on=tuple(dict.fromkeys(deps)),
-        retries=r.get(raw, "retries", int, default=0, step=step_id, check=_in_range("retries")),
-        retry_delay=r.duration(raw, "retry_delay", default=0.0, step=step_id),
-        retry_backoff=float(backoff),
-        max_retry_delay=r.duration(raw, "max_retry_delay", default=None, step=step_id),
-        timeout=timeout or None,
+        command=read("command"),
+        call=read("call"),
+        depends_on=read("depends_on"),
+        retries=read("retries"),
+        retry_delay=read("retry_delay"),
+        retry_backoff=read("retry_backoff"),
+        max_retry_delay=read("max_retry_delay"),
+        timeout=read("timeout"),
         env={**dag_env, **step_env},
         # Expansion order (environment.py): the DAG's entries, then the step's.
         env_order=(*dag_env.items(), *step_env.items()),
-        cwd=r.get(raw, "cwd", str, default=None, step=step_id, check=_no_nul),
-        trigger_rule=TriggerRule(rule),
-        description=r.get(raw, "description", str, default="", step=step_id),
-        executor=r.get(
-            raw, "executor", str, default=dag_executor, step=step_id, check=_executor_problem
-        ),
+        cwd=read("cwd"),
+        trigger_rule=TriggerRule(read("trigger_rule")),
+        description=read("description"),
+        executor=read("executor", dag_executor),
     )
 
 
@@ -382,16 +617,23 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
     except tomllib.TOMLDecodeError as exc:
         raise DagSpecError([Problem(file, f"not valid TOML: {exc}")]) from None
     r.unknown_keys(doc, DAG_KEYS, None)
+
+    def read(name: str, default: Any = _DECLARED) -> Any:
+        return _read(r, DAG_TABLE, doc, name, None, default)
+
+    # The id is checked whether the file gives it or it comes from the file's name.
     dag_id = r.get(doc, "id", str, default=default_id)
     if dag_id is None:
         r.problem("missing 'id'", field="id")
-    elif not ID_RE.match(dag_id):
-        r.problem(f"{show(dag_id)} is not a valid id (letters, digits, '_', '-', '.')", field="id")
-    schedule = r.get(doc, "schedule", str, default=None, check=cron_problem)
-    tz = r.get(doc, "timezone", str, default="UTC", check=timezone_problem)
-    dag_env = r.env_table(doc)
-    dag_executor = r.get(doc, "executor", str, default=DEFAULT_EXECUTOR, check=_executor_problem)
-    raw_steps = r.get(doc, "steps", dict, default={})
+    else:
+        message = _ID.problem(dag_id)
+        if message is not None:
+            r.problem(message, field="id")
+    schedule = read("schedule")
+    tz = read("timezone")
+    dag_env: dict[str, str] = read("env")
+    dag_executor: str = read("executor")
+    raw_steps = read("steps", {})
     if not raw_steps and isinstance(doc.get("steps", {}), dict):
         r.problem("a DAG needs at least one step ([steps.<id>] with a command or call)")
     steps: dict[str, StepSpec] = {}
@@ -412,10 +654,8 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
         cycle = find_cycle(deps) or []
         # Show it in the direction work flows: upstream -> downstream.
         r.problem(f"dependency cycle: {' -> '.join(reversed(cycle))}", field="depends_on")
-    max_active_steps = r.get(
-        doc, "max_active_steps", int, default=None, check=_in_range("max_active_steps")
-    )
-    params = r.string_table(doc, "params")
+    max_active_steps = read("max_active_steps")
+    params: dict[str, str] = read("params")
     by_var: dict[str, str] = {}
     for name in params:
         var = param_variable(name)
@@ -430,21 +670,17 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
         id=dag_id or "",
         steps=steps,
         order=order or (),
-        description=r.get(doc, "description", str, default=""),
+        description=read("description"),
         schedule=schedule,
         timezone=tz,
-        catchup=r.get(doc, "catchup", bool, default=False),
-        max_active_runs=r.get(
-            doc, "max_active_runs", int, default=1, check=_in_range("max_active_runs")
-        ),
+        catchup=read("catchup"),
+        max_active_runs=read("max_active_runs"),
         max_active_steps=max_active_steps,
         params=params,
         env=dag_env,
-        tags=tuple(r.get(doc, "tags", list, default=[])),
+        tags=read("tags"),
         source=file,
     )
-    if not all(isinstance(t, str) for t in dag.tags):
-        r.problem("must be a list of strings", field="tags")
     if r.problems:
         raise DagSpecError(r.problems)
     return dag
