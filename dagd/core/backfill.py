@@ -61,8 +61,7 @@ def backfill_slots(
     while slot <= end:
         if len(slots) == limit:
             raise RangeError(
-                f"the range holds more than {limit} schedule slots; split it into smaller"
-                " ranges"
+                f"the range holds more than {limit} schedule slots; split it into smaller ranges"
             )
         slots.append(slot)
         slot = schedule.next_after(slot)

@@ -591,6 +591,11 @@ class Daemon:
         now = self.clock()
         try:
             first = parse_bound(start, dag.timezone, end=False)
+            if first.timestamp() > now:
+                raise RangeError(
+                    f"start {start[:60]!r} is in the future: the scheduler runs those slots"
+                    " when they are due"
+                )
             last = min(
                 parse_bound(end, dag.timezone, end=True),
                 datetime.fromtimestamp(now, UTC),
@@ -616,9 +621,7 @@ class Daemon:
             planned.append(BackfillSlot(slot.timestamp(), run_id, action, reason))
         return BackfillResult(dag.id, dry_run, planned)
 
-    async def _backfill_action(
-        self, run_id: str, rerun: bool
-    ) -> tuple[BackfillAction, str | None]:
+    async def _backfill_action(self, run_id: str, rerun: bool) -> tuple[BackfillAction, str | None]:
         """What a backfill does with the run of one slot, from its present status."""
         live = self.admission.find(run_id)
         if live is not None:

@@ -198,3 +198,52 @@ async def test_a_failing_fire_does_not_stop_the_scheduler(
         await trio.sleep(20 * 60 + 1)
         nursery.cancel_scope.cancel()
     assert fired == [utc(2024, 1, 1, 0, 10), utc(2024, 1, 1, 0, 20)]
+
+
+async def test_a_paused_dag_does_not_fire_and_others_do(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = utc(2024, 1, 1, 10, 30)
+    h = Harness(start, {"a": start.timestamp(), "b": start.timestamp()})
+    h.scheduler.set_dags({"a": dag("a", "0 * * * *"), "b": dag("b", "0 * * * *")})
+    h.scheduler.set_paused("a", True)
+    assert h.scheduler.next_fire("a") is None
+    assert h.scheduler.next_fire("b") == utc(2024, 1, 1, 11).timestamp()
+    await run_for(h, 3 * 3600)
+    assert h.slots("a") == []
+    assert h.slots("b") == [utc(2024, 1, 1, h_) for h_ in (11, 12, 13)]
+    assert [d for d, _ in h.recorded] == ["b", "b", "b"]  # a's last slot stays where it was
+
+
+async def unpause_after(h: Harness, dag_id: str, paused_for: float) -> None:
+    """Pause `dag_id` now, let the scheduler run `paused_for` seconds, unpause, run 1 s."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(h.scheduler.run)
+        h.scheduler.set_paused(dag_id, True)
+        await trio.sleep(paused_for)
+        h.scheduler.set_paused(dag_id, False)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_unpause_without_catchup_fires_only_the_latest_missed_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = utc(2024, 1, 1, 10, 30)
+    h = Harness(start, {"hourly": start.timestamp()})
+    h.scheduler.set_dags({"hourly": dag("hourly", "0 * * * *")})
+    await unpause_after(h, "hourly", 3 * 3600)  # 11:00, 12:00 and 13:00 missed
+    assert h.slots() == [utc(2024, 1, 1, 13)]
+    assert h.fired[0][2] == utc(2024, 1, 1, 13, 30).timestamp()  # at once, on unpause
+    assert h.scheduler.next_fire("hourly") == utc(2024, 1, 1, 14).timestamp()
+
+
+async def test_unpause_with_catchup_fires_every_missed_slot_oldest_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = utc(2024, 1, 1, 10, 30)
+    h = Harness(start, {"hourly": start.timestamp()})
+    h.scheduler.set_dags({"hourly": dag("hourly", "0 * * * *", catchup=True)})
+    await unpause_after(h, "hourly", 3 * 3600)
+    assert h.slots() == [utc(2024, 1, 1, 11), utc(2024, 1, 1, 12), utc(2024, 1, 1, 13)]
+    assert h.recorded[-1] == ("hourly", utc(2024, 1, 1, 13).timestamp())
