@@ -30,10 +30,12 @@ from dagd.client import (
     Connected,
     ConnectionLost,
     GapRepaired,
+    NotConnected,
     connect,
 )
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent, ErrorEvent
+from dagd.core.exceptiongroups import unwrap_single
 from dagd.core.model import FINISHED_RUN
 from dagd.core.protocol.answers import (
     CancelAccepted,
@@ -304,13 +306,31 @@ async def watch(endpoint: Endpoint, dag_ids: list[str], live: bool) -> int:
     async with open_client(
         endpoint, dag_ids, retry_first=True, interactive=True, initial_snapshot=True
     ) as client:
-        return await follow(client, None, live, stop_when_done=False)
+        if not dag_ids:
+            return await follow(client, None, live, stop_when_done=False)
+        # The check runs beside the view: while the daemon is away the view says so at once.
+        with unwrap_single():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_check_watched, client, dag_ids)
+                code = await follow(client, None, live, stop_when_done=False)
+                nursery.cancel_scope.cancel()
+        return code
 
 
-def _countdown(lost: ConnectionLost, since: float, now: float) -> str:
-    left = max(0, round(lost.retry_in - (now - since)))
-    when = f"retrying in {left} s" if left else "retrying now"
-    return f"disconnected ({lost.message}), {when}"
+async def _check_watched(client: Client, dag_ids: list[str]) -> None:
+    """Refuse a watch of DAGs the daemon does not know (did-you-mean) when none of them is
+    known, warn on stderr for each unknown one otherwise. Skipped while the daemon cannot be
+    reached: the watch waits for it, and a DAG file may appear meanwhile."""
+    try:
+        dags = await client.list_dags()
+    except NotConnected:
+        return
+    known = {d.dag_id for d in dags}
+    unknown = [d for d in dag_ids if d not in known and d != "*"]
+    if len(unknown) == len(dag_ids):
+        raise unknown_dag(unknown[0], known)
+    for dag_id in unknown:
+        click.echo(f"warning: {unknown_dag(dag_id, known).message}", err=True)
 
 
 async def follow(
@@ -331,7 +351,6 @@ async def follow(
     console = make_console(stderr=stderr)
     stream = sys.stderr if stderr else sys.stdout
     view = RunsView()
-    lost: tuple[ConnectionLost, float] | None = None
 
     def show_line(text: str | None) -> None:
         if text and not live:
@@ -339,16 +358,13 @@ async def follow(
             stream.flush()
 
     def handle(item: object) -> int | None:
-        nonlocal lost
         if isinstance(item, ConnectionLost):
-            lost = (item, trio.current_time())
-            view.notice = _countdown(item, lost[1], lost[1])
-            show_line(f"disconnected ({item.message}), retrying in {item.retry_in:.0f} s")
+            view.disconnected(item.message, item.retry_in, trio.current_time())
+            show_line(view.notice)  # plain lines: once per attempt, not every second
         elif isinstance(item, Connected):
             if view.notice:
                 show_line("reconnected; catching up")
-            view.notice = None
-            lost = None
+            view.reconnected()
         elif isinstance(item, GapRepaired):
             for event in item.events:
                 if run_ids is None or getattr(event, "run_id", None) in run_ids:
@@ -388,9 +404,9 @@ async def follow(
 
     async def tick(display: Live) -> None:
         while True:
-            await trio.sleep(1)
-            if lost is not None:
-                view.notice = _countdown(lost[0], lost[1], trio.current_time())
+            await trio.sleep(0.25)  # the countdown's second changes within a quarter of one
+            if view.notice is not None:
+                view.tick(trio.current_time())
                 display.update(view.render())
 
     code = EXIT_CANCELLED

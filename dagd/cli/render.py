@@ -116,10 +116,34 @@ class RunsView:
     def __init__(self, max_step_lines: int = 12) -> None:
         self.runs: dict[str, RunView] = {}
         self.max_step_lines = max_step_lines
-        self.notice: str | None = None  # e.g. "disconnected, retrying in 4 s"
+        self.notice: str | None = None  # e.g. "disconnected (...), retrying in 4 s"
+        # While the daemon is away: why, when the next attempt is due (trio.current_time()
+        # seconds, the client's clock), for the countdown of `tick`.
+        self._lost: tuple[str, float] | None = None
         #: The file error of each DAG whose file is broken now, oldest first; a
         #: `dag_status` event with no file error (the file loads again) clears it.
         self.dag_errors: dict[str, str] = {}
+
+    def disconnected(self, message: str, retry_in: float, now: float) -> None:
+        """The connection was lost (`message`, from the client's ConnectionLost); the next
+        attempt is `retry_in` seconds after `now`. The notice counts down from there."""
+        self._lost = (message, now + retry_in)
+        self.tick(now)
+
+    def tick(self, now: float) -> None:
+        """Bring the countdown of the notice to `now` (whole seconds, rounded)."""
+        if self._lost is None:
+            return
+        message, due = self._lost
+        left = round(due - now)
+        self.notice = f"disconnected ({message}), " + (
+            f"retrying in {left} s" if left > 0 else "retrying now"
+        )
+
+    def reconnected(self) -> None:
+        """Connected again: the notice goes."""
+        self._lost = None
+        self.notice = None
 
     def view(self, dag_id: str, run_id: str) -> RunView:
         """The view of `run_id`, made on first sight."""

@@ -123,3 +123,9 @@ def test_serve_warns_about_a_missing_dag_folder(tmp_path: Path) -> None:
         d.wait_ready()
         assert f"DAG folder {tmp_path / 'dags'} does not exist" in d.output()
         assert "WARNING" in d.output()
+
+
+def test_watch_of_only_unknown_dags_is_an_error(daemon: DaemonProc) -> None:
+    result = dagd("watch", "etk", "--plain", cwd=daemon.root, timeout=15)
+    assert result.returncode == 1
+    assert "unknown DAG 'etk': did you mean 'etl'?" in result.stderr

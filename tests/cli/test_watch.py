@@ -150,6 +150,56 @@ def test_runs_view_shows_progress_and_the_steps_that_matter() -> None:
     assert "waiting for runs" not in text
 
 
+def test_the_disconnected_notice_counts_down_to_the_next_attempt() -> None:
+    view = RunsView()
+    view.disconnected("cannot connect: Connection refused", 3.2, now=100.0)
+    assert view.notice == "disconnected (cannot connect: Connection refused), retrying in 3 s"
+    assert screen(view).splitlines()[0] == view.notice
+    view.tick(101.0)
+    assert view.notice.endswith("retrying in 2 s")
+    view.tick(102.3)
+    assert view.notice.endswith("retrying in 1 s")
+    view.tick(103.3)
+    assert view.notice.endswith("retrying now")
+    view.disconnected("cannot connect: Connection refused", 4.0, now=104.0)  # next attempt
+    assert view.notice.endswith("retrying in 4 s")
+    view.reconnected()
+    assert view.notice is None
+    view.tick(105.0)  # nothing to count down once connected
+    assert view.notice is None
+
+
+def _dag_status(seq: int, dag_id: str, paused: bool, file_error: str | None) -> DagEvent:
+    return event_from_wire(
+        json.loads(
+            _ev(
+                "dag_status",
+                seq,
+                f"{S}5.000",
+                dagId=dag_id,
+                paused=paused,
+                fileError=file_error,
+            )
+        )
+    )
+
+
+def test_a_file_error_clears_when_the_file_loads_again() -> None:
+    view = RunsView()
+    error = "dags/etl.toml: step 'a': field 'command': required"
+    view.apply(_dag_status(1, "etl", False, error))
+    view.apply(_dag_status(2, "report", True, None))
+    assert screen(view).splitlines()[0] == f"✘ etl: {error}"
+    line = RunsView.line(_dag_status(3, "etl", False, error))
+    assert line is not None and line.endswith(
+        f"dag etl: active, running the last good version; {error}"
+    )
+    view.apply(_dag_status(4, "etl", False, None))  # the file was fixed and loaded
+    assert "etl" not in screen(view)
+    line = RunsView.line(_dag_status(5, "report", True, None))
+    assert line is not None and line.endswith("dag report: paused")
+
+
 def test_runs_view_notice_dag_errors_and_the_finished_run() -> None:
     view = RunsView()
     for event in recorded():
