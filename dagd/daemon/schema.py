@@ -144,6 +144,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         WHERE attempt > 0 AND start_time IS NOT NULL
             AND status IN ('running', 'retrying', 'success', 'failed', 'cancelled');
     """,
+    # 7: retention of history ([history] in config.toml, dagd/daemon/retention.py): indexes to
+    # find a run's events and a DAG's finished runs by age, and to know whether a DAG version
+    # is still used; the replay floor (the highest seq that retention deleted from the middle
+    # of the log: replay from below it is refused); and the runs whose step logs are still to
+    # be removed (written with the runs' deletion, so a crash in between leaves no orphans)
+    """
+    CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
+    CREATE INDEX IF NOT EXISTS runs_by_end ON runs (dag_id, ended_at);
+    CREATE INDEX IF NOT EXISTS runs_by_version ON runs (dag_version);
+    CREATE TABLE IF NOT EXISTS replay_floor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS log_removals (
+        dag_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        PRIMARY KEY (dag_id, run_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 VERSION = len(MIGRATIONS)

@@ -60,7 +60,7 @@ from dagd.core.events import (
     DagRunStatusEvent,
     StepStatusEvent,
 )
-from dagd.core.model import RunStatus, StepStatus
+from dagd.core.model import FINISHED_RUN, RunStatus, StepStatus
 from dagd.core.protocol.events import encode_event
 from dagd.core.records import AttemptRecord, RunRecord
 from dagd.core.runstate import StepRecordTuple
@@ -189,6 +189,20 @@ Intent = (
 
 
 # ------------------------------------------------------------------ records
+
+
+@attrs.frozen
+class DeletedRuns:
+    """What one `Store.delete_runs` transaction deleted: the runs, as (dag_id, run_id), whose
+    step logs are now to be removed; how many step rows, attempt rows and events went with
+    them; DAG versions no run uses any more; and the replay floor after it."""
+
+    runs: list[tuple[str, str]]
+    steps: int
+    attempts: int
+    events: int
+    versions: int
+    replay_floor: int
 
 
 @attrs.frozen
@@ -372,6 +386,19 @@ _ENDS_ATTEMPT = frozenset(
     {StepStatus.SUCCESS, StepStatus.FAILED, StepStatus.RETRYING, StepStatus.CANCELLED}
 )
 
+_FINISHED_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINISHED_RUN)) + ")"
+#: Finished runs beyond history retention's limits (parameters: ended before, UNIX seconds;
+#: how many to keep per DAG; either NULL for no limit), oldest end first. The scan follows
+#: runs_by_end (schema.py), so only runs that ended at the same time are sorted for the rank.
+_RUNS_TO_PRUNE = f"""
+    SELECT run_id FROM (
+        SELECT run_id, ended_at,
+            row_number() OVER (PARTITION BY dag_id ORDER BY ended_at DESC, run_id DESC) AS newer
+        FROM runs WHERE status IN {_FINISHED_SQL}
+    ) WHERE ended_at < ?1 OR newer > ?2
+    ORDER BY ended_at, run_id
+"""
+
 _RUN_COLUMNS = "run_id, dag_id, status, params, queued_at, started_at, ended_at"
 _DEFINITION_OF_RUN = (
     "SELECT v.version, v.definition FROM runs r JOIN dag_versions v ON v.version = r.dag_version"
@@ -396,6 +423,16 @@ class Store:
         row = self._wconn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
         self._next_seq = (row[0] if row else 0) + 1
         self.committed_seq = self._next_seq - 1
+        row = self._wconn.execute("SELECT seq FROM replay_floor").fetchone()
+        #: The highest seq history retention deleted (0: none): replay from below it is
+        #: refused (`oldest_seq`). Never goes down.
+        self.replay_floor: int = row[0] if row else 0
+        # Versions queued in this process: the daemon records each once and binds new runs to
+        # it, so history retention must keep them even when no stored run uses them yet.
+        self._recorded_versions: set[str] = set()
+        self._wconn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS pruning (run_id TEXT PRIMARY KEY) WITHOUT ROWID"
+        )
         self._pending: list[Intent] = []
         self._wakeup = trio.Event()
         self._flushed = trio.Event()
@@ -469,6 +506,7 @@ class Store:
     def record_dag_version(self, version: str, dag_id: str, definition: str) -> None:
         """Queue a DAG definition's JSON text under its version (once per version is enough;
         a version already stored is left alone). Once per definition, not per run or event."""
+        self._recorded_versions.add(version)
         self._queue(RecordDagVersion(version, dag_id, definition))
 
     def record_leftover(self, leftover: RecordLeftover) -> None:
@@ -878,10 +916,16 @@ class Store:
         )
 
     async def oldest_seq(self) -> int | None:
-        """The lowest seq still in the log (retention deletes older ones), None if empty."""
+        """The lowest seq from which the log is whole, None if it is empty: a replay of every
+        event after `since` is possible when `since >= oldest_seq() - 1`. Event-log retention
+        deletes the oldest events, history retention the events of the runs it deletes
+        (`replay_floor`), so this is the lowest seq in the log or the floor + 1, whichever is
+        higher."""
         rows = await self.read("SELECT min(seq) FROM events")
         oldest: int | None = rows[0][0]
-        return oldest
+        if oldest is None:
+            return None
+        return max(oldest, self.replay_floor + 1)
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """The newest `limit` runs (of `dag_id`, or of every DAG), newest queued first."""
@@ -958,7 +1002,11 @@ class Store:
 
     async def prune(self, keep_count: int, max_age: float | None, now: float | None = None) -> int:
         """Delete events beyond the newest `keep_count` or older than `max_age` seconds;
-        returns how many. A delete that fails (a full disk) is logged and counts 0."""
+        returns how many. A delete that fails (a full disk) is logged and counts 0.
+
+        What stays is always the newest part of the log: an event older than `max_age` takes
+        every event before it along, whatever their timestamps (a clock set back makes them
+        out of order), so `oldest_seq` never hides a gap from a replay."""
         now = time.time() if now is None else now
 
         def work() -> int:
@@ -967,7 +1015,10 @@ class Store:
             cur = conn.execute("DELETE FROM events WHERE seq <= ?", (floor,))
             deleted = cur.rowcount
             if max_age is not None:
-                cur = conn.execute("DELETE FROM events WHERE ts < ?", (now - max_age,))
+                cur = conn.execute(
+                    "DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events WHERE ts < ?)",
+                    (now - max_age,),
+                )
                 deleted += cur.rowcount
             return deleted
 
@@ -977,3 +1028,145 @@ class Store:
             except sqlite3.Error as exc:  # a full disk: the next round tries again
                 log.warning("event log retention: cannot delete from %s (%s)", self.path, exc)
                 return 0
+
+    async def finished_runs_to_prune(
+        self, ended_before: float | None, keep_runs: int | None
+    ) -> list[str]:
+        """Ids of the finished runs that history retention removes, oldest end first: those
+        that ended before `ended_before` (UNIX seconds), and those beyond the newest
+        `keep_runs` finished runs of their DAG (newest by end time); None: no limit of that
+        kind. Queued and running runs are never among them. One read of the runs table, in a
+        worker thread on a connection of its own, so other reads do not wait for it."""
+        if ended_before is None and keep_runs is None:
+            return []
+
+        def work() -> list[str]:
+            conn = connect(self.path)
+            try:
+                rows = conn.execute(_RUNS_TO_PRUNE, (ended_before, keep_runs)).fetchall()
+            finally:
+                conn.close()
+            return [run_id for (run_id,) in rows]
+
+        return await trio.to_thread.run_sync(work)
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> DeletedRuns:
+        """Delete finished runs with their steps, attempts and events, and the DAG versions
+        no run uses any more, in one transaction in a worker thread under the write lock (the
+        writer waits for it: keep `run_ids` to a few hundred). A run that is not finished (a
+        retry put it back in the queue), unknown, or that items queued for the writer are
+        about, is left alone. The runs deleted are noted as having step logs to remove
+        (`log_removals`), and the replay floor rises to the highest seq deleted.
+
+        Raises `sqlite3.Error` if the transaction fails (nothing is deleted then)."""
+        held = self._held_run_ids()
+        wanted = [run_id for run_id in run_ids if run_id not in held]
+        keep = frozenset(self._recorded_versions)
+        async with self._write_lock:
+            deleted = await trio.to_thread.run_sync(self._delete_runs, wanted, keep)
+        self.replay_floor = deleted.replay_floor
+        return deleted
+
+    def _held_run_ids(self) -> set[str]:
+        """The runs that items queued for the writer (not committed yet) are about."""
+        held: set[str] = set()
+        for item in self._pending:
+            source = item.event if isinstance(item, StoredEvent) else item
+            run_id = getattr(source, "run_id", None)
+            if run_id is not None:
+                held.add(run_id)
+        return held
+
+    def _delete_runs(self, run_ids: list[str], keep_versions: frozenset[str]) -> DeletedRuns:
+        conn = self._wconn
+        chosen = "(SELECT run_id FROM temp.pruning)"
+        conn.execute("BEGIN")
+        try:
+            conn.execute("DELETE FROM temp.pruning")
+            conn.executemany(
+                "INSERT OR IGNORE INTO temp.pruning (run_id) VALUES (?)", [(r,) for r in run_ids]
+            )
+            conn.execute(
+                "DELETE FROM temp.pruning WHERE NOT EXISTS (SELECT 1 FROM runs"
+                f" WHERE runs.run_id = pruning.run_id AND runs.status IN {_FINISHED_SQL})"
+            )
+            runs = conn.execute(
+                f"SELECT dag_id, run_id FROM runs WHERE run_id IN {chosen} ORDER BY run_id"
+            ).fetchall()
+            versions = [
+                version
+                for (version,) in conn.execute(
+                    f"SELECT DISTINCT dag_version FROM runs WHERE run_id IN {chosen}"
+                    " AND dag_version IS NOT NULL"
+                )
+                if version not in keep_versions
+            ]
+            (top,) = conn.execute(
+                f"SELECT max(seq) FROM events WHERE run_id IN {chosen}"
+            ).fetchone()
+            events = conn.execute(f"DELETE FROM events WHERE run_id IN {chosen}").rowcount
+            attempts = conn.execute(f"DELETE FROM attempts WHERE run_id IN {chosen}").rowcount
+            steps = conn.execute(f"DELETE FROM steps WHERE run_id IN {chosen}").rowcount
+            conn.execute(
+                "INSERT OR IGNORE INTO log_removals (dag_id, run_id)"
+                f" SELECT dag_id, run_id FROM runs WHERE run_id IN {chosen}"
+            )
+            conn.execute(f"DELETE FROM runs WHERE run_id IN {chosen}")
+            gone_versions = 0
+            for version in versions:
+                gone_versions += conn.execute(
+                    "DELETE FROM dag_versions WHERE version = ?"
+                    " AND NOT EXISTS (SELECT 1 FROM runs WHERE dag_version = ?)",
+                    (version, version),
+                ).rowcount
+            floor = self.replay_floor
+            if top is not None and top > floor:
+                floor = top
+                conn.execute(
+                    "INSERT INTO replay_floor (id, seq) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+                    (floor,),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        return DeletedRuns(
+            [(dag_id, run_id) for dag_id, run_id in runs],
+            steps,
+            attempts,
+            events,
+            gone_versions,
+            floor,
+        )
+
+    async def log_removals(self) -> list[tuple[str, str]]:
+        """(dag_id, run_id) of deleted runs whose step logs are still to be removed (a crash
+        or a failed removal between `delete_runs` and `logs_removed`)."""
+        rows = await self.read("SELECT dag_id, run_id FROM log_removals ORDER BY dag_id, run_id")
+        return [(dag_id, run_id) for dag_id, run_id in rows]
+
+    async def logs_removed(self, runs: Sequence[tuple[str, str]]) -> None:
+        """The step logs of these deleted runs, (dag_id, run_id), are gone: forget them.
+        Raises `sqlite3.Error` if the write fails (they are removed again next time)."""
+        if not runs:
+            return
+
+        def work() -> None:
+            conn = self._wconn
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(
+                    "DELETE FROM log_removals WHERE dag_id = ? AND run_id = ?", list(runs)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+        async with self._write_lock:
+            await trio.to_thread.run_sync(work)
