@@ -16,12 +16,21 @@ import pytest
 import yaml
 
 from dagd.core.events import EVENT_TYPES
-from dagd.core.model import RunStatus, StepStatus
-from dagd.core.protocol.answers import ANSWER_TYPES, DagSummary
+from dagd.core.model import RunStatus, StepStatus, TriggerRule
+from dagd.core.protocol.answers import (
+    ANSWER_TYPES,
+    BackfillAction,
+    BackfillSlot,
+    DagSummary,
+    Edge,
+    StepDefinition,
+    StepDetail,
+    TriggerKind,
+)
 from dagd.core.protocol.codes import CloseCode, ErrorCode, Role
 from dagd.core.protocol.converter import camel
 from dagd.core.protocol.requests import REQUEST_TYPES
-from dagd.core.records import RunRecord
+from dagd.core.records import AttemptRecord, RunRecord
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 ASYNCAPI_TEXT = (DOCS / "asyncapi.yaml").read_text(encoding="utf-8")
@@ -90,14 +99,54 @@ def test_answers_are_exactly_the_answer_classes() -> None:
         assert set(payload["required"]) == {"type"} | required_fields(cls), name
 
 
-@pytest.mark.parametrize(
-    ("answer", "field", "cls"), [("dags", "dags", DagSummary), ("runs", "runs", RunRecord)]
-)
-def test_list_entries_are_exactly_the_summary_classes(answer: str, field: str, cls: type) -> None:
+def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema, or the component schema its `$ref` names."""
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    prefix = "#/components/schemas/"
+    assert ref.startswith(prefix), ref
+    return resolve(ASYNCAPI["components"]["schemas"][ref.removeprefix(prefix)])
+
+
+#: Objects nested in answers: (answer type, path to the object's schema, class).
+NESTED = [
+    ("dags", ("dags", "items"), DagSummary),
+    ("runs", ("runs", "items"), RunRecord),
+    ("dag", ("summary",), DagSummary),
+    ("dag", ("steps", "items"), StepDefinition),
+    ("dag", ("edges", "items"), Edge),
+    ("run", ("record",), RunRecord),
+    ("run", ("steps", "items"), StepDetail),
+    ("run", ("steps", "items", "attempts", "items"), AttemptRecord),
+    ("backfill_result", ("slots", "items"), BackfillSlot),
+]
+
+
+@pytest.mark.parametrize(("answer", "path", "cls"), NESTED)
+def test_nested_objects_are_exactly_their_classes(
+    answer: str, path: tuple[str, ...], cls: type
+) -> None:
     answers, _ = _answers_and_events()
-    items = answers[answer]["properties"][field]["items"]
-    assert set(items["properties"]) == wire_fields(cls)
-    assert set(items["required"]) == required_fields(cls)
+    schema = answers[answer]
+    for key in path:
+        schema = resolve(schema)
+        schema = schema["items"] if key == "items" else schema["properties"][key]
+    schema = resolve(schema)
+    assert set(schema["properties"]) == wire_fields(cls)
+    assert set(schema["required"]) == required_fields(cls)
+
+
+@pytest.mark.parametrize(
+    ("name", "enum"),
+    [
+        ("triggerRule", TriggerRule),
+        ("triggerKind", TriggerKind),
+        ("backfillAction", BackfillAction),
+    ],
+)
+def test_value_enums_are_the_enums(name: str, enum: type[Any]) -> None:
+    assert ASYNCAPI["components"]["schemas"][name]["enum"] == [e.value for e in enum]
 
 
 def test_events_are_exactly_the_event_classes() -> None:
