@@ -255,3 +255,51 @@ def test_schema_is_the_loaders_and_accepts_the_dags(daemon: DaemonProc, cli: Cli
         validator.validate(tomllib.loads(path.read_text()))
     with pytest.raises(jsonschema.ValidationError):
         validator.validate({"steps": {"a": {"command": "true", "retires": 3}}})
+
+
+# ------------------------------------------------------------------ roles
+
+READ_TOKEN = "read-token-for-ops-tests"
+OPERATE_TOKEN = "operate-token-for-ops-tests"
+
+
+@pytest.fixture(scope="module")
+def roles_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    """A daemon with a read and an operate token in its config (and no token file of its
+    own: the operate one is written where the helpers look for it)."""
+    root = tmp_path_factory.mktemp("roles")
+    tokens = "".join(
+        f'[[auth.tokens]]\nname = "{role}"\nrole = "{role}"\ntoken = "{token}"\n'
+        for role, token in (("read", READ_TOKEN), ("operate", OPERATE_TOKEN))
+    )
+    with DaemonProc(root, {"nightly": DAGS["nightly"]}, server=tokens) as d:
+        d.state.mkdir()
+        (d.state / "token").write_text(OPERATE_TOKEN)
+        d.start()
+        d.wait_ready()
+        yield d
+
+
+@pytest.mark.parametrize(
+    ("args", "action"),
+    [
+        (["pause", "nightly"], "pause"),
+        (["unpause", "nightly"], "unpause"),
+        (["backfill", "nightly", "--start", "2024-01-01", "--end", "2024-03-01"], "backfill"),
+    ],
+)
+def test_a_read_token_cannot_operate(
+    roles_daemon: DaemonProc, cli: CliRunner, args: list[str], action: str
+) -> None:
+    where = ["--url", roles_daemon.url]
+    result = invoke(cli, *args, *where, "--token", READ_TOKEN, "--json")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert f"this token's role is 'read': it cannot {action}" in result.stderr
+    assert roles_daemon.run_statuses() == {}
+    # The read token may still look.
+    result = invoke(cli, "show", "--dag", "nightly", *where, "--token", READ_TOKEN)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("dag               nightly\n")
+    result = invoke(cli, *args, *where, "--token", OPERATE_TOKEN, "--json")
+    assert result.exit_code == 0, result.output
