@@ -41,11 +41,13 @@ if TYPE_CHECKING:
 
 
 def local_dag(config_path: Path | None, dags_dir: Path | None, dag_id: str) -> DagSpec:
-    """`dag_id` as the DAG folder (from `--dags`, else the config's) defines it now. Raises
+    """`dag_id` as the DAG folder (from `--dags`, else the config's) defines it now, read as
+    `dagd list` reads it (a step naming an executor the config lacks is a problem). Raises
     click.ClickException naming the file's problems when its file is broken, or the closest
     known ids when there is no such DAG."""
-    folder_path = dags_dir if dags_dir is not None else load_config(config_path).dags_dir
-    folder = load_dag_folder(folder_path)
+    config = load_config(config_path)
+    folder_path = dags_dir if dags_dir is not None else config.dags_dir
+    folder = load_dag_folder(folder_path, executors=config.executor_names)
     dag = folder.dags.get(dag_id)
     if dag is not None:
         return dag
