@@ -1,7 +1,8 @@
 """What persistence costs: a 10,000-step chain of no-op async callables run through the daemon
-(open_daemon: every event numbered, written to SQLite in batches by the store's writer thread,
-fanned out to one hub subscriber that drains them) versus the same run through
-dagd.runtime.engine.run_dag alone (events into a counter).
+(open_daemon: every event numbered, written to SQLite in batches by the store's writer task
+with the runs, steps and attempts tables it folds into, fanned out to one hub subscriber that
+drains them) versus the same run through dagd.runtime.engine.run_dag alone (events into a
+counter).
 
     python bench/daemon_persistence.py              # median of 3 runs each, ~10 s
     python bench/daemon_persistence.py --reps 1
@@ -72,7 +73,7 @@ class Result:
         self, seconds: float, cpu: float, events: int, ticker: Ticker, batches: int = 0
     ) -> None:
         self.seconds = seconds
-        self.cpu = cpu  # process CPU time, every thread (the store writes in a worker thread)
+        self.cpu = cpu  # process CPU time, every thread (checkpoints run in a worker thread)
         self.events = events
         self.batches = batches
         self.worst_late = ticker.worst
