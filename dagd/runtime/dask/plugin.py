@@ -1,10 +1,16 @@
-"""The worker plugin that kills what dagd steps of dead workers left running.
+"""The worker plugin that kills what dagd steps of dead workers left running, and the steps of
+a worker that closes.
 
 A worker that dies (SIGKILL, out of memory, a lost machine coming back) cannot stop its steps:
 their process groups outlive it (a parent-death signal would reach only each group's first
 process). Every step's processes carry worker.OWNER_VAR, naming the worker process that
 started them; when a worker starts (a nanny restarting it, or a new one on the same host), this
 plugin kills the processes whose worker is gone. Steps of live workers are never touched.
+
+A worker that closes (its scheduler gone, scaled down, stopped) kills its running steps
+first: their task threads would otherwise keep the closing process alive, with the steps,
+beyond the reach of anyone. The attempts fail on the daemon's side (a lost worker or a lost
+connection).
 
 The daemon registers it with `Client.register_plugin` each time it connects; the scheduler
 hands it to every worker that joins later.
@@ -17,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from distributed import WorkerPlugin
 
-from dagd.runtime.dask.worker import kill_orphaned_steps
+from dagd.runtime.dask.worker import kill_all_attempts, kill_orphaned_steps
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -29,7 +35,8 @@ PLUGIN_NAME = "dagd-leftover-reaper"
 
 
 class LeftoverReaper(WorkerPlugin):
-    """On each worker's start, SIGKILL the leftovers of dagd steps whose worker is gone."""
+    """On each worker's start, SIGKILL the leftovers of dagd steps whose worker is gone; on
+    its close, SIGKILL its own running steps."""
 
     name = PLUGIN_NAME
 
@@ -42,3 +49,9 @@ class LeftoverReaper(WorkerPlugin):
                 worker.address,
                 killed,
             )
+
+    def teardown(self, worker: Worker) -> None:
+        """Called by the worker when it closes."""
+        killed = kill_all_attempts()
+        if killed:
+            log.warning("worker %s is closing: killed dagd steps %s", worker.address, killed)

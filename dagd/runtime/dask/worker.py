@@ -509,6 +509,22 @@ async def stop_attempts(keys: Collection[str], grace: float) -> list[str]:
     return found
 
 
+def kill_all_attempts() -> list[str]:
+    """SIGKILL the process group of every attempt running in this worker process, and cancel
+    its async Python steps (the worker is closing: a task thread left running would keep
+    the process alive, and its step with it). Returns their keys."""
+    with _lock:
+        entries = list(_running.items())
+        for _, entry in entries:
+            entry.stopping = True
+    for _, entry in entries:
+        if entry.pgid is not None:
+            signal_group(entry.pgid, signal.SIGKILL)
+        if entry.cancel is not None:
+            entry.cancel()
+    return [key for key, _ in entries]
+
+
 async def stop_runs(run_ids: Collection[str], grace: float) -> dict[str, list[Any]]:
     """Crash recovery: stop every attempt of `run_ids` running in this worker process, then
     SIGKILL any process on this host whose environment names one of `run_ids` as

@@ -31,16 +31,17 @@ SECRET_VAR = "DAGD_TEST_WORKER_SECRET"
 @contextlib.contextmanager
 def local_cluster(workers: int, *, port: int = 0, processes: bool = True) -> Iterator[LocalCluster]:
     """A LocalCluster on 127.0.0.1 as dagd wants one: no re-run of a task whose worker died, no
-    dashboard, one thread per worker (two for the shared cluster), quiet logs."""
+    fixed dashboard port, two threads per worker, quiet logs."""
     os.environ[SECRET_VAR] = "do-not-leak"
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=2,
             processes=processes,
+            protocol="tcp://",  # not the in-process transport, even with processes=False
             host="127.0.0.1",
             scheduler_port=port,
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # its HTTP server runs anyway: any free port
             silence_logs=logging.CRITICAL,
         )
     try:
