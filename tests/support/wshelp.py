@@ -66,14 +66,20 @@ SERVER_TYPES = {
     "retry_accepted",
     "dags",
     "runs",
+    "run",
+    "dag",
+    "paused",
+    "unpaused",
+    "backfill_result",
     "pong",
     "heartbeat",
     "error",
     "dag_run_status",
     "step_status",
     "dag_run_progress",
+    "dag_status",
 }
-EVENT_TYPES = {"dag_run_status", "step_status", "dag_run_progress"}
+EVENT_TYPES = {"dag_run_status", "step_status", "dag_run_progress", "dag_status"}
 ERROR_CODES = {
     "auth_required",
     "auth_failed",
@@ -92,6 +98,8 @@ ERROR_CODES = {
     "not_retryable",
     "shutting_down",
     "storage_unavailable",
+    "no_schedule",
+    "invalid_range",
 }
 
 DAGS = {
