@@ -41,9 +41,8 @@ async def test_get_run_and_get_dag_on_the_wire(tmp_path: Path, aio: Aio, kind: s
         run_id = triggered["runId"]
         await h.run_status(run_id, "success")
         run = await client.request({"type": "get_run", "runId": run_id, "requestId": "r1"})
-        assert list(run) == ["type", "record", "trigger", "duration", "dagVersion", "steps"] + [
-            "requestId"
-        ]
+        keys = ["type", "record", "trigger", "duration", "dagVersion", "steps", "requestId"]
+        assert list(run) == keys
         assert run["type"] == "run" and run["requestId"] == "r1"
         assert run["record"]["runId"] == run_id and run["record"]["status"] == "success"
         assert run["trigger"] == "manual" and isinstance(run["duration"], int)
