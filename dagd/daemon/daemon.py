@@ -212,7 +212,13 @@ class Daemon:
     async def _prune_loop(self) -> None:
         while True:
             await trio.sleep(PRUNE_INTERVAL)
-            await prune_once(self.store, self.config, self.clock())
+            await prune_once(self.store, self.config, self.clock(), on_pruned=self._forget)
+
+    def _forget(self, run_ids: list[str]) -> None:
+        """Retention deleted these runs from the store: drop them from the memory of finished
+        runs too, or snapshots would still show them and a retry would rebuild a partial row."""
+        for run_id in run_ids:
+            self.admission.recall(run_id)
 
     # ----------------------------------------------------------------- events
 
@@ -261,7 +267,9 @@ class Daemon:
         return await self.store.events_page(since, until, limit)
 
     async def oldest_seq(self) -> int | None:
-        """The lowest seq still in the event log, None if it is empty."""
+        """The lowest seq from which the event log is whole (Store.oldest_seq: history
+        retention deletes a finished run's events from the middle of the log and keeps a replay
+        floor), None if it is empty."""
         return await self.store.oldest_seq()
 
     # ------------------------------------------------------------------ runs
