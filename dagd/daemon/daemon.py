@@ -575,8 +575,9 @@ class Daemon:
         offset; a date as `end` counts its whole day), oldest first. Slots after now are left
         out: the scheduler runs them when they are due.
 
-        Each slot's run has the id the scheduler gives that slot, so a backfilled slot and a
-        scheduled one never run twice. Per slot: no run yet -> `queued` (a new run with
+        Each slot's run has the id the scheduler gives that slot, and the scheduler carries on
+        after the newest slot of the range, so a backfilled slot and a scheduled one never both
+        run. Per slot: no run yet -> `queued` (a new run with
         `params`, through the DAG's queue and max_active_runs like any run); a run queued or
         running -> `skipped`; a failed or cancelled run -> `retried` (as `retry`: successful
         steps are kept); a successful run -> `skipped`, or with `rerun` -> `rerun` (every step
@@ -627,6 +628,10 @@ class Daemon:
                         raise
                     action, reason = BackfillAction.SKIPPED, exc.message
             planned.append(BackfillSlot(slot.timestamp(), run_id, action, reason))
+        if planned and not dry_run:
+            # Every slot of the range has its run now: the scheduler must not fire one of them
+            # again (after an unpause, say), so it carries on after the newest.
+            self.scheduler.advance(dag.id, planned[-1].slot)
         return BackfillResult(dag.id, dry_run, planned)
 
     async def _backfill_action(self, run_id: str, rerun: bool) -> tuple[BackfillAction, str | None]:

@@ -75,6 +75,14 @@ class CronScheduler:
             self.paused.discard(dag_id)
         self._changed.set()
 
+    def advance(self, dag_id: str, slot: float) -> None:
+        """A DAG's run for `slot` (UNIX seconds) exists already (a backfill made it): the
+        scheduler never fires that slot or an earlier one for it again."""
+        if slot > self.last_slots.get(dag_id, -math.inf):
+            self.last_slots[dag_id] = slot
+            self.record(dag_id, slot)
+            self._changed.set()
+
     def next_fire(self, dag_id: str) -> float | None:
         """When the DAG fires next (UNIX seconds), or None if it has no schedule or is
         paused."""

@@ -409,3 +409,42 @@ async def test_a_paused_dag_misses_its_slots_across_a_restart_until_unpaused(
         [state] = daemon.run_states()
         assert state.run_id.startswith("scheduled__") and state.run_id.endswith("__yearly")
         await wait_status(daemon, state.run_id)
+
+
+async def test_backfilled_slots_are_not_fired_again_on_unpause(config: Config) -> None:
+    write_dag(
+        config, "yearly", "schedule = '0 0 1 1 *'\ncatchup = true\n[steps.s]\ncommand = 'true'\n"
+    )
+    async with open_daemon(config) as daemon:
+        daemon.pause("yearly")
+    # Paused since 800 days ago: the last two new years passed while it was paused.
+    conn = sqlite3.connect(config.db_path)
+    with conn:
+        conn.execute("UPDATE schedule SET last_slot = ?", (time.time() - 800 * 86400,))
+    conn.close()
+    year = datetime.now(UTC).year
+    async with open_daemon(config) as daemon:
+        # the older of the two missed slots only: the newer one is still the scheduler's
+        done = await daemon.backfill("yearly", f"{year - 1}-01-01", f"{year - 1}-01-01")
+        [slot] = done.slots
+        await wait_status(daemon, slot.run_id)
+        daemon.unpause("yearly")  # catchup: every missed slot after the backfilled one
+        await wait_until(lambda: len(daemon.run_states()) == 2)
+        runs = await daemon.list_runs("yearly")
+        for run in runs:
+            await wait_status(daemon, run.run_id)
+        await trio.sleep(0.2)
+        runs = await daemon.list_runs("yearly")
+    assert sorted(r.run_id for r in runs) == [
+        slot.run_id,
+        f"scheduled__{year}-01-01T00:00:00+00:00__yearly",
+    ]
+    # the backfilled run was queued once: the scheduler did not fire its slot again
+    conn = sqlite3.connect(config.db_path)
+    queued = conn.execute(
+        "SELECT count(*) FROM events WHERE run_id = ? AND type = 'dag_run_status'"
+        " AND body LIKE '%\"queued\"%'",
+        (slot.run_id,),
+    ).fetchone()
+    conn.close()
+    assert queued == (1,)

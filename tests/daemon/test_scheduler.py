@@ -247,3 +247,18 @@ async def test_unpause_with_catchup_fires_every_missed_slot_oldest_first(
     await unpause_after(h, "hourly", 3 * 3600)
     assert h.slots() == [utc(2024, 1, 1, 11), utc(2024, 1, 1, 12), utc(2024, 1, 1, 13)]
     assert h.recorded[-1] == ("hourly", utc(2024, 1, 1, 13).timestamp())
+
+
+async def test_advance_skips_slots_that_already_have_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = utc(2024, 1, 1, 10, 30)
+    h = Harness(start, {"hourly": (start - timedelta(hours=3)).timestamp()})
+    h.scheduler.set_dags({"hourly": dag("hourly", "0 * * * *", catchup=True)})
+    h.scheduler.set_paused("hourly", True)
+    h.scheduler.advance("hourly", utc(2024, 1, 1, 9).timestamp())  # 08:00 and 09:00 backfilled
+    h.scheduler.advance("hourly", utc(2024, 1, 1, 8).timestamp())  # never moves back
+    assert h.recorded == [("hourly", utc(2024, 1, 1, 9).timestamp())]
+    h.scheduler.set_paused("hourly", False)
+    await run_for(h, 1)
+    assert h.slots() == [utc(2024, 1, 1, 10)]
