@@ -12,7 +12,7 @@ import typing
 import attrs
 import pytest
 
-from dagd.core.events import DagEvent
+from dagd.core.events import RunEvent
 from dagd.core.model import FINISHED_STEP, RunStatus, StepStatus, TriggerRule
 from dagd.core.runstate import (
     ATTEMPT_OUT,
@@ -34,7 +34,7 @@ P, E, S = Phase, StepInput, StepStatus
 
 def test_event_classes_are_every_dag_event():
     # RunDriver._apply publishes the effects that are EVENT_CLASSES instances.
-    assert set(EVENT_CLASSES) == set(typing.get_args(DagEvent))
+    assert set(EVENT_CLASSES) == set(typing.get_args(RunEvent))
     assert len(EVENT_CLASSES) == len(set(EVENT_CLASSES))
 
 
