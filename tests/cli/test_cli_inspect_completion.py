@@ -1,6 +1,8 @@
 """Shell completion of DAG ids, run ids and step ids, through click's own mechanism: the
 installed `dagd` script run with `_DAGD_COMPLETE=<shell>_complete`, `COMP_WORDS` and
-`COMP_CWORD`, exactly as the shell scripts of `_DAGD_COMPLETE=bash_source dagd` call it.
+`COMP_CWORD`, exactly as the shell scripts of `_DAGD_COMPLETE=bash_source dagd` call it. The
+finer cases go through the same click classes in this process (a `dagd` start costs about half
+a second).
 
 Run ids come from a real daemon's SQLite history, read without the daemon (it is stopped
 before the last checks)."""
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from click.shell_completion import BashComplete, ShellComplete, ZshComplete
 from clienthelp import DaemonProc, clean_env, serving, wait_for
 
+from dagd.cli.main import main
 from dagd.client import connect
 
 DAGS = {
@@ -79,6 +83,20 @@ def complete(cwd: Path, line: str, shell: str = "bash", **env: str) -> list[str]
     return [line for line in proc.stdout.splitlines() if line]  # nothing: one empty line
 
 
+def complete_here(
+    cwd: Path, line: str, monkeypatch: pytest.MonkeyPatch, shell: str = "bash"
+) -> list[str]:
+    """`complete` in this process: the same click classes, the same output lines."""
+    monkeypatch.chdir(cwd)
+    for var in ("DAGD_CONFIG", "DAGD_DAGS"):
+        monkeypatch.delenv(var, raising=False)
+    words = line.split() + ([""] if line.endswith(" ") else [])
+    kind: type[ShellComplete] = BashComplete if shell == "bash" else ZshComplete
+    comp = kind(main, {}, "dagd", "_DAGD_COMPLETE")
+    items = comp.get_completions(words[1:-1], words[-1])
+    return [line for item in items for line in comp.format_completion(item).splitlines()]
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     with serving(tmp_path_factory.mktemp("completion"), DAGS) as d:
@@ -102,13 +120,12 @@ def run_ids(daemon: DaemonProc) -> list[str]:
     return ids
 
 
-def test_dag_ids_from_the_folder(daemon: DaemonProc) -> None:
+def test_through_the_installed_script(daemon: DaemonProc, run_ids: list[str]) -> None:
     assert complete(daemon.root, "dagd graph ") == [
         "plain,estimate",
         "plain,etl",
         "plain,report",
     ]
-    assert complete(daemon.root, "dagd graph et") == ["plain,etl"]
     # zsh gets each description as help ("_" when there is none).
     assert complete(daemon.root, "dagd graph e", "zsh") == [
         "plain",
@@ -118,52 +135,77 @@ def test_dag_ids_from_the_folder(daemon: DaemonProc) -> None:
         "etl",
         "extract, transform, load",
     ]
-
-
-def test_dag_ids_from_another_folder(daemon: DaemonProc, tmp_path: Path) -> None:
-    config = str(daemon.config)
-    assert complete(tmp_path, f"dagd graph --config {config} r") == ["plain,report"]
-    assert complete(tmp_path, "dagd graph r", DAGD_CONFIG=config) == ["plain,report"]
-    assert complete(tmp_path, f"dagd graph --dags {daemon.root / 'dags'} r") == ["plain,report"]
-    assert complete(tmp_path, "dagd graph ") == []  # no config here: no DAG folder either
-
-
-def test_run_and_step_ids_from_the_history(daemon: DaemonProc, run_ids: list[str]) -> None:
     etl_1, report, etl_2 = run_ids
-    # Newest first; bash then sorts them itself.
-    assert complete(daemon.root, "dagd logs ") == [
+    assert complete(daemon.root, "dagd logs ") == [  # newest first; bash sorts them itself
         f"plain,{etl_2}",
         f"plain,{report}",
         f"plain,{etl_1}",
     ]
-    assert complete(daemon.root, f"dagd logs {etl_1}") == [f"plain,{etl_1}"]
-    assert complete(daemon.root, "dagd logs manual_x") == []  # '_' is no LIKE wildcard
-    assert complete(daemon.root, f"dagd logs {etl_1} ") == [
+
+
+def test_dag_ids(daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert complete_here(daemon.root, "dagd graph et", monkeypatch) == ["plain,etl"]
+    assert complete_here(daemon.root, "dagd show --dag r", monkeypatch) == ["plain,report"]
+    for command in ("pause", "unpause", "backfill"):
+        assert complete_here(daemon.root, f"dagd {command} es", monkeypatch) == ["plain,estimate"]
+
+
+def test_dag_ids_from_another_folder(
+    daemon: DaemonProc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = str(daemon.config)
+    line = f"dagd graph --config {config} r"
+    assert complete_here(tmp_path, line, monkeypatch) == ["plain,report"]
+    line = f"dagd graph --dags {daemon.root / 'dags'} r"
+    assert complete_here(tmp_path, line, monkeypatch) == ["plain,report"]
+    assert complete_here(tmp_path, "dagd graph ", monkeypatch) == []  # no config, no folder
+    monkeypatch.setenv("DAGD_CONFIG", config)
+    comp = BashComplete(main, {}, "dagd", "_DAGD_COMPLETE")
+    assert [i.value for i in comp.get_completions(["graph"], "r")] == ["report"]
+
+
+def test_run_and_step_ids_from_the_history(
+    daemon: DaemonProc, run_ids: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etl_1, report, etl_2 = run_ids
+    root = daemon.root
+    assert complete_here(root, "dagd show ", monkeypatch) == [
+        f"plain,{etl_2}",
+        f"plain,{report}",
+        f"plain,{etl_1}",
+    ]
+    assert complete_here(root, f"dagd logs {etl_1}", monkeypatch) == [f"plain,{etl_1}"]
+    assert complete_here(root, "dagd logs manual_x", monkeypatch) == []  # '_' is no wildcard
+    assert complete_here(root, f"dagd logs {etl_1} ", monkeypatch) == [
         "plain,extract",
         "plain,extract.more",
         "plain,load",
     ]
-    assert complete(daemon.root, f"dagd logs {etl_1} extract.", "zsh") == [
+    assert complete_here(root, f"dagd logs {etl_1} extract.", monkeypatch, "zsh") == [
         "plain",
         "extract.more",
         "success",
     ]
-    assert complete(daemon.root, "dagd logs no-such-run ") == []
+    assert complete_here(root, "dagd logs no-such-run ", monkeypatch) == []
 
 
-def test_history_is_read_without_the_daemon(daemon: DaemonProc, run_ids: list[str]) -> None:
+def test_history_is_read_without_the_daemon(
+    daemon: DaemonProc, run_ids: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     daemon.stop()
     try:
-        assert len(complete(daemon.root, "dagd logs ")) == len(run_ids)
+        assert len(complete_here(daemon.root, "dagd logs ", monkeypatch)) == len(run_ids)
     finally:
         daemon.start()
         daemon.wait_ready()
 
 
-def test_nothing_to_complete_without_a_history(tmp_path: Path) -> None:
+def test_nothing_to_complete_without_a_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "config.toml").write_text('state_dir = "state"\n')
-    assert complete(tmp_path, "dagd logs ") == []
+    assert complete_here(tmp_path, "dagd logs ", monkeypatch) == []
     assert not (tmp_path / "state").exists()  # read-only: nothing made
     (tmp_path / "config.toml").write_text("not = [valid toml\n")
-    assert complete(tmp_path, "dagd logs ") == []
-    assert complete(tmp_path, "dagd graph ") == []
+    assert complete_here(tmp_path, "dagd logs ", monkeypatch) == []
+    assert complete_here(tmp_path, "dagd graph ", monkeypatch) == []
