@@ -33,6 +33,7 @@ from dagd.core.protocol.answers import DagDetail, RunDetail, StepDefinition, Ste
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.runstate import format_seconds
 from dagd.core.text import one_line
+from dagd.core.text import show as show_text
 from dagd.core.timefmt import iso_z
 from dagd.daemon.dagfolder import load_dag_folder
 
@@ -155,8 +156,8 @@ async def _get_run(where: Endpoint, run_id: str) -> RunDetail:
         except ClientError as exc:
             if exc.code is ErrorCode.UNKNOWN_RUN:
                 raise click.ClickException(
-                    f"unknown run {run_id!r}: the daemon has no such run (`dagd runs` lists "
-                    "the latest)"
+                    f"unknown run {show_text(run_id)}: the daemon has no such run (`dagd runs` "
+                    "lists the latest)"
                 ) from None
             raise
     return attrs.evolve(run, request_id=None)

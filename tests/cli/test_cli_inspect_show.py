@@ -257,6 +257,10 @@ def test_unknown_run_and_dag(cli: CliRunner) -> None:
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "unknown run 'manual__2000-01-01T00:00:00+00:00'" in result.stderr
+    result = invoke(cli, "show", "x" * 5000)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: unknown run 'xxx")
+    assert len(result.stderr) < 200  # the id cut short, on one line
     result = invoke(cli, "show", "--dag", "nighty")
     assert result.exit_code == 1
     assert "unknown DAG 'nighty': did you mean 'nightly'?" in result.stderr
