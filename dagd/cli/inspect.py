@@ -28,7 +28,7 @@ from dagd.cli.options import (
 from dagd.cli.output import json_option, print_json
 from dagd.cli.render import format_duration
 from dagd.client import ClientError
-from dagd.core.model import DagSpec, TriggerRule
+from dagd.core.model import DagSpec, StepStatus, TriggerRule
 from dagd.core.protocol.answers import DagDetail, RunDetail, StepDefinition, StepDetail
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.runstate import format_seconds
@@ -206,8 +206,9 @@ def _attempt_count(step: StepDetail) -> int:
 def run_text(run: RunDetail, all_attempts: bool = False) -> str:
     """A `get_run` answer for people: the run's fields, then a table of its steps (an
     attempt line under each step tried more than once, or under every step that ran with
-    `all_attempts`, with where it ran when its executor says). Times are UTC; outside text is
-    shown with control characters escaped."""
+    `all_attempts`, with where it ran when its executor says), and the `dagd logs` command
+    for the first failed step's output. Times are UTC; outside text is shown with control
+    characters escaped."""
     rec = run.record
     params = "  ".join(f"{one_line(k)}={one_line(v)}" for k, v in rec.params.items()) or "-"
     lines = _fields(
@@ -254,6 +255,11 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
                 )
     header = ("STEP", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "ERROR")
     lines += ["", *_table(header, rows)]
+    failed = [step.step_id for step in run.steps if step.status is StepStatus.FAILED]
+    if failed:
+        # shlex.quote: the line can be pasted into a shell as it is.
+        words = ["dagd", "logs", shlex.quote(rec.run_id), shlex.quote(failed[0])]
+        lines += ["", f"output of a failed step: {one_line(' '.join(words))}"]
     return "\n".join(lines) + "\n"
 
 

@@ -144,6 +144,7 @@ def test_show_a_failed_run(cli: CliRunner, failed_run: str) -> None:
     assert row(out, "after") == ["after", "upstream_failed", "0", "-", "-"]
     assert row(out, "python")[-1] == "ValueError: bad value in python"
     assert out.count("attempt 1") == 1  # steps tried once list no attempt lines
+    assert out.endswith(f"\n\noutput of a failed step: dagd logs {failed_run} boom\n")
 
 
 def test_show_every_attempt(cli: CliRunner, failed_run: str) -> None:
