@@ -78,19 +78,20 @@ class _Waiter:
         self.outcome: tuple[str, Any] = ("cancelled", None)
 
     def deliver(self, future: Future[Any]) -> None:
-        """The done-callback, on Dask's callback thread: reading the result here (it may be
-        fetched from the worker) keeps that wait off trio's loop."""
+        """The done-callback, on Dask's callback thread. A finished task's result is not
+        fetched here: it comes as an event (worker.py); an error's exception is read here,
+        off trio's loop (it may take a round trip)."""
         try:
             status = future.status
             if status == "finished":
-                outcome: tuple[str, Any] = ("finished", future.result())
+                outcome: tuple[str, Any] = ("finished", None)
             elif status == "error":
                 outcome = ("error", future.exception())
             else:
                 outcome = ("cancelled", None)
         except CancelledError:
             outcome = ("cancelled", None)
-        except Exception as exc:  # the result could not be fetched
+        except Exception as exc:  # the exception could not be fetched
             outcome = ("error", exc)
         with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone
             self.token.run_sync_soon(self._set, outcome)
@@ -98,6 +99,16 @@ class _Waiter:
     def _set(self, outcome: tuple[str, Any]) -> None:
         self.outcome = outcome
         self.done.set()
+
+
+@attrs.define(eq=False)
+class _Submission:
+    """An attempt waiting to be submitted, then its future (or why there is none)."""
+
+    remote: RemoteAttempt
+    ready: trio.Event = attrs.field(factory=trio.Event)
+    future: Future[Any] | None = None
+    error: Exception | None = None
 
 
 @attrs.define(eq=False)
@@ -139,6 +150,7 @@ class DaskExecutor:
             reconnect_interval=reconnect_interval,
             check_interval=check_interval,
         )
+        self._submissions: list[_Submission] = []
         self._stops: list[_Stop] = []
         self._stop_wanted = trio.Event()
         self._lost_keys: set[str] = set()  # to stop on the workers once reconnected
@@ -207,11 +219,14 @@ class DaskExecutor:
         try:
             waiter = _Waiter()
             remote = RemoteAttempt(key, step, attrs.evolve(ctx, log_dir=None), self.grace)
-            try:
-                future = client.submit(run_attempt, remote, key=key, pure=False, retries=0)
-            except Exception as exc:  # the client closed meanwhile
+            submission = self._submit(client, remote)
+            with trio.CancelScope(shield=True):  # one pass of the loop: see _submit
+                await submission.ready.wait()
+            future = submission.future
+            if future is None:  # the client closed meanwhile
                 return AttemptResult(
-                    False, f"dask scheduler unreachable: {self.config.address} ({exc})"
+                    False,
+                    f"dask scheduler unreachable: {self.config.address} ({submission.error})",
                 )
             self._running[key] = future
             try:
@@ -225,6 +240,35 @@ class DaskExecutor:
                 future.release()
         finally:
             self._logs.close(key)
+
+    def _submit(self, client: Client, remote: RemoteAttempt) -> _Submission:
+        """Queue `remote` for submission: every attempt queued in one pass of trio's loop
+        goes to the scheduler in one `Client.map` (one graph update, rather than one per
+        attempt: bench/dask_steps.py)."""
+        submission = _Submission(remote)
+        self._submissions.append(submission)
+        if len(self._submissions) == 1:
+            trio.lowlevel.current_trio_token().run_sync_soon(self._flush, client)
+        return submission
+
+    def _flush(self, client: Client) -> None:
+        batch, self._submissions = self._submissions, []
+        try:
+            futures = client.map(
+                run_attempt,
+                [submission.remote for submission in batch],
+                key=[submission.remote.key for submission in batch],
+                pure=False,
+                retries=0,
+            )
+        except Exception as exc:  # the client closed meanwhile; never into trio's loop
+            for submission in batch:
+                submission.error = exc
+                submission.ready.set()
+            return
+        for submission, future in zip(batch, futures, strict=True):
+            submission.future = future
+            submission.ready.set()
 
     async def _wait(
         self, step: StepSpec, key: str, future: Future[Any], waiter: _Waiter, logs: AttemptLogs
@@ -248,12 +292,21 @@ class DaskExecutor:
             return AttemptResult(
                 False, f"timed out after {format_seconds(step.timeout)}", True, worker
             )
-        return await self._result(key, waiter.outcome, logs)
+        return await self._result(key, future, waiter.outcome, logs)
 
-    async def _result(self, key: str, outcome: tuple[str, Any], logs: AttemptLogs) -> AttemptResult:
+    async def _result(
+        self, key: str, future: Future[Any], outcome: tuple[str, Any], logs: AttemptLogs
+    ) -> AttemptResult:
         kind, value = outcome
-        if kind == "finished" and isinstance(value, dict):
-            # The last output events may still be on their way (they pass the scheduler).
+        if kind == "finished":
+            # The result event comes before the completion, through the same scheduler; in
+            # case it does not, the task's result itself is fetched.
+            with trio.move_on_after(_LATE_OUTPUT):
+                while logs.result is None:
+                    await trio.sleep(0.01)
+            value = logs.result
+            if value is None:
+                value = await trio.to_thread.run_sync(future.result)
             with trio.move_on_after(_LATE_OUTPUT):
                 while logs.received < value.get("chunks", 0):
                     await trio.sleep(0.01)

@@ -29,12 +29,13 @@ _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
 
 class AttemptLogs:
-    """The log files of one remote attempt, and how many chunks have arrived."""
+    """The log files of one remote attempt, how many chunks have arrived, and its result."""
 
     def __init__(self, paths: Mapping[str, Path] | None) -> None:
         self.paths = paths  # stream ("out", "err") -> file; None: output is discarded
         self.fds: dict[str, int] = {}
         self.received = 0
+        self.result: dict[str, Any] | None = None  # the attempt's result event, once it came
         self.error: OSError | None = None  # the first write that failed
         self.closed = False
         self.lock = threading.Lock()
@@ -94,11 +95,16 @@ class LogSinks:
     def on_event(self, event: tuple[float, Any]) -> None:
         """The topic's handler: `event` is (scheduler time, message) with the message
         {"key", "stream", "seq", "data"} (worker.py). Unknown keys (an attempt that has
-        ended, another daemon's) and malformed messages are ignored."""
+        ended, another daemon's) and malformed messages are ignored. The result event
+        {"key", "result"} comes after the attempt's last output event."""
         msg = event[1]
         if not isinstance(msg, dict):
             return
         sink = self.sinks.get(str(msg.get("key")))
-        data = msg.get("data")
-        if sink is not None and isinstance(data, bytes):
+        if sink is None:
+            return
+        data, result = msg.get("data"), msg.get("result")
+        if isinstance(data, bytes):
             sink.write(str(msg.get("stream")), data)
+        elif isinstance(result, dict):
+            sink.result = result

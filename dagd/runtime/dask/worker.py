@@ -17,9 +17,9 @@ second line, should the daemon's stop never arrive.
 
 Output is not written to files here: it goes back to the daemon as events on the topic `TOPIC`
 (`Worker.log_event`), in chunks of at most `CHUNK_SIZE` bytes sent at least every
-`FLUSH_INTERVAL` seconds while output flows. Events pass through the scheduler, which keeps
-the last `distributed.admin.low-level-log-length` (1000 by default) of each topic: bounded
-chunks bound that memory too (16 MiB by default).
+`FLUSH_INTERVAL` seconds while output flows, and the attempt's result follows them. Events
+pass through the scheduler, which keeps the last `distributed.admin.low-level-log-length`
+(1000 by default) of each topic: bounded chunks bound that memory too (16 MiB by default).
 
 Every process of a step carries `OWNER_VAR` in its environment, naming this worker process
 (pid and start time): when a worker dies, its steps' process groups live on (a SIGKILLed
@@ -76,6 +76,7 @@ _READ_SIZE = 65536
 _TAIL_SIZE = 4096  # stderr kept for a failure's message
 _DRAIN_LIMIT = 16 * _READ_SIZE  # output copied after the step's first process exits
 _LEADER_CHECK = 0.05  # seconds, without a pidfd
+_KILL_WAIT = 2.0  # seconds stop_attempts waits for SIGKILLed groups to be gone
 _REFUSED_KEEP = 3600.0  # seconds a key stopped before it started stays refused
 
 
@@ -177,7 +178,8 @@ class _Output:
 def run_attempt(attempt: RemoteAttempt) -> dict[str, Any]:
     """The task: run one attempt to its end on this worker. Never raises for the step's own
     failure. Returns {"ok": bool, "error": str | None, "timed_out": bool, "worker": this
-    worker's address, "chunks": how many output events it sent}."""
+    worker's address, "chunks": how many output events it sent}, and sends the same as the
+    event {"key": key, "result": ...} after the last output event."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -200,13 +202,17 @@ def run_attempt(attempt: RemoteAttempt) -> dict[str, Any]:
             with _lock:
                 _running.pop(attempt.key, None)
             output.flush()
-    return {
+    result = {
         "ok": ok,
         "error": error,
         "timed_out": timed_out,
         "worker": worker.address,
         "chunks": output.sent,
     }
+    # Also sent as an event, after the output: the daemon reads it there, which spares it a
+    # round trip to this worker per attempt to fetch the task's result.
+    worker.log_event(TOPIC, {"key": attempt.key, "result": result})
+    return result
 
 
 # ----------------------------------------------------------------- shell steps
@@ -506,6 +512,11 @@ async def stop_attempts(keys: Collection[str], grace: float) -> list[str]:
             await asyncio.sleep(0.02)
     for pgid in groups:
         signal_group(pgid, signal.SIGKILL)
+    end = time.monotonic() + _KILL_WAIT
+    while groups and time.monotonic() < end:  # SIGKILL takes effect, but not at once
+        groups = [pgid for pgid in groups if group_alive(pgid)]
+        if groups:
+            await asyncio.sleep(0.01)
     return found
 
 
