@@ -26,10 +26,7 @@ from dagd.cli.options import (
     url_option,
 )
 from dagd.cli.output import json_option, print_json
-from dagd.cli.render import format_duration
-from dagd.client import ClientError
 from dagd.core.model import DagSpec, StepStatus, TriggerRule
-from dagd.core.protocol.answers import DagDetail, RunDetail, StepDefinition, StepDetail
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.runstate import format_seconds
 from dagd.core.text import one_line
@@ -39,6 +36,10 @@ from dagd.daemon.dagfolder import load_dag_folder
 
 if TYPE_CHECKING:
     from dagd.cli.remote import Endpoint
+    from dagd.core.protocol.answers import DagDetail, RunDetail, StepDefinition, StepDetail
+
+# The client (trio-websocket) and the rich views are imported by the commands that use them:
+# every `dagd` start, a shell completion's included, would pay about 140 ms for them.
 
 
 def local_dag(config_path: Path | None, dags_dir: Path | None, dag_id: str) -> DagSpec:
@@ -149,6 +150,7 @@ def show(
 
 async def _get_run(where: Endpoint, run_id: str) -> RunDetail:
     from dagd.cli.remote import open_client
+    from dagd.client import ClientError
 
     async with open_client(where, []) as client:
         try:
@@ -165,6 +167,7 @@ async def _get_run(where: Endpoint, run_id: str) -> RunDetail:
 
 async def _get_dag(where: Endpoint, dag_id: str) -> DagDetail:
     from dagd.cli.remote import open_client, unknown_dag
+    from dagd.client import ClientError
 
     async with open_client(where, []) as client:
         try:
@@ -209,6 +212,8 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
     `all_attempts`, with where it ran when its executor says), and the `dagd logs` command
     for the first failed step's output. Times are UTC; outside text is shown with control
     characters escaped."""
+    from dagd.cli.render import format_duration
+
     rec = run.record
     params = "  ".join(f"{one_line(k)}={one_line(v)}" for k, v in rec.params.items()) or "-"
     lines = _fields(

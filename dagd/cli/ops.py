@@ -25,7 +25,6 @@ from dagd.cli.options import (
     url_option,
 )
 from dagd.cli.output import json_option, print_json
-from dagd.client import Client, ClientError
 from dagd.core.protocol.answers import BackfillResult, Paused, Unpaused
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.text import one_line
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from dagd.cli.remote import Endpoint
+    from dagd.client import Client
 
     Answer = Paused | Unpaused | BackfillResult
 
@@ -43,8 +43,10 @@ async def _ask(
     where: Endpoint, dag_id: str, request: Callable[[Client], Awaitable[Answer]]
 ) -> Answer:
     """One request about `dag_id`; its answer without the request id. An unknown DAG is the
-    did-you-mean error; other refusals become the daemon's message (remote.run_async)."""
+    did-you-mean error; other refusals become the daemon's message (remote.run_async). The
+    client is imported here, not at the top: every `dagd` start would pay for it."""
     from dagd.cli.remote import open_client, unknown_dag
+    from dagd.client import ClientError
 
     async with open_client(where, []) as client:
         try:
