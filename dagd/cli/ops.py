@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import click
@@ -25,7 +25,6 @@ from dagd.cli.options import (
     url_option,
 )
 from dagd.cli.output import json_option, print_json
-from dagd.core.protocol.answers import BackfillResult, Paused, Unpaused
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.text import one_line
 from dagd.core.timefmt import iso_z
@@ -35,8 +34,10 @@ if TYPE_CHECKING:
 
     from dagd.cli.remote import Endpoint
     from dagd.client import Client
+    from dagd.core.protocol.answers import BackfillResult, Paused, Unpaused
 
-    Answer = Paused | Unpaused | BackfillResult
+#: The answer of one request: Paused, Unpaused or BackfillResult.
+Answer = TypeVar("Answer", "Paused", "Unpaused", "BackfillResult")
 
 
 async def _ask(
@@ -67,7 +68,8 @@ def _send(
 ) -> Answer:
     from dagd.cli.remote import run_async
 
-    return run_async(_ask, endpoint(config_path, url, token), dag_id, request)
+    answer: Answer = run_async(_ask, endpoint(config_path, url, token), dag_id, request)
+    return answer
 
 
 def _daemon_options(fn: Callable[..., None]) -> Callable[..., None]:
@@ -110,7 +112,6 @@ def unpause(
     each of them runs, oldest first; otherwise only the latest one does.
     """
     answer = _send(config_path, url, token, dag_id, lambda c: c.unpause(dag_id))
-    assert isinstance(answer, Unpaused)
     if as_json:
         print_json(answer)
         return
@@ -167,7 +168,6 @@ def backfill(
         dag_id,
         lambda c: c.backfill(dag_id, start, end, given, rerun=rerun, dry_run=dry_run),
     )
-    assert isinstance(answer, BackfillResult)
     if as_json:
         print_json(answer)
         return
