@@ -22,6 +22,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from distributed import WorkerPlugin
+from distributed.core import Status
 
 from dagd.runtime.dask.worker import kill_all_attempts, kill_orphaned_steps
 
@@ -32,6 +33,8 @@ log = logging.getLogger("dagd.runtime.dask")
 
 #: The name the plugin is registered under (registering it again replaces it).
 PLUGIN_NAME = "dagd-leftover-reaper"
+
+_CLOSING = frozenset({Status.closing, Status.closing_gracefully, Status.closed, Status.failed})
 
 
 class LeftoverReaper(WorkerPlugin):
@@ -51,7 +54,10 @@ class LeftoverReaper(WorkerPlugin):
             )
 
     def teardown(self, worker: Worker) -> None:
-        """Called by the worker when it closes."""
+        """Called by the worker when it closes, and when the plugin is registered again
+        (each time a daemon connects): only the first kills anything."""
+        if worker.status not in _CLOSING:
+            return
         killed = kill_all_attempts()
         if killed:
             log.warning("worker %s is closing: killed dagd steps %s", worker.address, killed)

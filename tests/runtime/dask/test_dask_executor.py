@@ -19,7 +19,7 @@ from distributed import LocalCluster
 from dagd.core.config import DaskExecutorConfig
 from dagd.core.model import StepSpec
 from dagd.runtime.dask.executor import DaskExecutor, open_dask_executor
-from dagd.runtime.executor import Leftover, LeftoverHandle, StepContext
+from dagd.runtime.executor import AttemptResult, Leftover, LeftoverHandle, StepContext
 
 GRACE = 0.5
 
@@ -227,3 +227,50 @@ async def test_a_step_stopped_before_it_starts_never_runs(
         nursery.cancel_scope.cancel()
     await trio.sleep(1.0)
     assert not marker.exists()
+
+
+async def test_a_step_cut_off_by_a_lost_connection_is_stopped_once_it_returns(
+    dask_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The client loses the scheduler (here: it is closed under the executor) while a step
+    runs: the attempt fails at once, and once connected again dagd stops it on its worker."""
+    config = DaskExecutorConfig(dask_cluster.scheduler_address, connect_timeout=5.0)
+    pids = tmp_path / "pids"
+    results: list[AttemptResult] = []
+    step = shell("cut", f"sleep 300 & echo $$ $! > {pids}; wait")
+    async with open_dask_executor(
+        config, grace=GRACE, reconnect_interval=0.5, check_interval=0.05
+    ) as ex:
+
+        async def run() -> None:
+            results.append(await ex.run(step, context("cut")))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            found = await pids_from(pids)
+            client = ex.connection.client
+            assert client is not None
+            await trio.to_thread.run_sync(client.close)
+        address = dask_cluster.scheduler_address
+        assert results == [AttemptResult(False, f"dask scheduler connection lost: {address}")]
+        await await_for(lambda: alive(found) == [], 10)
+        assert ex.connection.client is not None  # connected again
+
+
+async def test_another_daemon_connecting_leaves_running_steps_alone(
+    executor: DaskExecutor, dask_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Connecting registers the worker plugin again, which replaces the old one: that must
+    not look like a closing worker."""
+    pids = tmp_path / "pids"
+    config = DaskExecutorConfig(dask_cluster.scheduler_address, connect_timeout=5.0)
+    step = shell("stay", f"sleep 300 & echo $$ $! > {pids}; wait")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, step, context("stay"))
+        found = await pids_from(pids)
+        async with open_dask_executor(config) as other:
+            assert await other.connection.usable() is not None
+        await trio.sleep(0.3)
+        assert alive(found) == found
+        nursery.cancel_scope.cancel()
+    assert alive(found) == []
