@@ -281,3 +281,28 @@ def test_no_daemon(cli: CliRunner) -> None:
     result = invoke(cli, "show", "x", "--url", "ws://127.0.0.1:9/api/v1/ws", "--token", "t")
     assert result.exit_code == 1
     assert "cannot reach the daemon at ws://127.0.0.1:9/api/v1/ws" in result.stderr
+
+
+def test_run_text_keeps_hostile_text_on_its_line() -> None:
+    from dagd.cli.inspect import run_text
+    from dagd.core.protocol.answers import StepDetail
+    from dagd.core.records import AttemptRecord, RunRecord
+
+    error = "line one\nline two\x1b[31m red"
+    attempts = [
+        AttemptRecord("s", 1, StepStatus.RETRYING, 10.0, 11.0, 1000, error, "tcp://10.0.0.7:4001"),
+        AttemptRecord("s", 2, StepStatus.FAILED, 12.0, 12.5, 500, error, "tcp://10.0.0.8:4001"),
+    ]
+    step = StepDetail("s", StepStatus.FAILED, 12.0, 12.5, 500, 1, error, 2, [], attempts)
+    record = RunRecord("d", "r 1", RunStatus.FAILED, {"k": "a\nb"}, 9.0, 10.0, 12.5)
+    text = run_text(RunDetail(record, TriggerKind.MANUAL, 3500, None, [step]))
+    assert "\x1b" not in text
+    lines = text.splitlines()
+    assert field(text, "params") == "k=a\\nb"
+    assert field(text, "definition") == "-"
+    assert row(text, "s")[-1] == "line one\\nline two\\x1b[31m red"
+    assert (
+        row(text, "  attempt 1")[-1] == "(on tcp://10.0.0.7:4001) line one\\nline two\\x1b[31m red"
+    )
+    assert row(text, "  attempt 2")[3] == "0.5s"
+    assert lines[-1] == "output of a failed step: dagd logs 'r 1' s"
