@@ -51,6 +51,7 @@ from dagd.core.runstate import format_seconds
 from dagd.core.text import printable
 from dagd.runtime.executor import StepContext
 from dagd.runtime.local.environment import step_environment
+from dagd.runtime.local.messages import exit_error, start_error
 from dagd.runtime.local.procs import (
     group_alive,
     kill_processes_and_groups,
@@ -256,7 +257,7 @@ def _run_shell(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Resul
                 process_group=0,  # its own group: stopping it reaches all it started
             )
         except OSError as exc:
-            return False, start_error(argv, step.cwd, exc), False
+            return False, start_error(argv, step.cwd, exc, " on the worker"), False
         except ValueError as exc:  # a NUL byte in the command or a param
             return False, f"cannot start the command: {exc}", False
         finally:
@@ -374,28 +375,6 @@ def _drain(fd: int, stream: str, output: _Output) -> None:
         while copied < _DRAIN_LIMIT and (data := os.read(fd, _READ_SIZE)):
             output.add(stream, data)
             copied += len(data)
-
-
-def exit_error(returncode: int, stderr_tail: bytes) -> str:
-    """A failed command's message: "exit code 3: <last stderr line>" or "killed by SIGKILL"
-    (the same words as a local step's, dagd/runtime/local/shell.py)."""
-    if returncode < 0:
-        try:
-            message = f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            message = f"killed by signal {-returncode}"
-    else:
-        message = f"exit code {returncode}"
-    lines = [line.strip() for line in stderr_tail.decode("utf-8", "replace").splitlines()]
-    last = printable(next((line for line in reversed(lines) if line), "")[:500])
-    return f"{message}: {last}" if last else message
-
-
-def start_error(argv: list[str], cwd: str | None, exc: OSError) -> str:
-    """A command that could not start: a missing working directory or program."""
-    if cwd is not None and not os.path.isdir(cwd):
-        return f"working directory {cwd!r} does not exist on the worker"
-    return f"cannot start {argv[0]!r}: {exc.strerror or exc}"
 
 
 # ------------------------------------------------------------- Python steps
