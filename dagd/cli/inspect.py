@@ -279,7 +279,8 @@ def _command_text(step: StepDefinition) -> tuple[str, str]:
 def dag_text(dag: DagDetail) -> str:
     """A `get_dag` answer for people: the DAG's fields and params, then each step with its
     upstreams, command (a multi-line script indented as written) or callable, executor, and
-    the retries, timeout and trigger rule it sets."""
+    the retries, timeout and trigger rule it sets. A DAG whose file is broken now lists the
+    file's problems, one a line, after its fields."""
     summary = dag.summary
     if summary.paused:
         next_run = "- (paused: the schedule does not fire; manual triggers still run)"
@@ -298,9 +299,11 @@ def dag_text(dag: DagDetail) -> str:
         ("max active steps", str(dag.max_active_steps or "-")),
         ("tags", ", ".join(one_line(t) for t in summary.tags) or "-"),
     ]
-    if summary.file_error:
-        rows.append(("file error", "running the last good version; " + summary.file_error))
+    problems = summary.file_error.splitlines() if summary.file_error else []
+    if problems:
+        rows.append(("file error", "running the last good version of its file; now:"))
     lines = _fields(rows)
+    lines += [f"  {one_line(problem)}" for problem in problems]
     lines += ["", "PARAMS (defaults)" if summary.params else "PARAMS  none"]
     lines += [
         f"  {one_line(k)} = {json.dumps(v, ensure_ascii=False)}" for k, v in summary.params.items()

@@ -61,6 +61,10 @@ DAGS = {
         call = "stepfuncs:noop"
         depends_on = ["script", "argv"]
     ''',
+    "mutable": """
+        [steps.one]
+        command = "true"
+    """,
     "gated": """
         env = { GATE = "gate" }
         [steps.wait]
@@ -232,6 +236,30 @@ def test_show_manual_dag(cli: CliRunner) -> None:
     assert field(out, "schedule") == "-"
     assert field(out, "next run") == "- (no schedule: runs only when triggered)"
     assert '  date = "2024-01-01"' in out.splitlines()
+
+
+def test_show_dag_with_a_broken_file(daemon: DaemonProc, cli: CliRunner) -> None:
+    path = daemon.root / "dags" / "mutable.toml"
+    good = path.read_text()
+    path.write_text(
+        good + '\n[steps.two]\ncommand = 5\n[steps.three]\ncommand = "true"\nretries = "x"\n'
+    )
+    try:
+
+        def file_error() -> str | None:
+            out = invoke(cli, "show", "--dag", "mutable").stdout
+            return out if "file error" in out else None
+
+        out = wait_for(file_error, timeout=15)
+        assert field(out, "file error") == "running the last good version of its file; now:"
+        problems = out.split("file error", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+        assert len(problems) == 2
+        assert problems[0].startswith("  ") and "mutable.toml: step 'two'" in problems[0]
+        assert problems[1].startswith("  ") and "mutable.toml: step 'three'" in problems[1]
+        assert "STEPS (1)" in out  # the last good version
+    finally:
+        path.write_text(good)
+    wait_for(lambda: "file error" not in invoke(cli, "show", "--dag", "mutable").stdout, 15)
 
 
 def test_show_dag_json(cli: CliRunner) -> None:
