@@ -34,6 +34,7 @@ from dagd.core.dagsnapshot import (
     dag_to_json,
     dag_version,
 )
+from dagd.core.detail import dag_detail, live_run_detail, stored_run_detail
 from dagd.core.events import DagEvent, DagStatusEvent, ErrorEvent
 from dagd.core.model import RETRYABLE_RUN, DagSpec, RunStatus, StepStatus
 from dagd.core.protocol.answers import (
@@ -42,15 +43,11 @@ from dagd.core.protocol.answers import (
     BackfillSlot,
     DagDetail,
     DagSummary,
-    Edge,
     RunDetail,
-    StepDefinition,
-    StepDetail,
-    TriggerKind,
 )
 from dagd.core.protocol.requests import MAX_BACKFILL_SLOTS
 from dagd.core.records import AttemptRecord, RunRecord
-from dagd.core.runstate import RunState, duration_ms
+from dagd.core.runstate import RunState
 from dagd.core.timefmt import RunIdFactory, scheduled_run_id
 from dagd.daemon.admission import Admission
 from dagd.daemon.dagfolder import DagFolder, problems_text
@@ -732,38 +729,10 @@ class Daemon:
 
     def dag_detail(self, dag_id: str) -> DagDetail:
         """A loaded DAG as `get_dag` answers it: its summary, run settings, steps (file order,
-        each with its graph level) and edges (upstream -> downstream). Raises
-        DaemonError('unknown_dag')."""
+        each with its graph level) and edges (upstream -> downstream; dagd/core/detail.py).
+        Raises DaemonError('unknown_dag')."""
         dag = self._dag(dag_id)
-        levels: dict[str, int] = {}
-        for sid in dag.order:  # upstreams first
-            ups = dag.steps[sid].depends_on
-            levels[sid] = 1 + max((levels[u] for u in ups), default=-1)
-        steps = [
-            StepDefinition(
-                sid,
-                spec.description,
-                spec.command if not isinstance(spec.command, tuple) else list(spec.command),
-                spec.call,
-                list(spec.depends_on),
-                spec.executor,
-                spec.retries,
-                spec.retry_delay,
-                spec.timeout,
-                spec.trigger_rule,
-                levels.get(sid, 0),
-            )
-            for sid, spec in dag.steps.items()
-        ]
-        edges = [Edge(up, sid) for sid, spec in dag.steps.items() for up in spec.depends_on]
-        return DagDetail(
-            self._summary(dag),
-            dag.catchup,
-            dag.max_active_runs,
-            dag.max_active_steps,
-            steps,
-            edges,
-        )
+        return dag_detail(dag, self._summary(dag))
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """The newest `limit` runs (of `dag_id`, or of every DAG) as stored, newest queued
@@ -777,9 +746,10 @@ class Daemon:
     async def run_detail(self, run_id: str) -> RunDetail:
         """A run as `get_run` answers it: its record, trigger kind, duration, definition
         version, and every step of its definition (the one stored with it, else the loaded
-        DAG's) in file order with its latest status and every attempt the store recorded. A
-        run in memory (queued, running, recently finished) is described by its live state;
-        steps without a record yet are pending. Raises DaemonError('unknown_run')."""
+        DAG's) in file order with its latest status and every attempt the store recorded
+        (dagd/core/detail.py). A run in memory (queued, running, recently finished) is
+        described by its live state; steps without a record yet are pending. Reads in worker
+        threads. Raises DaemonError('unknown_run')."""
         live = self.admission.find(run_id)
         found = await self.store.get_run(run_id)
         if found is None and live is None:
@@ -791,58 +761,11 @@ class Daemon:
         version = bound[0] if bound is not None else None
         if live is not None:
             record = self._live_record(live, found[0] if found is not None else None)
-            steps = [
-                StepDetail(
-                    sid,
-                    st.status,
-                    st.start_time,
-                    st.end_time,
-                    duration_ms(st.start_time, st.end_time),
-                    st.retry_count,
-                    st.error,
-                    st.attempts_before + st.attempt,
-                    list(st.spec.depends_on),
-                    attempts.get(sid, []),
-                )
-                for sid, st in live.steps.items()
-            ]
-        else:
-            assert found is not None
-            record, rows = found
-            by_step = {row.step_id: row for row in rows}
-            dag = bound[1] if bound is not None else self.dags.get(record.dag_id)
-            step_ids = list(dag.steps) if dag is not None else []
-            step_ids += [sid for sid in by_step if sid not in set(step_ids)]
-            steps = []
-            for sid in step_ids:
-                spec = dag.steps.get(sid) if dag is not None else None
-                ups = list(spec.depends_on) if spec is not None else []
-                row = by_step.get(sid)
-                if row is None:
-                    detail = StepDetail(
-                        sid, StepStatus.PENDING, None, None, None, 0, None, 0, ups, []
-                    )
-                else:
-                    detail = StepDetail(
-                        sid,
-                        row.status,
-                        row.start_time,
-                        row.end_time,
-                        row.duration,
-                        row.retry_count,
-                        row.error,
-                        row.attempt,
-                        ups,
-                        attempts.get(sid, []),
-                    )
-                steps.append(detail)
-        return RunDetail(
-            record,
-            trigger_kind(run_id),
-            duration_ms(record.started_at, record.ended_at),
-            version,
-            steps,
-        )
+            return live_run_detail(live, record, attempts, version)
+        assert found is not None
+        record, rows = found
+        dag = bound[1] if bound is not None else self.dags.get(record.dag_id)
+        return stored_run_detail(record, rows, dag, attempts, version)
 
     def _live_record(self, state: RunState, stored: RunRecord | None) -> RunRecord:
         """The record of a run in memory: its live status and times over the stored row
@@ -903,13 +826,6 @@ def slot_run_id(dag_id: str, slot: datetime) -> str:
     Run ids key runs across every DAG (active runs, cancel/retry, the runs table), so it names
     the DAG: DAGs sharing a schedule fire the same slots."""
     return f"{scheduled_run_id(slot)}__{dag_id}"
-
-
-def trigger_kind(run_id: str) -> TriggerKind | None:
-    """What started a run, from its id's prefix (`manual__...`, `scheduled__...`); None for an
-    id dagd did not make."""
-    prefix = run_id.partition("__")[0]
-    return TriggerKind(prefix) if prefix in TriggerKind.__members__.values() else None
 
 
 def _storage_unavailable(error: str) -> DaemonError:
