@@ -35,8 +35,8 @@ from dagd.core.protocol.answers import (
     StepDefinition,
     StepDetail,
     Subscribed,
-    TriggerKind,
     Triggered,
+    TriggerKind,
     Unpaused,
     Unsubscribed,
 )
