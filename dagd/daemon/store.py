@@ -380,11 +380,33 @@ def _attempt_record(row: Sequence[Any]) -> AttemptRecord:
     )
 
 
-_RUNNING = StepStatus.RUNNING
-#: The step statuses with which an attempt that was running ends (recorded in `attempts`).
-_ENDS_ATTEMPT = frozenset(
-    {StepStatus.SUCCESS, StepStatus.FAILED, StepStatus.RETRYING, StepStatus.CANCELLED}
-)
+_RETRYING = StepStatus.RETRYING
+#: A step's status while an attempt runs, and those an attempt ends with: a steps row in one of
+#: these (with an attempt number) stands for its latest attempt.
+_ATTEMPT_SQL = "('running', 'success', 'failed', 'retrying', 'cancelled')"
+_LAST_ATTEMPT = f"attempt > 0 AND start_time IS NOT NULL AND status IN {_ATTEMPT_SQL}"
+#: Keep the latest attempt of each step of a run apart (parameter: the run id), before a retry
+#: of the run resets its steps rows.
+_KEEP_LAST_ATTEMPTS = f"""
+    INSERT OR IGNORE INTO attempts
+        (run_id, step_id, attempt, status, start_time, end_time, duration, error, worker)
+    SELECT run_id, step_id, attempt, status, start_time, end_time, duration, error, worker
+    FROM steps WHERE run_id = ? AND {_LAST_ATTEMPT}
+"""
+#: Every attempt of a run (parameter: the run id, twice): those kept apart, and each step's
+#: latest, in its steps row, unless it is kept apart already (cancelled while waiting for its
+#: retry, or closed out by recovery then: it ended retrying).
+_ATTEMPTS_OF_RUN = f"""
+    SELECT step_id, attempt, status, start_time, end_time, duration, error, worker
+    FROM attempts WHERE run_id = ?1
+    UNION ALL
+    SELECT step_id, attempt, status, start_time, end_time, duration, error, worker
+    FROM steps s WHERE run_id = ?1 AND {_LAST_ATTEMPT} AND NOT EXISTS (
+        SELECT 1 FROM attempts a
+        WHERE a.run_id = s.run_id AND a.step_id = s.step_id AND a.attempt = s.attempt
+    )
+    ORDER BY step_id, attempt
+"""
 
 _FINISHED_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINISHED_RUN)) + ")"
 #: Finished runs beyond history retention's limits (parameters: ended before, UNIX seconds;
@@ -708,10 +730,9 @@ class Store:
         conn = self._wconn
         events: list[tuple[Any, ...]] = []
         steps: dict[tuple[str, str], tuple[Any, ...]] = {}
-        # Attempts that began in this batch (their whole row, however far they got), and
-        # attempts begun in an earlier one that ended in this one: see _write_attempts.
-        begun: dict[tuple[str, str, int], tuple[Any, ...]] = {}
-        ended: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        # Attempts that a later one of their step will replace in the steps row: kept whole
+        # in the attempts table (see get_attempts).
+        superseded: dict[tuple[tuple[str, str], int], tuple[Any, ...]] = {}
         conn.execute("BEGIN")
         try:
             for item in batch:
@@ -731,43 +752,31 @@ class Store:
                         )
                     )
                     if type(ev) is StepStatusEvent:
-                        run_id, step_id, status = ev.run_id, ev.step_id, ev.status
-                        steps[(run_id, step_id)] = (
-                            run_id,
-                            step_id,
-                            status.value,
+                        step = (ev.run_id, ev.step_id)
+                        row = (
+                            ev.run_id,
+                            ev.step_id,
+                            ev.status.value,
                             ev.retry_count,
                             ev.start_time,
                             ev.end_time,
                             ev.duration,
                             ev.error,
                             ev.attempt,
+                            ev.worker,
                         )
-                        # An attempt's row: made by its running event, closed by the first
-                        # event that ends it. Events of a step with no attempt out (pending,
-                        # skipped, upstream_failed) leave the rows alone; attempt 0 is a step
-                        # that never ran in this run.
-                        if ev.attempt and (status is _RUNNING or status in _ENDS_ATTEMPT):
-                            key = (run_id, step_id, ev.attempt)
-                            row = (
-                                status.value,
-                                ev.start_time,
-                                ev.end_time,
-                                ev.duration,
-                                ev.error,
-                                ev.worker,
-                                run_id,
-                                step_id,
-                                ev.attempt,
-                            )
-                            if status is _RUNNING:
-                                begun[key] = row
-                            elif (first := begun.get(key)) is not None:
-                                if first[0] == "running":
-                                    begun[key] = row
-                            elif key not in ended:
-                                ended[key] = row
+                        steps[step] = row
+                        # The attempt failed and another follows: the next one's running
+                        # event will overwrite the steps row, so this one is kept apart.
+                        if ev.status is _RETRYING and ev.attempt:
+                            superseded.setdefault((step, ev.attempt), row)
                     elif type(ev) is DagRunStatusEvent:
+                        if ev.status is RunStatus.QUEUED:
+                            # A retried run: its steps are about to be reset, and their
+                            # attempts so far are kept apart first (a new run has no steps).
+                            self._write_steps(conn, steps)
+                            self._write_superseded(conn, superseded)
+                            conn.execute(_KEEP_LAST_ATTEMPTS, (ev.run_id,))
                         self._write_run_status(conn, ev)
                     continue
                 match item:
@@ -826,7 +835,7 @@ class Store:
                 events,
             )
             self._write_steps(conn, steps)
-            self._write_attempts(conn, begun, ended)
+            self._write_superseded(conn, superseded)
             conn.execute("COMMIT")
         except BaseException:
             # A failed COMMIT (a full disk) may have rolled the transaction back already: a
@@ -843,38 +852,29 @@ class Store:
         if steps:
             conn.executemany(
                 "INSERT INTO steps (run_id, step_id, status, retry_count, start_time, end_time,"
-                " duration, error, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " duration, error, attempt, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status,"
                 " retry_count=excluded.retry_count, start_time=excluded.start_time,"
                 " end_time=excluded.end_time, duration=excluded.duration, error=excluded.error,"
-                " attempt=max(attempt, excluded.attempt)",
+                " attempt=max(attempt, excluded.attempt), worker=excluded.worker",
                 list(steps.values()),
             )
             steps.clear()
 
     @staticmethod
-    def _write_attempts(
-        conn: sqlite3.Connection,
-        begun: dict[tuple[str, str, int], tuple[Any, ...]],
-        ended: dict[tuple[str, str, int], tuple[Any, ...]],
+    def _write_superseded(
+        conn: sqlite3.Connection, superseded: dict[tuple[tuple[str, str], int], tuple[Any, ...]]
     ) -> None:
-        """Rows of attempts that began in the batch are written whole. An attempt that began
-        earlier is closed only while its row still says running, so a later event of its step
-        (a cancel while the step waits for its retry, recovery closing out a retrying step)
-        never rewrites how it ended; its start time stays its own, its worker the last known."""
-        if begun:
+        """Attempts that ended retrying, as steps rows with the worker (retry_count, ?4, is
+        not kept). An attempt already kept stays as it was: how an attempt ended is the
+        first thing said about it."""
+        if superseded:
             conn.executemany(
-                "INSERT OR REPLACE INTO attempts (status, start_time, end_time, duration, error,"
-                " worker, run_id, step_id, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                list(begun.values()),
+                "INSERT OR IGNORE INTO attempts (run_id, step_id, status, start_time, end_time,"
+                " duration, error, attempt, worker) VALUES (?1, ?2, ?3, ?5, ?6, ?7, ?8, ?9, ?10)",
+                list(superseded.values()),
             )
-        if ended:
-            conn.executemany(
-                "UPDATE attempts SET status=?, start_time=coalesce(start_time, ?), end_time=?,"
-                " duration=?, error=?, worker=coalesce(?, worker)"
-                " WHERE run_id=? AND step_id=? AND attempt=? AND status='running'",
-                list(ended.values()),
-            )
+            superseded.clear()
 
     @staticmethod
     def _write_run_status(conn: sqlite3.Connection, ev: DagRunStatusEvent) -> None:
@@ -954,12 +954,12 @@ class Store:
         """Every recorded attempt of the run's steps, by step id, then attempt number: how
         each ended (`running` while it runs), its times (UNIX seconds), duration (ms), error
         and worker. Empty for an unknown run. Runs recorded before dagd kept attempts
-        (schema.py, migration 6) have only each step's latest one. Read in a worker thread."""
-        rows = await self.read(
-            "SELECT step_id, attempt, status, start_time, end_time, duration, error, worker"
-            " FROM attempts WHERE run_id=? ORDER BY step_id, attempt",
-            (run_id,),
-        )
+        (schema.py, migration 6) have only each step's latest one. Read in a worker thread.
+
+        A step's latest attempt is its steps row; the writer keeps an attempt apart, in the
+        attempts table, when a later one is about to replace it there: when it ends retrying,
+        and when the run is retried (its queued status event)."""
+        rows = await self.read(_ATTEMPTS_OF_RUN, (run_id,))
         return [_attempt_record(r) for r in rows]
 
     def paused_dags(self) -> set[str]:

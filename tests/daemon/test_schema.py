@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from dagd.core.model import StepStatus
+from dagd.core.records import AttemptRecord
 from dagd.daemon.schema import MIGRATIONS, VERSION, migrate
-from dagd.daemon.store import connect
+from dagd.daemon.store import Store, connect
 
 #: A state file written by dagd before it kept attempt numbers (and before user_version): made
 #: by that dagd's own daemon running a DAG a -> b -> c where b fails.
@@ -151,10 +153,11 @@ def file_at_version(path: Path, version: int) -> sqlite3.Connection:
     return conn
 
 
-def test_a_version_4_file_gets_paused_dags_and_each_steps_latest_attempt(
-    tmp_path: Path,
-) -> None:
-    conn = file_at_version(tmp_path / "v4.sqlite3", 4)
+async def test_a_version_4_file_shows_each_steps_latest_attempt(tmp_path: Path) -> None:
+    """Files from before dagd kept attempts: each step's row is its latest attempt (a step
+    whose start_time is NULL made none in its run's latest try), with no worker known."""
+    path = tmp_path / "v4.sqlite3"
+    conn = file_at_version(path, 4)
     conn.executemany(
         "INSERT INTO steps (run_id, step_id, status, retry_count, start_time, end_time,"
         " duration, error, attempt) VALUES ('r', ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -170,15 +173,42 @@ def test_a_version_4_file_gets_paused_dags_and_each_steps_latest_attempt(
             ("old", "success", 0, 1.0, 2.0, 1000, None, 0),
         ],
     )
-    assert migrate(conn) == 4
-    assert user_version(conn) == VERSION
-    rows = conn.execute(
-        "SELECT step_id, attempt, status, start_time, end_time, duration, error, worker"
-        " FROM attempts ORDER BY step_id"
-    ).fetchall()
-    assert rows == [
-        ("flaky", 3, "failed", 5.0, 6.0, 1000, "exit 1", None),
-        ("live", 1, "running", 7.0, None, None, None, None),
-        ("ok", 1, "success", 1.0, 2.0, 1000, None, None),
+    conn.close()
+    store = Store.open(path)
+    try:
+        attempts = await store.get_attempts("r")
+        assert store.paused_dags() == set()
+    finally:
+        store.close()
+    assert attempts == [
+        AttemptRecord("flaky", 3, StepStatus.FAILED, 5.0, 6.0, 1000, "exit 1"),
+        AttemptRecord("live", 1, StepStatus.RUNNING, 7.0, None, None, None),
+        AttemptRecord("ok", 1, StepStatus.SUCCESS, 1.0, 2.0, 1000, None),
     ]
-    assert conn.execute("SELECT count(*) FROM paused_dags").fetchone() == (0,)
+
+
+def test_a_version_8_file_keeps_only_superseded_attempts(tmp_path: Path) -> None:
+    """Version 6 to 8 wrote every attempt to the attempts table, the latest one too: rows that
+    repeat the steps row go, their worker moves to it; earlier attempts and an attempt that
+    ended otherwise than its step (retrying, then cancelled while waiting) stay."""
+    conn = file_at_version(tmp_path / "v8.sqlite3", 8)
+    conn.executemany(
+        "INSERT INTO steps (run_id, step_id, status, start_time, attempt)"
+        " VALUES ('r', ?, ?, 1.0, ?)",
+        [("s", "success", 2), ("t", "cancelled", 1)],
+    )
+    conn.executemany(
+        "INSERT INTO attempts (run_id, step_id, attempt, status, worker) VALUES ('r', ?, ?, ?, ?)",
+        [("s", 1, "retrying", "w1"), ("s", 2, "success", "w2"), ("t", 1, "retrying", None)],
+    )
+    assert migrate(conn) == 8
+    assert conn.execute(
+        "SELECT step_id, attempt, status FROM attempts ORDER BY 1, 2"
+    ).fetchall() == [
+        ("s", 1, "retrying"),
+        ("t", 1, "retrying"),
+    ]
+    assert conn.execute("SELECT step_id, worker FROM steps ORDER BY 1").fetchall() == [
+        ("s", "w2"),
+        ("t", None),
+    ]

@@ -317,3 +317,44 @@ async def test_paused_dags_are_kept_across_a_restart(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT dag_id, paused_at FROM paused_dags").fetchall() == [("etl", 100.0)]
     conn.close()
+
+
+#: A run fails (s), is retried, and s succeeds on its second attempt; t succeeded in the first
+#: try and is kept as it was.
+RETRY_STORY = [
+    DagRunStatusEvent("d", "r1", RunStatus.RUNNING, 10.0),
+    step_event("s", StepStatus.RUNNING, 1),
+    step_event("t", StepStatus.RUNNING, 1),
+    step_event("t", StepStatus.SUCCESS, 1, end=10.5, worker="w1"),
+    step_event("s", StepStatus.FAILED, 1, end=11.0, error="exit 1", worker="w2"),
+    DagRunStatusEvent("d", "r1", RunStatus.FAILED, 11.0),
+    DagRunStatusEvent("d", "r1", RunStatus.QUEUED, 20.0),
+    step_event("s", StepStatus.PENDING, 1, start=None),
+    DagRunStatusEvent("d", "r1", RunStatus.RUNNING, 21.0),
+    step_event("s", StepStatus.RUNNING, 2, start=21.0),
+    step_event("s", StepStatus.SUCCESS, 2, start=21.0, end=21.5),
+]
+
+
+@pytest.mark.parametrize("per_batch", [len(RETRY_STORY), 1], ids=["one batch", "per event"])
+async def test_a_retried_run_keeps_the_attempts_of_its_earlier_try(
+    tmp_path: Path, per_batch: int
+) -> None:
+    store = Store.open(tmp_path / "db.sqlite3")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            store.record_run("r1", "d", {}, 1.0)
+            for i in range(0, len(RETRY_STORY), per_batch):
+                for event in RETRY_STORY[i : i + per_batch]:
+                    store.publish(event)
+                await store.flush()
+            attempts = await store.get_attempts("r1")
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert attempts == [
+        AttemptRecord("s", 1, StepStatus.FAILED, 10.0, 11.0, 1000, "exit 1", "w2"),
+        AttemptRecord("s", 2, StepStatus.SUCCESS, 21.0, 21.5, 500, None),
+        AttemptRecord("t", 1, StepStatus.SUCCESS, 10.0, 10.5, 500, None, "w1"),
+    ]
