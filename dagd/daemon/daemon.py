@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import trio
 
 from dagd.core.backfill import RangeError, backfill_slots, parse_bound
@@ -617,19 +618,45 @@ class Daemon:
         for slot in slots:
             run_id = slot_run_id(dag.id, slot)
             action, reason = await self._backfill_action(run_id, rerun)
-            if not dry_run and action is not BackfillAction.SKIPPED:
-                try:
-                    await self._backfill_slot(dag, run_id, action, bound)
-                except DaemonError as exc:
-                    if exc.code in ("shutting_down", "storage_unavailable"):
-                        raise
-                    action, reason = BackfillAction.SKIPPED, exc.message
             planned.append(BackfillSlot(slot.timestamp(), run_id, action, reason))
-        if planned and not dry_run:
-            # Every slot of the range has its run now: the scheduler must not fire one of them
-            # again (after an unpause, say), so it carries on after the newest.
-            self.scheduler.advance(dag.id, planned[-1].slot)
-        return BackfillResult(dag.id, dry_run, planned)
+        if dry_run or not planned:
+            return BackfillResult(dag.id, dry_run, planned)
+        new = [item.run_id for item in planned if item.action is BackfillAction.QUEUED]
+        await self._record_new_runs(dag, new, bound)
+        done: list[BackfillSlot] = []
+        for item in planned:  # oldest first into the DAG's queue
+            try:
+                if item.action is BackfillAction.QUEUED:
+                    self._enqueue(dag, item.run_id, bound, recorded=True)
+                elif item.action is not BackfillAction.SKIPPED:
+                    every_step = item.action is BackfillAction.RERUN
+                    await self._requeue(item.run_id, every_step=every_step)
+            except DaemonError as exc:
+                if exc.code in ("shutting_down", "storage_unavailable"):
+                    raise
+                item = attrs.evolve(item, action=BackfillAction.SKIPPED, reason=exc.message)
+            done.append(item)
+        # Every slot of the range has its run now: the scheduler must not fire one of them
+        # again (after an unpause, say), so it carries on after the newest.
+        self.scheduler.advance(dag.id, done[-1].slot)
+        return BackfillResult(dag.id, dry_run, done)
+
+    async def _record_new_runs(
+        self, dag: DagSpec, run_ids: list[str], params: dict[str, str]
+    ) -> None:
+        """Store the backfill's new runs as queued, in one commit (one per run would take a
+        few ms each: seconds for a long range). If writes fail first, all are withdrawn and
+        DaemonError('storage_unavailable') is raised."""
+        self._check_accepting()
+        version, now = self._bind(dag), self.clock()
+        for run_id in run_ids:
+            self.store.record_run(run_id, dag.id, params, now, version)
+        try:
+            await self.store.flush()
+        except StorageUnavailable as exc:
+            withdrawn = [self.store.withdraw_run(run_id) for run_id in run_ids]
+            if any(withdrawn):
+                raise _storage_unavailable(exc.message) from None
 
     async def _backfill_action(self, run_id: str, rerun: bool) -> tuple[BackfillAction, str | None]:
         """What a backfill does with the run of one slot, from its present status."""
@@ -648,18 +675,6 @@ class Daemon:
         if rerun:
             return BackfillAction.RERUN, None
         return BackfillAction.SKIPPED, "its run already succeeded (rerun runs it again)"
-
-    async def _backfill_slot(
-        self, dag: DagSpec, run_id: str, action: BackfillAction, params: dict[str, str]
-    ) -> None:
-        if action is BackfillAction.QUEUED:
-            self._check_accepting()
-            self.admission.check_new(run_id)
-            self.store.record_run(run_id, dag.id, params, self.clock(), self._bind(dag))
-            await self._commit(run_id)
-            self._enqueue(dag, run_id, params, recorded=True)
-        else:
-            await self._requeue(run_id, every_step=action is BackfillAction.RERUN)
 
     async def _restore(self, run_id: str, *, every_step: bool = False) -> RunState:
         """A finished run rebuilt from its records (it was not in memory), with the definition

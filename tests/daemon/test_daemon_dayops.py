@@ -378,6 +378,13 @@ async def test_backfill_refusals(config: Config) -> None:
         assert code == "invalid_range" and "before" in message
         code, message = await code_of("hourly", "2024-01-01", "2024-03-01")
         assert code == "invalid_range" and "more than 1000" in message
+        # exactly the bound is fine: 1000 hourly slots
+        most = await daemon.backfill(
+            "hourly", "2024-01-01T00:00Z", "2024-02-11T15:00Z", dry_run=True
+        )
+        assert len(most.slots) == 1000
+        code, _ = await code_of("hourly", "2024-01-01T00:00Z", "2024-02-11T16:00Z")
+        assert code == "invalid_range"
         code, _ = await code_of("hourly", "2024-01-01", "2024-01-01", params={"nope": 1})
         assert code == "invalid_params"
         code, message = await code_of("hourly", "2999-01-01", "2999-01-02")
