@@ -20,6 +20,8 @@ from wshelp import make_config, running, trequest, tws, url_of
 from dagd.core.config import Config, HistoryConfig
 from dagd.core.events import DagRunStatusEvent, ErrorEvent, StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
+from dagd.daemon import daemon as daemon_module
+from dagd.daemon.errors import DaemonError
 from dagd.daemon.retention import Pruned, prune_once
 from dagd.daemon.store import Store
 from dagd.runtime.logfiles import attempt_log
@@ -330,13 +332,14 @@ async def test_a_large_prune_goes_in_batches_and_the_loop_stays_responsive(
     assert pruned.batches >= 10
     assert run_ids(db, "runs") == {"bulk-19999"}
     assert rows(db, "SELECT count(*) FROM events WHERE dag_id = 'bulk'") == [(7,)]
-    # Generous bounds for a loaded CI machine; the numbers are printed for the record
-    # (pytest -s): about 10 ms and 60 ms on a quiet 2-core machine.
+    # Generous bounds for a loaded CI machine (the prune itself takes 1.3 s or more); the
+    # numbers are printed for the record (pytest -s): on a 2-core machine about 20 ms and
+    # 40 ms, up to 100 ms each with four other test processes beside it.
     print(
         f"\n20k-run prune: {took:.2f}s, {pruned.batches} batches, longest loop stall"
         f" {worst_tick * 1000:.1f} ms, longest commit wait {worst_commit * 1000:.1f} ms"
     )
-    assert worst_tick < 0.25
+    assert worst_tick < 0.5
     assert worst_commit < 1.0
 
 
@@ -383,3 +386,30 @@ async def wait_finished(store: Store, run_id: str) -> None:
             if found is not None and found[0].status.finished:
                 return
             await trio.sleep(0.01)
+
+
+async def test_the_daemon_prunes_on_its_own_and_forgets_what_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A served daemon with keep_runs = 1 and a short prune interval: the older of two failed
+    runs goes from the store and from its log folder by itself, and the daemon no longer
+    knows it (a retry is refused as unknown), while the newer one stays retryable."""
+    monkeypatch.setattr(daemon_module, "PRUNE_INTERVAL", 0.1)
+    config = make_config(tmp_path)
+    config = attrs.evolve(config, history=HistoryConfig(keep_runs=1))
+    async with running(tmp_path, config=config) as daemon:
+        old = await daemon.trigger("failing")
+        await wait_finished(daemon.store, old)
+        assert (config.log_dir / "failing" / old).is_dir()  # the only finished run: kept
+        new = await daemon.trigger("failing")
+        await wait_finished(daemon.store, new)
+        with trio.fail_after(10):
+            while await daemon.store.get_run(old) is not None:
+                await trio.sleep(0.05)
+        with trio.fail_after(10):
+            while (config.log_dir / "failing" / old).exists():
+                await trio.sleep(0.05)
+        with pytest.raises(DaemonError) as refused:
+            await daemon.retry(old)
+        assert refused.value.code == "unknown_run"
+        assert await daemon.retry(new) == new
