@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 import click
-import trio
 
 from dagd.cli.completion import complete_dag_ids, complete_run_ids
 from dagd.cli.exitcodes import EXIT_FAILED, EXIT_OK, exit_code_of
@@ -37,23 +36,21 @@ from dagd.core.config import Config, ConfigError
 from dagd.core.events import DagEvent, ErrorEvent, StepStatusEvent
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.core.model import DagSpec, RunStatus, StepStatus
-from dagd.core.protocol.answers import DagSummary
-from dagd.core.runstate import RunState
 from dagd.core.timefmt import RunIdFactory
-from dagd.daemon.dagfolder import DagFolder, load_dag_folder
-from dagd.daemon.statelock import StateDirError
-from dagd.daemon.store import StateFileError
-from dagd.runtime.engine import RunDriver
-from dagd.runtime.local.executor import LocalExecutor
-from dagd.runtime.local.procs import raise_open_files_limit
 
+# The engine, the store and the protocol's classes are imported where they are used: every
+# `dagd` start, and every shell Tab (completion), would otherwise pay for them.
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from rich.console import Console
 
     from dagd.cli.render import RunsView
+    from dagd.core.protocol.answers import DagSummary
+    from dagd.core.runstate import RunState
+    from dagd.daemon.dagfolder import DagFolder
     from dagd.runtime.executor import StepExecutor
+    from dagd.runtime.local.executor import LocalExecutor
 
 log = logging.getLogger("dagd")
 
@@ -72,6 +69,8 @@ def _dags_dir(config: Config, dags_dir: Path | None) -> Path:
 
 
 def _load_folder(config_path: Path | None, dags_dir: Path | None) -> DagFolder:
+    from dagd.daemon.dagfolder import load_dag_folder
+
     config = load_config(config_path)
     return load_dag_folder(_dags_dir(config, dags_dir), executors=config.executor_names)
 
@@ -97,6 +96,8 @@ def main() -> None:
 def local_summary(dag: DagSpec) -> DagSummary:
     """A DAG file's DAG in the shape of the protocol's `dags` answer, read without a daemon:
     no next run (only the daemon's scheduler knows it), not paused."""
+    from dagd.core.protocol.answers import DagSummary
+
     return DagSummary(
         dag.id,
         dag.description,
@@ -200,6 +201,8 @@ def run(
     config = load_config(config_path)
     folder_path = _dags_dir(config, dags_dir)
     path = folder_path / f"{dag_id}.toml"
+    from dagd.daemon.dagfolder import load_dag_folder
+
     folder = load_dag_folder(folder_path, executors=config.executor_names)
     dag = folder.dags.get(dag_id)
     if dag is None:
@@ -209,6 +212,12 @@ def run(
         from dagd.cli.remote import unknown_dag
 
         raise unknown_dag(dag_id, folder.dags, str(folder_path))
+    import trio
+
+    from dagd.core.runstate import RunState
+    from dagd.runtime.local.executor import LocalExecutor
+    from dagd.runtime.local.procs import raise_open_files_limit
+
     try:
         bound = dag.bind_params(parse_params(params))
     except ValueError as exc:
@@ -251,9 +260,11 @@ def plain_printer(view: RunsView, out: TextIO, quiet: bool) -> Callable[[DagEven
 async def _run_here(
     state: RunState, executor: LocalExecutor, parallel: int, console: Console, mode: str
 ) -> RunStatus:
+    import trio
     from rich.live import Live
 
     from dagd.cli.render import RunsView
+    from dagd.runtime.engine import RunDriver
 
     view = RunsView()
     live = mode == "live"
@@ -325,6 +336,12 @@ def serve(
 ) -> None:
     """Start the daemon: run DAGs on their schedules and on request, keep their history, and
     stream live events over WebSocket. Stops cleanly on Ctrl-C or SIGTERM."""
+    import trio
+
+    from dagd.daemon.statelock import StateDirError
+    from dagd.daemon.store import StateFileError
+    from dagd.runtime.local.procs import raise_open_files_limit
+
     config = load_config(config_path)
     server = config.server
     server = attrs.evolve(
@@ -371,7 +388,10 @@ def serve(
 
 
 async def _serve(config: Config) -> None:
+    import trio
+
     from dagd.app import open_app
+    from dagd.daemon import readiness
 
     # The signal receiver stays open through the shutdown: a second signal must never kill
     # dagd half way (steps left running, runs left `running`); it cuts the grace short.
@@ -387,6 +407,7 @@ async def _serve(config: Config) -> None:
                     where,
                     config.state_dir,
                 )
+                readiness.notify("READY=1")  # systemd Type=notify: only when NOTIFY_SOCKET is set
                 async for signum in signals:
                     log.info(
                         "%s received: stopping (running steps get %gs to exit; "
@@ -394,6 +415,7 @@ async def _serve(config: Config) -> None:
                         signal.Signals(signum).name,
                         config.kill_grace,
                     )
+                    readiness.notify("STOPPING=1")
                     break
                 nursery.start_soon(_kill_on_signal, signals, daemon.executors)
             nursery.cancel_scope.cancel()

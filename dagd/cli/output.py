@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from dagd.cli.exitcodes import EXIT_BROKEN_PIPE
-from dagd.core.protocol.converter import converter
-from dagd.core.protocol.wire import dumps
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -37,6 +35,11 @@ def print_json(value: Any) -> None:
     """Write `value` (a protocol class, an attrs record, or plain JSON-able data holding them)
     to stdout as one JSON document and a newline, unstructured by the protocol's converter:
     camelCase keys, times as ISO 8601 UTC text."""
+    # Imported here: building the converter costs ~50 ms that every other `dagd` start
+    # (and every shell Tab) would pay for nothing.
+    from dagd.core.protocol.converter import converter
+    from dagd.core.protocol.wire import dumps
+
     sys.stdout.write(dumps(converter.unstructure(value)) + "\n")
     sys.stdout.flush()
 
