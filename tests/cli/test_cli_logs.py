@@ -38,7 +38,11 @@ DAGS = {
     "split": r"""
         env = { GATE = "gate" }
         [steps.split]
-        command = '''printf 'caf\303'; while [ ! -e "$GATE" ]; do sleep 0.02; done; printf '\251!\000' '''
+        command = '''
+        printf 'caf\303'
+        while [ ! -e "$GATE" ]; do sleep 0.02; done
+        printf '\251!\000'
+        '''
     """,
     "pyfail": """
         [steps.boom]

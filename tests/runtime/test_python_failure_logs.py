@@ -29,7 +29,7 @@ def steps_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     name = "failing_steps_for_logs"
     (tmp_path / f"{name}.py").write_text(
         textwrap.dedent(
-            '''\
+            """\
             def parse(text):
                 return int(text)
 
@@ -49,7 +49,7 @@ def steps_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
             def broken_message(ctx):
                 raise Broken()
-            '''
+            """
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
