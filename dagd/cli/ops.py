@@ -153,7 +153,8 @@ def backfill(
     counts its whole day. Each slot's run has the id the scheduler gives that slot, so a
     backfilled slot and a scheduled one never run twice. The runs go through the same queue
     and max_active_runs as any other. A slot whose run succeeded is skipped unless --rerun;
-    one whose run failed or was cancelled is retried (its successful steps are kept).
+    one whose run failed or was cancelled is retried (its successful steps are kept). Slots
+    still to come are the scheduler's: the range stops at now.
 
     \b
     Examples:
