@@ -31,7 +31,7 @@ from pathlib import Path
 
 import attrs
 
-from dagd.core.model import DagSpec
+from dagd.core.model import DagSpec, StepSpec
 from dagd.core.spec import DEFAULT_EXECUTOR, DagSpecError, Problem, parse_dag
 from dagd.runtime.local.python import CallableNotFound, resolve_callable
 
@@ -65,20 +65,12 @@ def load_dag_file(path: Path) -> DagSpec:
     return parse_dag(data, str(path), default_id=path.stem)
 
 
-def executor_problems(dag: DagSpec, executors: Collection[str]) -> list[Problem]:
-    """A problem for each step of `dag` whose executor is not among `executors` (the
-    configured names, `Config.executor_names`), naming the file, the step and the field."""
-    configured = ", ".join(executors)
-    return [
-        Problem(
-            dag.source or dag.id,
-            f"no executor {step.executor!r} is configured (configured: {configured})",
-            step.id,
-            "executor",
-        )
-        for step in dag.steps.values()
-        if step.executor not in executors
-    ]
+def executor_problem(step: StepSpec, executors: Collection[str]) -> str | None:
+    """Why `step` cannot run here: its executor is not among `executors` (the configured
+    names, `Config.executor_names`); None when it is."""
+    if step.executor in executors:
+        return None
+    return f"no executor {step.executor!r} is configured (configured: {', '.join(executors)})"
 
 
 @attrs.frozen
@@ -271,17 +263,25 @@ class DagFolder:
         return changed, freed
 
     def _problems(self, dag: DagSpec) -> tuple[list[Problem], bool]:
-        """What is wrong with a DAG that parsed, given this process and its configuration:
-        executors not configured, `call` targets that cannot be called. Second: whether
-        there are problems and all of them are worth a cheap look at the next reload."""
-        problems = executor_problems(dag, self._executors) if self._executors is not None else []
-        cheap = not problems
+        """What is wrong with a DAG that parsed, given this process and its configuration,
+        step by step: an executor not configured, a `call` target that cannot be called.
+        Second: whether there are problems and all are worth a cheap look at the next reload
+        (modules that are not installed)."""
+        file = dag.source or dag.id
+        problems: list[Problem] = []
+        cheap = True
         for step in dag.steps.values():
+            if self._executors is not None:
+                message = executor_problem(step, self._executors)
+                if message is not None:
+                    problems.append(Problem(file, message, step.id, "executor"))
+                    cheap = False
+                    continue
             if step.call is None or step.executor != DEFAULT_EXECUTOR:
                 continue
             found = call_problem(step.call)
             if found is not None:
-                problems.append(Problem(dag.source or dag.id, found.message, step.id, "call"))
+                problems.append(Problem(file, found.message, step.id, "call"))
                 cheap = cheap and found.cheap
         return problems, cheap and bool(problems)
 
