@@ -112,17 +112,24 @@ MIGRATIONS: tuple[Migration, ...] = (
     ) WITHOUT ROWID;
     ALTER TABLE runs ADD COLUMN dag_version TEXT;
     """,
-    # 5: DAGs paused by `dagd pause` (their schedule does not fire), kept across restarts and
-    # edits of their files
+    # 5: day-two operations.
+    # - paused_dags: DAGs paused by `dagd pause` (their schedule does not fire), kept across
+    #   restarts and edits of their files.
+    # - attempts: the attempts of a step that a later one replaced in its steps row (the steps
+    #   row holds the latest, now with the worker it ran on), with how each ended; runs
+    #   recorded before have their latest attempt only.
+    # - Retention of history ([history], dagd/daemon/retention.py): indexes to find a run's
+    #   events, a DAG's finished runs by end, and whether a DAG version is still used; the
+    #   replay floor (the highest seq retention deleted from the middle of the log: a replay
+    #   from below it is refused); the runs whose step logs are still to be removed (noted with
+    #   the runs' deletion, so a crash in between leaves no orphan folder).
+    # - events_by_dag goes: no query reads the event log by DAG (a replay reads pages by seq
+    #   and filters them), and every index costs each event's insert.
     """
     CREATE TABLE IF NOT EXISTS paused_dags (
         dag_id TEXT PRIMARY KEY,
         paused_at REAL NOT NULL
     ) WITHOUT ROWID;
-    """,
-    # 6: the attempts of a step that a later one replaced in its steps row (which holds the
-    # latest), with how each ended; for runs recorded before, only the latest is known
-    """
     CREATE TABLE IF NOT EXISTS attempts (
         run_id TEXT NOT NULL,
         step_id TEXT NOT NULL,
@@ -135,13 +142,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         worker TEXT,
         PRIMARY KEY (run_id, step_id, attempt)
     ) WITHOUT ROWID;
-    """,
-    # 7: retention of history ([history] in config.toml, dagd/daemon/retention.py): indexes to
-    # find a run's events and a DAG's finished runs by age, and to know whether a DAG version
-    # is still used; the replay floor (the highest seq that retention deleted from the middle
-    # of the log: replay from below it is refused); and the runs whose step logs are still to
-    # be removed (written with the runs' deletion, so a crash in between leaves no orphans)
-    """
+    ALTER TABLE steps ADD COLUMN worker TEXT;
     CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
     CREATE INDEX IF NOT EXISTS runs_by_end ON runs (dag_id, ended_at);
     CREATE INDEX IF NOT EXISTS runs_by_version ON runs (dag_version);
@@ -154,26 +155,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         run_id TEXT NOT NULL,
         PRIMARY KEY (dag_id, run_id)
     ) WITHOUT ROWID;
-    """,
-    # 8: events_by_dag (migration 1) goes: no query reads the event log by DAG (a replay reads
-    # pages by seq and filters them), and every index costs each event's insert (measured:
-    # events_by_run, which retention reads, costs 1 to 3 % of a 10,000-step run's CPU time)
-    "DROP INDEX IF EXISTS events_by_dag;",
-    # 9: where a step's latest attempt ran (steps.worker). The attempts table no longer repeats
-    # a step's latest attempt (writing every attempt twice cost 4 % of a 10,000-step run's
-    # time): rows that say exactly what the steps row says go, their worker moved over.
-    """
-    ALTER TABLE steps ADD COLUMN worker TEXT;
-    UPDATE steps SET worker = (
-        SELECT a.worker FROM attempts a
-        WHERE a.run_id = steps.run_id AND a.step_id = steps.step_id
-            AND a.attempt = steps.attempt
-    ) WHERE attempt > 0;
-    DELETE FROM attempts WHERE EXISTS (
-        SELECT 1 FROM steps s
-        WHERE s.run_id = attempts.run_id AND s.step_id = attempts.step_id
-            AND s.attempt = attempts.attempt AND s.status = attempts.status
-    );
+    DROP INDEX IF EXISTS events_by_dag;
     """,
 )
 

@@ -954,7 +954,7 @@ class Store:
         """Every recorded attempt of the run's steps, by step id, then attempt number: how
         each ended (`running` while it runs), its times (UNIX seconds), duration (ms), error
         and worker. Empty for an unknown run. Runs recorded before dagd kept attempts
-        (schema.py, migration 6) have only each step's latest one. Read in a worker thread.
+        (schema.py, migration 5) have only each step's latest one. Read in a worker thread.
 
         A step's latest attempt is its steps row; the writer keeps an attempt apart, in the
         attempts table, when a later one is about to replace it there: when it ends retrying,

@@ -153,9 +153,12 @@ def file_at_version(path: Path, version: int) -> sqlite3.Connection:
     return conn
 
 
-async def test_a_version_4_file_shows_each_steps_latest_attempt(tmp_path: Path) -> None:
-    """Files from before dagd kept attempts: each step's row is its latest attempt (a step
-    whose start_time is NULL made none in its run's latest try), with no worker known."""
+async def test_a_version_4_file_is_upgraded_and_shows_each_steps_latest_attempt(
+    tmp_path: Path,
+) -> None:
+    """The last released schema gets migration 5 whole. Its runs kept no attempts apart: each
+    step's row is its latest attempt (a step whose start_time is NULL made none in its run's
+    latest try), with no worker known."""
     path = tmp_path / "v4.sqlite3"
     conn = file_at_version(path, 4)
     conn.executemany(
@@ -173,42 +176,29 @@ async def test_a_version_4_file_shows_each_steps_latest_attempt(tmp_path: Path) 
             ("old", "success", 0, 1.0, 2.0, 1000, None, 0),
         ],
     )
+    conn.execute(
+        "INSERT INTO events (ts, dag_id, run_id, type, body) VALUES (1.0, 'd', 'r', 'x', '{}')"
+    )
     conn.close()
     store = Store.open(path)
     try:
         attempts = await store.get_attempts("r")
         assert store.paused_dags() == set()
+        assert store.replay_floor == 0
+        assert await store.oldest_seq() == 1
     finally:
         store.close()
+    conn = connect(path)
+    assert user_version(conn) == VERSION
+    indexes = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
+    }
+    assert {"events_by_run", "runs_by_end", "runs_by_version"} <= indexes
+    assert "events_by_dag" not in indexes  # no query used it; each insert paid for it
+    assert "worker" in columns(conn, "steps")
+    conn.close()
     assert attempts == [
         AttemptRecord("flaky", 3, StepStatus.FAILED, 5.0, 6.0, 1000, "exit 1"),
         AttemptRecord("live", 1, StepStatus.RUNNING, 7.0, None, None, None),
         AttemptRecord("ok", 1, StepStatus.SUCCESS, 1.0, 2.0, 1000, None),
-    ]
-
-
-def test_a_version_8_file_keeps_only_superseded_attempts(tmp_path: Path) -> None:
-    """Version 6 to 8 wrote every attempt to the attempts table, the latest one too: rows that
-    repeat the steps row go, their worker moves to it; earlier attempts and an attempt that
-    ended otherwise than its step (retrying, then cancelled while waiting) stay."""
-    conn = file_at_version(tmp_path / "v8.sqlite3", 8)
-    conn.executemany(
-        "INSERT INTO steps (run_id, step_id, status, start_time, attempt)"
-        " VALUES ('r', ?, ?, 1.0, ?)",
-        [("s", "success", 2), ("t", "cancelled", 1)],
-    )
-    conn.executemany(
-        "INSERT INTO attempts (run_id, step_id, attempt, status, worker) VALUES ('r', ?, ?, ?, ?)",
-        [("s", 1, "retrying", "w1"), ("s", 2, "success", "w2"), ("t", 1, "retrying", None)],
-    )
-    assert migrate(conn) == 8
-    assert conn.execute(
-        "SELECT step_id, attempt, status FROM attempts ORDER BY 1, 2"
-    ).fetchall() == [
-        ("s", 1, "retrying"),
-        ("t", 1, "retrying"),
-    ]
-    assert conn.execute("SELECT step_id, worker FROM steps ORDER BY 1").fetchall() == [
-        ("s", "w2"),
-        ("t", None),
     ]
