@@ -1,14 +1,17 @@
-"""systemd readiness through $NOTIFY_SOCKET, against real Unix datagram sockets."""
+"""systemd readiness through $NOTIFY_SOCKET, against real Unix datagram sockets (and a real
+`dagd serve`)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clienthelp import DaemonProc
 
 from dagd.daemon.readiness import notify
 
@@ -89,3 +92,18 @@ def test_a_full_manager_queue_does_not_block(
         assert sent < 100_000, "the queue never filled up"
     assert sent > 0
     assert "Resource temporarily unavailable" in caplog.records[0].getMessage()
+
+
+def test_dagd_serve_is_ready_once_it_listens_and_says_when_it_stops(
+    tmp_path: Path, manager: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real `dagd serve` under a service manager: READY=1 once the endpoint listens, then
+    STOPPING=1 when SIGTERM starts its shutdown, and it exits 0."""
+    monkeypatch.setenv("NOTIFY_SOCKET", manager.getsockname())
+    with DaemonProc(tmp_path / "service", {"quick": "[steps.a]\ncommand = 'true'\n"}) as daemon:
+        daemon.start()
+        assert manager.recv(4096) == b"READY=1"
+        assert "listening on ws://" in daemon.output()
+        assert daemon.stop(signal.SIGTERM) == 0
+        assert manager.recv(4096) == b"STOPPING=1"
+        assert "dagd stopped" in daemon.output()
