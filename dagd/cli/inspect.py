@@ -32,7 +32,6 @@ from dagd.core.runstate import format_seconds
 from dagd.core.text import one_line
 from dagd.core.text import show as show_text
 from dagd.core.timefmt import iso_z
-from dagd.daemon.dagfolder import load_dag_folder
 
 if TYPE_CHECKING:
     from dagd.cli.remote import Endpoint
@@ -47,6 +46,8 @@ def local_dag(config_path: Path | None, dags_dir: Path | None, dag_id: str) -> D
     `dagd list` reads it (a step naming an executor the config lacks is a problem). Raises
     click.ClickException naming the file's problems when its file is broken, or the closest
     known ids when there is no such DAG."""
+    from dagd.daemon.dagfolder import load_dag_folder  # imports trio: not on every Tab
+
     config = load_config(config_path)
     folder_path = dags_dir if dags_dir is not None else config.dags_dir
     folder = load_dag_folder(folder_path, executors=config.executor_names)
