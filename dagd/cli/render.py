@@ -7,6 +7,7 @@ retrying, failed), via rich. Elsewhere (pipes, CI logs): one plain line per tran
 
 from __future__ import annotations
 
+import functools
 import time
 
 import attrs
@@ -58,6 +59,13 @@ MOVING = frozenset({S.RUNNING, S.RETRYING})
 
 # Steps per progress bucket, pending left out (the total minus the rest).
 BUCKET = {s: b for s, b in BUCKET_OF.items() if b is not ProgressBucket.PENDING}
+
+
+@functools.lru_cache(maxsize=4)
+def _clock_time(second: int) -> str:
+    """HH:MM:SS of a UNIX second in local time; cached, as a run's events crowd into the same
+    few seconds (`dagd run` writes thousands of lines a second)."""
+    return time.strftime("%H:%M:%S", time.localtime(second))
 
 
 def format_duration(ms: int | None) -> str:
@@ -184,7 +192,9 @@ class RunsView:
     @staticmethod
     def line(event: DagEvent) -> str | None:
         """One line for a log, or None for events not worth a line (progress)."""
-        stamp = time.strftime("%H:%M:%S", time.localtime(event.timestamp))
+        if isinstance(event, DagRunProgressEvent):
+            return None
+        stamp = _clock_time(int(event.timestamp))
         if isinstance(event, DagRunStatusEvent):
             return f"{stamp}  run {event.dag_id} {event.run_id}: {event.status}"
         if isinstance(event, StepStatusEvent):
