@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,14 +82,16 @@ def test_the_trio_websocket_example_prints_the_wire_messages(daemon: DaemonProc)
     ) as proc:
         assert proc.stdout is not None
         out = proc.stdout
+        reader = threading.Thread(target=lambda: lines.extend(iter(out.readline, "")))
+        reader.start()
         try:
-
-            def finished() -> bool:
-                lines.append(out.readline())  # the daemon's heartbeats keep lines coming
-                return "dag_run_status" in lines[-1] and '"status":"success"' in lines[-1]
-
-            wait_for(finished, timeout=20, what="the run's success on the wire")
+            wait_for(
+                lambda: any("dag_run_status" in x and '"status":"success"' in x for x in lines),
+                timeout=20,
+                what="the run's success on the wire",
+            )
         finally:
             proc.kill()
+            reader.join(10)
     assert '"type":"auth_success"' in lines[0], lines
     assert any('"type":"triggered"' in line for line in lines), lines
