@@ -214,6 +214,10 @@ class DaskExecutor:
         client = await self.connection.usable()
         if client is None:
             return AttemptResult(False, f"dask scheduler unreachable: {self.config.address}")
+        if ctx.run_id in self._lost_runs:
+            # A retry of a run interrupted while the scheduler was away: what the interrupted
+            # run left goes first, or its clean-up would kill this attempt's processes.
+            await self._stop_runs(client)
         key = attempt_key(ctx)
         logs = self._logs.open(key, ctx)
         try:

@@ -6,8 +6,13 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 import trio
-from clienthelp import dagd, serving
+from clienthelp import dagd, free_port, serving
+from conftest import NEEDS_DASK
+
+pytest.importorskip("distributed", reason=NEEDS_DASK)
+
 from distributed import LocalCluster
 
 from dagd.core.config import DaskExecutorConfig
@@ -104,3 +109,20 @@ def test_a_daemon_with_executors_dask_runs_remote_steps_and_shows_their_logs(
         }
         assert where["remote"] in workers and where["py"] in workers
         assert where["prep"] == "absent"  # local steps' events are as they always were
+
+
+def test_a_daemon_whose_scheduler_is_unreachable_still_runs_local_steps(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    dags = {
+        "local": '[steps.here]\ncommand = "echo here"\n',
+        "remote": '[steps.there]\nexecutor = "dask"\ncommand = "echo there"\n',
+    }
+    top = f'[executors.dask]\naddress = "{address}"\nconnect_timeout = "0.5s"\n'
+    with serving(tmp_path, dags, top=top) as daemon:
+        assert dagd("trigger", "local", "--wait", "--plain", cwd=daemon.root).returncode == 0
+        result = dagd("trigger", "remote", "--wait", "--plain", cwd=daemon.root)
+        assert result.returncode != 0
+        assert f"dask scheduler unreachable: {address}" in result.stdout + result.stderr
+        output = daemon.output()
+    said = [line for line in output.splitlines() if "dask scheduler unreachable" in line]
+    assert len(said) == 1, output  # one line, however often it tries again

@@ -4,16 +4,16 @@ remote process group, and crash recovery of remote leftovers."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
 import trio
 from clienthelp import await_for
-from conftest import SECRET_VAR
+from conftest import NEEDS_DASK, SECRET_VAR, alive, context, pids_from, shell
+
+pytest.importorskip("distributed", reason=NEEDS_DASK)
+
 from distributed import LocalCluster
 
 from dagd.core.config import DaskExecutorConfig
@@ -31,37 +31,10 @@ async def executor(dask_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[
         yield ex
 
 
-def context(step_id: str, run_id: str | None = None, **params: str) -> StepContext:
-    return StepContext("dag", run_id or uuid.uuid4().hex[:12], step_id, 1, params)
-
-
-def shell(step_id: str, command: str, **kw: Any) -> StepSpec:
-    return StepSpec(step_id, command=command, executor="dask", **kw)
-
-
 def log_text(ex: DaskExecutor, ctx: StepContext, stream: str = "out") -> str:
     assert ex.log_dir is not None
     path = ex.log_dir / ctx.dag_id / ctx.run_id / f"{ctx.step_id}.{ctx.attempt}.{stream}"
     return path.read_text() if path.exists() else ""
-
-
-def alive(pids: list[int]) -> list[int]:
-    found = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                found.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-async def pids_from(path: Path) -> list[int]:
-    """The pids a step wrote into `path` (one line, space-separated), once it has."""
-    text = await await_for(
-        lambda: path.exists() and path.read_text().endswith("\n") and path.read_text(), 10
-    )
-    return [int(p) for p in text.split()]
 
 
 # ----------------------------------------------------------------- shell steps
