@@ -16,6 +16,7 @@ Use it through `dagd.open_daemon`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -499,6 +500,10 @@ class Daemon:
         # awaits below.
         with self.admission.retrying(run_id):
             if every_step:
+                # Rebuilt from the store's rows, which must show the run as it ended: its last
+                # events may still be on their way to the disk.
+                with contextlib.suppress(StorageUnavailable):  # refused just below
+                    await self.store.flush()
                 state = await self._restore(run_id, every_step=True)
             else:
                 state = self.admission.recall(run_id) or await self._restore(run_id)
@@ -575,12 +580,13 @@ class Daemon:
 
         Each slot's run has the id the scheduler gives that slot, and the scheduler carries on
         after the newest slot of the range, so a backfilled slot and a scheduled one never both
-        run. Per slot: no run yet -> `queued` (a new run with
-        `params`, through the DAG's queue and max_active_runs like any run); a run queued or
-        running -> `skipped`; a failed or cancelled run -> `retried` (as `retry`: successful
-        steps are kept); a successful run -> `skipped`, or with `rerun` -> `rerun` (every step
-        runs again under the same id, attempt numbers going on). With `dry_run` nothing is
-        changed and the answer says what would be done. Works on a paused DAG too.
+        run. Per slot: no run yet -> `queued` (a new run with `params`, through the DAG's queue
+        and max_active_runs like any run); a run queued or running -> `skipped`; a failed or
+        cancelled run -> `retried` (as `retry`: successful steps are kept); a successful run ->
+        `skipped`, or with `rerun` -> `rerun` (every step runs again under the same id, attempt
+        numbers going on). The new runs are stored in one commit before any is queued. With
+        `dry_run` nothing is changed and the answer says what would be done. Works on a paused
+        DAG too.
 
         Raises DaemonError with code `unknown_dag`, `no_schedule`, `invalid_range` (bounds
         that cannot be read, `end` before `start`, more than MAX_BACKFILL_SLOTS slots),
