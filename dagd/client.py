@@ -240,7 +240,9 @@ _RETRYABLE = (
 
 
 class Client:
-    """Use through `connect()`. Iterate for events; call `trigger`, `cancel`, ... for control."""
+    """Use through `connect()`. Iterate for events; call `trigger`, `cancel`, `retry`, `pause`,
+    `unpause`, `backfill` for control, and `list_dags`, `list_runs`, `get_run`, `get_dag` to
+    ask."""
 
     def __init__(
         self,
@@ -313,7 +315,7 @@ class Client:
         `invalid_message` (also for a malformed `message` dict, which is never sent),
         `forbidden`, `unknown_dag`, `invalid_params`, `unknown_run`, `not_running`,
         `not_finished`, `not_retryable`, `shutting_down`, `storage_unavailable`,
-        `rate_limited`.
+        `no_schedule`, `invalid_range`, `rate_limited`.
         """
         request = message if not isinstance(message, Mapping) else _request_of(message)
         with trio.move_on_after(self.request_timeout) as scope:
@@ -392,7 +394,8 @@ class Client:
         """The newest `limit` runs (1..1000), of `dag_id` or of every DAG, newest first: run id,
         status, params, and queued/started/ended times (UNIX seconds; None until then).
 
-        Raises `ClientError` `invalid_message` (a limit out of range); `NotConnected`.
+        Raises `ClientError` `unknown_dag` (a `dag_id` that is neither loaded nor has any run),
+        `invalid_message` (a limit out of range); `NotConnected`.
         """
         return (await self._ask(ListRuns(dag_id, limit), RunList)).runs
 
