@@ -100,6 +100,7 @@ ERROR_CODES = {
     "storage_unavailable",
     "no_schedule",
     "invalid_range",
+    "duplicate_run",
 }
 
 DAGS = {

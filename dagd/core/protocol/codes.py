@@ -31,6 +31,9 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_DAG = "unknown_dag"
     INVALID_PARAMS = "invalid_params"  # a param the DAG does not declare
     UNKNOWN_RUN = "unknown_run"  # get_run, cancel or retry of a run id that does not exist
+    # trigger of a run whose new id is already queued or running (only when the clock went
+    # backwards within a microsecond)
+    DUPLICATE_RUN = "duplicate_run"
     NOT_RUNNING = "not_running"  # cancel of a finished run
     NOT_FINISHED = "not_finished"  # retry of a run that is still queued or running
     NOT_RETRYABLE = "not_retryable"  # retry of a run that succeeded
