@@ -124,12 +124,19 @@ def _run_detail(record: RunRecord, version: str | None, steps: list[StepDetail])
     )
 
 
-def dag_detail(dag: DagSpec, summary: DagSummary) -> DagDetail:
-    """A loaded DAG with its steps' definitions in file order, each with its graph level (0
-    without upstreams, else one more than its deepest upstream), and its edges."""
+def step_levels(dag: DagSpec) -> dict[str, int]:
+    """Each step's depth in the DAG's graph, by step id: 0 for a step without upstreams, else
+    one more than its deepest upstream (the column of a left-to-right drawing)."""
     levels: dict[str, int] = {}
     for sid in dag.order:  # upstreams first
         levels[sid] = 1 + max((levels[up] for up in dag.steps[sid].depends_on), default=-1)
+    return levels
+
+
+def dag_detail(dag: DagSpec, summary: DagSummary) -> DagDetail:
+    """A loaded DAG with its steps' definitions in file order, each with its graph level (0
+    without upstreams, else one more than its deepest upstream), and its edges."""
+    levels = step_levels(dag)
     steps = [
         StepDefinition(
             sid,
@@ -150,4 +157,4 @@ def dag_detail(dag: DagSpec, summary: DagSummary) -> DagDetail:
     return DagDetail(summary, dag.catchup, dag.max_active_runs, dag.max_active_steps, steps, edges)
 
 
-__all__ = ["dag_detail", "live_run_detail", "stored_run_detail", "trigger_kind"]
+__all__ = ["dag_detail", "live_run_detail", "step_levels", "stored_run_detail", "trigger_kind"]
