@@ -58,6 +58,6 @@ class LeftoverReaper(WorkerPlugin):
         (each time a daemon connects): only the first kills anything."""
         if worker.status not in _CLOSING:
             return
-        killed = kill_all_attempts()
+        killed = kill_all_attempts(f"stopped: the worker {worker.address} closed")
         if killed:
             log.warning("worker %s is closing: killed dagd steps %s", worker.address, killed)

@@ -122,6 +122,7 @@ class _Entry:
 
     pgid: int | None = None  # a shell step's process group once spawned
     stopping: bool = False  # stop_attempts has it: the attempt's own kill waits
+    why: str = "stopped"  # the attempt's error once stopped
     cancel: Callable[[], None] | None = None  # an async Python step's cancel
 
 
@@ -131,7 +132,9 @@ _refused: dict[str, float] = {}  # key -> time.monotonic() it was stopped before
 
 
 class _Output:
-    """A step's output on its way to the daemon: buffered per stream, sent in chunks."""
+    """A step's output on its way to the daemon: buffered per stream, sent in chunks. A lock
+    guards it: a sync Python step that timed out may still call `ctx.log()` from its own
+    thread while the task's thread sends what is left."""
 
     def __init__(self, key: str, send: Callable[[dict[str, Any]], None]) -> None:
         self.key = key
@@ -140,17 +143,19 @@ class _Output:
         self.first_pending: float | None = None
         self.sent = 0
         self.err_tail = bytearray()
+        self.lock = threading.Lock()
 
     def add(self, stream: str, data: bytes) -> None:
-        if stream == "err":
-            self.err_tail += data
-            del self.err_tail[:-_TAIL_SIZE]
-        buffer = self.buffers[stream]
-        buffer += data
-        if self.first_pending is None:
-            self.first_pending = time.monotonic()
-        if len(buffer) >= CHUNK_SIZE:
-            self.flush()
+        with self.lock:
+            if stream == "err":
+                self.err_tail += data
+                del self.err_tail[:-_TAIL_SIZE]
+            buffer = self.buffers[stream]
+            buffer += data
+            if self.first_pending is None:
+                self.first_pending = time.monotonic()
+            if len(buffer) >= CHUNK_SIZE:
+                self._flush()
 
     def write_text(self, text: str) -> None:
         self.add("out", text.encode("utf-8", "replace"))
@@ -158,15 +163,20 @@ class _Output:
 
     def flush_due(self) -> float | None:
         """Send what waited `FLUSH_INTERVAL`; returns seconds until the next send is due."""
-        if self.first_pending is None:
-            return None
-        wait = self.first_pending + FLUSH_INTERVAL - time.monotonic()
-        if wait <= 0:
-            self.flush()
-            return None
-        return wait
+        with self.lock:
+            if self.first_pending is None:
+                return None
+            wait = self.first_pending + FLUSH_INTERVAL - time.monotonic()
+            if wait <= 0:
+                self._flush()
+                return None
+            return wait
 
     def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
         for stream, buffer in self.buffers.items():
             for start in range(0, len(buffer), CHUNK_SIZE):
                 data = bytes(buffer[start : start + CHUNK_SIZE])
@@ -283,7 +293,7 @@ def _run_shell(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Resul
         assert step.timeout is not None
         return False, f"timed out after {format_seconds(step.timeout)}", True
     if entry.stopping:
-        return False, "stopped", False
+        return False, entry.why, False
     if returncode == 0:
         return True, None, False
     return False, exit_error(returncode, bytes(output.err_tail)), False
@@ -439,7 +449,7 @@ async def _call_async(
             return False, _failure(exc), False
     if scope.cancelled_caught:
         if entry.stopping:
-            return False, "stopped", False
+            return False, entry.why, False
         assert timeout is not None
         return False, f"timed out after {format_seconds(timeout)}", True
     return True, None, False
@@ -499,14 +509,15 @@ async def stop_attempts(keys: Collection[str], grace: float) -> list[str]:
     return found
 
 
-def kill_all_attempts() -> list[str]:
+def kill_all_attempts(why: str) -> list[str]:
     """SIGKILL the process group of every attempt running in this worker process, and cancel
     its async Python steps (the worker is closing: a task thread left running would keep
-    the process alive, and its step with it). Returns their keys."""
+    the process alive, and its step with it); their error is `why`. Returns their keys."""
     with _lock:
         entries = list(_running.items())
         for _, entry in entries:
             entry.stopping = True
+            entry.why = why
     for _, entry in entries:
         if entry.pgid is not None:
             signal_group(entry.pgid, signal.SIGKILL)
