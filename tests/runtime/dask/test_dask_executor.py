@@ -18,6 +18,7 @@ from distributed import LocalCluster
 
 from dagd.core.config import DaskExecutorConfig
 from dagd.core.model import StepSpec
+from dagd.runtime.dask.connection import security
 from dagd.runtime.dask.executor import DaskExecutor, open_dask_executor
 from dagd.runtime.executor import AttemptResult, Leftover, LeftoverHandle, StepContext
 
@@ -247,3 +248,21 @@ async def test_another_daemon_connecting_leaves_running_steps_alone(
         assert alive(found) == found
         nursery.cancel_scope.cancel()
     assert alive(found) == []
+
+
+def test_the_tls_settings_become_dasks_security_with_encryption_required(tmp_path: Path) -> None:
+    assert security(DaskExecutorConfig("tcp://10.0.0.5:8786")) is None
+    config = DaskExecutorConfig(
+        "tls://10.0.0.5:8786",
+        tls_ca_file=tmp_path / "ca.pem",
+        tls_client_cert=tmp_path / "client.pem",
+        tls_client_key=tmp_path / "client.key",
+    )
+    found = security(config)
+    assert found is not None
+    assert found.require_encryption
+    assert (found.tls_ca_file, found.tls_client_cert, found.tls_client_key) == (
+        str(tmp_path / "ca.pem"),
+        str(tmp_path / "client.pem"),
+        str(tmp_path / "client.key"),
+    )
