@@ -2,9 +2,10 @@
 or Graphviz DOT source for other tools (`dagd graph --format mermaid|dot`).
 
 The terminal drawing is layered: steps grouped by level (0 for a step without upstreams, else
-one more than its deepest upstream, the way the protocol's `dag` answer numbers them), each
-with its upstreams listed. It stays readable for DAGs of any width, in a pipe as on a terminal,
-where a box-and-line layout would have to be cropped or wrapped.
+one more than its deepest upstream: `dagd.core.detail.step_levels`, which numbers the
+protocol's `dag` answer too), each with its upstreams listed. It stays readable for DAGs of
+any width, in a pipe as on a terminal, where a box-and-line layout would have to be cropped
+or wrapped.
 
 Mermaid and DOT name nodes `s0`, `s1`, ... in the DAG's file order and carry each step id as an
 escaped label, so no step id (or a hand-built one with quotes, backslashes, spaces, `#`, `<`,
@@ -23,16 +24,6 @@ FORMATS = ("text", "mermaid", "dot")
 
 #: Beyond this many characters, step ids no longer widen the text drawing's id column.
 _MAX_ID_COLUMN = 40
-
-
-def levels(dag: DagSpec) -> dict[str, int]:
-    """Every step's level, in the DAG's topological order: 0 without upstreams, else one more
-    than the deepest upstream."""
-    found: dict[str, int] = {}
-    for step_id in dag.order:
-        ups = dag.steps[step_id].depends_on
-        found[step_id] = 1 + max((found[u] for u in ups if u in found), default=-1)
-    return found
 
 
 def render(dag: DagSpec, fmt: str) -> str:
@@ -58,7 +49,11 @@ def text_graph(dag: DagSpec) -> str:
     DAG file's order within a level, each step followed by `<- ` and its upstreams, and its
     trigger rule in brackets when it is not all_success. Ids are shown with control
     characters escaped."""
-    level_of = levels(dag)
+    # Imported here: dagd.core.detail brings the protocol's answer classes (~45 ms) to every
+    # dagd start and shell Tab otherwise.
+    from dagd.core.detail import step_levels
+
+    level_of = step_levels(dag)
     by_level: dict[int, list[str]] = {}
     for step_id in dag.steps:  # file order within each level
         by_level.setdefault(level_of[step_id], []).append(step_id)

@@ -12,9 +12,9 @@ from xml.etree import ElementTree
 import pytest
 from click.testing import CliRunner, Result
 
-from dagd.cli.graphtext import dot_graph, dot_string, levels, mermaid_graph, mermaid_text
+from dagd.cli.graphtext import dot_graph, dot_string, mermaid_graph, mermaid_text
 from dagd.cli.main import main
-from dagd.core.model import DagSpec, StepSpec, TriggerRule
+from dagd.core.model import DagSpec, StepSpec
 
 DIAMOND = """
     description = "fan out, fan in"
@@ -214,14 +214,3 @@ def test_graphviz_reads_the_hostile_labels_back() -> None:
     assert labels == [s.replace("\n", "\\n") for s in HOSTILE]
     edges = [g for g in svg.iter(f"{ns}g") if g.get("class") == "edge"]
     assert len(edges) == len(HOSTILE) - 1
-
-
-def test_levels_of_a_diamond() -> None:
-    steps = {
-        "a": StepSpec("a", command="true"),
-        "b": StepSpec("b", command="true", depends_on=("a",)),
-        "c": StepSpec("c", command="true", depends_on=("a", "b")),
-        "d": StepSpec("d", command="true", trigger_rule=TriggerRule.ALL_DONE),
-    }
-    dag = DagSpec(id="x", steps=steps, order=("a", "d", "b", "c"))
-    assert levels(dag) == {"a": 0, "d": 0, "b": 1, "c": 2}
