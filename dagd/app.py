@@ -34,7 +34,7 @@ from dagd.runtime.executor import executor_registry
 from dagd.runtime.local.executor import LocalExecutor
 
 if TYPE_CHECKING:
-    from dagd.runtime.dask.executor import DaskExecutor
+    from dagd.runtime.executor import StepExecutor
 
 
 @attrs.frozen
@@ -88,24 +88,15 @@ async def open_app(
         hub = Hub()
         store = Store.open(config.db_path, on_commit=hub.publish)
         try:
-            # The daemon records each attempt's leftover handle itself
-            # (recovery.LeftoverRecorder).
-            local = LocalExecutor(
-                log_dir=config.log_dir, grace=config.kill_grace, hidden_env=config.secret_env_names
-            )
-            dask = _dask_executor(config)
-            executors = executor_registry(local, *([dask] if dask is not None else []))
-            daemon = Daemon(
-                config, store=store, hub=hub, executors=executors, clock=clock or time.time
-            )
             with unwrap_single():
-                async with trio.open_nursery() as nursery:
+                async with open_executors(config) as executors, trio.open_nursery() as nursery:
+                    # The daemon records each attempt's leftover handle itself
+                    # (recovery.LeftoverRecorder).
+                    daemon = Daemon(
+                        config, store=store, hub=hub, executors=executors, clock=clock or time.time
+                    )
                     await nursery.start(store.writer)
                     await nursery.start(store.checkpointer)
-                    if dask is not None:
-                        # Connects in the background: an unreachable scheduler never holds
-                        # up the daemon (its steps fail until it is back).
-                        await nursery.start(dask.serve)
                     await daemon.start(nursery)
                     server: Server | None = None
                     if websocket:
@@ -123,18 +114,31 @@ async def open_app(
             store.close()
 
 
-def _dask_executor(config: Config) -> DaskExecutor | None:
-    """The executor of `executor = "dask"` steps when config.toml has `[executors.dask]`.
-    Raises ConfigError when it does and the `dask` extra is not installed."""
+@asynccontextmanager
+async def open_executors(config: Config) -> AsyncIterator[dict[str, StepExecutor]]:
+    """The executors config.toml asks for, by name, serving for the duration of the block:
+    "local" always, and "dask" when config.toml has `[executors.dask]` (docs/dask.md). The
+    Dask one connects in the background, so an unreachable scheduler holds up nothing: its
+    steps wait for the first attempt to connect (at most `connect_timeout` seconds), then fail
+    until it is back. Used by the daemon and by `dagd run` alike.
+
+    Raises ConfigError when `[executors.dask]` is set and the `dask` extra is not installed.
+    """
+    local = LocalExecutor(
+        log_dir=config.log_dir, grace=config.kill_grace, hidden_env=config.secret_env_names
+    )
     if config.dask is None:
-        return None
+        yield executor_registry(local)
+        return
     try:
-        from dagd.runtime.dask.executor import DaskExecutor
+        from dagd.runtime.dask.executor import open_dask_executor
     except ImportError as exc:
         raise ConfigError(
             f"[executors.dask] needs Dask distributed ({exc}): pip install 'dagd[dask]'"
         ) from None
-    return DaskExecutor(config.dask, log_dir=config.log_dir, grace=config.kill_grace)
+    options = {"log_dir": config.log_dir, "grace": config.kill_grace}
+    async with open_dask_executor(config.dask, **options) as dask:
+        yield executor_registry(local, dask)
 
 
 @asynccontextmanager

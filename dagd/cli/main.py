@@ -37,6 +37,7 @@ from dagd.core.events import DagEvent, ErrorEvent, StepStatusEvent
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.core.model import DagSpec, RunStatus, StepStatus
 from dagd.core.timefmt import RunIdFactory
+from dagd.runtime.executor import kill_steps_now
 
 # The engine, the store and the protocol's classes are imported where they are used: every
 # `dagd` start, and every shell Tab (completion), would otherwise pay for them.
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from dagd.core.runstate import RunState
     from dagd.daemon.dagfolder import DagFolder
     from dagd.runtime.executor import StepExecutor
-    from dagd.runtime.local.executor import LocalExecutor
 
 log = logging.getLogger("dagd")
 
@@ -215,7 +215,6 @@ def run(
     import trio
 
     from dagd.core.runstate import RunState
-    from dagd.runtime.local.executor import LocalExecutor
     from dagd.runtime.local.procs import raise_open_files_limit
 
     try:
@@ -223,14 +222,11 @@ def run(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     state = RunState(dag, RunIdFactory().make("manual", time.time()), bound)
-    executor = LocalExecutor(
-        log_dir=config.log_dir, grace=config.kill_grace, hidden_env=config.secret_env_names
-    )
     console = make_console()
     mode = "quiet" if quiet else "live" if not plain and console.is_terminal else "plain"
     raise_open_files_limit()
     status = trio.run(
-        _run_here, state, executor, parallel or config.max_parallel_steps, console, mode
+        _run_here, state, config, parallel or config.max_parallel_steps, console, mode
     )
     sys.exit(exit_code_of(status))
 
@@ -258,7 +254,26 @@ def plain_printer(view: RunsView, out: TextIO, quiet: bool) -> Callable[[DagEven
 
 
 async def _run_here(
-    state: RunState, executor: LocalExecutor, parallel: int, console: Console, mode: str
+    state: RunState, config: Config, parallel: int, console: Console, mode: str
+) -> RunStatus:
+    """Run `state` here with the executors config.toml asks for (the local one, and Dask's
+    when `[executors.dask]` is set), reporting in `mode` ("live", "plain" or "quiet")."""
+    from dagd.app import open_executors
+
+    try:
+        async with open_executors(config) as executors:
+            return await _drive_here(state, executors, parallel, console, mode, config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _drive_here(
+    state: RunState,
+    executors: Mapping[str, StepExecutor],
+    parallel: int,
+    console: Console,
+    mode: str,
+    config: Config,
 ) -> RunStatus:
     import trio
     from rich.live import Live
@@ -269,7 +284,7 @@ async def _run_here(
     view = RunsView()
     live = mode == "live"
     publish = view.apply if live else plain_printer(view, sys.stdout, quiet=mode == "quiet")
-    driver = RunDriver(state, executor, publish, step_slots=trio.CapacityLimiter(parallel))
+    driver = RunDriver(state, executors, publish, step_slots=trio.CapacityLimiter(parallel))
 
     async def stop_on_signal() -> None:
         # Listening goes on until the run is over: a second signal must not kill this
@@ -279,10 +294,10 @@ async def _run_here(
                 name = signal.Signals(signum).name
                 if state.cancelling or state.status.finished:
                     click.echo(f"{name} again: killing the steps now", err=True)
-                    executor.kill_now()
+                    kill_steps_now(executors)
                     continue
                 click.echo(
-                    f"{name}: stopping (steps get {executor.grace:g}s to exit; "
+                    f"{name}: stopping (steps get {config.kill_grace:g}s to exit; "
                     "send it again to kill them now)",
                     err=True,
                 )
@@ -305,8 +320,8 @@ async def _run_here(
     sys.stdout.flush()
     run_view = view.view(state.dag.id, state.run_id)
     view.summary(run_view, console)
-    if executor.log_dir is not None:
-        folder = executor.log_dir / state.dag.id / state.run_id
+    if config.log_dir is not None:
+        folder = config.log_dir / state.dag.id / state.run_id
         # Log files are made on a step's first output: a run of quiet steps leaves none.
         where = str(folder) if folder.is_dir() else "none (no step wrote any output)"
         console.print(f"  logs: {where}", highlight=False, markup=False)
@@ -428,13 +443,9 @@ async def _kill_on_signal(
     """During the shutdown: each further SIGINT/SIGTERM SIGKILLs the steps still running, on
     every executor that can (`kill_now()`: the local one, Dask's); their runs are still
     recorded as cancelled before dagd exits."""
-    found = executors.values() if isinstance(executors, Mapping) else [executors]
     async for signum in signals:
         log.warning("%s received again: killing the running steps now", signal.Signals(signum).name)
-        for executor in found:
-            kill_now = getattr(executor, "kill_now", None)  # not part of StepExecutor
-            if callable(kill_now):
-                kill_now()
+        kill_steps_now(executors)
 
 
 # ------------------------------------------------------- talking to the daemon

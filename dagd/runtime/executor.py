@@ -220,3 +220,14 @@ async def clean_up_leftovers(
             await executor.clean_up(mine[name], run_ids)
         except Exception:
             log.exception("executor %r failed to clean up after the previous daemon", name)
+
+
+def kill_steps_now(executors: StepExecutor | Mapping[str, StepExecutor]) -> None:
+    """SIGKILL every running step at once, on each executor that can (`kill_now()`: the local
+    one and Dask's; not part of `StepExecutor`, which stops steps through cancellation with a
+    grace period). For a second Ctrl-C or SIGTERM during a shutdown."""
+    found = executors.values() if isinstance(executors, Mapping) else [executors]
+    for executor in found:
+        kill_now = getattr(executor, "kill_now", None)
+        if callable(kill_now):
+            kill_now()

@@ -126,3 +126,18 @@ def test_a_daemon_whose_scheduler_is_unreachable_still_runs_local_steps(tmp_path
         output = daemon.output()
     said = [line for line in output.splitlines() if "dask scheduler unreachable" in line]
     assert len(said) == 1, output  # one line, however often it tries again
+
+
+def test_dagd_run_uses_the_configured_dask_cluster(
+    dask_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "mixed.toml").write_text(mixed_dag(tmp_path / "data"))
+    (tmp_path / "config.toml").write_text(
+        f'[executors.dask]\naddress = "{dask_cluster.scheduler_address}"\n'
+    )
+    result = dagd("run", "mixed", "--plain", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no executor named" not in result.stdout + result.stderr
+    [run_dir] = (tmp_path / "state" / "logs" / "mixed").iterdir()
+    assert "prepared on monday" in (run_dir / "remote.2.out").read_text()
