@@ -122,13 +122,33 @@ def unpause(
         click.echo(f"unpaused {name}: its schedule fires again; next run {iso_z(answer.next_run)}")
 
 
+def _readable_bound(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A malformed --start/--end is a usage error (exit 2) here, as the text was typed; the
+    daemon reads it in the DAG's time zone, which only the daemon knows."""
+    from dagd.core.backfill import RangeError, parse_bound
+
+    try:
+        parse_bound(value, "UTC", end=param.name == "end")
+    except RangeError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.command()
 @click.argument("dag_id", shell_complete=complete_dag_ids)
 @click.option(
-    "--start", required=True, metavar="DATE", help="First day (2024-01-01) or date and time."
+    "--start",
+    required=True,
+    metavar="DATE",
+    callback=_readable_bound,
+    help="First day (2024-01-01) or date and time.",
 )
 @click.option(
-    "--end", required=True, metavar="DATE", help="Last day (included whole) or date and time."
+    "--end",
+    required=True,
+    metavar="DATE",
+    callback=_readable_bound,
+    help="Last day (included whole) or date and time.",
 )
 @params_option
 @click.option("--rerun", is_flag=True, help="Run slots whose run succeeded again too.")

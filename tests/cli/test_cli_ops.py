@@ -213,7 +213,6 @@ def test_backfill_of_an_empty_range(cli: CliRunner) -> None:
     [
         (["manual", "--start", "2024-01-01", "--end", "2024-01-02"], "has no schedule"),
         (["nightly", "--start", "2024-02-01", "--end", "2024-01-01"], "is before start"),
-        (["nightly", "--start", "soon", "--end", "2024-01-01"], "start 'soon' is not an ISO 8601"),
         (
             ["nightly", "--start", "2024-01-01", "--end", "2024-01-02", "-p", "nope=1"],
             "has no param 'nope'",
@@ -238,6 +237,22 @@ def test_backfill_refusals(cli: CliRunner, args: list[str], message: str) -> Non
 )
 def test_backfill_usage_errors(cli: CliRunner, args: list[str]) -> None:
     assert invoke(cli, "backfill", *args).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--start", "soon", "--end", "2024-01-01"], "start 'soon' is not an ISO 8601"),
+        (["--start", "2024-01-01", "--end", "2024-13-45"], "end '2024-13-45' is not an ISO 8601"),
+    ],
+)
+def test_backfill_dates_that_cannot_be_read_are_usage_errors(
+    cli: CliRunner, args: list[str], message: str
+) -> None:
+    result = invoke(cli, "backfill", "nightly", *args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert message in result.stderr
 
 
 # ------------------------------------------------------------------ schema
