@@ -455,7 +455,9 @@ class Connection:
         """Every stored event after `job.since` for the current subscriptions, then
         `replay_complete`; or one error instead: `replay_ahead` when `since` is beyond the
         newest committed seq (the cursor is from another event log: this daemon never sent
-        it), `replay_unavailable` when retention already deleted events after `since`."""
+        it), `replay_unavailable` when retention already deleted events after `since`, or
+        deletes some the replay has not sent yet while it runs (then after the events sent so
+        far, never a `replay_complete` over a gap)."""
         daemon = self.daemon
         until = daemon.committed_seq
         if job.since > until:
@@ -482,6 +484,22 @@ class Connection:
         cursor = job.since
         while cursor < until:
             rows = await daemon.events_page(cursor, until, REPLAY_PAGE)
+            # Retention may have deleted events after `cursor` since the check above (history
+            # retention deletes a finished run's events from the middle of the log). The
+            # floor only rises, so if it is still at most `cursor` + 1 after the page was read,
+            # nothing after `cursor` was gone when it was read and the page is whole.
+            oldest = await daemon.oldest_seq()
+            if oldest is None or oldest > cursor + 1:
+                # The client has every event up to `cursor`: no need to send them again live.
+                self.skip_upto = max(self.skip_upto, cursor)
+                gone = error(
+                    ErrorCode.REPLAY_UNAVAILABLE,
+                    f"events after seq {cursor} were deleted by retention during the replay;"
+                    " ask for a snapshot",
+                    oldest_seq=oldest,
+                )
+                await self._write(_answer_frame(gone, job.request_id))
+                return
             if not rows:
                 break
             out = bytearray()
