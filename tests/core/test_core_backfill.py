@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -70,3 +71,41 @@ def test_end_before_start_and_too_many_slots_are_range_errors() -> None:
     with pytest.raises(RangeError, match="more than 1000 schedule slots"):
         backfill_slots(schedule, start, datetime(2030, 1, 1, tzinfo=UTC), 1000)
     assert len(backfill_slots(schedule, start, datetime(2024, 1, 1, 0, 9, tzinfo=UTC), 10)) == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "end"),
+    [
+        ("0001-01-01", False),
+        ("0001-01-01", True),
+        ("0001-01-01T00:00", False),
+        ("0004-02-29T00:00:00+14:00", False),
+        ("1969-12-31", True),
+        ("1969-12-31T23:59:59Z", False),
+    ],
+)
+def test_bounds_before_1970_are_range_errors(text: str, end: bool) -> None:
+    with pytest.raises(RangeError, match=re.escape(f"{text!r} is before 1970")):
+        parse_bound(text, "Europe/Berlin", end=end)
+
+
+def test_the_epoch_itself_is_a_bound() -> None:
+    assert parse_bound("1970-01-01", "Europe/Berlin", end=False).year == 1970
+
+
+@pytest.mark.parametrize(
+    ("text", "end"),
+    [("9999-12-31", True), ("9999-12-31T23:00:00-14:00", False)],
+)
+def test_bounds_that_overflow_are_range_errors(text: str, end: bool) -> None:
+    """Moments that exist where they are written but not in UTC (year 10000 there)."""
+    with pytest.raises(RangeError, match="is out of range"):
+        parse_bound(text, "Etc/GMT+12", end=end)
+
+
+def test_slots_that_overflow_are_range_errors() -> None:
+    """backfill_slots on its own, given moments parse_bound would refuse: a RangeError, not
+    the OverflowError of `start - 1 microsecond` at year 1."""
+    schedule = Schedule("0 0 29 2 *")
+    with pytest.raises(RangeError, match="out of range"):
+        backfill_slots(schedule, datetime(1, 1, 1, tzinfo=UTC), datetime(2, 1, 1, tzinfo=UTC), 10)
