@@ -11,6 +11,10 @@ Rules this file keeps:
 - A run's step logs go after its rows, and the store notes them in the same transaction as
   still to remove (`Store.log_removals`): a crash in between leaves no orphan log folder, the
   next round removes it.
+- A log folder is never removed from under a run that exists: under the store's write lock,
+  and only while no run of that id exists, a deleted run's folder is moved into its DAG's
+  `.removing` folder (a rename), and removed from there afterwards, outside the lock
+  (`Store.take_log_removals`). What a crash left there goes in the next round.
 - Replay stays honest: history retention deletes events from the middle of the log, so the
   store raises its replay floor to the highest seq it deleted, and a replay from below it is
   answered `replay_unavailable` (`Store.oldest_seq`).
@@ -18,11 +22,17 @@ Rules this file keeps:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+import secrets
+import shutil
 import sqlite3
+import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -30,7 +40,7 @@ import trio
 
 from dagd.core.config import Config
 from dagd.daemon.store import Store
-from dagd.runtime.logfiles import remove_run_logs
+from dagd.runtime.logfiles import run_logs
 
 log = logging.getLogger("dagd.daemon.retention")
 
@@ -42,6 +52,10 @@ MIN_BATCH = 10
 MAX_BATCH = 1000
 #: Seconds a batch should hold the store's write lock (the writer's events wait meanwhile).
 BATCH_TARGET = 0.05
+#: Where deleted runs' log folders wait to be removed, in their DAG's log folder: a name no
+#: run id of dagd's has (they never start with a dot), so neither `dagd logs` nor a run ever
+#: looks there, on the same filesystem as the run folders (moving one there is a rename).
+TRASH = ".removing"
 
 DAY = 86400.0
 
@@ -94,7 +108,7 @@ async def _prune_history(
 ) -> Pruned:
     log_dir = config.log_dir
     # Logs a crash or a failed removal left behind in an earlier round first.
-    folders = await _remove_logs(store, log_dir, await store.log_removals())
+    folders = await _remove_logs(store, log_dir)
     keep_days, keep_runs = config.history.keep_days, config.history.keep_runs
     ended_before = None if keep_days is None else now - keep_days * DAY
     doomed = await store.finished_runs_to_prune(ended_before, keep_runs)
@@ -116,7 +130,7 @@ async def _prune_history(
         by_dag.update(dag_id for dag_id, _ in deleted.runs)
         if on_pruned is not None and deleted.runs:
             on_pruned([run_id for _, run_id in deleted.runs])
-        folders += await _remove_logs(store, log_dir, deleted.runs)
+        folders += await _remove_logs(store, log_dir)
         # Aim the next batch at BATCH_TARGET seconds, at most doubling or halving at a time.
         scale = min(2.0, max(0.5, BATCH_TARGET / max(took, 1e-6)))
         size = max(MIN_BATCH, min(MAX_BATCH, int(size * scale)))
@@ -138,29 +152,27 @@ async def _prune_history(
     return Pruned(0, runs, steps, attempts, run_events, folders, batches)
 
 
-async def _remove_logs(store: Store, log_dir: Path, runs: Sequence[tuple[str, str]]) -> int:
-    """Remove the log folders of deleted runs, (dag_id, run_id), in a worker thread; the ones
-    removed (or never made) are taken off the store's list, the others stay on it for the next
-    round. Returns how many folders were removed."""
-    if not runs:
-        return 0
+async def _remove_logs(store: Store, log_dir: Path) -> int:
+    """Remove the log folders of deleted runs (`Store.log_removals`): each is moved aside under
+    the store's write lock (`_detach`), then removed with every folder moved aside before,
+    outside the lock. What cannot be moved stays on the store's list, what cannot be removed
+    stays aside: both are tried again next round (logged). Returns how many folders were
+    removed. Raises `sqlite3.Error` if the store's list cannot be read or written."""
+    problems: list[str] = []
 
-    def work() -> tuple[list[tuple[str, str]], int, list[str]]:
-        done: list[tuple[str, str]] = []
-        removed = 0
-        problems: list[str] = []
-        for dag_id, run_id in runs:
-            try:
-                removed += remove_run_logs(log_dir, dag_id, run_id)
-            except ValueError:
-                pass  # an id no log folder can have: the run never had one
-            except OSError as exc:
-                problems.append(f"{exc.filename or log_dir}: {exc.strerror}")
-                continue
-            done.append((dag_id, run_id))
-        return done, removed, problems
+    def detach(dag_id: str, run_id: str) -> bool:
+        try:
+            _detach(log_dir, dag_id, run_id)
+        except ValueError:
+            pass  # an id no log folder can have: the run never had one
+        except OSError as exc:
+            problems.append(f"{exc.filename or log_dir}: {exc.strerror}")
+            return False
+        return True
 
-    done, removed, problems = await trio.to_thread.run_sync(work)
+    await store.take_log_removals(detach)
+    removed, failed = await trio.to_thread.run_sync(_remove_detached, log_dir)
+    problems += failed
     if problems:
         log.warning(
             "history retention: cannot remove the logs of %d deleted runs (%s); trying again"
@@ -169,5 +181,57 @@ async def _remove_logs(store: Store, log_dir: Path, runs: Sequence[tuple[str, st
             problems[0],
             PRUNE_INTERVAL,
         )
-    await store.logs_removed(done)
     return removed
+
+
+def _detach(log_dir: Path, dag_id: str, run_id: str) -> None:
+    """Move one deleted run's log folder into its DAG's `TRASH` folder (a rename: quick, as
+    it runs under the store's write lock). Nothing to do when it has none. Raises ValueError
+    for an id no log folder can have (`run_logs`), OSError if it cannot be moved, or if what
+    is where the folder would be is not a folder (a symlink is not followed)."""
+    folder = run_logs(log_dir, dag_id, run_id)
+    try:
+        mode = folder.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+    trash = folder.parent / TRASH
+    trash.mkdir(exist_ok=True)
+    folder.rename(trash / secrets.token_hex(8))
+
+
+def _remove_detached(log_dir: Path) -> tuple[int, list[str]]:
+    """Remove every log folder moved aside (`_detach`), this round or before a crash, and the
+    `TRASH` folders once empty: (how many log folders were removed, what could not be, one
+    line each). One look per DAG log folder when there is nothing to remove."""
+    removed = 0
+    problems: list[str] = []
+    try:
+        with os.scandir(log_dir) as entries:
+            trashes = [Path(e.path, TRASH) for e in entries if e.is_dir()]
+    except FileNotFoundError:
+        return 0, []
+    except OSError as exc:
+        return 0, [f"{log_dir}: {exc.strerror}"]
+    for trash in trashes:
+        try:
+            with os.scandir(trash) as entries:
+                waiting = [e.path for e in entries]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            problems.append(f"{trash}: {exc.strerror}")
+            continue
+        for path in waiting:
+            try:
+                shutil.rmtree(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                problems.append(f"{exc.filename or path}: {exc.strerror}")
+                continue
+            removed += 1
+        with contextlib.suppress(OSError):  # not empty: something could not be removed
+            trash.rmdir()
+    return removed, problems

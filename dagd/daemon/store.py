@@ -456,6 +456,12 @@ class Store:
             "CREATE TEMP TABLE IF NOT EXISTS pruning (run_id TEXT PRIMARY KEY) WITHOUT ROWID"
         )
         self._pending: list[Intent] = []
+        # The batch the writer took from _pending and is writing, or waiting for the write
+        # lock to write: not committed yet either (see _held_run_ids).
+        self._batch: list[Intent] = []
+        # Runs whose committed Requeue found no row: history retention deleted them between
+        # a retry's reading them and its requeue (see requeue_missed).
+        self._missed_requeues: set[str] = set()
         self._wakeup = trio.Event()
         self._flushed = trio.Event()
         self._writing = False
@@ -537,8 +543,22 @@ class Store:
         self._queue(leftover)
 
     def record_requeue(self, run_id: str) -> None:
-        """Queue a finished run's return to `queued` (a retry, before its first event)."""
+        """Queue a finished run's return to `queued` (a retry, before its first event). Once
+        it is committed (`flush`), ask `requeue_missed`: the run may have been deleted by
+        history retention meanwhile."""
         self._queue(Requeue(run_id))
+
+    def requeue_missed(self, run_id: str) -> bool:
+        """True (once) if the committed `record_requeue` of `run_id` found no run to put back
+        in the queue: history retention deleted it after the retry had read it (a retry read
+        from memory or from the store, then requeued while `delete_runs` ran). Nothing was
+        requeued: the retry must be refused as an unknown run, and publish no event of it (a
+        status event would make a bare row for it). False once the requeue has committed
+        otherwise, or before it has."""
+        if run_id in self._missed_requeues:
+            self._missed_requeues.discard(run_id)
+            return True
+        return False
 
     def record_slot(self, dag_id: str, slot: float) -> None:
         """Queue the cron slot (UNIX seconds) a DAG was last fired for."""
@@ -661,12 +681,13 @@ class Store:
         if self._pending:
             self._wakeup.set()
         self._writing = True
+        self._batch = batch
         try:
             # Shielded: the batch has left _pending, so a cancellation at the lock or at the
             # thread call's checkpoint would drop it (the writer's final flush never sees it).
             with trio.CancelScope(shield=True):
                 async with self._write_lock:
-                    self._write_batch(batch)
+                    missed = self._write_batch(batch)
         except sqlite3.Error as exc:
             # Disk full, an I/O error, a read-only remount: keep the batch, first in line (its
             # events keep their seqs), and let the writer try again later.
@@ -677,6 +698,8 @@ class Store:
             return False
         finally:
             self._writing = False
+            self._batch = []
+        self._missed_requeues.update(missed)
         if self.write_error is not None:
             self._recovered()
         self.batches += 1
@@ -724,10 +747,12 @@ class Store:
         self.write_error = None
         self._retry_delay = self.retry_first
 
-    def _write_batch(self, batch: list[Intent]) -> None:
+    def _write_batch(self, batch: list[Intent]) -> list[str]:
         """One transaction for a batch: the events with one executemany, and the steps table
-        with one upsert per step (its latest status in the batch), not one per event."""
+        with one upsert per step (its latest status in the batch), not one per event. Returns
+        the run ids whose Requeue found no run row."""
         conn = self._wconn
+        missed: list[str] = []
         events: list[tuple[Any, ...]] = []
         steps: dict[tuple[str, str], tuple[Any, ...]] = {}
         # Attempts that a later one of their step will replace in the steps row: kept whole
@@ -800,10 +825,12 @@ class Store:
                             (version, dag_id, definition),
                         )
                     case Requeue(run_id):
-                        conn.execute(
+                        cur = conn.execute(
                             "UPDATE runs SET status=?, ended_at=NULL WHERE run_id=?",
                             (RunStatus.QUEUED.value, run_id),
                         )
+                        if cur.rowcount == 0:  # deleted by history retention meanwhile
+                            missed.append(run_id)
                     case RecordLeftover(run_id, step_id, handle_json=handle_json):
                         self._write_steps(conn, steps)  # the step's row must exist first
                         # Not the pgid/proc_start/boot_id columns of files before schema
@@ -837,6 +864,7 @@ class Store:
             self._write_steps(conn, steps)
             self._write_superseded(conn, superseded)
             conn.execute("COMMIT")
+            return missed
         except BaseException:
             # A failed COMMIT (a full disk) may have rolled the transaction back already: a
             # second ROLLBACK would raise "no transaction is active" and hide the real error.
@@ -1054,23 +1082,28 @@ class Store:
         """Delete finished runs with their steps, attempts and events, and the DAG versions
         no run uses any more, in one transaction in a worker thread under the write lock (the
         writer waits for it: keep `run_ids` to a few hundred). A run that is not finished (a
-        retry put it back in the queue), unknown, or that items queued for the writer are
-        about, is left alone. The runs deleted are noted as having step logs to remove
+        retry put it back in the queue), unknown, or that items not yet committed are about
+        (queued for the writer, or in the batch it is about to write) when the lock is
+        taken, is left alone. A retry requeued while the transaction runs finds the run gone
+        (`requeue_missed`). The runs deleted are noted as having step logs to remove
         (`log_removals`), and the replay floor rises to the highest seq deleted.
 
         Raises `sqlite3.Error` if the transaction fails (nothing is deleted then)."""
-        held = self._held_run_ids()
-        wanted = [run_id for run_id in run_ids if run_id not in held]
-        keep = frozenset(self._recorded_versions)
         async with self._write_lock:
+            # Looked at under the lock, not before: a retry queued while this waited for
+            # the lock keeps its run (no await between this look and the thread's start).
+            keep = frozenset(self._recorded_versions)
+            held = self._held_run_ids()
+            wanted = [run_id for run_id in run_ids if run_id not in held]
             deleted = await trio.to_thread.run_sync(self._delete_runs, wanted, keep)
         self.replay_floor = deleted.replay_floor
         return deleted
 
     def _held_run_ids(self) -> set[str]:
-        """The runs that items queued for the writer (not committed yet) are about."""
+        """The runs that items not committed yet are about: queued for the writer, or in the
+        batch it took and waits for the write lock to write."""
         held: set[str] = set()
-        for item in self._pending:
+        for item in (*self._batch, *self._pending):
             source = item.event if isinstance(item, StoredEvent) else item
             run_id = getattr(source, "run_id", None)
             if run_id is not None:
@@ -1144,29 +1177,52 @@ class Store:
 
     async def log_removals(self) -> list[tuple[str, str]]:
         """(dag_id, run_id) of deleted runs whose step logs are still to be removed (a crash
-        or a failed removal between `delete_runs` and `logs_removed`)."""
+        or a failed removal between `delete_runs` and `take_log_removals`)."""
         rows = await self.read("SELECT dag_id, run_id FROM log_removals ORDER BY dag_id, run_id")
         return [(dag_id, run_id) for dag_id, run_id in rows]
 
-    async def logs_removed(self, runs: Sequence[tuple[str, str]]) -> None:
-        """The step logs of these deleted runs, (dag_id, run_id), are gone: forget them.
-        Raises `sqlite3.Error` if the write fails (they are removed again next time)."""
-        if not runs:
-            return
+    async def take_log_removals(self, detach: Callable[[str, str], bool]) -> int:
+        """Hand over the step logs of deleted runs (`log_removals`) for removal: for each
+        (dag_id, run_id) on the list whose run does not exist (again), `detach(dag_id,
+        run_id)` moves its log folder out of the way, where no run writes, and returns True
+        (it had none, or it is moved), or False if it could not (the run stays on the list
+        for the next round). A run that exists again (a backfill re-creates a deleted cron
+        slot's run id) is taken off the list with its folder left alone: the folder is that
+        run's now. Returns how many runs went off the list.
 
-        def work() -> None:
+        Why under the write lock, in one worker thread: no run row can be committed between
+        the look and the move, and a run that re-uses a deleted run's id starts its steps,
+        which make its log folder, only once its row is committed (a backfill waits for that
+        commit, a retry of a deleted run is refused: `requeue_missed`, and the scheduler never
+        fires a cron slot twice). So `detach` must be quick (a rename), and the slow removal
+        of what it moved happens afterwards, outside the lock.
+
+        Raises `sqlite3.Error` if the list cannot be read or written (what `detach` moved
+        meanwhile stays moved; the runs stay on the list, and the next round finds no folder
+        to move for them)."""
+
+        def work() -> int:
             conn = self._wconn
             conn.execute("BEGIN")
             try:
-                conn.executemany(
-                    "DELETE FROM log_removals WHERE dag_id = ? AND run_id = ?", list(runs)
-                )
+                listed = conn.execute(
+                    "SELECT dag_id, run_id, EXISTS (SELECT 1 FROM runs"
+                    " WHERE runs.run_id = log_removals.run_id)"
+                    " FROM log_removals ORDER BY dag_id, run_id"
+                ).fetchall()
+                done = [
+                    (dag_id, run_id)
+                    for dag_id, run_id, exists in listed
+                    if exists or detach(dag_id, run_id)
+                ]
+                conn.executemany("DELETE FROM log_removals WHERE dag_id = ? AND run_id = ?", done)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
+            return len(done)
 
         async with self._write_lock:
-            await trio.to_thread.run_sync(work)
+            return await trio.to_thread.run_sync(work)
