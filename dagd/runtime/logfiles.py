@@ -14,6 +14,12 @@ from typing import Literal
 
 Stream = Literal["out", "err"]
 
+#: Written into a log file that already has content before an attempt's output is appended (a
+#: run retried after a restore from an older state file, or an embedder reusing a run id):
+#: the earlier output survives, and this line separates the tries. Every writer of the
+#: layout (the local executor, the Dask executor's log sink) writes the same marker.
+RETRY_MARKER = b"\n==> dagd: the run was retried; this attempt's output follows <==\n"
+
 
 def attempt_log(
     log_dir: Path, dag_id: str, run_id: str, step_id: str, attempt: int, stream: Stream

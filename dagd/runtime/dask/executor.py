@@ -368,11 +368,25 @@ class DaskExecutor:
 
     def kill_now(self) -> None:
         """Cut short the stopping of steps (a second signal at shutdown): every running
-        attempt's process group gets SIGKILL now, and later stops skip the grace period."""
+        attempt's process group gets SIGKILL now, and later stops skip the grace period.
+
+        The SIGKILL goes out at once in a thread of its own (one `Client.run` with no grace),
+        not through `_stopper`: that may be waiting out the grace of the stops before it, and
+        this one would wait behind them. Those earlier stops end as soon as their groups are
+        gone. The attempts are queued for `_stopper` too, so they are stopped even if the
+        connection is down now (they then go out once it is back)."""
         self._hurry = True
-        for key in self._running:
+        keys = list(self._running)
+        for key in keys:
             self._stops.append(_Stop(key, None))
         self._stop_wanted.set()
+        client = self.connection.client
+        if keys and client is not None:
+            trio.lowlevel.start_thread_soon(
+                lambda: _stop_remote(client, [_Stop(key, None) for key in keys], 0.0),
+                _log_kill_failure,
+                name="dagd dask kill_now",
+            )
 
     # -------------------------------------------------------------- crash recovery
 
@@ -426,6 +440,15 @@ def _stop_remote(client: Client, batch: list[_Stop], grace: float) -> dict[str, 
         for key in stopped:
             found[key] = worker
     return found
+
+
+def _log_kill_failure(result: Any) -> None:
+    """After `kill_now`'s thread, with its outcome: say if its SIGKILLs could not be sent
+    (the stops it queued still go out through `_stopper`)."""
+    try:
+        result.unwrap()
+    except Exception as exc:  # the connection went meanwhile
+        log.warning("cannot kill steps on the dask cluster now (%s)", exc)
 
 
 def _allowed_failures(dask_scheduler: Any) -> Any:

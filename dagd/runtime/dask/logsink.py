@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dagd.runtime.executor import StepContext
-from dagd.runtime.local.shellthread import RETRY_MARKER
-from dagd.runtime.logfiles import attempt_log
+from dagd.runtime.logfiles import RETRY_MARKER, attempt_log
 
 log = logging.getLogger("dagd.runtime.dask")
 

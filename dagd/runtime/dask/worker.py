@@ -32,9 +32,8 @@ This module must be importable on the workers: they install dagd too (docs/dask.
 from __future__ import annotations
 
 import contextlib
-import inspect
+import functools
 import os
-import select
 import signal
 import subprocess
 import threading
@@ -48,10 +47,10 @@ import trio
 
 from dagd.core.model import StepSpec
 from dagd.core.runstate import format_seconds
-from dagd.core.text import printable
 from dagd.runtime.executor import StepContext
 from dagd.runtime.local.environment import step_environment
 from dagd.runtime.local.messages import exit_error, start_error
+from dagd.runtime.local.pipes import copy_until_exit, drain
 from dagd.runtime.local.procs import (
     group_alive,
     kill_processes_and_groups,
@@ -59,7 +58,7 @@ from dagd.runtime.local.procs import (
     processes_of_runs,
     signal_group,
 )
-from dagd.runtime.local.python import CallableNotFound, resolve_callable
+from dagd.runtime.local.python import run_callable
 
 #: The event topic that carries step output from workers to the daemon.
 TOPIC = "dagd-step-output"
@@ -73,10 +72,7 @@ OWNER_VAR = "DAGD_DASK_WORKER"
 #: the rest of it (cloud credentials, tokens) stays the worker's.
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 
-_READ_SIZE = 65536
 _TAIL_SIZE = 4096  # stderr kept for a failure's message
-_DRAIN_LIMIT = 16 * _READ_SIZE  # output copied after the step's first process exits
-_LEADER_CHECK = 0.05  # seconds, without a pidfd
 _KILL_WAIT = 2.0  # seconds stop_attempts waits for SIGKILLed groups to be gone
 _REFUSED_KEEP = 3600.0  # seconds a key stopped before it started stays refused
 
@@ -187,14 +183,24 @@ class _Output:
 
 
 def run_attempt(attempt: RemoteAttempt) -> dict[str, Any]:
-    """The task: run one attempt to its end on this worker. Never raises for the step's own
-    failure. Returns {"ok": bool, "error": str | None, "timed_out": bool, "worker": this
-    worker's address, "chunks": how many output events it sent}, and sends the same as the
-    event {"key": key, "result": ...} after the last output event."""
+    """The task: run one attempt to its end on this worker (`perform_attempt`, its output and
+    result sent as events on `TOPIC` through `Worker.log_event`)."""
     from distributed import get_worker
 
     worker = get_worker()
-    output = _Output(attempt.key, lambda msg: worker.log_event(TOPIC, msg))
+    return perform_attempt(attempt, lambda msg: worker.log_event(TOPIC, msg), worker.address)
+
+
+def perform_attempt(
+    attempt: RemoteAttempt, send: Callable[[dict[str, Any]], None], address: str
+) -> dict[str, Any]:
+    """Run one attempt to its end in this process, registered under its key for
+    `stop_attempts`. Never raises for the step's own failure. Sends its output as
+    {"key", "stream": "out" | "err", "seq", "data": bytes} messages through `send` (a Python
+    step's traceback goes to "err", as a local one's goes to its stderr log), then
+    {"key", "result": ...}. Returns that result: {"ok": bool, "error": str | None,
+    "timed_out": bool, "worker": `address`, "chunks": how many output messages it sent}."""
+    output = _Output(attempt.key, send)
     entry = _Entry()
     with _lock:
         refused = _refused.pop(attempt.key, None) is not None
@@ -217,12 +223,12 @@ def run_attempt(attempt: RemoteAttempt) -> dict[str, Any]:
         "ok": ok,
         "error": error,
         "timed_out": timed_out,
-        "worker": worker.address,
+        "worker": address,
         "chunks": output.sent,
     }
     # Also sent as an event, after the output: the daemon reads it there, which spares it a
     # round trip to this worker per attempt to fetch the task's result.
-    worker.log_event(TOPIC, {"key": attempt.key, "result": result})
+    send({"key": attempt.key, "result": result})
     return result
 
 
@@ -307,129 +313,66 @@ def _watch(
     attempt: RemoteAttempt,
     entry: _Entry,
 ) -> bool:
-    """Copy output until the step's first process exits, enforcing its timeout; then kill
-    what it left (unless stop_attempts is stopping it) and drain. True if it timed out."""
-    try:
-        leader = os.pidfd_open(pid)
-    except OSError:  # Linux before 5.3: look every 50 ms
-        leader = -1
-    poller = select.poll()
-    if leader >= 0:
-        poller.register(leader, select.POLLIN)
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    open_fds = set(fds)
+    """Copy output until the step's first process exits (pipes.py), sending it on in time
+    and enforcing the step's timeout; then kill what it left (unless stop_attempts is
+    stopping it) and drain. True if it timed out."""
     deadline = time.monotonic() + step.timeout if step.timeout else None
     kill_at: float | None = None
     timed_out = False
-    try:
-        while True:
-            now = time.monotonic()
-            waits = [t - now for t in (deadline, kill_at) if t is not None]
-            if (flush := output.flush_due()) is not None:
-                waits.append(flush)
-            if leader < 0:
-                waits.append(_LEADER_CHECK)
-            exited = False
-            for fd, _ in poller.poll(max(0.0, min(waits)) * 1000 if waits else None):
-                if fd == leader:
-                    exited = True
-                elif fd in open_fds:
-                    data = os.read(fd, _READ_SIZE)
-                    if data:
-                        output.add(fds[fd], data)
-                    else:
-                        poller.unregister(fd)
-                        open_fds.discard(fd)
-            if leader < 0 and _exited(pid):
-                exited = True
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                deadline = None
-                timed_out = True
-                with _lock:
-                    entry.stopping = True
-                graced = attempt.grace > 0
-                signal_group(pid, signal.SIGTERM if graced else signal.SIGKILL)
-                kill_at = now + attempt.grace if graced else None
-            if kill_at is not None and now >= kill_at:
-                signal_group(pid, signal.SIGKILL)
-                kill_at = None
-            if exited:
-                break
-        if timed_out and kill_at is not None:
-            # The leader is gone; what else is in its group gets the rest of the grace.
-            while time.monotonic() < kill_at and group_alive(pid):
-                time.sleep(0.02)
+
+    def tick() -> float | None:
+        nonlocal deadline, kill_at, timed_out
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            deadline = None
+            timed_out = True
+            with _lock:
+                entry.stopping = True
+            graced = attempt.grace > 0
+            signal_group(pid, signal.SIGTERM if graced else signal.SIGKILL)
+            kill_at = now + attempt.grace if graced else None
+        if kill_at is not None and now >= kill_at:
             signal_group(pid, signal.SIGKILL)
-        elif not entry.stopping:
-            signal_group(pid, signal.SIGKILL)  # whatever the step left behind
-        for fd in open_fds:
-            _drain(fd, fds[fd], output)
-    finally:
-        if leader >= 0:
-            os.close(leader)
+            kill_at = None
+        waits = [t - now for t in (deadline, kill_at) if t is not None]
+        if (flush := output.flush_due()) is not None:
+            waits.append(flush)
+        return min(waits) if waits else None
+
+    sinks = {fd: functools.partial(output.add, stream) for fd, stream in fds.items()}
+    left_open = copy_until_exit(pid, sinks, tick)
+    if timed_out and kill_at is not None:
+        # The leader is gone; what else is in its group gets the rest of the grace.
+        while time.monotonic() < kill_at and group_alive(pid):
+            time.sleep(0.02)
+        signal_group(pid, signal.SIGKILL)
+    elif not entry.stopping:
+        signal_group(pid, signal.SIGKILL)  # whatever the step left behind
+    for fd in left_open:
+        drain(fd, sinks[fd])
     return timed_out
-
-
-def _exited(pid: int) -> bool:
-    """Has our child `pid` exited? It stays a zombie (not reaped), so its pid stays ours."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _drain(fd: int, stream: str, output: _Output) -> None:
-    """Copy what the pipe holds now, without waiting for writers that are left."""
-    os.set_blocking(fd, False)
-    copied = 0
-    with contextlib.suppress(BlockingIOError):
-        while copied < _DRAIN_LIMIT and (data := os.read(fd, _READ_SIZE)):
-            output.add(stream, data)
-            copied += len(data)
 
 
 # ------------------------------------------------------------- Python steps
 
 
 def _run_callable(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Result:
+    # Dask's worker loop is asyncio: the step gets a trio loop of its own, in this thread,
+    # and runs as on the daemon's machine (python.py's run_callable: its timeout, a sync
+    # callable in a thread abandoned on timeout or stop, the traceback of a failure).
+    return trio.run(_call, attempt, entry, output)
+
+
+async def _call(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Result:
     step, ctx = attempt.step, attempt.ctx
     assert step.call is not None
-    try:
-        fn = resolve_callable(step.call)
-    except CallableNotFound as exc:
-        return False, printable(str(exc)), False
     remote_ctx = RemoteStepContext(
         ctx.dag_id, ctx.run_id, ctx.step_id, ctx.attempt, ctx.params, write=output.write_text
     )
-    timeout = step.timeout or None
-    if inspect.iscoroutinefunction(fn):
-        # Dask's worker loop is asyncio: a trio step gets a trio loop of its own, here.
-        return trio.run(_call_async, fn, remote_ctx, timeout, entry)
-    if timeout is None:
-        return _call_sync(fn, remote_ctx)
-    # A thread cannot be stopped: on timeout it is abandoned and finishes on its own, as
-    # on the daemon's machine (dagd/runtime/local/python.py).
-    box: list[_Result] = []
-    thread = threading.Thread(
-        target=lambda: box.append(_call_sync(fn, remote_ctx)), name="dagd step", daemon=True
-    )
-    thread.start()
-    thread.join(timeout)
-    if not box:
-        return False, f"timed out after {format_seconds(timeout)}", True
-    return box[0]
 
+    async def log_failure(_: StepContext, text: str) -> None:
+        output.add("err", text.encode("utf-8", "backslashreplace"))
 
-def _call_sync(fn: Callable[..., Any], ctx: StepContext) -> _Result:
-    try:
-        fn(ctx)
-    except (Exception, SystemExit) as exc:
-        return False, _failure(exc), False
-    return True, None, False
-
-
-async def _call_async(
-    fn: Callable[..., Any], ctx: StepContext, timeout: float | None, entry: _Entry
-) -> _Result:
     token = trio.lowlevel.current_trio_token()
     with trio.CancelScope() as scope:
 
@@ -441,26 +384,14 @@ async def _call_async(
             entry.cancel = cancel
             if entry.stopping:
                 scope.cancel()
-        if timeout is not None:
-            scope.deadline = trio.current_time() + timeout
-        try:
-            await fn(ctx)
-        except (Exception, SystemExit) as exc:
-            return False, _failure(exc), False
+        # One thread at most: this attempt's own sync callable (a fresh limiter per trio.run,
+        # since trio's objects belong to one run).
+        result = await run_callable(
+            step.call, step.timeout or None, remote_ctx, trio.CapacityLimiter(1), log_failure
+        )
     if scope.cancelled_caught:
-        if entry.stopping:
-            return False, entry.why, False
-        assert timeout is not None
-        return False, f"timed out after {format_seconds(timeout)}", True
-    return True, None, False
-
-
-def _failure(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:
-        text = f"<{type(exc).__name__} whose message cannot be shown>"
-    return printable(f"{type(exc).__name__}: {text}")
+        return False, entry.why, False
+    return result.ok, result.error, result.timed_out
 
 
 # ------------------------------------------------- stopping (through Client.run)
@@ -469,9 +400,10 @@ def _failure(exc: BaseException) -> str:
 async def stop_attempts(keys: Collection[str], grace: float) -> list[str]:
     """Stop the attempts `keys` that run in this worker process: SIGTERM to a shell step's
     process group (SIGKILL when `grace` is 0), SIGKILL `grace` seconds later to what is left;
-    an async Python step is cancelled (a sync one cannot be stopped: it runs on, its result
-    unused). A key not running here is refused if it starts later (for an hour). Returns the
-    keys found here, once their groups are gone. Runs on the worker's event loop."""
+    a Python step is cancelled (a sync one's thread cannot be stopped: it is abandoned, runs
+    on and its result is unused). A key not running here is refused if it starts later (for
+    an hour). Returns the keys found here, once their groups are gone. Runs on the worker's
+    event loop."""
     import asyncio
 
     found: list[str] = []

@@ -19,7 +19,7 @@ import inspect
 import logging
 import pkgutil
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,19 +60,29 @@ def resolve_callable(target: str) -> Callable[..., Any]:
     return fn
 
 
+#: Where a failed attempt's traceback goes: called with the attempt's context and the text.
+FailureLog = Callable[[StepContext, str], Awaitable[None]]
+
+
 async def run_callable(
-    target: str, timeout: float | None, ctx: StepContext, limiter: trio.CapacityLimiter
+    target: str,
+    timeout: float | None,
+    ctx: StepContext,
+    limiter: trio.CapacityLimiter,
+    log_failure: FailureLog | None = None,
 ) -> AttemptResult:
     """Call the step function `target` with `ctx`; a sync one in a worker thread under
     `limiter`. `timeout` in seconds (None or 0: none). An exception the step raises
-    (`SystemExit` included) fails the attempt with "<ExceptionType>: <message>"; cancellation
-    propagates (an abandoned thread runs on). When `ctx.log_dir` is set, the traceback of
-    that exception, or why `target` names nothing callable, is appended to the attempt's
-    stderr log file (dagd/runtime/logfiles.py)."""
+    (`SystemExit` included) fails the attempt with "<ExceptionType>: <message>"
+    (`failure_message`); cancellation propagates (an abandoned thread runs on). The
+    traceback of that exception (`traceback_text`), or why `target` names nothing callable,
+    goes to `log_failure`; by default it is appended to the attempt's stderr log file when
+    `ctx.log_dir` is set (dagd/runtime/logfiles.py)."""
+    report = _log_failure if log_failure is None else log_failure
     try:
         fn = resolve_callable(target)
     except CallableNotFound as exc:
-        await _log_failure(ctx, f"dagd: cannot call {target!r}: {exc}\n")
+        await report(ctx, f"dagd: cannot call {target!r}: {exc}\n")
         return AttemptResult(False, printable(str(exc)))
     try:
         if timeout:
@@ -85,10 +95,15 @@ async def run_callable(
             # the engine's whole per-step overhead (bench/engine_overhead.py).
             await _call(fn, ctx, limiter)
     except (Exception, SystemExit) as exc:
-        await _log_failure(ctx, _traceback_text(exc))
-        # Escaped control characters: the text goes to clients, terminals and SQLite.
-        return AttemptResult(False, printable(f"{type(exc).__name__}: {_text(exc)}"))
+        await report(ctx, traceback_text(exc))
+        return AttemptResult(False, failure_message(exc))
     return AttemptResult(True)
+
+
+def failure_message(exc: BaseException) -> str:
+    """A failed Python step's error: "<ExceptionType>: <message>", control characters escaped
+    (the text goes to clients, terminals and SQLite)."""
+    return printable(f"{type(exc).__name__}: {_text(exc)}")
 
 
 #: Modules whose frames lead up to a step's own code: dagd's call machinery, and trio's
@@ -96,7 +111,7 @@ async def run_callable(
 _CALLER_MODULES = ("dagd.runtime.local.python", "trio", "outcome")
 
 
-def _traceback_text(exc: BaseException) -> str:
+def traceback_text(exc: BaseException) -> str:
     """The traceback Python would print for `exc`, starting at the step's own code: the
     leading frames of `_CALLER_MODULES` are left out (chained exceptions are kept whole)."""
     tb: TracebackType | None = exc.__traceback__

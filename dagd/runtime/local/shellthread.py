@@ -24,9 +24,7 @@ Nothing here imports trio: shell.py runs `ShellAttempt.run` with
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
@@ -34,20 +32,16 @@ from pathlib import Path
 
 import attrs
 
+from dagd.runtime.local.pipes import copy_until_exit, drain
 from dagd.runtime.local.procs import contain, signal_group
+from dagd.runtime.logfiles import RETRY_MARKER
 
-_READ_SIZE = 65536
 _TAIL_SIZE = 4096  # how much of stderr is kept in memory for a failure's message
-# After the step's first process exits, at most this much more output is copied: a leftover
-# that keeps writing (it is being killed) must not keep the attempt alive.
-_DRAIN_LIMIT = 16 * _READ_SIZE
-_LEADER_CHECK_MS = 50  # without a pidfd: how often the thread looks whether the step exited
 
 # Append, never truncate: a run retry numbers attempts onwards, but one restored from a state
 # file older than that numbering (or an embedder reusing a run id) can meet an attempt's file
-# again, and the earlier output must survive (a marker line separates the tries).
+# again, and the earlier output must survive (RETRY_MARKER separates the tries).
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-RETRY_MARKER = b"\n==> dagd: the run was retried; this attempt's output follows <==\n"
 
 
 def _open_log(path: Path) -> int:
@@ -193,54 +187,11 @@ class ShellAttempt:
             self.log_error = next((s.error for s in streams.values() if s.error), None)
 
     def _copy_output(self, pid: int, streams: dict[int, _Stream]) -> None:
-        """Copy both pipes into their logs until the step's first process exits (a pidfd
-        says so: a background grandchild may hold the pipes open for much longer)."""
-        try:
-            leader = os.pidfd_open(pid)
-        except OSError:  # Linux before 5.3, or a seccomp filter: look every 50 ms instead
-            leader = -1
-        try:
-            poller = select.poll()
-            if leader >= 0:
-                poller.register(leader, select.POLLIN)
-            for fd in streams:
-                poller.register(fd, select.POLLIN)
-            timeout = None if leader >= 0 else _LEADER_CHECK_MS
-            open_fds = set(streams)
-            leader_alive = True
-            while leader_alive:  # a step may close its output and still run
-                for fd, _ in poller.poll(timeout):
-                    if fd == leader:
-                        leader_alive = False
-                    elif fd in open_fds:
-                        data = os.read(fd, _READ_SIZE)
-                        if data:
-                            streams[fd].copy(data)
-                        else:
-                            poller.unregister(fd)
-                            open_fds.discard(fd)
-                if leader < 0 and _exited(pid):
-                    leader_alive = False
-            if not self.stopping:
-                # Whatever the step left behind; before draining, so nothing writes any more.
-                signal_group(pid, signal.SIGKILL)
-            for fd in open_fds:
-                _drain(fd, streams[fd])
-        finally:
-            if leader >= 0:
-                os.close(leader)
-
-
-def _exited(pid: int) -> bool:
-    """Has our child `pid` exited? It stays a zombie (not reaped), so its pid stays ours."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _drain(fd: int, stream: _Stream) -> None:
-    """Copy what the pipe holds right now, without waiting for writers that are left."""
-    os.set_blocking(fd, False)
-    copied = 0
-    with contextlib.suppress(BlockingIOError):
-        while copied < _DRAIN_LIMIT and (data := os.read(fd, _READ_SIZE)):
-            stream.copy(data)
-            copied += len(data)
+        """Copy both pipes into their logs until the step's first process exits (pipes.py:
+        a background grandchild may hold the pipes open for much longer)."""
+        left_open = copy_until_exit(pid, {fd: stream.copy for fd, stream in streams.items()})
+        if not self.stopping:
+            # Whatever the step left behind; before draining, so nothing writes any more.
+            signal_group(pid, signal.SIGKILL)
+        for fd in left_open:
+            drain(fd, streams[fd].copy)

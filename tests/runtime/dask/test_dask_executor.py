@@ -109,6 +109,28 @@ async def test_python_steps_run_on_a_worker(
     assert result.worker is not None and result.worker.startswith("tcp://127.0.0.1:")
 
 
+@pytest.mark.parametrize(
+    ("func", "last_line"),
+    [
+        ("raise_value_error", "ValueError: bad value in py"),
+        ("async_raise_runtime_error", "RuntimeError: async boom"),
+        ("no_such_function", "dagd: cannot call 'stepfuncs:no_such_function': module 'stepfuncs'"),
+    ],
+)
+async def test_a_failed_python_steps_traceback_reaches_the_daemons_stderr_log(
+    executor: DaskExecutor, func: str, last_line: str
+) -> None:
+    # As for a local step (python.py): the traceback starts at the step's own code.
+    ctx = context("py")
+    result = await executor.run(StepSpec("py", call=f"stepfuncs:{func}", executor="dask"), ctx)
+    assert not result.ok
+    text = log_text(executor, ctx, "err")
+    assert text.splitlines()[-1].startswith(last_line), text
+    if func != "no_such_function":
+        assert text.startswith("Traceback (most recent call last):\n"), text
+        assert 'stepfuncs.py", line' in text.splitlines()[1], text
+
+
 async def test_a_python_steps_log_lines_reach_the_daemons_log_file(
     executor: DaskExecutor,
 ) -> None:
@@ -154,6 +176,32 @@ async def test_cancel_kills_the_remote_process_group_before_run_returns(
             assert alive(found) == found
             scope.cancel()
     assert alive(found) == []
+
+
+async def test_kill_now_cuts_the_grace_period_of_a_stop_short(
+    dask_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    # A step that ignores SIGTERM, cancelled with a long grace period, then a second signal.
+    config = DaskExecutorConfig(dask_cluster.scheduler_address, connect_timeout=5.0)
+    pids = tmp_path / "pids"
+    step = shell("stubborn", f"trap '' TERM; sleep 300 & echo $$ $! > {pids}; wait; wait")
+    async with open_dask_executor(config, grace=30.0) as ex:
+        step_scope = trio.CancelScope()
+
+        async def run() -> None:
+            with step_scope:
+                await ex.run(step, context("stubborn"))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                found = await pids_from(pids)
+                step_scope.cancel()  # the first signal: SIGTERM, which the step ignores
+                await trio.sleep(0.2)
+                start = trio.current_time()
+                ex.kill_now()
+                await await_for(lambda: alive(found) == [], 5)
+                assert trio.current_time() - start < 2.0
 
 
 async def test_crash_recovery_stops_the_remote_leftovers_of_interrupted_runs(
