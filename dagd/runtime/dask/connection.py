@@ -21,6 +21,7 @@ encryption required (the address must then be `tls://...`).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,7 +66,12 @@ class Connection:
         self._client: Client | None = None
         self.tried = trio.Event()  # set once the first connection attempt is over
         self._down_logged = False
+        # The connect thread is abandoned when keep() is cancelled, so it and keep() meet
+        # under this lock: a client the thread makes is either left in `_made` before
+        # `_stopped` is set (keep() then closes it) or closed by the thread itself after.
+        self._lock = threading.Lock()
         self._stopped = False  # keep() is over: a client made after that is closed at once
+        self._made: Client | None = None  # made by the connect thread, not yet taken
 
     @property
     def address(self) -> str:
@@ -110,17 +116,20 @@ class Connection:
                     was_running = False
                 await trio.sleep(self.check_interval)
         finally:
-            self._stopped = True
+            with self._lock:
+                self._stopped = True
+                made, self._made = self._made, None
             client, self._client = self._client, None
-            if client is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(client.close)
+            with trio.CancelScope(shield=True):
+                for left in (client, made):
+                    if left is not None:
+                        await trio.to_thread.run_sync(left.close)
 
     async def _connect(self) -> bool:
         try:
-            # Abandoned on cancel (shutdown need not wait for connect_timeout): the thread
-            # then closes what it made.
-            client = await trio.to_thread.run_sync(self._make_client, abandon_on_cancel=True)
+            # Abandoned on cancel (shutdown need not wait for connect_timeout): what the
+            # thread makes is then closed by keep() or by the thread (see `_lock`).
+            await trio.to_thread.run_sync(self._make_client, abandon_on_cancel=True)
         except Exception as exc:  # OSError, TimeoutError, a bad address or TLS file
             level = logging.DEBUG if self._down_logged else logging.WARNING
             log.log(
@@ -131,6 +140,10 @@ class Connection:
                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             )
             self._down_logged = True
+            return False
+        with self._lock:
+            client, self._made = self._made, None
+        if client is None:  # cannot happen: only keep() takes it, once over
             return False
         self._client = client
         if self._down_logged:
@@ -148,7 +161,10 @@ class Connection:
         except Exception:
             log.exception("setting up the connection to the dask scheduler %s", self.address)
 
-    def _make_client(self) -> Client:
+    def _make_client(self) -> None:
+        """In a worker thread: make a client and leave it in `_made`, or close it at once if
+        keep() is over (it may have stopped waiting for this thread). Raises what Client
+        raises (OSError, TimeoutError, ValueError), or RuntimeError when keep() is over."""
         client = Client(
             self.config.address,
             timeout=self.config.connect_timeout,
@@ -156,7 +172,10 @@ class Connection:
             set_as_default=False,
             name="dagd",
         )
-        if self._stopped:
+        with self._lock:
+            stopped = self._stopped
+            if not stopped:
+                self._made = client
+        if stopped:
             client.close()
             raise RuntimeError("dagd's dask executor has stopped")
-        return client

@@ -67,6 +67,7 @@ DASK_EXECUTOR = "dask"
 
 _LATE_OUTPUT = 2.0  # seconds an ended attempt waits for output events still on their way
 _STOP_LIMIT = 15.0  # seconds a stop waits for the workers beyond the grace period
+_FETCH_LIMIT = 10.0  # seconds a finished attempt's result may take to fetch
 
 
 class _Waiter:
@@ -310,7 +311,11 @@ class DaskExecutor:
                     await trio.sleep(0.01)
             value = logs.result
             if value is None:
-                value = await trio.to_thread.run_sync(future.result)
+                value = await self._fetch_result(future)
+                if value is None:
+                    return AttemptResult(
+                        False, f"dask scheduler connection lost: {self.config.address}"
+                    )
             with trio.move_on_after(_LATE_OUTPUT):
                 while logs.received < value.get("chunks", 0):
                     await trio.sleep(0.01)
@@ -331,6 +336,28 @@ class DaskExecutor:
         # the client lost the scheduler and cancelled every future; the task may run on.
         self._lost_keys.add(key)
         return AttemptResult(False, f"dask scheduler connection lost: {self.config.address}")
+
+    async def _fetch_result(self, future: Future[Any]) -> dict[str, Any] | None:
+        """The finished task's result, fetched from its worker, or None if that fails or
+        takes over `_FETCH_LIMIT` seconds: the connection went (the client closed, its loop
+        with it) or hangs. The task has ended on its worker, so nothing is left to stop
+        there; only its outcome is unknown."""
+        try:
+            with trio.move_on_after(_FETCH_LIMIT):
+                # Abandoned when it takes too long: the thread ends with the client's
+                # own timeout, or when the client closes.
+                value = await trio.to_thread.run_sync(
+                    lambda: future.result(timeout=_FETCH_LIMIT), abandon_on_cancel=True
+                )
+                if isinstance(value, dict):
+                    return value
+                log.warning("%s: the task's result is not dagd's: %r", future.key, value)
+                return None
+        except Exception as exc:  # the client closed, its loop with it; a timeout
+            log.warning("cannot fetch the result of %s: %s", future.key, _describe(exc))
+            return None
+        log.warning("cannot fetch the result of %s in %ss", future.key, _FETCH_LIMIT)
+        return None
 
     # -------------------------------------------------------------------- stopping
 

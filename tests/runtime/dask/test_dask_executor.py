@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -20,6 +21,7 @@ from dagd.core.config import DaskExecutorConfig
 from dagd.core.model import StepSpec
 from dagd.runtime.dask.connection import security
 from dagd.runtime.dask.executor import DaskExecutor, open_dask_executor
+from dagd.runtime.dask.logsink import LogSinks
 from dagd.runtime.executor import AttemptResult, Leftover, LeftoverHandle, StepContext
 
 GRACE = 0.5
@@ -202,6 +204,37 @@ async def test_kill_now_cuts_the_grace_period_of_a_stop_short(
                 ex.kill_now()
                 await await_for(lambda: alive(found) == [], 5)
                 assert trio.current_time() - start < 2.0
+
+
+async def test_a_result_that_cannot_be_fetched_says_the_connection_was_lost(
+    dask_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The result event goes missing, and the connection is gone when the daemon falls
+    back to fetching the task's result."""
+    on_event = LogSinks.on_event
+
+    def drop_results(self: LogSinks, event: tuple[float, Any]) -> None:
+        if "result" not in event[1]:
+            on_event(self, event)
+
+    monkeypatch.setattr(LogSinks, "on_event", drop_results)
+    config = DaskExecutorConfig(dask_cluster.scheduler_address, connect_timeout=5.0)
+    async with open_dask_executor(config, grace=GRACE, check_interval=3600) as ex:
+        client = await ex.connection.usable()
+        assert client is not None
+        results: list[AttemptResult] = []
+
+        async def run() -> None:
+            results.append(await ex.run(shell("quick", "true"), context("quick")))
+
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                await trio.sleep(0.5)  # done on its worker; the daemon awaits the result event
+                await trio.to_thread.run_sync(client.close)
+    assert results == [
+        AttemptResult(False, f"dask scheduler connection lost: {config.address}", worker=None)
+    ]
 
 
 async def test_crash_recovery_stops_the_remote_leftovers_of_interrupted_runs(
