@@ -4,7 +4,7 @@ table of the attempts running in this worker process, and stopping them (`stop_a
 
 Why a table of our own: `Future.cancel()` only forgets a task; a running one goes on, and so
 would its processes (checked with distributed 2026.8). So each attempt registers its process
-group (a shell step) or its cancel function (an async Python step) under its key while it runs,
+group (a shell step) or its cancel function (a Python step) under its key while it runs,
 and `stop_attempts` reaches them: SIGTERM to the group, SIGKILL after the grace period.
 
 A shell step runs here as on the daemon's machine (dagd/runtime/local/shell.py): its own
@@ -119,7 +119,7 @@ class _Entry:
     pgid: int | None = None  # a shell step's process group once spawned
     stopping: bool = False  # stop_attempts has it: the attempt's own kill waits
     why: str = "stopped"  # the attempt's error once stopped
-    cancel: Callable[[], None] | None = None  # an async Python step's cancel
+    cancel: Callable[[], None] | None = None  # a Python step's cancel (its trio run's)
 
 
 _lock = threading.Lock()
@@ -257,6 +257,12 @@ def _run_shell(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Resul
     step, ctx = attempt.step, attempt.ctx
     assert step.command is not None
     argv = ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
+    # `$NAME` in the step's `env` expands here, against what the step starts from (the
+    # worker's `PASSED_ENV` and `LC_*`) and the entries before it; not against the daemon's
+    # environment, as a local step's does. On purpose: values such as "$PATH" or "$HOME"
+    # describe the machine the step runs on; expanding the daemon's variables would copy
+    # them into tasks that every client of the scheduler can read; and the daemon's own
+    # secrets must stay its own (docs/dask.md, "What a step sees on a worker").
     env = step_environment(step, ctx, base=passed_environment(), hidden=())
     env[OWNER_VAR] = owner_marker()
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -443,7 +449,7 @@ async def stop_attempts(keys: Collection[str], grace: float) -> list[str]:
 
 def kill_all_attempts(why: str) -> list[str]:
     """SIGKILL the process group of every attempt running in this worker process, and cancel
-    its async Python steps (the worker is closing: a task thread left running would keep
+    its Python steps (the worker is closing: a task thread left running would keep
     the process alive, and its step with it); their error is `why`. Returns their keys."""
     with _lock:
         entries = list(_running.items())

@@ -4,6 +4,7 @@ remote process group, and crash recovery of remote leftovers."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,23 @@ async def test_a_shell_step_runs_on_a_worker_with_its_params_and_env(
     assert result.ok, result
     assert result.worker in dask_cluster.scheduler_info["workers"]
     assert log_text(executor, ctx) == (f"hello world from greet/1 in {tmp_path}\nsecret=unset\n")
+
+
+async def test_env_expands_against_the_workers_passed_variables_not_the_daemons(
+    executor: DaskExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/dask.md: "$VAR in env" (a local step would see the daemon's DAEMON_ONLY).
+    monkeypatch.setenv("DAGD_TEST_DAEMON_ONLY", "daemon-value")
+    step = shell(
+        "env",
+        'echo "$P|$S|$D|$N"',
+        env={"P": "$PATH", "S": f"${SECRET_VAR}", "D": "$DAGD_TEST_DAEMON_ONLY", "N": "${P}:x"},
+    )
+    ctx = context("env")
+    result = await executor.run(step, ctx)
+    assert result.ok, result
+    path = os.environ["PATH"]  # the workers' own (they inherit this process's)
+    assert log_text(executor, ctx) == f"{path}|||{path}:x\n"
 
 
 async def test_a_failing_shell_step_says_its_exit_code_and_last_stderr_line(
