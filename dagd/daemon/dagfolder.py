@@ -21,6 +21,12 @@ Rules this file keeps:
 - Reloading is incremental: a file is read again only when its (mtime, ctime, size, inode)
   changed. A file that breaks keeps its last good version; when a DAG id is given up (its file
   deleted, or its id changed), the files refused for using it get another look at once.
+- The daemon reloads off its event loop (`reload_in_thread`): a `call` module may take seconds
+  to import (or sleep, or read a network share), and the loop serves heartbeats, the store's
+  writer and every client meanwhile. A reload works on a copy of the folder's state in a worker
+  thread and the result replaces the state on the loop in one assignment, so what the loop
+  reads (`dags`, `problems`) is always one whole reload's. A module that holds the GIL while
+  it is imported (pure-Python computing) still slows the loop: only waiting is taken off it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 import attrs
+import trio
 
 from dagd.core.model import DagSpec, StepSpec
 from dagd.core.spec import DEFAULT_EXECUTOR, DagSpecError, Problem, parse_dag
@@ -141,21 +148,47 @@ class Reloaded:
     refused: list[Refused]  # files newly found broken or duplicate, in path order
 
 
-@attrs.define
+@attrs.frozen
 class _File:
     stamp: Stamp | None  # None: look again at the next reload whatever the stamp says
     dag_id: str | None  # the id this file's DAG has (or had, when last good)
 
 
+@attrs.define
+class _State:
+    """Everything a reload reads and changes. A reload changes a copy (`copy`), never the
+    state the loop reads: the values (DagSpec, Problem lists, _File, tuples) are never
+    changed in place, only replaced, so copying the containers is enough."""
+
+    dags: dict[str, DagSpec] = attrs.Factory(dict)
+    problems: dict[str, list[Problem]] = attrs.Factory(dict)
+    files: dict[Path, _File] = attrs.Factory(dict)
+    duplicates: set[Path] = attrs.Factory(set)  # files refused because their DAG id was taken
+    # Files refused only because a module is not installed: the parsed DAG and its problems,
+    # looked at again at each reload (see the module's docstring).
+    waiting: dict[Path, tuple[DagSpec, list[Problem]]] = attrs.Factory(dict)
+
+    def copy(self) -> _State:
+        return _State(
+            dict(self.dags),
+            dict(self.problems),
+            dict(self.files),
+            set(self.duplicates),
+            dict(self.waiting),
+        )
+
+
 class DagFolder:
-    """The DAGs of one folder, kept up to date by `reload()`.
+    """The DAGs of one folder, kept up to date by `reload()` (in the calling thread) or
+    `reload_in_thread()` (the daemon's, off its event loop).
 
     `dags` maps DAG id to its spec (`spec.source` names the file); `problems` maps a file path
-    (as text) to what is wrong with it, for every file that is broken or refused now. With a
-    `log`, loads, removals and refusals are logged there (the daemon's log; the CLI prints
-    problems itself). With `executors` (the configured executor names,
-    `Config.executor_names`), a file whose step names any other executor is refused; None
-    checks no names. Every local step's `call` is imported and checked (`call_problem`).
+    (as text) to what is wrong with it, for every file that is broken or refused now. Both are
+    replaced whole by each reload: read them anew, do not keep them. With a `log`, loads,
+    removals and refusals are logged there (the daemon's log; the CLI prints problems
+    itself). With `executors` (the configured executor names, `Config.executor_names`), a
+    file whose step names any other executor is refused; None checks no names. Every local
+    step's `call` is imported and checked (`call_problem`).
     """
 
     def __init__(
@@ -167,13 +200,19 @@ class DagFolder:
         self.folder = folder
         self._log = log
         self._executors = tuple(executors) if executors is not None else None
-        self.dags: dict[str, DagSpec] = {}
-        self.problems: dict[str, list[Problem]] = {}
-        self._files: dict[Path, _File] = {}
-        self._duplicates: set[Path] = set()  # files refused because their DAG id was taken
-        # Files refused only because a module is not installed: the parsed DAG and its
-        # problems, looked at again at each reload (see the module's docstring).
-        self._waiting: dict[Path, tuple[DagSpec, list[Problem]]] = {}
+        self._state = _State()
+        self._reloading = trio.Lock()  # one reload_in_thread at a time
+
+    @property
+    def dags(self) -> dict[str, DagSpec]:
+        """The loaded DAGs by id, as of the last reload."""
+        return self._state.dags
+
+    @property
+    def problems(self) -> dict[str, list[Problem]]:
+        """What is wrong with each broken or refused file, by path (as text), as of the last
+        reload."""
+        return self._state.problems
 
     @property
     def ok(self) -> bool:
@@ -181,21 +220,48 @@ class DagFolder:
         return not self.problems
 
     def reload(self) -> Reloaded:
-        """Pick up added, changed and removed files (a missing folder holds none). A broken
-        file keeps its last good version; it is reported once per change, in `refused`."""
+        """Pick up added, changed and removed files (a missing folder holds none), in the
+        calling thread: imports of `call` modules included (for `dagd validate`, `list` and
+        `run`; the daemon uses `reload_in_thread`). A broken file keeps its last good version;
+        it is reported once per change, in `refused`."""
+        state, reloaded = self._reloaded(self._state)
+        self._state = state
+        return reloaded
+
+    async def reload_in_thread(self) -> Reloaded:
+        """`reload`, with the files read and `call` modules imported in a worker thread, so
+        the event loop goes on meanwhile (reading the state of the reload before). The new
+        state replaces the old on the loop, at once. One at a time: a second call waits for
+        the first. Cancelled, it leaves the state as it was (the thread finishes by itself;
+        what it imported stays imported, as after any reload)."""
+        async with self._reloading:
+            while True:
+                base = self._state
+                state, reloaded = await trio.to_thread.run_sync(
+                    self._reloaded, base, abandon_on_cancel=True
+                )
+                if self._state is base:
+                    self._state = state
+                    return reloaded
+                # A `reload()` on the loop replaced the state meanwhile: start from its.
+
+    def _reloaded(self, base: _State) -> tuple[_State, Reloaded]:
+        """A reload computed on a copy of `base` (which it leaves alone): the new state and
+        what changed. Safe in a worker thread: it touches nothing the loop reads."""
+        state = base.copy()
         changed = False
         refused: list[Refused] = []
         while True:
-            again_changed, freed = self._pass(refused)
+            again_changed, freed = self._pass(state, refused)
             changed = changed or again_changed
-            if not (freed and self._duplicates):
-                return Reloaded(changed, refused)
+            if not (freed and state.duplicates):
+                return state, Reloaded(changed, refused)
             # A DAG id was given up: a file refused for using it gets another look now, not
             # only at its next edit.
-            for dup in self._duplicates:
-                self._files[dup].stamp = None
+            for dup in state.duplicates:
+                state.files[dup] = attrs.evolve(state.files[dup], stamp=None)
 
-    def _pass(self, refused: list[Refused]) -> tuple[bool, bool]:
+    def _pass(self, st: _State, refused: list[Refused]) -> tuple[bool, bool]:
         """One look at every file: (something changed, a DAG id was given up)."""
         changed = freed = False
         seen: set[Path] = set()
@@ -206,10 +272,10 @@ class DagFolder:
             except OSError:
                 continue
             stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
-            old = self._files.get(path)
+            old = st.files.get(path)
             old_id = old.dag_id if old else None
             if old is not None and old.stamp == stamp:
-                waiting = self._waiting.get(path)
+                waiting = st.waiting.get(path)
                 if waiting is None:
                     continue
                 dag, before = waiting
@@ -217,49 +283,49 @@ class DagFolder:
                 if problems == before:
                     continue
             else:
-                self._waiting.pop(path, None)
+                st.waiting.pop(path, None)
                 try:
                     dag = load_dag_file(path)
                 except DagSpecError as exc:
                     changed = True
-                    refused.append(self._refuse(path, stamp, old_id, exc.problems))
+                    refused.append(self._refuse(st, path, stamp, old_id, exc.problems))
                     continue
                 problems, cheap = self._problems(dag)
             changed = True
             if problems:
-                refused.append(self._refuse(path, stamp, old_id, problems))
+                refused.append(self._refuse(st, path, stamp, old_id, problems))
                 if cheap:
-                    self._waiting[path] = (dag, problems)
+                    st.waiting[path] = (dag, problems)
                 continue
-            self._waiting.pop(path, None)
-            owner = self.dags.get(dag.id)
+            st.waiting.pop(path, None)
+            owner = st.dags.get(dag.id)
             if owner is not None and owner.source != str(path):
                 text = f"DAG id {dag.id!r} is already used by {owner.source}"
                 problem = Problem(str(path), text, field="id")
-                refused.append(self._refuse(path, stamp, old_id, [problem], duplicate=True))
+                refused.append(self._refuse(st, path, stamp, old_id, [problem], duplicate=True))
                 continue
             if old_id is not None and old_id != dag.id:
-                freed = self.dags.pop(old_id, None) is not None or freed
-            self.dags[dag.id] = dag
-            self._files[path] = _File(stamp, dag.id)
-            self._duplicates.discard(path)
-            self.problems.pop(str(path), None)
+                freed = st.dags.pop(old_id, None) is not None or freed
+            st.dags[dag.id] = dag
+            st.files[path] = _File(stamp, dag.id)
+            st.duplicates.discard(path)
+            st.problems.pop(str(path), None)
             if self._log:
                 verb = "reloaded" if old else "loaded"
                 self._log.info("%s DAG %s from %s", verb, dag.id, path.name)
-        for path in list(self._files):
+        for path in list(st.files):
             if path not in seen:
-                self._waiting.pop(path, None)
-                dag_id = self._files.pop(path).dag_id
-                self.problems.pop(str(path), None)
-                owned = self.dags.get(dag_id) if dag_id is not None else None
+                st.waiting.pop(path, None)
+                dag_id = st.files.pop(path).dag_id
+                st.problems.pop(str(path), None)
+                owned = st.dags.get(dag_id) if dag_id is not None else None
                 if owned is not None and owned.source == str(path):
-                    del self.dags[owned.id]
+                    del st.dags[owned.id]
                     freed = True
                     if self._log:
                         self._log.info("removed DAG %s (%s was deleted)", owned.id, path.name)
                 changed = True
-        self._duplicates &= set(self._files)
+        st.duplicates &= set(st.files)
         return changed, freed
 
     def _problems(self, dag: DagSpec) -> tuple[list[Problem], bool]:
@@ -287,6 +353,7 @@ class DagFolder:
 
     def _refuse(
         self,
+        st: _State,
         path: Path,
         stamp: Stamp,
         old_id: str | None,
@@ -294,12 +361,12 @@ class DagFolder:
         duplicate: bool = False,
     ) -> Refused:
         """A file that cannot be used: its last good version (if any) stays."""
-        self._files[path] = _File(stamp, old_id)
+        st.files[path] = _File(stamp, old_id)
         if duplicate:
-            self._duplicates.add(path)
+            st.duplicates.add(path)
         else:
-            self._duplicates.discard(path)
-        self.problems[str(path)] = problems
+            st.duplicates.discard(path)
+        st.problems[str(path)] = problems
         refused = Refused(path, old_id or path.stem, problems)
         if self._log:
             self._log.error(

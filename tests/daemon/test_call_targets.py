@@ -4,14 +4,19 @@ them, each failure one line naming the file, the step and the field, never a cra
 from __future__ import annotations
 
 import itertools
+import sys
 import textwrap
+import threading
 import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from daemonhelp import write_dag_file
 
-from dagd.daemon.dagfolder import DagFolder, load_dag_folder
+from dagd.daemon.dagfolder import DagFolder, Reloaded, load_dag_folder
 
 BUNDLED = Path(__file__).resolve().parents[2] / "dags"
 _names = itertools.count()
@@ -154,3 +159,108 @@ def test_the_bundled_dags_load_and_a_reload_of_them_stays_cheap() -> None:
     per_reload = (time.perf_counter() - start) / 100
     # Measured about 30 µs here: a stat per file, no import. A generous bound for CI.
     assert per_reload < 0.005
+
+
+class Ticker:
+    """A task that wakes every millisecond and notes the longest gap between two wake-ups
+    (seconds): how long the event loop was kept from running anything else."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+
+    async def run(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await trio.sleep(0.001)
+            now = time.perf_counter()
+            self.longest = max(self.longest, now - last)
+            last = now
+
+
+async def test_a_module_slow_to_import_does_not_stall_the_event_loop(
+    tmp_path: Path, modules: Path
+) -> None:
+    """The daemon's reload imports `call` modules in a worker thread: one that sleeps 0.3 s
+    when imported keeps a ticking task from running for well under 0.1 s (measured here:
+    about 2 ms; `reload()` on the loop: the full 0.3 s)."""
+    name = fresh("slow")
+    write_module(modules, name, "import time\ntime.sleep(0.3)\ndef run(ctx):\n    pass\n")
+    dag(tmp_path, "slow", f"{name}:run")
+    folder = DagFolder(tmp_path / "dags")
+    ticker = Ticker()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker.run)
+        await trio.sleep(0.01)
+        start = time.perf_counter()
+        reloaded = await folder.reload_in_thread()
+        took = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    assert reloaded.changed and reloaded.refused == [] and set(folder.dags) == {"slow"}
+    assert took >= 0.3
+    assert ticker.longest < 0.1, f"the loop stalled {ticker.longest:.3f}s"
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    """An event a test module waits for while it is imported (as `dagd_test_gate.gate`)."""
+    event = threading.Event()
+    module = types.ModuleType("dagd_test_gate")
+    module.gate = event  # type: ignore[attr-defined]
+    sys.modules["dagd_test_gate"] = module
+    yield event
+    event.set()
+    del sys.modules["dagd_test_gate"]
+
+
+GATED = "import dagd_test_gate\ndagd_test_gate.gate.wait(10)\ndef run(ctx):\n    pass\n"
+
+
+async def test_while_a_reload_imports_the_loop_reads_the_last_whole_state(
+    tmp_path: Path, modules: Path, gate: threading.Event
+) -> None:
+    """The reload works on a copy: until its import is done, `dags` and `problems` are the
+    previous reload's, unchanged; then the new state is there at once, whole."""
+    good = dag(tmp_path, "good", "builtins:print")
+    folder = DagFolder(tmp_path / "dags")
+    folder.reload()
+    before = (folder.dags, folder.problems)
+    name = fresh("gated")
+    write_module(modules, name, GATED)
+    dag(tmp_path, "gated", f"{name}:run")
+    dag(tmp_path, "broken", "not a target")
+    good.unlink()
+    async with trio.open_nursery() as nursery:
+        done: list[Reloaded] = []
+
+        async def reload() -> None:
+            done.append(await folder.reload_in_thread())
+
+        nursery.start_soon(reload)
+        with trio.fail_after(5):
+            while name not in sys.modules:  # the thread is importing it now
+                await trio.sleep(0.001)
+        assert (folder.dags, folder.problems) == before
+        assert set(folder.dags) == {"good"} and folder.ok
+        gate.set()
+    [reloaded] = done
+    assert set(folder.dags) == {"gated"}
+    assert list(folder.problems) == [str(tmp_path / "dags" / "broken.toml")]
+    assert [r.dag_id for r in reloaded.refused] == ["broken"]
+
+
+async def test_a_cancelled_reload_leaves_the_state_as_it_was(
+    tmp_path: Path, modules: Path, gate: threading.Event
+) -> None:
+    """Cancelled while its thread imports (the daemon stopping), a reload changes nothing;
+    the next one finds the file changed as if it had never run."""
+    name = fresh("gated")
+    write_module(modules, name, GATED)
+    dag(tmp_path, "gated", f"{name}:run")
+    folder = DagFolder(tmp_path / "dags")
+    with trio.move_on_after(0.05) as scope:
+        await folder.reload_in_thread()
+    assert scope.cancelled_caught
+    assert folder.dags == {} and folder.ok
+    gate.set()
+    reloaded = await folder.reload_in_thread()
+    assert reloaded.changed and set(folder.dags) == {"gated"}
