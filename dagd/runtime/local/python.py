@@ -11,6 +11,9 @@ leftover handle.
 When logs are kept, a failed attempt's traceback (or why its callable could not be found) goes
 to the attempt's stderr log file, where `dagd logs` finds it; an attempt that succeeds touches
 no file unless the step itself logs.
+
+A Dask worker runs Python steps through `run_callable` too (dagd/runtime/dask/worker.py, under
+a `trio.run` of its own), with a `log_failure` that sends the traceback to the daemon's log.
 """
 
 from __future__ import annotations
@@ -74,10 +77,10 @@ async def run_callable(
     """Call the step function `target` with `ctx`; a sync one in a worker thread under
     `limiter`. `timeout` in seconds (None or 0: none). An exception the step raises
     (`SystemExit` included) fails the attempt with "<ExceptionType>: <message>"
-    (`failure_message`); cancellation propagates (an abandoned thread runs on). The
-    traceback of that exception (`traceback_text`), or why `target` names nothing callable,
-    goes to `log_failure`; by default it is appended to the attempt's stderr log file when
-    `ctx.log_dir` is set (dagd/runtime/logfiles.py)."""
+    (control characters escaped); cancellation propagates (an abandoned thread runs on).
+    The traceback of that exception, from the step's own code on, or why `target` names
+    nothing callable, goes to `log_failure`; by default it is appended to the attempt's
+    stderr log file when `ctx.log_dir` is set (dagd/runtime/logfiles.py)."""
     report = _log_failure if log_failure is None else log_failure
     try:
         fn = resolve_callable(target)
@@ -95,12 +98,12 @@ async def run_callable(
             # the engine's whole per-step overhead (bench/engine_overhead.py).
             await _call(fn, ctx, limiter)
     except (Exception, SystemExit) as exc:
-        await report(ctx, traceback_text(exc))
-        return AttemptResult(False, failure_message(exc))
+        await report(ctx, _traceback_text(exc))
+        return AttemptResult(False, _failure_message(exc))
     return AttemptResult(True)
 
 
-def failure_message(exc: BaseException) -> str:
+def _failure_message(exc: BaseException) -> str:
     """A failed Python step's error: "<ExceptionType>: <message>", control characters escaped
     (the text goes to clients, terminals and SQLite)."""
     return printable(f"{type(exc).__name__}: {_text(exc)}")
@@ -111,7 +114,7 @@ def failure_message(exc: BaseException) -> str:
 _CALLER_MODULES = ("dagd.runtime.local.python", "trio", "outcome")
 
 
-def traceback_text(exc: BaseException) -> str:
+def _traceback_text(exc: BaseException) -> str:
     """The traceback Python would print for `exc`, starting at the step's own code: the
     leading frames of `_CALLER_MODULES` are left out (chained exceptions are kept whole)."""
     tb: TracebackType | None = exc.__traceback__
