@@ -57,14 +57,15 @@ class DaemonService(Protocol):
         unknown_dag."""
         ...
 
-    def pause(self, dag_id: str) -> None:
-        """Stop a DAG's schedule from firing (stored). DaemonError codes: unknown_dag,
-        storage_unavailable."""
+    async def pause(self, dag_id: str) -> None:
+        """Stop a DAG's schedule from firing; returns once that is committed. DaemonError
+        codes: unknown_dag, storage_unavailable."""
         ...
 
-    def unpause(self, dag_id: str) -> float | None:
-        """Let a DAG's schedule fire again; returns its next slot (UNIX seconds, None without
-        schedule). DaemonError codes: unknown_dag, storage_unavailable."""
+    async def unpause(self, dag_id: str) -> float | None:
+        """Let a DAG's schedule fire again, once committed; returns its next slot (UNIX
+        seconds, None without schedule). DaemonError codes: unknown_dag,
+        storage_unavailable."""
         ...
 
     async def backfill(

@@ -544,32 +544,44 @@ class Daemon:
 
     # ------------------------------------------------------------ DAG control
 
-    def pause(self, dag_id: str) -> None:
+    async def pause(self, dag_id: str) -> None:
         """Stop a loaded DAG's schedule from firing until `unpause`; manual triggers and
-        backfills still run. The state is stored (queued for the writer like a cron slot), so it
-        survives restarts and edits of the DAG file; clients get a `dag_status` event. Pausing
-        a paused DAG changes nothing. Raises DaemonError('unknown_dag'),
-        ('storage_unavailable')."""
-        self._set_paused(dag_id, True)
+        backfills still run. It returns once the pause is committed to the store (as a
+        trigger does), so a crash right after cannot undo it; it survives restarts and edits
+        of the DAG file. Clients get a `dag_status` event. Pausing a paused DAG changes
+        nothing (it still waits for the pause to be committed).
 
-    def unpause(self, dag_id: str) -> float | None:
-        """Let a paused DAG's schedule fire again; returns its next slot (UNIX seconds; None
-        without schedule). The DAG's `catchup` decides what happens to the slots missed while
-        it was paused, as after downtime: all of them run, oldest first, or only the latest
+        Raises DaemonError with code:
+        - `unknown_dag`: no DAG `dag_id` is loaded;
+        - `storage_unavailable`: the state file cannot be written: refused while writes fail
+          before the call; if they fail while it waits, the pause is in effect but is stored
+          only once writes succeed again (a crash before that loses it)."""
+        await self._set_paused(dag_id, True)
+
+    async def unpause(self, dag_id: str) -> float | None:
+        """Let a paused DAG's schedule fire again, once that is committed to the store (as
+        `pause`); returns when the schedule fires next (UNIX seconds; None without schedule).
+        The DAG's `catchup` decides what happens to the slots missed while it was paused, as
+        after downtime: all of them run, oldest first, or only the latest
         (dagd/daemon/scheduler.py). Raises DaemonError('unknown_dag'),
-        ('storage_unavailable')."""
-        self._set_paused(dag_id, False)
+        ('storage_unavailable'), as `pause`."""
+        await self._set_paused(dag_id, False)
         return self.scheduler.next_fire(dag_id)
 
-    def _set_paused(self, dag_id: str, paused: bool) -> None:
+    async def _set_paused(self, dag_id: str, paused: bool) -> None:
         self._dag(dag_id)
-        if (dag_id in self.scheduler.paused) == paused:
-            return
-        self._check_writable()
-        self.store.record_paused(dag_id, paused, self.clock())
-        self.scheduler.set_paused(dag_id, paused)
-        self._publish_status(dag_id, self.clock(), self.file_error(dag_id))
-        log.info("DAG %s %s", dag_id, "paused" if paused else "unpaused")
+        if (dag_id in self.scheduler.paused) != paused:
+            self._check_writable()
+            self.store.record_paused(dag_id, paused, self.clock())
+            self.scheduler.set_paused(dag_id, paused)
+            self._publish_status(dag_id, self.clock(), self.file_error(dag_id))
+            log.info("DAG %s %s", dag_id, "paused" if paused else "unpaused")
+        # Answer once it is committed, also when a concurrent call made the change and is
+        # still waiting for it: "paused" must mean "still paused after a crash".
+        try:
+            await self.store.flush()
+        except StorageUnavailable as exc:
+            raise _storage_unavailable(exc.message) from None
 
     async def backfill(
         self,

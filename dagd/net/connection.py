@@ -365,10 +365,10 @@ class Connection:
         elif isinstance(message, requests.GetDag):
             self.reply(message, daemon.dag_detail(message.dag_id))
         elif isinstance(message, requests.Pause):
-            daemon.pause(message.dag_id)
+            await daemon.pause(message.dag_id)
             self.reply(message, answers.Paused(message.dag_id))
         elif isinstance(message, requests.Unpause):
-            next_run = daemon.unpause(message.dag_id)
+            next_run = await daemon.unpause(message.dag_id)
             self.reply(message, answers.Unpaused(message.dag_id, next_run))
         elif isinstance(message, requests.Backfill):
             result = await daemon.backfill(

@@ -234,15 +234,15 @@ async def test_pause_is_stored_and_outlives_a_restart_and_file_edits(config: Con
             nursery.start_soon(dag_statuses, daemon, seen)
             await trio.sleep(0)
             assert daemon.list_dags()[0].next_run is not None
-            daemon.pause("daily")
-            daemon.pause("daily")  # again: nothing changes, no second event
+            await daemon.pause("daily")
+            await daemon.pause("daily")  # again: nothing changes, no second event
             [summary] = daemon.list_dags()
             assert summary.paused and summary.next_run is None
             await wait_until(lambda: len(seen) == 1)
             nursery.cancel_scope.cancel()
         assert (seen[0].dag_id, seen[0].paused, seen[0].file_error) == ("daily", True, None)
         with pytest.raises(DaemonError) as err:
-            daemon.pause("nope")
+            await daemon.pause("nope")
         assert err.value.code == "unknown_dag"
         # a manual trigger still runs
         run_id = await daemon.trigger("daily")
@@ -255,7 +255,7 @@ async def test_pause_is_stored_and_outlives_a_restart_and_file_edits(config: Con
         assert daemon.list_dags()[0].paused
         events, _ = daemon.snapshot({"daily"})
         assert next(e for e in events if isinstance(e, DagStatusEvent)).paused
-        assert daemon.unpause("daily") is not None
+        assert await daemon.unpause("daily") is not None
         assert not daemon.list_dags()[0].paused
     async with open_daemon(config) as daemon:
         assert not daemon.list_dags()[0].paused
@@ -402,7 +402,7 @@ async def test_a_paused_dag_misses_its_slots_across_a_restart_until_unpaused(
 ) -> None:
     write_dag(config, "yearly", "schedule = '0 0 1 1 *'\n[steps.s]\ncommand = 'true'\n")
     async with open_daemon(config) as daemon:
-        daemon.pause("yearly")
+        await daemon.pause("yearly")
     # As if dagd had last fired it 400 days ago: a slot is due at the next start.
     conn = sqlite3.connect(config.db_path)
     with conn:
@@ -411,7 +411,7 @@ async def test_a_paused_dag_misses_its_slots_across_a_restart_until_unpaused(
     async with open_daemon(config) as daemon:
         await trio.sleep(0.3)
         assert daemon.run_states() == [] and await daemon.list_runs("yearly") == []
-        daemon.unpause("yearly")
+        await daemon.unpause("yearly")
         await wait_until(lambda: len(daemon.run_states()) == 1)
         [state] = daemon.run_states()
         assert state.run_id.startswith("scheduled__") and state.run_id.endswith("__yearly")
@@ -423,7 +423,7 @@ async def test_backfilled_slots_are_not_fired_again_on_unpause(config: Config) -
         config, "yearly", "schedule = '0 0 1 1 *'\ncatchup = true\n[steps.s]\ncommand = 'true'\n"
     )
     async with open_daemon(config) as daemon:
-        daemon.pause("yearly")
+        await daemon.pause("yearly")
     # Paused since 800 days ago: the last two new years passed while it was paused.
     conn = sqlite3.connect(config.db_path)
     with conn:
@@ -435,7 +435,7 @@ async def test_backfilled_slots_are_not_fired_again_on_unpause(config: Config) -
         done = await daemon.backfill("yearly", f"{year - 1}-01-01", f"{year - 1}-01-01")
         [slot] = done.slots
         await wait_status(daemon, slot.run_id)
-        daemon.unpause("yearly")  # catchup: every missed slot after the backfilled one
+        await daemon.unpause("yearly")  # catchup: every missed slot after the backfilled one
         await wait_until(lambda: len(daemon.run_states()) == 2)
         runs = await daemon.list_runs("yearly")
         for run in runs:
