@@ -519,8 +519,9 @@ class Client:
         # Subscribe and replay in one step (since = the last delivered seq): the daemon then
         # sends the missed events and the live ones after them in seq order, nothing
         # repeated (docs/protocol.md).
-        await ws.send_message(encode(Subscribe(self.dag_ids, since=self.last_seq)))
-        await self._expect(ws, Subscribed)
+        if self.dag_ids:  # the daemon refuses an empty subscription; none is needed then
+            await ws.send_message(encode(Subscribe(self.dag_ids, since=self.last_seq)))
+            await self._expect(ws, Subscribed)
         reconnect = self.connections > 0
         self.connections += 1
         snapshot = replay = False
@@ -711,6 +712,8 @@ async def connect(
 ) -> AsyncIterator[Client]:
     """Connect to a dagd daemon and keep connected until the block ends.
 
+    `dag_ids`: the DAGs whose events the client receives (`"*"`: every DAG; empty: none, for
+    a script that only asks and controls).
     `since`: replay from this seq on the first connection too (default: only events from now).
     `initial_snapshot`: start with a GapRepaired item holding the current state of the DAGs.
     `max_backoff`: the longest wait between reconnect attempts, in seconds (the protocol's

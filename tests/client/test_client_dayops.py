@@ -97,3 +97,12 @@ async def test_a_path_that_is_not_dagds_is_named_with_its_http_status(tmp_path: 
         assert lost.message.startswith("the server refused the WebSocket handshake with HTTP 404")
         assert "(" not in lost.message.split("404", 1)[0]  # no raw Python tuple
         assert lost.retry_in <= 0.5
+
+
+async def test_a_client_subscribed_to_nothing_can_still_ask(tmp_path: Path) -> None:
+    # A script that only queries and controls (dag_ids=[]) gets no events, but it is connected.
+    with serving(tmp_path, DAGS) as daemon:
+        async with connect(daemon.url, daemon.token, [], request_timeout=5) as client:
+            with trio.fail_after(5):
+                [dag] = await client.list_dags()
+            assert dag.dag_id == "etl"
