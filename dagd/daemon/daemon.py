@@ -102,7 +102,12 @@ class Daemon:
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
         self.admission = Admission()
         self.active: dict[str, RunDriver] = {}  # running runs by run id
-        self.scheduler = CronScheduler(clock, self._fire_scheduled, store.record_slot)
+        self.scheduler = CronScheduler(
+            clock, self._fire_scheduled, store.record_slot, has_run=self._has_slot_run
+        )
+        # Slots (UNIX seconds) after the scheduler's last one whose runs exist already, by DAG
+        # id: a backfill made them while the DAG was paused. Catch-up passes over them.
+        self._ahead: dict[str, set[float]] = {}
         self._run_ids = RunIdFactory()
         # Each loaded DAG's definition as stored with its runs, by DAG id, with that very
         # DagSpec: (dag, (version, JSON text)), or (dag, None) if it could not be serialized.
@@ -133,6 +138,7 @@ class Daemon:
         for dag_id in self.store.paused_dags():
             self.scheduler.set_paused(dag_id, True)
         self.reload()
+        await self._load_ahead()
         # After the folder is loaded: a run recorded before dagd stored each run's definition
         # is closed out with its DAG's loaded steps.
         await recover(self.store, registry, self.publish, self.clock(), self.dags)
@@ -140,6 +146,46 @@ class Daemon:
         await nursery.start(self.scheduler.run)
         nursery.start_soon(self._watch_folder)
         nursery.start_soon(self._prune_loop)
+
+    async def _load_ahead(self) -> None:
+        """Find the runs a backfill made for slots the scheduler has yet to reach, of each DAG
+        with missed slots (paused, or dagd was down): its first tick catches up without them.
+        Scheduled run ids sort by slot (`scheduled__<UTC ISO time>__<dag>`), so one range read
+        per such DAG finds them."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        for dag in self.dags.values():
+            last = self.scheduler.last_slots.get(dag.id)
+            if not dag.schedule or last is None:
+                continue
+            after = datetime.fromtimestamp(last, UTC)
+            if Schedule(dag.schedule, dag.timezone).next_after(after) > now:
+                continue  # nothing missed: nothing to catch up
+            rows = await self.store.read(
+                "SELECT run_id FROM runs WHERE dag_id = ? AND run_id > ? AND run_id < ?",
+                (dag.id, slot_run_id(dag.id, after), "scheduled_~"),
+            )
+            suffix = f"__{dag.id}"
+            for (run_id,) in rows:
+                text = run_id.removeprefix("scheduled__")
+                if not text.endswith(suffix):
+                    continue
+                with contextlib.suppress(ValueError):
+                    slot = datetime.fromisoformat(text.removesuffix(suffix))
+                    self._ahead.setdefault(dag.id, set()).add(slot.timestamp())
+
+    def _has_slot_run(self, dag_id: str, slot: datetime) -> bool:
+        """The scheduler's `has_run`: whether the run of `dag_id`'s `slot` exists already (a
+        backfill made it). Asked in slot order, so the slots up to this one are forgotten."""
+        at = slot.timestamp()
+        ahead = self._ahead.get(dag_id)
+        found = ahead is not None and at in ahead
+        if ahead:
+            kept = {t for t in ahead if t > at}
+            if kept:
+                self._ahead[dag_id] = kept
+            else:
+                del self._ahead[dag_id]
+        return found or self.admission.find(slot_run_id(dag_id, slot)) is not None
 
     async def stop(self, reason: str = SHUTTING_DOWN) -> None:
         """Stop accepting runs, cancel the queued ones, cancel the running ones (their steps get
@@ -560,10 +606,11 @@ class Daemon:
 
     async def unpause(self, dag_id: str) -> float | None:
         """Let a paused DAG's schedule fire again, once that is committed to the store (as
-        `pause`); returns when the schedule fires next (UNIX seconds; None without schedule).
-        The DAG's `catchup` decides what happens to the slots missed while it was paused, as
-        after downtime: all of them run, oldest first, or only the latest
-        (dagd/daemon/scheduler.py). Raises DaemonError('unknown_dag'),
+        `pause`); returns its next slot after now (UNIX seconds; None without schedule). The
+        DAG's `catchup` decides what happens to the slots missed while it was paused, as after
+        downtime (dagd/daemon/scheduler.py): all of them run, oldest first, or only the latest;
+        either way at once (they are not the returned slot), and a slot whose run exists
+        already (a backfill made it) is passed over. Raises DaemonError('unknown_dag'),
         ('storage_unavailable'), as `pause`."""
         await self._set_paused(dag_id, False)
         return self.scheduler.next_fire(dag_id)
@@ -598,10 +645,11 @@ class Daemon:
         offset; a date as `end` counts its whole day), oldest first. Slots after now are left
         out: the scheduler runs them when they are due.
 
-        Each slot's run has the id the scheduler gives that slot, and the scheduler carries on
-        after the newest slot of the range, so a backfilled slot and a scheduled one never both
-        run. Per slot: no run yet -> `queued` (a new run with `params`, through the DAG's queue
-        and max_active_runs like any run); a run queued or running -> `skipped`; a failed or
+        Each slot's run has the id the scheduler gives that slot, and the scheduler passes over
+        a slot whose run exists when it catches up (after an unpause), so a backfilled slot and
+        a scheduled one never both run, while missed slots outside the range still do. Per
+        slot: no run yet -> `queued` (a new run with `params`, through the DAG's queue and
+        max_active_runs like any run); a run queued or running -> `skipped`; a failed or
         cancelled run -> `retried` (as `retry`: successful steps are kept); a successful run ->
         `skipped`, or with `rerun` -> `rerun` (every step runs again under the same id, attempt
         numbers going on). The new runs are stored in one commit before any is queued. With
@@ -609,7 +657,8 @@ class Daemon:
         DAG too.
 
         Raises DaemonError with code `unknown_dag`, `no_schedule`, `invalid_range` (bounds
-        that cannot be read, `end` before `start`, more than MAX_BACKFILL_SLOTS slots),
+        that cannot be read or lie before 1970, `end` before `start`, more than
+        MAX_BACKFILL_SLOTS slots),
         `invalid_params`, `shutting_down`, `storage_unavailable`.
         """
         dag = self._dag(dag_id)
@@ -649,9 +698,12 @@ class Daemon:
                     raise
                 item = attrs.evolve(item, action=BackfillAction.SKIPPED, reason=exc.message)
             done.append(item)
-        # Every slot of the range has its run now: the scheduler must not fire one of them
-        # again (after an unpause, say), so it carries on after the newest.
-        self.scheduler.advance(dag.id, done[-1].slot)
+        # Every slot of the range has its run now: those the scheduler has yet to reach (the
+        # DAG is paused) are passed over when it catches up; earlier missed slots still run.
+        last = self.scheduler.last_slots.get(dag.id)
+        ahead = [item.slot for item in done if last is not None and item.slot > last]
+        if ahead:
+            self._ahead.setdefault(dag.id, set()).update(ahead)
         return BackfillResult(dag.id, dry_run, done)
 
     async def _record_new_runs(

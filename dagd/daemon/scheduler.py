@@ -18,6 +18,12 @@ log = logging.getLogger("dagd.daemon.scheduler")
 
 Fire = Callable[[DagSpec, datetime], None]
 Record = Callable[[str, float], None]
+#: Whether a DAG's run for a slot exists already (a backfill made it): the slot is not fired.
+HasRun = Callable[[str, datetime], bool]
+
+
+def _no_runs(dag_id: str, slot: datetime) -> bool:
+    return False
 
 
 class CronScheduler:
@@ -29,6 +35,10 @@ class CronScheduler:
     `paused` holds the ids of paused DAGs: they do not fire and their last slot stays where it
     was, so on unpause their `catchup` treats the slots missed meanwhile exactly as slots missed
     while dagd was down (all of them, oldest first, or only the latest).
+
+    `has_run(dag_id, slot)` is asked about each slot before it fires: a slot whose run exists
+    already (a backfill made it, ahead of the scheduler) is passed over, not fired again; the
+    missed slots without a run still fire. Either way the last slot moves past it.
     """
 
     def __init__(
@@ -37,10 +47,12 @@ class CronScheduler:
         fire: Fire,
         record: Record,
         last_slots: Mapping[str, float] | None = None,
+        has_run: HasRun = _no_runs,
     ) -> None:
         self.clock = clock
         self.fire = fire
         self.record = record
+        self.has_run = has_run
         self.last_slots: dict[str, float] = dict(last_slots or {})
         self.paused: set[str] = set()
         self._dags: dict[str, tuple[DagSpec, Schedule]] = {}
@@ -75,17 +87,10 @@ class CronScheduler:
             self.paused.discard(dag_id)
         self._changed.set()
 
-    def advance(self, dag_id: str, slot: float) -> None:
-        """A DAG's run for `slot` (UNIX seconds) exists already (a backfill made it): the
-        scheduler never fires that slot or an earlier one for it again."""
-        if slot > self.last_slots.get(dag_id, -math.inf):
-            self.last_slots[dag_id] = slot
-            self.record(dag_id, slot)
-            self._changed.set()
-
     def next_fire(self, dag_id: str) -> float | None:
-        """When the DAG fires next (UNIX seconds), or None if it has no schedule or is
-        paused."""
+        """When the DAG's next slot after now is (UNIX seconds), or None if it has no schedule
+        or is paused. Missed slots still to fire (just after an unpause, or after downtime,
+        until the loop's next tick) are not counted: they are due at once."""
         entry = self._dags.get(dag_id)
         if entry is None or dag_id in self.paused:
             return None
@@ -107,6 +112,8 @@ class CronScheduler:
                 self.record(dag_id, now)
             slots = due_slots(schedule, datetime.fromtimestamp(last, UTC), now_dt, dag.catchup)
             for slot in slots:
+                if self.has_run(dag_id, slot):
+                    continue  # a backfill ran it already
                 try:
                     self.fire(dag, slot)
                 except Exception:

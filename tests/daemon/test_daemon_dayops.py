@@ -455,3 +455,54 @@ async def test_backfilled_slots_are_not_fired_again_on_unpause(config: Config) -
     ).fetchone()
     conn.close()
     assert queued == (1,)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_a_backfill_of_part_of_a_pause_leaves_the_other_missed_slots_to_catchup(
+    config: Config, restart: bool
+) -> None:
+    """With catchup, every missed slot without a run runs on unpause: a backfill of the newest
+    missed slot only does not swallow the older ones (nor does a restart in between)."""
+    write_dag(
+        config, "yearly", "schedule = '0 0 1 1 *'\ncatchup = true\n[steps.s]\ncommand = 'true'\n"
+    )
+    async with open_daemon(config) as daemon:
+        await daemon.pause("yearly")
+    # Paused since 800 days ago: two or three new years passed while it was paused.
+    conn = sqlite3.connect(config.db_path)
+    with conn:
+        conn.execute("UPDATE schedule SET last_slot = ?", (time.time() - 800 * 86400,))
+    conn.close()
+    year = datetime.now(UTC).year
+    missed = [
+        y
+        for y in range(year - 3, year + 1)
+        if time.time() - 800 * 86400 < datetime(y, 1, 1, tzinfo=UTC).timestamp() <= time.time()
+    ]
+    assert len(missed) >= 2
+    async with open_daemon(config) as daemon:
+        done = await daemon.backfill("yearly", f"{missed[-1]}-01-01", f"{missed[-1]}-01-01")
+        [newest] = done.slots
+        await wait_status(daemon, newest.run_id)
+        if not restart:
+            await daemon.unpause("yearly")
+            await wait_until(lambda: len(daemon.run_states()) == len(missed))
+    if restart:
+        async with open_daemon(config) as daemon:
+            await daemon.unpause("yearly")
+            await wait_until(lambda: len(daemon.run_states()) == len(missed) - 1)
+    async with open_daemon(config) as daemon:
+        runs = await daemon.list_runs("yearly")
+        for run in runs:
+            await wait_status(daemon, run.run_id)
+    assert sorted(r.run_id for r in runs) == [
+        f"scheduled__{y}-01-01T00:00:00+00:00__yearly" for y in missed
+    ]
+    conn = sqlite3.connect(config.db_path)
+    queued = conn.execute(
+        "SELECT count(*) FROM events WHERE run_id = ? AND type = 'dag_run_status'"
+        " AND body LIKE '%\"queued\"%'",
+        (newest.run_id,),
+    ).fetchone()
+    conn.close()
+    assert queued == (1,)  # the backfilled slot was not fired again

@@ -36,12 +36,19 @@ class Harness:
         self.clock = trio_wall_clock(start.timestamp() - trio.current_time())
         self.fired: list[tuple[str, datetime, float]] = []  # (dag id, slot, wall time of fire)
         self.recorded: list[tuple[str, float]] = []
+        self.existing: set[tuple[str, datetime]] = set()  # (dag id, slot) with a run already
+        self.asked: list[tuple[str, datetime]] = []
         self.scheduler = CronScheduler(
             self.clock,
             lambda d, slot: self.fired.append((d.id, slot, self.clock())),
             lambda dag_id, slot: self.recorded.append((dag_id, slot)),
             last_slots,
+            has_run=self.has_run,
         )
+
+    def has_run(self, dag_id: str, slot: datetime) -> bool:
+        self.asked.append((dag_id, slot))
+        return (dag_id, slot) in self.existing
 
     def slots(self, dag_id: str | None = None) -> list[datetime]:
         return [slot for d, slot, _ in self.fired if dag_id is None or d == dag_id]
@@ -249,16 +256,30 @@ async def test_unpause_with_catchup_fires_every_missed_slot_oldest_first(
     assert h.recorded[-1] == ("hourly", utc(2024, 1, 1, 13).timestamp())
 
 
-async def test_advance_skips_slots_that_already_have_runs(
+async def test_catchup_passes_over_slots_that_have_runs_and_fires_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A backfill covered part of a pause (09:00 and 10:00): on unpause, catch-up fires the
+    missed slots without a run (07:00 and 08:00, before the backfilled range), not those."""
+    start = utc(2024, 1, 1, 10, 30)
+    h = Harness(start, {"hourly": (start - timedelta(hours=4)).timestamp()})
+    h.scheduler.set_dags({"hourly": dag("hourly", "0 * * * *", catchup=True)})
+    h.existing = {("hourly", utc(2024, 1, 1, 9)), ("hourly", utc(2024, 1, 1, 10))}
+    await run_for(h, 1)
+    assert h.slots() == [utc(2024, 1, 1, 7), utc(2024, 1, 1, 8)]
+    assert h.asked == [("hourly", utc(2024, 1, 1, h_)) for h_ in (7, 8, 9, 10)]
+    # the last slot moves past the passed-over ones: they are never asked about again
+    assert h.recorded == [("hourly", utc(2024, 1, 1, 10).timestamp())]
+    assert h.scheduler.next_fire("hourly") == utc(2024, 1, 1, 11).timestamp()
+
+
+async def test_without_catchup_a_latest_slot_with_a_run_fires_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     start = utc(2024, 1, 1, 10, 30)
-    h = Harness(start, {"hourly": (start - timedelta(hours=3)).timestamp()})
-    h.scheduler.set_dags({"hourly": dag("hourly", "0 * * * *", catchup=True)})
-    h.scheduler.set_paused("hourly", True)
-    h.scheduler.advance("hourly", utc(2024, 1, 1, 9).timestamp())  # 08:00 and 09:00 backfilled
-    h.scheduler.advance("hourly", utc(2024, 1, 1, 8).timestamp())  # never moves back
-    assert h.recorded == [("hourly", utc(2024, 1, 1, 9).timestamp())]
-    h.scheduler.set_paused("hourly", False)
+    h = Harness(start, {"hourly": (start - timedelta(hours=4)).timestamp()})
+    h.scheduler.set_dags({"hourly": dag("hourly", "0 * * * *")})
+    h.existing = {("hourly", utc(2024, 1, 1, 10))}
     await run_for(h, 1)
-    assert h.slots() == [utc(2024, 1, 1, 10)]
+    assert h.slots() == []  # only the latest missed slot would run, and it has run
+    assert h.recorded == [("hourly", utc(2024, 1, 1, 10).timestamp())]
