@@ -82,6 +82,9 @@ class RunDriver:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
+        # What run() will do: start a queued run, or retry a failed or cancelled one. Decided
+        # now, because a queued run cancelled before run() began is cancelled, not retryable.
+        self._starts = state.status is RunStatus.QUEUED
 
     @property
     def run_id(self) -> str:
@@ -92,7 +95,13 @@ class RunDriver:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> RunStatus:
         """Start a queued run, or retry a failed or cancelled one (its successful steps are
-        kept), and drive it until the state machine says it is over."""
+        kept), and drive it until the state machine says it is over. A queued run whose
+        `cancel()` came before this began stays cancelled: nothing of it runs."""
+        if self._starts and self.state.status.finished:
+            task_status.started()
+            if self.on_finish is not None:
+                self.on_finish(self.state)
+            return self.state.status
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._done = trio.Event()

@@ -26,7 +26,7 @@ from dagd.core.events import (
     ErrorEvent,
     StepStatusEvent,
 )
-from dagd.core.model import RunStatus, StepStatus
+from dagd.core.model import FINISHED_RUN, RunStatus, StepStatus
 from dagd.daemon.daemon import Daemon, DaemonError
 from dagd.daemon.hub import Hub
 from dagd.daemon.schema import MIGRATIONS, migrate
@@ -782,3 +782,18 @@ async def test_two_retries_of_one_run_at_once_run_it_once(config: Config, tmp_pa
     assert record.status == "success"
     b_log = log_file(config, "flaky", run_id, "b.2.err").read_text()
     assert b_log == "fixed on attempt 2\n"  # one retry ran b, once
+
+
+async def test_a_run_cancelled_right_after_its_trigger_stays_cancelled(tmp_path: Path) -> None:
+    # The run's driver has not begun when the cancel comes: the run must not start anyway.
+    config = daemon_config(tmp_path, reload_interval=1000)
+    marker = tmp_path / "ran"
+    write_dag_file(config.dags_dir, "quick", f'[steps.a]\ncommand = "touch {marker}"\n')
+    async with open_daemon(config) as daemon:
+        run_id = await daemon.trigger("quick")
+        await daemon.cancel(run_id)
+        await wait_status(daemon, run_id, FINISHED_RUN)
+        await trio.sleep(0.3)  # time enough for a wrongly restarted run to run its step
+        [record] = [r for r in await daemon.list_runs("quick") if r.run_id == run_id]
+        assert record.status is RunStatus.CANCELLED
+    assert not marker.exists()

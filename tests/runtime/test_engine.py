@@ -502,3 +502,22 @@ async def test_many_steps_finish(width: int) -> None:
     )
     check_event_stream(rec.events, dag, f"run-fan{width}", RunStatus.SUCCESS)
     assert stepfuncs.calls[f"run-fan{width}"][-1] == ("sink", 1)
+
+
+async def test_a_queued_run_cancelled_before_its_driver_starts_stays_cancelled() -> None:
+    dag = make_dag("early", [call("a", "noop"), call("b", "noop", "a")])
+    rec = Recorder()
+    finished: list[RunStatus] = []
+    driver = RunDriver(
+        RunState(dag, "run-early"),
+        LocalExecutor(),
+        rec,
+        on_finish=lambda state: finished.append(state.status),
+    )
+    driver.cancel("cancelled by user")
+    assert await driver.run() is RunStatus.CANCELLED
+    assert finished == [RunStatus.CANCELLED]
+    statuses = [e.status for e in rec.events if isinstance(e, StepStatusEvent)]
+    assert StepStatus.RUNNING not in statuses and StepStatus.SUCCESS not in statuses
+    [run_event] = [e for e in rec.events if isinstance(e, DagRunStatusEvent)]
+    assert run_event.status is RunStatus.CANCELLED
