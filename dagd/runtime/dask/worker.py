@@ -4,8 +4,9 @@ table of the attempts running in this worker process, and stopping them (`stop_a
 
 Why a table of our own: `Future.cancel()` only forgets a task; a running one goes on, and so
 would its processes (checked with distributed 2026.8). So each attempt registers its process
-group (a shell step) or its cancel function (a Python step) under its key while it runs,
-and `stop_attempts` reaches them: SIGTERM to the group, SIGKILL after the grace period.
+group (a shell step) or its cancel function (a Python step in a trio run) under its key
+while it runs, and `stop_attempts` reaches them: SIGTERM to the group, SIGKILL after the
+grace period.
 
 A shell step runs here as on the daemon's machine (dagd/runtime/local/shell.py): its own
 process group, killed whole when the step ends, times out or is stopped; the environment built
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import signal
 import subprocess
@@ -58,7 +60,12 @@ from dagd.runtime.local.procs import (
     processes_of_runs,
     signal_group,
 )
-from dagd.runtime.local.python import run_callable
+from dagd.runtime.local.python import (
+    CallableNotFound,
+    call_sync,
+    resolve_callable,
+    run_callable,
+)
 
 #: The event topic that carries step output from workers to the daemon.
 TOPIC = "dagd-step-output"
@@ -363,18 +370,32 @@ def _watch(
 
 
 def _run_callable(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Result:
-    # Dask's worker loop is asyncio: the step gets a trio loop of its own, in this thread,
-    # and runs as on the daemon's machine (python.py's run_callable: its timeout, a sync
-    # callable in a thread abandoned on timeout or stop, the traceback of a failure).
-    return trio.run(_call, attempt, entry, output)
-
-
-async def _call(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Result:
     step, ctx = attempt.step, attempt.ctx
     assert step.call is not None
     remote_ctx = RemoteStepContext(
         ctx.dag_id, ctx.run_id, ctx.step_id, ctx.attempt, ctx.params, write=output.write_text
     )
+    with contextlib.suppress(CallableNotFound):  # run_callable below says so
+        fn = resolve_callable(step.call)
+        if not step.timeout and not inspect.iscoroutinefunction(fn):
+            # A plain function without a timeout runs right here: a trio run and a thread
+            # hand-off per attempt would cost a third of the rate of Python steps
+            # (bench/dask_steps.py). Like any sync step, it cannot be stopped.
+            result, trace = call_sync(fn, remote_ctx)
+            if trace is not None:
+                output.add("err", trace.encode("utf-8", "backslashreplace"))
+            return result.ok, result.error, result.timed_out
+    # Otherwise the step gets a trio loop of its own, in this thread (Dask's worker loop is
+    # asyncio), and runs as on the daemon's machine (python.py's run_callable: its timeout,
+    # a sync callable in a thread abandoned on timeout or stop, the traceback of a failure).
+    return trio.run(_call, attempt, entry, output, remote_ctx)
+
+
+async def _call(
+    attempt: RemoteAttempt, entry: _Entry, output: _Output, remote_ctx: RemoteStepContext
+) -> _Result:
+    step = attempt.step
+    assert step.call is not None
 
     async def log_failure(_: StepContext, text: str) -> None:
         output.add("err", text.encode("utf-8", "backslashreplace"))
@@ -406,8 +427,8 @@ async def _call(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Resu
 async def stop_attempts(keys: Collection[str], grace: float) -> list[str]:
     """Stop the attempts `keys` that run in this worker process: SIGTERM to a shell step's
     process group (SIGKILL when `grace` is 0), SIGKILL `grace` seconds later to what is left;
-    a Python step is cancelled (a sync one's thread cannot be stopped: it is abandoned, runs
-    on and its result is unused). A key not running here is refused if it starts later (for
+    an async Python step is cancelled (a sync one cannot be stopped: it runs on, its result
+    unused). A key not running here is refused if it starts later (for
     an hour). Returns the keys found here, once their groups are gone. Runs on the worker's
     event loop."""
     import asyncio

@@ -103,6 +103,18 @@ async def run_callable(
     return AttemptResult(True)
 
 
+def call_sync(fn: Callable[..., Any], ctx: StepContext) -> tuple[AttemptResult, str | None]:
+    """Call the plain step function `fn` with `ctx` in this thread, without a timeout (a Dask
+    worker's fast path: no thread hand-off, no event loop). Returns the attempt's result as
+    `run_callable` would give it and, for a failure, the traceback text that `run_callable`
+    would log (None on success)."""
+    try:
+        fn(ctx)
+    except (Exception, SystemExit) as exc:
+        return AttemptResult(False, _failure_message(exc)), _traceback_text(exc)
+    return AttemptResult(True), None
+
+
 def _failure_message(exc: BaseException) -> str:
     """A failed Python step's error: "<ExceptionType>: <message>", control characters escaped
     (the text goes to clients, terminals and SQLite)."""
