@@ -196,6 +196,9 @@ class DagSpec:
     env: Mapping[str, str] = attrs.field(factory=dict)
     tags: tuple[str, ...] = ()
     source: str | None = None  # the file it came from, for error messages
+    # The DAG-level `executor` as written (each step's own `executor` is what runs it): kept
+    # so a problem with it is reported once, at the DAG's key, not at every step.
+    executor: str = "local"
 
     def bind_params(self, given: Mapping[str, object] | None) -> dict[str, str]:
         """Declared defaults overlaid with `given` (name -> string, number or boolean), as

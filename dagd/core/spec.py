@@ -680,6 +680,7 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
         env=dag_env,
         tags=read("tags"),
         source=file,
+        executor=dag_executor,
     )
     if r.problems:
         raise DagSpecError(r.problems)

@@ -8,7 +8,9 @@ Rules this file keeps:
 - One rule for duplicate DAG ids: the file that claimed the id first keeps it (on a fresh read,
   the first by sorted path), and the other file is a problem naming both files.
 - A step must name an executor that is configured (when the caller gives the configured
-  names): a step naming another one makes its file a problem, like any error in the file.
+  names): a step naming another one makes its file a problem, like any error in the file,
+  reported where the name is written (a DAG-level `executor` once, not at each step that
+  inherits it), with the configured name it may be a typo of.
 - A Python step's `call` must name something callable, imported here exactly as the local
   executor will (runtime/local/python.py), for steps that run locally (a Dask step's module
   may exist only on the workers). A missing module, a missing attribute, an object that is not
@@ -31,6 +33,7 @@ Rules this file keeps:
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Collection
 from pathlib import Path
@@ -38,7 +41,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from dagd.core.model import DagSpec, StepSpec
+from dagd.core.model import DagSpec
 from dagd.core.spec import DEFAULT_EXECUTOR, DagSpecError, Problem, parse_dag
 from dagd.runtime.local.python import CallableNotFound, resolve_callable
 
@@ -72,12 +75,12 @@ def load_dag_file(path: Path) -> DagSpec:
     return parse_dag(data, str(path), default_id=path.stem)
 
 
-def executor_problem(step: StepSpec, executors: Collection[str]) -> str | None:
-    """Why `step` cannot run here: its executor is not among `executors` (the configured
-    names, `Config.executor_names`); None when it is."""
-    if step.executor in executors:
-        return None
-    return f"no executor {step.executor!r} is configured (configured: {', '.join(executors)})"
+def unconfigured(name: str, executors: Collection[str]) -> str:
+    """Why steps cannot run on executor `name`, which is not among `executors` (the configured
+    names, `Config.executor_names`): one line, with the configured name it may be a typo of."""
+    close = difflib.get_close_matches(name, list(executors), n=1, cutoff=0.6)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"no executor {name!r} is configured{guess}; configured: {', '.join(executors)}"
 
 
 @attrs.frozen
@@ -329,20 +332,31 @@ class DagFolder:
         return changed, freed
 
     def _problems(self, dag: DagSpec) -> tuple[list[Problem], bool]:
-        """What is wrong with a DAG that parsed, given this process and its configuration,
-        step by step: an executor not configured, a `call` target that cannot be called.
-        Second: whether there are problems and all are worth a cheap look at the next reload
-        (modules that are not installed)."""
+        """What is wrong with a DAG that parsed, given this process and its configuration:
+        an executor not configured (the DAG's own key once, then each step that names its
+        own), then step by step a `call` target that cannot be called. Second: whether there
+        are problems and all are worth a cheap look at the next reload (modules that are not
+        installed)."""
         file = dag.source or dag.id
         problems: list[Problem] = []
         cheap = True
+        executors = self._executors
+        # An executor name that is not configured is reported where it is written: the DAG's
+        # key once (when some step uses it), not at each step that inherits it.
+        unknown: list[tuple[str, str | None]] = []
+        if executors is not None:
+            inherited = any(step.executor == dag.executor for step in dag.steps.values())
+            if inherited and dag.executor not in executors:
+                unknown.append((dag.executor, None))
+            for step in dag.steps.values():
+                if step.executor not in executors and step.executor != dag.executor:
+                    unknown.append((step.executor, step.id))
+        for name, step_id in unknown:
+            problems.append(Problem(file, unconfigured(name, executors or ()), step_id, "executor"))
+            cheap = False
         for step in dag.steps.values():
-            if self._executors is not None:
-                message = executor_problem(step, self._executors)
-                if message is not None:
-                    problems.append(Problem(file, message, step.id, "executor"))
-                    cheap = False
-                    continue
+            if executors is not None and step.executor not in executors:
+                continue  # it cannot run here: its module is not looked at
             if step.call is None or step.executor != DEFAULT_EXECUTOR:
                 continue
             found = call_problem(step.call)

@@ -198,10 +198,51 @@ def test_a_step_naming_an_executor_not_configured_is_its_files_problem(tmp_path:
     assert set(load_dag_folder(tmp_path, executors=("local", "dask")).dags) == {"big"}
     folder = load_dag_folder(tmp_path, executors=("local",))
     assert folder.dags == {}
+    # The DAG-level key is the problem, once; not each step that inherits it.
     assert list(map(str, folder.problems[str(path)])) == [
-        f"{path}: step 'crunch': field 'executor': no executor 'dask' is configured "
-        "(configured: local)"
+        f"{path}: field 'executor': no executor 'dask' is configured; configured: local"
     ]
+
+
+def test_an_executor_name_is_reported_where_it_is_written_with_a_suggestion(
+    tmp_path: Path,
+) -> None:
+    """A misspelt DAG-level executor is one problem without a step; a step that names its own
+    executor has its own problem; both say which configured name was probably meant."""
+    path = write(
+        tmp_path,
+        "typo",
+        """
+        executor = "dsak"
+        [steps.a]
+        command = "true"
+        [steps.b]
+        call = "no_such_module_anywhere:run"
+        [steps.c]
+        command = "true"
+        executor = "loacl"
+        [steps.d]
+        command = "true"
+        executor = "local"
+        """,
+    )
+    folder = load_dag_folder(tmp_path, executors=("local", "dask"))
+    configured = "configured: local, dask"
+    assert list(map(str, folder.problems[str(path)])) == [
+        f"{path}: field 'executor': no executor 'dsak' is configured"
+        f" (did you mean 'dask'?); {configured}",
+        f"{path}: step 'c': field 'executor': no executor 'loacl' is configured"
+        f" (did you mean 'local'?); {configured}",
+    ]
+    write(tmp_path, "typo", 'executor = "gpu"\n[steps.a]\ncommand = "true"\n')
+    folder = load_dag_folder(tmp_path, executors=("local", "dask"))
+    assert list(map(str, folder.problems[str(path)])) == [
+        f"{path}: field 'executor': no executor 'gpu' is configured; {configured}"
+    ]
+    # Every step names its own: the DAG's key is used by none, and nothing is wrong.
+    write(tmp_path, "typo", 'executor = "gpu"\n[steps.a]\ncommand = "true"\nexecutor = "dask"\n')
+    folder = load_dag_folder(tmp_path, executors=("local", "dask"))
+    assert folder.ok and folder.dags["typo"].steps["a"].executor == "dask"
 
 
 def test_an_edit_to_an_unconfigured_executor_keeps_the_last_good_version(tmp_path: Path) -> None:
