@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import shutil
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -92,7 +93,7 @@ def print_logs(
             f"no attempt {attempt} of step {step_id!r} in run {run_id!r} (attempts: 1-{made})"
         )
     if raw:
-        out = click.get_binary_stream("stdout")
+        out = sys.stdout.buffer  # click 8.5 deprecates get_binary_stream
         for n in range(1, made + 1) if attempt is None else [attempt]:
             for path in by_attempt.get(n, []):
                 _copy(path, out)
@@ -133,7 +134,7 @@ def _follow_logs(
     offsets: dict[Path, int] = {}
     # One decoder per file: a read may end inside a UTF-8 sequence that the next one completes.
     decoders: dict[Path, codecs.IncrementalDecoder] = {}
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     current: Path | None = None
     while True:
         # Read the status first: output written before a final status is then always seen.
