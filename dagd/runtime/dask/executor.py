@@ -7,9 +7,13 @@ and hands it to trio with the trio token: no thread per running step, and trio's
 waits on Dask.
 
 Stopping: `Future.cancel()` alone leaves a running task's processes alive, so a timeout, a
-cancel or the shutdown also calls `worker.stop_attempts` on every worker (`Client.run`), which
-SIGTERMs the attempt's process group and SIGKILLs it after the grace period. Stops are
-batched: one `Client.run` for all the attempts stopped at about the same time. The worker
+cancel or the shutdown also calls `worker.stop_attempts` on the worker that runs the attempt
+(the scheduler says which: `Client.processing`, asked before the future is cancelled), which
+SIGTERMs the attempt's process group and SIGKILLs it after the grace period; an attempt the
+scheduler places on no worker is stopped on every worker. Each worker gets its own
+`Client.run`, in its own thread, with its own time limit: a worker that cannot be reached (hung,
+frozen, or without dagd installed) is logged as an ERROR and never delays stops on the others.
+Stops are batched: the attempts stopped at about the same time go out together. The worker
 enforces the step's timeout as well (worker.py), should the daemon's stop not arrive.
 
 Failures are named: a worker that dies mid-step fails the attempt with "worker lost:
@@ -67,6 +71,7 @@ DASK_EXECUTOR = "dask"
 
 _LATE_OUTPUT = 2.0  # seconds an ended attempt waits for output events still on their way
 _STOP_LIMIT = 15.0  # seconds a stop waits for the workers beyond the grace period
+_REACH_LIMIT = 5.0  # seconds one worker (or the scheduler) may take to answer, beyond the grace
 _FETCH_LIMIT = 10.0  # seconds a finished attempt's result may take to fetch
 
 
@@ -182,7 +187,8 @@ class DaskExecutor:
 
     async def _on_connected(self, client: Client) -> None:
         client.subscribe_topic(TOPIC, self._logs.on_event)
-        await trio.to_thread.run_sync(self._set_up_cluster, client)
+        # The stops owed first: setting up the cluster waits on every worker, and one that
+        # cannot be reached must not hold them up.
         if self._lost_keys:
             keys, self._lost_keys = self._lost_keys, set()
             for key in keys:
@@ -190,6 +196,18 @@ class DaskExecutor:
             self._stop_wanted.set()
         if self._lost_runs:
             await self._stop_runs(client)
+        try:
+            with trio.fail_after(_REACH_LIMIT):
+                await trio.to_thread.run_sync(
+                    self._set_up_cluster, client, abandon_on_cancel=True
+                )
+        except trio.TooSlowError:
+            log.error(
+                "cannot register dagd's worker plugin at the dask scheduler %s: no answer in "
+                "%ss (a worker that cannot be reached, or without dagd installed?)",
+                self.config.address,
+                _REACH_LIMIT,
+            )
 
     def _set_up_cluster(self, client: Client) -> None:
         """In a worker thread: register the worker plugin, and say when the scheduler would
@@ -372,48 +390,88 @@ class DaskExecutor:
         return request.worker
 
     async def _stopper(self) -> None:
-        """Carries out the stops asked for meanwhile, in one `Client.run` per batch."""
-        while True:
-            await self._stop_wanted.wait()
-            self._stop_wanted = trio.Event()
-            batch, self._stops = self._stops, []
-            client = self.connection.client
-            if client is None:
-                self._lost_keys.update(request.key for request in batch)
-            else:
-                grace = 0.0 if self._hurry else self.grace
-                try:
-                    found = await trio.to_thread.run_sync(_stop_remote, client, batch, grace)
-                except Exception as exc:  # the connection went meanwhile
-                    log.warning("cannot stop steps on the dask cluster (%s); will retry", exc)
+        """Carries out the stops asked for meanwhile, one batch at a time but each batch in a
+        task of its own: a batch waiting on a slow or unreachable worker never holds up the
+        next (a second signal's `kill_now`, another step's cancel)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._stop_wanted.wait()
+                self._stop_wanted = trio.Event()
+                batch, self._stops = self._stops, []
+                client = self.connection.client
+                if client is None:
                     self._lost_keys.update(request.key for request in batch)
-                else:
                     for request in batch:
-                        request.worker = found.get(request.key)
+                        request.done.set()
+                else:
+                    grace = 0.0 if self._hurry else self.grace
+                    nursery.start_soon(self._stop_batch, client, batch, grace)
+
+    async def _stop_batch(self, client: Client, batch: list[_Stop], grace: float) -> None:
+        """Stop `batch` on the workers that run its attempts: the scheduler says which
+        worker processes each key (asked before the futures are cancelled, which makes it
+        forget them); a key it places nowhere (queued, or its future lost with a connection)
+        goes to every worker. One `Client.run` per worker, each in its own thread and with
+        its own time limit (`grace` + `_REACH_LIMIT` seconds), so a worker that cannot be
+        reached delays only the stops sent to it. A request is done once its worker has
+        answered, or, for a key placed nowhere, once a worker reports it found or all have
+        answered."""
+        try:
+            with trio.fail_after(_REACH_LIMIT):
+                placed = await trio.to_thread.run_sync(
+                    _place_and_cancel, client, batch, abandon_on_cancel=True
+                )
+        except (Exception, trio.TooSlowError) as exc:  # the connection went meanwhile
+            log.warning("cannot stop steps on the dask cluster (%s); will retry", exc)
+            self._lost_keys.update(request.key for request in batch)
             for request in batch:
                 request.done.set()
+            return
+        workers, where = placed
+        unplaced = [request for request in batch if request.key not in where]
+        targets: dict[str, list[_Stop]] = {}
+        for request in batch:
+            if request.key in where:
+                targets.setdefault(where[request.key], []).append(request)
+        for worker in workers:
+            targets.setdefault(worker, []).extend(unplaced)
+        pending = {request.key: 0 for request in batch}
+        for requests in targets.values():
+            for request in requests:
+                pending[request.key] += 1
+
+        async def stop_on(worker: str, requests: list[_Stop]) -> None:
+            keys = sorted({request.key for request in requests})
+            answer = await _run_on(
+                client, worker, grace + _REACH_LIMIT, "stop steps", stop_attempts, keys, grace
+            )
+            stopped = set(answer) if isinstance(answer, list) else set()
+            for request in requests:
+                if request.key in stopped:
+                    request.worker = worker
+                    request.done.set()
+                pending[request.key] -= 1
+                if pending[request.key] == 0:
+                    request.done.set()
+
+        async with trio.open_nursery() as nursery:
+            for worker, requests in targets.items():
+                if requests:
+                    nursery.start_soon(stop_on, worker, requests)
+        for request in batch:
+            request.done.set()
 
     def kill_now(self) -> None:
         """Cut short the stopping of steps (a second signal at shutdown): every running
         attempt's process group gets SIGKILL now, and later stops skip the grace period.
 
-        The SIGKILL goes out at once in a thread of its own (one `Client.run` with no grace),
-        not through `_stopper`: that may be waiting out the grace of the stops before it, and
-        this one would wait behind them. Those earlier stops end as soon as their groups are
-        gone. The attempts are queued for `_stopper` too, so they are stopped even if the
-        connection is down now (they then go out once it is back)."""
+        The attempts are queued as a batch of stops without grace; `_stopper` sends it out
+        at once, beside the stops still waiting out their grace (those end as soon as their
+        groups are gone). If the connection is down now, they go out once it is back."""
         self._hurry = True
-        keys = list(self._running)
-        for key in keys:
+        for key in list(self._running):
             self._stops.append(_Stop(key, None))
         self._stop_wanted.set()
-        client = self.connection.client
-        if keys and client is not None:
-            trio.lowlevel.start_thread_soon(
-                lambda: _stop_remote(client, [_Stop(key, None) for key in keys], 0.0),
-                _log_kill_failure,
-                name="dagd dask kill_now",
-            )
 
     # -------------------------------------------------------------- crash recovery
 
@@ -429,19 +487,36 @@ class DaskExecutor:
             await self._stop_runs(client)
 
     async def _stop_runs(self, client: Client) -> None:
+        """Crash recovery on every worker, each in its own thread and time limit; the runs
+        are done with once every worker has answered (an unreachable one is logged)."""
         runs = sorted(self._lost_runs)
         try:
-            found = await trio.to_thread.run_sync(
-                lambda: client.run(stop_runs, runs, self.grace, on_error="return")
-            )
-        except Exception as exc:
+            with trio.fail_after(_REACH_LIMIT):
+                workers = await trio.to_thread.run_sync(
+                    _workers, client, abandon_on_cancel=True
+                )
+        except (Exception, trio.TooSlowError) as exc:
             log.warning("cannot clean up interrupted runs on the dask cluster (%s)", exc)
             return
+        found: dict[str, Any] = {}
+
+        async def clean(worker: str) -> None:
+            found[worker] = await _run_on(
+                client,
+                worker,
+                self.grace + _REACH_LIMIT,
+                "clean up interrupted runs",
+                stop_runs,
+                runs,
+                self.grace,
+            )
+
+        async with trio.open_nursery() as nursery:
+            for worker in workers:
+                nursery.start_soon(clean, worker)
         self._lost_runs.difference_update(runs)
         for worker, stopped in sorted(found.items()):
-            if isinstance(stopped, BaseException):
-                log.warning("cannot clean up on dask worker %s: %s", worker, stopped)
-            elif stopped["keys"] or stopped["pids"]:
+            if isinstance(stopped, dict) and (stopped["keys"] or stopped["pids"]):
                 log.warning(
                     "stopped leftovers of interrupted runs on dask worker %s: attempts %s, "
                     "processes %s",
@@ -451,31 +526,47 @@ class DaskExecutor:
                 )
 
 
-def _stop_remote(client: Client, batch: list[_Stop], grace: float) -> dict[str, str]:
-    """In a worker thread: cancel the futures, then stop the attempts on every worker.
-    Returns key -> the address of the worker that was running it."""
+async def _run_on(
+    client: Client, worker: str, limit: float, what: str, fn: Any, *args: Any
+) -> Any:
+    """`fn(*args)` on `worker` alone (`Client.run`), in a thread; its answer, or None when
+    it failed or took over `limit` seconds, which is logged as an ERROR naming the worker.
+    A thread given up on is abandoned: it ends when the scheduler gives up on the worker."""
+    try:
+        with trio.fail_after(limit):
+            answers = await trio.to_thread.run_sync(
+                lambda: client.run(fn, *args, workers=[worker], on_error="return"),
+                abandon_on_cancel=True,
+            )
+    except trio.TooSlowError:
+        log.error("cannot %s on dask worker %s: no answer in %ss", what, worker, limit)
+        return None
+    except Exception as exc:  # the connection went meanwhile
+        log.error("cannot %s on dask worker %s: %s", what, worker, _describe(exc))
+        return None
+    answer = answers.get(worker)
+    if isinstance(answer, BaseException) or worker not in answers:
+        error = "it left" if answer is None else _describe(answer)
+        log.error("cannot %s on dask worker %s: %s", what, worker, error)
+        return None
+    return answer
+
+
+def _workers(client: Client) -> list[str]:
+    """In a worker thread: the addresses of the workers the scheduler knows now."""
+    return sorted(client.processing())
+
+
+def _place_and_cancel(client: Client, batch: list[_Stop]) -> tuple[list[str], dict[str, str]]:
+    """In a worker thread: the workers the scheduler knows, and the worker processing each
+    key of `batch` (asked first), then the futures cancelled."""
+    processing = client.processing()
+    keys = {request.key for request in batch}
+    where = {key: worker for worker, held in processing.items() for key in held if key in keys}
     futures = [request.future for request in batch if request.future is not None]
     if futures:
         client.cancel(futures)
-    keys = [request.key for request in batch]
-    answers = client.run(stop_attempts, keys, grace, on_error="return")
-    found: dict[str, str] = {}
-    for worker, stopped in answers.items():
-        if isinstance(stopped, BaseException):
-            log.warning("cannot stop steps on dask worker %s: %s", worker, stopped)
-            continue
-        for key in stopped:
-            found[key] = worker
-    return found
-
-
-def _log_kill_failure(result: Any) -> None:
-    """After `kill_now`'s thread, with its outcome: say if its SIGKILLs could not be sent
-    (the stops it queued still go out through `_stopper`)."""
-    try:
-        result.unwrap()
-    except Exception as exc:  # the connection went meanwhile
-        log.warning("cannot kill steps on the dask cluster now (%s)", exc)
+    return sorted(processing), where
 
 
 def _allowed_failures(dask_scheduler: Any) -> Any:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import trio
 from clienthelp import await_for, free_port
@@ -21,7 +22,7 @@ from conftest import NEEDS_DASK, alive, context, local_cluster, pids_from, shell
 pytest.importorskip("distributed", reason=NEEDS_DASK)
 
 from dagd.core.config import DaskExecutorConfig
-from dagd.runtime.dask.executor import open_dask_executor
+from dagd.runtime.dask.executor import _run_on, open_dask_executor
 from dagd.runtime.executor import AttemptResult
 
 
@@ -160,3 +161,48 @@ def dask_cli(root: Path, port: int) -> Iterator[DaskCli]:
         yield cluster
     finally:
         cluster.close()
+
+
+async def test_a_worker_that_cannot_be_reached_does_not_delay_stops_on_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two workers; the one not running the step is frozen (SIGSTOP): it stays registered at
+    # the scheduler but answers nothing, as a worker whose dagd plugin hangs does.
+    caplog.set_level(logging.WARNING, "dagd.runtime.dask")
+    with local_cluster(2) as cluster:
+        config = DaskExecutorConfig(cluster.scheduler_address, connect_timeout=5.0)
+        pids = tmp_path / "pids"
+        grace = 0.3
+        async with open_dask_executor(config, grace=grace) as ex:
+            client = await ex.connection.usable()
+            assert client is not None
+            workers = client.run(os.getpid)
+            step = shell("long", f"sleep 300 & echo $$ $! > {pids}; wait")
+            scope = trio.CancelScope()
+
+            async def run() -> None:
+                with scope:
+                    await ex.run(step, context("long"))
+
+            frozen = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run)
+                    found = await pids_from(pids)
+                    runner = psutil.Process(found[0]).ppid()
+                    (frozen,) = [pid for pid in workers.values() if pid != runner]
+                    os.kill(frozen, signal.SIGSTOP)
+                    start = trio.current_time()
+                    scope.cancel()
+                # run() returns once the step's group is gone on its worker, not held up
+                # by the frozen one.
+                assert trio.current_time() - start < grace + 2.0
+                assert alive(found) == []
+                # Asking the frozen worker itself gives up in time, with an ERROR naming it.
+                (address,) = [a for a, pid in workers.items() if pid == frozen]
+                assert await _run_on(client, address, 0.5, "stop steps", os.getpid) is None
+                errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+                assert errors == [f"cannot stop steps on dask worker {address}: no answer in 0.5s"]
+            finally:
+                if frozen is not None:
+                    os.kill(frozen, signal.SIGCONT)
