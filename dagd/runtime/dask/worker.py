@@ -49,6 +49,7 @@ import trio
 
 from dagd.core.model import StepSpec
 from dagd.core.runstate import format_seconds
+from dagd.core.text import printable
 from dagd.runtime.executor import StepContext
 from dagd.runtime.local.environment import step_environment
 from dagd.runtime.local.messages import exit_error, start_error
@@ -219,7 +220,7 @@ def perform_attempt(
     else:
         try:
             if attempt.step.call is not None:
-                ok, error, timed_out = _run_callable(attempt, entry, output)
+                ok, error, timed_out = _run_callable(attempt, entry, output, address)
             else:
                 ok, error, timed_out = _run_shell(attempt, entry, output)
         finally:
@@ -369,22 +370,29 @@ def _watch(
 # ------------------------------------------------------------- Python steps
 
 
-def _run_callable(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Result:
+def _run_callable(
+    attempt: RemoteAttempt, entry: _Entry, output: _Output, address: str
+) -> _Result:
     step, ctx = attempt.step, attempt.ctx
     assert step.call is not None
     remote_ctx = RemoteStepContext(
         ctx.dag_id, ctx.run_id, ctx.step_id, ctx.attempt, ctx.params, write=output.write_text
     )
-    with contextlib.suppress(CallableNotFound):  # run_callable below says so
+    try:
         fn = resolve_callable(step.call)
-        if not step.timeout and not inspect.iscoroutinefunction(fn):
-            # A plain function without a timeout runs right here: a trio run and a thread
-            # hand-off per attempt would cost a third of the rate of Python steps
-            # (bench/dask_steps.py). Like any sync step, it cannot be stopped.
-            result, trace = call_sync(fn, remote_ctx)
-            if trace is not None:
-                output.add("err", trace.encode("utf-8", "backslashreplace"))
-            return result.ok, result.error, result.timed_out
+    except CallableNotFound as exc:
+        # Said as a local step's is, plus where: the module or name is missing on this
+        # worker, which the daemon's machine may well have.
+        output.add("err", f"dagd: cannot call {step.call!r}: {exc}\n".encode(errors="replace"))
+        return False, printable(f"on dask worker {address}: {exc}"), False
+    if not step.timeout and not inspect.iscoroutinefunction(fn):
+        # A plain function without a timeout runs right here: a trio run and a thread
+        # hand-off per attempt would cost a third of the rate of Python steps
+        # (bench/dask_steps.py). Like any sync step, it cannot be stopped.
+        result, trace = call_sync(fn, remote_ctx)
+        if trace is not None:
+            output.add("err", trace.encode("utf-8", "backslashreplace"))
+        return result.ok, result.error, result.timed_out
     # Otherwise the step gets a trio loop of its own, in this thread (Dask's worker loop is
     # asyncio), and runs as on the daemon's machine (python.py's run_callable: its timeout,
     # a sync callable in a thread abandoned on timeout or stop, the traceback of a failure).

@@ -125,8 +125,21 @@ async def test_python_steps_run_on_a_worker(
     result = await executor.run(
         StepSpec("py", call=f"stepfuncs:{func}", executor="dask"), context("py")
     )
-    assert (result.ok, result.error) == (ok, error)
     assert result.worker is not None and result.worker.startswith("tcp://127.0.0.1:")
+    if func == "no_such_function":  # what the worker could not find says where it was
+        error = f"on dask worker {result.worker}: {error}"
+    assert (result.ok, result.error) == (ok, error)
+
+
+async def test_a_module_missing_on_the_worker_says_which_worker(executor: DaskExecutor) -> None:
+    step = StepSpec("py", call="dagd_no_such_module:main", executor="dask")
+    result = await executor.run(step, context("py"))
+    assert result.worker is not None
+    assert (result.ok, result.error) == (
+        False,
+        f"on dask worker {result.worker}: cannot import module 'dagd_no_such_module': "
+        "No module named 'dagd_no_such_module'",
+    )
 
 
 @pytest.mark.parametrize(
