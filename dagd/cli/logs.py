@@ -1,7 +1,9 @@
 """`dagd logs`: a step's output, attempt by attempt, read from the daemon's log files.
 
 As text (each file under a header line, bytes that are not UTF-8 shown as replacement
-characters), or with `--raw` exactly the bytes the step wrote: stdout then stderr of each
+characters, control characters but tab and newline escaped as in error text, `\\x1b` for
+ESC: a step's output never retitles, clears or reprograms the terminal it is read on), or
+with `--raw` exactly the bytes the step wrote: stdout then stderr of each
 attempt, no headers, binary-safe.
 """
 
@@ -21,6 +23,7 @@ from dagd.cli.completion import complete_run_ids, complete_step_ids
 from dagd.cli.options import config_option, load_config
 from dagd.core.config import Config
 from dagd.core.model import FINISHED_STEP
+from dagd.core.text import printable
 from dagd.runtime.logfiles import step_logs
 
 
@@ -46,6 +49,9 @@ def logs(
     config_path: Path | None,
 ) -> None:
     """Print the log of STEP_ID in RUN_ID (stdout then stderr, per attempt).
+
+    Control characters but tab and newline (ESC, CR, BEL, ...) are shown escaped, e.g.
+    `\\x1b[31m`, on a terminal and piped alike; --raw writes them as they are.
 
     \b
     With --raw the output is the step's own bytes (stdout then stderr of each attempt), e.g.
@@ -104,7 +110,7 @@ def print_logs(
         if not paths:
             click.echo(f"==> attempt {n}: no output <==")
         for path in paths:
-            text = path.read_text(errors="replace")
+            text = printable(path.read_bytes().decode("utf-8", "replace"))
             click.echo(_log_header(n, path))
             click.echo(text, nl=not text.endswith("\n") and bool(text))
 
@@ -160,14 +166,14 @@ def _follow_logs(
                     click.echo(_log_header(n, path))
                     current = path
                 decoder = decoders.setdefault(path, _utf8_decoder())
-                click.echo(decoder.decode(data), nl=False)
+                click.echo(printable(decoder.decode(data)), nl=False)
         if record is None or record[0] in FINISHED_STEP:
             for path, decoder in decoders.items():  # a file that ends mid-sequence
                 if tail := decoder.decode(b"", final=True):
                     if path != current:
                         click.echo(_log_header(_attempt_of(path), path))
                         current = path
-                    click.echo(tail, nl=False)
+                    click.echo(printable(tail), nl=False)
             return
         time.sleep(poll)
 

@@ -101,9 +101,10 @@ def test_raw_gives_back_the_exact_bytes(daemon: DaemonProc, cli: CliRunner) -> N
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes == b"out\xff\x00one\nout-two" + b"err\xc0\x00"
     assert result.stderr == ""
-    # As text the same bytes are readable, each undecodable byte a replacement character.
+    # As text the same bytes are readable, each undecodable byte a replacement character,
+    # each control character escaped.
     result = invoke(cli, "logs", run_id, "bytes")
-    assert "out\ufffd\x00one" in result.stdout
+    assert "out\ufffd\\x00one" in result.stdout
     assert "==> attempt 1 stderr" in result.stdout
 
 
@@ -198,4 +199,4 @@ def test_follow_across_a_split_utf8_sequence(daemon: DaemonProc, raw: bool) -> N
     if raw:
         assert data == b"caf\xc3\xa9!\x00"
     else:
-        assert data.decode() == f"==> attempt 1 stdout ({log}) <==\ncafé!\x00"
+        assert data.decode() == f"==> attempt 1 stdout ({log}) <==\ncafé!\\x00"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from clienthelp import DaemonProc, start_dagd, wait_for
+from clienthelp import DaemonProc, clean_env, dagd, serving, start_dagd, wait_for
 
 LONG = """\
 [steps.work]
@@ -45,3 +47,39 @@ def _trigger_wait_across_shutdown(root: Path) -> None:
     assert "Traceback" not in err and "ConnectionClosed" not in err, err
     assert "cancelled" in out + err
     assert proc.returncode == 130, (out, err)
+
+
+ESCAPES = r"""
+[steps.noisy]
+command = '''
+printf 'title\033]0;pwned\007 clip\033]52;c;aGk=\007 reset\033c '
+printf 'clear\033[2J bell\007 cr\r tab\tend\n'
+printf 'err\033[31m\n' >&2
+'''
+"""
+
+
+def test_logs_text_escapes_control_characters_and_raw_stays_exact(tmp_path: Path) -> None:
+    """Text mode shows a step's control sequences escaped (\\x1b...), never as they are,
+    piped here (the same code path as on a terminal); tab and newline stay; --raw is exact."""
+    with serving(tmp_path, {"noisy": ESCAPES}) as d:
+        done = dagd("trigger", "noisy", "--wait", "--quiet", "--config", str(d.config))
+        assert done.returncode == 0, done.stderr
+        run_id = done.stdout.strip()
+        cfg = str(d.config)
+        text = dagd("logs", run_id, "noisy", "--config", cfg)
+        raw = subprocess.run(
+            [sys.executable, "-m", "dagd", "logs", run_id, "noisy", "--raw", "--config", cfg],
+            capture_output=True,
+            env=clean_env(),
+            timeout=30,
+        )
+    assert text.returncode == 0, text.stderr
+    assert "\x1b" not in text.stdout and "\x07" not in text.stdout and "\r" not in text.stdout
+    assert "title\\x1b]0;pwned\\x07 clip\\x1b]52;c;aGk=\\x07 reset\\x1bc" in text.stdout
+    assert "clear\\x1b[2J bell\\x07 cr\\x0d tab\tend\n" in text.stdout
+    assert "err\\x1b[31m\n" in text.stdout
+    assert raw.stdout == (
+        b"title\033]0;pwned\007 clip\033]52;c;aGk=\007 reset\033c clear\033[2J bell\007"
+        b" cr\r tab\tend\nerr\033[31m\n"
+    )
