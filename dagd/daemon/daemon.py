@@ -72,6 +72,8 @@ SHUTTING_DOWN = "cancelled: the daemon is shutting down"
 PARSED_DEFINITIONS = 16
 #: How a failing state file is reported (error events, refused triggers, skipped cron slots).
 STORAGE_FAILED = "storage unavailable, events held until writes succeed again"
+#: Seconds from the start to the first round of retention (dagd/daemon/retention.py).
+FIRST_PRUNE_DELAY = 10.0
 
 
 class Daemon:
@@ -263,9 +265,13 @@ class Daemon:
             self.reload()
 
     async def _prune_loop(self) -> None:
+        # The first round soon after the start (once recovery and the first runs are under
+        # way), so a changed [history] is applied, and seen in the log, without waiting
+        # PRUNE_INTERVAL seconds.
+        await trio.sleep(FIRST_PRUNE_DELAY)
         while True:
-            await trio.sleep(PRUNE_INTERVAL)
             await prune_once(self.store, self.config, self.clock(), on_pruned=self._forget)
+            await trio.sleep(PRUNE_INTERVAL)
 
     def _forget(self, run_ids: list[str]) -> None:
         """Retention deleted these runs from the store: drop them from the memory of finished

@@ -797,3 +797,27 @@ async def test_a_run_cancelled_right_after_its_trigger_stays_cancelled(tmp_path:
         [record] = [r for r in await daemon.list_runs("quick") if r.run_id == run_id]
         assert record.status is RunStatus.CANCELLED
     assert not marker.exists()
+
+
+async def test_history_retention_runs_soon_after_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A [history] limit takes effect shortly after `dagd serve` starts, not 5 minutes later.
+    import attrs
+
+    from dagd.core.config import HistoryConfig
+    from dagd.daemon import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "FIRST_PRUNE_DELAY", 0.2)
+    config = daemon_config(tmp_path, reload_interval=1000)
+    write_dag_file(config.dags_dir, "quick", '[steps.a]\ncommand = "true"\n')
+    async with open_daemon(config) as daemon:
+        for _ in range(3):
+            await wait_status(daemon, await daemon.trigger("quick"), FINISHED_RUN)
+        await trio.sleep(0.5)  # past the first round: without [history], nothing goes
+        assert len(await daemon.list_runs("quick")) == 3
+    kept = attrs.evolve(config, history=HistoryConfig(keep_runs=1))
+    async with open_daemon(kept) as daemon:
+        with trio.fail_after(10):
+            while len(await daemon.list_runs("quick")) > 1:
+                await trio.sleep(0.05)
