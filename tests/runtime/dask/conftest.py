@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from distributed import LocalCluster
 
 #: Why the tests of this folder are skipped without the `dask` extra.
-NEEDS_DASK = "Dask distributed is not installed: pip install 'dagd[dask]'"
+NEEDS_DASK = "Dask distributed is not installed: pip install -e '.[dask]'"
 #: Set in the workers' environment; a step must not see it.
 SECRET_VAR = "DAGD_TEST_WORKER_SECRET"
 
