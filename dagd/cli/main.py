@@ -234,7 +234,9 @@ def run(
 def plain_printer(view: RunsView, out: TextIO, quiet: bool) -> Callable[[DagEvent], None]:
     """The event handler of `dagd run` off a terminal: fold the event into `view`, and write
     its line straight to `out` (no rich rendering per line: a line costs a few µs). With
-    `quiet`, only failed steps and DAG errors get a line."""
+    `quiet`, only steps that finally failed (status failed, not retrying) and errors that are
+    not a step's get a line: a step's error event is one failed attempt, which a retry may
+    still make good, and the final `failed` line carries the last attempt's error."""
     line_of = view.line
     write = out.write
     failed = StepStatus.FAILED
@@ -242,7 +244,7 @@ def plain_printer(view: RunsView, out: TextIO, quiet: bool) -> Callable[[DagEven
     def publish(event: DagEvent) -> None:
         view.apply(event)
         if quiet and not (
-            isinstance(event, ErrorEvent)
+            (isinstance(event, ErrorEvent) and event.step_id is None)
             or (isinstance(event, StepStatusEvent) and event.status is failed)
         ):
             return

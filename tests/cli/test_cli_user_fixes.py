@@ -83,3 +83,29 @@ def test_logs_text_escapes_control_characters_and_raw_stays_exact(tmp_path: Path
         b"title\033]0;pwned\007 clip\033]52;c;aGk=\007 reset\033c clear\033[2J bell\007"
         b" cr\r tab\tend\nerr\033[31m\n"
     )
+
+
+FLAKY = """\
+[steps.transform]
+command = '''
+if [ -e flaky.done ]; then echo fine; else touch flaky.done; echo first try >&2; exit 75; fi
+'''
+retries = 1
+
+[steps.load]
+command = "echo broken >&2; exit 3"
+"""
+
+
+def test_run_quiet_prints_only_the_steps_that_finally_failed(tmp_path: Path) -> None:
+    """A step whose attempt failed but whose retry succeeded gets no line with --quiet; the
+    step that failed for good does, with its error, and the summary follows."""
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "etl.toml").write_text(FLAKY)
+    (tmp_path / "config.toml").write_text('state_dir = "state"\ndags_dir = "dags"\n')
+    result = dagd("run", "etl", "--quiet", "--config", "config.toml", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert (tmp_path / "flaky.done").exists()
+    assert "transform" not in result.stdout.split("etl manual__")[0], result.stdout
+    assert "exit code 75" not in result.stdout
+    assert "load" in result.stdout and "exit code 3" in result.stdout
