@@ -658,7 +658,8 @@ class Daemon:
         max_active_runs like any run); a run queued or running -> `skipped`; a failed or
         cancelled run -> `retried` (as `retry`: successful steps are kept); a successful run ->
         `skipped`, or with `rerun` -> `rerun` (every step runs again under the same id, attempt
-        numbers going on). The new runs are stored in one commit before any is queued. With
+        numbers going on); a retried or rerun run keeps its own params (with `params` given,
+        its slot's reason says so). The new runs are stored in one commit before any is queued. With
         `dry_run` nothing is changed and the answer says what would be done. Works on a paused
         DAG too.
 
@@ -686,6 +687,10 @@ class Daemon:
         for slot in slots:
             run_id = slot_run_id(dag.id, slot)
             action, reason = await self._backfill_action(run_id, rerun)
+            if params and action in (BackfillAction.RETRIED, BackfillAction.RERUN):
+                # A run that exists keeps the params it was triggered with (as `retry` does):
+                # said, so the given ones are not believed applied.
+                reason = "its run keeps the params it was triggered with"
             planned.append(BackfillSlot(slot.timestamp(), run_id, action, reason))
         if dry_run or not planned:
             return BackfillResult(dag.id, dry_run, planned)

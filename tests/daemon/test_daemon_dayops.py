@@ -333,10 +333,19 @@ async def test_backfill_queues_each_slot_oldest_first_under_its_scheduled_id(
             "hourly", "2024-01-01T01:00Z", "2024-01-01T01:00Z", rerun=True
         )
         [one] = rerun.slots
-        assert one.action is BackfillAction.RERUN
+        assert one.action is BackfillAction.RERUN and one.reason is None
         await wait_until(lambda: daemon.admission.find(one.run_id) is not None)
         record, steps = await wait_status(daemon, one.run_id)
         assert record.status == "success" and steps["s"].attempt == 2  # numbering goes on
+        # A rerun keeps the run's params: given others, the answer says they were not used.
+        [kept] = (
+            await daemon.backfill(
+                "hourly", "2024-01-01T01:00Z", "2024-01-01T01:00Z", {"who": "you"}, rerun=True
+            )
+        ).slots
+        assert kept.reason == "its run keeps the params it was triggered with"
+        record, _ = await wait_status(daemon, kept.run_id)
+        assert record.params == {"who": "me"}
 
 
 async def test_backfill_retries_a_failed_slot(config: Config, tmp_path: Path) -> None:
