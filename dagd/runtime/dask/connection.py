@@ -9,7 +9,9 @@ a worker thread.
   `reconnect_interval` seconds; meanwhile `client` is None and steps fail at once.
 - Lost later: Dask's client tries to reconnect by itself for `connect_timeout` seconds and then
   closes; `keep` notices (it looks every `check_interval` seconds), drops it and makes new ones
-  until the scheduler is back. Each time a client becomes usable, `on_connected` runs.
+  until the scheduler is back. Each time a client becomes usable, `on_connected` runs. The
+  loss is logged once (WARNING), whether Dask's client or a new one reconnects, and so is the
+  return; a connection made after an unreachable start is logged at INFO.
 
 TLS: the `tls_*` paths of `DaskExecutorConfig` make a `distributed.security.Security` with
 encryption required (the address must then be `tls://...`).
@@ -94,6 +96,7 @@ class Connection:
         started at once (the first attempt goes on in the background: `tried`)."""
         task_status.started()
         was_running = False
+        lost = False  # a loss was logged and the return not yet
         try:
             while True:
                 client = self._client
@@ -101,18 +104,29 @@ class Connection:
                 if client is None or status in ("closing", "closed", "failed"):
                     if client is not None:
                         self._client = None
-                        log.warning("lost the dask scheduler %s; reconnecting", self.address)
+                        if was_running:  # else said when it stopped running
+                            log.warning("lost the dask scheduler %s; reconnecting", self.address)
                         await trio.to_thread.run_sync(client.close)
+                        # Said here, as a reconnection in time gets "is back" below;
+                        # after failed attempts, _connect says "connected" itself.
+                        self._down_logged = False
+                        lost = True
                     was_running = await self._connect()
                     self.tried.set()
                     if not was_running:
+                        lost = False  # "unreachable" is said, then "connected"
                         await trio.sleep(self.reconnect_interval)
                         continue
+                    if lost:
+                        log.warning("the dask scheduler %s is back", self.address)
+                    lost = False
                 elif status == "running" and not was_running:
                     log.warning("the dask scheduler %s is back", self.address)
                     was_running = True
                     await self._connected()
                 elif status != "running":
+                    if was_running:  # Dask's client reconnects by itself meanwhile
+                        log.warning("lost the dask scheduler %s; reconnecting", self.address)
                     was_running = False
                 await trio.sleep(self.check_interval)
         finally:
@@ -147,7 +161,7 @@ class Connection:
             return False
         self._client = client
         if self._down_logged:
-            log.warning("connected to the dask scheduler %s", self.address)
+            log.info("connected to the dask scheduler %s", self.address)
         self._down_logged = False
         await self._connected()
         return True

@@ -198,9 +198,7 @@ class DaskExecutor:
             await self._stop_runs(client)
         try:
             with trio.fail_after(_REACH_LIMIT):
-                await trio.to_thread.run_sync(
-                    self._set_up_cluster, client, abandon_on_cancel=True
-                )
+                await trio.to_thread.run_sync(self._set_up_cluster, client, abandon_on_cancel=True)
         except trio.TooSlowError:
             log.error(
                 "cannot register dagd's worker plugin at the dask scheduler %s: no answer in "
@@ -492,9 +490,7 @@ class DaskExecutor:
         runs = sorted(self._lost_runs)
         try:
             with trio.fail_after(_REACH_LIMIT):
-                workers = await trio.to_thread.run_sync(
-                    _workers, client, abandon_on_cancel=True
-                )
+                workers = await trio.to_thread.run_sync(_workers, client, abandon_on_cancel=True)
         except (Exception, trio.TooSlowError) as exc:
             log.warning("cannot clean up interrupted runs on the dask cluster (%s)", exc)
             return
@@ -526,9 +522,7 @@ class DaskExecutor:
                 )
 
 
-async def _run_on(
-    client: Client, worker: str, limit: float, what: str, fn: Any, *args: Any
-) -> Any:
+async def _run_on(client: Client, worker: str, limit: float, what: str, fn: Any, *args: Any) -> Any:
     """`fn(*args)` on `worker` alone (`Client.run`), in a thread; its answer, or None when
     it failed or took over `limit` seconds, which is logged as an ERROR naming the worker.
     A thread given up on is abandoned: it ends when the scheduler gives up on the worker."""

@@ -370,9 +370,7 @@ def _watch(
 # ------------------------------------------------------------- Python steps
 
 
-def _run_callable(
-    attempt: RemoteAttempt, entry: _Entry, output: _Output, address: str
-) -> _Result:
+def _run_callable(attempt: RemoteAttempt, entry: _Entry, output: _Output, address: str) -> _Result:
     step, ctx = attempt.step, attempt.ctx
     assert step.call is not None
     remote_ctx = RemoteStepContext(

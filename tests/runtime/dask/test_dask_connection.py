@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -54,3 +55,60 @@ async def test_a_client_made_after_keep_was_cancelled_is_closed(
         while not (HeldClient.made and HeldClient.made[0].closed):
             await trio.sleep(0.01)
     assert conn.client is None
+
+
+class FlakyClient:
+    """A stand-in client whose scheduler the test takes away and brings back; the first
+    one made fails, as an unreachable scheduler does."""
+
+    made: list[FlakyClient] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not FlakyClient.made:
+            FlakyClient.made.append(self)
+            raise OSError("connection refused")
+        self.status = "running"
+        FlakyClient.made.append(self)
+
+    def close(self) -> None:
+        self.status = "closed"
+
+
+async def test_the_connection_says_when_the_scheduler_is_lost_and_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(connection, "Client", FlakyClient)
+    FlakyClient.made.clear()
+    caplog.set_level(logging.INFO, "dagd.runtime.dask")
+    connected: list[Any] = []
+
+    async def on_connected(client: Any) -> None:
+        connected.append(client)
+
+    address = "tcp://127.0.0.1:1"
+    conn = connection.Connection(
+        DaskExecutorConfig(address), on_connected, reconnect_interval=0.01, check_interval=0.01
+    )
+
+    def lines() -> list[tuple[int, str]]:
+        return [(r.levelno, r.getMessage().split(" (")[0]) for r in caplog.records]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.keep)
+        with trio.fail_after(5):
+            while len(connected) < 1:
+                await trio.sleep(0.01)
+            client = connected[0]
+            client.status = "connecting"  # a graceful stop: Dask's client tries to reconnect
+            while conn.client is not None or len(lines()) < 3:
+                await trio.sleep(0.01)
+            client.status = "running"
+            while len(connected) < 2:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert lines() == [
+        (logging.WARNING, f"dask scheduler unreachable: {address}"),
+        (logging.INFO, f"connected to the dask scheduler {address}"),
+        (logging.WARNING, f"lost the dask scheduler {address}; reconnecting"),
+        (logging.WARNING, f"the dask scheduler {address} is back"),
+    ]
