@@ -249,10 +249,15 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
                 error = one_line(attempt.error) if attempt.error else ""
                 if attempt.worker:
                     error = f"(on {one_line(attempt.worker)}) {error}".rstrip()
+                # An attempt recorded as `retrying` failed, and a retry followed (or is
+                # waiting): its own outcome is the failure.
+                status = (
+                    StepStatus.FAILED if attempt.status is StepStatus.RETRYING else attempt.status
+                )
                 rows.append(
                     (
                         f"  attempt {attempt.attempt}",
-                        str(attempt.status),
+                        str(status),
                         "",
                         _time(attempt.start_time),
                         format_duration(attempt.duration) or "-",

@@ -143,7 +143,7 @@ def test_show_a_failed_run(cli: CliRunner, failed_run: str) -> None:
     assert boom[-1] == "exit code 3: bad input"
     # A step tried twice lists both attempts, each with its own outcome and error.
     first, second = row(out, "  attempt 1"), row(out, "  attempt 2")
-    assert first[1] == "retrying" and first[-1] == "exit code 3: bad input"
+    assert first[1] == "failed" and first[-1] == "exit code 3: bad input"
     assert second[1] == "failed" and second[-1] == "exit code 3: bad input"
     assert row(out, "after") == ["after", "upstream_failed", "0", "-", "-"]
     assert row(out, "python")[-1] == "ValueError: bad value in python"

@@ -109,3 +109,17 @@ def test_run_quiet_prints_only_the_steps_that_finally_failed(tmp_path: Path) -> 
     assert "transform" not in result.stdout.split("etl manual__")[0], result.stdout
     assert "exit code 75" not in result.stdout
     assert "load" in result.stdout and "exit code 3" in result.stdout
+
+
+def test_show_lists_a_retried_attempt_as_failed(tmp_path: Path) -> None:
+    """The first attempt failed and a retry followed: `dagd show` says `failed` for it (the
+    attempt's outcome), never `retrying`; the second attempt succeeded."""
+    flaky = FLAKY.replace("flaky.done", str(tmp_path / "flaky.done")).split("[steps.load]")[0]
+    with serving(tmp_path / "d", {"etl": flaky}) as d:
+        done = dagd("trigger", "etl", "--wait", "--quiet", "--config", str(d.config))
+        assert done.returncode == 0, done.stderr
+        shown = dagd("show", done.stdout.strip(), "--config", str(d.config))
+    assert shown.returncode == 0, shown.stderr
+    attempts = [line.split() for line in shown.stdout.splitlines() if "attempt " in line]
+    assert [a[:3] for a in attempts] == [["attempt", "1", "failed"], ["attempt", "2", "success"]]
+    assert "retrying" not in shown.stdout
