@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -134,6 +135,24 @@ def _readable_bound(ctx: click.Context, param: click.Parameter, value: str) -> s
     return value
 
 
+def _check_order(start: str, end: str) -> None:
+    """Refuse --end before --start (click.UsageError, exit 2), quoting them as typed. The
+    daemon reads dates without an offset in the DAG's time zone, which only it knows; read in
+    any one zone their order is the same, so UTC decides it here. When one has an offset and
+    the other not, the order depends on that zone: the daemon judges it."""
+    from dagd.core.backfill import parse_bound
+
+    def read(text: str, *, end: bool) -> tuple[datetime, bool]:
+        moment = parse_bound(text, "UTC", end=end)
+        # A text with an offset names the same moment in any zone.
+        return moment, moment == parse_bound(text, "Etc/GMT+12", end=end)
+
+    first, first_fixed = read(start, end=False)
+    last, last_fixed = read(end, end=True)
+    if first_fixed == last_fixed and last < first:
+        raise click.UsageError(f"--end {end!r} is before --start {start!r}")
+
+
 @click.command()
 @click.argument("dag_id", shell_complete=complete_dag_ids)
 @click.option(
@@ -181,6 +200,7 @@ def backfill(
       dagd backfill etl --start 2024-01-01 --end 2024-01-31 --dry-run
       dagd backfill etl --start 2024-01-01 --end 2024-01-31 -p env=staging
     """
+    _check_order(start, end)
     given = parse_params(params)
     answer = _send(
         config_path,
@@ -195,23 +215,44 @@ def backfill(
     click.echo(backfill_text(answer), nl=False)
 
 
+#: A dry run's actions (BackfillAction values), said as what the backfill would do.
+_WOULD = {
+    "queued": "would queue",
+    "retried": "would retry",
+    "rerun": "would rerun",
+    "skipped": "would skip",
+}
+
+
+def _would(action: str) -> str:
+    return _WOULD.get(str(action), f"would {action}")
+
+
 def backfill_text(result: BackfillResult) -> str:
     """A backfill answer for people: a summary line (how many slots, what was done to them),
     then one line per slot, oldest first: its time (UTC), the action, the run id, and why it
     was skipped."""
-    counts = Counter(str(slot.action) for slot in result.slots)
-    done = ", ".join(f"{n} {action}" for action, n in counts.items())
     name = one_line(result.dag_id)
     if not result.slots:
         return f"backfill {name}: no schedule slot in that range\n"
     noun = "slot" if len(result.slots) == 1 else "slots"
     if result.dry_run:
+        # Nothing was done: each action is what would be ("would queue"), not a past tense.
+        counts = Counter(_would(slot.action) for slot in result.slots)
+        done = ", ".join(f"{action} {n}" for action, n in counts.items())
         head = f"dry run of backfill {name}: {len(result.slots)} {noun}, nothing queued ({done})"
     else:
+        counts = Counter(str(slot.action) for slot in result.slots)
+        done = ", ".join(f"{n} {action}" for action, n in counts.items())
         head = f"backfill {name}: {len(result.slots)} {noun} ({done})"
     rows = [("SLOT (UTC)", "ACTION", "RUN", "REASON")]
     rows += [
-        (iso_z(s.slot), str(s.action), one_line(s.run_id), one_line(s.reason or ""))
+        (
+            iso_z(s.slot),
+            _would(s.action) if result.dry_run else str(s.action),
+            one_line(s.run_id),
+            one_line(s.reason or ""),
+        )
         for s in result.slots
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

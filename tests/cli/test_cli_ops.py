@@ -153,10 +153,10 @@ def test_backfill_dry_run_then_run_then_skip_then_rerun(daemon: DaemonProc, cli:
     result = invoke(cli, *args, "--dry-run")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == (
-        "dry run of backfill nightly: 3 slots, nothing queued (3 queued)"
+        "dry run of backfill nightly: 3 slots, nothing queued (would queue 3)"
     )
     rows = slot_rows(result.stdout)
-    assert [(r[0], r[1]) for r in rows] == [(slot, "queued") for slot, _ in SLOTS]
+    assert [(r[0], r[1]) for r in rows] == [(slot, "would queue") for slot, _ in SLOTS]
     assert all(r[2].startswith(prefix) for r, (_, prefix) in zip(rows, SLOTS, strict=True))
     run_ids = [r[2] for r in rows]
     assert not set(run_ids) & set(daemon.run_statuses("nightly"))  # nothing queued
@@ -212,7 +212,7 @@ def test_backfill_of_an_empty_range(cli: CliRunner) -> None:
     ("args", "message"),
     [
         (["manual", "--start", "2024-01-01", "--end", "2024-01-02"], "has no schedule"),
-        (["nightly", "--start", "2024-02-01", "--end", "2024-01-01"], "is before start"),
+        (["nightly", "--start", "2024-02-01", "--end", "2024-01-01T00:00+00:00"], "before"),
         (
             ["nightly", "--start", "2024-01-01", "--end", "2024-01-02", "-p", "nope=1"],
             "has no param 'nope'",

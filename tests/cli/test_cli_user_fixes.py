@@ -123,3 +123,30 @@ def test_show_lists_a_retried_attempt_as_failed(tmp_path: Path) -> None:
     attempts = [line.split() for line in shown.stdout.splitlines() if "attempt " in line]
     assert [a[:3] for a in attempts] == [["attempt", "1", "failed"], ["attempt", "2", "success"]]
     assert "retrying" not in shown.stdout
+
+
+DAILY = """\
+schedule = "0 5 * * *"
+[steps.s]
+command = "true"
+"""
+
+
+def test_backfill_dry_run_says_would_and_a_reversed_range_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    """A dry run says what it would do, in its summary and on each slot; --end before --start
+    is refused by the CLI itself (exit 2), quoting the dates as typed."""
+    with serving(tmp_path, {"daily": DAILY}) as d:
+        cfg = ["--config", str(d.config)]
+        dry = dagd("backfill", "daily", "--start", "2024-01-01", "--end", "2024-01-02",
+                   "--dry-run", *cfg)  # fmt: skip
+        reversed_ = dagd("backfill", "daily", "--start", "2024-12-01", "--end", "2024-11-29",
+                         *cfg)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert lines[0] == "dry run of backfill daily: 2 slots, nothing queued (would queue 2)"
+    assert [line.split("  ")[1] for line in lines[3:]] == ["would queue", "would queue"]
+    assert reversed_.returncode == 2, reversed_.stderr
+    assert "--end '2024-11-29' is before --start '2024-12-01'" in reversed_.stderr
+    assert "23:59:59" not in reversed_.stderr
