@@ -5,8 +5,10 @@ Rules this file keeps:
 - Every `*.toml` file directly in the folder is one DAG, read in sorted path order. One broken
   file never hides the others: the caller gets the DAGs that loaded and the problems of the
   rest, each naming its file.
-- One rule for duplicate DAG ids: the file that claimed the id first keeps it (on a fresh read,
-  the first by sorted path), and the other file is a problem naming both files.
+- One rule for duplicate DAG ids, whatever the order the files appeared in (a fresh read, the
+  CLI and the daemon agree): the file named after the id (`<id>.toml`) keeps it, else the
+  first by sorted path, and the other file is a problem naming both files. A file added or
+  edited with the better claim takes the id over from the file that had it (logged).
 - A step must name an executor that is configured (when the caller gives the configured
   names): a step naming another one makes its file a problem, like any error in the file,
   reported where the name is written (a DAG-level `executor` once, not at each step that
@@ -127,6 +129,20 @@ def _text(exc: BaseException) -> str:
 def problems_text(problems: list[Problem]) -> str:
     """Problems as text, one per line, each naming its file."""
     return "\n".join(map(str, problems))
+
+
+#: Which of two files claiming one DAG id keeps it (said in the log when it changes hands).
+_CLAIM_RULE = "the file named after the id keeps it, else the first by sorted path"
+
+
+def _claim(path: Path, dag_id: str) -> tuple[bool, Path]:
+    """How strong a file's claim to `dag_id` is, lower first (`_CLAIM_RULE`): the same for a
+    fresh read and for the daemon, whichever file appeared first."""
+    return path.stem != dag_id, path
+
+
+def _duplicate(path: Path, dag_id: str, owner: Path) -> Problem:
+    return Problem(str(path), f"DAG id {dag_id!r} is already used by {owner}", field="id")
 
 
 @attrs.frozen
@@ -302,13 +318,26 @@ class DagFolder:
                 continue
             st.waiting.pop(path, None)
             owner = st.dags.get(dag.id)
+            taken_from: Path | None = None
             if owner is not None and owner.source != str(path):
-                text = f"DAG id {dag.id!r} is already used by {owner.source}"
-                problem = Problem(str(path), text, field="id")
-                refused.append(self._refuse(st, path, stamp, old_id, [problem], duplicate=True))
-                continue
+                owner_path = Path(str(owner.source))
+                if _claim(owner_path, dag.id) < _claim(path, dag.id):
+                    problem = _duplicate(path, dag.id, owner_path)
+                    refused.append(self._refuse(st, path, stamp, old_id, [problem], True))
+                    continue
+                # This file has the better claim: the owner's file is refused in its turn,
+                # as it would be on a fresh read of the folder.
+                taken_from = owner_path
+                problem = _duplicate(owner_path, dag.id, path)
+                owner_stamp = st.files[owner_path].stamp if owner_path in st.files else None
+                refused.append(
+                    self._refuse(st, owner_path, owner_stamp, dag.id, [problem], True, kept=False)
+                )
             if old_id is not None and old_id != dag.id:
-                freed = st.dags.pop(old_id, None) is not None or freed
+                given_up = st.dags.get(old_id)
+                if given_up is not None and given_up.source == str(path):
+                    del st.dags[old_id]
+                    freed = True
             st.dags[dag.id] = dag
             st.files[path] = _File(stamp, dag.id)
             st.duplicates.discard(path)
@@ -316,6 +345,14 @@ class DagFolder:
             if self._log:
                 verb = "reloaded" if old else "loaded"
                 self._log.info("%s DAG %s from %s", verb, dag.id, path.name)
+                if taken_from is not None:
+                    self._log.warning(
+                        "DAG %s now comes from %s, not %s: %s",
+                        dag.id,
+                        path.name,
+                        taken_from.name,
+                        _CLAIM_RULE,
+                    )
         for path in list(st.files):
             if path not in seen:
                 st.waiting.pop(path, None)
@@ -369,12 +406,15 @@ class DagFolder:
         self,
         st: _State,
         path: Path,
-        stamp: Stamp,
+        stamp: Stamp | None,
         old_id: str | None,
         problems: list[Problem],
         duplicate: bool = False,
+        *,
+        kept: bool = True,
     ) -> Refused:
-        """A file that cannot be used: its last good version (if any) stays."""
+        """A file that cannot be used: its last good version (if any) stays, unless `kept`
+        is False (its DAG id went to a file with a better claim)."""
         st.files[path] = _File(stamp, old_id)
         if duplicate:
             st.duplicates.add(path)
@@ -383,9 +423,8 @@ class DagFolder:
         st.problems[str(path)] = problems
         refused = Refused(path, old_id or path.stem, problems)
         if self._log:
-            self._log.error(
-                "cannot load DAG file (keeping the last good version):\n%s", refused.text
-            )
+            keeping = " (keeping the last good version)" if kept else ""
+            self._log.error("cannot load DAG file%s:\n%s", keeping, refused.text)
         return refused
 
 

@@ -61,6 +61,54 @@ def test_a_duplicate_id_stays_with_the_first_file_by_sorted_path(
     )
 
 
+def test_a_duplicate_id_goes_to_the_file_named_after_it(tmp_path: Path) -> None:
+    """Before any other file, even one earlier by sorted path."""
+    write(tmp_path, "dup", 'id = "etl"\ndescription = "impostor"\n' + GOOD)
+    etl = write(tmp_path, "etl", 'description = "real"\n' + GOOD)
+    folder = load_dag_folder(tmp_path)
+    assert folder.dags["etl"].description == "real"
+    [problem] = folder.problems[str(tmp_path / "dup.toml")]
+    assert problem.message == f"DAG id 'etl' is already used by {etl}"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "winner"),
+    [
+        ("etl", "dup", "etl"),  # the file named after the id, whichever came first
+        ("dup", "etl", "etl"),
+        ("a", "b", "a"),  # neither is named after it: the first by sorted path
+        ("b", "a", "a"),
+    ],
+)
+def test_which_file_keeps_a_duplicate_id_does_not_depend_on_history(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, first: str, second: str, winner: str
+) -> None:
+    """The daemon sees the files appear one after the other; it ends where a fresh read (the
+    CLI, a restart) starts: the same file keeps the id, the other is refused naming it."""
+    folder = DagFolder(tmp_path, logging.getLogger("test.dagfolder"))
+    write(tmp_path, first, f'id = "etl"\ndescription = "{first}"\n' + GOOD)
+    folder.reload()
+    assert folder.dags["etl"].description == first
+    write(tmp_path, second, f'id = "etl"\ndescription = "{second}"\n' + GOOD)
+    caplog.set_level(logging.INFO, logger="test.dagfolder")
+    reloaded = folder.reload()
+    loser = second if winner == first else first
+    assert reloaded.changed and [r.path.stem for r in reloaded.refused] == [loser]
+    # Reported under its last good DAG's id, else its stem (a file new to the folder).
+    assert reloaded.refused[0].dag_id == ("etl" if loser == first else loser)
+    fresh = load_dag_folder(tmp_path)
+    for seen in (folder, fresh):
+        assert seen.dags["etl"].description == winner
+        [problem] = seen.problems[str(tmp_path / f"{loser}.toml")]
+        assert problem.message == f"DAG id 'etl' is already used by {tmp_path / winner}.toml"
+    if winner == second:
+        assert f"DAG etl now comes from {winner}.toml, not {first}.toml" in caplog.text
+    # The winner gives the id up: the other file gets it at once, as it would on a fresh read.
+    (tmp_path / f"{winner}.toml").unlink()
+    assert folder.reload().refused == []
+    assert folder.dags["etl"].description == loser and folder.ok
+
+
 def test_a_reload_reads_only_what_changed(tmp_path: Path) -> None:
     path = write(tmp_path, "live", 'description = "v1"\n' + GOOD)
     folder = DagFolder(tmp_path)
