@@ -83,6 +83,7 @@ from dagd.core.protocol.requests import (
 )
 from dagd.core.protocol.wire import dumps
 from dagd.core.records import RunRecord
+from dagd.core.text import one_line
 
 
 class ClientError(Exception):
@@ -666,6 +667,18 @@ def _first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl.SSLError among `exc`'s causes (trio wraps it in BrokenResourceError), if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionClosed):
         reason = exc.reason
@@ -677,15 +690,24 @@ def _describe(exc: BaseException) -> str:
             return "the daemon is shutting down"
         return f"connection closed ({code}{': ' + text if text else ''})"
     if isinstance(exc, ConnectionRejected):
-        body = (exc.body or b"").decode("utf-8", "replace").strip()
+        # Whatever answered may be another web server with a whole HTML page: one line of it,
+        # about 100 characters, is enough to recognise it.
+        body = one_line((exc.body or b"").decode("utf-8", "replace").strip())
+        if len(body) > 100:
+            body = body[:100] + "..."
         return f"the server refused the WebSocket handshake with HTTP {exc.status_code}" + (
-            f": {body[:200]}" if body else ""
+            f": {body}" if body else ""
         )
+    tls = _tls_error(exc)
+    if tls is not None:
+        return f"the TLS handshake failed: {tls.reason or tls}"
+    if isinstance(exc, ConnectionTimeout):
+        return "no answer to the handshake in time"
     if isinstance(exc, HandshakeError):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, OSError):
             return f"cannot connect: {cause.strerror or cause}"
-        return f"WebSocket handshake failed: {exc or cause}"
+        return f"WebSocket handshake failed: {exc or cause or 'no reason given'}"
     if isinstance(exc, trio.TooSlowError):
         return "the daemon did not answer in time"
     if isinstance(exc, OSError):

@@ -83,6 +83,12 @@ def check_url(url: str) -> None:
         raise click.ClickException(
             f"{url!r} is not a WebSocket URL: use ws://HOST:PORT{ENDPOINT_PATH}"
         )
+    try:
+        port = parts.port
+    except ValueError as exc:  # "Port out of range 0-65535", or not a number
+        raise click.UsageError(f"{url}: {str(exc)[:1].lower()}{str(exc)[1:]}") from None
+    if port == 0:
+        raise click.UsageError(f"{url}: port out of range 1-65535")
 
 
 def resolve_endpoint(config: Config, url: str | None, token: str | None) -> Endpoint:
@@ -94,16 +100,37 @@ def resolve_endpoint(config: Config, url: str | None, token: str | None) -> Endp
     url = url or os.environ.get("DAGD_URL") or config.url.replace("0.0.0.0", "127.0.0.1")
     check_url(url)
     if token:
-        return Endpoint(url, token, "--token")
+        # click fills --token from DAGD_TOKEN too: say which one the user has to correct.
+        ctx = click.get_current_context(silent=True)
+        from_env = (
+            ctx is not None
+            and ctx.get_parameter_source("token") is click.core.ParameterSource.ENVIRONMENT
+        )
+        source = "the DAGD_TOKEN environment variable" if from_env else "the --token option"
+        return Endpoint(url, token, source)
     if os.environ.get("DAGD_TOKEN"):
-        return Endpoint(url, os.environ["DAGD_TOKEN"], "DAGD_TOKEN")
-    for spec in config.tokens:
-        if spec.role == "operate" and spec.token:
-            return Endpoint(url, spec.token, f"config token {spec.name or 'operate'}")
-        if spec.role == "operate" and spec.env and os.environ.get(spec.env):
-            return Endpoint(url, os.environ[spec.env], f"${spec.env}")
+        return Endpoint(url, os.environ["DAGD_TOKEN"], "the DAGD_TOKEN environment variable")
+    unset = []
+    for i, spec in enumerate(config.tokens):
+        if spec.role != "operate":
+            continue
+        entry = f"[[auth.tokens]] entry {spec.name or i + 1!r} of {config.source}"
+        if spec.token:
+            return Endpoint(url, spec.token, f"the token of the {entry}")
+        if spec.env and os.environ.get(spec.env):
+            return Endpoint(url, os.environ[spec.env], f"${spec.env} (named by the {entry})")
+        if spec.env:
+            unset.append((spec.env, entry))
+    if unset:
+        # A daemon with configured tokens never accepts its token file: say what is missing.
+        env, entry = unset[0]
+        raise click.ClickException(
+            f"environment variable {env} is not set (or empty) in this shell: the {entry} "
+            f"takes the token from it. Set it, or pass --token / DAGD_TOKEN"
+        )
     try:
-        return Endpoint(url, config.token_file.read_text().strip(), str(config.token_file))
+        token_text = config.token_file.read_text().strip()
+        return Endpoint(url, token_text, f"the token file {config.token_file}")
     except OSError:
         where = (
             f"the config {config.source}"
@@ -127,6 +154,16 @@ def _unreachable(endpoint: Endpoint, lost: ConnectionLost) -> click.ClickExcepti
             f"use ws://HOST:PORT{ENDPOINT_PATH}"
         )
     why = lost.message
+    parts = urllib.parse.urlsplit(endpoint.url)
+    if parts.scheme == "wss" and not why.startswith("cannot connect"):
+        # Something listens there but no TLS came back: most often a daemon serving ws://.
+        plain = urllib.parse.urlunsplit(("ws", *parts[1:]))
+        if not why.startswith("the TLS handshake failed"):
+            why = f"the TLS handshake failed: {why}"
+        return click.ClickException(
+            f"cannot reach the daemon at {endpoint.url} ({why}).\n"
+            f"Is the daemon serving TLS ([server] tls_cert)? If not, use {plain}"
+        )
     return click.ClickException(
         f"cannot reach the daemon at {endpoint.url} ({why}).\n"
         "Is it running? Start it with: dagd serve --config config.toml"
@@ -167,6 +204,10 @@ async def open_client(
                     raise _unreachable(endpoint, first)
             yield client
             finished = True
+    except AuthFailed:
+        raise click.ClickException(
+            f"the daemon refused the token from {endpoint.token_source}"
+        ) from None
     except BaseException as exc:
         # The command has its answer (a --wait has its run's outcome): the daemon closing
         # the connection while the client shuts down (1001 on a daemon's SIGTERM races the
@@ -187,13 +228,10 @@ def _only_connection_errors(exc: BaseException) -> bool:
 
 
 async def _first_item(client: Client) -> object:
-    try:
-        async for item in client:
-            return item
-    except AuthFailed:
-        raise click.ClickException(
-            "the daemon refused the token (wrong --token, DAGD_TOKEN or token file?)"
-        ) from None
+    """The client's first item (AuthFailed when the token is refused: open_client says whose
+    token it was)."""
+    async for item in client:
+        return item
     return None
 
 

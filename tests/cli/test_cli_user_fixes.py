@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -150,3 +152,90 @@ def test_backfill_dry_run_says_would_and_a_reversed_range_is_a_usage_error(
     assert reversed_.returncode == 2, reversed_.stderr
     assert "--end '2024-11-29' is before --start '2024-12-01'" in reversed_.stderr
     assert "23:59:59" not in reversed_.stderr
+
+
+def _client_config(root: Path, port: int, tokens: str) -> Path:
+    """A client-side config: the daemon's port, an empty state folder of its own (no token
+    file), and `tokens` as its [[auth.tokens]] entries."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "client.toml"
+    path.write_text(f'state_dir = "cstate"\n[server]\nport = {port}\n{tokens}\n')
+    return path
+
+
+def test_a_refused_token_names_where_it_came_from(tmp_path: Path) -> None:
+    with serving(tmp_path / "d", {}) as d:
+        by_option = dagd("dags", "--config", str(d.config), "--token", "wrong-token")
+        by_env = dagd("dags", "--config", str(d.config), DAGD_TOKEN="wrong-token")
+        inline = _client_config(
+            tmp_path / "c1", d.port, '[[auth.tokens]]\nname = "ops"\ntoken = "wrong-token"\n'
+        )
+        by_config = dagd("dags", "--config", str(inline))
+        named = _client_config(
+            tmp_path / "c2", d.port, '[[auth.tokens]]\nenv = "DAGD_TEST_SECRET_X"\n'
+        )
+        by_named_env = dagd("dags", "--config", str(named), DAGD_TEST_SECRET_X="wrong-token")
+        by_file = dagd("dags", "--config", str(d.config))
+    for result in (by_option, by_env, by_config, by_named_env):
+        assert result.returncode == 1, result.stderr
+        assert "refused the token" in result.stderr
+        assert "wrong --token, DAGD_TOKEN or token file?" not in result.stderr
+    assert "--token" in by_option.stderr and "DAGD_TOKEN" not in by_option.stderr
+    assert "DAGD_TOKEN" in by_env.stderr
+    assert "[[auth.tokens]]" in by_config.stderr and "'ops'" in by_config.stderr
+    assert str(inline) in by_config.stderr
+    assert "$DAGD_TEST_SECRET_X" in by_named_env.stderr
+    assert by_file.returncode == 0, by_file.stderr
+
+
+def test_an_unset_token_variable_is_named(tmp_path: Path) -> None:
+    config = _client_config(tmp_path, 9, '[[auth.tokens]]\nenv = "DAGD_TEST_UNSET_X"\n')
+    result = dagd("dags", "--config", str(config))
+    assert result.returncode == 1
+    assert "DAGD_TEST_UNSET_X" in result.stderr and "not set" in result.stderr
+    assert "no token file" not in result.stderr and "been started" not in result.stderr
+
+
+def test_wss_against_a_plain_daemon_says_the_tls_handshake_failed(tmp_path: Path) -> None:
+    with serving(tmp_path, {}) as d:
+        url = d.url.replace("ws://", "wss://")
+        result = dagd("dags", "--url", url, "--token", d.token)
+    assert result.returncode == 1
+    assert "TLS handshake failed" in result.stderr, result.stderr
+    assert "serving TLS" in result.stderr
+    assert "Is it running?" not in result.stderr and "failed: )" not in result.stderr
+
+
+class _NotDagd(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<html>\n<head><title>404 Not Found</title></head>\n<body>\n" + b"x" * 300
+        self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_http_404_page_is_cut_to_one_line() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotDagd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        result = dagd("dags", "--url", f"ws://127.0.0.1:{port}/api/v1/ws", "--token", "t" * 12)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "404" in lines[0] and "<html>\\n<head>" in lines[0]
+    assert "x" * 120 not in lines[0]
+
+
+def test_a_port_out_of_range_is_a_usage_error() -> None:
+    result = dagd("dags", "--url", "ws://127.0.0.1:99999/api/v1/ws", "--token", "t" * 12)
+    assert result.returncode == 2, result.stderr
+    assert "port out of range" in result.stderr
