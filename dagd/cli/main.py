@@ -155,11 +155,20 @@ def list_dags(config_path: Path | None, dags_dir: Path | None, as_json: bool) ->
     folder = _load_folder(config_path, dags_dir)
     if as_json:
         print_json(folder_json(folder))
+    elif not Path(folder.folder).is_dir():
+        # The loader reports a missing folder as a problem keyed by the folder itself: it is
+        # no DAG file, and `dagd validate` could only say the same.
+        raise click.ClickException(
+            f"the DAG folder {folder.folder} does not exist (set dags_dir in the config, or "
+            "pass --dags)"
+        )
     else:
         for dag in sorted(folder.dags.values(), key=lambda d: d.id):
             schedule = dag.schedule or "manual"
             desc = f"  {dag.description}" if dag.description else ""
-            click.echo(f"{dag.id:<24} {schedule:<16} {len(dag.steps):>4} steps{desc}")
+            count = len(dag.steps)
+            noun = "step " if count == 1 else "steps"
+            click.echo(f"{dag.id:<24} {schedule:<16} {count:>4} {noun}{desc}".rstrip())
         for path in sorted(folder.problems):
             click.echo(f"{Path(path).name:<24} (broken: run `dagd validate`)", err=True)
     if folder.problems and not folder.dags:

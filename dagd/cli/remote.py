@@ -256,21 +256,44 @@ async def _known_dag(client: Client, dag_id: str) -> list[DagSummary]:
 # ------------------------------------------------------------------ commands
 
 
-def dag_line(dag: DagSummary) -> str:
-    """`dagd dags`: a DAG on one line (id, schedule, next run, steps, description), then
-    whether it is paused or runs the last good version of a file that is broken now."""
-    next_run = iso_z(dag.next_run) if dag.next_run is not None else "-"
-    state = "paused" if dag.paused else ""
-    line = (
-        f"{dag.dag_id:<24} {dag.schedule or 'manual':<16} {state:<6} "
-        f"next: {next_run:<26} {len(dag.steps):>4} steps  {dag.description}"
-    ).rstrip()
-    if dag.file_error:
-        # Indented under the DAG: its first word is never taken for a DAG id by a script.
-        first, *more = dag.file_error.splitlines() or [""]
-        line += f"\n    running the last good version; {first}"
-        line += "".join(f"\n    {extra}" for extra in more)
-    return line
+def dag_lines(dags: list[DagSummary]) -> list[str]:
+    """`dagd dags`: one line per DAG in aligned columns (id, schedule, `paused` when any DAG
+    is, next run, steps, description), the widths taken from the longest value so a paused
+    DAG or a long id never shifts a column; under a DAG that runs the last good version of a
+    file that is broken now, the file's problems, indented."""
+    any_paused = any(dag.paused for dag in dags)
+    digits = max((len(str(len(dag.steps))) for dag in dags), default=1)
+    rows = []
+    for dag in dags:
+        count = len(dag.steps)
+        rows.append(
+            (
+                dag.dag_id,
+                dag.schedule or "manual",
+                ("paused" if dag.paused else "") if any_paused else None,
+                f"next: {iso_z(dag.next_run) if dag.next_run is not None else '-'}",
+                f"{count:>{digits}} {'step' if count == 1 else 'steps'}",
+                dag.description,
+            )
+        )
+    widths = [max((len(row[i] or "") for row in rows), default=0) for i in range(5)]
+    lines = []
+    for dag, row in zip(dags, rows, strict=True):
+        cells = [
+            row[0].ljust(widths[0]),
+            row[1].ljust(widths[1]),
+            *([] if row[2] is None else [row[2].ljust(widths[2])]),
+            row[3].ljust(widths[3]),
+            row[4].ljust(widths[4]),
+        ]
+        line = (" ".join(cells) + f"  {row[5]}").rstrip()
+        if dag.file_error:
+            # Indented under the DAG: its first word is never taken for a DAG id by a script.
+            first, *more = dag.file_error.splitlines() or [""]
+            line += f"\n    running the last good version; {first}"
+            line += "".join(f"\n    {extra}" for extra in more)
+        lines.append(line)
+    return lines
 
 
 async def list_dags(endpoint: Endpoint, as_json: bool) -> None:
@@ -280,8 +303,8 @@ async def list_dags(endpoint: Endpoint, as_json: bool) -> None:
     if as_json:
         print_json(DagList(dags))
         return
-    for dag in dags:
-        click.echo(dag_line(dag))
+    for line in dag_lines(dags):
+        click.echo(line)
     if not dags:
         click.echo("the daemon has no DAGs", err=True)
 

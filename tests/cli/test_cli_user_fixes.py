@@ -239,3 +239,34 @@ def test_a_port_out_of_range_is_a_usage_error() -> None:
     result = dagd("dags", "--url", "ws://127.0.0.1:99999/api/v1/ws", "--token", "t" * 12)
     assert result.returncode == 2, result.stderr
     assert "port out of range" in result.stderr
+
+
+def test_list_without_a_dag_folder_says_so(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('state_dir = "state"\ndags_dir = "dags"\n')
+    result = dagd("list", "--config", "config.toml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"the DAG folder {tmp_path / 'dags'} does not exist" in result.stderr
+    assert "broken" not in result.stderr and result.stdout == ""
+
+
+ONE = '[steps.only]\ncommand = "true"\n'
+TWO = 'schedule = "0 9-17 * * 1-5"\n[steps.a]\ncommand = "true"\n[steps.b]\ncommand = "true"\n'
+
+
+def test_list_and_dags_say_1_step_and_keep_their_columns(tmp_path: Path) -> None:
+    """`dagd dags` with a paused DAG, a long id and a long schedule: every column starts at
+    the same place on every line; one step is `1 step`."""
+    long_id = "a_dag_with_an_id_longer_than_24"
+    with serving(tmp_path, {"one": ONE, "report": TWO, long_id: ONE}) as d:
+        cfg = ["--config", str(d.config)]
+        listed = dagd("list", *cfg)
+        assert dagd("pause", "report", *cfg).returncode == 0
+        dags = dagd("dags", *cfg)
+    assert listed.returncode == 0, listed.stderr
+    assert "1 step" in listed.stdout and "1 steps" not in listed.stdout
+    assert dags.returncode == 0, dags.stderr
+    lines = dags.stdout.splitlines()
+    assert len(lines) == 3 and "1 steps" not in dags.stdout
+    assert len({line.index("next:") for line in lines}) == 1, dags.stdout
+    assert len({line.index("step") for line in lines}) == 1, dags.stdout
+    assert "paused" in next(line for line in lines if line.startswith("report "))
