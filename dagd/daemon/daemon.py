@@ -139,7 +139,7 @@ class Daemon:
         self.scheduler.last_slots.update(self.store.schedule_slots())
         for dag_id in self.store.paused_dags():
             self.scheduler.set_paused(dag_id, True)
-        self.reload()
+        await self.reload()
         await self._load_ahead()
         # After the folder is loaded: a run recorded before dagd stored each run's definition
         # is closed out with its DAG's loaded steps.
@@ -227,12 +227,14 @@ class Daemon:
         problems = self.folder.problems.get(dag.source)
         return problems_text(problems) if problems else None
 
-    def reload(self) -> None:
-        """Pick up added, changed and removed DAG files (dagfolder.py). A broken file keeps its
-        last good version running; its problems are logged and published as an error event
-        (with the last good DAG's id, else the file's stem). A loaded DAG whose file breaks or
-        loads again gets a `dag_status` event with its file error (None once fixed)."""
-        reloaded = self.folder.reload()
+    async def reload(self) -> None:
+        """Pick up added, changed and removed DAG files (dagfolder.py), read in a worker thread
+        (importing `call` modules may take a while: the loop and its clients go on). A broken
+        file keeps its last good version running; its problems are logged and published as an
+        error event (with the last good DAG's id, else the file's stem). A loaded DAG whose
+        file breaks or loads again gets a `dag_status` event with its file error (None once
+        fixed)."""
+        reloaded = await self.folder.reload_in_thread()
         for refused in reloaded.refused:
             self.publish(ErrorEvent(refused.dag_id, None, None, refused.text, self.clock()))
         if reloaded.changed:
@@ -262,7 +264,7 @@ class Daemon:
     async def _watch_folder(self) -> None:
         while True:
             await trio.sleep(self.config.reload_interval)
-            self.reload()
+            await self.reload()
 
     async def _prune_loop(self) -> None:
         # The first round soon after the start (once recovery and the first runs are under

@@ -529,7 +529,7 @@ async def test_a_file_broken_from_the_start_and_a_duplicate_id(config: Config) -
         # The owner of the id goes away: the refused file takes its place at once, without
         # waiting for an edit; the broken file is not re-reported.
         (config.dags_dir / "one.toml").unlink()
-        daemon.reload()
+        await daemon.reload()
         assert daemon.dags["same"].source == str(dup)
         assert str(dup) not in daemon.problems
         assert str(bad) in daemon.problems
@@ -821,3 +821,37 @@ async def test_history_retention_runs_soon_after_the_start(
         with trio.fail_after(10):
             while len(await daemon.list_runs("quick")) > 1:
                 await trio.sleep(0.05)
+
+
+async def test_the_daemons_reload_imports_call_modules_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A `call` module that takes 0.5 s to import must not stall the daemon's clients.
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "dagd_slow_import_daemon.py").write_text(
+        "import time\ntime.sleep(0.5)\ndef run(ctx):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(modules))
+    config = daemon_config(tmp_path, reload_interval=1000)
+    async with open_daemon(config) as daemon:
+        write_dag_file(
+            config.dags_dir, "slow", '[steps.a]\ncall = "dagd_slow_import_daemon:run"\n'
+        )
+        longest = 0.0
+
+        async def tick() -> None:
+            nonlocal longest
+            while True:
+                before = time.perf_counter()
+                await trio.sleep(0.005)
+                longest = max(longest, time.perf_counter() - before)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            await trio.sleep(0.02)
+            await daemon.reload()
+            await trio.sleep(0.05)  # the ticker wakes and measures what it waited
+            nursery.cancel_scope.cancel()
+        assert "slow" in daemon.dags
+        assert longest < 0.25, f"the event loop stalled {longest:.3f}s"

@@ -39,7 +39,7 @@ async def test_definitions_are_parsed_once_per_version_off_the_loop(
     async with open_daemon(config) as daemon:
         for marker in ("one", "two", "three"):  # three versions, one run each
             write_dag_file(config.dags_dir, "edited", dag(marker))
-            daemon.reload()
+            await daemon.reload()
             run_id = await daemon.trigger("edited")
             await wait_status(daemon, run_id)
             runs.append(run_id)
@@ -89,7 +89,7 @@ async def test_a_live_run_is_described_from_its_dagspec(
         # a live run whose DagSpec is no loaded DAG's (the file changed since): the version
         # is read from the store, the definition still not parsed
         write_dag_file(config.dags_dir, "slow", '[steps.s]\ncommand = "sleep 31"\n')
-        daemon.reload()
+        await daemon.reload()
         detail = await daemon.run_detail(run_id)
         assert detail.dag_version == stored[0]
         assert parses.threads == []

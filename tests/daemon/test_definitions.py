@@ -80,7 +80,7 @@ async def test_raising_max_active_runs_starts_the_waiting_runs_at_once(config: C
         runs = [await daemon.trigger("g") for _ in range(3)]
         await wait_until(lambda: running(daemon) == {runs[0]}, 10.0)
         write_dag(config, "g", gated(config, 3, "v1"))
-        daemon.reload()
+        await daemon.reload()
         assert running(daemon) == set(runs)  # no run had to end for the new limit to apply
         for run_id in runs:
             release(config, run_id)
@@ -94,7 +94,7 @@ async def test_lowering_max_active_runs_holds_the_waiting_runs(config: Config) -
         r1, r2, r3, r4 = [await daemon.trigger("g") for _ in range(4)]
         await wait_until(lambda: running(daemon) == {r1, r2}, 10.0)
         write_dag(config, "g", gated(config, 1, "v1"))
-        daemon.reload()
+        await daemon.reload()
         assert running(daemon) == {r1, r2}  # a lower limit stops no running run
         release(config, r1)
         await wait_status(daemon, r1, {RunStatus.SUCCESS})
@@ -104,7 +104,7 @@ async def test_lowering_max_active_runs_holds_the_waiting_runs(config: Config) -
         await wait_until(lambda: running(daemon) == {r3}, 10.0)
         # raised again while r4 waits: it starts beside r3 at once
         write_dag(config, "g", gated(config, 2, "v1"))
-        daemon.reload()
+        await daemon.reload()
         assert running(daemon) == {r3, r4}
         release(config, r3)
         release(config, r4)
@@ -121,7 +121,7 @@ async def test_a_waiting_run_keeps_the_definition_it_was_triggered_with(config: 
         first, waiting = await daemon.trigger("g"), await daemon.trigger("g")
         await wait_until(lambda: running(daemon) == {first}, 10.0)
         write_dag(config, "g", gated(config, 1, "v2"))  # edited while `waiting` waits
-        daemon.reload()
+        await daemon.reload()
         after = await daemon.trigger("g")
         for run_id in (first, waiting, after):
             release(config, run_id)
@@ -173,7 +173,7 @@ async def test_retry_reruns_the_triggered_definition_before_and_after_a_restart(
     out = config.dags_dir.parent / "out"
     async with failed_v1_run(config) as (daemon, run_id):
         write_dag(config, "f", FAILING_V2.format(out=out, version="v2"))  # while it failed
-        daemon.reload()
+        await daemon.reload()
         await daemon.retry(run_id)  # in memory
         await wait_until(lambda: len(output(config, run_id)) >= 2, 10.0)
         await wait_status(daemon, run_id, {RunStatus.FAILED})
@@ -192,7 +192,7 @@ async def test_retry_of_a_run_whose_dag_is_gone_is_refused_in_memory_and_after_a
 ) -> None:
     async with failed_v1_run(config) as (daemon, run_id):
         (config.dags_dir / "f.toml").unlink()
-        daemon.reload()
+        await daemon.reload()
         with pytest.raises(DaemonError) as in_memory:
             await daemon.retry(run_id)
     async with open_daemon(config) as daemon:
