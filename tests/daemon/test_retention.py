@@ -395,6 +395,7 @@ async def test_the_daemon_prunes_on_its_own_and_forgets_what_went(
     runs goes from the store and from its log folder by itself, and the daemon no longer
     knows it (a retry is refused as unknown), while the newer one stays retryable."""
     monkeypatch.setattr(daemon_module, "PRUNE_INTERVAL", 0.1)
+    monkeypatch.setattr(daemon_module, "FIRST_PRUNE_DELAY", 0.1)
     config = make_config(tmp_path)
     config = attrs.evolve(config, history=HistoryConfig(keep_runs=1))
     async with running(tmp_path, config=config) as daemon:
