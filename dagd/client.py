@@ -483,6 +483,13 @@ class Client:
                         raise
                     message = _describe(leaf)
                     status = leaf.status_code if isinstance(leaf, ConnectionRejected) else None
+                except BaseExceptionGroup as group:
+                    # Cancelled while the connection failed too (the daemon closed it as the
+                    # caller left): the cancellation wins, the lost connection is moot.
+                    cancelled, _ = group.split(trio.Cancelled)
+                    if cancelled is None:
+                        raise
+                    raise cancelled from None
                 finally:
                     self._ws = None
                     if self._connected.is_set():  # requests may be waiting on an unset one

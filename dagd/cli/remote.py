@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import attrs
 import click
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError
 
 from dagd.cli.exitcodes import EXIT_CANCELLED, EXIT_OK, exit_code_of
 from dagd.cli.output import make_console, print_json
@@ -195,7 +194,6 @@ async def open_client(
     `interactive`: a person is waiting, reconnect with a lower backoff cap."""
     if interactive:
         kwargs.setdefault("max_backoff", INTERACTIVE_MAX_BACKOFF)
-    finished = False
     try:
         async with connect(endpoint.url, endpoint.token, dag_ids or ["*"], **kwargs) as client:
             if not retry_first:
@@ -203,28 +201,10 @@ async def open_client(
                 if isinstance(first, ConnectionLost):
                     raise _unreachable(endpoint, first)
             yield client
-            finished = True
     except AuthFailed:
         raise click.ClickException(
             f"the daemon refused the token from {endpoint.token_source}"
         ) from None
-    except BaseException as exc:
-        # The command has its answer (a --wait has its run's outcome): the daemon closing
-        # the connection while the client shuts down (1001 on a daemon's SIGTERM races the
-        # teardown) changes nothing about it and is no error to show.
-        if not (finished and _only_connection_errors(exc)):
-            raise
-
-
-#: What a dropped or closed connection raises.
-_CONNECTION_ERRORS = (ConnectionClosed, HandshakeError, trio.BrokenResourceError, OSError)
-
-
-def _only_connection_errors(exc: BaseException) -> bool:
-    """Whether `exc` (or every exception of the group it is) is a connection error."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_connection_errors(e) for e in exc.exceptions)
-    return isinstance(exc, _CONNECTION_ERRORS)
 
 
 async def _first_item(client: Client) -> object:
