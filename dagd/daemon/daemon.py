@@ -581,11 +581,16 @@ class Daemon:
                 self._check_writable()
                 self.store.record_requeue(run_id)
                 await self._commit(run_id)
+                if self.store.requeue_missed(run_id):
+                    # History retention deleted the run while this retry was reading it.
+                    raise DaemonError(
+                        "unknown_run", f"no run {run_id!r} (history retention deleted it)"
+                    )
                 # The daemon may have begun to stop meanwhile: as for trigger, the record says
                 # queued, and the next start closes it out.
                 self._check_accepting()
-            except DaemonError:
-                if not every_step:
+            except DaemonError as exc:
+                if not every_step and exc.code != "unknown_run":  # a deleted run is forgotten
                     self.admission.remember(state)
                 raise
             if every_step:
