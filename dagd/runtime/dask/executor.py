@@ -309,6 +309,13 @@ class DaskExecutor:
         if timed_out:
             with trio.CancelScope(shield=True):
                 worker = await self._stop(key, future)
+                if worker is None and waiter.done.is_set():
+                    # The worker's own timeout (the second line) ended the task first, so
+                    # no worker had it to stop: its result event says where it ran.
+                    with trio.move_on_after(_LATE_OUTPUT):
+                        while logs.result is None:
+                            await trio.sleep(0.01)
+                    worker = None if logs.result is None else logs.result.get("worker")
             assert step.timeout is not None
             return AttemptResult(
                 False, f"timed out after {format_seconds(step.timeout)}", True, worker
