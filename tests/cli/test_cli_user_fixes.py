@@ -21,8 +21,9 @@ command = "sleep 8"
 def test_trigger_wait_ends_with_the_outcome_when_the_daemon_shuts_down(tmp_path: Path) -> None:
     """SIGTERM cancels the waited-for run; --wait exits 130 with the outcome and no
     traceback, and the restarted daemon does not change that. The 1001 close races the
-    client's teardown, so four daemons (the default kill grace made it show most times)."""
-    for attempt in range(4):
+    client's teardown, so two daemons (with the default kill grace the race showed each
+    time before dagd.client let the cancellation win)."""
+    for attempt in range(2):
         _trigger_wait_across_shutdown(tmp_path / str(attempt))
 
 
