@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from clienthelp import DaemonProc, serving, wait_for
+from clihelp import cli_in, invoke
 
-from dagd.cli.main import main
 from dagd.client import connect
 from dagd.core.model import RunStatus, StepStatus, TriggerRule
 from dagd.core.protocol.answers import DagDetail, RunDetail, TriggerKind
@@ -98,14 +98,7 @@ def failed_run(daemon: DaemonProc) -> str:
 
 @pytest.fixture
 def cli(daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in ("DAGD_URL", "DAGD_TOKEN", "DAGD_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(daemon.root)
-    return CliRunner()
-
-
-def invoke(cli: CliRunner, *args: str) -> Result:
-    return cli.invoke(main, list(args), catch_exceptions=False)
+    return cli_in(daemon.root, monkeypatch)
 
 
 def field(text: str, name: str) -> str:

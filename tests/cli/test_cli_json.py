@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from clienthelp import DaemonProc, serving, wait_for
+from clihelp import cli_in, invoke
 
 from dagd.cli.main import main
 from dagd.core.protocol.answers import (
@@ -58,14 +59,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
 
 @pytest.fixture
 def cli(daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in ("DAGD_URL", "DAGD_TOKEN", "DAGD_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(daemon.root)
-    return CliRunner()
-
-
-def invoke(cli: CliRunner, *args: str) -> Result:
-    return cli.invoke(main, list(args), catch_exceptions=False)
+    return cli_in(daemon.root, monkeypatch)
 
 
 def document(result: Result) -> Any:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from clienthelp import DaemonProc, clean_env, serving, wait_for
+from clihelp import cli_in, invoke
 
-from dagd.cli.main import main
 from dagd.client import connect
 
 SUPPORT = Path(__file__).resolve().parent.parent / "support"
@@ -85,14 +85,7 @@ def finished_run(daemon: DaemonProc, dag_id: str) -> str:
 
 @pytest.fixture
 def cli(daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in ("DAGD_URL", "DAGD_TOKEN", "DAGD_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(daemon.root)
-    return CliRunner()
-
-
-def invoke(cli: CliRunner, *args: str) -> Result:
-    return cli.invoke(main, list(args), catch_exceptions=False)
+    return cli_in(daemon.root, monkeypatch)
 
 
 def test_raw_gives_back_the_exact_bytes(daemon: DaemonProc, cli: CliRunner) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 import trio
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from clienthelp import DaemonProc, serving, wait_for
+from clihelp import cli_in, invoke
 
-from dagd.cli.main import main
 from dagd.client import connect
 from dagd.core.dagschema import dag_json_schema
 from dagd.core.protocol.answers import BackfillAction, BackfillResult, Paused, Unpaused
@@ -54,14 +54,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
 
 @pytest.fixture
 def cli(daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in ("DAGD_URL", "DAGD_TOKEN", "DAGD_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(daemon.root)
-    return CliRunner()
-
-
-def invoke(cli: CliRunner, *args: str) -> Result:
-    return cli.invoke(main, list(args), catch_exceptions=False)
+    return cli_in(daemon.root, monkeypatch)
 
 
 def trigger(daemon: DaemonProc, dag_id: str) -> str:
