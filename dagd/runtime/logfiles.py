@@ -8,7 +8,6 @@ has no file). Attempt numbers go on across retries of a run, so no two attempts 
 from __future__ import annotations
 
 import glob
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -52,15 +51,3 @@ def run_logs(log_dir: Path, dag_id: str, run_id: str) -> Path:
         if name in ("", ".", "..") or "/" in name or "\0" in name:
             raise ValueError(f"{name!r} is not a DAG or run id a log folder can have")
     return log_dir / dag_id / run_id
-
-
-def remove_run_logs(log_dir: Path, dag_id: str, run_id: str) -> bool:
-    """Delete the log files of every attempt of every step of one run, with their folder;
-    returns False if it had none. The DAG's folder stays (a new run of it may be making its
-    own folder there right now). Raises ValueError as `run_logs` does, and OSError for a file
-    or folder that cannot be removed (what could be removed is gone)."""
-    try:
-        shutil.rmtree(run_logs(log_dir, dag_id, run_id))
-    except FileNotFoundError:
-        return False
-    return True
