@@ -9,12 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
 from click.testing import CliRunner
 from clienthelp import DaemonProc, serving, wait_for
-from clihelp import cli_in, invoke
+from clihelp import cli_in, invoke, start_run
 
-from dagd.client import connect
 from dagd.core.model import RunStatus, StepStatus, TriggerRule
 from dagd.core.protocol.answers import DagDetail, RunDetail, TriggerKind
 from dagd.core.protocol.codec import parse_server_message
@@ -79,14 +77,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
         mp.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
         with serving(tmp_path_factory.mktemp("show"), DAGS) as d:
             yield d
-
-
-def start_run(daemon: DaemonProc, dag_id: str) -> str:
-    async def trigger() -> str:
-        async with connect(daemon.url, daemon.token, [dag_id]) as client:
-            return await client.trigger(dag_id)
-
-    return trio.run(trigger)
 
 
 @pytest.fixture(scope="module")

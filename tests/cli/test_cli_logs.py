@@ -10,12 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
 from click.testing import CliRunner
 from clienthelp import DaemonProc, clean_env, serving, wait_for
-from clihelp import cli_in, invoke
-
-from dagd.client import connect
+from clihelp import cli_in, invoke, start_run
 
 SUPPORT = Path(__file__).resolve().parent.parent / "support"
 
@@ -61,16 +58,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
         mp.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
         with serving(tmp_path_factory.mktemp("logs"), DAGS) as d:
             yield d
-
-
-def start_run(daemon: DaemonProc, dag_id: str) -> str:
-    """Trigger `dag_id` through the client library; its run id."""
-
-    async def trigger() -> str:
-        async with connect(daemon.url, daemon.token, [dag_id]) as client:
-            return await client.trigger(dag_id)
-
-    return trio.run(trigger)
 
 
 def finished_run(daemon: DaemonProc, dag_id: str) -> str:

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import trio
 from click.testing import CliRunner
 from clienthelp import DaemonProc, serving, wait_for
-from clihelp import cli_in, invoke
+from clihelp import cli_in, invoke, start_run
 
-from dagd.client import connect
 from dagd.core.dagschema import dag_json_schema
 from dagd.core.protocol.answers import BackfillAction, BackfillResult, Paused, Unpaused
 from dagd.core.protocol.codec import parse_server_message
@@ -57,14 +55,6 @@ def cli(daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return cli_in(daemon.root, monkeypatch)
 
 
-def trigger(daemon: DaemonProc, dag_id: str) -> str:
-    async def go() -> str:
-        async with connect(daemon.url, daemon.token, [dag_id]) as client:
-            return await client.trigger(dag_id)
-
-    return trio.run(go)
-
-
 def show_dag_field(cli: CliRunner, dag_id: str, name: str) -> str:
     out = invoke(cli, "show", "--dag", dag_id).stdout
     match = re.search(rf"^{name} +(.*)$", out, re.MULTILINE)
@@ -93,7 +83,7 @@ def test_pause_survives_a_restart_and_manual_runs_still_run(
     daemon.start()
     daemon.wait_ready()
     assert show_dag_field(cli, "nightly", "paused") == "yes"
-    run_id = trigger(daemon, "nightly")
+    run_id = start_run(daemon, "nightly")
     wait_for(lambda: daemon.run_statuses("nightly").get(run_id) == "success")
 
     result = invoke(cli, "unpause", "nightly")
