@@ -190,12 +190,13 @@ async def open_client(
     interactive: bool = False,
     **kwargs: Any,
 ) -> AsyncIterator[Client]:
-    """A connected client; fails fast (unless `retry_first`) if the daemon is not there.
-    `interactive`: a person is waiting, reconnect with a lower backoff cap."""
+    """A connected client receiving the events of `dag_ids` (["*"]: every DAG; []: none, for
+    a command that only asks or controls); fails fast (unless `retry_first`) if the daemon
+    is not there. `interactive`: a person is waiting, reconnect with a lower backoff cap."""
     if interactive:
         kwargs.setdefault("max_backoff", INTERACTIVE_MAX_BACKOFF)
     try:
-        async with connect(endpoint.url, endpoint.token, dag_ids or ["*"], **kwargs) as client:
+        async with connect(endpoint.url, endpoint.token, dag_ids, **kwargs) as client:
             if not retry_first:
                 first = await _first_item(client)
                 if isinstance(first, ConnectionLost):
@@ -366,7 +367,7 @@ async def watch(endpoint: Endpoint, dag_ids: list[str], live: bool) -> int:
     """`dagd watch`: follow the runs of `dag_ids` (["*"]: all) until interrupted, from a
     snapshot of where they are now."""
     async with open_client(
-        endpoint, dag_ids, retry_first=True, interactive=True, initial_snapshot=True
+        endpoint, dag_ids or ["*"], retry_first=True, interactive=True, initial_snapshot=True
     ) as client:
         if not dag_ids:
             return await follow(client, None, live, stop_when_done=False)
