@@ -58,3 +58,24 @@ class RunIdFactory:
 def scheduled_run_id(slot: datetime) -> str:
     """`scheduled__<slot in UTC>`: one id per cron slot, so a slot never runs twice."""
     return f"scheduled__{slot.astimezone(UTC).isoformat()}"
+
+
+def slot_run_id(dag_id: str, slot: datetime) -> str:
+    """The run id of a DAG's cron slot, `scheduled__<slot in UTC>__<dag_id>`, the same whether
+    the scheduler or a backfill queues it. Run ids key runs across every DAG (active runs,
+    cancel/retry, the runs table), so it names the DAG: DAGs sharing a schedule fire the same
+    slots. Ids of one DAG sort as their slots do."""
+    return f"{scheduled_run_id(slot)}__{dag_id}"
+
+
+def slot_of_run_id(dag_id: str, run_id: str) -> datetime | None:
+    """The slot a run id of `dag_id` made by `slot_run_id` names (aware, UTC); None for any
+    other id."""
+    prefix, suffix = "scheduled__", f"__{dag_id}"
+    if not (run_id.startswith(prefix) and run_id.endswith(suffix)):
+        return None
+    try:
+        slot = datetime.fromisoformat(run_id[len(prefix) : -len(suffix)])
+    except ValueError:
+        return None
+    return slot if slot.tzinfo is not None else None

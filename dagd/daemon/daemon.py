@@ -51,7 +51,7 @@ from dagd.core.protocol.answers import (
 from dagd.core.protocol.requests import MAX_BACKFILL_SLOTS
 from dagd.core.records import AttemptRecord, RunRecord
 from dagd.core.runstate import RunState
-from dagd.core.timefmt import RunIdFactory, scheduled_run_id
+from dagd.core.timefmt import RunIdFactory, slot_of_run_id, slot_run_id
 from dagd.daemon.admission import Admission
 from dagd.daemon.dagfolder import DagFolder, problems_text
 from dagd.daemon.errors import DaemonError
@@ -162,17 +162,12 @@ class Daemon:
             after = datetime.fromtimestamp(last, UTC)
             if Schedule(dag.schedule, dag.timezone).next_after(after) > now:
                 continue  # nothing missed: nothing to catch up
-            rows = await self.store.read(
-                "SELECT run_id FROM runs WHERE dag_id = ? AND run_id > ? AND run_id < ?",
-                (dag.id, slot_run_id(dag.id, after), "scheduled_~"),
+            ids = await self.store.run_ids_between(
+                dag.id, slot_run_id(dag.id, after), "scheduled_~"
             )
-            suffix = f"__{dag.id}"
-            for (run_id,) in rows:
-                text = run_id.removeprefix("scheduled__")
-                if not text.endswith(suffix):
-                    continue
-                with contextlib.suppress(ValueError):
-                    slot = datetime.fromisoformat(text.removesuffix(suffix))
+            for run_id in ids:
+                slot = slot_of_run_id(dag.id, run_id)
+                if slot is not None:
                     self._ahead.setdefault(dag.id, set()).add(slot.timestamp())
 
     def _has_slot_run(self, dag_id: str, slot: datetime) -> bool:
@@ -976,13 +971,6 @@ def _range_slots(dag: DagSpec, start: str, end: str, now: float) -> list[datetim
         raise DaemonError(
             "invalid_range", f"the range {start[:60]!r} to {end[:60]!r} is out of range"
         ) from None
-
-
-def slot_run_id(dag_id: str, slot: datetime) -> str:
-    """The run id of a DAG's cron slot, the same whether the scheduler or a backfill queues it.
-    Run ids key runs across every DAG (active runs, cancel/retry, the runs table), so it names
-    the DAG: DAGs sharing a schedule fire the same slots."""
-    return f"{scheduled_run_id(slot)}__{dag_id}"
 
 
 def _storage_unavailable(error: str) -> DaemonError:

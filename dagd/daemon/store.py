@@ -978,6 +978,16 @@ class Store:
             )
         return [_run_record(r) for r in rows]
 
+    async def run_ids_between(self, dag_id: str, low: str, high: str) -> list[str]:
+        """The ids of `dag_id`'s runs that sort strictly between `low` and `high` (text order),
+        in that order: one range read of the runs table's primary key."""
+        rows = await self.read(
+            "SELECT run_id FROM runs WHERE run_id > ? AND run_id < ? AND dag_id = ?"
+            " ORDER BY run_id",
+            (low, high, dag_id),
+        )
+        return [run_id for (run_id,) in rows]
+
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
         """A run's row and its steps' rows (steps that never started have none), or None."""
         rows = await self.read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id=?", (run_id,))

@@ -103,3 +103,17 @@ def test_run_id_carries_across_a_second_boundary():
 )
 def test_scheduled_run_id_is_the_slot_in_utc(slot):
     assert scheduled_run_id(slot) == "scheduled__2024-01-01T12:00:00+00:00"
+
+
+def test_a_slots_run_id_gives_its_slot_back_and_other_ids_give_none() -> None:
+    from datetime import UTC, datetime
+
+    from dagd.core.timefmt import slot_of_run_id, slot_run_id
+
+    slot = datetime(2024, 3, 31, 1, 30, tzinfo=UTC)
+    run_id = slot_run_id("etl__x", slot)
+    assert run_id == "scheduled__2024-03-31T01:30:00+00:00__etl__x"
+    assert slot_of_run_id("etl__x", run_id) == slot
+    assert slot_of_run_id("x", run_id) is None  # another DAG's id ending alike: not a slot
+    assert slot_of_run_id("etl", "manual__2024-03-31T01:30:00.000000+00:00") is None
+    assert slot_of_run_id("etl", "scheduled__not-a-time__etl") is None

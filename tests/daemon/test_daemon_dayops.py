@@ -20,7 +20,8 @@ from dagd.core.config import Config
 from dagd.core.events import DagStatusEvent
 from dagd.core.model import RunStatus, StepStatus, TriggerRule
 from dagd.core.protocol.answers import BackfillAction, Edge, TriggerKind
-from dagd.daemon.daemon import Daemon, DaemonError, slot_run_id
+from dagd.core.timefmt import slot_run_id
+from dagd.daemon.daemon import Daemon, DaemonError
 
 
 @pytest.fixture
