@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from dagd.core.events import DagEvent
+from dagd.core.logslice import MAX_LOG_READ, LogSlice
 from dagd.core.protocol.answers import BackfillResult, DagDetail, DagSummary, RunDetail
 from dagd.core.records import RunRecord
 from dagd.daemon.errors import DaemonError
@@ -50,6 +51,22 @@ class DaemonService(Protocol):
     async def run_detail(self, run_id: str) -> RunDetail:
         """One run with every step of its definition and their attempts. DaemonError code:
         unknown_run."""
+        ...
+
+    async def read_log(
+        self,
+        run_id: str,
+        step_id: str,
+        attempt: int | None = None,
+        stream: str = "out",
+        offset: int = 0,
+        length: int = MAX_LOG_READ,
+    ) -> LogSlice:
+        """Up to `length` bytes (1..MAX_LOG_READ) of attempt `attempt` (None: the latest) of a
+        step's log `stream` ("out": stdout, "err": stderr) from byte `offset`: the bytes, the
+        file's size, and whether the attempt is over (`LogSlice.at_end`: nothing more will
+        come). DaemonError codes: invalid_message, unknown_run (also once history retention
+        deleted the run and its logs), unknown_step, unknown_attempt."""
         ...
 
     def dag_detail(self, dag_id: str) -> DagDetail:
@@ -116,6 +133,7 @@ __all__ = [
     "DaemonService",
     "DagDetail",
     "DagSummary",
+    "LogSlice",
     "RunDetail",
     "RunRecord",
     "StoredEvent",

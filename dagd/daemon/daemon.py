@@ -39,6 +39,7 @@ from dagd.core.dagsnapshot import (
 )
 from dagd.core.detail import dag_detail, live_run_detail, stored_run_detail
 from dagd.core.events import DagEvent, DagStatusEvent, ErrorEvent
+from dagd.core.logslice import MAX_LOG_READ, LogSlice
 from dagd.core.model import RETRYABLE_RUN, DagSpec, RunStatus, StepStatus
 from dagd.core.protocol.answers import (
     BackfillAction,
@@ -57,6 +58,7 @@ from dagd.daemon.dagfolder import DagFolder, problems_text
 from dagd.daemon.errors import DaemonError
 from dagd.daemon.eventstream import EventStream
 from dagd.daemon.hub import Hub, Subscriber
+from dagd.daemon.logreader import LogReader
 from dagd.daemon.recovery import LeftoverRecorder, close_out_state, recover
 from dagd.daemon.retention import PRUNE_INTERVAL, prune_once
 from dagd.daemon.scheduler import CronScheduler
@@ -103,6 +105,7 @@ class Daemon:
         self.folder = DagFolder(config.dags_dir, log, executors=config.executor_names)
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
         self.admission = Admission()
+        self.logs = LogReader(config.log_dir, store, self.admission.find, self.run_definition)
         self.active: dict[str, RunDriver] = {}  # running runs by run id
         self.scheduler = CronScheduler(
             clock, self._fire_scheduled, store.record_slot, has_run=self._has_slot_run
@@ -909,6 +912,22 @@ class Daemon:
             state.started_at,
             state.ended_at,
         )
+
+    async def read_log(
+        self,
+        run_id: str,
+        step_id: str,
+        attempt: int | None = None,
+        stream: str = "out",
+        offset: int = 0,
+        length: int = MAX_LOG_READ,
+    ) -> LogSlice:
+        """Up to `length` bytes (1..MAX_LOG_READ, 64 KiB) of one attempt's stdout ("out") or
+        stderr ("err") log from byte `offset`, with the file's size and whether the attempt is
+        over (dagd/core/logslice.py; attempt None: the latest). Reads in a worker thread.
+        DaemonError codes: invalid_message, unknown_run, unknown_step, unknown_attempt
+        (dagd/daemon/logreader.py says when)."""
+        return await self.logs.read(run_id, step_id, attempt, stream, offset, length)
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
         """A run's record and its steps' records as committed (steps that never started have

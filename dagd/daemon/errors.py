@@ -11,7 +11,9 @@ class DaemonError(Exception):
     `not_retryable`, `slow_consumer`, `storage_unavailable` (the state file cannot be
     written at the moment: a trigger, retry, pause or backfill is refused, nothing is queued),
     `no_schedule` (a backfill of a DAG without schedule), `invalid_range` (a backfill range
-    that cannot be used). Each method's docstring says which codes it raises.
+    that cannot be used), `unknown_step`, `unknown_attempt` (a step log asked of a step or
+    attempt the run does not have), `invalid_message` (a log read's stream, offset or length
+    out of range). Each method's docstring says which codes it raises.
     """
 
     def __init__(self, code: str, message: str) -> None:

@@ -7,7 +7,10 @@ has no file). Attempt numbers go on across retries of a run, so no two attempts 
 
 from __future__ import annotations
 
+import errno
 import glob
+import os
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -51,3 +54,28 @@ def run_logs(log_dir: Path, dag_id: str, run_id: str) -> Path:
         if name in ("", ".", "..") or "/" in name or "\0" in name:
             raise ValueError(f"{name!r} is not a DAG or run id a log folder can have")
     return log_dir / dag_id / run_id
+
+
+def read_range(path: Path, offset: int, length: int) -> tuple[bytes, int] | None:
+    """Blocking: up to `length` bytes of `path` from byte `offset`, and the file's size when
+    read (the size first, then the bytes: a file that grows meanwhile gives at most `size -
+    offset` of them, never a byte past the size it reports). None if there is no regular file
+    there (a FIFO or a folder put in its place is never opened for reading, so a read never
+    blocks on one). For a worker thread: a log may sit on a slow disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink in the log's place
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if offset >= st.st_size or length <= 0:
+            return b"", st.st_size
+        return os.pread(fd, min(length, st.st_size - offset), offset), st.st_size
+    finally:
+        os.close(fd)
