@@ -38,6 +38,7 @@ from dagd.daemon.api import DaemonService
 from dagd.net.auth import AuthThrottle, TokenBook
 from dagd.net.connection import CloseJob, Connection, Text
 from dagd.net.frames import FrameCache
+from dagd.net.http.context import HttpContext, dagd_version
 from dagd.net.stream import ConnectionStream
 
 log = logging.getLogger("dagd.net.server")
@@ -79,10 +80,27 @@ class Server:
         self.authenticated: set[Connection] = set()
         self.unauthenticated: set[Connection] = set()  # accepted, auth not yet done
         self.slow_closed = 0
+        self.http_connections = 0  # plain HTTP connections open now
+        self.http_requests = 0  # plain HTTP requests answered since start
         self.port: int | None = None
         self.url: str | None = None  # ws:// or wss:// URL of the endpoint, once listening
         self._closing = False
         self._drained = trio.Event()
+        #: What the HTTP route modules are given (dagd/net/http/context.py).
+        self.http = HttpContext(
+            daemon=daemon,
+            config=config,
+            tokens=self.tokens,
+            throttle=self.throttle,
+            net=self,
+            started=time.monotonic(),
+            version=dagd_version(),
+        )
+
+    @property
+    def authenticated_clients(self) -> int:
+        """WebSockets open now that have authenticated."""
+        return len(self.authenticated)
 
     async def serve_connection(self, transport: Transport) -> None:
         """Serve one accepted TCP (or TLS) connection until it ends, then close it.
