@@ -8,6 +8,7 @@ at start).
 
 from __future__ import annotations
 
+from dagd.net.http import api
 from dagd.net.http.context import HttpContext
 from dagd.net.http.message import Route
 
@@ -16,4 +17,5 @@ def all_routes(ctx: HttpContext) -> list[Route]:
     """Every route dagd serves over plain HTTP, module by module."""
     return [
         # One line per route module, e.g. `*health.routes(ctx),`.
+        *api.routes(ctx),
     ]
