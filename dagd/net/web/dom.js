@@ -1,0 +1,115 @@
+// Small DOM helpers shared by every page: building elements without HTML strings (so text
+// from the daemon is never parsed as markup), and batching work to one animation frame.
+
+/**
+ * h("a", {href: "#/", class: "x", title: "..."}, "text", child, [more children])
+ * Attributes are set with setAttribute (`class` included); `on*` keys are listeners
+ * (`onclick: fn`), `dataset` an object of data-* values. null/false children are skipped.
+ */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  setAttrs(el, attrs);
+  append(el, children);
+  return el;
+}
+
+export const SVG_NS = "http://www.w3.org/2000/svg";
+
+/** The same for SVG elements. */
+export function s(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  setAttrs(el, attrs);
+  append(el, children);
+  return el;
+}
+
+function setAttrs(el, attrs) {
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") {
+      el.addEventListener(key.slice(2), value);
+    } else if (key === "dataset") {
+      Object.assign(el.dataset, value);
+    } else {
+      el.setAttribute(key, value === true ? "" : String(value));
+    }
+  }
+}
+
+function append(el, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+}
+
+/** Replace all children of `el`. */
+export function replace(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
+/**
+ * Collects items and hands them to `flush(items)` once per animation frame, so a burst of
+ * events (a 2,000-step fan-out finishing) costs one DOM update, not one per event.
+ * Returns {push(item), cancel()}.
+ */
+export function frameBatcher(flush) {
+  let items = [];
+  let frame = null;
+  const run = () => {
+    frame = null;
+    const batch = items;
+    items = [];
+    flush(batch);
+  };
+  return {
+    push(item) {
+      items.push(item);
+      if (frame === null) frame = requestAnimationFrame(run);
+    },
+    cancel() {
+      if (frame !== null) cancelAnimationFrame(frame);
+      frame = null;
+      items = [];
+    },
+  };
+}
+
+/** Calls `fn` once, `ms` after the last of a burst of calls. Returns {call(), cancel()}. */
+export function debounce(fn, ms) {
+  let timer = null;
+  return {
+    call() {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        timer = null;
+        fn();
+      }, ms);
+    },
+    cancel() {
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Runs `tasks` (functions returning promises) with at most `limit` in flight; resolves
+ * with their results in order (a rejected task's slot holds its Error). Keeps the dashboard
+ * well below the daemon's message rate limit (100 per second). */
+export async function inBatches(tasks, limit = 4) {
+  const results = new Array(tasks.length);
+  let next = 0;
+  async function worker() {
+    while (next < tasks.length) {
+      const i = next++;
+      try {
+        results[i] = await tasks[i]();
+      } catch (err) {
+        results[i] = err instanceof Error ? err : new Error(String(err));
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
+  return results;
+}

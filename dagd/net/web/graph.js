@@ -1,0 +1,245 @@
+// A DAG drawn as an SVG graph, left to right by dependency, each node coloured by a status.
+//
+//   const graph = createGraph(container, {steps, edges}, {onSelect(stepId)});
+//   await graph.ready;                 // laid out and drawn
+//   graph.setStatuses({extract: "success", load: "running"});  // recolour, batched per frame
+//   graph.setStatus("load", "failed");
+//   graph.clearStatuses();             // every node back to "no status"
+//   graph.select("load");              // outline one node (null: none)
+//   graph.destroy();
+//
+// `steps` are get_dag's steps ({stepId, level, description?}), `edges` its edges
+// ({source, target}). The layout runs once, in a Web Worker (layout-worker.js): dagre up to
+// DAGRE_MAX_STEPS steps, a linear-time layered layout beyond (dagre takes seconds there).
+// Status changes only recolour nodes (a data-status attribute and its text), never lay out
+// again. Each node is focusable and says its step and status as text (title, aria-label and
+// a symbol), not only by colour. Clicking a node (or Enter on it) calls onSelect(stepId).
+
+import { frameBatcher, h, replace, s } from "./dom.js";
+import { statusLabel, statusSymbol } from "./status.js";
+
+export const DAGRE_MAX_STEPS = 250;
+const NODE_HEIGHT = 30;
+const CHAR_WIDTH = 7;         // px per character of a 12 px label (approximate)
+const MAX_LABEL = 28;         // characters shown; the full id is in the title
+const NODE_PAD = 44;          // bar, padding and the status mark
+
+let worker = null;
+let jobs = 0;
+const waiting = new Map();
+
+function layoutWorker() {
+  if (worker === null) {
+    worker = new Worker(new URL("./layout-worker.js", import.meta.url));
+    worker.onmessage = (message) => {
+      const job = waiting.get(message.data.id);
+      if (!job) return;
+      waiting.delete(message.data.id);
+      if (message.data.error) job.reject(new Error(message.data.error));
+      else job.resolve(message.data);
+    };
+  }
+  return worker;
+}
+
+function layout(nodes, edges, engine) {
+  return new Promise((resolve, reject) => {
+    const id = ++jobs;
+    waiting.set(id, { resolve, reject });
+    layoutWorker().postMessage({ id, nodes, edges, engine });
+  });
+}
+
+function label(stepId) {
+  return stepId.length > MAX_LABEL ? `${stepId.slice(0, MAX_LABEL - 1)}…` : stepId;
+}
+
+function pathOf(points, curved) {
+  if (points.length < 2) return "";
+  const f = (n) => Math.round(n * 10) / 10;
+  if (curved && points.length === 2) {
+    const [[x1, y1], [x2, y2]] = points;
+    const mid = (x1 + x2) / 2;
+    return `M${f(x1)},${f(y1)}C${f(mid)},${f(y1)} ${f(mid)},${f(y2)} ${f(x2)},${f(y2)}`;
+  }
+  let d = `M${f(points[0][0])},${f(points[0][1])}`;
+  if (points.length === 2) return `${d}L${f(points[1][0])},${f(points[1][1])}`;
+  // Through the midpoints with the bend points as controls: smooth, and exact at the ends.
+  for (let i = 1; i < points.length - 1; i++) {
+    const [cx, cy] = points[i];
+    const [nx, ny] = points[i + 1];
+    const end = i === points.length - 2 ? [nx, ny] : [(cx + nx) / 2, (cy + ny) / 2];
+    d += `Q${f(cx)},${f(cy)} ${f(end[0])},${f(end[1])}`;
+  }
+  return d;
+}
+
+export function createGraph(container, { steps, edges }, { onSelect = null } = {}) {
+  return new GraphView(container, steps, edges, onSelect);
+}
+
+/** The same as createGraph (the Run page's name for it). */
+export const drawGraph = createGraph;
+
+class GraphView {
+  constructor(container, steps, edges, onSelect) {
+    this.container = container;
+    this.onSelect = onSelect;
+    this.nodes = new Map();     // stepId -> {g, title, mark, status}
+    this.statuses = new Map();  // stepId -> status (also before the drawing is ready)
+    this.selected = null;
+    this.scale = 1;
+    this.destroyed = false;
+    this.batch = frameBatcher((updates) => this.recolour(updates));
+    this.box = h("div", { class: "graph-box", tabindex: "-1" });
+    this.tools = h("div", { class: "graph-tools" },
+      h("button", { type: "button", title: "Zoom out", "aria-label": "Zoom out", onclick: () => this.zoom(1 / 1.25) }, "−"),
+      h("button", { type: "button", title: "Zoom in", "aria-label": "Zoom in", onclick: () => this.zoom(1.25) }, "+"),
+      h("button", { type: "button", title: "Fit to width", onclick: () => this.fit() }, "Fit"),
+      h("span", { class: "muted graph-info" }, `${steps.length} steps · laying out…`));
+    replace(container, this.tools, this.box);
+    const nodes = steps.map((step) => ({
+      id: step.stepId,
+      width: Math.min(MAX_LABEL, step.stepId.length) * CHAR_WIDTH + NODE_PAD,
+      height: NODE_HEIGHT,
+      level: step.level || 0,
+    }));
+    this.edgeList = edges.map((e) => [e.source, e.target]);
+    this.engine = steps.length <= DAGRE_MAX_STEPS ? "dagre" : "layered";
+    const started = performance.now();
+    this.ready = layout(nodes, this.edgeList, this.engine).then((result) => {
+      if (this.destroyed) return;
+      this.draw(nodes, result);
+      this.tools.querySelector(".graph-info").textContent =
+        `${steps.length} steps · ${result.engine} layout ${Math.round(result.ms)} ms, ` +
+        `drawn in ${Math.round(performance.now() - started)} ms`;
+    });
+  }
+
+  draw(nodes, result) {
+    const curved = result.engine === "layered";
+    const width = Math.ceil(result.width);
+    const height = Math.ceil(result.height);
+    this.size = { width, height };
+    const svg = s("svg", {
+      class: "graph", viewBox: `0 0 ${width} ${height}`, width, height,
+      role: "group", "aria-label": `DAG graph, ${nodes.length} steps`,
+    });
+    const defs = s("defs", {}, s("marker", {
+      id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7,
+      orient: "auto-start-reverse",
+    }, s("path", { class: "arrow", d: "M0,0L10,5L0,10z" })));
+    const edgeLayer = s("g", { class: "edges" });
+    // One path element per edge, built as a batch of strings would need innerHTML; the
+    // element API keeps ids out of markup.
+    result.edges.forEach((points) => {
+      const d = pathOf(points, curved);
+      if (d) edgeLayer.append(s("path", { class: "edge", d, "marker-end": "url(#arrow)" }));
+    });
+    const nodeLayer = s("g", { class: "nodes" });
+    for (const n of nodes) {
+      const p = result.nodes[n.id];
+      if (!p) continue;
+      const status = this.statuses.get(n.id) || null;
+      const title = s("title", {}, `${n.id}: ${statusLabel(status)}`);
+      const mark = s("text", { class: "mark", x: n.width - 16, y: n.height / 2 }, status ? statusSymbol(status) : "");
+      const g = s("g", {
+        class: "node", tabindex: "0", role: "button",
+        transform: `translate(${Math.round(p.x - n.width / 2)},${Math.round(p.y - n.height / 2)})`,
+        "data-step-id": n.id,
+        "aria-label": `step ${n.id}: ${statusLabel(status)}`,
+      },
+      title,
+      s("rect", { width: n.width, height: n.height, rx: 6 }),
+      s("rect", { class: "bar", width: 6, height: n.height, rx: 2 }),
+      s("text", { x: 14, y: n.height / 2 }, label(n.id)),
+      mark);
+      if (status) g.dataset.status = status;
+      else g.setAttribute("data-status", "");
+      this.nodes.set(n.id, { g, title, mark, status });
+      nodeLayer.append(g);
+    }
+    svg.append(defs, edgeLayer, nodeLayer);
+    svg.addEventListener("click", (ev) => this.clicked(ev));
+    svg.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" || ev.key === " ") {
+        ev.preventDefault();
+        this.clicked(ev);
+      }
+    });
+    this.svg = svg;
+    replace(this.box, svg);
+    if (this.selected) this.select(this.selected);
+  }
+
+  clicked(ev) {
+    const g = ev.target.closest?.(".node");
+    if (!g || !this.onSelect) return;
+    this.onSelect(g.getAttribute("data-step-id"));
+  }
+
+  /** Queue a node's new status; nodes are recoloured once per animation frame. */
+  setStatus(stepId, status) {
+    this.statuses.set(stepId, status);
+    this.batch.push(stepId);
+  }
+
+  setStatuses(map) {
+    for (const [stepId, status] of Object.entries(map)) this.setStatus(stepId, status);
+  }
+
+  clearStatuses() {
+    for (const stepId of this.nodes.keys()) this.setStatus(stepId, null);
+    this.statuses.clear();
+  }
+
+  recolour(stepIds) {
+    for (const stepId of new Set(stepIds)) {
+      const node = this.nodes.get(stepId);
+      if (!node) continue;
+      const status = this.statuses.get(stepId) || null;
+      if (node.status === status) continue;
+      node.status = status;
+      node.g.setAttribute("data-status", status || "");
+      node.g.setAttribute("aria-label", `step ${stepId}: ${statusLabel(status)}`);
+      node.title.textContent = `${stepId}: ${statusLabel(status)}`;
+      node.mark.textContent = status ? statusSymbol(status) : "";
+    }
+  }
+
+  /** The status a node shows now (null: none) — what a person sees, for tests too. */
+  statusOf(stepId) {
+    return this.nodes.get(stepId)?.status ?? null;
+  }
+
+  select(stepId) {
+    if (this.selected && this.nodes.has(this.selected)) {
+      this.nodes.get(this.selected).g.classList.remove("selected");
+    }
+    this.selected = stepId;
+    const node = stepId ? this.nodes.get(stepId) : null;
+    if (node) node.g.classList.add("selected");
+  }
+
+  zoom(factor) {
+    this.scale = Math.min(4, Math.max(0.05, this.scale * factor));
+    this.applyScale();
+  }
+
+  fit() {
+    if (!this.size) return;
+    this.scale = Math.min(1, (this.box.clientWidth - 4) / this.size.width);
+    this.applyScale();
+  }
+
+  applyScale() {
+    if (!this.svg) return;
+    this.svg.setAttribute("width", Math.round(this.size.width * this.scale));
+    this.svg.setAttribute("height", Math.round(this.size.height * this.scale));
+  }
+
+  destroy() {
+    this.destroyed = true;
+    this.batch.cancel();
+  }
+}
