@@ -7,10 +7,15 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 from wshelp import OP_TOKEN
 
 from dagd.net.http.message import HttpRequest, HttpResponse, Route
@@ -120,3 +125,70 @@ async def http_call(
             conn.close()
 
     return await trio.to_thread.run_sync(send)
+
+
+#: docs/openapi.yaml, read once.
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
+OPENAPI: dict[str, Any] = yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))
+_URI = "urn:dagd:openapi"
+
+
+def _closed(schema: Any) -> Any:
+    """`schema` with every object that lists its properties closed to others: a response
+    validated against it may carry no field the document does not name."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    found = {key: _closed(value) for key, value in schema.items()}
+    if "properties" in found and "additionalProperties" not in found and "$ref" not in found:
+        found["additionalProperties"] = False
+    return found
+
+
+_REGISTRY: Registry[Any] = Registry().with_resource(
+    _URI, Resource.from_contents(_closed(OPENAPI), default_specification=DRAFT202012)
+)
+
+
+def resolve(node: dict[str, Any]) -> dict[str, Any]:
+    """A node of the document, or the node its `$ref` points to."""
+    while "$ref" in node and len(node) == 1:
+        target: Any = OPENAPI
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        node = target
+    return node
+
+
+def operation_of(method: str, path: str) -> tuple[str, dict[str, Any]]:
+    """The documented path template matching `path` and its operation for `method`."""
+    for template, item in OPENAPI["paths"].items():
+        if _match(template, path) is not None and method.lower() in item:
+            return template, item[method.lower()]
+    raise AssertionError(f"{method} {path} is not in docs/openapi.yaml")
+
+
+def check_documented(method: str, path: str, answer: Answer) -> None:
+    """Assert that docs/openapi.yaml documents `answer` as an answer to `method path`: its
+    status, content type, headers, and a body valid against the schema (closed objects)."""
+    template, operation = operation_of(method, path)
+    responses = operation["responses"]
+    key = str(answer.status)
+    assert key in responses, f"{method} {template}: status {key} is not documented"
+    response = resolve(responses[key])
+    content_type = answer.headers["content-type"].split(";")[0]
+    assert content_type in response["content"], (method, template, key, content_type)
+    for header in response.get("headers", {}):
+        assert header.lower() in answer.headers, (method, template, key, header)
+    pointer = "/".join(
+        part.replace("~", "~0").replace("/", "~1")
+        for part in ("paths", template, method.lower(), "responses", key)
+    )
+    if "$ref" in responses[key]:
+        pointer = responses[key]["$ref"].removeprefix("#/")
+    if content_type == "application/json":
+        schema = {"$ref": f"{_URI}#/{pointer}/content/application~1json/schema"}
+        validator = Draft202012Validator(schema, registry=_REGISTRY)
+        errors = [e.message for e in validator.iter_errors(answer.json())]
+        assert not errors, (method, template, key, errors[:3])

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apihelp import Answer, call_route
+from apihelp import Answer, call_route, check_documented
 from daemonhelp import wait_status
 from wshelp import READ_TOKEN, make_config, running
 
@@ -30,7 +30,10 @@ class Api:
         self.routes = routes
 
     async def __call__(self, method: str, path: str, **kw: Any) -> Answer:
-        return await call_route(self.routes, method, path, **kw)
+        """The answer, checked against docs/openapi.yaml (status, type, headers, body)."""
+        answer = await call_route(self.routes, method, path, **kw)
+        check_documented(method, path, answer)
+        return answer
 
 
 @pytest.fixture
