@@ -114,6 +114,12 @@ class DaemonService(Protocol):
         """The seq of the newest committed event (0: none yet)."""
         ...
 
+    @property
+    def runs_version(self) -> tuple[int, int]:
+        """Changes whenever the stored runs (what `list_runs` reads) may have changed; read it
+        before `list_runs` to key a copy of the answer."""
+        ...
+
     async def events_page(
         self, since: int, until: int | None = None, limit: int = 1000
     ) -> list[tuple[int, str, str]]:

@@ -129,6 +129,7 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self._accepting = False
         self._idle = trio.Event()
+        self._runs_pruned = 0  # runs history retention deleted: a part of runs_version
 
     # ------------------------------------------------------------ lifecycle
 
@@ -276,6 +277,7 @@ class Daemon:
     def _forget(self, run_ids: list[str]) -> None:
         """Retention deleted these runs from the store: drop them from the memory of finished
         runs too, or snapshots would still show them and a retry would rebuild a partial row."""
+        self._runs_pruned += len(run_ids)
         for run_id in run_ids:
             self.admission.recall(run_id)
 
@@ -317,6 +319,14 @@ class Daemon:
     def committed_seq(self) -> int:
         """The seq of the newest committed event (0: none yet)."""
         return self.store.committed_seq
+
+    @property
+    def runs_version(self) -> tuple[int, int]:
+        """A value that changes whenever the stored runs may have: (the store's committed
+        write batches, the runs history retention has deleted). Taken before a read of the
+        runs, it keys a copy of that read that is current while the value stays (the JSON
+        API's run lists, dagd/net/http/api.py)."""
+        return (self.store.batches, self._runs_pruned)
 
     async def events_page(
         self, since: int, until: int | None = None, limit: int = 1000

@@ -48,7 +48,7 @@ PREFIX = "/api/v1"
 
 #: The HTTP status of each error code the JSON API answers with (one table, every code the
 #: daemon's methods raise included; docs/openapi.yaml lists them per route). A DaemonError
-#: with a code missing here would be a 500, and tests/net/http/test_api.py fails first.
+#: with a code missing here would be a 500; tests/net/http/test_api_handlers.py fails first.
 STATUS: dict[str, int] = {
     # the request itself
     ErrorCode.INVALID_MESSAGE: 400,  # malformed JSON, wrong types, bad query values
@@ -79,6 +79,10 @@ _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: int() also reads "٣" and " 
 MAX_LOG_LENGTH = 1024 * 1024
 #: A log offset beyond any file (2**53: what a JSON number holds exactly, for scripts).
 MAX_LOG_OFFSET = 2**53
+#: Run list answers kept for reuse (about 4 KB each at the default limit of 20), and the
+#: largest kept (a longer one is answered, not kept): 64 x 64 KiB = 4 MiB at most.
+MAX_RUN_LISTS = 64
+MAX_RUN_LIST_BYTES = 64 * 1024
 #: The `stream` query values and the daemon's names of an attempt's two logs.
 _STREAMS = {"stdout": "out", "stderr": "err"}
 
@@ -195,6 +199,8 @@ class JsonApi:
         self.daemon = daemon
         self.tokens = tokens
         self.throttle = throttle if throttle is not None else AuthThrottle()
+        # GET /api/v1/runs answers by (dag, limit), with the runs_version they were read at.
+        self._run_lists: dict[tuple[str | None, int], tuple[object, HttpResponse]] = {}
 
     def routes(self) -> list[Route]:
         """The route table of the JSON API (docs/openapi.yaml documents exactly these)."""
@@ -283,10 +289,22 @@ class JsonApi:
     # ---- runs
 
     async def list_runs(self, request: HttpRequest, params: Params) -> HttpResponse:
+        """One store read and one encoding, and none while the stored runs have not changed
+        since the same question was last answered (`DaemonService.runs_version`): a page
+        or a script polling an idle daemon costs a dictionary lookup."""
         query = _query(request, ("dag", "limit"))
         limit = _count(query, "limit", 20, 1, MAX_LIST_LIMIT)
-        runs = await self.daemon.list_runs(query.get("dag"), limit)
-        return _answer(200, answers.RunList(runs))
+        key = (query.get("dag"), limit)
+        version = self.daemon.runs_version  # before the read: a change during it is seen
+        cached = self._run_lists.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        response = _answer(200, answers.RunList(await self.daemon.list_runs(key[0], limit)))
+        if len(response.body) <= MAX_RUN_LIST_BYTES:
+            if len(self._run_lists) >= MAX_RUN_LISTS:
+                self._run_lists.clear()  # bounded memory whatever the queries
+            self._run_lists[key] = (version, response)
+        return response
 
     async def get_run(self, request: HttpRequest, params: Params) -> HttpResponse:
         _query(request, ())

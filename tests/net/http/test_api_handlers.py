@@ -10,17 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from apihelp import Answer, call_route, check_documented
 from daemonhelp import wait_status
-from wshelp import READ_TOKEN, make_config, running
+from wshelp import READ_TOKEN, TOKENS, make_config, running
 
+from dagd.core.model import RunStatus
 from dagd.core.protocol import answers
 from dagd.core.protocol.codec import to_wire
+from dagd.core.records import RunRecord
+from dagd.daemon import daemon as daemon_module
 from dagd.daemon.api import DaemonService
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.errors import DaemonError
 from dagd.net.auth import AuthThrottle, TokenBook
-from dagd.net.http.api import STATUS, JsonApi
+from dagd.net.http.api import MAX_RUN_LISTS, STATUS, JsonApi
 from dagd.net.http.message import Route
 
 
@@ -395,3 +399,63 @@ async def test_logs_of_unknown_steps_and_runs(talked: tuple[Api, str]) -> None:
     ]:
         answer = await api("GET", path)
         assert (answer.status, answer.code) == (404, code), path
+
+
+class CountingDaemon:
+    """list_runs answers from a list and counts its calls; runs_version is set by the test."""
+
+    def __init__(self, runs: list[RunRecord]) -> None:
+        self.runs = runs
+        self.reads = 0
+        self.runs_version: tuple[int, int] = (0, 0)
+
+    async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+        self.reads += 1
+        return self.runs[:limit]
+
+
+def record(n: int) -> RunRecord:
+    return RunRecord("d", f"run{n}", RunStatus.SUCCESS, {}, 1.0 + n, 2.0 + n, 3.0 + n)
+
+
+async def test_a_run_list_is_read_again_only_when_the_runs_may_have_changed(
+    tmp_path: Path,
+) -> None:
+    daemon = CountingDaemon([record(1), record(2)])
+    routes = JsonApi(daemon, TokenBook.from_config(make_config(tmp_path))).routes()  # type: ignore[arg-type]
+    first = await call_route(routes, "GET", "/api/v1/runs")
+    again = await call_route(routes, "GET", "/api/v1/runs")
+    assert again == first and daemon.reads == 1
+    await call_route(routes, "GET", "/api/v1/runs", query={"limit": ["1"]})
+    assert daemon.reads == 2  # another question
+    daemon.runs = [record(1)]
+    daemon.runs_version = (0, 1)  # e.g. history retention deleted a run
+    after = await call_route(routes, "GET", "/api/v1/runs")
+    assert daemon.reads == 3
+    assert [r["runId"] for r in after.json()["runs"]] == ["run1"]
+    for n in range(MAX_RUN_LISTS + 5):  # many different questions: memory stays bounded
+        await call_route(routes, "GET", "/api/v1/runs", query={"limit": [str(100 + n)]})
+    assert daemon.reads == 3 + MAX_RUN_LISTS + 5
+
+
+async def test_runs_version_moves_with_writes_and_with_history_retention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daemon_module, "FIRST_PRUNE_DELAY", 0.05)
+    monkeypatch.setattr(daemon_module, "PRUNE_INTERVAL", 0.05)
+    config = make_config(tmp_path, tokens=f"{TOKENS}\n[history]\nkeep_runs = 1\n")
+    async with running(tmp_path, config=config) as daemon:
+        api = Api(daemon, JsonApi(daemon, TokenBook.from_config(config)).routes())
+        before = daemon.runs_version
+        first = (await api("POST", "/api/v1/dags/beta/runs")).json()["runId"]
+        assert daemon.runs_version > before  # the trigger's commit
+        await wait_status(daemon, first, ["success"])
+        second = (await api("POST", "/api/v1/dags/beta/runs")).json()["runId"]
+        await wait_status(daemon, second, ["success"])
+        pruned = daemon.runs_version[1]
+        with trio.fail_after(10):  # retention deletes the older run within a prune interval
+            while [r.run_id for r in await daemon.list_runs("beta")] != [second]:
+                await trio.sleep(0.02)
+        assert daemon.runs_version[1] > pruned
+        listed = (await api("GET", "/api/v1/runs", query={"dag": ["beta"]})).json()
+        assert [r["runId"] for r in listed["runs"]] == [second]
