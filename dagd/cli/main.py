@@ -590,9 +590,9 @@ def watch(
 
 
 def _add_commands() -> None:
-    from dagd.cli import inspect, logs, ops
+    from dagd.cli import dashboard, inspect, logs, ops
 
-    for command in (*inspect.COMMANDS, *ops.COMMANDS, *logs.COMMANDS):
+    for command in (*inspect.COMMANDS, *ops.COMMANDS, *logs.COMMANDS, *dashboard.COMMANDS):
         main.add_command(command)
 
 
