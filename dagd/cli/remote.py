@@ -38,6 +38,7 @@ from dagd.core.events import DagRunStatusEvent, ErrorEvent
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.core.model import FINISHED_RUN
 from dagd.core.protocol.answers import (
+    BrokenFile,
     CancelAccepted,
     DagList,
     DagSummary,
@@ -46,6 +47,7 @@ from dagd.core.protocol.answers import (
     Triggered,
 )
 from dagd.core.protocol.codes import ErrorCode
+from dagd.core.protocol.requests import ListDags
 from dagd.core.timefmt import iso_z
 
 T = TypeVar("T")
@@ -280,14 +282,35 @@ def dag_lines(dags: list[DagSummary]) -> list[str]:
 async def list_dags(endpoint: Endpoint, as_json: bool) -> None:
     """`dagd dags`: one line per loaded DAG, or the protocol's `dags` answer with --json."""
     async with open_client(endpoint, []) as client:
-        dags = await client.list_dags()
+        answer = await client.request(ListDags())
+    assert isinstance(answer, DagList)  # request() checked it against ANSWER_TO
     if as_json:
-        print_json(DagList(dags))
+        print_json(attrs.evolve(answer, request_id=None))
         return
-    for line in dag_lines(dags):
+    for line in dag_lines(answer.dags):
         click.echo(line)
-    if not dags:
+    if not answer.dags:
         click.echo("the daemon has no DAGs", err=True)
+    for line in broken_file_lines(answer.broken_files):
+        click.echo(line, err=True)
+
+
+def broken_file_lines(files: list[BrokenFile]) -> list[str]:
+    """`dagd dags`, on stderr: each problem of each DAG file that no version of runs, as
+    `not loaded: <file>: step 's': field 'f': <message>` (a broken file whose last good
+    version runs is shown under its DAG already)."""
+    lines = []
+    for file in files:
+        if file.dag_id is not None:
+            continue
+        for problem in file.problems:
+            where = [file.file]
+            if problem.step is not None:
+                where.append(f"step {problem.step!r}")
+            if problem.field is not None:
+                where.append(f"field {problem.field!r}")
+            lines.append(f"not loaded: {': '.join(where)}: {problem.message}")
+    return lines
 
 
 async def list_runs(endpoint: Endpoint, dag_id: str | None, limit: int, as_json: bool) -> None:

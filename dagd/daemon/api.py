@@ -12,7 +12,13 @@ from typing import Any, Protocol
 
 from dagd.core.events import DagEvent
 from dagd.core.logslice import MAX_LOG_READ, LogSlice
-from dagd.core.protocol.answers import BackfillResult, DagDetail, DagSummary, RunDetail
+from dagd.core.protocol.answers import (
+    BackfillResult,
+    BrokenFile,
+    DagDetail,
+    DagSummary,
+    RunDetail,
+)
 from dagd.core.records import RunRecord
 from dagd.daemon.errors import DaemonError
 from dagd.daemon.hub import Subscriber
@@ -41,6 +47,10 @@ class DaemonService(Protocol):
 
     def list_dags(self) -> list[DagSummary]:
         """Every loaded DAG, by id."""
+        ...
+
+    def broken_files(self) -> list[BrokenFile]:
+        """Every DAG file that is broken or refused now, by path, with its problems."""
         ...
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
@@ -135,6 +145,7 @@ class DaemonService(Protocol):
 
 __all__ = [
     "BackfillResult",
+    "BrokenFile",
     "DaemonError",
     "DaemonService",
     "DagDetail",

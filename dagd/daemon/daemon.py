@@ -45,13 +45,16 @@ from dagd.core.protocol.answers import (
     BackfillAction,
     BackfillResult,
     BackfillSlot,
+    BrokenFile,
     DagDetail,
     DagSummary,
+    FileProblem,
     RunDetail,
 )
 from dagd.core.protocol.requests import MAX_BACKFILL_SLOTS
 from dagd.core.records import AttemptRecord, RunRecord
 from dagd.core.runstate import RunState
+from dagd.core.text import one_line
 from dagd.core.timefmt import RunIdFactory, slot_of_run_id, slot_run_id
 from dagd.daemon.admission import Admission
 from dagd.daemon.dagfolder import DagFolder, problems_text
@@ -850,6 +853,27 @@ class Daemon:
         """Every loaded DAG, sorted by id, with its next scheduled run (UNIX seconds; None
         while paused), whether it is paused, and its file error (see `file_error`)."""
         return [self._summary(dag) for dag in sorted(self.dags.values(), key=lambda d: d.id)]
+
+    def broken_files(self) -> list[BrokenFile]:
+        """Every DAG file that is broken or refused now, sorted by path, with its problems
+        (text from the file escaped, as in error events) and the loaded DAG whose last good
+        version of it runs, if any."""
+        running = {dag.source: dag.id for dag in self.dags.values() if dag.source is not None}
+        return [
+            BrokenFile(
+                path,
+                running.get(path),
+                [
+                    FileProblem(
+                        one_line(p.message),
+                        None if p.step is None else one_line(p.step),
+                        None if p.field is None else one_line(p.field),
+                    )
+                    for p in problems
+                ],
+            )
+            for path, problems in sorted(self.folder.problems.items())
+        ]
 
     def _summary(self, dag: DagSpec) -> DagSummary:
         return DagSummary(

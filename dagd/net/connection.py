@@ -356,7 +356,7 @@ class Connection:
             await daemon.retry(message.run_id)
             self.reply(message, answers.RetryAccepted(message.run_id))
         elif isinstance(message, requests.ListDags):
-            self.reply(message, answers.DagList(daemon.list_dags()))
+            self.reply(message, answers.DagList(daemon.list_dags(), daemon.broken_files()))
         elif isinstance(message, requests.ListRuns):
             runs = await daemon.list_runs(message.dag_id, message.limit)
             self.reply(message, answers.RunList(runs))

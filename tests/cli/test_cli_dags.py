@@ -78,6 +78,25 @@ def test_dags_shows_a_broken_file_and_a_paused_dag(daemon: DaemonProc) -> None:
     wait_for(lambda: "last good version" not in dags_text(daemon), what="the error to clear")
 
 
+def test_dags_names_files_that_never_loaded_on_stderr_and_in_json(daemon: DaemonProc) -> None:
+    (daemon.root / "dags" / "new.toml").write_text(BROKEN)
+
+    def shown() -> str:
+        result = dagd("dags", cwd=daemon.root)
+        return result.stderr if "not loaded" in result.stderr else ""
+
+    stderr = wait_for(shown, what="dagd dags to name the broken file")
+    lines = stderr.splitlines()
+    assert all(line.startswith("not loaded: ") and "new.toml: step 'a': " in line for line in lines)
+    assert any("field 'depends_on': " in line and "ghost" in line for line in lines)
+    assert "new" not in dagd("dags", cwd=daemon.root).stdout.split()  # no DAG of that name
+    document = json.loads(dagd("dags", "--json", cwd=daemon.root).stdout)
+    [entry] = document["brokenFiles"]
+    assert entry["file"].endswith("new.toml") and entry["dagId"] is None
+    assert ("a", "depends_on") in [(p["step"], p["field"]) for p in entry["problems"]]
+    assert len(entry["problems"]) == len(lines)
+
+
 def test_watch_plain_says_when_a_file_breaks_and_loads_again(daemon: DaemonProc) -> None:
     etl_file = daemon.root / "dags" / "etl.toml"
     lines: list[str] = []

@@ -18,12 +18,14 @@ from dagd.core.protocol.answers import (
     BackfillAction,
     BackfillResult,
     BackfillSlot,
+    BrokenFile,
     CancelAccepted,
     DagDetail,
     DagList,
     DagSummary,
     Edge,
     Error,
+    FileProblem,
     Heartbeat,
     Paused,
     Pong,
@@ -132,6 +134,13 @@ ANSWERS: dict[type, list[Any]] = {
     DagList: [
         DagList([]),
         DagList([DAG, DagSummary("m", "", None, None, [], [], {})], request_id="d"),
+        DagList(
+            [DAG],
+            [
+                BrokenFile("dags/etl.toml", "etl", [FileProblem("bad", "load", "timeout")]),
+                BrokenFile("dags/x.toml", None, [FileProblem("not TOML: ..."), FileProblem("b")]),
+            ],
+        ),
     ],
     RunList: [
         RunList([]),
@@ -311,6 +320,17 @@ def test_answer_shapes_are_the_documented_ones() -> None:
         "paused",
         "fileError",
     ]
+    assert to_wire(DagList([], [BrokenFile("d/x.toml", None, [FileProblem("m", "s")])])) == {
+        "type": "dags",
+        "dags": [],
+        "brokenFiles": [
+            {
+                "file": "d/x.toml",
+                "dagId": None,
+                "problems": [{"message": "m", "step": "s", "field": None}],
+            }
+        ],
+    }
     assert to_wire(DagList([DagSummary("m", "", None, None, [], [], {})]))["dags"][0] == {
         "dagId": "m",
         "description": "",

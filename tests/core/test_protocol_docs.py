@@ -21,8 +21,10 @@ from dagd.core.protocol.answers import (
     ANSWER_TYPES,
     BackfillAction,
     BackfillSlot,
+    BrokenFile,
     DagSummary,
     Edge,
+    FileProblem,
     StepDefinition,
     StepDetail,
     TriggerKind,
@@ -112,6 +114,8 @@ def resolve(schema: dict[str, Any]) -> dict[str, Any]:
 #: Objects nested in answers: (answer type, path to the object's schema, class).
 NESTED = [
     ("dags", ("dags", "items"), DagSummary),
+    ("dags", ("brokenFiles", "items"), BrokenFile),
+    ("dags", ("brokenFiles", "items", "problems", "items"), FileProblem),
     ("runs", ("runs", "items"), RunRecord),
     ("dag", ("summary",), DagSummary),
     ("dag", ("steps", "items"), StepDefinition),

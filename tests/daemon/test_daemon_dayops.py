@@ -516,3 +516,38 @@ async def test_a_backfill_of_part_of_a_pause_leaves_the_other_missed_slots_to_ca
     ).fetchone()
     conn.close()
     assert queued == (1,)  # the backfilled slot was not fired again
+
+
+async def test_broken_files_lists_files_that_never_loaded_and_broken_loaded_ones(
+    config: Config,
+) -> None:
+    daily = write_dag(config, "daily", DAILY.format(marker="one"))
+    never = write_dag(
+        config,
+        "never",
+        """
+        [steps.a]
+        command = "true"
+        timeout = -1
+        [steps.b]
+        commnd = "true"
+        """,
+    )
+    async with open_daemon(config) as daemon:
+        [file] = daemon.broken_files()
+        assert (file.file, file.dag_id) == (str(never), None)
+        assert [(p.step, p.field) for p in file.problems] == [
+            ("a", "timeout"),
+            ("b", "commnd"),
+            ("b", None),  # "a step needs exactly one of 'command' or 'call'"
+        ]
+        assert all(p.message and "never.toml" not in p.message for p in file.problems)
+        write_dag(config, "daily", "schedule = 'not cron'\n[steps.s]\ncommand='true'\n")
+        await wait_until(lambda: len(daemon.broken_files()) == 2)
+        first, second = daemon.broken_files()  # by path
+        assert (first.file, first.dag_id) == (str(daily), "daily")
+        assert [(p.step, p.field) for p in first.problems] == [(None, "schedule")]
+        assert second.file == str(never)
+        never.unlink()
+        write_dag(config, "daily", DAILY.format(marker="fixed"))
+        await wait_until(lambda: daemon.broken_files() == [])

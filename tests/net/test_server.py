@@ -630,6 +630,23 @@ async def test_list_dags_and_list_runs(tmp_path: Path, aio: Aio, kind: str) -> N
         assert empty == {"type": "runs", "runs": []}
 
 
+async def test_list_dags_lists_broken_files_with_their_problems(tmp_path: Path, aio: Aio) -> None:
+    async with harness(tmp_path, aio) as h:
+        client = await h.connect("trio")
+        answer = await client.request({"type": "list_dags"})
+        assert answer["brokenFiles"] == []
+        broken = h.daemon.config.dags_dir / "broken.toml"
+        broken.write_text('[steps.a]\ncommand = "true"\ntimeout = "soon"\n')
+        await h.daemon.reload()
+        answer = await client.request({"type": "list_dags"})
+        assert "broken" not in [d["dagId"] for d in answer["dags"]]
+        [entry] = answer["brokenFiles"]
+        assert entry["file"] == str(broken) and entry["dagId"] is None
+        [problem] = entry["problems"]
+        assert (problem["step"], problem["field"]) == ("a", "timeout")
+        assert "soon" in problem["message"]
+
+
 # ------------------------------------------------------------ limits, closes
 
 

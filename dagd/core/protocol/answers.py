@@ -244,10 +244,36 @@ class BackfillResult:
 
 
 @attrs.frozen
+class FileProblem:
+    """One problem of a broken DAG file: `message`, and the `step` and `field` it is about
+    (None when it is about no step or field). Text from the file is escaped as in error
+    events (control characters as `\\xNN`)."""
+
+    message: str
+    step: str | None = None
+    field: str | None = None
+
+
+@attrs.frozen
+class BrokenFile:
+    """A DAG file that the daemon cannot use now, with every problem it has. `file` is its
+    path as the daemon reads it; `dag_id` is the loaded DAG whose last good version of this
+    file keeps running (its `fileError` says the same), None when no version of the file
+    runs (it never loaded, or its DAG id is another file's)."""
+
+    file: str
+    dag_id: str | None
+    problems: list[FileProblem]
+
+
+@attrs.frozen
 class DagList:
-    """The answer to `list_dags` (wire type `dags`)."""
+    """The answer to `list_dags` (wire type `dags`): the loaded DAGs by id, and the DAG files
+    that are broken now by path (`broken_files`), so that a file that does not load is
+    listed rather than missing."""
 
     dags: list[DagSummary]
+    broken_files: list[BrokenFile] = attrs.Factory(list)
     request_id: RequestId = None
 
 

@@ -28,9 +28,11 @@ from dagd.core.protocol.answers import (
     ANSWER_TYPES,
     BackfillAction,
     BackfillSlot,
+    BrokenFile,
     DagSummary,
     Edge,
     Error,
+    FileProblem,
     StepDefinition,
     StepDetail,
     TriggerKind,
@@ -245,7 +247,8 @@ def make_converter() -> cattrs.Converter:
         conv.register_unstructure_hook(event_cls, _make_unstructure(event_cls, conv, **overrides))
         conv.register_structure_hook(event_cls, _make_structure(event_cls, conv, **overrides))
 
-    # The entries of answers: `dags`, `runs`, `dag`, `run` and `backfill_result`; a class
+    # The entries of answers: `dags` (and its broken files), `runs`, `dag`, `run` and
+    # `backfill_result`; a class
     # before any class that holds it (a generated hook takes its fields' hooks as they are).
     plain: tuple[type, ...] = (
         DagSummary,
@@ -255,6 +258,8 @@ def make_converter() -> cattrs.Converter:
         Edge,
         StepDetail,
         BackfillSlot,
+        FileProblem,
+        BrokenFile,
     )
     for plain_cls in plain:
         overrides = _overrides(plain_cls)
