@@ -62,6 +62,12 @@ class Banner {
   constructor(el, roleEl) {
     this.el = el;
     this.roleEl = roleEl;
+    this.text = h("span", { class: "banner-text" });
+    this.retry = h("button", {
+      type: "button", class: "banner-retry", hidden: true,
+      onclick: () => client?.reconnectNow(),
+    }, "Reconnect now");
+    replace(el, this.text, this.retry);
     this.state = null;
     this.timer = setInterval(() => this.state?.phase === "disconnected" && this.render(), 500);
   }
@@ -74,7 +80,8 @@ class Banner {
   render() {
     const [phase, text] = bannerText(this.state);
     this.el.dataset.phase = phase;
-    this.el.textContent = text;
+    this.text.textContent = text;
+    this.retry.hidden = phase !== "disconnected";
     const role = this.state.role;
     this.roleEl.textContent = role === "read" ? "read-only" : role === "operate" ? "operator" : "";
     this.roleEl.title = role === "read"

@@ -24,6 +24,7 @@
 //   const answer = await client.request({type: "list_dags"});   // rejects with DagdError
 //   client.role  // "read" | "operate" | null before the first auth_success
 //   client.start(); client.close();
+//   client.reconnectNow()                  // while disconnected: skip the wait
 // `on` returns a function that removes the listener.
 
 export const ENDPOINT_PATH = "/api/v1/ws";
@@ -96,6 +97,13 @@ export class DagdClient {
 
   start() {
     this.closed = false;
+    this.connect();
+  }
+
+  /** While disconnected: try again now instead of waiting out the backoff. */
+  reconnectNow() {
+    if (this.closed || this.state.phase !== "disconnected") return;
+    clearTimeout(this.retryTimer);
     this.connect();
   }
 
