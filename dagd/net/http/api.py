@@ -245,7 +245,7 @@ class JsonApi:
 
     async def list_dags(self, request: HttpRequest, params: Params) -> HttpResponse:
         _query(request, ())
-        return _answer(200, answers.DagList(self.daemon.list_dags()))
+        return _answer(200, answers.DagList(self.daemon.list_dags(), self.daemon.broken_files()))
 
     async def get_dag(self, request: HttpRequest, params: Params) -> HttpResponse:
         _query(request, ())

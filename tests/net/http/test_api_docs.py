@@ -109,6 +109,8 @@ CLASSES: list[tuple[str, type]] = [
     ("attempt", AttemptRecord),
     ("stepDetail", answers.StepDetail),
     ("backfillSlot", answers.BackfillSlot),
+    ("brokenFile", answers.BrokenFile),
+    ("fileProblem", answers.FileProblem),
 ]
 
 

@@ -70,7 +70,8 @@ async def test_dags_are_the_dags_answer_without_envelope(api: Api) -> None:
     assert [d["dagId"] for d in body["dags"]] == sorted(
         ["alpha", "beta", "slow", "failing", "withparams"]
     )
-    assert body == unwrapped(answers.DagList(api.daemon.list_dags()))
+    assert body == unwrapped(answers.DagList(api.daemon.list_dags(), api.daemon.broken_files()))
+    assert body["brokenFiles"] == []
 
 
 async def test_one_dag_with_steps_edges_and_levels(api: Api) -> None:
