@@ -1,0 +1,377 @@
+"""The web dashboard under load: a real `dagd serve`, a headless Chromium driven by Playwright.
+
+    python bench/dashboard.py              # both parts, ~1 min
+    python bench/dashboard.py --part run   # (a) only
+    python bench/dashboard.py --part dag   # (b) only
+    python bench/dashboard.py --steps 2000 --graph-steps 1000 --reps 3
+
+(a) A 2,000-step fan-out run at full engine speed with its Run page open: a root step waits
+    for a file, then 1,998 async no-op Python callables (`benchsteps:async_noop`) run at once,
+    then a sink step (`max_parallel_steps = 2000`, so nothing but the engine limits the pace).
+    The page is opened while the root waits (the whole run drawn, every step pending), then
+    the file is created. Reported: when the daemon recorded the run's end (its `endedAt`), and
+    how long after it the page showed the daemon's final counts (succeeded steps = what
+    `get_run` says, and the run's status); the longest main-thread task the page ran from
+    opening to the end (`PerformanceObserver({type: "longtask"})`, tasks over 50 ms) and how
+    many took over 200 ms. Requirement: the page's counts equal the daemon's, and no task
+    over 200 ms.
+    Baseline, in the same run: the same measures for a 1-step run (the page's fixed cost).
+(b) The DAG page of a 1,000-step DAG (20 levels of 50 steps, each step depending on two of the
+    level before) until its graph is drawn (every node in the SVG), from navigation start
+    (`performance.now()` in the page). Requirement: under 2 s. Baseline: the DAG page of a
+    1-step DAG, so the ratio is what 1,000 steps add. The Run page of a finished run of that DAG
+    is timed the same way (graph, Gantt chart and step table drawn).
+
+Every time is the median of `--reps` page loads (a fresh page each). Exit status 0 when every
+requirement holds. The machine is shared: the line "other CPU" says how busy it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from playwright.sync_api import Page, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+LONGTASK_LIMIT_MS = 200.0
+GRAPH_LIMIT_S = 2.0
+BENCH_DIR = Path(__file__).resolve().parent
+
+# Records every long task (> 50 ms, the browser's threshold) from the page's start.
+LONGTASKS = """
+window.__longtasks = [];
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) window.__longtasks.push({start: e.startTime, duration: e.duration});
+}).observe({type: "longtask", buffered: true});
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fan_dag(n: int) -> str:
+    """A root that waits for the file $GO_FILE, n - 2 no-op callables, a sink: n steps (just
+    the root for n = 1)."""
+    lines = ["[steps.root]", "command = 'while [ ! -e \"$GO_FILE\" ]; do sleep 0.01; done'"]
+    if n == 1:
+        return "\n".join(lines) + "\n"
+    mids = [f"m{i:04d}" for i in range(n - 2)]
+    for sid in mids:
+        lines += [f"[steps.{sid}]", 'call = "benchsteps:async_noop"', 'depends_on = ["root"]']
+    lines += ["[steps.sink]", 'call = "benchsteps:async_noop"', f"depends_on = {json.dumps(mids)}"]
+    return "\n".join(lines) + "\n"
+
+
+def layered_dag(levels: int, width: int) -> str:
+    """levels x width steps; each step below the first level depends on two of the level
+    before (its own column and the next), so the graph has crossings for the layout to sort."""
+    lines = []
+    for lv in range(levels):
+        for col in range(width):
+            lines += [f"[steps.s{lv:02d}_{col:03d}]", 'call = "benchsteps:async_noop"']
+            if lv:
+                ups = sorted({f"s{lv - 1:02d}_{col:03d}", f"s{lv - 1:02d}_{(col * 7 + 3) % width:03d}"})
+                lines.append(f"depends_on = {json.dumps(ups)}")
+    return "\n".join(lines) + "\n"
+
+
+def one_dag(call: bool = True) -> str:
+    step = 'call = "benchsteps:async_noop"' if call else "command = 'true'"
+    return f"[steps.only]\n{step}\n"
+
+
+class Daemon:
+    """`python -m dagd serve` on a temporary folder, its DAGs written before it starts."""
+
+    def __init__(self, root: Path, dags: dict[str, str]) -> None:
+        self.root = root
+        self.port = free_port()
+        (root / "dags").mkdir(parents=True)
+        for name, text in dags.items():
+            (root / "dags" / f"{name}.toml").write_text(text)
+        (root / "config.toml").write_text(
+            textwrap.dedent(
+                f"""\
+                state_dir = "state"
+                dags_dir = "dags"
+                max_parallel_steps = 10000
+                [server]
+                port = {self.port}
+                """
+            )
+        )
+        self.go = root / "go"
+        env = dict(os.environ)
+        for var in ("DAGD_URL", "DAGD_TOKEN", "DAGD_CONFIG"):
+            env.pop(var, None)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p
+        )
+        env["GO_FILE"] = str(self.go)
+        self.log = open(root / "daemon.log", "wb")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dagd", "serve", "--config", str(root / "config.toml")],
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + 30
+        while not (root / "state" / "token").is_file() or "listening on" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the daemon did not start:\n{self.output()}")
+            time.sleep(0.05)
+        self.token = (root / "state" / "token").read_text().strip()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def output(self) -> str:
+        return (self.root / "daemon.log").read_text(errors="replace")
+
+    def dagd(self, *args: str) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DAGD_")}
+        out = subprocess.run(
+            [sys.executable, "-m", "dagd", *args, "--url", self.ws_url, "--token", self.token],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return out.stdout
+
+    def trigger(self, dag_id: str) -> str:
+        return self.dagd("trigger", dag_id, "-q").strip()
+
+    def run_detail(self, run_id: str) -> dict[str, Any]:
+        return json.loads(self.dagd("show", run_id, "--json"))
+
+    def wait_run(self, run_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            detail = self.run_detail(run_id)
+            if detail["record"]["status"] in ("success", "failed", "cancelled"):
+                return detail
+            if time.monotonic() > deadline:
+                raise SystemExit(f"run {run_id} did not end within {timeout}s")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def iso_ms(text: str) -> float:
+    """ms since the epoch of the protocol's ISO text ("2024-01-01T12:00:00.123Z")."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
+
+
+def page_url(d: Daemon, route: str) -> str:
+    """The dashboard at `route` (a hash route), the token handed over as the dashboard takes it."""
+    return f"{d.http_url}#token={quote(d.token)}&route={quote(route)}"
+
+
+def open_page(browser: Any, d: Daemon, route: str) -> Page:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.add_init_script(LONGTASKS)
+    page.goto(page_url(d, route))
+    return page
+
+
+def longtasks(page: Page) -> list[float]:
+    return [t["duration"] for t in page.evaluate("window.__longtasks")]
+
+
+def other_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+# ------------------------------------------------------------------------- (a) a live run
+
+
+def live_run(browser: Any, d: Daemon, dag_id: str, steps: int) -> dict[str, float]:
+    """Open the Run page of a new run of `dag_id` while its root waits, release it, and time
+    the page against the daemon."""
+    with contextlib.suppress(FileNotFoundError):
+        d.go.unlink()
+    run_id = d.trigger(dag_id)
+    page = open_page(browser, d, f"#/runs/{quote(run_id, safe='')}")
+    page.wait_for_selector(f'.run-counts [data-status="total"]:has-text("{steps} steps")', timeout=60_000)
+    d.go.touch()
+    detail = d.wait_run(run_id)
+    succeeded = sum(1 for s in detail["steps"] if s["status"] == "success")
+    status = detail["record"]["status"]
+    ended = iso_ms(detail["record"]["endedAt"])
+    # The page's clock is this machine's: Date.now() when it first showed the final counts.
+    shown = page.wait_for_function(
+        """([n, status]) => {
+            const c = document.querySelector('.run-counts [data-status="success"] .count');
+            const s = document.querySelector('.run-status');
+            return c && s && c.textContent === String(n) && s.dataset.status === status ? Date.now() : 0;
+        }""",
+        arg=[succeeded, status],
+        polling="raf",
+        timeout=60_000,
+    ).json_value()
+    tasks = longtasks(page)
+    page.close()
+    return {
+        "succeeded": succeeded,
+        "page_after_daemon_ms": max(0.0, shown - ended),
+        "run_ms": iso_ms(detail["record"]["endedAt"]) - iso_ms(detail["record"]["startedAt"]),
+        "longest_task_ms": max(tasks, default=0.0),
+        "tasks_over_limit": sum(1 for t in tasks if t > LONGTASK_LIMIT_MS),
+    }
+
+
+# ----------------------------------------------------------------- (b) page until drawn
+
+
+def drawn_ms(browser: Any, d: Daemon, route: str, selector: str, count: int) -> dict[str, float]:
+    """ms from navigation start until `count` elements match `selector`, and the page's
+    longest task."""
+    page = open_page(browser, d, route)
+    ms = page.wait_for_function(
+        "([sel, n]) => document.querySelectorAll(sel).length >= n ? performance.now() : 0",
+        arg=[selector, count],
+        polling="raf",
+        timeout=60_000,
+    ).json_value()
+    tasks = longtasks(page)
+    page.close()
+    return {"ms": ms, "longest_task_ms": max(tasks, default=0.0)}
+
+
+GRAPH_NODES = ".graph [data-step-id]"
+RUN_PAGE_ROWS = ".gantt-row[data-step-id]"
+
+
+def median(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["run", "dag", "all"], default="all")
+    ap.add_argument("--steps", type=int, default=2000, help="steps of the live fan-out run (a)")
+    ap.add_argument("--graph-levels", type=int, default=20)
+    ap.add_argument("--graph-width", type=int, default=50)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="keep the daemon's folder")
+    args = ap.parse_args()
+
+    graph_steps = args.graph_levels * args.graph_width
+    root = Path(tempfile.mkdtemp(prefix="dagd-bench-dashboard-"))
+    dags = {
+        "fan": fan_dag(args.steps),
+        "fan_one": fan_dag(1),
+        "layered": layered_dag(args.graph_levels, args.graph_width),
+        "one": one_dag(),
+    }
+    ok = True
+    busy0, total0 = other_cpu()
+    d = Daemon(root, dags)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            print(f"dagd dashboard benchmark: Chromium {browser.version}, {args.reps} reps, medians")
+            if args.part in ("run", "all"):
+                base = [live_run(browser, d, "fan_one", 1) for _ in range(args.reps)]
+                big = [live_run(browser, d, "fan", args.steps) for _ in range(args.reps)]
+                longest = max(r["longest_task_ms"] for r in big)
+                over = sum(r["tasks_over_limit"] for r in big)
+                counts_ok = all(r["succeeded"] == args.steps for r in big)
+                ok &= counts_ok and over == 0
+                b_after, after = median(base, "page_after_daemon_ms"), median(big, "page_after_daemon_ms")
+                print(
+                    f"(a) live Run page, {args.steps}-step fan-out: the run took {median(big, 'run_ms'):.0f} ms in "
+                    f"the daemon; the page showed its final counts {after:.0f} ms after the daemon's end "
+                    f"(1-step run: {b_after:.0f} ms; ratio {after / max(b_after, 1.0):.1f}x); counts equal the "
+                    f"daemon's: {'yes' if counts_ok else 'NO'}"
+                )
+                print(
+                    f"    longest main-thread task {longest:.0f} ms over {args.reps} runs "
+                    f"(1-step run: {max(r['longest_task_ms'] for r in base):.0f} ms); tasks over "
+                    f"{LONGTASK_LIMIT_MS:.0f} ms: {over} -> {'ok' if over == 0 else 'FAILS'}"
+                )
+            if args.part in ("dag", "all"):
+                run_id = d.trigger("layered")
+                d.wait_run(run_id)
+                one_run = d.trigger("one")
+                d.wait_run(one_run)
+                base = [drawn_ms(browser, d, "#/dags/one", GRAPH_NODES, 1) for _ in range(args.reps)]
+                big = [drawn_ms(browser, d, "#/dags/layered", GRAPH_NODES, graph_steps) for _ in range(args.reps)]
+                b_ms, ms = median(base, "ms"), median(big, "ms")
+                ok &= ms <= GRAPH_LIMIT_S * 1000
+                print(
+                    f"(b) DAG page, {graph_steps} steps, graph drawn {ms:.0f} ms after navigation start "
+                    f"(1-step DAG: {b_ms:.0f} ms; ratio {ms / b_ms:.1f}x); requirement < "
+                    f"{GRAPH_LIMIT_S * 1000:.0f} ms -> {'ok' if ms <= GRAPH_LIMIT_S * 1000 else 'FAILS'}; "
+                    f"longest task {median(big, 'longest_task_ms'):.0f} ms"
+                )
+                rbase = [
+                    drawn_ms(browser, d, f"#/runs/{quote(one_run, safe='')}", RUN_PAGE_ROWS, 1)
+                    for _ in range(args.reps)
+                ]
+                rbig = [
+                    drawn_ms(browser, d, f"#/runs/{quote(run_id, safe='')}", GRAPH_NODES, graph_steps)
+                    for _ in range(args.reps)
+                ]
+                r_b, r_ms = median(rbase, "ms"), median(rbig, "ms")
+                print(
+                    f"    Run page of a finished {graph_steps}-step run, drawn in {r_ms:.0f} ms (1-step run: "
+                    f"{r_b:.0f} ms; ratio {r_ms / r_b:.1f}x); longest task {median(rbig, 'longest_task_ms'):.0f} ms"
+                )
+            browser.close()
+    finally:
+        d.close()
+        busy1, total1 = other_cpu()
+        print(f"machine CPU busy during the benchmark: {100 * (busy1 - busy0) / max(total1 - total0, 1):.0f}%")
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print("ok" if ok else "a requirement FAILS")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
