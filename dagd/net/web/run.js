@@ -8,6 +8,7 @@
 // Retry; the daemon's answer, or its error, is shown under them.
 
 import { drawGraph } from "./graph.js";
+import { dagHref, runHref } from "./routes.js";
 import { Gantt } from "./gantt.js";
 import { FINISHED_RUN, RunModel, formatDuration, formatTime, graphOf } from "./runmodel.js";
 import { StepTable } from "./runtable.js";
@@ -31,23 +32,26 @@ const COUNT_LABEL = {
 };
 
 /**
- * Mount the page in `root`.
- * @param ctx.conn the dashboard's connection (ws.js)
- * @param params {runId, step?} from the route
- * @returns {{destroy(): void, query(params): void}}
+ * Mount the page in `root` (app.js's page contract, docs/dashboard.md).
+ * @param ctx.client the tab's DagdClient (ws.js)
+ * @param ctx.params.runId the run (decoded)
+ * @param ctx.query URLSearchParams: `step` selects a step
+ * @param ctx.role "read" | "operate": only operate sees Cancel and Retry
+ * @returns {{destroy(): void, update(query): void}}
  */
-export function mount(root, ctx, params) {
-  const page = new RunPage(root, ctx.conn, params);
+export function mount(root, ctx) {
+  const page = new RunPage(root, ctx.client, ctx.role, ctx.params.runId, ctx.query.get("step"));
   page.start();
-  return { destroy: () => page.destroy(), query: (p) => page.choose(p.step ?? null, false) };
+  return { destroy: () => page.destroy(), update: (query) => page.choose(query.get("step"), false) };
 }
 
 class RunPage {
-  constructor(root, conn, params) {
+  constructor(root, conn, role, runId, step) {
     this.root = root;
     this.conn = conn;
-    this.runId = params.runId;
-    this.wanted = params.step ?? null;
+    this.role = role;
+    this.runId = runId;
+    this.wanted = step ?? null;
     this.model = null;
     this.graph = null;
     this.graphTimer = null;
@@ -161,7 +165,7 @@ class RunPage {
   }
 
   buildControls() {
-    if (this.conn.role !== "operate") {
+    if (this.role !== "operate") {
       this.controls.hidden = true;
       return;
     }
@@ -213,7 +217,9 @@ class RunPage {
     this.table.select(this.selected);
     this.log.show(step);
     if (byPerson && step) {
-      const hash = `#/runs/${encodeURIComponent(this.runId)}?step=${encodeURIComponent(stepId)}`;
+      // The address names the step (a link to it can be shared); replaceState changes it
+      // without a hashchange, so the page is not mounted again.
+      const hash = runHref(this.runId, stepId);
       if (location.hash !== hash) history.replaceState(null, "", hash);
     }
   }
@@ -253,11 +259,11 @@ class RunPage {
     this.statusBadge = h("span", { class: "run-status", "data-status": m.status }, m.status);
     this.title.replaceChildren(document.createTextNode("Run "), h("code", {}, m.runId), document.createTextNode(" "), this.statusBadge);
     const facts = [
-      ["DAG", h("a", { href: `#/dags/${encodeURIComponent(m.dagId)}` }, m.dagId)],
+      ["DAG", h("a", { href: dagHref(m.dagId) }, m.dagId)],
       ["Trigger", m.trigger ?? "unknown"],
     ];
     if (m.parentRunId) {
-      facts.push(["Parent run", h("a", { href: `#/runs/${encodeURIComponent(m.parentRunId)}` }, m.parentRunId)]);
+      facts.push(["Parent run", h("a", { href: runHref(m.parentRunId) }, m.parentRunId)]);
     }
     const keys = Object.keys(m.params).sort();
     if (keys.length) {
