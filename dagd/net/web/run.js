@@ -354,7 +354,8 @@ function section(title, body, cls) {
   return s;
 }
 
+/** "code: the daemon's message" for a DagdError (ws.js), the message for anything else. */
 function describe(err) {
-  if (err && err.code) return `${err.code}: ${err.message ?? ""}`;
+  if (err && err.code) return `${err.code}: ${err.detail ?? err.message ?? ""}`;
   return String(err?.message ?? err);
 }

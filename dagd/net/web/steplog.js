@@ -120,7 +120,7 @@ class LogFollow {
     this.conn
       .request({ type: "follow_log", ...this.key, offset: this.next })
       .catch((err) => {
-        if (this.active) this.pane.setState(`cannot read this log: ${err.code ?? "error"}: ${err.message}`);
+        if (this.active) this.pane.setState(`cannot read this log: ${err.code ?? "error"}: ${err.detail ?? err.message}`);
       });
   }
 
