@@ -346,7 +346,7 @@ RUN_PAGE_ROWS = ".gantt-row[data-step-id]"
 
 
 def median(rows: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in rows)
+    return float(statistics.median(r[key] for r in rows))
 
 
 def part_run(browser: Any, d: Daemon, steps: int, reps: int) -> bool:
