@@ -76,7 +76,8 @@ class DaemonService(Protocol):
         step's log `stream` ("out": stdout, "err": stderr) from byte `offset`: the bytes, the
         file's size, and whether the attempt is over (`LogSlice.at_end`: nothing more will
         come). DaemonError codes: invalid_message, unknown_run (also once history retention
-        deleted the run and its logs), unknown_step, unknown_attempt."""
+        deleted the run and its logs), unknown_step, unknown_attempt, log_unreadable (the
+        file exists but cannot be read; the message names it)."""
         ...
 
     def dag_detail(self, dag_id: str) -> DagDetail:

@@ -959,8 +959,8 @@ class Daemon:
         """Up to `length` bytes (1..MAX_LOG_READ, 64 KiB) of one attempt's stdout ("out") or
         stderr ("err") log from byte `offset`, with the file's size and whether the attempt is
         over (dagd/core/logslice.py; attempt None: the latest). Reads in a worker thread.
-        DaemonError codes: invalid_message, unknown_run, unknown_step, unknown_attempt
-        (dagd/daemon/logreader.py says when)."""
+        DaemonError codes: invalid_message, unknown_run, unknown_step, unknown_attempt,
+        log_unreadable (dagd/daemon/logreader.py says when)."""
         return await self.logs.read(run_id, step_id, attempt, stream, offset, length)
 
     async def get_run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:

@@ -12,7 +12,8 @@ class DaemonError(Exception):
     written at the moment: a trigger, retry, pause or backfill is refused, nothing is queued),
     `no_schedule` (a backfill of a DAG without schedule), `invalid_range` (a backfill range
     that cannot be used), `unknown_step`, `unknown_attempt` (a step log asked of a step or
-    attempt the run does not have), `invalid_message` (a log read's stream, offset or length
+    attempt the run does not have), `log_unreadable` (a step log that exists but cannot be
+    read), `invalid_message` (a log read's stream, offset or length
     out of range). Each method's docstring says which codes it raises.
     """
 

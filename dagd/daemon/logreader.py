@@ -69,7 +69,8 @@ class LogReader:
         a length outside 1..MAX_LOG_READ), `unknown_run` (no such run in memory or in the
         store: also once history retention deleted it with its logs), `unknown_step` (not a
         step of the run), `unknown_attempt` (no such attempt: the step has not started that
-        many, or none yet)."""
+        many, or none yet), `log_unreadable` (the file exists but cannot be read: EACCES,
+        EIO; the message names it)."""
         if stream not in LOG_STREAMS:
             raise DaemonError("invalid_message", f"stream must be 'out' or 'err', not {stream!r}")
         if offset < 0:
@@ -92,8 +93,13 @@ class LogReader:
         final = not (running and attempt == latest)
         checked: LogStream = "out" if stream == "out" else "err"
         path = self._path(dag_id, run_id, step_id, attempt, checked)
-        async with self.limiter:
-            read = await trio.to_thread.run_sync(read_range, path, offset, length)
+        try:
+            async with self.limiter:
+                read = await trio.to_thread.run_sync(read_range, path, offset, length)
+        except OSError as exc:  # EACCES, EIO: the daemon's own file, so say which
+            raise DaemonError(
+                "log_unreadable", f"cannot read {path}: {exc.strerror or exc}"
+            ) from None
         data, size = read if read is not None else (b"", 0)
         return LogSlice(run_id, step_id, attempt, checked, offset, data, size, final)
 

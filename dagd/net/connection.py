@@ -32,12 +32,20 @@ from dagd.core.protocol.codec import encode, parse_client_message
 from dagd.core.protocol.codes import CloseCode, ErrorCode, Role
 from dagd.core.protocol.events import encode_event
 from dagd.core.protocol.pairs import answer_to, with_request_id
-from dagd.core.protocol.requests import CONTROL, MAX_DAG_IDS, ProtocolError, Request, RequestId
+from dagd.core.protocol.requests import (
+    CONTROL,
+    MAX_DAG_IDS,
+    MAX_LOG_FOLLOWS,
+    ProtocolError,
+    Request,
+    RequestId,
+)
 from dagd.daemon.api import DaemonError, DaemonService, StoredEvent, Subscriber
 from dagd.net.auth import AuthThrottle, TokenBook
 from dagd.net.errors import error
 from dagd.net.frames import FrameCache, text_frame
 from dagd.net.limits import TokenBucket, too_big
+from dagd.net.logfollow import FollowKey, LogFollow
 from dagd.net.stream import ConnectionStream
 
 log = logging.getLogger("dagd.net.connection")
@@ -50,6 +58,15 @@ class Text:
     """An answer or heartbeat waiting in the queue, as wire text."""
 
     text: str
+
+
+@attrs.frozen
+class LogFrame:
+    """A followed log's chunk, as a frame; `written` is set once it is on the socket (the
+    follow reads its next chunk only then: dagd/net/logfollow.py)."""
+
+    frame: bytes
+    written: trio.Event
 
 
 @attrs.frozen
@@ -117,6 +134,9 @@ class Connection:
         self.skip_upto = 0  # events at or below this seq were already sent by a replay/snapshot
         self.writer_busy = False  # the writer task holds items it has not written yet
         self.auth_request_id: RequestId = None
+        self.follows: dict[FollowKey, LogFollow] = {}  # followed logs (follow_log)
+        self.nursery: trio.Nursery | None = None  # where the follows run
+        self.log_turn = trio.Lock()  # the follows take turns to send a chunk
 
     # ---- sending
 
@@ -193,7 +213,9 @@ class Connection:
                 return
         finally:
             self.server.unauthenticated.discard(self)
-        self.sub = self.daemon.subscribe(set(), self.server.config.send_buffer)
+        # Each follow holds at most one item in the queue (a chunk or its log_end): room for
+        # them on top of send_buffer, so log chunks never take an event's place.
+        self.sub = self.daemon.subscribe(set(), self.server.config.send_buffer + MAX_LOG_FOLLOWS)
         self.sub.direct = self._direct
         self.server.authenticated.add(self)
         try:
@@ -201,6 +223,7 @@ class Connection:
             welcome = answers.AuthSuccess(Role(self.role), self.daemon.committed_seq)
             await self.send_now(welcome, self.auth_request_id)
             async with trio.open_nursery() as nursery:
+                self.nursery = nursery
                 nursery.start_soon(self._writer, nursery.cancel_scope)
                 nursery.start_soon(self._pinger, nursery.cancel_scope)
                 await self._reader()
@@ -380,10 +403,66 @@ class Connection:
                 dry_run=message.dry_run,
             )
             self.reply(message, result)
+        elif isinstance(message, requests.FollowLog):
+            await self._follow_log(message)
+        elif isinstance(message, requests.UnfollowLog):
+            key: FollowKey = (message.run_id, message.step_id, message.attempt, message.stream)
+            follow = self.follows.pop(key, None)
+            if follow is not None:
+                follow.stop()  # before the answer is queued: nothing of it comes after
+            self.reply(message, answers.LogUnfollowed(*key))
         elif isinstance(message, requests.Ping):
             self.reply(message, answers.Pong(time.time()))
         elif isinstance(message, requests.Auth):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "already authenticated", rid)
+
+    # ---- followed logs (dagd/net/logfollow.py)
+
+    async def _follow_log(self, message: requests.FollowLog) -> None:
+        rid = message.request_id
+        if len(self.follows) >= MAX_LOG_FOLLOWS:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_FOLLOWS,
+                f"this connection follows {MAX_LOG_FOLLOWS} logs already; unfollow_log one"
+                " or wait for its log_end",
+                rid,
+            )
+        first = await self.daemon.read_log(
+            message.run_id, message.step_id, message.attempt, message.stream, message.offset
+        )
+        key: FollowKey = (message.run_id, message.step_id, first.attempt, message.stream)
+        if key in self.follows:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"already following attempt {first.attempt} of step {message.step_id!r}"
+                f" ({message.stream}); unfollow_log it first",
+                rid,
+            )
+        follow = LogFollow(key, message.offset)
+        self.follows[key] = follow
+        self.reply(message, answers.LogFollowing(*key, message.offset))
+        assert self.nursery is not None
+        self.nursery.start_soon(follow.run, self, first)
+
+    def log_room(self) -> bool:
+        """Room for a log chunk: the queue is less than half full (of send_buffer) and no
+        bytes wait for the kernel to take them."""
+        sub = self.sub
+        if sub is None or self.stream.pending:
+            return False
+        return sub.queued() < self.server.config.send_buffer // 2
+
+    def queue_log_chunk(self, frame: bytes) -> trio.Event:
+        """Queue a log chunk's frame; the event is set once the writer wrote it."""
+        written = trio.Event()
+        self.queue(LogFrame(frame, written))
+        return written
+
+    def end_follow(self, follow: LogFollow, end: answers.LogEnd) -> None:
+        """A follow is over: forget it and queue its `log_end`."""
+        if self.follows.get(follow.key) is follow:
+            del self.follows[follow.key]
+        self.queue(Text(encode(end)))
 
     # ---- writing
 
@@ -427,17 +506,22 @@ class Connection:
         out = bytearray()
         skip = self.skip_upto
         frame = self.frames.frame
+        written: list[trio.Event] = []  # of the log chunks in `out`
         for item in batch:
             if isinstance(item, StoredEvent):
                 if item.seq > skip:
                     out += frame(item)
             elif isinstance(item, Text):
                 out += text_frame(item.text.encode())
+            elif isinstance(item, LogFrame):
+                out += item.frame
+                written.append(item.written)
             elif item is FLUSH:
                 pass  # the stream writes its pending bytes before `out` (see _write)
             else:
                 await self._write(out)
                 out = bytearray()
+                _set_all(written)
                 if isinstance(item, _ReplayJob):
                     await self._replay(item)
                 elif isinstance(item, _SnapshotJob):
@@ -447,6 +531,7 @@ class Connection:
                     raise _Closed
                 skip = self.skip_upto
         await self._write(out)
+        _set_all(written)
 
     def _wanted(self, dag_id: str) -> bool:
         return "*" in self.dag_ids or dag_id in self.dag_ids
@@ -536,6 +621,12 @@ class Connection:
                 await self._abort()
                 break
         cancel_scope.cancel()
+
+
+def _set_all(events: list[trio.Event]) -> None:
+    for event in events:
+        event.set()
+    events.clear()
 
 
 def _answer_frame(message: Answer, request_id: RequestId) -> bytes:

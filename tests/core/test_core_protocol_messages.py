@@ -27,6 +27,11 @@ from dagd.core.protocol.answers import (
     Error,
     FileProblem,
     Heartbeat,
+    LogChunk,
+    LogEnd,
+    LogEndReason,
+    LogFollowing,
+    LogUnfollowed,
     Paused,
     Pong,
     ReplayComplete,
@@ -52,6 +57,7 @@ from dagd.core.protocol.requests import (
     Auth,
     Backfill,
     Cancel,
+    FollowLog,
     GetDag,
     GetRun,
     ListDags,
@@ -63,6 +69,7 @@ from dagd.core.protocol.requests import (
     Snapshot,
     Subscribe,
     Trigger,
+    UnfollowLog,
     Unpause,
     Unsubscribe,
 )
@@ -90,6 +97,11 @@ REQUESTS: dict[type, list[Any]] = {
     GetDag: [GetDag("etl"), GetDag("etl", request_id=11)],
     Pause: [Pause("etl"), Pause("etl", request_id="p")],
     Unpause: [Unpause("etl"), Unpause("etl", request_id=12)],
+    FollowLog: [
+        FollowLog(RUN, "a"),
+        FollowLog(RUN, "a", 2, "err", 65536, request_id="f"),
+    ],
+    UnfollowLog: [UnfollowLog(RUN, "a", 1), UnfollowLog(RUN, "a", 3, "err", request_id=2)],
     Backfill: [
         Backfill("etl", "2024-01-01", "2024-01-31"),
         Backfill(
@@ -207,6 +219,16 @@ ANSWERS: dict[type, list[Any]] = {
     ],
     Pong: [Pong(T), Pong(T + 0.001, request_id="p")],
     Heartbeat: [Heartbeat(T), Heartbeat(T + 59.999)],
+    LogFollowing: [LogFollowing(RUN, "a", 1, "out", 0), LogFollowing(RUN, "a", 3, "err", 9, "f")],
+    LogUnfollowed: [LogUnfollowed(RUN, "a", 2, "err", request_id=1)],
+    LogChunk: [
+        LogChunk(RUN, "a", 1, "out", 0, 6, "hello\n"),
+        LogChunk(RUN, "a", 2, "err", 6, 10, "\x00\x1b\ufffd"),
+    ],
+    LogEnd: [
+        LogEnd(RUN, "a", 1, "out", 6, LogEndReason.COMPLETE),
+        LogEnd(RUN, "a", 1, "err", 0, LogEndReason.DELETED, "history retention deleted it"),
+    ],
     Error: [
         Error(ErrorCode.AUTH_FAILED, "invalid token", T),
         Error(ErrorCode.REPLAY_UNAVAILABLE, "gone", T, oldest_seq=5000, request_id="r"),

@@ -93,13 +93,23 @@ class ThreadedDaemon:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedDaemon]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    config = make_config(tmp, server="rate_limit = 1000000\nauth_timeout = 5")
+    # No WebSocket pings either way: both libraries draw ping payloads from the global
+    # `random`, from other threads, which hypothesis reports as randomness in a strategy.
+    config = make_config(tmp, server='rate_limit = 1000000\nauth_timeout = 5\nping_interval = "1h"')
     with ThreadedDaemon(config) as served:
         yield served
 
 
 def open_client(url: str, token: str | None = OP_TOKEN) -> ClientConnection:
-    ws = connect(url, open_timeout=5, close_timeout=2, proxy=None, max_size=None, legacy=True)
+    ws = connect(
+        url,
+        open_timeout=5,
+        close_timeout=2,
+        proxy=None,
+        max_size=None,
+        legacy=True,
+        ping_interval=None,
+    )
     if token is not None:
         ws.send(json.dumps({"type": "auth", "token": token}))
         assert check_frame(ws.recv(timeout=5))["type"] == "auth_success"

@@ -14,6 +14,7 @@ import enum
 
 import attrs
 
+from dagd.core.logslice import LogStream
 from dagd.core.model import StepStatus, TriggerRule
 from dagd.core.protocol.codes import ErrorCode, Role
 from dagd.core.protocol.requests import RequestId
@@ -294,6 +295,68 @@ class Pong:
 
 
 @attrs.frozen
+class LogFollowing:
+    """The answer to `follow_log`: this attempt's log `stream` is followed from byte
+    `offset`; `log_chunk` messages and a final `log_end` follow."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    stream: LogStream
+    offset: int
+    request_id: RequestId = None
+
+
+@attrs.frozen
+class LogUnfollowed:
+    """The answer to `unfollow_log`: nothing more of this log comes."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    stream: LogStream
+    request_id: RequestId = None
+
+
+@attrs.frozen
+class LogChunk:
+    """Bytes `offset` to `next_offset` of a followed log (byte offsets into the raw file),
+    as `text`: decoded as UTF-8, U+FFFD for bytes that are not (a character is never split
+    between two chunks). Answers nothing; a chunk starts where the one before it ended."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    stream: LogStream
+    offset: int
+    next_offset: int
+    text: str
+
+
+class LogEndReason(enum.StrEnum):
+    """Why a followed log ends (`log_end`)."""
+
+    COMPLETE = "complete"  # the attempt is over and every byte up to `offset` was sent
+    DELETED = "deleted"  # history retention deleted the run and its logs meanwhile
+    UNREADABLE = "unreadable"  # the daemon cannot read the file (`message` says why)
+
+
+@attrs.frozen
+class LogEnd:
+    """A followed log ends: nothing more of it comes. `offset` is where it ended (with
+    `complete`, the log's size: resume from there and nothing is left); `message` explains
+    the other reasons (None with `complete`). Answers nothing."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    stream: LogStream
+    offset: int
+    reason: LogEndReason
+    message: str | None = None
+
+
+@attrs.frozen
 class Heartbeat:
     """Sent every heartbeat_interval to every authenticated client; answers nothing."""
 
@@ -338,11 +401,14 @@ Answer = (
     | Paused
     | Unpaused
     | BackfillResult
+    | LogFollowing
+    | LogUnfollowed
     | Pong
     | Error
 )
-#: Everything the server sends that is not a DAG event.
-ServerAnswer = Answer | Heartbeat
+#: Everything the server sends that is not a DAG event: answers, heartbeats, and the
+#: messages of followed logs.
+ServerAnswer = Answer | Heartbeat | LogChunk | LogEnd
 
 #: The wire `type` of each answer class.
 ANSWER_TYPES: dict[type[ServerAnswer], str] = {
@@ -361,6 +427,10 @@ ANSWER_TYPES: dict[type[ServerAnswer], str] = {
     Paused: "paused",
     Unpaused: "unpaused",
     BackfillResult: "backfill_result",
+    LogFollowing: "log_following",
+    LogUnfollowed: "log_unfollowed",
+    LogChunk: "log_chunk",
+    LogEnd: "log_end",
     Pong: "pong",
     Heartbeat: "heartbeat",
     Error: "error",

@@ -26,11 +26,13 @@ from dagd.core.protocol.requests import (
     MAX_DAG_IDS,
     MAX_LIST_LIMIT,
     MAX_REQUEST_ID,
+    FollowLog,
     ListRuns,
     Replay,
     Request,
     RequestId,
     Subscribe,
+    UnfollowLog,
     Unsubscribe,
 )
 from dagd.core.protocol.wire import dumps, loads_strict
@@ -124,6 +126,11 @@ def _check_values(message: Request) -> None:
         raise ProtocolError(invalid, "since must be >= 0", rid)
     elif isinstance(message, ListRuns) and not 1 <= message.limit <= MAX_LIST_LIMIT:
         raise ProtocolError(invalid, f"limit must be 1..{MAX_LIST_LIMIT}", rid)
+    elif isinstance(message, FollowLog | UnfollowLog):
+        if message.attempt is not None and message.attempt < 1:
+            raise ProtocolError(invalid, "attempt must be >= 1", rid)
+        if isinstance(message, FollowLog) and message.offset < 0:
+            raise ProtocolError(invalid, "offset must be >= 0", rid)
 
 
 def parse_server_message(text: str | bytes) -> ServerAnswer | DagEvent:

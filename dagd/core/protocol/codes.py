@@ -30,7 +30,15 @@ class ErrorCode(enum.StrEnum):
     # a DAG that is neither loaded nor has any stored run
     UNKNOWN_DAG = "unknown_dag"
     INVALID_PARAMS = "invalid_params"  # a param the DAG does not declare
-    UNKNOWN_RUN = "unknown_run"  # get_run, cancel or retry of a run id that does not exist
+    # get_run, cancel, retry or follow_log of a run id that does not exist
+    UNKNOWN_RUN = "unknown_run"
+    UNKNOWN_STEP = "unknown_step"  # follow_log of a step the run does not have
+    # follow_log of an attempt the step has not made (or of the latest when it made none)
+    UNKNOWN_ATTEMPT = "unknown_attempt"
+    # follow_log of a log file the daemon cannot read (permissions, I/O error)
+    LOG_UNREADABLE = "log_unreadable"
+    # follow_log while MAX_LOG_FOLLOWS logs are followed on this connection
+    TOO_MANY_FOLLOWS = "too_many_follows"
     # trigger of a run whose new id is already queued or running (only when the clock went
     # backwards within a microsecond)
     DUPLICATE_RUN = "duplicate_run"

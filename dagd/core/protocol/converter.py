@@ -23,6 +23,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from dagd.core.events import EVENT_TYPES
+from dagd.core.logslice import LogStream
 from dagd.core.model import RunStatus, StepStatus, TriggerRule
 from dagd.core.protocol.answers import (
     ANSWER_TYPES,
@@ -33,6 +34,7 @@ from dagd.core.protocol.answers import (
     Edge,
     Error,
     FileProblem,
+    LogEndReason,
     StepDefinition,
     StepDetail,
     TriggerKind,
@@ -148,6 +150,14 @@ def _str_dict(value: Any, _type: object) -> dict[str, str]:
     return value
 
 
+def _log_stream(value: Any, _type: object) -> LogStream:
+    if value == "out":
+        return "out"
+    if value == "err":
+        return "err"
+    raise ValueError(f"expected 'out' or 'err', got {_show(value)}")
+
+
 def _list_hook(conv: cattrs.Converter) -> Callable[[Any], Hook]:
     """Lists are JSON arrays, nothing else (a string or an object is not a list)."""
 
@@ -235,11 +245,13 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(_Scalar, _scalar)
     conv.register_structure_hook(RequestId, _request_id)
     # Explicit hooks: a StrEnum is a str, and would otherwise reach the strict `str` hook.
-    for kind in (ErrorCode, Role, RunStatus, StepStatus, TriggerRule, TriggerKind, BackfillAction):
+    enums = (ErrorCode, Role, RunStatus, StepStatus, TriggerRule, TriggerKind, BackfillAction)
+    for kind in (*enums, LogEndReason):
         conv.register_structure_hook(kind, _enum(kind))
     conv.register_structure_hook_func(lambda t: t == (str | list[str] | None), _command)
     conv.register_structure_hook_func(lambda t: t == dict[str, _Scalar], _params)
     conv.register_structure_hook_func(lambda t: t == dict[str, str], _str_dict)
+    conv.register_structure_hook_func(lambda t: t == LogStream, _log_stream)
     conv.register_structure_hook_factory(_is_list, _list_hook(conv))
 
     for event_cls in EVENT_TYPES:

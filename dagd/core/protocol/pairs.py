@@ -20,6 +20,8 @@ from dagd.core.protocol.answers import (
     DagDetail,
     DagList,
     Error,
+    LogFollowing,
+    LogUnfollowed,
     Paused,
     Pong,
     ReplayComplete,
@@ -36,6 +38,7 @@ from dagd.core.protocol.requests import (
     Auth,
     Backfill,
     Cancel,
+    FollowLog,
     GetDag,
     GetRun,
     ListDags,
@@ -49,6 +52,7 @@ from dagd.core.protocol.requests import (
     Snapshot,
     Subscribe,
     Trigger,
+    UnfollowLog,
     Unpause,
     Unsubscribe,
 )
@@ -70,6 +74,8 @@ ANSWER_TO: dict[type[Request], type[Answer]] = {
     Pause: Paused,
     Unpause: Unpaused,
     Backfill: BackfillResult,
+    FollowLog: LogFollowing,
+    UnfollowLog: LogUnfollowed,
     Ping: Pong,
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import attrs
 
+from dagd.core.logslice import LogStream
 from dagd.core.protocol.codes import ProtocolError
 
 #: A request's `requestId`: a string (at most 200 characters), an integer, or absent (None).
@@ -22,6 +23,8 @@ MAX_REQUEST_ID = 200  # characters
 MAX_PARAM_NAME = 200  # characters
 #: Most schedule slots one `backfill` request may cover (dry run or not).
 MAX_BACKFILL_SLOTS = 1000
+#: Most logs one connection may follow at once (`follow_log`).
+MAX_LOG_FOLLOWS = 8
 
 
 @attrs.frozen
@@ -164,6 +167,34 @@ class Backfill:
 
 
 @attrs.frozen
+class FollowLog:
+    """Follow one attempt's log: its stdout (`stream` "out") or stderr ("err") from byte
+    `offset` on, as `log_chunk` messages, then `log_end` once the attempt is over and every
+    byte was sent. `attempt` (1-based, counted over every try of the run) None: the latest.
+    Answered with `log_following`, which names the attempt."""
+
+    run_id: str
+    step_id: str
+    attempt: int | None = None
+    stream: LogStream = "out"
+    offset: int = 0
+    request_id: RequestId = None
+
+
+@attrs.frozen
+class UnfollowLog:
+    """Stop following one attempt's log (as `log_following` named it). Answered with
+    `log_unfollowed`, also when no such log was followed; no `log_chunk` or `log_end` of it
+    comes after the answer."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    stream: LogStream = "out"
+    request_id: RequestId = None
+
+
+@attrs.frozen
 class Ping:
     """An application-level ping; answered with `pong` (handy for clients without WS pings)."""
 
@@ -186,6 +217,8 @@ Request = (
     | Pause
     | Unpause
     | Backfill
+    | FollowLog
+    | UnfollowLog
     | Ping
 )
 
@@ -206,6 +239,8 @@ REQUEST_TYPES: dict[type[Request], str] = {
     Pause: "pause",
     Unpause: "unpause",
     Backfill: "backfill",
+    FollowLog: "follow_log",
+    UnfollowLog: "unfollow_log",
     Ping: "ping",
 }
 #: The request class of each wire `type`.
@@ -219,10 +254,12 @@ __all__ = [
     "MAX_BACKFILL_SLOTS",
     "MAX_DAG_IDS",
     "MAX_LIST_LIMIT",
+    "MAX_LOG_FOLLOWS",
     "REQUEST_TYPES",
     "Auth",
     "Backfill",
     "Cancel",
+    "FollowLog",
     "GetDag",
     "GetRun",
     "ListDags",
@@ -237,6 +274,7 @@ __all__ = [
     "Snapshot",
     "Subscribe",
     "Trigger",
+    "UnfollowLog",
     "Unpause",
     "Unsubscribe",
 ]
