@@ -11,6 +11,7 @@ problem is one printable line that starts with the file.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ RANGES: dict[str, tuple[int, int]] = {
     "server.max_message_size": (1, 64 * 1024 * 1024),
     "server.send_buffer": (1, 1_000_000),
     "server.rate_limit": (1, 1_000_000),
+    "server.max_header_bytes": (1024, 1024 * 1024),
+    "server.max_body_bytes": (1, 64 * 1024 * 1024),
     "history.keep_runs": (1, 10**9),
 }
 #: `[history] keep_days`: more than 0 and at most 100 years (as `MAX_RETENTION_AGE`).
@@ -69,6 +72,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 3000
     origins: tuple[str, ...] = ()
+    #: Further names (besides host and the loopback names) that clients reach dagd by, e.g.
+    #: "dagd.example.com": plain HTTP needs a served Host; a page's own origin then may open
+    #: the WebSocket (docs/http.md).
+    hosts: tuple[str, ...] = ()
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_connections: int = 1000
@@ -80,6 +87,9 @@ class ServerConfig:
     handshake_timeout: float = 5.0
     rate_limit: int = 100  # client messages per second (burst: twice that)
     ping_interval: float = 20.0
+    max_header_bytes: int = 16384  # a request's head (request line and headers)
+    max_body_bytes: int = 1048576  # a plain HTTP request's body
+    keepalive_timeout: float = 60.0  # an idle HTTP connection is closed after this
 
 
 @attrs.frozen
@@ -208,6 +218,10 @@ _SERVER = {
     "handshake_timeout": "duration",
     "rate_limit": "posint",
     "ping_interval": "duration",
+    "hosts": "strlist",
+    "max_header_bytes": "posint",
+    "max_body_bytes": "posint",
+    "keepalive_timeout": "duration",
 }
 _TOKEN = {"role": "role", "name": "str", "token": "str", "sha256": "str", "env": "str"}
 _DASK = {
@@ -220,6 +234,8 @@ _DASK = {
 _HISTORY = {"keep_days": "days?", "keep_runs": "posint"}
 #: The tables `[executors.<name>]` may configure ("local" needs no settings).
 EXECUTOR_TABLES = {"dask": _DASK}
+#: One label of a DNS name (RFC 1123: letters, digits, inner hyphens, at most 63).
+_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 #: A Dask scheduler address: `scheme://host:port` (tcp, tls, ...) or plain `host:port`.
 _ADDRESS_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?[^\s/]+\Z")
 
@@ -354,6 +370,11 @@ def _parse_config(text: str | bytes, r: _Reader, source: Path | None) -> Config:
     server = ServerConfig(**r.read(r.table(doc.get("server", {}), "server"), _SERVER, "server"))
     if (server.tls_cert is None) != (server.tls_key is None):
         r.problems.append("set both server.tls_cert and server.tls_key, or neither")
+    for name in server.hosts:
+        if not is_host_name(name):
+            r.problems.append(
+                f"server.hosts: {show(name)} is not a host name or IP address (no port, no scheme)"
+            )
     auth = r.table(doc.get("auth", {}), "auth")
     r.read(auth, {"tokens": ""}, "auth")
     return Config(
@@ -414,6 +435,18 @@ def _dask_config(r: _Reader, executors: dict[str, Any]) -> DaskExecutorConfig | 
             "set both executors.dask.tls_client_cert and executors.dask.tls_client_key, or neither"
         )
     return dask if len(r.problems) == before else None
+
+
+def is_host_name(text: str) -> bool:
+    """Is `text` a DNS name (a trailing dot allowed) or an IP address (IPv6 without brackets),
+    with no port? `[server] hosts` entries must be."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    labels = text.removesuffix(".").split(".")
+    return len(text) <= 253 and all(_LABEL_RE.fullmatch(label) for label in labels)
 
 
 def _is_sha256(text: str) -> bool:
