@@ -50,6 +50,12 @@ class App:
         without a server."""
         return None if self.server is None else self.server.url
 
+    @property
+    def http_url(self) -> str | None:
+        """The dashboard and plain HTTP routes, `http://host:port/` (`https://` with TLS), or
+        None without a server."""
+        return None if self.server is None else self.server.http_url
+
 
 @asynccontextmanager
 async def open_app(

@@ -425,7 +425,11 @@ async def _serve(config: Config) -> None:
         async with trio.open_nursery() as nursery:
             async with open_app(config, websocket=config.server.enabled) as app:
                 daemon = app.daemon
-                where = f"events at {app.url}" if app.url is not None else "no WebSocket server"
+                where = (
+                    f"events at {app.url}, the dashboard at {app.http_url}"
+                    if app.url is not None
+                    else "no WebSocket server"
+                )
                 log.info(
                     "dagd ready: %d DAG(s) from %s; %s; state in %s",
                     len(daemon.dags),

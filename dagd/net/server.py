@@ -1,16 +1,24 @@
-"""The WebSocket endpoint, `/api/v1/ws`, served from the daemon's own trio loop.
+"""The port: the WebSocket endpoint `/api/v1/ws` and plain HTTP, served from the daemon's own
+trio loop.
 
 `serve` listens (TCP, or TLS through `trio.SSLListener`) and runs one task per accepted
-connection: it puts a `ConnectionStream` (dagd's own, dagd/net/stream.py) under the connection,
-hands it to trio-websocket with the public `wrap_server_stream`, answers the handshake (404 for
-any other path, 403 for a refused Origin, 503 while closing or full), and passes an accepted
-WebSocket to a `Connection` (dagd/net/connection.py). Every connection that does not become a
-WebSocket (refused, malformed, over-long or stalled handshake) is closed by the server at once,
-so a refused client never holds a task or a descriptor; at most `max_connections` handshakes are
-in progress at a time (more are answered 503 and closed without being read), so stalled
-handshakes cannot pile up descriptors either. The server keeps the connection registry,
-sends heartbeats, and closes every connection with 1001 on shutdown (`close_all`, called by the
-composition root after the runs stopped and the store is flushed).
+connection: it puts a `ConnectionStream` (dagd's own, dagd/net/stream.py) under the connection
+and reads the first request through the front door (dagd/net/http/frontdoor.py, h11). A
+WebSocket upgrade for `/api/v1/ws` goes back into the stream and on to trio-websocket with the
+public `wrap_server_stream`, which answers the handshake (403 for a refused Origin, 503 while
+closing or full) and passes an accepted WebSocket to a `Connection` (dagd/net/connection.py);
+any other upgrade is 404. Every other request is plain HTTP, answered by the front door from
+the route table for as long as the client keeps the connection.
+
+Every connection that does not become a WebSocket or a kept HTTP connection (refused,
+malformed, over-long or stalled request) is closed by the server at once, so a refused client
+never holds a task or a descriptor; at most `max_connections` first requests and handshakes
+are in progress at a time (more are answered 503 and closed without being read), and at most
+`max_connections` WebSockets and HTTP connections together are open. The server keeps the
+connection registry, sends heartbeats, and closes every connection with 1001 on shutdown
+(`close_all`, called by the composition root after the runs stopped and the store is flushed).
+An Origin may open the WebSocket if `server.origins` lists it or it is the page's own
+(dagd/net/http/hosts.py).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import os
 import ssl
 import time
 from typing import Any
+from urllib.parse import unquote
 
 import trio
 from trio_websocket import (
@@ -39,11 +48,15 @@ from dagd.net.auth import AuthThrottle, TokenBook
 from dagd.net.connection import CloseJob, Connection, Text
 from dagd.net.frames import FrameCache
 from dagd.net.http.context import HttpContext, dagd_version
+from dagd.net.http.frontdoor import WEBSOCKET_PATH, FrontDoor, HttpSession, Received
+from dagd.net.http.hosts import is_own_origin
+from dagd.net.http.router import Router
+from dagd.net.http.routes import all_routes
 from dagd.net.stream import ConnectionStream
 
 log = logging.getLogger("dagd.net.server")
 
-PATH = "/api/v1/ws"
+PATH = WEBSOCKET_PATH
 MESSAGE_QUEUE_SIZE = 4  # inbound messages trio-websocket holds before its reader waits
 DISCONNECT_TIMEOUT = 2.0  # seconds for the closing handshake at the end of a connection
 #: Written, best effort and without reading the request, to a connection that finds
@@ -81,9 +94,9 @@ class Server:
         self.unauthenticated: set[Connection] = set()  # accepted, auth not yet done
         self.slow_closed = 0
         self.http_connections = 0  # plain HTTP connections open now
-        self.http_requests = 0  # plain HTTP requests answered since start
         self.port: int | None = None
         self.url: str | None = None  # ws:// or wss:// URL of the endpoint, once listening
+        self.http_url: str | None = None  # http:// or https:// URL of the dashboard (`/`)
         self._closing = False
         self._drained = trio.Event()
         #: What the HTTP route modules are given (dagd/net/http/context.py).
@@ -95,6 +108,12 @@ class Server:
             net=self,
             started=time.monotonic(),
             version=dagd_version(),
+        )
+        self.door = FrontDoor(
+            Router(all_routes(self.http)),
+            self.config,
+            tls=self.config.tls_cert is not None,
+            closing=lambda: self._closing,
         )
 
     @property
@@ -113,26 +132,29 @@ class Server:
             return
         stream = ConnectionStream(transport)
         peer = stream.peer
+        session = self.door.session(stream, peer)
         try:
             async with trio.open_nursery() as nursery:
                 request = None
+                received = None
+                host = None  # the upgrade request's Host, for the Origin rule
                 self.handshaking += 1
                 try:
-                    with trio.move_on_after(self.config.handshake_timeout) as scope:
-                        # A refused or abandoned handshake ends the stream but not the wait
-                        # for a request (see ConnectionStream.on_end): stop waiting then.
-                        stream.on_end = scope.cancel
-                        request = await wrap_server_stream(
-                            nursery,
-                            stream,
-                            message_queue_size=MESSAGE_QUEUE_SIZE,
-                            max_message_size=self.config.max_message_size,
+                    deadline = trio.current_time() + self.config.handshake_timeout
+                    received = await session.next_request(deadline, deadline)
+                    if received is not None and session.upgrading:
+                        host = _host_of(received)
+                        request = await self._websocket_handshake(
+                            nursery, session, received, deadline
                         )
+                        received = None
                 finally:
                     stream.on_end = None
                     self.handshaking -= 1
                 if request is not None:
-                    await self.handle(request, stream, peer)
+                    await self.handle(request, stream, peer, host)
+                elif received is not None:
+                    await self._serve_http(session, received)
                 nursery.cancel_scope.cancel()  # trio-websocket's reader task
         except _CONNECTION_ERRORS:
             pass
@@ -149,6 +171,45 @@ class Server:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
+    async def _websocket_handshake(
+        self, nursery: trio.Nursery, session: HttpSession, received: Received, deadline: float
+    ) -> WebSocketRequest | None:
+        """Hand an upgrade request to trio-websocket: its bytes go back into the stream, and
+        `wrap_server_stream` reads the handshake from there. None if it never completes by
+        `deadline` (trio time), or the request is for another path (answered 404)."""
+        if _path_of(received.head.target) != PATH:
+            await session.refuse(404, "not_found", f"not found: the endpoint is {PATH}", text=True)
+            return None
+        stream = session.stream
+        stream.unread(session.replay(received))
+        with trio.move_on_at(deadline) as scope:
+            # A refused or abandoned handshake ends the stream but not the wait for a
+            # request (see ConnectionStream.on_end): stop waiting then.
+            stream.on_end = scope.cancel
+            return await wrap_server_stream(
+                nursery,
+                stream,
+                message_queue_size=MESSAGE_QUEUE_SIZE,
+                max_message_size=self.config.max_message_size,
+            )
+        return None
+
+    async def _serve_http(self, session: HttpSession, received: Received) -> None:
+        """A plain HTTP connection: counted in max_connections with the WebSockets."""
+        if self.connections + self.http_connections >= self.config.max_connections:
+            await session.refuse(503, "busy", "too many connections")
+            return
+        self.http_connections += 1
+        try:
+            await self.door.serve(session, received)
+        finally:
+            self.http_connections -= 1
+
+    @property
+    def http_requests(self) -> int:
+        """Plain HTTP requests answered since start, any status."""
+        return self.door.requests
+
     async def _refuse_busy(self, transport: Transport) -> None:
         """Too many handshakes in progress: a 503 if the kernel takes it at once (plain TCP
         only: TLS would need a handshake first), then close. Never waits for the peer."""
@@ -159,20 +220,27 @@ class Server:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(transport)
 
-    async def handle(self, request: WebSocketRequest, stream: ConnectionStream, peer: str) -> None:
-        """Answer the handshake, then serve an accepted WebSocket until it closes."""
+    async def handle(
+        self,
+        request: WebSocketRequest,
+        stream: ConnectionStream,
+        peer: str,
+        host: str | None = None,
+    ) -> None:
+        """Answer the handshake, then serve an accepted WebSocket until it closes. `host` is
+        the request's Host header (trio-websocket does not show it; the front door read it)."""
         if request.path.split("?", 1)[0] != PATH:
             await request.reject(404, body=b"not found: the endpoint is " + PATH.encode())
             return
         origin = _header(request, b"origin")
-        if origin is not None and origin not in self.config.origins:
+        if origin is not None and not self._origin_allowed(origin, host):
             log.info("refused %s: origin %r is not allowed", peer, origin)
             await request.reject(403, body=b"origin not allowed")
             return
         if self._closing:
             await request.reject(503, body=b"shutting down")
             return
-        if self.connections >= self.config.max_connections:
+        if self.connections + self.http_connections >= self.config.max_connections:
             await request.reject(503, body=b"too many connections")
             return
         self.connections += 1
@@ -188,6 +256,13 @@ class Server:
             self.connections -= 1
             if self._closing and not self.authenticated:
                 self._drained.set()
+
+    def _origin_allowed(self, origin: str, host: str | None) -> bool:
+        """A browser's Origin may open the WebSocket if server.origins lists it, or if it is
+        the page's own (`scheme://Host` with a served Host, dagd/net/http/hosts.py)."""
+        if origin in self.config.origins:
+            return True
+        return is_own_origin(origin, host, self.door.scheme, self.door.served)
 
     async def heartbeats(self) -> None:
         """Every heartbeat_interval seconds, queue a heartbeat for every authenticated client."""
@@ -217,6 +292,17 @@ def _close_reason(ws: WebSocketConnection) -> tuple[int, str] | None:
     return None if closed is None else (closed.code, closed.reason or "")
 
 
+def _host_of(received: Received) -> str | None:
+    for name, value in received.head.headers:
+        if name == b"host":
+            return value.decode("latin-1")
+    return None
+
+
+def _path_of(target: bytes) -> str:
+    return unquote(target.decode("latin-1").partition("?")[0])
+
+
 def _header(request: WebSocketRequest, name: bytes) -> str | None:
     for key, value in request.headers:
         if key.lower() == name:
@@ -238,7 +324,8 @@ async def serve(
 ) -> None:
     """Serve the protocol on config.server's host and port until cancelled.
 
-    `task_status.started(server)` once listening (`server.url`, `server.port` set). Raises
+    `task_status.started(server)` once listening (`server.url`, `server.http_url`,
+    `server.port` set). Raises
     OSError if the address cannot be bound, ValueError for a bad token in config.tokens
     (TokenBook.from_config), ssl.SSLError / OSError for an unreadable TLS certificate or key.
     """
@@ -256,6 +343,7 @@ async def serve(
     scheme = "wss" if ssl_context else "ws"
     host = cfg.host if ":" not in cfg.host else f"[{cfg.host}]"
     server.url = f"{scheme}://{host}:{server.port}{PATH}"
+    server.http_url = f"{'https' if ssl_context else 'http'}://{host}:{server.port}/"
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, server.serve_connection, listeners)
         nursery.start_soon(server.heartbeats)
@@ -263,5 +351,5 @@ async def serve(
             log.info(
                 "no tokens configured: clients use the token in %s", server.tokens.generated_file
             )
-        log.info("listening on %s", server.url)
+        log.info("listening on %s (the dashboard at %s)", server.url, server.http_url)
         task_status.started(server)

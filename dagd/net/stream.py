@@ -11,6 +11,10 @@ interleave: a pong never lands inside an event frame.
 on the socket's descriptor (`trio.SocketStream.socket`, public): most deliveries then cost one
 system call and no task switch. Whatever the kernel does not take stays in `pending` until
 someone awaits `flush()` (the connection's writer task, or trio-websocket inside `send_all`).
+
+The front door (dagd/net/http/frontdoor.py) reads each connection's first request itself;
+for a WebSocket upgrade it puts that request back with `unread`, and trio-websocket reads it
+from here as if it came from the socket.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class ConnectionStream(trio.abc.Stream):
         self._close_sent = False
         self.close_reason: Callable[[], tuple[int, str] | None] | None = None
         self.on_end: Callable[[], None] | None = None
+        self._replay = b""  # put back by `unread`: returned before the socket's bytes
 
     def _ended(self) -> None:
         on_end, self.on_end = self.on_end, None
@@ -64,13 +69,25 @@ class ConnectionStream(trio.abc.Stream):
     @property
     def peer(self) -> str:
         """The peer's address (an IP address as text, or the socket's name as text)."""
+        name = self._peer_name()
+        return str(name[0]) if isinstance(name, tuple) else str(name)
+
+    @property
+    def peer_address(self) -> str:
+        """The peer as "host:port" ("[v6]:port" for IPv6), as HTTP routes see it."""
+        name = self._peer_name()
+        if not isinstance(name, tuple):
+            return str(name)
+        host = str(name[0])
+        return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+
+    def _peer_name(self) -> object:
         transport = self.transport
         tcp = transport if isinstance(transport, trio.SocketStream) else transport.transport_stream
         try:
-            name = tcp.socket.getpeername()
+            return tcp.socket.getpeername()
         except OSError:
             return "unknown"
-        return str(name[0]) if isinstance(name, tuple) else str(name)
 
     def idle(self) -> bool:
         """Can `write_nowait` go straight to the socket: plain TCP, nothing pending, nobody
@@ -134,8 +151,19 @@ class ConnectionStream(trio.abc.Stream):
         """trio.abc.Stream: delegated to the transport."""
         await self.transport.wait_send_all_might_not_block()
 
+    def unread(self, data: bytes) -> None:
+        """Put `data` back in front of what the socket has not delivered yet: the next
+        `receive_some` calls return it first."""
+        self._replay = data + self._replay
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        """trio.abc.Stream: delegated to the transport (b"" or an error also calls `on_end`)."""
+        """trio.abc.Stream: bytes given to `unread` first, then the transport's (b"" or an
+        error also calls `on_end`)."""
+        if self._replay:
+            await trio.lowlevel.checkpoint()
+            size = len(self._replay) if max_bytes is None else max_bytes
+            chunk, self._replay = self._replay[:size], self._replay[size:]
+            return chunk
         try:
             data = await self.transport.receive_some(max_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -169,7 +169,11 @@ async def test_a_handshake_refused_while_shutting_down_is_closed_at_once(tmp_pat
 
 
 NOT_WEBSOCKET = {
-    "plain HTTP": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    # Plain HTTP is the front door's (tests/net/http): on the endpoint's path it is refused.
+    "plain HTTP on the endpoint": b"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "plain HTTP elsewhere, closing": (
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    ),
     "not HTTP": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) + b"\r\n\r\n",
     "a POST": b"POST /api/v1/ws HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
     "an old HTTP": b"GET /api/v1/ws HTTP/1.0\r\n\r\n",

@@ -1,0 +1,145 @@
+"""The front door and the WebSocket on one port: upgrades reach the WebSocket server as before,
+and a browser page's own origin may open it only from a Host that dagd serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+from httphelp import check_headers, exchange, read_replies, read_until_closed, request
+from wshelp import KINDS, Aio, harness, make_config, running, server_of
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def upgrade(host: str, origin: str | None = None, path: str = "/api/v1/ws") -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {KEY}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def handshake_status(port: int, data: bytes) -> int:
+    """The status line's code of the server's answer to a raw handshake."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        received = b""
+        with trio.fail_after(2):
+            while b"\r\n" not in received:
+                chunk = await stream.receive_some()
+                assert chunk, received
+                received += chunk
+    return int(received.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_websocket_clients_work_after_http_on_the_same_port(
+    tmp_path: Path, aio: Aio, kind: str
+) -> None:
+    async with harness(tmp_path, aio) as h:
+        port = h.server.port
+        assert port is not None
+        # plain HTTP first, on other connections: one kept open, a refusal, a garbage write
+        kept = await trio.open_tcp_stream("127.0.0.1", port)
+        async with kept:
+            await kept.send_all(request("/"))
+            [page] = await read_replies(kept, 1)
+            assert page.status == 200
+            assert (await exchange(port, request("/nope")))[0].status == 404
+            assert (await exchange(port, b"\x00\xff garbage\r\n\r\n"))[0].status == 400
+            client = await h.connect(kind)
+            assert (await client.request({"type": "ping"}))["type"] == "pong"
+            assert h.server.connections == 1
+            assert h.server.http_connections == 1
+            # and HTTP still works beside the WebSocket
+            await kept.send_all(request("/", headers=(("Connection", "close"),)))
+            assert (await read_replies(kept, 1))[0].status == 200
+
+
+async def test_the_pages_own_origin_may_open_the_websocket(tmp_path: Path) -> None:
+    config = make_config(tmp_path, server='hosts = ["dagd.example.com"]')
+    async with running(tmp_path, config=config) as daemon:
+        port = server_of(daemon).port
+        assert port is not None
+        own = [
+            (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"),
+            (f"localhost:{port}", f"http://localhost:{port}"),
+            (f"LocalHost:{port}", f"http://localhost:{port}"),
+            (f"dagd.example.com:{port}", f"http://dagd.example.com:{port}"),
+            ("dagd.example.com", "http://dagd.example.com"),
+        ]
+        for host, origin in own:
+            assert await handshake_status(port, upgrade(host, origin)) == 101, host
+        refused = [
+            # a DNS-rebinding page: its own origin, but a Host that is not dagd's
+            (f"evil.example:{port}", f"http://evil.example:{port}"),
+            # a foreign page talking to dagd's Host
+            (f"127.0.0.1:{port}", f"http://evil.example:{port}"),
+            # the same host with another scheme or port is another origin
+            (f"127.0.0.1:{port}", f"https://127.0.0.1:{port}"),
+            (f"127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"),
+            (f"127.0.0.1:{port}", "null"),
+        ]
+        for host, origin in refused:
+            assert await handshake_status(port, upgrade(host, origin)) == 403, (host, origin)
+        # no Origin (not a browser): accepted from any Host, as always
+        assert await handshake_status(port, upgrade(f"evil.example:{port}")) == 101
+
+
+async def test_server_origins_still_admit_other_pages(tmp_path: Path) -> None:
+    config = make_config(tmp_path, server='origins = ["https://ops.example.com"]')
+    async with running(tmp_path, config=config) as daemon:
+        port = server_of(daemon).port
+        assert port is not None
+        status = await handshake_status(port, upgrade("anything", "https://ops.example.com"))
+        assert status == 101
+
+
+async def test_plain_http_needs_a_served_host(tmp_path: Path) -> None:
+    config = make_config(tmp_path, server='hosts = ["dagd.example.com"]')
+    async with running(tmp_path, config=config) as daemon:
+        port = server_of(daemon).port
+        assert port is not None
+        close = (("Connection", "close"),)
+        for host in (f"127.0.0.1:{port}", "localhost", "[::1]:80", "DAGD.example.com."):
+            [reply] = await exchange(port, request("/", host=host, headers=close))
+            assert reply.status == 200, host
+            csp = reply.headers["content-security-policy"]
+            assert f"connect-src 'self' ws://{host};" in csp
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1:x", "[::1", "a b"):
+            [reply] = await exchange(port, request("/", host=host))
+            assert reply.status in (400, 421), host
+            check_headers(reply)
+            assert "ws://" not in reply.headers["content-security-policy"]
+
+
+async def test_a_wildcard_bind_serves_loopback_names_only(tmp_path: Path) -> None:
+    """With host = "0.0.0.0", requests by the machine's other addresses need [server] hosts."""
+    config = make_config(tmp_path, server='host = "0.0.0.0"')
+    async with running(tmp_path, config=config) as daemon:
+        port = server_of(daemon).port
+        assert port is not None
+        close = (("Connection", "close"),)
+        [ok] = await exchange(port, request("/", host="localhost", headers=close))
+        assert ok.status == 200
+        [no] = await exchange(port, request("/", host="192.0.2.7"))
+        assert no.status == 421
+
+
+async def test_a_stalled_upgrade_is_closed_silently_as_before(tmp_path: Path) -> None:
+    async with running(tmp_path, server='handshake_timeout = "300ms"') as daemon:
+        port = server_of(daemon).port
+        assert port is not None
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(upgrade("127.0.0.1")[:-2])  # the blank line never comes
+            assert await read_until_closed(stream, 3.0) == b""
