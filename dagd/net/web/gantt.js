@@ -6,7 +6,8 @@
 // grow with the number of steps.
 
 import { criticalPath, formatDuration, formatTime, FINISHED_RUN } from "./runmodel.js";
-import { Viewport, frameThrottle, h, svg } from "./runvlist.js";
+import { h, s as svg } from "./dom.js";
+import { Viewport, frameThrottle } from "./runvlist.js";
 
 const ROW = 22; // px per step row
 const LABEL = 180; // px for the step names on the left
@@ -171,10 +172,9 @@ export class Gantt {
     const ticks = [];
     for (let t = 0; t <= span; t += step) {
       const tx = x(t0 + t);
-      ticks.push(
-        svg("line", { class: "tick", x1: tx, x2: tx, y1: AXIS - 6, y2: AXIS }),
-        svg("text", { class: "tick-label", x: tx + 2, y: AXIS - 9 }, tickLabel(t)),
-      );
+      ticks.push(svg("line", { class: "tick", x1: tx, x2: tx, y1: AXIS - 6, y2: AXIS }));
+      // A label needs about 50 px: none that the right edge would cut.
+      if (tx < width - 50) ticks.push(svg("text", { class: "tick-label", x: tx + 2, y: AXIS - 9 }, tickLabel(t)));
     }
     ticks.push(svg("text", { class: "axis-origin", x: 6, y: AXIS - 9 }, "since start"));
     this.axis.replaceChildren(...ticks);

@@ -12,7 +12,8 @@ import { dagHref, runHref } from "./routes.js";
 import { Gantt } from "./gantt.js";
 import { FINISHED_RUN, RunModel, formatDuration, formatTime, graphOf } from "./runmodel.js";
 import { StepTable } from "./runtable.js";
-import { h, rateLimit } from "./runvlist.js";
+import { h } from "./dom.js";
+import { rateLimit } from "./runvlist.js";
 
 // Least time between two redraws of the page while events flow (ms): a person cannot follow
 // faster, and a 2,000-step fan-out's burst of events then costs a few redraws, not hundreds.

@@ -4,7 +4,8 @@
 // from steps and is only ever set as text content.
 
 import { formatDuration, formatTime } from "./runmodel.js";
-import { Viewport, frameThrottle, h } from "./runvlist.js";
+import { h } from "./dom.js";
+import { Viewport, frameThrottle } from "./runvlist.js";
 
 const ROW = 26; // px, fixed: the error column shows one line, its whole text in the tooltip
 const COLUMNS = ["Step", "Status", "Started", "Duration", "Retries", "Error"];

@@ -96,23 +96,3 @@ export function rateLimit(fn, ms) {
     },
   };
 }
-
-const SVG = "http://www.w3.org/2000/svg";
-
-/** An SVG element with attributes (values set with setAttribute: never parsed as markup). */
-export function svg(tag, attrs = {}, text = null) {
-  const el = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
-  if (text !== null) el.textContent = text;
-  return el;
-}
-
-/** An HTML element with attributes and text content (never innerHTML). */
-export function h(tag, attrs = {}, text = null) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v !== null && v !== undefined && v !== false) el.setAttribute(k, v === true ? "" : String(v));
-  }
-  if (text !== null) el.textContent = text;
-  return el;
-}

@@ -1,37 +1,38 @@
 // The Run page's log panel: one step's output, attempt by attempt (a button per attempt), its
 // stdout and stderr each in its own pane, followed live while the attempt runs.
 //
-// Live output comes from the WebSocket's `follow_log` request: the daemon sends `log_chunk`
-// messages, each a piece of one attempt's stream from a byte `offset`, until the attempt is over
-// and everything is sent (`final` and nothing left). A pane remembers the byte offset after the
-// last chunk it showed; after a reconnect it asks again from there, so nothing is shown twice or
+// Live output comes from the WebSocket's `follow_log` request, one per stream: the daemon sends
+// `log_chunk` messages, each a piece of one attempt's stream from a byte `offset` to its
+// `nextOffset`, then `log_end` once the attempt is over and everything is sent. A pane remembers
+// the last `nextOffset`; after a reconnect it asks again from there, so nothing is shown twice or
 // lost. A pane keeps at most `maxBytes` of text in the page (dropping its oldest chunks, with a
 // note saying how much is not shown and how to read all of it); it keeps the newest line in view
 // until the person scrolls up, and follows again once they scroll back to the bottom.
 
 import { formatDuration } from "./runmodel.js";
-import { frameThrottle, h } from "./runvlist.js";
+import { h } from "./dom.js";
+import { frameThrottle } from "./runvlist.js";
 
+const encoder = new TextEncoder();
 const STREAMS = [
   ["out", "stdout"],
   ["err", "stderr"],
 ];
-const encoder = new TextEncoder();
 
 /** One stream of one attempt: a bounded, auto-scrolling <pre>. */
 class LogPane {
-  constructor(label, maxBytes) {
+  constructor(stream, label, maxBytes) {
     this.maxBytes = maxBytes;
     this.kept = []; // [{node, bytes}]
     this.keptBytes = 0;
     this.droppedBytes = 0;
     this.pending = [];
     this.stick = true;
-    this.root = h("div", { class: "log-stream" });
+    this.root = h("div", { class: "log-stream", "data-stream": stream });
     this.title = h("h3", {}, label);
     this.note = h("p", { class: "log-note" });
     this.text = h("pre", { class: "log-text", tabindex: "0", "aria-label": `${label} of this attempt` });
-    this.status = h("p", { class: "log-note log-state" });
+    this.status = h("p", { class: "log-state" });
     this.root.append(this.title, this.note, this.text, this.status);
     this.text.addEventListener(
       "scroll",
@@ -63,18 +64,35 @@ class LogPane {
     }
     this.pending = [];
     this.text.append(frag);
-    while (this.keptBytes > this.maxBytes && this.kept.length > 1) {
-      const old = this.kept.shift();
-      old.node.remove();
-      this.keptBytes -= old.bytes;
-      this.droppedBytes += old.bytes;
-    }
+    this.trim();
     if (this.droppedBytes > 0) {
       this.note.textContent =
         `Showing the last ${formatBytes(this.keptBytes)}; the earlier ${formatBytes(this.droppedBytes)} ` +
         "are not shown here (dagd logs RUN STEP prints all of it).";
     }
     if (stick) this.text.scrollTop = this.text.scrollHeight;
+  }
+
+  /** Drop the oldest text until at most maxBytes are kept: whole chunks first, then the start
+   * of the oldest one, up to a line's end, so the pane begins with a whole line. */
+  trim() {
+    while (this.kept.length > 1 && this.keptBytes - this.kept[0].bytes >= this.maxBytes) {
+      const old = this.kept.shift();
+      old.node.remove();
+      this.keptBytes -= old.bytes;
+      this.droppedBytes += old.bytes;
+    }
+    const first = this.kept[0];
+    if (!first || this.keptBytes <= this.maxBytes) return;
+    const text = first.node.data;
+    let cut = Math.min(text.length, this.keptBytes - this.maxBytes);
+    const eol = text.indexOf("\n", cut);
+    cut = eol < 0 ? text.length : eol + 1;
+    const bytes = Math.min(first.bytes, encoder.encode(text.slice(0, cut)).length);
+    first.node.deleteData(0, cut);
+    first.bytes -= bytes;
+    this.keptBytes -= bytes;
+    this.droppedBytes += bytes;
   }
 
   setState(text) {
@@ -92,17 +110,22 @@ function formatBytes(n) {
   return `${(n / 1048576).toFixed(1)} MiB`;
 }
 
-/** Follows one (run, step, attempt, stream) over the connection, resuming after reconnects. */
+/** Follows one (run, step, attempt, stream) over the connection (`follow_log`, docs/protocol.md
+ * "Following a step's log"), resuming after reconnects from the byte it had reached. */
 class LogFollow {
   constructor(conn, key, pane) {
     this.conn = conn;
     this.key = key;
     this.pane = pane;
-    this.next = 0; // byte offset after the last chunk shown
+    this.next = 0; // byte offset after the last chunk shown (the last nextOffset)
+    this.following = false; // log_following came: chunks before it belong to an older follow
     this.done = false;
     this.active = true;
-    this.offChunk = conn.on("message", (msg) => {
-      if (msg.type === "log_chunk") this.chunk(msg);
+    this.offMessage = conn.on("message", (msg) => {
+      if (this.active && this.following && this.matches(msg)) {
+        if (msg.type === "log_chunk") this.chunk(msg);
+        else if (msg.type === "log_end") this.end(msg);
+      }
     });
     this.offReconnect = conn.on("connected", ({ reconnect }) => {
       if (reconnect && this.active && !this.done) this.start();
@@ -116,37 +139,42 @@ class LogFollow {
   }
 
   start() {
+    this.following = false;
     this.pane.setState("following…");
     this.conn
       .request({ type: "follow_log", ...this.key, offset: this.next })
+      .then(() => {
+        this.following = true;
+      })
       .catch((err) => {
         if (this.active) this.pane.setState(`cannot read this log: ${err.code ?? "error"}: ${err.detail ?? err.message}`);
       });
   }
 
   chunk(msg) {
-    if (!this.active || !this.matches(msg)) return;
-    const data = msg.data ?? "";
-    const bytes = msg.nextOffset !== undefined ? msg.nextOffset - msg.offset : encoder.encode(data).length;
-    const end = msg.offset + bytes;
-    if (end <= this.next && bytes > 0) return; // already shown (a replayed piece after a reconnect)
+    if (msg.nextOffset <= this.next) return; // already shown
     if (msg.offset > this.next) {
       this.pane.append(`\n[… ${formatBytes(msg.offset - this.next)} not shown …]\n`, 0);
     }
-    this.pane.append(data, bytes);
-    this.next = Math.max(this.next, end);
-    if (msg.final && this.next >= (msg.size ?? this.next)) {
-      this.done = true;
-      this.pane.setState(this.next === 0 ? "(no output)" : "");
+    this.pane.append(msg.text, msg.nextOffset - msg.offset);
+    this.next = msg.nextOffset;
+  }
+
+  end(msg) {
+    this.done = true;
+    if (msg.reason === "complete") {
+      this.pane.setState(msg.offset === 0 ? "(no output)" : "");
+    } else if (msg.reason === "deleted") {
+      this.pane.setState("The rest of this log is gone: history retention deleted the run.");
     } else {
-      this.pane.setState("following…");
+      this.pane.setState(`The daemon cannot read this log: ${msg.message ?? msg.reason}`);
     }
   }
 
   stop() {
     if (!this.active) return;
     this.active = false;
-    this.offChunk();
+    this.offMessage();
     this.offReconnect();
     if (!this.done) this.conn.request({ type: "unfollow_log", ...this.key }).catch(() => {});
   }
@@ -247,7 +275,7 @@ export class StepLog {
       this.streams.replaceChildren();
       return;
     }
-    this.panes = STREAMS.map(([, label]) => new LogPane(label, this.maxBytes));
+    this.panes = STREAMS.map(([stream, label]) => new LogPane(stream, label, this.maxBytes));
     this.streams.replaceChildren(...this.panes.map((p) => p.root));
     this.follows = STREAMS.map(
       ([stream], i) =>
