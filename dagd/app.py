@@ -27,7 +27,9 @@ from dagd.core.config import Config, ConfigError
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.daemon.daemon import Daemon
 from dagd.daemon.hub import Hub
+from dagd.daemon.looplag import probe_loop_lag
 from dagd.daemon.statelock import hold_state_dir
+from dagd.daemon.stats import DaemonStats
 from dagd.daemon.store import StorageUnavailable, Store
 from dagd.net.server import Server, serve
 from dagd.runtime.executor import executor_registry
@@ -92,7 +94,8 @@ async def open_app(
     # the folder is free once everything is on disk.
     with hold_state_dir(config.state_dir):
         hub = Hub()
-        store = Store.open(config.db_path, on_commit=hub.publish)
+        stats = DaemonStats()  # counted by the store as it commits; read by /metrics
+        store = Store.open(config.db_path, on_commit=hub.publish, stats=stats)
         try:
             with unwrap_single():
                 async with open_executors(config) as executors, trio.open_nursery() as nursery:
@@ -103,6 +106,7 @@ async def open_app(
                     )
                     await nursery.start(store.writer)
                     await nursery.start(store.checkpointer)
+                    await nursery.start(probe_loop_lag, stats)
                     await daemon.start(nursery)
                     server: Server | None = None
                     if websocket:

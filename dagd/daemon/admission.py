@@ -133,6 +133,13 @@ class Admission:
         states += list(self._recent.values())
         return [s for s in states if dag_ids is None or s.dag.id in dag_ids]
 
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(queued, running) runs by DAG id, DAGs with none left out. Costs one step per DAG
+        with runs, whatever the number of runs."""
+        queued = {dag_id: len(queue) for dag_id, queue in self._queues.items() if queue}
+        running = {dag_id: n for dag_id, n in self._running_per_dag.items() if n}
+        return queued, running
+
     def running(self, run_id: str) -> RunState | None:
         """The running run with this id, or None."""
         return self._running.get(run_id)

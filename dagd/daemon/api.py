@@ -21,7 +21,9 @@ from dagd.core.protocol.answers import (
 )
 from dagd.core.records import RunRecord
 from dagd.daemon.errors import DaemonError
+from dagd.daemon.health import DaemonHealth
 from dagd.daemon.hub import Subscriber
+from dagd.daemon.stats import DaemonStats, Histogram
 from dagd.daemon.store import StoredEvent
 
 
@@ -143,14 +145,28 @@ class DaemonService(Protocol):
         the log is empty."""
         ...
 
+    def health(self) -> DaemonHealth:
+        """The daemon at a glance, and whether it is healthy (dagd/daemon/health.py); from
+        memory, cheap whatever the history."""
+        ...
+
+    @property
+    def stats(self) -> DaemonStats:
+        """The daemon's counters and histograms since it started (dagd/daemon/stats.py):
+        live values, read them, never change them."""
+        ...
+
 
 __all__ = [
     "BackfillResult",
     "BrokenFile",
     "DaemonError",
+    "DaemonHealth",
     "DaemonService",
+    "DaemonStats",
     "DagDetail",
     "DagSummary",
+    "Histogram",
     "LogSlice",
     "RunDetail",
     "RunRecord",

@@ -60,11 +60,13 @@ from dagd.daemon.admission import Admission
 from dagd.daemon.dagfolder import DagFolder, problems_text
 from dagd.daemon.errors import DaemonError
 from dagd.daemon.eventstream import EventStream
+from dagd.daemon.health import DaemonHealth
 from dagd.daemon.hub import Hub, Subscriber
 from dagd.daemon.logreader import LogReader
 from dagd.daemon.recovery import LeftoverRecorder, close_out_state, recover
 from dagd.daemon.retention import PRUNE_INTERVAL, prune_once
 from dagd.daemon.scheduler import CronScheduler
+from dagd.daemon.stats import DaemonStats
 from dagd.daemon.store import StepRecord, StorageUnavailable, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.executor import StepExecutor, executor_registry
@@ -102,6 +104,8 @@ class Daemon:
         self.clock = clock
         self.store = store
         self.hub = hub
+        #: Counters and histograms for /metrics: the store's, which counts what it commits.
+        self.stats: DaemonStats = store.stats
         self.executors = executors  # one for every step, or by executor name
         self._record_leftover = LeftoverRecorder(store)  # for recovery after a crash
         store.on_write_error = self._storage_failed  # a failing disk becomes error events
@@ -330,6 +334,26 @@ class Daemon:
         runs, it keys a copy of that read that is current while the value stays (the JSON
         API's run lists, dagd/net/http/api.py)."""
         return (self.store.batches, self._runs_pruned)
+
+    # ---------------------------------------------------------------- health
+
+    def health(self) -> DaemonHealth:
+        """The daemon at a glance (dagd/daemon/health.py says what healthy means): loaded
+        DAGs, broken or refused DAG files, whether the store writes, queued and running runs
+        by DAG (every loaded DAG, 0 if none, and any other DAG with runs), the committed
+        seq. From memory only: its cost grows with the DAGs, never with history."""
+        queued, running = self.admission.counts()
+        zero = dict.fromkeys(self.dags, 0)
+        return DaemonHealth(
+            dags=len(self.dags),
+            broken_dag_files=len(self.folder.problems),
+            store_error=self.store.write_error,
+            accepting=self._accepting,
+            committed_seq=self.store.committed_seq,
+            runs_queued=zero | queued,
+            runs_running=zero | running,
+            uptime=self.stats.uptime(),
+        )
 
     async def events_page(
         self, since: int, until: int | None = None, limit: int = 1000

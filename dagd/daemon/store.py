@@ -65,6 +65,7 @@ from dagd.core.protocol.events import encode_event
 from dagd.core.records import AttemptRecord, RunRecord
 from dagd.core.runstate import StepRecordTuple
 from dagd.daemon.schema import migrate
+from dagd.daemon.stats import DaemonStats
 from dagd.runtime.executor import LeftoverHandle
 
 log = logging.getLogger("dagd.store")
@@ -452,9 +453,14 @@ class Store:
     """Open with `Store.open(path)`; run `writer()` in a nursery; `close()` at the end."""
 
     def __init__(
-        self, path: Path, on_commit: Callable[[list[StoredEvent]], None] | None = None
+        self,
+        path: Path,
+        on_commit: Callable[[list[StoredEvent]], None] | None = None,
+        stats: DaemonStats | None = None,
     ) -> None:
         self.path = path
+        #: Told of every committed batch: its events and its transaction's seconds (/metrics).
+        self.stats = stats if stats is not None else DaemonStats()
         self._wconn = _open_checked(path)
         self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: see checkpointer()
         self._rconn = connect(path)
@@ -501,16 +507,20 @@ class Store:
 
     @classmethod
     def open(
-        cls, path: Path, on_commit: Callable[[list[StoredEvent]], None] | None = None
+        cls,
+        path: Path,
+        on_commit: Callable[[list[StoredEvent]], None] | None = None,
+        stats: DaemonStats | None = None,
     ) -> Store:
         """Open (or create) the state file at `path` and bring its schema up to date
-        (schema.py). `on_commit` gets every committed batch of events.
+        (schema.py). `on_commit` gets every committed batch of events; `stats` counts them
+        and times each transaction (a new DaemonStats if not given).
 
         Raises `StateFileError` (a `sqlite3.DatabaseError`; its message one line naming the
         file and what to do) for a file that is not a dagd state file, is truncated or damaged,
         is newer than this dagd, or cannot be written (a read-only file, folder or filesystem,
         a full disk while migrating). The file is left as it was."""
-        return cls(path, on_commit)
+        return cls(path, on_commit, stats)
 
     def close(self) -> None:
         """Close both connections. Call it after the writer has stopped."""
@@ -704,7 +714,9 @@ class Store:
             # thread call's checkpoint would drop it (the writer's final flush never sees it).
             with trio.CancelScope(shield=True):
                 async with self._write_lock:
+                    began = time.perf_counter()
                     missed = self._write_batch(batch)
+                    took = time.perf_counter() - began
         except sqlite3.Error as exc:
             # Disk full, an I/O error, a read-only remount: keep the batch, first in line (its
             # events keep their seqs), and let the writer try again later.
@@ -721,6 +733,7 @@ class Store:
             self._recovered()
         self.batches += 1
         events = [item for item in batch if type(item) is StoredEvent]
+        self.stats.committed(events, took)
         if events:
             self.committed_seq = events[-1].seq
             if self.on_commit is not None:
