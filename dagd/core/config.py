@@ -90,6 +90,7 @@ class ServerConfig:
     max_header_bytes: int = 16384  # a request's head (request line and headers)
     max_body_bytes: int = 1048576  # a plain HTTP request's body
     keepalive_timeout: float = 60.0  # an idle HTTP connection is closed after this
+    metrics_auth: bool = False  # GET /metrics asks for a bearer token (docs/http.md)
 
 
 @attrs.frozen
@@ -222,6 +223,7 @@ _SERVER = {
     "max_header_bytes": "posint",
     "max_body_bytes": "posint",
     "keepalive_timeout": "duration",
+    "metrics_auth": "bool",
 }
 _TOKEN = {"role": "role", "name": "str", "token": "str", "sha256": "str", "env": "str"}
 _DASK = {

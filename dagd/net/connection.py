@@ -108,6 +108,8 @@ class Endpoint(Protocol):
     authenticated: set[Connection]  # registered after auth, for heartbeats and shutdown
     unauthenticated: set[Connection]
     slow_closed: int  # connections closed with 1013 so far
+    events_delivered: int  # live events written to clients so far (one per client)
+    events_replayed: int  # events written by replays so far
 
 
 class _Closed(Exception):
@@ -199,6 +201,7 @@ class Connection:
             done = self.stream.write_nowait(self.frames.frames(events))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False  # the writer path finds out and reports it
+        self.server.events_delivered += len(events)
         if not done:
             self.queue(FLUSH)
         return True
@@ -507,10 +510,12 @@ class Connection:
         skip = self.skip_upto
         frame = self.frames.frame
         written: list[trio.Event] = []  # of the log chunks in `out`
+        delivered = 0
         for item in batch:
             if isinstance(item, StoredEvent):
                 if item.seq > skip:
                     out += frame(item)
+                    delivered += 1
             elif isinstance(item, Text):
                 out += text_frame(item.text.encode())
             elif isinstance(item, LogFrame):
@@ -532,6 +537,7 @@ class Connection:
                 skip = self.skip_upto
         await self._write(out)
         _set_all(written)
+        self.server.events_delivered += delivered
 
     def _wanted(self, dag_id: str) -> bool:
         return "*" in self.dag_ids or dag_id in self.dag_ids
@@ -588,11 +594,14 @@ class Connection:
             if not rows:
                 break
             out = bytearray()
+            replayed = 0
             for _seq, dag_id, body in rows:
                 if self._wanted(dag_id):
                     out += text_frame(body.encode())
+                    replayed += 1
             if out:
                 await self._write(out)
+                self.server.events_replayed += replayed
             cursor = rows[-1][0]
         self.skip_upto = max(self.skip_upto, until)
         await self._write(_answer_frame(answers.ReplayComplete(until), job.request_id))

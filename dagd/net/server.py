@@ -94,6 +94,8 @@ class Server:
         self.unauthenticated: set[Connection] = set()  # accepted, auth not yet done
         self.slow_closed = 0
         self.http_connections = 0  # plain HTTP connections open now
+        self.events_delivered = 0  # live events written to clients (one per client)
+        self.events_replayed = 0  # events written to clients by replays
         self.port: int | None = None
         self.url: str | None = None  # ws:// or wss:// URL of the endpoint, once listening
         self.http_url: str | None = None  # http:// or https:// URL of the dashboard (`/`)

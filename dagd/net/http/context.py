@@ -55,6 +55,14 @@ class NetStats(Protocol):
     def slow_closed(self) -> int:
         """WebSockets closed with 1013 for falling behind (total)."""
 
+    @property
+    def events_delivered(self) -> int:
+        """Live events written to WebSocket clients, one per client (total)."""
+
+    @property
+    def events_replayed(self) -> int:
+        """Events written to WebSocket clients by replays (total)."""
+
 
 @attrs.frozen
 class HttpContext:

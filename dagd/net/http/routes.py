@@ -8,7 +8,7 @@ at start).
 
 from __future__ import annotations
 
-from dagd.net.http import api, static
+from dagd.net.http import api, health, metrics, static
 from dagd.net.http.context import HttpContext
 from dagd.net.http.message import Route
 
@@ -18,5 +18,7 @@ def all_routes(ctx: HttpContext) -> list[Route]:
     return [
         # One line per route module, e.g. `*health.routes(ctx),`.
         *api.routes(ctx),
+        *health.routes(ctx),
+        *metrics.routes(ctx),
         *static.routes(ctx),
     ]
