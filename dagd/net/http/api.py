@@ -58,8 +58,8 @@ STATUS: dict[str, int] = {
     # what it names
     ErrorCode.UNKNOWN_DAG: 404,
     ErrorCode.UNKNOWN_RUN: 404,
-    "unknown_step": 404,  # a step log of a step the run does not have
-    "unknown_attempt": 404,  # ... or of an attempt it has not made
+    ErrorCode.UNKNOWN_STEP: 404,  # a step log of a step the run does not have
+    ErrorCode.UNKNOWN_ATTEMPT: 404,  # ... or of an attempt it has not made
     ErrorCode.INVALID_PARAMS: 422,  # well-formed, but not the DAG's params
     ErrorCode.INVALID_RANGE: 422,  # well-formed, but not a usable backfill range
     # the state it finds
@@ -72,6 +72,8 @@ STATUS: dict[str, int] = {
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.STORAGE_UNAVAILABLE: 503,
     "slow_consumer": 503,  # a subscriber's code; no route subscribes, mapped all the same
+    # the daemon's own failure, not the request's: a step log it cannot read (EACCES, EIO)
+    ErrorCode.LOG_UNREADABLE: 500,
 }
 
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: int() also reads "٣" and " 3 "
