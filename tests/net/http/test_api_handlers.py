@@ -451,9 +451,9 @@ async def test_runs_version_moves_with_writes_and_with_history_retention(
         first = (await api("POST", "/api/v1/dags/beta/runs")).json()["runId"]
         assert daemon.runs_version > before  # the trigger's commit
         await wait_status(daemon, first, ["success"])
+        pruned = daemon.runs_version[1]  # nothing to delete yet: one finished run
         second = (await api("POST", "/api/v1/dags/beta/runs")).json()["runId"]
         await wait_status(daemon, second, ["success"])
-        pruned = daemon.runs_version[1]
         with trio.fail_after(10):  # retention deletes the older run within a prune interval
             while [r.run_id for r in await daemon.list_runs("beta")] != [second]:
                 await trio.sleep(0.02)
