@@ -1,0 +1,83 @@
+"""The dashboard's connection: the banner says when the daemon is gone, and after a restart
+the page catches up on what happened meanwhile with no gap and no duplicate (compared with the
+daemon's own event log)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from dashhelp import OPERATE_TOKEN, dashboard_daemon, open_dashboard, poll, stored_seqs
+from playwright.sync_api import BrowserContext, expect
+
+from dagd.client import connect
+
+QUICK = """
+[params]
+note = "none"
+[steps.one]
+command = "true"
+[steps.two]
+command = "true"
+depends_on = ["one"]
+[steps.three]
+command = "true"
+depends_on = ["one"]
+"""
+
+
+def trigger(url: str, dag_id: str, params: dict[str, str]) -> str:
+    async def go() -> str:
+        async with connect(url, OPERATE_TOKEN, []) as client:
+            return await client.trigger(dag_id, params)
+
+    return trio.run(go)
+
+
+def test_a_restart_shows_disconnected_then_the_page_catches_up_with_no_gap(
+    context: BrowserContext, tmp_path: Path
+) -> None:
+    with dashboard_daemon(tmp_path, {"quick": QUICK}) as daemon:
+        daemon.start()
+        daemon.wait_ready()
+        page = open_dashboard(context, daemon, route="#/dags/quick")
+        expect(page.locator("svg.graph .node")).to_have_count(3)
+        since = page.evaluate("window.dagdClient.lastSeq")
+        page.evaluate(
+            "() => { window.seen = []; dagdClient.on('event', (e) => window.seen.push(e.seq)); }"
+        )
+        first = trigger(daemon.url, "quick", {"note": "before"})
+        expect(page.locator('.node[data-step-id="three"]')).to_have_attribute(
+            "data-status", "success"
+        )
+
+        daemon.stop()
+        banner = page.locator("#banner")
+        expect(banner).to_have_attribute("data-phase", "disconnected")
+        expect(banner).to_contain_text("Reconnecting in")
+        expect(page.get_by_role("button", name="Reconnect now")).to_be_visible()
+
+        daemon.start()  # the same state folder and port
+        daemon.wait_ready()
+        # A run while the page is (most likely) still waiting out its backoff.
+        second = trigger(daemon.url, "quick", {"note": "while away"})
+        assert poll(lambda: daemon.run_statuses("quick").get(second) == "success")
+        page.evaluate("window.dagdClient.reconnectNow()")  # the button's action
+        expect(banner).to_have_attribute("data-phase", "live")
+
+        stored = stored_seqs(daemon, since)
+        assert poll(lambda: page.evaluate("window.seen") == stored), (
+            page.evaluate("window.seen"),
+            stored,
+        )
+        # what a person sees: the run that happened while away, selected and green
+        selected = page.get_by_role("region", name="Selected run")
+        expect(selected.locator(".run-link")).to_have_text(second)
+        expect(selected.locator(".run-params")).to_contain_text("note = while away")
+        for step in ("one", "two", "three"):
+            expect(page.locator(f'.node[data-step-id="{step}"]')).to_have_attribute(
+                "data-status", "success"
+            )
+        grid_heads = page.locator("table.grid th.run-head")
+        expect(grid_heads).to_have_count(2)
+        assert [grid_heads.nth(i).get_attribute("data-run-id") for i in range(2)] == [first, second]

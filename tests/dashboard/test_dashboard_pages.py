@@ -1,0 +1,204 @@
+"""The DAGs and DAG pages in a real headless Chromium, against a real `dagd serve` with real
+DAG files and runs: what a person sees.
+
+One daemon for the module (its tests only add runs, and look for their own); the browser is
+the session's (conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from clienthelp import DaemonProc
+from dashhelp import OPERATE_TOKEN, READ_TOKEN, dashboard_daemon, open_dashboard, page_url
+from playwright.sync_api import BrowserContext, Page, expect
+
+ETL = """
+description = "nightly ETL"
+schedule = "30 2 * * *"
+timezone = "Europe/Berlin"
+tags = ["team-a", "nightly"]
+[params]
+date = "2024-01-01"
+region = "eu"
+[steps.extract]
+command = 'echo "extract $DAGD_PARAM_DATE"'
+[steps.transform]
+command = "sleep 0.2"
+depends_on = ["extract"]
+[steps.load]
+command = "true"
+depends_on = ["transform"]
+"""
+
+WIDE = """
+description = "one root, many leaves"
+[steps.root]
+command = "true"
+""" + "".join(f'[steps.leaf{i:02}]\ncommand = "true"\ndepends_on = ["root"]\n' for i in range(12))
+
+FRAGILE = """
+description = "edited while the page is open"
+[steps.only]
+command = "true"
+"""
+
+BROKEN = """
+[steps.a]
+command = "true"
+timeout = "soon"
+[steps.b]
+command = "true"
+depends_on = ["ghost"]
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    root: Path = tmp_path_factory.mktemp("dashboard")
+    dags = {"etl": ETL, "wide": WIDE, "fragile": FRAGILE, "broken": BROKEN}
+    with dashboard_daemon(root, dags, top='reload_interval = "0.1s"') as d:
+        d.start()
+        d.wait_ready()
+        yield d
+
+
+def test_the_token_moves_from_the_address_into_session_storage(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = open_dashboard(context, daemon)
+    assert "token" not in page.url and page.url.endswith("/#/")
+    assert page.evaluate("sessionStorage.getItem('dagd.token')") == OPERATE_TOKEN
+    assert page.evaluate("document.cookie") == ""
+    page.reload()  # the tab keeps it: no form
+    expect(page.locator("#banner")).to_have_attribute("data-phase", "live")
+    expect(page.locator("table.dags")).to_be_visible()
+
+
+def test_without_a_token_the_page_asks_for_one_and_says_when_it_is_refused(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = context.new_page()
+    page.goto(page_url(daemon, token=None))
+    page.get_by_label("Token").fill("not-the-token")
+    page.get_by_role("button", name="Connect").click()
+    expect(page.get_by_role("alert")).to_contain_text("refused")
+    expect(page.locator("#banner")).to_contain_text("refused the token")
+    page.get_by_label("Token").fill(READ_TOKEN)
+    page.get_by_role("button", name="Connect").click()
+    expect(page.locator("table.dags")).to_be_visible()
+    expect(page.locator("#role")).to_have_text("read-only")
+
+
+def test_the_dags_page_lists_every_dag_and_the_broken_file_with_its_errors(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = open_dashboard(context, daemon)
+    rows = page.locator("table.dags tbody tr")
+    expect(rows).to_have_count(3)
+    etl = page.locator('tr[data-dag-id="etl"]')
+    expect(etl).to_contain_text("nightly ETL")
+    expect(etl).to_contain_text("30 2 * * *")
+    expect(etl).to_contain_text("Europe/Berlin")
+    expect(etl).to_contain_text("team-a")
+    expect(etl.locator(".next-run")).to_contain_text("in ")
+    expect(page.locator('tr[data-dag-id="wide"]')).to_contain_text("manual only")
+    broken = page.locator("section.broken-files")
+    expect(broken).to_contain_text("Broken DAG files (1)")
+    expect(broken).to_contain_text("broken.toml")
+    expect(broken).to_contain_text("step 'a' field 'timeout'")
+    expect(broken).to_contain_text("step 'b' field 'depends_on'")
+    expect(broken).to_contain_text("ghost")
+
+
+def test_a_run_triggered_from_the_form_shows_its_param_and_turns_green_live(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = open_dashboard(context, daemon, route="#/dags/etl")
+    expect(page.locator("svg.graph .node")).to_have_count(3)
+    params = page.get_by_role("region", name="Params")
+    expect(params).to_contain_text("2024-01-01")
+    date = page.get_by_label("date", exact=True)
+    expect(date).to_have_value("2024-01-01")  # the default, offered
+    date.fill("2030-05-17")
+    page.get_by_role("button", name="Trigger run").click()
+    result = page.locator(".trigger-result a")
+    expect(result).to_contain_text("manual__")
+    run_id = result.inner_text()
+    selected = page.get_by_role("region", name="Selected run")
+    expect(selected.locator(".run-link")).to_have_text(run_id)
+    expect(selected.locator(".run-params")).to_contain_text("date = 2030-05-17")
+    expect(selected.locator(".run-params")).to_contain_text("region = eu")
+    for step in ("extract", "transform", "load"):
+        node = page.locator(f'svg.graph .node[data-step-id="{step}"]')
+        expect(node).to_have_attribute("data-status", "success")
+        expect(node).to_have_attribute("aria-label", f"step {step}: success")
+    expect(selected.locator(".run-status")).to_contain_text("success")
+    # the grid has the run's column with a green cell per step, each opening that step
+    cell = page.locator('table.grid tr[data-step-id="load"] a.cell[href*="step=load"]').last
+    expect(cell).to_have_attribute("data-status", "success")
+    assert run_id.replace(":", "%3A").replace("+", "%2B") in (cell.get_attribute("href") or "")
+    # and the DAGs page shows the run as a green square, most recent last
+    page.get_by_role("link", name="← All DAGs").click()
+    square = page.locator('tr[data-dag-id="etl"] .square').last
+    expect(square).to_have_attribute("data-status", "success")
+    expect(square).to_have_attribute("title", f"{run_id}: success")
+
+
+def test_a_read_token_is_offered_no_control(context: BrowserContext, daemon: DaemonProc) -> None:
+    page = open_dashboard(context, daemon, token=READ_TOKEN, route="#/dags/etl")
+    expect(page.locator("svg.graph .node")).to_have_count(3)
+    expect(page.locator("#role")).to_have_text("read-only")
+    expect(page.get_by_role("region", name="Params")).to_contain_text("region")
+    expect(page.locator("form.trigger-form")).to_have_count(0)
+    for name in ("Trigger", "Cancel", "Retry", "Pause"):
+        expect(page.get_by_role("button", name=name)).to_have_count(0)
+
+
+def test_clicking_a_step_shows_its_definition(context: BrowserContext, daemon: DaemonProc) -> None:
+    page = open_dashboard(context, daemon, route="#/dags/wide")
+    expect(page.locator("svg.graph .node")).to_have_count(13)
+    page.locator('svg.graph .node[data-step-id="leaf07"]').click()
+    step = page.get_by_role("region", name="Step")
+    expect(step).to_contain_text("Step leaf07")
+    expect(step).to_contain_text("Depends on")
+    expect(step).to_contain_text("root")
+
+
+def test_the_layout_puts_upstreams_left_of_their_downstreams(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page: Page = open_dashboard(context, daemon, route="#/dags/etl")
+    expect(page.locator("svg.graph .node")).to_have_count(3)
+    xs = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('svg.graph .node')]
+            .map((g) => [g.dataset.stepId, g.getBBox().x + g.transform.baseVal[0].matrix.e]))"""
+    )
+    assert xs["extract"] < xs["transform"] < xs["load"]
+    expect(page.locator("svg.graph path.edge")).to_have_count(2)
+
+
+def test_a_file_that_breaks_shows_its_error_live_and_clears_when_fixed(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = open_dashboard(context, daemon)
+    row = page.locator('tr[data-dag-id="fragile"]')
+    expect(row).to_contain_text("edited while the page is open")
+    path = daemon.root / "dags" / "fragile.toml"
+    try:
+        write_later(path, FRAGILE.replace('command = "true"', "retries = -3"))
+        expect(row.locator(".badge.broken")).to_contain_text("running the last good version")
+        expect(row.locator(".file-error")).to_contain_text("fragile.toml: step 'only'")
+    finally:
+        write_later(path, FRAGILE)
+    expect(row.locator(".badge.broken")).to_have_count(0)
+    expect(page.locator("section.broken-files")).to_contain_text("Broken DAG files (1)")
+
+
+def write_later(path: Path, text: str) -> None:
+    """Rewrite a DAG file with an mtime the reload cannot miss (coarse filesystem ticks)."""
+    before = path.stat().st_mtime
+    path.write_text(text)
+    os.utime(path, (before + 2, before + 2))
