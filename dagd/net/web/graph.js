@@ -12,13 +12,16 @@
 // ({source, target}). The layout runs once, in a Web Worker (layout-worker.js): dagre up to
 // DAGRE_MAX_STEPS steps, a linear-time layered layout beyond (dagre takes seconds there).
 // Status changes only recolour nodes (a data-status attribute and its text), never lay out
-// again. Each node is focusable and says its step and status as text (title, aria-label and
+// again. Above WINDOW_MIN_STEPS steps only the nodes and edges in (and near) the box's view
+// are in the document, drawn again as it scrolls or zooms; statusOf() knows every step. Each node is focusable and says its step and status as text (title, aria-label and
 // a symbol), not only by colour. Clicking a node (or Enter on it) calls onSelect(stepId).
 
 import { frameBatcher, h, replace, s } from "./dom.js";
 import { statusLabel, statusSymbol } from "./status.js";
 
 export const DAGRE_MAX_STEPS = 250;
+/** Above this many steps only the part of the graph in view is drawn. */
+export const WINDOW_MIN_STEPS = 300;
 const NODE_HEIGHT = 30;
 const CHAR_WIDTH = 7;         // px per character of a 12 px label (approximate)
 const MAX_LABEL = 28;         // characters shown; the full id is in the title
@@ -85,8 +88,8 @@ class GraphView {
   constructor(container, steps, edges, onSelect) {
     this.container = container;
     this.onSelect = onSelect;
-    this.nodes = new Map();     // stepId -> {g, title, mark, status}
-    this.statuses = new Map();  // stepId -> status (also before the drawing is ready)
+    this.nodes = new Map();     // stepId -> the drawn node {g, title, mark, status}
+    this.statuses = new Map();  // stepId -> status, drawn or not (also before the layout)
     this.selected = null;
     this.scale = 1;
     this.destroyed = false;
@@ -112,7 +115,8 @@ class GraphView {
       this.draw(nodes, result);
       this.tools.querySelector(".graph-info").textContent =
         `${steps.length} steps · ${result.engine} layout ${Math.round(result.ms)} ms, ` +
-        `drawn in ${Math.round(performance.now() - started)} ms`;
+        `drawn in ${Math.round(performance.now() - started)} ms` +
+        (this.windowed ? " · only the part in view is drawn" : "");
     });
   }
 
@@ -121,45 +125,38 @@ class GraphView {
     const width = Math.ceil(result.width);
     const height = Math.ceil(result.height);
     this.size = { width, height };
+    // Every node and edge with its place (top-left corner, size) and bounding box.
+    this.placed = [];
+    for (const n of nodes) {
+      const p = result.nodes[n.id];
+      if (!p) continue;
+      this.placed.push({
+        id: n.id, width: n.width, height: n.height,
+        x: Math.round(p.x - n.width / 2), y: Math.round(p.y - n.height / 2),
+      });
+    }
+    this.edgeShapes = [];
+    result.edges.forEach((points) => {
+      const d = pathOf(points, curved);
+      if (!d) return;
+      const xs = points.map((pt) => pt[0]);
+      const ys = points.map((pt) => pt[1]);
+      this.edgeShapes.push({
+        d, x0: Math.min(...xs), y0: Math.min(...ys), x1: Math.max(...xs), y1: Math.max(...ys),
+      });
+    });
     const svg = s("svg", {
       class: "graph", viewBox: `0 0 ${width} ${height}`, width, height,
-      role: "group", "aria-label": `DAG graph, ${nodes.length} steps`,
+      role: "group", "aria-label": `DAG graph, ${this.placed.length} steps`,
     });
     const defs = s("defs", {}, s("marker", {
       id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7,
       orient: "auto-start-reverse",
     }, s("path", { class: "arrow", d: "M0,0L10,5L0,10z" })));
-    const edgeLayer = s("g", { class: "edges" });
-    // One path element per edge, built as a batch of strings would need innerHTML; the
-    // element API keeps ids out of markup.
-    result.edges.forEach((points) => {
-      const d = pathOf(points, curved);
-      if (d) edgeLayer.append(s("path", { class: "edge", d, "marker-end": "url(#arrow)" }));
-    });
-    const nodeLayer = s("g", { class: "nodes" });
-    for (const n of nodes) {
-      const p = result.nodes[n.id];
-      if (!p) continue;
-      const status = this.statuses.get(n.id) || null;
-      const title = s("title", {}, `${n.id}: ${statusLabel(status)}`);
-      const mark = s("text", { class: "mark", x: n.width - 16, y: n.height / 2 }, status ? statusSymbol(status) : "");
-      const g = s("g", {
-        class: "node", tabindex: "0", role: "button",
-        transform: `translate(${Math.round(p.x - n.width / 2)},${Math.round(p.y - n.height / 2)})`,
-        "data-step-id": n.id,
-        "aria-label": `step ${n.id}: ${statusLabel(status)}`,
-      },
-      title,
-      s("rect", { width: n.width, height: n.height, rx: 6 }),
-      s("rect", { class: "bar", width: 6, height: n.height, rx: 2 }),
-      s("text", { x: 14, y: n.height / 2 }, label(n.id)),
-      mark);
-      if (status) g.dataset.status = status;
-      else g.setAttribute("data-status", "");
-      this.nodes.set(n.id, { g, title, mark, status });
-      nodeLayer.append(g);
-    }
-    svg.append(defs, edgeLayer, nodeLayer);
+    this.edgeLayer = s("g", { class: "edges" });
+    this.nodeLayer = s("g", { class: "nodes" });
+    this.drawnEdges = new Map();  // index in edgeShapes -> path element
+    svg.append(defs, this.edgeLayer, this.nodeLayer);
     svg.addEventListener("click", (ev) => this.clicked(ev));
     svg.addEventListener("keydown", (ev) => {
       if (ev.key === "Enter" || ev.key === " ") {
@@ -169,7 +166,88 @@ class GraphView {
     });
     this.svg = svg;
     replace(this.box, svg);
+    // A large DAG is drawn only where the box shows it (and a margin around), again as it
+    // scrolls or zooms: the browser's style, layout and paint of an SVG grow with its element
+    // count, and a 2,000-step graph drawn whole costs frames of a second under load.
+    this.windowed = this.placed.length > WINDOW_MIN_STEPS;
+    if (this.windowed) {
+      this.scrollFrame = null;
+      this.onScroll = () => {
+        if (this.scrollFrame === null) {
+          this.scrollFrame = requestAnimationFrame(() => {
+            this.scrollFrame = null;
+            this.drawVisible();
+          });
+        }
+      };
+      this.box.addEventListener("scroll", this.onScroll, { passive: true });
+      window.addEventListener("resize", this.onScroll);
+    }
+    this.drawVisible();
     if (this.selected) this.select(this.selected);
+  }
+
+  /** The part of the graph to draw, in graph coordinates: all of it, or the box's view and a
+   * margin of one view around it. */
+  visibleRect() {
+    if (!this.windowed) return null;
+    const w = Math.max(this.box.clientWidth, 400) / this.scale;
+    const hgt = Math.max(this.box.clientHeight, 300) / this.scale;
+    const x = this.box.scrollLeft / this.scale;
+    const y = this.box.scrollTop / this.scale;
+    return { x0: x - w, y0: y - hgt, x1: x + 2 * w, y1: y + 2 * hgt };
+  }
+
+  drawVisible() {
+    if (this.destroyed || !this.placed) return;
+    const view = this.visibleRect();
+    const inView = (x0, y0, x1, y1) =>
+      view === null || (x1 >= view.x0 && x0 <= view.x1 && y1 >= view.y0 && y0 <= view.y1);
+    const keepNodes = new Set();
+    for (const n of this.placed) {
+      if (!inView(n.x, n.y, n.x + n.width, n.y + n.height)) continue;
+      keepNodes.add(n.id);
+      if (!this.nodes.has(n.id)) this.nodeLayer.append(this.makeNode(n));
+    }
+    for (const [id, node] of this.nodes) {
+      if (!keepNodes.has(id)) {
+        node.g.remove();
+        this.nodes.delete(id);
+      }
+    }
+    this.edgeShapes.forEach((e, i) => {
+      const visible = inView(e.x0, e.y0, e.x1, e.y1);
+      const drawn = this.drawnEdges.get(i);
+      if (visible && !drawn) {
+        const path = s("path", { class: "edge", d: e.d, "marker-end": "url(#arrow)" });
+        this.edgeLayer.append(path);
+        this.drawnEdges.set(i, path);
+      } else if (!visible && drawn) {
+        drawn.remove();
+        this.drawnEdges.delete(i);
+      }
+    });
+  }
+
+  makeNode(n) {
+    const status = this.statuses.get(n.id) || null;
+    const title = s("title", {}, `${n.id}: ${statusLabel(status)}`);
+    const mark = s("text", { class: "mark", x: n.width - 16, y: n.height / 2 }, status ? statusSymbol(status) : "");
+    const g = s("g", {
+      class: "node", tabindex: "0", role: "button",
+      transform: `translate(${n.x},${n.y})`,
+      "data-step-id": n.id,
+      "data-status": status || "",
+      "aria-label": `step ${n.id}: ${statusLabel(status)}`,
+    },
+    title,
+    s("rect", { width: n.width, height: n.height, rx: 6 }),
+    s("rect", { class: "bar", width: 6, height: n.height, rx: 2 }),
+    s("text", { x: 14, y: n.height / 2 }, label(n.id)),
+    mark);
+    if (n.id === this.selected) g.classList.add("selected");
+    this.nodes.set(n.id, { g, title, mark, status });
+    return g;
   }
 
   clicked(ev) {
@@ -178,10 +256,10 @@ class GraphView {
     this.onSelect(g.getAttribute("data-step-id"));
   }
 
-  /** Queue a node's new status; nodes are recoloured once per animation frame. */
+  /** Queue a node's new status; drawn nodes are recoloured once per animation frame. */
   setStatus(stepId, status) {
     this.statuses.set(stepId, status);
-    this.batch.push(stepId);
+    if (this.nodes.has(stepId)) this.batch.push(stepId);
   }
 
   setStatuses(map) {
@@ -189,7 +267,7 @@ class GraphView {
   }
 
   clearStatuses() {
-    for (const stepId of this.nodes.keys()) this.setStatus(stepId, null);
+    for (const stepId of this.nodes.keys()) this.batch.push(stepId);
     this.statuses.clear();
   }
 
@@ -207,9 +285,9 @@ class GraphView {
     }
   }
 
-  /** The status a node shows now (null: none) — what a person sees, for tests too. */
+  /** The status a step has in the graph now (null: none), drawn or not. */
   statusOf(stepId) {
-    return this.nodes.get(stepId)?.status ?? null;
+    return this.statuses.get(stepId) ?? null;
   }
 
   select(stepId) {
@@ -236,10 +314,16 @@ class GraphView {
     if (!this.svg) return;
     this.svg.setAttribute("width", Math.round(this.size.width * this.scale));
     this.svg.setAttribute("height", Math.round(this.size.height * this.scale));
+    if (this.windowed) this.drawVisible();
   }
 
   destroy() {
     this.destroyed = true;
     this.batch.cancel();
+    if (this.onScroll) {
+      this.box.removeEventListener("scroll", this.onScroll);
+      window.removeEventListener("resize", this.onScroll);
+      if (this.scrollFrame !== null) cancelAnimationFrame(this.scrollFrame);
+    }
   }
 }

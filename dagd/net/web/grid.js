@@ -32,6 +32,8 @@ class Grid {
     this.selected = null;
     this.cells = new Map();     // runId -> Map(stepId -> cell element)
     this.heads = new Map();     // runId -> th
+    this.headRow = null;
+    this.rows = new Map();      // stepId -> tr (the rows drawn)
     this.batch = frameBatcher((updates) => this.flush(updates));
     this.render();
   }
@@ -54,9 +56,44 @@ class Grid {
       this.batch.push({ runId, stepId: null });
       return;
     }
-    this.runs.push({ runId, status, steps: new Map() });
-    if (this.runs.length > this.maxRuns) this.runs.shift();
-    this.render();  // a new column: rare (a run starts), so drawn again whole
+    const added = { runId, status, steps: new Map() };
+    this.runs.push(added);
+    if (this.runs.length === 1 || !this.headRow) {
+      this.render();
+      return;
+    }
+    // A new column at the right, the oldest dropped beyond maxRuns: cell by cell, not the
+    // whole table again (a run of a large DAG starting must not cost a long frame).
+    if (this.runs.length > this.maxRuns) {
+      const old = this.runs.shift();
+      this.heads.get(old.runId)?.remove();
+      this.heads.delete(old.runId);
+      for (const cell of this.cells.get(old.runId)?.values() || []) cell.parentNode.remove();
+      this.cells.delete(old.runId);
+    }
+    this.headRow.append(this.makeHead(added));
+    const cells = new Map();
+    this.cells.set(runId, cells);
+    for (const [stepId, tr] of this.rows) {
+      const cell = this.makeCell(added, stepId);
+      cells.set(stepId, cell);
+      tr.append(h("td", {}, cell));
+    }
+  }
+
+  makeHead(run) {
+    const th = h("th", { class: "run-head", scope: "col", dataset: { runId: run.runId } },
+      h("button", { type: "button", onclick: () => this.onSelectRun?.(run.runId) }));
+    this.paintHead(th, run);
+    th.classList.toggle("selected", run.runId === this.selected);
+    this.heads.set(run.runId, th);
+    return th;
+  }
+
+  makeCell(run, stepId) {
+    const cell = h("a", { class: "cell", href: runHref(run.runId, stepId) });
+    this.paintCell(cell, run, stepId);
+    return cell;
   }
 
   setStepStatus(runId, stepId, status) {
@@ -105,27 +142,23 @@ class Grid {
     this.cells = new Map(this.runs.map((r) => [r.runId, new Map()]));
     this.heads = new Map();
     if (!this.runs.length) {
+      this.headRow = null;
       replace(this.container, h("p", { class: "empty" }, "No runs yet."));
       return;
     }
     const headRow = h("tr", {}, h("th", { class: "step", scope: "col" }, "Step \\ run"));
-    for (const run of this.runs) {
-      const th = h("th", { class: "run-head", scope: "col", dataset: { runId: run.runId } },
-        h("button", { type: "button", onclick: () => this.onSelectRun?.(run.runId) }));
-      this.paintHead(th, run);
-      th.classList.toggle("selected", run.runId === this.selected);
-      this.heads.set(run.runId, th);
-      headRow.append(th);
-    }
+    this.headRow = headRow;
+    for (const run of this.runs) headRow.append(this.makeHead(run));
     const body = h("tbody");
+    this.rows = new Map();
     for (const stepId of this.stepIds.slice(0, this.rowsShown)) {
       const tr = h("tr", { dataset: { stepId } }, h("th", { class: "step", scope: "row", title: stepId }, stepId));
       for (const run of this.runs) {
-        const cell = h("a", { class: "cell", href: runHref(run.runId, stepId) });
-        this.paintCell(cell, run, stepId);
+        const cell = this.makeCell(run, stepId);
         this.cells.get(run.runId).set(stepId, cell);
         tr.append(h("td", {}, cell));
       }
+      this.rows.set(stepId, tr);
       body.append(tr);
     }
     const rest = this.stepIds.length - this.rowsShown;

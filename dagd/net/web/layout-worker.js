@@ -12,7 +12,8 @@
 // 0.1-0.3 s, 300 steps 0.2-0.8 s, 1,000 steps 0.9-1.6 s, a 10x100 layered DAG 15-30 s).
 // "layered" is a linear-time layout for large DAGs: one column per graph level (the daemon's
 // `level` of each step), steps ordered in their column by the mean position of their
-// upstreams (one barycentre pass), edges as curves between the columns.
+// upstreams (one barycentre pass), columns aligned at the top, edges as curves between the
+// columns.
 
 /* global dagre, importScripts */
 
@@ -85,7 +86,8 @@ function layered(nodes, edges) {
   let x = MARGIN;
   columns.forEach((column, level) => {
     const width = Math.max(0, ...column.map((n) => n.width));
-    let y = MARGIN + (tallest - heights[level]) / 2;
+    // Columns start at the top: a fan-out's root stays in view above its thousand leaves.
+    let y = MARGIN;
     for (const n of column) {
       out[n.id] = { x: x + width / 2, y: y + n.height / 2 };
       y += n.height + NODE_SEP;
