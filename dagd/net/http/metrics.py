@@ -22,7 +22,7 @@ valid token of either role (dagd/net/http/bearer.py); by default it asks for non
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -33,6 +33,8 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.openmetrics.exposition import ALLOWUTF8, UNDERSCORES
+from prometheus_client.openmetrics.exposition import generate_latest as _untyped_latest
 
 from dagd.daemon.api import DaemonHealth, DaemonService, DaemonStats, Histogram
 from dagd.net.auth import AuthThrottle, TokenBook
@@ -41,6 +43,9 @@ from dagd.net.http.context import HttpContext, NetStats
 from dagd.net.http.message import Handler, HttpRequest, HttpResponse, Route
 
 PATH = "/metrics"
+OPENMETRICS = "application/openmetrics-text"
+#: prometheus_client's OpenMetrics encoder (untyped there): (registry, escaping, version) -> bytes
+openmetrics_latest = cast(Callable[..., bytes], _untyped_latest)
 
 
 class _Scrape:
@@ -214,9 +219,33 @@ def metrics_handler(
             if isinstance(entry, HttpResponse):
                 return entry
         encode, content_type = choose_encoder(request.header("accept") or "")
-        return HttpResponse(200, encode(registry), content_type, (("cache-control", "no-store"),))
+        fast = _fast_openmetrics(content_type)
+        body = encode(registry) if fast is None else fast(registry)
+        return HttpResponse(200, body, content_type, (("cache-control", "no-store"),))
 
     return handle
+
+
+def _fast_openmetrics(content_type: str) -> Callable[[CollectorRegistry], bytes] | None:
+    """For an OpenMetrics answer with the `underscores` (the default) or `allow-utf-8`
+    escaping, as choose_encoder's `content_type` says: an encoder writing the same bytes with
+    less CPU; else None (choose_encoder's own encoder is used).
+
+    Every metric and label name dagd exposes is a legacy Prometheus name
+    ([a-zA-Z_:][a-zA-Z0-9_:]*, a test holds them to it), which those two escapings write
+    unchanged; but prometheus_client 0.26 escapes each sample's name character by character
+    for `underscores`, and with three str.replace for `allow-utf-8`: 40% less CPU per
+    OpenMetrics scrape (bench/metrics_scrape.py). `dots` and `values` do change names
+    (`dagd_x` becomes `dagd__x`): those keep prometheus_client's way.
+    """
+    media, *params = (part.strip() for part in content_type.split(";"))
+    if media != OPENMETRICS:
+        return None
+    found = dict(param.partition("=")[::2] for param in params)
+    if found.get("escaping", UNDERSCORES) not in (UNDERSCORES, ALLOWUTF8):
+        return None
+    version = found.get("version") or "1.0.0"
+    return lambda registry: openmetrics_latest(registry, escaping=ALLOWUTF8, version=version)
 
 
 def routes(ctx: HttpContext) -> list[Route]:

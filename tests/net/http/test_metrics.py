@@ -5,6 +5,7 @@ when `metrics_auth` asks for one. tests/net/http/test_ops_http.py asks over the 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 from daemonhelp import daemon_config, wait_status, write_dag_file
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -20,7 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from dagd.app import open_daemon
 from dagd.net.auth import AuthThrottle, TokenBook, TokenEntry
 from dagd.net.http.message import HttpRequest, HttpResponse
-from dagd.net.http.metrics import metrics_handler, metrics_registry
+from dagd.net.http.metrics import (
+    DagdCollector,
+    metrics_handler,
+    metrics_registry,
+)
 
 OK = '[steps.a]\ncommand = "true"\n[steps.b]\ncommand = "sleep 0.2"\ndepends_on = ["a"]\n'
 BAD = '[steps.a]\ncommand = "exit 3"\n[steps.b]\ncommand = "true"\ndepends_on = ["a"]\n'
@@ -176,3 +183,35 @@ async def test_with_metrics_auth_a_token_of_any_role_is_needed(tmp_path: Path) -
     assert dict(missing.headers)["www-authenticate"].startswith("Bearer")
     assert (wrong.status, orjson.loads(wrong.body)["code"]) == (401, "auth_failed")
     assert right.status == 200 and b"dagd_dags_loaded" in right.body
+
+
+async def test_openmetrics_bytes_are_the_negotiated_escapings(tmp_path: Path) -> None:
+    """dagd writes OpenMetrics with the cheaper allow-utf-8 escaping when a scraper negotiates
+    underscores (the default): the same bytes, because every name is a legacy Prometheus name.
+    The escapings that do change names are answered as prometheus_client writes them."""
+    config = daemon_config(tmp_path, reload_interval=3600)
+    write_dag_file(config.dags_dir, "bad", BAD)
+    async with open_daemon(config) as daemon:
+        await wait_status(daemon, await daemon.trigger("bad"))
+        registry = CollectorRegistry()
+        registry.register(DagdCollector(daemon, NET, "9.9.9"))
+        for accept in (
+            "application/openmetrics-text",
+            "application/openmetrics-text; version=1.0.0; escaping=underscores",
+            "application/openmetrics-text; version=1.0.0; escaping=dots",
+            "application/openmetrics-text; version=1.0.0; escaping=values",
+        ):
+            encode, content_type = choose_encoder(accept)
+            expected = encode(registry)
+            answered = await metrics_handler(registry)(
+                HttpRequest("GET", "/metrics", headers={"accept": accept}), {}
+            )
+            assert (answered.body, answered.content_type) == (expected, content_type), accept
+        families = list(registry.collect())
+    legacy = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+    assert len(families) > 15
+    for family in families:
+        assert legacy.match(family.name), family.name
+        for sample in family.samples:
+            assert legacy.match(sample.name), sample.name
+            assert all(legacy.match(label) for label in sample.labels), sample
