@@ -4,6 +4,7 @@ daemon's own event log)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import trio
@@ -81,3 +82,36 @@ def test_a_restart_shows_disconnected_then_the_page_catches_up_with_no_gap(
         grid_heads = page.locator("table.grid th.run-head")
         expect(grid_heads).to_have_count(2)
         assert [grid_heads.nth(i).get_attribute("data-run-id") for i in range(2)] == [first, second]
+
+
+def test_a_daemon_with_a_new_event_log_is_taken_from_a_snapshot(
+    context: BrowserContext, tmp_path: Path
+) -> None:
+    """The page's last seq is from another event log (the state folder was replaced): the
+    daemon answers replay_ahead, the page takes a snapshot, reloads what it shows, and then
+    follows the new log from its start."""
+    with dashboard_daemon(tmp_path, {"quick": QUICK}) as daemon:
+        daemon.start()
+        daemon.wait_ready()
+        for note in ("a", "b"):
+            run_id = trigger(daemon.url, "quick", {"note": note})
+            assert poll(lambda run_id=run_id: daemon.run_statuses().get(run_id) == "success")
+        page = open_dashboard(context, daemon)
+        squares = page.locator('tr[data-dag-id="quick"] .square')
+        expect(squares).to_have_count(2)
+        daemon.stop()
+        expect(page.locator("#banner")).to_have_attribute("data-phase", "disconnected")
+        for path in daemon.state.iterdir():  # a new state folder, the same token file
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.name != "token":
+                path.unlink()
+        daemon.start()
+        daemon.wait_ready()
+        page.evaluate("() => window.dagdClient.reconnectNow()")
+        expect(page.locator("#banner")).to_have_attribute("data-phase", "live")
+        expect(page.locator('tr[data-dag-id="quick"]')).to_contain_text("no runs yet")
+        fresh = trigger(daemon.url, "quick", {"note": "new log"})
+        square = page.locator('tr[data-dag-id="quick"] .square')
+        expect(square).to_have_count(1)
+        expect(square).to_have_attribute("title", f"{fresh}: success")

@@ -34,6 +34,9 @@ const BACKOFF_CAP_S = 30;
 const HEARTBEAT_INTERVAL_S = 30;  // the daemon's default heartbeat_interval
 const SILENCE_LIMIT_MS = 2.5 * HEARTBEAT_INTERVAL_S * 1000;
 const REQUEST_TIMEOUT_MS = 15000;
+// A ping of our own this often: its pong proves the link alive whatever heartbeat_interval
+// the daemon is configured with (the silence limit above assumes the default).
+const PING_EVERY_MS = 25000;
 
 /** An error answer of the daemon (`code` from docs/protocol.md's table), or
  * `connection_error` when the request could not be answered. */
@@ -71,6 +74,7 @@ export class DagdClient {
     this.snapshot = null;         // snapshot events being collected
     this.retryTimer = null;
     this.silenceTimer = null;
+    this.pingTimer = null;
     this.closed = false;
   }
 
@@ -111,6 +115,7 @@ export class DagdClient {
     this.closed = true;
     clearTimeout(this.retryTimer);
     clearTimeout(this.silenceTimer);
+    clearInterval(this.pingTimer);
     if (this.ws) this.ws.close(1000);
     this.ws = null;
     this.failAll("the dashboard closed the connection");
@@ -215,6 +220,7 @@ export class DagdClient {
 
   lost(why) {
     clearTimeout(this.silenceTimer);
+    clearInterval(this.pingTimer);
     const ws = this.ws;
     this.ws = null;
     this.ready = false;
@@ -227,6 +233,14 @@ export class DagdClient {
     this.setState("disconnected", { message: why, retryAt: Date.now() + delay });
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  startPinging(ws) {
+    clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(() => {
+      if (ws === this.ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "ping" }));
+      else clearInterval(this.pingTimer);
+    }, PING_EVERY_MS);
   }
 
   watchSilence() {
@@ -284,6 +298,7 @@ export class DagdClient {
 
   becameReady() {
     this.ready = true;
+    this.startPinging(this.ws);
     this.failures = 0;
     const reconnect = this.connections > 0;
     this.connections += 1;
