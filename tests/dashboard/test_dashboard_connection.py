@@ -73,8 +73,8 @@ def test_a_restart_shows_disconnected_then_the_page_catches_up_with_no_gap(
         )
         # what a person sees: the run that happened while away, selected and green
         selected = page.get_by_role("region", name="Selected run")
-        expect(selected.locator(".run-link")).to_have_text(second)
-        expect(selected.locator(".run-params")).to_contain_text("note = while away")
+        expect(selected.locator(".sel-run-link")).to_have_text(second)
+        expect(selected.locator(".sel-run-params")).to_contain_text("note = while away")
         for step in ("one", "two", "three"):
             expect(page.locator(f'.node[data-step-id="{step}"]')).to_have_attribute(
                 "data-status", "success"

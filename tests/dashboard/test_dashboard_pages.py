@@ -128,14 +128,14 @@ def test_a_run_triggered_from_the_form_shows_its_param_and_turns_green_live(
     expect(result).to_contain_text("manual__")
     run_id = result.inner_text()
     selected = page.get_by_role("region", name="Selected run")
-    expect(selected.locator(".run-link")).to_have_text(run_id)
-    expect(selected.locator(".run-params")).to_contain_text("date = 2030-05-17")
-    expect(selected.locator(".run-params")).to_contain_text("region = eu")
+    expect(selected.locator(".sel-run-link")).to_have_text(run_id)
+    expect(selected.locator(".sel-run-params")).to_contain_text("date = 2030-05-17")
+    expect(selected.locator(".sel-run-params")).to_contain_text("region = eu")
     for step in ("extract", "transform", "load"):
         node = page.locator(f'svg.graph .node[data-step-id="{step}"]')
         expect(node).to_have_attribute("data-status", "success")
         expect(node).to_have_attribute("aria-label", f"step {step}: success")
-    expect(selected.locator(".run-status")).to_contain_text("success")
+    expect(selected.locator(".sel-run-status")).to_contain_text("success")
     # the grid has the run's column with a green cell per step, each opening that step
     cell = page.locator('table.grid tr[data-step-id="load"] a.cell[href*="step=load"]').last
     expect(cell).to_have_attribute("data-status", "success")
@@ -178,6 +178,20 @@ def test_the_layout_puts_upstreams_left_of_their_downstreams(
     )
     assert xs["extract"] < xs["transform"] < xs["load"]
     expect(page.locator("svg.graph path.edge")).to_have_count(2)
+
+
+def test_a_fan_out_keeps_its_steps_in_file_order(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = open_dashboard(context, daemon, route="#/dags/wide")
+    expect(page.locator("svg.graph .node")).to_have_count(13)
+    leaves = page.evaluate(
+        """() => [...document.querySelectorAll('svg.graph .node')]
+            .filter((g) => g.dataset.stepId.startsWith('leaf'))
+            .sort((a, b) => a.transform.baseVal[0].matrix.f - b.transform.baseVal[0].matrix.f)
+            .map((g) => g.dataset.stepId)"""
+    )
+    assert leaves == [f"leaf{i:02}" for i in range(12)]
 
 
 def test_a_file_that_breaks_shows_its_error_live_and_clears_when_fixed(

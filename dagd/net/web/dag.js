@@ -226,7 +226,7 @@ class DagPage {
 
   refreshSelectedStatus() {
     const run = this.runs.find((r) => r.runId === this.selected);
-    const el = this.selectedBox.querySelector(".run-status");
+    const el = this.selectedBox.querySelector(".sel-run-status");
     if (run && el) replace(el, pill(run.status));
   }
 
@@ -349,16 +349,16 @@ class DagPage {
     const names = Object.keys(params);
     replace(this.selectedBox,
       h("h2", {}, "Selected run"),
-      h("p", {}, h("a", { class: "mono run-link", href: runHref(record.runId) }, record.runId)),
+      h("p", {}, h("a", { class: "mono sel-run-link", href: runHref(record.runId) }, record.runId)),
       h("dl", {},
-        h("dt", {}, "Status"), h("dd", { class: "run-status" }, pill(record.status)),
+        h("dt", {}, "Status"), h("dd", { class: "sel-run-status" }, pill(record.status)),
         detail?.trigger ? [h("dt", {}, "Trigger"), h("dd", {}, detail.trigger)] : null,
         record.queuedAt ? [h("dt", {}, "Queued"), h("dd", {}, dateTime(record.queuedAt))] : null,
         record.startedAt ? [h("dt", {}, "Started"), h("dd", {}, dateTime(record.startedAt))] : null,
         record.endedAt ? [h("dt", {}, "Ended"), h("dd", {}, dateTime(record.endedAt))] : null,
         detail && detail.duration !== null ? [h("dt", {}, "Duration"), h("dd", {}, duration(detail.duration))] : null,
         h("dt", {}, "Params"),
-        h("dd", { class: "run-params" }, names.length
+        h("dd", { class: "sel-run-params" }, names.length
           ? h("ul", { class: "problems" }, names.map((name) => h("li", {},
             h("code", {}, name), " = ", h("span", { class: "param-value" }, String(params[name])))))
           : h("span", { class: "muted" }, detail ? "none" : "…"))));

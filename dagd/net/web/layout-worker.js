@@ -36,7 +36,9 @@ function withDagre(nodes, edges) {
   g.setGraph({ rankdir: "LR", nodesep: NODE_SEP, ranksep: RANK_SEP, marginx: MARGIN, marginy: MARGIN });
   g.setDefaultEdgeLabel(() => ({}));
   for (const n of nodes) g.setNode(n.id, { width: n.width, height: n.height });
-  for (const [source, target] of edges) g.setEdge(source, target);
+  // dagre's initial order places the last inserted edge's target first: edges inserted in
+  // reverse keep the steps of a column in file order, top to bottom.
+  for (let i = edges.length - 1; i >= 0; i--) g.setEdge(edges[i][0], edges[i][1]);
   dagre.layout(g);
   const out = {};
   for (const n of nodes) {
