@@ -47,8 +47,8 @@ def _rule(step: StepSpec) -> str | None:
 def text_graph(dag: DagSpec) -> str:
     """The layered drawing: a title line, then one line per step, grouped by level, in the
     DAG file's order within a level, each step followed by `<- ` and its upstreams, and its
-    trigger rule in brackets when it is not all_success. Ids are shown with control
-    characters escaped."""
+    trigger rule in brackets when it is not all_success; then the lifecycle handlers, apart.
+    Ids are shown with control characters escaped."""
     # Imported here: dagd.core.detail brings the protocol's answer classes (~45 ms) to every
     # dagd start and shell Tab otherwise.
     from dagd.core.detail import step_levels
@@ -79,6 +79,10 @@ def text_graph(dag: DagSpec) -> str:
                 line += f"  [{rule}]"
             lines.append(line.rstrip())
             label = ""
+    if dag.handlers:
+        # Outside the graph: they run once every step is final, in this order.
+        lines += ["", "handlers (after every step is final, one at a time):"]
+        lines += [f"  {sid}" for sid in dag.handlers]
     return "\n".join(lines) + "\n"
 
 

@@ -236,7 +236,7 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
         count = _attempt_count(step)
         rows.append(
             (
-                one_line(step.step_id),
+                one_line(step.step_id) + (" (handler)" if step.handler is not None else ""),
                 str(step.status),
                 str(count),
                 _time(step.start_time),
@@ -267,6 +267,7 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
     header = ("STEP", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "ERROR")
     lines += ["", *_table(header, rows)]
     failed = [step.step_id for step in run.steps if step.status is StepStatus.FAILED]
+    failed.sort(key=lambda sid: sid.startswith("@"))  # a step's output before a handler's
     if failed:
         # shlex.quote: the line can be pasted into a shell as it is.
         words = ["dagd", "logs", shlex.quote(rec.run_id), shlex.quote(failed[0])]
@@ -275,6 +276,8 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
 
 
 def _command_text(step: StepDefinition) -> tuple[str, str]:
+    if step.notify:
+        return "notify", ", ".join(one_line(url) for url in step.notify)
     if step.call is not None:
         return "call", one_line(step.call)
     if isinstance(step.command, list):
@@ -318,21 +321,33 @@ def dag_text(dag: DagDetail) -> str:
     for step in dag.steps:
         ups = f"  <- {', '.join(one_line(u) for u in step.depends_on)}" if step.depends_on else ""
         lines.append(f"{one_line(step.step_id)}{ups}")
-        if step.description:
-            lines.append(f"  description: {one_line(step.description)}")
-        kind, text = _command_text(step)
-        body = text.strip("\n").split("\n")
-        lines.append(f"  {kind}: {one_line(body[0])}")
-        lines += [f"  {' ' * len(kind)}  {one_line(more)}" for more in body[1:]]
-        extras = [f"executor {one_line(step.executor)}"]
-        if step.retries:
-            extras.append(f"retries {step.retries} (delay {format_seconds(step.retry_delay)})")
-        if step.timeout is not None:
-            extras.append(f"timeout {format_seconds(step.timeout)}")
-        if step.trigger_rule is not TriggerRule.ALL_SUCCESS:
-            extras.append(f"trigger rule {step.trigger_rule}")
-        lines.append("  " + ", ".join(extras))
+        lines += _step_lines(step)
+    if dag.handlers:
+        lines += ["", f"HANDLERS ({len(dag.handlers)}: after every step is final, in this order)"]
+    for step in dag.handlers:
+        lines.append(one_line(step.step_id))
+        lines += _step_lines(step)
     return "\n".join(lines) + "\n"
+
+
+def _step_lines(step: StepDefinition) -> list[str]:
+    """A step's description, command and settings, indented under its id."""
+    lines: list[str] = []
+    if step.description:
+        lines.append(f"  description: {one_line(step.description)}")
+    kind, text = _command_text(step)
+    body = text.strip("\n").split("\n")
+    lines.append(f"  {kind}: {one_line(body[0])}")
+    lines += [f"  {' ' * len(kind)}  {one_line(more)}" for more in body[1:]]
+    extras = [f"executor {one_line(step.executor)}"]
+    if step.retries:
+        extras.append(f"retries {step.retries} (delay {format_seconds(step.retry_delay)})")
+    if step.timeout is not None:
+        extras.append(f"timeout {format_seconds(step.timeout)}")
+    if step.trigger_rule is not TriggerRule.ALL_SUCCESS and step.handler is None:
+        extras.append(f"trigger rule {step.trigger_rule}")
+    lines.append("  " + ", ".join(extras))
+    return lines
 
 
 #: The commands of this module, added to the `dagd` group by dagd/cli/main.py.

@@ -306,6 +306,7 @@ async def _drive_here(
                 if state.cancelling or state.status.finished:
                     click.echo(f"{name} again: killing the steps now", err=True)
                     kill_steps_now(executors)
+                    driver.stop_handlers(f"stopped: {name} again")
                     continue
                 click.echo(
                     f"{name}: stopping (steps get {config.kill_grace:g}s to exit; "
@@ -447,20 +448,18 @@ async def _serve(config: Config) -> None:
                     )
                     readiness.notify("STOPPING=1")
                     break
-                nursery.start_soon(_kill_on_signal, signals, daemon.executors)
+                nursery.start_soon(_kill_on_signal, signals, daemon.kill_now)
             nursery.cancel_scope.cancel()
     log.info("dagd stopped")
 
 
-async def _kill_on_signal(
-    signals: AsyncIterator[int], executors: StepExecutor | Mapping[str, StepExecutor]
-) -> None:
+async def _kill_on_signal(signals: AsyncIterator[int], kill_now: Callable[[], None]) -> None:
     """During the shutdown: each further SIGINT/SIGTERM SIGKILLs the steps still running, on
-    every executor that can (`kill_now()`: the local one, Dask's); their runs are still
-    recorded as cancelled before dagd exits."""
+    every executor that can (`Daemon.kill_now`: the local one, Dask's), and stops the runs'
+    lifecycle handlers; their runs are still recorded before dagd exits."""
     async for signum in signals:
         log.warning("%s received again: killing the running steps now", signal.Signals(signum).name)
-        kill_steps_now(executors)
+        kill_now()
 
 
 # ------------------------------------------------------- talking to the daemon

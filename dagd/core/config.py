@@ -125,6 +125,8 @@ class Config:
     max_parallel_steps: int = 16
     progress_interval: float = 1.0
     kill_grace: float = 5.0  # SIGTERM -> SIGKILL for a step's process group
+    # How long a cancelled run's lifecycle handlers may run (also at shutdown)
+    handler_grace: float = 30.0
     reload_interval: float = 2.0
     event_retention_count: int = 1_000_000
     event_retention_age: float | None = 30 * 86400.0
@@ -199,6 +201,7 @@ _TOP = {
     "max_parallel_steps": "posint",
     "progress_interval": "duration",
     "kill_grace": "duration",
+    "handler_grace": "duration",
     "reload_interval": "duration",
     "event_retention_count": "posint",
     "event_retention_age": "duration?",

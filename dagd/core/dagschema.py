@@ -13,11 +13,15 @@ from __future__ import annotations
 import re
 from typing import Any, assert_never
 
+from dagd.core.model import HandlerKind
 from dagd.core.spec import (
     DAG_TABLE,
+    HANDLER_TABLE,
     ID_RE,
     INT64,
     MAX_DURATION,
+    MAX_URLS,
+    ONE_OF_HANDLER_KEYS,
     ONE_OF_STEP_KEYS,
     PARAM_RE,
     STEP_TABLE,
@@ -25,6 +29,7 @@ from dagd.core.spec import (
     Command,
     Duration,
     Flag,
+    Handlers,
     Integer,
     Key,
     Kind,
@@ -34,6 +39,7 @@ from dagd.core.spec import (
     StepIds,
     Steps,
     Text,
+    Urls,
 )
 
 #: The JSON Schema dialect of `dag_json_schema()`.
@@ -107,6 +113,17 @@ def _kind_schema(kind: Kind) -> dict[str, Any]:
                 "minProperties": 1,
                 "propertyNames": {"pattern": _pattern(ID_RE)},
                 "additionalProperties": step,
+            }
+        case Urls():
+            url = {"type": "string", "allOf": [{"pattern": _NOT_BLANK}, {"pattern": _NO_NUL}]}
+            return {"type": "array", "minItems": 1, "maxItems": MAX_URLS, "items": url}
+        case Handlers():
+            handler = _table_schema(HANDLER_TABLE)
+            handler["oneOf"] = [{"required": [name]} for name in ONE_OF_HANDLER_KEYS]
+            return {
+                "type": "object",
+                "properties": {kind.value: handler for kind in HandlerKind},
+                "additionalProperties": False,
             }
     assert_never(kind)
 

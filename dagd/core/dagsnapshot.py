@@ -68,8 +68,10 @@ def dag_from_json(text: str) -> DagSpec:
         dag = _CONVERTER.structure(json.loads(text), DagSpec)
     except Exception as exc:  # any failure of the stored text is this one error
         raise SnapshotError(f"not a stored DAG definition: {exc!r}"[:500]) from None
-    if set(dag.order) != set(dag.steps) or any(
-        up not in dag.steps for step in dag.steps.values() for up in step.depends_on
+    if (
+        set(dag.order) != set(dag.steps)
+        or any(up not in dag.steps for step in dag.steps.values() for up in step.depends_on)
+        or any(h.handler is None or h.handler.step_id != sid for sid, h in dag.handlers.items())
     ):
         raise SnapshotError("not a stored DAG definition: its steps and their order disagree")
     return dag

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from dagd.core.model import DagSpec, StepStatus
+from dagd.core.model import DagSpec, StepSpec, StepStatus
+from dagd.core.outcome import redact_url
 from dagd.core.protocol.answers import (
     DagDetail,
     DagSummary,
@@ -69,6 +70,7 @@ def live_run_detail(
             st.attempts_before + st.attempt,
             list(st.spec.depends_on),
             attempts.get(sid, []),
+            st.spec.handler,
         )
         for sid, st in state.steps.items()
     ]
@@ -83,19 +85,25 @@ def stored_run_detail(
     version: str | None,
 ) -> RunDetail:
     """A run from the store: every step of `dag` (its definition; None: unknown, then only the
-    steps that have rows) in file order, a step without a row as pending, then any step with a
-    row that the definition lacks."""
+    steps that have rows) in file order, then its handlers, a step without a row as pending,
+    then any step with a row that the definition lacks."""
     by_step = {row.step_id: row for row in rows}
-    step_ids = list(dag.steps) if dag is not None else []
+    specs = {**dag.steps, **dag.handlers} if dag is not None else {}
+    step_ids = list(specs)
     known = set(step_ids)
     step_ids += [sid for sid in by_step if sid not in known]
     steps = []
     for sid in step_ids:
-        spec = dag.steps.get(sid) if dag is not None else None
+        spec = specs.get(sid)
         ups = list(spec.depends_on) if spec is not None else []
+        handler = spec.handler if spec is not None else None
         row = by_step.get(sid)
         if row is None:
-            steps.append(StepDetail(sid, StepStatus.PENDING, None, None, None, 0, None, 0, ups, []))
+            steps.append(
+                StepDetail(
+                    sid, StepStatus.PENDING, None, None, None, 0, None, 0, ups, [], handler
+                )
+            )
             continue
         steps.append(
             StepDetail(
@@ -109,6 +117,7 @@ def stored_run_detail(
                 row.attempt,
                 ups,
                 attempts.get(sid, []),
+                handler,
             )
         )
     return _run_detail(record, version, steps)
@@ -137,24 +146,30 @@ def dag_detail(dag: DagSpec, summary: DagSummary) -> DagDetail:
     """A loaded DAG with its steps' definitions in file order, each with its graph level (0
     without upstreams, else one more than its deepest upstream), and its edges."""
     levels = step_levels(dag)
-    steps = [
-        StepDefinition(
-            sid,
-            spec.description,
-            list(spec.command) if isinstance(spec.command, tuple) else spec.command,
-            spec.call,
-            list(spec.depends_on),
-            spec.executor,
-            spec.retries,
-            spec.retry_delay,
-            spec.timeout,
-            spec.trigger_rule,
-            levels.get(sid, 0),
-        )
-        for sid, spec in dag.steps.items()
-    ]
+    steps = [_definition(spec, levels.get(sid, 0)) for sid, spec in dag.steps.items()]
+    handlers = [_definition(spec, 0) for spec in dag.handlers.values()]
     edges = [Edge(up, sid) for sid, spec in dag.steps.items() for up in spec.depends_on]
-    return DagDetail(summary, dag.catchup, dag.max_active_runs, dag.max_active_steps, steps, edges)
+    return DagDetail(
+        summary, dag.catchup, dag.max_active_runs, dag.max_active_steps, steps, edges, handlers
+    )
+
+
+def _definition(spec: StepSpec, level: int) -> StepDefinition:
+    return StepDefinition(
+        spec.id,
+        spec.description,
+        list(spec.command) if isinstance(spec.command, tuple) else spec.command,
+        spec.call,
+        list(spec.depends_on),
+        spec.executor,
+        spec.retries,
+        spec.retry_delay,
+        spec.timeout,
+        spec.trigger_rule,
+        level,
+        spec.handler,
+        [redact_url(url) for url in spec.notify] if spec.notify else None,
+    )
 
 
 __all__ = ["dag_detail", "live_run_detail", "step_levels", "stored_run_detail", "trigger_kind"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from dagd.core.model import RunStatus, StepStatus
+from dagd.core.model import HandlerKind, RunStatus, StepStatus
 
 
 @attrs.frozen(slots=True)
@@ -46,6 +46,8 @@ class StepStatusEvent:
     # Where the attempt ran, when an executor says (a Dask worker's address); on the wire as
     # `worker` only when set, so local steps' events are unchanged.
     worker: str | None = None
+    # A lifecycle handler's kind (`on_failure`, ...); on the wire only for handlers.
+    handler: HandlerKind | None = None
 
 
 @attrs.frozen(slots=True)

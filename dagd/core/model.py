@@ -149,9 +149,35 @@ class TriggerRule(enum.StrEnum):
     NONE_FAILED = "none_failed"  # every upstream finished and none failed (skipped is fine)
 
 
+class HandlerKind(enum.StrEnum):
+    """A lifecycle handler of a DAG (`[handlers.<kind>]`): a step that runs once every
+    ordinary step of a run is final, when the run's outcome matches (`HANDLERS_OF`). The
+    value is the DAG file's key, and the wire's `handler` of its step."""
+
+    ON_SUCCESS = "on_success"
+    ON_FAILURE = "on_failure"
+    ON_CANCEL = "on_cancel"
+    ALWAYS = "always"
+
+    @property
+    def step_id(self) -> str:
+        """The handler's step id in a run: `@` and its kind (`@on_failure`). No ordinary
+        step id can hold `@`, so the two never collide."""
+        return f"@{self.value}"
+
+
+#: Which handlers run for each outcome of a run, in the order they run (one at a time).
+HANDLERS_OF: Final[Mapping[RunStatus, tuple[HandlerKind, ...]]] = {
+    RunStatus.SUCCESS: (HandlerKind.ON_SUCCESS, HandlerKind.ALWAYS),
+    RunStatus.FAILED: (HandlerKind.ON_FAILURE, HandlerKind.ALWAYS),
+    RunStatus.CANCELLED: (HandlerKind.ON_CANCEL, HandlerKind.ALWAYS),
+}
+
+
 @attrs.frozen
 class StepSpec:
-    """One step of a DAG. Exactly one of `command` and `call` is set."""
+    """One step of a DAG, or a lifecycle handler (`handler` set). Exactly one of `command`
+    and `call` is set, or, for a handler only, `notify` instead."""
 
     id: str
     command: str | tuple[str, ...] | None = None
@@ -172,6 +198,13 @@ class StepSpec:
     # `env` as written, in the order its `$VAR` references expand: the DAG's entries, then the
     # step's (a name the step sets again appears twice). Empty: `env` in its own order.
     env_order: tuple[tuple[str, str], ...] = ()
+    # A lifecycle handler's kind (None: an ordinary step). Its id is `handler.step_id`.
+    handler: HandlerKind | None = None
+    # A notification handler: Apprise URLs as written (`$VAR` expands when it is sent), and
+    # the title and body templates (None: dagd's own; dagd/core/outcome.py).
+    notify: tuple[str, ...] = ()
+    title: str | None = None
+    body: str | None = None
 
     @property
     def max_attempts(self) -> int:
@@ -199,6 +232,9 @@ class DagSpec:
     # The DAG-level `executor` as written (each step's own `executor` is what runs it): kept
     # so a problem with it is reported once, at the DAG's key, not at every step.
     executor: str = "local"
+    # Lifecycle handlers by step id (`@on_failure`, ...), in the order of `HandlerKind`: not
+    # part of the graph (`steps`, `order`); a run runs the matching ones at its end.
+    handlers: Mapping[str, StepSpec] = attrs.field(factory=dict)
 
     def bind_params(self, given: Mapping[str, object] | None) -> dict[str, str]:
         """Declared defaults overlaid with `given` (name -> string, number or boolean), as

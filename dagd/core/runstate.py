@@ -13,6 +13,16 @@ Rules this file keeps:
 
 Theory of operation. A run is queued, then running (or cancelling, once `cancel` was called),
 then success, failed or cancelled; a failed or cancelled run can be queued again (a run retry).
+
+Lifecycle handlers (`DagSpec.handlers`: on_success, on_failure, on_cancel, always) are steps
+of the run that stand outside its graph. When every ordinary step is final, the run's outcome
+is decided (`decided`: failed if a step failed or is upstream_failed, cancelled if the run was
+cancelled, else success) and the run enters an `after_*` phase, still `running`: the handlers
+that match the outcome (`HANDLERS_OF`) run one at a time, the others are skipped. Once they are
+final the run ends with the decided status, whatever they did. A cancelled run's handlers, and
+handlers running when their run is cancelled, get `handler_grace` seconds (`HandlerDeadline`);
+then `grace_over` stops them, as it does at once when called early (a second Ctrl-C). A run
+cancelled while queued runs nothing, its handlers included; a run retry runs them again.
 A step's phase is finer than its status, because the engine has to know where an attempt is
 (`STEP_TRANSITIONS` in full):
 
@@ -38,6 +48,7 @@ The effects (`Effect`, a closed union), in the order they must be carried out:
 - `StartStep(step_id, attempt)`: run this attempt, then report `step_started` and an outcome;
 - `ScheduleRetry(step_id, at)`: call `retry_due(step_id)` at time `at`;
 - `StopStep(step_id)`: kill the running attempt, then report `step_cancelled`;
+- `HandlerDeadline(at)`: call `grace_over(now)` at time `at`;
 - an event of the run (`dagd.core.events.RunEvent`): publish it;
 - `FinishRun(status)`: the run is over.
 """
@@ -63,6 +74,7 @@ from dagd.core.events import (
 from dagd.core.model import (
     BUCKET_OF,
     FAILED_STEP,
+    HANDLERS_OF,
     RUN_FAILING_STEP,
     DagSpec,
     ProgressBucket,
@@ -71,6 +83,7 @@ from dagd.core.model import (
     StepStatus,
     TriggerRule,
 )
+from dagd.core.outcome import MAX_LISTED, FailedStep, RunOutcome
 
 S = StepStatus
 B = ProgressBucket
@@ -119,8 +132,15 @@ class FinishRun:
     status: RunStatus
 
 
+@attrs.frozen(slots=True)
+class HandlerDeadline:
+    """Call `RunState.grace_over(now)` at `at` (UNIX seconds): the handlers' grace ends."""
+
+    at: float
+
+
 #: What every event method returns a list of: commands for the engine and events to publish.
-Effect = StartStep | ScheduleRetry | StopStep | FinishRun | RunEvent
+Effect = StartStep | ScheduleRetry | StopStep | FinishRun | HandlerDeadline | RunEvent
 #: The `RunEvent` members of `Effect`, the most frequent first: a dispatcher's
 #: `isinstance(effect, EVENT_CLASSES)` picks out the effects to publish.
 EVENT_CLASSES: Final = (StepStatusEvent, DagRunProgressEvent, DagRunStatusEvent, ErrorEvent)
@@ -139,6 +159,13 @@ class RunPhase(enum.StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Every ordinary step is final; the handlers of the decided outcome run (status running).
+    AFTER_SUCCESS = "after_success"
+    AFTER_FAILURE = "after_failure"
+    AFTER_CANCEL = "after_cancel"  # under handler_grace
+    # Cancelled while its handlers ran: they get handler_grace; the outcome stays.
+    AFTER_SUCCESS_CANCELLED = "after_success_cancelled"
+    AFTER_FAILURE_CANCELLED = "after_failure_cancelled"
 
 
 class RunInput(enum.StrEnum):
@@ -150,6 +177,10 @@ class RunInput(enum.StrEnum):
     FINISH_OK = "finish_ok"  # every step is final and none failed
     FINISH_FAILED = "finish_failed"  # every step is final and one failed
     REQUEUE = "requeue"  # a run retry
+    HANDLE_OK = "handle_ok"  # every ordinary step is final, none failed; there are handlers
+    HANDLE_FAILED = "handle_failed"  # every ordinary step is final, one failed; handlers
+    HANDLERS_DONE = "handlers_done"  # every handler is final too
+    GRACE_OVER = "grace_over"  # handler_grace passed (or a second Ctrl-C): stop handlers
 
 
 RP, RI = RunPhase, RunInput
@@ -161,20 +192,64 @@ RUN_TRANSITIONS: Final[Mapping[RunPhase, Mapping[RunInput, RunPhase]]] = {
         RI.CANCEL: RP.CANCELLING,
         RI.FINISH_OK: RP.SUCCESS,
         RI.FINISH_FAILED: RP.FAILED,
+        RI.HANDLE_OK: RP.AFTER_SUCCESS,
+        RI.HANDLE_FAILED: RP.AFTER_FAILURE,
     },
     RP.CANCELLING: {
         RI.REPORT: RP.CANCELLING,
         RI.FINISH_OK: RP.CANCELLED,  # a cancelled run ends cancelled, whatever its steps did
         RI.FINISH_FAILED: RP.CANCELLED,
+        RI.HANDLE_OK: RP.AFTER_CANCEL,
+        RI.HANDLE_FAILED: RP.AFTER_CANCEL,
+        RI.GRACE_OVER: RP.CANCELLING,  # its handlers will not run
+    },
+    RP.AFTER_SUCCESS: {
+        RI.REPORT: RP.AFTER_SUCCESS,
+        RI.CANCEL: RP.AFTER_SUCCESS_CANCELLED,
+        RI.HANDLERS_DONE: RP.SUCCESS,
+    },
+    RP.AFTER_FAILURE: {
+        RI.REPORT: RP.AFTER_FAILURE,
+        RI.CANCEL: RP.AFTER_FAILURE_CANCELLED,
+        RI.HANDLERS_DONE: RP.FAILED,
+    },
+    RP.AFTER_CANCEL: {
+        RI.REPORT: RP.AFTER_CANCEL,
+        RI.GRACE_OVER: RP.AFTER_CANCEL,
+        RI.HANDLERS_DONE: RP.CANCELLED,
+    },
+    RP.AFTER_SUCCESS_CANCELLED: {
+        RI.REPORT: RP.AFTER_SUCCESS_CANCELLED,
+        RI.GRACE_OVER: RP.AFTER_SUCCESS_CANCELLED,
+        RI.HANDLERS_DONE: RP.SUCCESS,  # the outcome was decided before the cancel
+    },
+    RP.AFTER_FAILURE_CANCELLED: {
+        RI.REPORT: RP.AFTER_FAILURE_CANCELLED,
+        RI.GRACE_OVER: RP.AFTER_FAILURE_CANCELLED,
+        RI.HANDLERS_DONE: RP.FAILED,
     },
     RP.SUCCESS: {},
     RP.FAILED: {RI.REQUEUE: RP.QUEUED},
     RP.CANCELLED: {RI.REQUEUE: RP.QUEUED},
 }
 
-#: A run's status in each phase: the status of the same name; a cancelling run is running.
+#: The phases in which a run's handlers run, and the outcome each has decided.
+DECIDED_IN: Final[Mapping[RunPhase, RunStatus]] = {
+    RP.AFTER_SUCCESS: RunStatus.SUCCESS,
+    RP.AFTER_FAILURE: RunStatus.FAILED,
+    RP.AFTER_CANCEL: RunStatus.CANCELLED,
+    RP.AFTER_SUCCESS_CANCELLED: RunStatus.SUCCESS,
+    RP.AFTER_FAILURE_CANCELLED: RunStatus.FAILED,
+}
+
+#: A run's status in each phase: the status of the same name; a cancelling run, and one
+#: running its handlers, is running.
 RUN_STATUS_OF: Final[Mapping[RunPhase, RunStatus]] = {
-    phase: RunStatus.RUNNING if phase is RP.CANCELLING else RunStatus(phase.value)
+    phase: (
+        RunStatus.RUNNING
+        if phase is RP.CANCELLING or phase in DECIDED_IN
+        else RunStatus(phase.value)
+    )
     for phase in RunPhase
 }
 
@@ -214,6 +289,7 @@ class StepInput(enum.StrEnum):
     STOPPED = "stopped"  # the attempt that was out was stopped (step_cancelled)
     CANCEL = "cancel"  # the run was cancelled while the step waited
     RESET = "reset"  # a run retry: the step did not succeed, so it runs again
+    REARM = "rearm"  # a run retry: a handler runs again, whatever it did
 
 
 P, E = Phase, StepInput  # short names for the tables below
@@ -222,9 +298,9 @@ P, E = Phase, StepInput  # short names for the tables below
 # an attempt's outcome does to a running one, and how a run's cancel and retry reach a step.
 _VERDICTS: Final = {E.TRIGGERED: P.READY, E.SKIP: P.SKIPPED, E.UPSTREAM_FAILED: P.UPSTREAM_FAILED}
 _OUTCOMES: Final = {E.SUCCEEDED: P.SUCCESS, E.FAILED: P.FAILED, E.FAILED_WILL_RETRY: P.RETRY_WAIT}
-_CANCEL_OR_RESET: Final = {E.CANCEL: P.CANCELLED, E.RESET: P.WAITING}
-_STOP_OR_RESET: Final = {E.STOPPED: P.CANCELLED, E.RESET: P.WAITING}
-_RESET: Final = {E.RESET: P.WAITING}
+_CANCEL_OR_RESET: Final = {E.CANCEL: P.CANCELLED, E.RESET: P.WAITING, E.REARM: P.WAITING}
+_STOP_OR_RESET: Final = {E.STOPPED: P.CANCELLED, E.RESET: P.WAITING, E.REARM: P.WAITING}
+_RESET: Final = {E.RESET: P.WAITING, E.REARM: P.WAITING}
 
 STEP_TRANSITIONS: Final[Mapping[Phase, Mapping[StepInput, Phase]]] = {
     P.WAITING: {**_VERDICTS, **_CANCEL_OR_RESET},
@@ -234,7 +310,7 @@ STEP_TRANSITIONS: Final[Mapping[Phase, Mapping[StepInput, Phase]]] = {
     P.RETRY_WAIT: {E.RETRY_DUE: P.RETRY_READY, **_CANCEL_OR_RESET},
     P.RETRY_READY: {E.DISPATCH: P.RETRY_DISPATCHED, **_CANCEL_OR_RESET},
     P.RETRY_DISPATCHED: {E.STARTED: P.RUNNING, **_STOP_OR_RESET},
-    P.SUCCESS: {},  # kept by a run retry
+    P.SUCCESS: {E.REARM: P.WAITING},  # kept by a run retry, unless it is a handler
     P.FAILED: _RESET,
     P.UPSTREAM_FAILED: _RESET,
     P.SKIPPED: _RESET,
@@ -411,6 +487,7 @@ class RunState:
         params: Mapping[str, str] | None = None,
         *,
         progress_interval: float = 0.0,
+        handler_grace: float = 30.0,
     ) -> None:
         self.dag = dag
         self.run_id = run_id
@@ -427,6 +504,20 @@ class RunState:
         for sid, spec in dag.steps.items():
             for up in spec.depends_on:
                 self.steps[up].downstream.append(sid)
+        # Handlers come last (`steps` holds them too), outside the graph.
+        for sid, spec in dag.handlers.items():
+            self.steps[sid] = StepState(spec=spec, downstream=[])
+        self._ordinary = len(dag.steps)
+        # finished_steps at which the run moves on: its ordinary steps', then every step's.
+        self._goal = self._ordinary
+        self._limit = dag.max_active_steps  # handlers run one at a time
+        self.handler_grace = handler_grace  # seconds
+        # The status the run ends with, decided when its ordinary steps are all final (its
+        # handlers run then), and that moment (UNIX seconds).
+        self.decided: RunStatus | None = None
+        self.decided_at: float | None = None
+        self.grace_at: float | None = None  # when handler_grace ends (HandlerDeadline)
+        self._grace_over = False  # handlers stop, or never start
         self.counts: dict[ProgressBucket, int] = {
             B.COMPLETED: 0,
             B.RUNNING: 0,
@@ -518,6 +609,34 @@ class RunState:
             now,
             attempt=st.attempts_before + st.attempt,
             worker=st.worker,
+            handler=st.spec.handler,
+        )
+
+    @property
+    def handling(self) -> bool:
+        """Every ordinary step is final and the run's handlers run (its status is running)."""
+        return self.phase in DECIDED_IN
+
+    def outcome(self) -> RunOutcome:
+        """How the run ended, for its handlers: the decided status, the run's start and its
+        ordinary steps' end, and the failed steps with their errors (dagd/core/outcome.py).
+        Raises `IllegalTransition` before every ordinary step is final."""
+        if self.decided is None or self.decided_at is None:
+            raise IllegalTransition(f"run {self.run_id} has no outcome yet")
+        failed = [
+            FailedStep(sid, st.status, st.error)
+            for sid in self.dag.order
+            if (st := self.steps[sid]).status is S.FAILED
+        ]
+        return RunOutcome(
+            self.dag.id,
+            self.run_id,
+            self.decided,
+            dict(self.params),
+            self.started_at,
+            self.decided_at,
+            tuple(failed[:MAX_LISTED]),
+            len(failed),
         )
 
     def run_event(self, now: float) -> DagRunStatusEvent:
@@ -580,7 +699,10 @@ class RunState:
         attempts left (and the run is not being cancelled), else the step has failed. Raises
         `IllegalTransition` unless it was running."""
         st = self._reported(step_id)
-        will_retry = st.attempt < st.spec.max_attempts and not self.cancelling
+        # A cancelled run's handlers still retry, during their grace.
+        will_retry = st.attempt < st.spec.max_attempts and (
+            not self.cancelling or (st.spec.handler is not None and not self._grace_over)
+        )
         phase = self._next(st, E.FAILED_WILL_RETRY if will_retry else E.FAILED)
         out: list[Effect] = []
         self.active -= 1
@@ -625,15 +747,27 @@ class RunState:
 
     def cancel(self, now: float, reason: str = "cancelled by user") -> list[Effect]:
         """Stop the run: waiting steps are cancelled now, running ones are asked to stop.
-        Raises `IllegalTransition` if the run is finished or already being cancelled."""
+        A run whose handlers run keeps them running, for handler_grace seconds at most (a
+        HandlerDeadline); a queued run's handlers are cancelled with its steps. Raises
+        `IllegalTransition` if the run is finished or already being cancelled."""
         run_phase = self._run_next(RI.CANCEL)
         out: list[Effect] = []
+        queued = self.phase is RP.QUEUED
         self.cancelling = True
         self.cancel_reason = reason
+        if self.decided is not None:  # its handlers run: they get their grace
+            self._run_enter(run_phase)
+            self.grace_at = now + self.handler_grace
+            out.append(HandlerDeadline(self.grace_at))
+            return self._settle(out, now)
         self._ready.clear()
         self._run_enter(run_phase)  # a queued run goes straight to cancelled below
+        if queued:  # nothing of it runs, its handlers included
+            self._goal = len(self.steps)
         cancel = E.CANCEL
         for sid, st in self.steps.items():
+            if st.spec.handler is not None and not queued:
+                continue  # they run once the steps are final
             if st.phase in ATTEMPT_OUT:
                 out.append(StopStep(sid))
                 continue
@@ -642,6 +776,33 @@ class RunState:
                 st.end_time, st.error = now, reason
                 self._enter(st, phase, now, out)
                 self.finished_steps += 1
+        return self._settle(out, now)
+
+    def grace_over(self, now: float, reason: str | None = None) -> list[Effect]:
+        """A cancelled run's handlers are out of time (handler_grace passed, or a second
+        Ctrl-C): those waiting are cancelled with `reason` (default: 'stopped: handler_grace
+        of <n>s passed'), those running are stopped (StopStep), and those that have yet to
+        start never will. Calling it again changes nothing more. Raises `IllegalTransition`
+        unless the run was cancelled and has not ended."""
+        phase = self._run_next(RI.GRACE_OVER)
+        out: list[Effect] = []
+        self._grace_over = True
+        self._run_enter(phase)
+        error = reason or f"stopped: handler_grace of {format_seconds(self.handler_grace)} passed"
+        self.cancel_reason = error  # the error of the handlers stopped now
+        if self.decided is not None:
+            self._ready.clear()
+            cancel = E.CANCEL
+            for sid in self.dag.handlers:
+                st = self.steps[sid]
+                if st.phase in ATTEMPT_OUT:
+                    out.append(StopStep(sid))
+                    continue
+                next_phase = _TRANSITIONS[st.phase].get(cancel)
+                if next_phase is not None:
+                    st.end_time, st.error = now, error
+                    self._enter(st, next_phase, now, out)
+                    self.finished_steps += 1
         return self._settle(out, now)
 
     def requeue(self, now: float) -> list[Effect]:
@@ -661,13 +822,16 @@ class RunState:
         run_phase = self._run_next(RI.REQUEUE)
         out: list[Effect] = []
         self.cancelling, self.cancel_reason, self.ended_at = False, None, None
+        self.decided = self.decided_at = self.grace_at = None
+        self._grace_over = False
+        self._limit = self.dag.max_active_steps
         self._run_enter(run_phase)
         self._requeued = True
         out.append(self.run_event(now))
-        reset = E.RESET
         for st in self.steps.values():
-            phase = _TRANSITIONS[st.phase].get(reset)
-            if phase is not None:  # every step but a successful one
+            # every step but a successful one; every handler
+            phase = _TRANSITIONS[st.phase].get(E.REARM if st.spec.handler else E.RESET)
+            if phase is not None:
                 st.start_time = st.end_time = st.error = None
                 st.attempts_before += st.attempt  # numbering goes on; the retry budget is new
                 st.attempt = 0
@@ -737,6 +901,7 @@ class RunState:
                 self._count_upstream(st, self.steps[up].status)
         self.finished_steps = sum(st.status.finished for st in self.steps.values())
         self.active = 0
+        self._goal = self._ordinary
 
     @staticmethod
     def _count_upstream(st: StepState, up_status: StepStatus) -> None:
@@ -783,7 +948,7 @@ class RunState:
 
     def _pump(self, out: list[Effect]) -> None:
         """Dispatch ready steps while the DAG's max_active_steps allows."""
-        limit = self.dag.max_active_steps
+        limit = self._limit
         ready = self._ready
         while ready and (limit is None or self.active < limit):
             sid = ready.popleft()
@@ -794,8 +959,11 @@ class RunState:
             out.append(StartStep(sid, st.attempts_before + st.attempt))
 
     def _settle(self, out: list[Effect], now: float, force_progress: bool = False) -> list[Effect]:
-        """Finish the run if every step is final; add a progress event when one is due."""
-        done = self.finished_steps == len(self.steps) and self.active == 0
+        """Finish the run if every step is final (once its ordinary steps are, its handlers
+        run first); add a progress event when one is due."""
+        done = self.finished_steps == self._goal and self.active == 0
+        if done and self._goal != len(self.steps):
+            done = self._handle(out, now)
         last = self._last_progress
         if (
             force_progress
@@ -806,9 +974,43 @@ class RunState:
             self._last_progress = now
             self._progress_dirty = False
         if done:
-            failed = any(st.status in RUN_FAILING_STEP for st in self.steps.values())
-            self._run_enter(self._run_next(RI.FINISH_FAILED if failed else RI.FINISH_OK))
+            if self.decided is not None:
+                self._run_enter(self._run_next(RI.HANDLERS_DONE))
+            else:
+                failed = any(st.status in RUN_FAILING_STEP for st in self.steps.values())
+                self._run_enter(self._run_next(RI.FINISH_FAILED if failed else RI.FINISH_OK))
             self.ended_at = now
             out.append(self.run_event(now))
             out.append(FinishRun(self.status))
         return out
+
+    def _handle(self, out: list[Effect], now: float) -> bool:
+        """Every ordinary step is final: decide the outcome, skip the handlers that do not
+        match it and queue the others, one at a time (cancelled at once after `grace_over`).
+        Returns True if the run is over already (no handler to run)."""
+        failed = any(self.steps[sid].status in RUN_FAILING_STEP for sid in self.dag.steps)
+        self._run_enter(self._run_next(RI.HANDLE_FAILED if failed else RI.HANDLE_OK))
+        decided = self.decided = DECIDED_IN[self.phase]
+        self.decided_at = now
+        self._goal = len(self.steps)
+        self._limit = 1
+        matching = HANDLERS_OF[decided]
+        for sid, spec in self.dag.handlers.items():
+            st = self.steps[sid]
+            if spec.handler not in matching:
+                phase = _TRANSITIONS[_WAITING][_SKIP]
+            elif self._grace_over:
+                phase = _TRANSITIONS[_WAITING][E.CANCEL]
+                st.error = self.cancel_reason
+            else:
+                st.phase = _TRANSITIONS[_WAITING][_TRIGGERED]
+                self._ready.append(sid)
+                continue
+            st.end_time = now
+            self._enter(st, phase, now, out)
+            self.finished_steps += 1
+        if self.cancelling and self._ready and self.grace_at is None:
+            self.grace_at = now + self.handler_grace
+            out.append(HandlerDeadline(self.grace_at))
+        self._pump(out)
+        return self.finished_steps == self._goal and self.active == 0

@@ -24,7 +24,15 @@ import attrs
 
 from dagd.core.cron import cron_problem, timezone_problem
 from dagd.core.graph import find_cycle, topological_order
-from dagd.core.model import DagSpec, StepSpec, TriggerRule, param_text, param_variable
+from dagd.core.model import (
+    DagSpec,
+    HandlerKind,
+    StepSpec,
+    TriggerRule,
+    param_text,
+    param_variable,
+)
+from dagd.core.outcome import template_problem
 from dagd.core.text import env_syntax_problem, one_line, show
 
 ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
@@ -160,9 +168,35 @@ class Steps:
     """The `[steps.<id>]` tables: at least one, ids as ID_RE, each read by STEP_TABLE."""
 
 
+@attrs.frozen
+class Urls:
+    """A non-empty list (at most MAX_URLS) of non-blank strings without NUL, each checked for
+    `$` syntax (text.py): notification URLs."""
+
+
+@attrs.frozen
+class Handlers:
+    """The `[handlers.<kind>]` tables: kinds from HandlerKind, each read by HANDLER_TABLE."""
+
+
 Kind = (
-    Text | Flag | Integer | Number | Duration | Choice | Command | StepIds | Names | Labels | Steps
+    Text
+    | Flag
+    | Integer
+    | Number
+    | Duration
+    | Choice
+    | Command
+    | StepIds
+    | Names
+    | Labels
+    | Steps
+    | Urls
+    | Handlers
 )
+
+#: The most notification URLs one handler may give.
+MAX_URLS = 20
 
 
 @attrs.frozen
@@ -221,6 +255,12 @@ DAG_TABLE: dict[str, Key] = {
         DEFAULT_EXECUTOR,
     ),
     "steps": Key(Steps(), "The steps, [steps.<step_id>], at least one.", required=True),
+    "handlers": Key(
+        Handlers(),
+        "Lifecycle handlers, [handlers.on_success|on_failure|on_cancel|always]: steps that run "
+        "once every step of a run is final, when its outcome matches.",
+        {},
+    ),
 }
 
 #: A step needs exactly one of these keys: what it runs.
@@ -269,9 +309,39 @@ STEP_TABLE: dict[str, Key] = {
     ),
 }
 
+#: A handler needs exactly one of these keys: what it runs, or whom it notifies.
+ONE_OF_HANDLER_KEYS = ("command", "call", "notify")
+_TEMPLATE = Text(check=template_problem)
+
+#: The keys of a `[handlers.<kind>]` table: a step's, but for its place in the graph
+#: (depends_on, trigger_rule), and a notification's.
+HANDLER_TABLE: dict[str, Key] = {
+    **{k: v for k, v in STEP_TABLE.items() if k not in ("depends_on", "trigger_rule")},
+    "command": Key(
+        Command(),
+        "A string runs through /bin/sh -c; a list is an argv run without a shell. "
+        "Exactly one of command, call and notify.",
+    ),
+    "call": Key(
+        Text(CALL_RE, "{value} must look like 'package.module:function'"),
+        "A Python callable, 'package.module:function', given the step's context (its "
+        "`outcome`). Exactly one of command, call and notify.",
+    ),
+    "notify": Key(
+        Urls(),
+        "Apprise URLs to send a notification to (json://, mailto://, slack://, ntfy://, ...); "
+        "$VAR and ${VAR} expand when it is sent. Exactly one of command, call and notify.",
+    ),
+    "title": Key(_TEMPLATE, "A notification's title: {dag}, {run_id}, {status}, ... fields."),
+    "body": Key(_TEMPLATE, "A notification's body: {dag}, {run_id}, {status}, ... fields."),
+}
+
 #: The keys each table accepts (any other is a problem with a suggestion).
 DAG_KEYS = list(DAG_TABLE)
 STEP_KEYS = list(STEP_TABLE)
+HANDLER_KEYS = list(HANDLER_TABLE)
+#: The keys of a notification handler that only a command or call can use.
+NOT_FOR_NOTIFY = ("cwd", "executor")
 
 
 @attrs.frozen
@@ -519,8 +589,24 @@ def _read(
                 r.problem("must be a list of strings", step, name)
                 return default
             return tuple(labels)
-        case Steps():
+        case Steps() | Handlers():
             return r.get(table, name, dict, default=default, step=step)
+        case Urls():
+            urls = r.get(table, name, list, default=None, step=step)
+            if urls is None:
+                return default
+            if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
+                r.problem("must be a non-empty list of URLs", step, name)
+                return default
+            if len(urls) > MAX_URLS:
+                r.problem(f"at most {MAX_URLS} URLs, got {len(urls)}", step, name)
+                return default
+            for i, url in enumerate(urls):
+                message = "contains a NUL character" if "\0" in url else env_syntax_problem(url)
+                if message is not None:
+                    r.problem(f"URL {i + 1}: {message}", step, name)
+                    return default
+            return tuple(urls)
     assert_never(kind)
 
 
@@ -580,6 +666,62 @@ def _read_step(
         trigger_rule=TriggerRule(read("trigger_rule")),
         description=read("description"),
         executor=read("executor", dag_executor),
+    )
+
+
+def _read_handler(
+    r: _Reader, kind_name: str, raw: object, dag_env: dict[str, str], dag_executor: str
+) -> StepSpec | None:
+    """One `[handlers.<kind>]` table -> the handler's StepSpec (id `@<kind>`), or None."""
+    try:
+        kind = HandlerKind(kind_name)
+    except ValueError:
+        kinds = [k.value for k in HandlerKind]
+        r.problem(
+            f"unknown handler {show(kind_name)}{_suggest(kind_name, kinds)}; "
+            f"choose from {', '.join(kinds)}",
+            field="handlers",
+        )
+        return None
+    where = f"handlers.{kind.value}"  # how a problem names it, as the file writes it
+    if not isinstance(raw, dict):
+        r.problem(f"must be a table ([{where}])", where)
+        return None
+    r.unknown_keys(raw, HANDLER_KEYS, where)
+
+    def read(name: str, default: Any = _DECLARED) -> Any:
+        return _read(r, HANDLER_TABLE, raw, name, where, default)
+
+    if sum(name in raw for name in ONE_OF_HANDLER_KEYS) != 1:
+        r.problem("a handler needs exactly one of 'command', 'call' or 'notify'", where)
+    notify: tuple[str, ...] = read("notify", ())
+    if "notify" in raw:
+        for name in NOT_FOR_NOTIFY:
+            if name in raw:
+                r.problem("only a command or call handler takes it", where, name)
+    else:
+        for name in ("title", "body"):
+            if name in raw:
+                r.problem("only a notify handler takes it", where, name)
+    step_env: dict[str, str] = read("env")
+    return StepSpec(
+        id=kind.step_id,
+        command=read("command"),
+        call=read("call"),
+        retries=read("retries"),
+        retry_delay=read("retry_delay"),
+        retry_backoff=read("retry_backoff"),
+        max_retry_delay=read("max_retry_delay"),
+        timeout=read("timeout"),
+        env={**dag_env, **step_env},
+        env_order=(*dag_env.items(), *step_env.items()),
+        cwd=read("cwd"),
+        description=read("description"),
+        executor=DEFAULT_EXECUTOR if notify else read("executor", dag_executor),
+        handler=kind,
+        notify=notify,
+        title=read("title"),
+        body=read("body"),
     )
 
 
@@ -654,6 +796,16 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
         cycle = find_cycle(deps) or []
         # Show it in the direction work flows: upstream -> downstream.
         r.problem(f"dependency cycle: {' -> '.join(reversed(cycle))}", field="depends_on")
+    raw_handlers: dict[str, Any] = read("handlers")
+    read_handlers = {
+        name: _read_handler(r, name, raw, dag_env, dag_executor)
+        for name, raw in raw_handlers.items()
+    }
+    handlers = {  # in HandlerKind's order, whatever the file's
+        kind.step_id: handler
+        for kind in HandlerKind
+        if (handler := read_handlers.get(kind.value)) is not None
+    }
     max_active_steps = read("max_active_steps")
     params: dict[str, str] = read("params")
     by_var: dict[str, str] = {}
@@ -681,6 +833,7 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
         tags=read("tags"),
         source=file,
         executor=dag_executor,
+        handlers=handlers,
     )
     if r.problems:
         raise DagSpecError(r.problems)

@@ -69,7 +69,8 @@ from dagd.daemon.scheduler import CronScheduler
 from dagd.daemon.stats import DaemonStats
 from dagd.daemon.store import StepRecord, StorageUnavailable, Store, StoredEvent
 from dagd.runtime.engine import RunDriver
-from dagd.runtime.executor import StepExecutor, executor_registry
+from dagd.runtime.executor import StepExecutor, executor_registry, kill_steps_now
+from dagd.runtime.notify import Notifier
 
 log = logging.getLogger("dagd")
 
@@ -111,6 +112,8 @@ class Daemon:
         store.on_write_error = self._storage_failed  # a failing disk becomes error events
         self.folder = DagFolder(config.dags_dir, log, executors=config.executor_names)
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
+        # Sends the notifications of `notify` handlers (dagd/runtime/notify.py).
+        self.notifier = Notifier(hidden=config.secret_env_names)
         self.admission = Admission()
         self.logs = LogReader(config.log_dir, store, self.admission.find, self.run_definition)
         self.active: dict[str, RunDriver] = {}  # running runs by run id
@@ -197,19 +200,35 @@ class Daemon:
 
     async def stop(self, reason: str = SHUTTING_DOWN) -> None:
         """Stop accepting runs, cancel the queued ones, cancel the running ones (their steps get
-        SIGTERM, then SIGKILL after config.kill_grace seconds) and wait for them to end, at most
-        kill_grace + 1.5 seconds. Their events are published, not yet committed: the caller
-        flushes the store (see dagd/app.py)."""
+        SIGTERM, then SIGKILL after config.kill_grace seconds; then their on_cancel and always
+        handlers run, for config.handler_grace seconds at most) and wait for them to end, at
+        most kill_grace + 1.5 seconds, plus handler_grace + kill_grace when a run has handlers.
+        Their events are published, not yet committed: the caller flushes the store (see
+        dagd/app.py)."""
         self._accepting = False
         for state in self.admission.drain():
             if not state.status.finished:
                 self._publish_all(state.cancel(self.clock(), reason))
+        handlers = False
         for driver in list(self.active.values()):
             driver.cancel(reason)
-        with trio.move_on_after(self.config.kill_grace + 1.5):
+            handlers = handlers or bool(driver.state.dag.handlers)
+        wait = self.config.kill_grace + 1.5
+        if handlers:
+            wait += self.config.handler_grace + self.config.kill_grace
+        with trio.move_on_after(wait):
             while self.active:
                 self._idle = trio.Event()
                 await self._idle.wait()
+
+    def kill_now(self) -> None:
+        """A second Ctrl-C during `stop`: SIGKILL every running step at once (on each executor
+        that can), and end every run's handlers now: running ones are stopped, the others
+        never start. The runs still end as recorded (cancelled, or the outcome their handlers
+        were running for)."""
+        kill_steps_now(self.executors)
+        for driver in list(self.active.values()):
+            driver.stop_handlers("stopped: dagd was told to stop again")
 
     # ------------------------------------------------------------ DAG folder
 
@@ -448,7 +467,13 @@ class Daemon:
         self._check_accepting()
         self.admission.check_new(run_id)
         now = self.clock()
-        state = RunState(dag, run_id, params, progress_interval=self.config.progress_interval)
+        state = RunState(
+            dag,
+            run_id,
+            params,
+            progress_interval=self.config.progress_interval,
+            handler_grace=self.config.handler_grace,
+        )
         if not recorded:
             self.store.record_run(run_id, dag.id, params, now, self._bind(dag))
         self.publish(state.run_event(now))  # queued
@@ -500,6 +525,7 @@ class Daemon:
                 clock=self.clock,
                 step_slots=self.step_slots,
                 on_leftover=self._record_leftover,
+                notifier=self.notifier,
             )
             self.active[state.run_id] = driver
             assert self._nursery is not None
@@ -515,13 +541,16 @@ class Daemon:
             failed = sorted(
                 sid for sid, st in state.steps.items() if st.status is StepStatus.FAILED
             )
+            steps = [sid for sid in failed if sid not in state.dag.handlers]
+            handlers = [sid for sid in failed if sid in state.dag.handlers]
             log.info(
-                "run %s of %s: %s in %.1fs%s",
+                "run %s of %s: %s in %.1fs%s%s",
                 state.run_id,
                 state.dag.id,
                 state.status.value,
                 max(0.0, took),
-                f" (failed: {', '.join(failed)})" if failed else "",
+                f" (failed: {', '.join(steps)})" if steps else "",
+                f" (handler failed: {', '.join(handlers)})" if handlers else "",
             )
         except Exception as exc:
             # A bug in one run must not take the daemon and every other run down with it:
@@ -549,7 +578,10 @@ class Daemon:
         A queued run is cancelled at once (its events are published before this returns). A
         running run's waiting steps are cancelled and its running steps stopped (SIGTERM, then
         SIGKILL after config.kill_grace seconds); this returns at once, and the run's final
-        `cancelled` status follows as an event.
+        `cancelled` status follows as an event, once its on_cancel and always handlers ran
+        (config.handler_grace seconds at most). A run whose handlers run already keeps the
+        outcome they run for; they get handler_grace seconds. Cancelling a run again stops
+        its handlers at once (running ones are stopped, the others never start).
 
         Raises DaemonError with code:
         - `unknown_run`: no run `run_id` is known, in memory or in the store;
@@ -557,7 +589,10 @@ class Daemon:
         """
         driver = self.active.get(run_id)
         if driver is not None:
-            driver.cancel(reason)
+            if driver.state.cancelling:  # a second cancel: its handlers stop now
+                driver.stop_handlers(f"stopped: {reason}, again")
+            else:
+                driver.cancel(reason)
             return
         state = self.admission.remove_queued(run_id)
         if state is not None:  # a new run or a retried one, waiting for a slot
@@ -820,6 +855,7 @@ class Daemon:
             status,
             rows,
             progress_interval=self.config.progress_interval,
+            handler_grace=self.config.handler_grace,
         )
 
     # --------------------------------------------------------------- queries

@@ -21,7 +21,9 @@ Rules this file keeps:
   the executor), and a file refused because its module is simply not installed is looked at
   again at each reload (a cheap search of the import path, nothing of the module runs), so it
   loads by itself once the module is installed; other import failures are tried again when the
-  DAG file changes.
+  DAG file changes. The same goes for lifecycle handlers' executors and `call` targets.
+- A notification handler's URLs must be ones Apprise can read (runtime/notify.py, no network
+  used; a URL with `$VAR` only for its scheme, its value being known when it is sent).
 - Reloading is incremental: a file is read again only when its (mtime, ctime, size, inode)
   changed. A file that breaks keeps its last good version; when a DAG id is given up (its file
   deleted, or its id changed), the files refused for using it get another look at once.
@@ -43,9 +45,10 @@ from pathlib import Path
 import attrs
 import trio
 
-from dagd.core.model import DagSpec
+from dagd.core.model import DagSpec, StepSpec
 from dagd.core.spec import DEFAULT_EXECUTOR, DagSpecError, Problem, parse_dag
 from dagd.runtime.local.python import CallableNotFound, resolve_callable
+from dagd.runtime.notify import url_problem
 
 #: What tells a file changed: an edit shows in one of these even within one coarse mtime tick
 #: (editors that save by rename make a new inode, and a write moves ctime too).
@@ -75,6 +78,11 @@ def load_dag_file(path: Path) -> DagSpec:
         message = f"larger than {MAX_FILE_BYTES // 1024 // 1024} MiB: not read"
         raise DagSpecError([Problem(str(path), message)])
     return parse_dag(data, str(path), default_id=path.stem)
+
+
+def _where(step: StepSpec) -> str:
+    """How a problem names a step: its id, or a handler's table (`handlers.on_failure`)."""
+    return f"handlers.{step.handler.value}" if step.handler is not None else step.id
 
 
 def unconfigured(name: str, executors: Collection[str]) -> str:
@@ -381,25 +389,32 @@ class DagFolder:
         # An executor name that is not configured is reported where it is written: the DAG's
         # key once (when some step uses it), not at each step that inherits it.
         unknown: list[tuple[str, str | None]] = []
+        runnable = [*dag.steps.values(), *(h for h in dag.handlers.values() if not h.notify)]
         if executors is not None:
-            inherited = any(step.executor == dag.executor for step in dag.steps.values())
+            inherited = any(step.executor == dag.executor for step in runnable)
             if inherited and dag.executor not in executors:
                 unknown.append((dag.executor, None))
-            for step in dag.steps.values():
+            for step in runnable:
                 if step.executor not in executors and step.executor != dag.executor:
-                    unknown.append((step.executor, step.id))
+                    unknown.append((step.executor, _where(step)))
         for name, step_id in unknown:
             problems.append(Problem(file, unconfigured(name, executors or ()), step_id, "executor"))
             cheap = False
-        for step in dag.steps.values():
+        for step in runnable:
             if executors is not None and step.executor not in executors:
                 continue  # it cannot run here: its module is not looked at
             if step.call is None or step.executor != DEFAULT_EXECUTOR:
                 continue
             found = call_problem(step.call)
             if found is not None:
-                problems.append(Problem(file, found.message, step.id, "call"))
+                problems.append(Problem(file, found.message, _where(step), "call"))
                 cheap = cheap and found.cheap
+        for handler in dag.handlers.values():
+            for i, url in enumerate(handler.notify, start=1):
+                message = url_problem(url)
+                if message is not None:
+                    problems.append(Problem(file, f"URL {i}: {message}", _where(handler), "notify"))
+                    cheap = False
         return problems, cheap and bool(problems)
 
     def _refuse(

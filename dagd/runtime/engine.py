@@ -8,6 +8,7 @@ inside the run's nursery, so cancelling the run (or the whole daemon) reaches ev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,8 @@ from dagd.core.runstate import (
     EVENT_CLASSES,
     Effect,
     FinishRun,
+    HandlerDeadline,
+    IllegalTransition,
     RunState,
     ScheduleRetry,
     StartStep,
@@ -35,6 +38,7 @@ from dagd.runtime.executor import (
     executor_registry,
 )
 from dagd.runtime.local.executor import LocalExecutor
+from dagd.runtime.notify import Notifier
 
 log = logging.getLogger("dagd.runtime.engine")
 
@@ -57,7 +61,11 @@ class RunDriver:
     and must not block. `clock`: UNIX seconds, for event times. `step_slots`: a limiter every
     running attempt holds a token of (the daemon's max_parallel_steps). `on_finish` is called
     with the final state once the run is over. `on_leftover` gets each attempt's leftover
-    handle (dagd/runtime/executor.py), for crash recovery."""
+    handle (dagd/runtime/executor.py), for crash recovery. `notifier` sends the notifications
+    of `notify` handlers (dagd/runtime/notify.py; default: one with dagd's environment).
+
+    Lifecycle handlers run as steps of the run, each attempt given the run's outcome
+    (`StepContext.outcome`); their grace is a timer like a retry's (`HandlerDeadline`)."""
 
     def __init__(
         self,
@@ -69,6 +77,7 @@ class RunDriver:
         step_slots: trio.CapacityLimiter | None = None,
         on_finish: Callable[[RunState], None] | None = None,
         on_leftover: LeftoverSink | None = None,
+        notifier: StepExecutor | None = None,
     ) -> None:
         self.state = state
         self.executors: Mapping[str, StepExecutor] = (
@@ -79,6 +88,7 @@ class RunDriver:
         self.step_slots = step_slots
         self.on_finish = on_finish
         self.on_leftover = on_leftover
+        self._notifier = notifier
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
@@ -122,6 +132,17 @@ class RunDriver:
         if not self.state.status.finished and not self.state.cancelling:
             self._apply(self.state.cancel(self.clock(), reason))
 
+    def stop_handlers(self, reason: str = "stopped: cancelled again") -> None:
+        """Cut the run's handlers short (a second cancel, a second Ctrl-C): cancel the run if
+        it is not yet, then end its handlers' grace now: running ones are stopped, the others
+        never start. Does nothing once the run is over."""
+        if self.state.status.finished:
+            return
+        self.cancel(reason)
+        # A queued run, cancelled outright, has no grace to end.
+        with contextlib.suppress(IllegalTransition):
+            self._apply(self.state.grace_over(self.clock(), reason))
+
     def _apply(
         self, effects: list[Effect], take: list[tuple[StartStep, trio.CancelScope]] | None = None
     ) -> None:
@@ -150,6 +171,9 @@ class RunDriver:
                     running.cancel()
             elif isinstance(effect, FinishRun):
                 self._done.set()
+            elif isinstance(effect, HandlerDeadline):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._grace_timer, effect)
             else:
                 assert_never(effect)
 
@@ -161,11 +185,17 @@ class RunDriver:
         take: list[tuple[StartStep, trio.CancelScope]] = []
         while True:
             sid = start.step_id
-            spec = state.dag.steps[sid]
+            spec = state.steps[sid].spec
             # A dict lookup: the seam adds no task, cancel scope or object per attempt.
-            executor = executor_for(self.executors, spec)
+            executor = executor_for(self.executors, spec) if not spec.notify else self._notify()
             ctx = StepContext(
-                state.dag.id, state.run_id, sid, start.attempt, state.params, executor.log_dir
+                state.dag.id,
+                state.run_id,
+                sid,
+                start.attempt,
+                state.params,
+                executor.log_dir,
+                state.outcome() if spec.handler is not None else None,
             )
             result = None
             with scope:
@@ -203,6 +233,17 @@ class RunDriver:
         except Exception as exc:
             log.exception("step %s of run %s failed unexpectedly", ctx.step_id, ctx.run_id)
             return AttemptResult(False, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _notify(self) -> StepExecutor:
+        """The notifier of `notify` handlers, made on first use."""
+        if self._notifier is None:
+            self._notifier = Notifier()
+        return self._notifier
+
+    async def _grace_timer(self, deadline: HandlerDeadline) -> None:
+        await trio.sleep(max(0.0, deadline.at - self.clock()))
+        if not self.state.status.finished:
+            self._apply(self.state.grace_over(self.clock()))
 
     async def _retry_timer(self, retry: ScheduleRetry) -> None:
         await trio.sleep(max(0.0, retry.at - self.clock()))

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import attrs
 
 from dagd.core.model import StepSpec
+from dagd.core.outcome import RunOutcome
 from dagd.runtime.logfiles import attempt_log
 
 log = logging.getLogger("dagd.runtime.executor")
@@ -47,7 +48,8 @@ class StepContext:
 
     `params` are the run's bound params (name -> string value). `attempt` counts from 1 and goes
     on across retries of the run. `log_dir` is the executor's log folder, None when logs are
-    not kept.
+    not kept. `outcome`: for a lifecycle handler, how its run ended (dagd/core/outcome.py);
+    None for an ordinary step.
     """
 
     dag_id: str
@@ -56,6 +58,7 @@ class StepContext:
     attempt: int
     params: Mapping[str, str]
     log_dir: Path | None = None
+    outcome: RunOutcome | None = None
 
     @property
     def log_path(self) -> Path | None:

@@ -29,10 +29,13 @@ from dagd.core.events import (
     ErrorEvent,
     StepStatusEvent,
 )
-from dagd.core.model import DagSpec, RunStatus, StepStatus
+from dagd.core.model import HANDLERS_OF, DagSpec, RunStatus, StepStatus
 from dagd.core.runstate import (
+    RUN_TRANSITIONS,
     FinishRun,
+    HandlerDeadline,
     IllegalTransition,
+    RunInput,
     RunState,
     ScheduleRetry,
     StartStep,
@@ -50,7 +53,7 @@ R = RunStatus
 RUN_ID = "manual__2024-01-01T00:00:00+00:00"
 T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z
 EVENTS = (DagRunStatusEvent, StepStatusEvent, DagRunProgressEvent, ErrorEvent)
-EFFECTS = (StartStep, ScheduleRetry, StopStep, FinishRun)
+EFFECTS = (StartStep, ScheduleRetry, StopStep, FinishRun, HandlerDeadline)
 
 # The protocol's progress buckets, written out independently of the implementation.
 BUCKET = {
@@ -65,13 +68,22 @@ BUCKET = {
 }
 
 
-def make_dag(steps: dict[str, dict], *, dag_id: str = "d", max_active_steps=None) -> DagSpec:
-    """Build a DagSpec through the real parser. Each step defaults to `command = "true"`."""
+def make_dag(
+    steps: dict[str, dict],
+    *,
+    dag_id: str = "d",
+    max_active_steps=None,
+    handlers: dict[str, dict] | None = None,
+) -> DagSpec:
+    """Build a DagSpec through the real parser. Each step and handler (by kind) defaults to
+    `command = "true"`."""
     lines = [f'id = "{dag_id}"']
     if max_active_steps is not None:
         lines.append(f"max_active_steps = {max_active_steps}")
-    for sid, opts in steps.items():
-        lines.append(f"[steps.{sid}]")
+    tables = [(f"steps.{sid}", opts) for sid, opts in steps.items()]
+    tables += [(f"handlers.{kind}", opts) for kind, opts in (handlers or {}).items()]
+    for name, opts in tables:
+        lines.append(f"[{name}]")
         for key, value in {"command": "true", **opts}.items():
             lines.append(f"{key} = {json.dumps(value)}")
     return parse_dag("\n".join(lines), file=f"{dag_id}.toml")
@@ -113,6 +125,8 @@ class Harness:
         self.starts: defaultdict[str, list[int]] = defaultdict(list)  # attempts per step
         self.log: list[object] = []
         self.progress: list[DagRunProgressEvent] = []
+        self.grace_at: float | None = None  # the HandlerDeadline given, if any
+        self.handler_starts: list[str] = []  # handlers started, in order, this try of the run
 
     # ------------------------------------------------------------------ stepping
 
@@ -164,10 +178,16 @@ class Harness:
 
     def retry(self, at=None, dt=1.0):
         now = self._tick(at, dt)
+        self.handler_starts, self.grace_at = [], None
         return self._call("retry", lambda: self.rs.retry(now), now)
+
+    def grace_over(self, reason=None, at=None, dt=0.0):
+        now = self._tick(at, dt)
+        return self._call("grace_over", lambda: self.rs.grace_over(now, reason), now)
 
     def requeue(self, at=None, dt=1.0):
         now = self._tick(at, dt)
+        self.handler_starts, self.grace_at = [], None
         return self._call("requeue", lambda: self.rs.requeue(now), now)
 
     def illegal(self, name, sid=None):
@@ -184,6 +204,7 @@ class Harness:
             "step_timed_out": lambda: rs.step_timed_out(sid, now, 300),
             "retry_due": lambda: rs.retry_due(sid, now),
             "step_cancelled": lambda: rs.step_cancelled(sid, now),
+            "grace_over": lambda: rs.grace_over(now),
         }[name]
         before = snapshot(rs)
         with pytest.raises(IllegalTransition):
@@ -274,7 +295,7 @@ class Harness:
             assert len(progress) == 1, "counts changed but no progress event"
         for p in progress:
             check_progress_event(p)
-            assert p.total_steps == len(self.dag.steps)
+            assert p.total_steps == len(self.dag.steps) + len(self.dag.handlers)
             assert (p.completed_steps, p.running_steps, p.failed_steps, p.pending_steps) == counts
             self.progress.append(p)
 
@@ -291,9 +312,25 @@ class Harness:
 
     def _check_effects(self, out, now):
         rs = self.rs
+        ordinary = self.dag.steps
         for e in out:
-            if isinstance(e, StartStep):
+            if isinstance(e, StartStep) and e.step_id in self.dag.handlers:
+                # A handler starts only once every ordinary step is final, only if it
+                # matches the decided outcome, only within its grace, and one at a time.
+                assert all(rs.steps[sid].status.finished for sid in ordinary)
+                assert rs.decided is not None
+                assert rs.steps[e.step_id].spec.handler in HANDLERS_OF[rs.decided]
+                assert not rs._grace_over
+                if e.step_id not in self.handler_starts:
+                    self.handler_starts.append(e.step_id)
+            elif isinstance(e, StartStep):
                 assert not rs.cancelling
+                assert rs.decided is None
+            if isinstance(e, HandlerDeadline):
+                assert rs.cancelling and self.grace_at is None
+                assert e.at == now + rs.handler_grace
+                self.grace_at = e.at
+            if isinstance(e, StartStep):
                 assert e.step_id not in self.dispatched and e.step_id not in self.running
                 self.dispatched.add(e.step_id)
                 self.starts[e.step_id].append(e.attempt)
@@ -314,6 +351,10 @@ class Harness:
         limit = self.dag.max_active_steps
         if limit is not None:
             assert len(self.dispatched) + len(self.running) <= limit
+        out_handlers = (self.dispatched | self.running) & set(self.dag.handlers)
+        assert len(out_handlers) <= 1
+        if out_handlers:
+            assert not (self.dispatched | self.running) - out_handlers
 
     # ------------------------------------------------------------------ queries
 
@@ -1393,10 +1434,16 @@ def random_dags(draw) -> DagSpec:
         }
     # Shuffle file order: the state machine must not depend on it.
     names = draw(st.permutations(list(steps)))
+    kinds = draw(st.lists(st.sampled_from(HANDLER_KINDS), unique=True, max_size=4))
+    handlers = {kind: {"retries": draw(st.integers(0, 1))} for kind in kinds}
     return make_dag(
         {name: steps[name] for name in names},
         max_active_steps=draw(st.none() | st.integers(1, 3)),
+        handlers=handlers,
     )
+
+
+HANDLER_KINDS = ["on_success", "on_failure", "on_cancel", "always"]
 
 
 def possible_actions(h: Harness) -> list[tuple[str, str]]:
@@ -1405,6 +1452,8 @@ def possible_actions(h: Harness) -> list[tuple[str, str]]:
         actions += [("ok", sid), ("fail", sid), ("timeout", sid)]
     actions += [("step_cancelled", sid) for sid in sorted(h.stop_requested)]
     actions += [("retry_due", sid) for sid in sorted(h.retry_at)]
+    if RunInput.GRACE_OVER in RUN_TRANSITIONS[h.rs.phase]:
+        actions.append(("grace_over", None))  # the deadline, or a second Ctrl-C before it
     return actions
 
 
@@ -1416,6 +1465,8 @@ def illegal_actions(h: Harness) -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = [("start", None), ("retry", None), ("requeue", None)]
     if rs.cancelling:
         out.append(("cancel", None))
+    if RunInput.GRACE_OVER not in RUN_TRANSITIONS[rs.phase]:
+        out.append(("grace_over", None))
     for sid in rs.steps:
         if sid not in h.dispatched:
             out.append(("step_started", sid))
@@ -1432,11 +1483,13 @@ def check_final_statuses(h: Harness, fresh: bool) -> None:
     """After a run that was neither cancelled nor retried: each outcome fits its trigger rule."""
     rs = h.rs
     bad = {S.FAILED, S.UPSTREAM_FAILED}
-    assert (rs.status is R.FAILED) == any(s.status in bad for s in rs.steps.values())
+    # Handlers never change the run's status: only the ordinary steps decide it.
+    ordinary = [rs.steps[sid] for sid in h.dag.steps]
+    assert (rs.status is R.FAILED) == any(s.status in bad for s in ordinary)
     assert rs.status in (R.FAILED, R.SUCCESS)
     if not fresh:
         return
-    for state in rs.steps.values():
+    for state in ordinary:
         spec = state.spec
         ups = [rs.steps[u].status for u in spec.depends_on]
         ran = state.status in (S.SUCCESS, S.FAILED)
@@ -1484,17 +1537,23 @@ def check_final_statuses(h: Harness, fresh: bool) -> None:
 def test_random_runs_keep_every_invariant(dag, data):
     h = Harness(dag)
     cancel_at = data.draw(st.none() | st.integers(0, 25), label="cancel_at")
-    if cancel_at == 0 and data.draw(st.booleans(), label="cancel queued"):
+    queued_cancel = cancel_at == 0 and data.draw(st.booleans(), label="cancel queued")
+    if queued_cancel:
         h.cancel()
     else:
         h.start()
     cancelled = h.rs.cancelling
+    decided_at_cancel = None  # the outcome decided when the run was cancelled, if any
+    graced_early = False  # grace_over came before the handlers' phase
     rounds = 0
     for i in itertools.count():
         assert i < 1000, "the run did not finish"
         if h.rs.status.finished:
+            check_handlers(h, queued_cancel, graced_early)
             if not cancelled:
                 check_final_statuses(h, fresh=rounds == 0)
+            elif decided_at_cancel is not None:
+                assert h.rs.status is decided_at_cancel  # a late cancel changes no outcome
             else:
                 assert h.rs.status is R.CANCELLED
             if rounds < 2 and h.rs.status is not R.SUCCESS and data.draw(st.booleans()):
@@ -1504,11 +1563,12 @@ def test_random_runs_keep_every_invariant(dag, data):
                 else:
                     h.retry()
                 rounds += 1
-                cancelled = False
-                cancel_at = None
+                cancelled = queued_cancel = graced_early = False
+                decided_at_cancel = cancel_at = None
                 continue
             break
         if i == cancel_at and not h.rs.cancelling:
+            decided_at_cancel = h.rs.decided
             h.cancel()
             cancelled = True
             continue
@@ -1518,7 +1578,10 @@ def test_random_runs_keep_every_invariant(dag, data):
         actions = possible_actions(h)
         assert actions, f"run is stuck: {h.statuses()}"
         name, sid = data.draw(st.sampled_from(actions), label="action")
-        if name == "retry_due":
+        if name == "grace_over":
+            graced_early = graced_early or h.rs.decided is None
+            h.grace_over()
+        elif name == "retry_due":
             # Like the engine's timer: it only fires for a step still waiting for it.
             if h.status(sid) is not S.RETRYING:
                 h.retry_at.pop(sid)
@@ -1535,7 +1598,35 @@ def test_random_runs_keep_every_invariant(dag, data):
         else:
             h.step_cancelled(sid)
     # Every progress event of every round kept the invariant (checked as emitted).
-    assert h.progress and all(p.total_steps == len(dag.steps) for p in h.progress)
+    assert h.progress and all(p.total_steps == len(h.rs.steps) for p in h.progress)
+
+
+def check_handlers(h: Harness, queued_cancel: bool, graced_early: bool) -> None:
+    """At the end of a try of a run: exactly the handlers matching its outcome ran (in
+    HandlerKind order), the others were skipped; none ran for a run cancelled while queued
+    (all cancelled) or whose grace ended before they could start (the matching ones are
+    cancelled)."""
+    rs = h.rs
+    if queued_cancel:
+        assert h.handler_starts == []
+        assert all(rs.steps[sid].status is S.CANCELLED for sid in h.dag.handlers)
+        return
+    kinds = HANDLERS_OF[rs.status]
+    matching = [sid for sid, spec in h.dag.handlers.items() if spec.handler in kinds]
+    for sid in h.dag.handlers:
+        if sid not in matching:
+            assert rs.steps[sid].status is S.SKIPPED
+    if graced_early:
+        assert h.handler_starts == []
+        assert all(rs.steps[sid].status is S.CANCELLED for sid in matching)
+        return
+    # each matching one ran, unless the grace ended first; in order, one at a time
+    assert h.handler_starts == matching[: len(h.handler_starts)]
+    for sid in matching[len(h.handler_starts) :]:
+        assert rs.steps[sid].status is S.CANCELLED and rs._grace_over
+    if not rs._grace_over:
+        assert h.handler_starts == matching
+        assert all(rs.steps[sid].status in (S.SUCCESS, S.FAILED) for sid in matching)
 
 
 def test_requeue_waits_as_queued_until_start():

@@ -16,6 +16,7 @@ from dagd.core.events import RunEvent
 from dagd.core.model import FINISHED_STEP, RunStatus, StepStatus, TriggerRule
 from dagd.core.runstate import (
     ATTEMPT_OUT,
+    DECIDED_IN,
     EVENT_CLASSES,
     RESTING_PHASE,
     RUN_STATUS_OF,
@@ -54,14 +55,16 @@ def test_resting_phases_invert_the_statuses():
 def test_final_phases_take_nothing_but_a_run_retry():
     for phase, row in STEP_TRANSITIONS.items():
         if STATUS_OF[phase] in FINISHED_STEP:
-            assert set(row) <= {E.RESET}
+            assert set(row) <= {E.RESET, E.REARM}
             assert row.get(E.RESET, P.WAITING) is P.WAITING
-    assert STEP_TRANSITIONS[P.SUCCESS] == {}  # a run retry keeps a success
+    # a run retry keeps a success, unless the step is a handler (which runs again)
+    assert STEP_TRANSITIONS[P.SUCCESS] == {E.REARM: P.WAITING}
 
 
-def test_a_run_retry_resets_every_step_that_did_not_succeed():
+def test_a_run_retry_resets_every_step_that_did_not_succeed_and_every_handler():
     for phase, row in STEP_TRANSITIONS.items():
         assert (E.RESET in row) == (phase is not P.SUCCESS)
+        assert row.get(E.REARM) is P.WAITING
 
 
 def test_a_run_cancel_reaches_every_unfinished_phase():
@@ -81,7 +84,20 @@ def test_every_target_is_a_phase_and_every_phase_is_reached():
 
 def test_step_reports_only_while_running_or_cancelling():
     takes = {phase for phase, row in RUN_TRANSITIONS.items() if RunInput.REPORT in row}
-    assert takes == {RunPhase.RUNNING, RunPhase.CANCELLING}
+    assert takes == {RunPhase.RUNNING, RunPhase.CANCELLING} | set(DECIDED_IN)
+    assert all(RUN_STATUS_OF[phase] is RunStatus.RUNNING for phase in takes)
+
+
+def test_handler_phases_end_with_the_outcome_they_decided():
+    for phase, outcome in DECIDED_IN.items():
+        assert RUN_TRANSITIONS[phase][RunInput.HANDLERS_DONE] is RunPhase(outcome.value)
+        # a cancel never changes the outcome: it only limits the handlers' time
+        after_cancel = RUN_TRANSITIONS[phase].get(RunInput.CANCEL, phase)
+        assert DECIDED_IN[after_cancel] is outcome
+        assert RunInput.GRACE_OVER in RUN_TRANSITIONS[after_cancel]
+    # a run that is not running its handlers finishes without them
+    for phase, row in RUN_TRANSITIONS.items():
+        assert (RunInput.HANDLERS_DONE in row) == (phase in DECIDED_IN)
 
 
 @attrs.define

@@ -15,7 +15,7 @@ import enum
 import attrs
 
 from dagd.core.logslice import LogStream
-from dagd.core.model import StepStatus, TriggerRule
+from dagd.core.model import HandlerKind, StepStatus, TriggerRule
 from dagd.core.protocol.codes import ErrorCode, Role
 from dagd.core.protocol.requests import RequestId
 from dagd.core.records import AttemptRecord, RunRecord
@@ -114,7 +114,10 @@ class StepDefinition:
     shell command line, or an argument list run without a shell) and `call` (a Python
     callable, `module:function`) is set. `retry_delay` and `timeout` are seconds (`timeout`
     None: none). `level` is the step's depth in the graph: 0 for a step without upstreams,
-    else one more than its deepest upstream (the column of a left-to-right drawing)."""
+    else one more than its deepest upstream (the column of a left-to-right drawing). A
+    lifecycle handler (in `DagDetail.handlers`) has its kind in `handler` (else left off the
+    wire), level 0, and for a notification its URLs in `notify`, redacted (scheme, and host
+    where it names a server: never a secret), instead of `command` or `call`."""
 
     step_id: str
     description: str
@@ -127,6 +130,8 @@ class StepDefinition:
     timeout: float | None
     trigger_rule: TriggerRule
     level: int
+    handler: HandlerKind | None = None
+    notify: list[str] | None = None
 
 
 @attrs.frozen
@@ -140,8 +145,9 @@ class Edge:
 @attrs.frozen
 class DagDetail:
     """The answer to `get_dag` (wire type `dag`): the DAG's `summary` (as in `dags`), its
-    definition's run settings, its steps in file order, and its edges (upstream -> downstream,
-    in the steps' order)."""
+    definition's run settings, its steps in file order, its edges (upstream -> downstream,
+    in the steps' order), and its lifecycle handlers (on_success, on_failure, on_cancel,
+    always: the order they run in), outside the graph."""
 
     summary: DagSummary
     catchup: bool
@@ -149,6 +155,7 @@ class DagDetail:
     max_active_steps: int | None
     steps: list[StepDefinition]
     edges: list[Edge]
+    handlers: list[StepDefinition] = attrs.Factory(list)
     request_id: RequestId = None
 
 
@@ -166,7 +173,9 @@ class StepDetail:
     """One step of a `run` answer: its latest status in the run, when its latest attempt
     started and ended (UNIX seconds), `duration` (ms), `retry_count` (retries in the run's
     latest try), `error`, `attempt` (the latest attempt's number over every try of the run, 0:
-    none yet), its upstream step ids, and every attempt the store has recorded, oldest first."""
+    none yet), its upstream step ids, and every attempt the store has recorded, oldest first.
+    A lifecycle handler's step (id `@<kind>`, after the ordinary steps) has its kind in
+    `handler`, left off the wire for ordinary steps."""
 
     step_id: str
     status: StepStatus
@@ -178,6 +187,7 @@ class StepDetail:
     attempt: int
     depends_on: list[str]
     attempts: list[AttemptRecord]
+    handler: HandlerKind | None = None
 
 
 @attrs.frozen

@@ -24,7 +24,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from dagd.core.events import EVENT_TYPES
 from dagd.core.logslice import LogStream
-from dagd.core.model import RunStatus, StepStatus, TriggerRule
+from dagd.core.model import HandlerKind, RunStatus, StepStatus, TriggerRule
 from dagd.core.protocol.answers import (
     ANSWER_TYPES,
     BackfillAction,
@@ -62,7 +62,7 @@ TIME_FIELDS = frozenset(
 #: Event fields that are not on the wire: `seq` lives beside `data`; `attempt` is dagd's own.
 _EVENT_OFF_WIRE = frozenset({"seq", "attempt"})
 #: Optional fields left off the wire while they are None (their default).
-_OMIT_WHEN_NONE = frozenset({"worker"})
+_OMIT_WHEN_NONE = frozenset({"worker", "handler", "notify"})
 _Scalar = str | int | float | bool
 
 
@@ -246,7 +246,7 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(RequestId, _request_id)
     # Explicit hooks: a StrEnum is a str, and would otherwise reach the strict `str` hook.
     enums = (ErrorCode, Role, RunStatus, StepStatus, TriggerRule, TriggerKind, BackfillAction)
-    for kind in (*enums, LogEndReason):
+    for kind in (*enums, LogEndReason, HandlerKind):
         conv.register_structure_hook(kind, _enum(kind))
     conv.register_structure_hook_func(lambda t: t == (str | list[str] | None), _command)
     conv.register_structure_hook_func(lambda t: t == dict[str, _Scalar], _params)

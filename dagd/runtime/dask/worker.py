@@ -374,7 +374,13 @@ def _run_callable(attempt: RemoteAttempt, entry: _Entry, output: _Output, addres
     step, ctx = attempt.step, attempt.ctx
     assert step.call is not None
     remote_ctx = RemoteStepContext(
-        ctx.dag_id, ctx.run_id, ctx.step_id, ctx.attempt, ctx.params, write=output.write_text
+        ctx.dag_id,
+        ctx.run_id,
+        ctx.step_id,
+        ctx.attempt,
+        ctx.params,
+        outcome=ctx.outcome,  # a handler's
+        write=output.write_text,
     )
     try:
         fn = resolve_callable(step.call)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Collection, Mapping
 
 from dagd.core.model import StepSpec, param_variable
+from dagd.core.outcome import outcome_env
 from dagd.core.text import expand_env
 from dagd.runtime.executor import StepContext
 
@@ -40,7 +41,9 @@ def step_environment(
     with the step's), each value `$`-expanded against what is set before it (hidden ones are
     gone by then; `step.env_order`: the DAG's entries, then the step's), then DAGD_DAG_ID,
     DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT and DAGD_PARAM_<NAME> for each param (names
-    upper-cased), which a step's `env` cannot override."""
+    upper-cased), and for a lifecycle handler its run's outcome (DAGD_RUN_STATUS,
+    DAGD_FAILED_STEPS, DAGD_FAILED_COUNT, DAGD_RUN_OUTCOME: dagd/core/outcome.py), which a
+    step's `env` cannot override."""
     env = dict(os.environ if base is None else base)
     for name in hidden:
         env.pop(name, None)
@@ -52,4 +55,6 @@ def step_environment(
     env["DAGD_ATTEMPT"] = str(ctx.attempt)
     for name, value in ctx.params.items():
         env[param_variable(name)] = value
+    if ctx.outcome is not None:  # a lifecycle handler: how its run ended
+        env.update(outcome_env(ctx.outcome))
     return env
