@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,9 @@ log = logging.getLogger("dagd.runtime.notify")
 
 #: Seconds a notification attempt may take when its handler sets no `timeout`.
 DEFAULT_TIMEOUT = 60.0
+#: Seconds past `timeout` after which a notification attempt that Apprise did not end is
+#: abandoned (its thread left to finish on its own).
+BACKSTOP = 2.0
 #: The name notification attempts are reported under (they need no executor).
 NAME = "notify"
 
@@ -64,10 +69,16 @@ def _quiet_libraries() -> None:
 
 
 def _apprise() -> Any:
-    """The apprise module, imported (slow: call it in a worker thread)."""
+    """The apprise module, imported with its plugins loaded (slow: call it in a worker
+    thread)."""
     _quiet_libraries()
-    import apprise
+    with _setup_lock, warnings.catch_warnings():
+        # Some plugins import modules Python deprecates (imghdr on 3.11/3.12): not dagd's to
+        # fix, and not to become a failed notification where warnings are errors.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import apprise
 
+        apprise.manager_plugins.NotificationManager().schemas()  # loads them, once
     return apprise
 
 
@@ -143,11 +154,12 @@ class _Collect(logging.Handler):
 def send(
     urls: Sequence[tuple[str, str, list[str]]], title: str, body: str, timeout: float
 ) -> list[str]:
-    """Send one notification to each (written URL, expanded URL, its secrets), in turn, each
+    """Send one notification to each (written URL, expanded URL, its secrets), in turn, all
     within `timeout` seconds; blocks (call it in a worker thread). Returns one line per URL
     that did not take it (empty: all did), never a secret."""
     apprise = _apprise()
     failures: list[str] = []
+    deadline = time.monotonic() + timeout
     for i, (written, url, secrets) in enumerate(urls, start=1):
         where = f"notify URL {i} ({redact_url(written)})"
         logs: list[str] = []
@@ -165,7 +177,7 @@ def send(
         result = client.notify(
             body=body,
             title=title,
-            timeout=timeout,
+            timeout=max(0.1, deadline - time.monotonic()),
             log_callback=_appender(logs),
             log_level=logging.WARNING,
         )
@@ -233,7 +245,9 @@ class Notifier:
         timeout = step.timeout if step.timeout is not None else DEFAULT_TIMEOUT
         urls = self._urls(step)
         failures: list[str] | None = None
-        with trio.move_on_after(timeout):
+        # Apprise keeps to `timeout` itself and says which URL ran out of time; this is the
+        # backstop should a plugin not.
+        with trio.move_on_after(timeout + BACKSTOP):
             try:
                 failures = await trio.to_thread.run_sync(
                     send, urls, title, body, timeout, abandon_on_cancel=True, limiter=self.limiter

@@ -1,0 +1,83 @@
+"""A change's cost per step on the engine's hot path, measured against a baseline checkout in
+the same run: bench/engine_overhead.py's runs, alternated between the two trees.
+
+    git worktree add /tmp/base <base commit>
+    python bench/paired_engine.py --base /tmp/base            # ~2 min on 2 idle cores
+
+Each round starts one child process per tree (PYTHONPATH set to it, in alternating order),
+which times `--runs` runs of each shape (a chain and a fan-out of `--steps` no-op async
+callable steps, as engine_overhead.py builds them) and reports its best. On a shared machine
+single timings vary several-fold with the load, so what is compared is the best per tree over
+all rounds (the least disturbed run of each) and the median of the per-round ratios (each
+round's two children ran back to back). The DAGs use no lifecycle handlers, outputs or other
+optional features: what is measured is what a DAG that does not use them pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = """
+import gc, json, sys
+sys.path.insert(0, {bench!r})
+from engine_overhead import build_dag, run_once
+out = {{}}
+for shape in ("chain", "fan"):
+    run_once(build_dag(shape, "async_noop", 50), "warm")
+    dag = build_dag(shape, "async_noop", {steps})
+    out[shape] = min(run_once(dag, f"r{{i}}")[0] for i in range({runs})) / {steps} * 1e6
+print(json.dumps(out))
+"""
+
+
+def child(tree: Path, steps: int, runs: int) -> dict[str, float]:
+    """Best µs per step of each shape, measured in a fresh process on `tree`."""
+    code = CHILD.format(bench=str(tree / "bench"), steps=steps, runs=runs)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", type=Path, required=True, help="the baseline checkout")
+    parser.add_argument("--new", type=Path, default=Path(__file__).resolve().parent.parent)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3, help="runs per child; its best counts")
+    args = parser.parse_args()
+    trees = {"base": args.base.resolve(), "new": args.new.resolve()}
+    print(f"base {trees['base']}\nnew  {trees['new']}")
+    print(f"{args.rounds} rounds x {args.runs} runs of {args.steps} no-op async steps per shape")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    best: dict[str, dict[str, list[float]]] = {name: {"chain": [], "fan": []} for name in trees}
+    for i in range(args.rounds):
+        order = ["base", "new"] if i % 2 == 0 else ["new", "base"]
+        for name in order:
+            for shape, us in child(trees[name], args.steps, args.runs).items():
+                best[name][shape].append(us)
+        row = "  ".join(
+            f"{shape} base {best['base'][shape][-1]:6.1f} new {best['new'][shape][-1]:6.1f}"
+            for shape in ("chain", "fan")
+        )
+        print(f"round {i + 1}: {row} (µs/step)")
+    print("\nshape  base best  new best  new/base (best)  new/base (median of rounds)")
+    for shape in ("chain", "fan"):
+        b, n = best["base"][shape], best["new"][shape]
+        paired = statistics.median(y / x for x, y in zip(b, n, strict=True))
+        print(
+            f"{shape:<5}  {min(b):7.1f}µs  {min(n):6.1f}µs  {min(n) / min(b):15.3f}  {paired:27.3f}"
+        )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
