@@ -136,7 +136,7 @@ def test_a_second_signal_stops_the_handlers_at_once(
 
 
 class Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+    def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         self.server.received.append((self.path, json.loads(self.rfile.read(length))))  # type: ignore[attr-defined]
         self.send_response(200)

@@ -228,7 +228,7 @@ async def test_a_retried_run_runs_its_handlers_again(tmp_path: Path) -> None:
 
 
 class Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+    def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         self.server.received.append((self.path, json.loads(self.rfile.read(length))))  # type: ignore[attr-defined]
         self.send_response(200)
@@ -293,7 +293,7 @@ async def test_a_notification_reaches_an_smtp_server() -> None:
         def __init__(self) -> None:
             self.messages: list[bytes] = []
 
-        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
             self.messages.append(envelope.content)  # type: ignore[attr-defined]
             return "250 OK"
 
