@@ -19,6 +19,7 @@ out of any Apprise message quoted in an error.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import threading
@@ -76,8 +77,7 @@ def _apprise() -> Any:
         # Some plugins import modules Python deprecates (imghdr on 3.11/3.12): not dagd's to
         # fix, and not to become a failed notification where warnings are errors.
         warnings.simplefilter("ignore", DeprecationWarning)
-        import apprise
-
+        apprise: Any = importlib.import_module("apprise")  # its plugins' types are loose
         apprise.manager_plugins.NotificationManager().schemas()  # loads them, once
     return apprise
 
