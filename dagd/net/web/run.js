@@ -18,6 +18,8 @@ import { rateLimit } from "./runvlist.js";
 // Least time between two redraws of the page while events flow (ms): a person cannot follow
 // faster, and a 2,000-step fan-out's burst of events then costs a few redraws, not hundreds.
 const REDRAW_MS = 150;
+// Most graph nodes recoloured per redraw (see recolourGraph).
+const GRAPH_BATCH = 250;
 import { StepLog } from "./steplog.js";
 
 const COUNT_ORDER = ["success", "running", "retrying", "pending", "failed", "upstream_failed", "cancelled", "skipped"];
@@ -59,6 +61,7 @@ class RunPage {
     this.destroyed = false;
     this.buffer = [];
     this.changedSteps = new Set();
+    this.graphPending = new Set(); // steps whose node still shows an older status
     this.frame = rateLimit(() => this.draw(), REDRAW_MS);
     this.ticker = null;
     this.page = h("div", { class: "run-page" });
@@ -158,10 +161,24 @@ class RunPage {
     this.graphTimer = setTimeout(() => this.drawGraphNow(), 0);
   }
 
+  /** Recolour at most GRAPH_BATCH nodes now, the rest at the next redraws: the browser lays
+   * out every recoloured node again, and a thousand at once is a task of several hundred ms. */
+  recolourGraph() {
+    if (!this.graph || this.graphPending.size === 0) return;
+    let n = 0;
+    for (const id of this.graphPending) {
+      if (n++ >= GRAPH_BATCH) break;
+      this.graph.setStatus(id, this.model.steps.get(id).status);
+      this.graphPending.delete(id);
+    }
+    if (this.graphPending.size) this.frame.schedule();
+  }
+
   drawGraphNow() {
     if (this.destroyed) return;
     this.graph = drawGraph(this.graphBox, graphOf(this.model), { onSelect: (id) => this.choose(id, true) });
-    for (const id of this.model.order) this.graph.setStatus(id, this.model.steps.get(id).status);
+    for (const id of this.model.order) this.graphPending.add(id);
+    this.recolourGraph();
     if (this.selected) this.graph.select?.(this.selected);
   }
 
@@ -234,9 +251,10 @@ class RunPage {
       this.gantt.update();
       this.table.update();
     }
-    if (this.graph) for (const id of this.changedSteps) this.graph.setStatus(id, m.steps.get(id).status);
+    for (const id of this.changedSteps) this.graphPending.add(id);
     if (this.selected && this.changedSteps.has(this.selected)) this.log.show(m.steps.get(this.selected));
     this.changedSteps.clear();
+    this.recolourGraph();
     this.drawControls();
     // Running bars and durations grow while the run is not over.
     const live = !FINISHED_RUN.has(m.status);
