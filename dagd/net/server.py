@@ -29,7 +29,6 @@ import os
 import ssl
 import time
 from typing import Any
-from urllib.parse import unquote
 
 import trio
 from trio_websocket import (
@@ -48,7 +47,14 @@ from dagd.net.auth import AuthThrottle, TokenBook
 from dagd.net.connection import CloseJob, Connection, Text
 from dagd.net.frames import FrameCache
 from dagd.net.http.context import HttpContext, dagd_version
-from dagd.net.http.frontdoor import WEBSOCKET_PATH, FrontDoor, HttpSession, Received
+from dagd.net.http.frontdoor import (
+    RECEIVE_SIZE,
+    WEBSOCKET_PATH,
+    FrontDoor,
+    HttpSession,
+    Received,
+    quick_upgrade,
+)
 from dagd.net.http.hosts import is_own_origin
 from dagd.net.http.router import Router
 from dagd.net.http.routes import all_routes
@@ -134,28 +140,39 @@ class Server:
             return
         stream = ConnectionStream(transport)
         peer = stream.peer
-        session = self.door.session(stream, peer)
         try:
             async with trio.open_nursery() as nursery:
                 request = None
                 received = None
+                session = None
                 host = None  # the upgrade request's Host, for the Origin rule
                 self.handshaking += 1
                 try:
                     deadline = trio.current_time() + self.config.handshake_timeout
-                    received = await session.next_request(deadline, deadline)
-                    if received is not None and session.upgrading:
-                        host = _host_of(received)
-                        request = await self._websocket_handshake(
-                            nursery, session, received, deadline
-                        )
-                        received = None
+                    first: bytes | bytearray = b""
+                    with trio.move_on_at(deadline):
+                        first = await stream.receive_some(RECEIVE_SIZE)
+                    upgrade = quick_upgrade(first, self.config.max_header_bytes)
+                    if upgrade is not None:
+                        # The usual WebSocket handshake: straight to trio-websocket.
+                        host = upgrade.host
+                        stream.unread(bytes(first))
+                        request = await self._websocket_handshake(nursery, stream, deadline)
+                    elif first:
+                        session = self.door.session(stream, peer)
+                        session.conn.receive_data(bytes(first))
+                        received = await session.next_request(deadline, deadline)
+                        if received is not None and session.upgrading:
+                            host = _host_of(received)
+                            request = await self._upgrade(nursery, session, received, deadline)
+                            received = None
                 finally:
                     stream.on_end = None
                     self.handshaking -= 1
                 if request is not None:
+                    session = None  # its h11 state: nothing a WebSocket should carry along
                     await self.handle(request, stream, peer, host)
-                elif received is not None:
+                elif received is not None and session is not None:
                     await self._serve_http(session, received)
                 nursery.cancel_scope.cancel()  # trio-websocket's reader task
         except _CONNECTION_ERRORS:
@@ -173,17 +190,22 @@ class Server:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _websocket_handshake(
+    async def _upgrade(
         self, nursery: trio.Nursery, session: HttpSession, received: Received, deadline: float
     ) -> WebSocketRequest | None:
-        """Hand an upgrade request to trio-websocket: its bytes go back into the stream, and
-        `wrap_server_stream` reads the handshake from there. None if it never completes by
-        `deadline` (trio time), or the request is for another path (answered 404)."""
-        if _path_of(received.head.target) != PATH:
+        """An upgrade request the front door has read: its bytes go back into the stream for
+        trio-websocket (`_websocket_handshake`); one for another path is answered 404."""
+        if received.head.target.split(b"?", 1)[0] != PATH.encode():
             await session.refuse(404, "not_found", f"not found: the endpoint is {PATH}", text=True)
             return None
-        stream = session.stream
-        stream.unread(session.replay(received))
+        session.stream.unread(session.replay(received))
+        return await self._websocket_handshake(nursery, session.stream, deadline)
+
+    async def _websocket_handshake(
+        self, nursery: trio.Nursery, stream: ConnectionStream, deadline: float
+    ) -> WebSocketRequest | None:
+        """trio-websocket reads the handshake from `stream` (the request put back into it).
+        None if it never completes by `deadline` (trio time)."""
         with trio.move_on_at(deadline) as scope:
             # A refused or abandoned handshake ends the stream but not the wait for a
             # request (see ConnectionStream.on_end): stop waiting then.
@@ -299,10 +321,6 @@ def _host_of(received: Received) -> str | None:
         if name == b"host":
             return value.decode("latin-1")
     return None
-
-
-def _path_of(target: bytes) -> str:
-    return unquote(target.decode("latin-1").partition("?")[0])
 
 
 def _header(request: WebSocketRequest, name: bytes) -> str | None:

@@ -1,10 +1,14 @@
 """The front door: plain HTTP/1.1 on the WebSocket's port, read with h11.
 
-The server (dagd/net/server.py) gives every accepted connection an `HttpSession` and reads the
-first request through it. A WebSocket upgrade for `/api/v1/ws` leaves here at once: its bytes
-are put back into the connection's stream and trio-websocket reads the handshake as if nothing
-had come before. Every other request is answered by `FrontDoor.serve` from the route table
-(dagd/net/http/router.py), on the same connection for as long as the client keeps it alive.
+The server (dagd/net/server.py) reads each connection's first bytes. The usual WebSocket
+handshake (`quick_upgrade`: a whole `GET /api/v1/ws` upgrade head in that first read) goes
+straight back into the connection's stream and on to trio-websocket, which parses it (wsproto,
+on h11) as if nothing had come before: a WebSocket connection costs what it did before the
+front door. Everything else gets an `HttpSession` and is read with h11; an upgrade for
+`/api/v1/ws` found that way is put back into the stream the same way (rebuilt from h11's
+parse). A WebSocket upgrade must be a connection's first request. Every other request is
+answered by `FrontDoor.serve` from the route table (dagd/net/http/router.py), on the same
+connection for as long as the client keeps it alive.
 
 The rules (docs/http.md is the user's view):
 
@@ -80,6 +84,74 @@ def security_headers(host: str | None, tls: bool) -> list[tuple[bytes, bytes]]:
     return [(b"content-security-policy", CSP.format(ws=ws).encode()), *SECURITY_HEADERS]
 
 
+class _SecurityHeaders:
+    """`security_headers` per Host, remembered for the few Hosts a daemon sees (at most
+    `LIMIT`: the port part of a Host is the client's to choose, so the memo is bounded)."""
+
+    LIMIT = 64
+
+    def __init__(self, tls: bool) -> None:
+        self.tls = tls
+        self._known: dict[str | None, list[tuple[bytes, bytes]]] = {}
+
+    def __call__(self, host: str | None) -> list[tuple[bytes, bytes]]:
+        found = self._known.get(host)
+        if found is None:
+            found = security_headers(host, self.tls)
+            if len(self._known) < self.LIMIT:
+                self._known[host] = found
+        return found
+
+
+@attrs.frozen
+class QuickUpgrade:
+    """The first read of a connection is a whole WebSocket upgrade head for the endpoint;
+    `host` is its Host header (None without one)."""
+
+    host: str | None
+
+
+_QUICK_PREFIXES = (
+    b"GET " + WEBSOCKET_PATH.encode() + b" ",
+    b"GET " + WEBSOCKET_PATH.encode() + b"?",
+)
+
+
+def quick_upgrade(data: bytes | bytearray, max_header_bytes: int) -> QuickUpgrade | None:
+    """Is `data`, a connection's first read, the common WebSocket handshake: a complete head
+    (at most max_header_bytes) of `GET /api/v1/ws` with `Upgrade: websocket`, plain lines
+    (CRLF only, none folded) and at most one Host line?
+
+    Then the server hands the bytes to trio-websocket untouched, whose parser (wsproto, on
+    h11) reads the request once instead of twice: a WebSocket connection costs what it did
+    before the front door. The Host is read here only for the Origin rule, from exactly the
+    lines h11 would see. Anything else (None) takes the front door's h11 path.
+    """
+    if not data.startswith(_QUICK_PREFIXES):
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end + 4 > max_header_bytes:
+        return None
+    host: bytes | None = None
+    upgrade = False
+    for line in bytes(data[:end]).split(b"\r\n")[1:]:
+        if not line or line[0] in b" \t" or b"\n" in line or b"\r" in line:
+            return None
+        name, colon, value = line.partition(b":")
+        if not colon or not name or b" " in name or b"\t" in name:
+            return None
+        name = name.lower()
+        if name == b"host":
+            if host is not None:
+                return None
+            host = value.strip(b" \t")
+        elif name == b"upgrade":
+            upgrade = value.strip(b" \t").lower() == b"websocket"
+    if not upgrade:
+        return None
+    return QuickUpgrade(None if host is None else host.decode("latin-1"))
+
+
 @attrs.frozen
 class Received:
     """A whole request: h11's head and the body (at most max_body_bytes)."""
@@ -126,6 +198,7 @@ class FrontDoor:
         self.closing = closing
         self.requests = 0
         self.clock = _Clock()
+        self.security_headers = _SecurityHeaders(tls)
 
     def session(self, stream: ConnectionStream, peer: str) -> HttpSession:
         """The HTTP side of one new connection."""
@@ -305,7 +378,7 @@ class HttpSession:
             if response.status != 304:
                 headers.append((b"content-type", response.content_type.encode("latin-1")))
                 headers.append((b"content-length", b"%d" % len(response.body)))
-            headers += security_headers(host, door.tls)
+            headers += door.security_headers(host)
             headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
             if close:
                 headers.append((b"connection", b"close"))
@@ -353,7 +426,7 @@ class HttpSession:
             (b"date", self.door.clock.date()),
             (b"content-type", response.content_type.encode()),
             (b"content-length", b"%d" % len(body)),
-            *security_headers(None, self.door.tls),
+            *self.door.security_headers(None),
             *((name.encode(), value.encode("latin-1")) for name, value in headers),
             (b"connection", b"close"),
         ]
@@ -370,13 +443,19 @@ class HttpSession:
         return False
 
     async def _send(self, data: bytes, timeout: float | None = None) -> bool:
-        """Write `data`; False if the peer is gone or did not take it within `timeout`."""
-        with trio.move_on_after(timeout if timeout is not None else self.door.config.send_timeout):
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
-            return True
+        """Write `data`; False if the peer is gone or did not take it within `timeout`
+        seconds (default send_timeout). Most writes go to the socket at once, without a
+        timer (ConnectionStream.write_nowait)."""
+        try:
+            if self.stream.write_nowait(data):
+                return True
+            with trio.move_on_after(
+                timeout if timeout is not None else self.door.config.send_timeout
+            ):
+                await self.stream.flush()
+                return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
         return False
 
 

@@ -10,6 +10,8 @@ import trio
 from httphelp import check_headers, exchange, read_replies, read_until_closed, request
 from wshelp import KINDS, Aio, harness, make_config, running, server_of
 
+from dagd.net.http.frontdoor import quick_upgrade
+
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
@@ -143,3 +145,63 @@ async def test_a_stalled_upgrade_is_closed_silently_as_before(tmp_path: Path) ->
         async with stream:
             await stream.send_all(upgrade("127.0.0.1")[:-2])  # the blank line never comes
             assert await read_until_closed(stream, 3.0) == b""
+
+
+async def test_a_handshake_in_pieces_takes_the_front_doors_path(tmp_path: Path) -> None:
+    """The head split over two writes is read by h11 first, then handed over: the same
+    answers as the one-read path, the Origin rule included."""
+    async with running(tmp_path, server='handshake_timeout = "3s"') as daemon:
+        port = server_of(daemon).port
+        assert port is not None
+        for host, origin, status in [
+            (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}", 101),
+            (f"evil.example:{port}", f"http://evil.example:{port}", 403),
+            (f"127.0.0.1:{port}", None, 101),
+        ]:
+            data = upgrade(host, origin)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(data[:30])
+                await trio.sleep(0.05)
+                await stream.send_all(data[30:])
+                with trio.fail_after(2):
+                    head = await stream.receive_some()
+            assert int(head.split(b" ", 2)[1]) == status, (host, origin, head)
+
+
+QUICK = upgrade("127.0.0.1:3000", "http://127.0.0.1:3000")
+
+
+@pytest.mark.parametrize(
+    ("data", "host"),
+    [
+        (QUICK, "127.0.0.1:3000"),
+        (QUICK + b"\x81\x05early", "127.0.0.1:3000"),  # frames behind the head are kept
+        (upgrade("127.0.0.1", path="/api/v1/ws?x=1"), "127.0.0.1"),
+        (QUICK.replace(b"Host: 127.0.0.1:3000\r\n", b""), None),
+        (QUICK.replace(b"Upgrade: websocket", b"UPGRADE:  WebSocket "), "127.0.0.1:3000"),
+    ],
+)
+def test_quick_upgrade_takes_the_common_handshake(data: bytes, host: str | None) -> None:
+    found = quick_upgrade(data, 16384)
+    assert found is not None and found.host == host
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        QUICK[:-2],  # not whole yet
+        QUICK.replace(b"Upgrade: websocket\r\n", b""),  # plain GET: 426 from the front door
+        QUICK.replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+        QUICK.replace(b"GET /api/v1/ws", b"GET /api/v1/wsx"),
+        QUICK.replace(b"GET /api/v1/ws", b"POST /api/v1/ws"),
+        QUICK.replace(b"GET /api/v1/ws", b"GET /api/v1/%77s"),
+        QUICK.replace(b"\r\nHost:", b"\r\nHost: evil.example\r\nHost:"),  # two Hosts
+        QUICK.replace(b"\r\nOrigin:", b"\r\n Origin:"),  # a folded line
+        QUICK.replace(b"\r\nOrigin:", b"\nOrigin:"),  # a bare LF
+        QUICK.replace(b"\r\nOrigin:", b"\r\nOrigin"),  # no colon
+        upgrade("x", "http://x" + "a" * 20000),  # over the limit
+    ],
+)
+def test_quick_upgrade_leaves_the_rest_to_h11(data: bytes) -> None:
+    assert quick_upgrade(data, 16384) is None
