@@ -6,11 +6,14 @@ the same run: bench/engine_overhead.py's runs, alternated between the two trees.
 
 Each round starts one child process per tree (PYTHONPATH set to it, in alternating order),
 which times `--runs` runs of each shape (a chain and a fan-out of `--steps` no-op async
-callable steps, as engine_overhead.py builds them) and reports its best. On a shared machine
-single timings vary several-fold with the load, so what is compared is the best per tree over
-all rounds (the least disturbed run of each) and the median of the per-round ratios (each
-round's two children ran back to back). The DAGs use no lifecycle handlers, outputs or other
-optional features: what is measured is what a DAG that does not use them pays.
+callable steps, as engine_overhead.py builds them) and reports its best wall time and its best
+CPU time (`time.process_time`: async no-op steps run on the loop's thread only, so this is the
+engine's own work, which other processes on the machine disturb far less than wall time). On
+a shared machine single timings vary several-fold with the load, so what is compared is the
+best per tree over all rounds (the least disturbed run of each) and the median of the
+per-round ratios (each round's two children ran back to back). The DAGs use no lifecycle
+handlers, outputs or other optional features: what is measured is what a DAG that does not use
+them pays.
 """
 
 from __future__ import annotations
@@ -24,20 +27,35 @@ import sys
 from pathlib import Path
 
 CHILD = """
-import gc, json, sys
+import gc, json, sys, time
 sys.path.insert(0, {bench!r})
+import trio
 from engine_overhead import build_dag, run_once
+from dagd.core.runstate import RunState
+from dagd.runtime.engine import run_dag
+from dagd.runtime.local.executor import LocalExecutor
+
+def cpu_once(dag, run_id):
+    async def main():
+        await run_dag(RunState(dag, run_id), LocalExecutor(log_dir=None), lambda e: None)
+    gc.collect()
+    t0 = time.process_time()
+    trio.run(main)
+    return time.process_time() - t0
+
 out = {{}}
 for shape in ("chain", "fan"):
     run_once(build_dag(shape, "async_noop", 50), "warm")
     dag = build_dag(shape, "async_noop", {steps})
-    out[shape] = min(run_once(dag, f"r{{i}}")[0] for i in range({runs})) / {steps} * 1e6
+    wall = min(run_once(dag, f"w{{i}}")[0] for i in range({runs}))
+    cpu = min(cpu_once(dag, f"c{{i}}") for i in range({runs}))
+    out[shape] = [wall / {steps} * 1e6, cpu / {steps} * 1e6]
 print(json.dumps(out))
 """
 
 
-def child(tree: Path, steps: int, runs: int) -> dict[str, float]:
-    """Best µs per step of each shape, measured in a fresh process on `tree`."""
+def child(tree: Path, steps: int, runs: int) -> dict[str, list[float]]:
+    """Best [wall, CPU] µs per step of each shape, measured in a fresh process on `tree`."""
     code = CHILD.format(bench=str(tree / "bench"), steps=steps, runs=runs)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(
@@ -58,24 +76,30 @@ def main() -> None:
     print(f"base {trees['base']}\nnew  {trees['new']}")
     print(f"{args.rounds} rounds x {args.runs} runs of {args.steps} no-op async steps per shape")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    best: dict[str, dict[str, list[float]]] = {name: {"chain": [], "fan": []} for name in trees}
+    # tree -> (shape, measure) -> one best per round
+    best: dict[str, dict[tuple[str, str], list[float]]] = {name: {} for name in trees}
     for i in range(args.rounds):
         order = ["base", "new"] if i % 2 == 0 else ["new", "base"]
         for name in order:
-            for shape, us in child(trees[name], args.steps, args.runs).items():
-                best[name][shape].append(us)
+            for shape, (wall, cpu) in child(trees[name], args.steps, args.runs).items():
+                best[name].setdefault((shape, "wall"), []).append(wall)
+                best[name].setdefault((shape, "cpu"), []).append(cpu)
         row = "  ".join(
-            f"{shape} base {best['base'][shape][-1]:6.1f} new {best['new'][shape][-1]:6.1f}"
+            f"{shape} {measure} {best['base'][shape, measure][-1]:6.1f}"
+            f" -> {best['new'][shape, measure][-1]:6.1f}"
             for shape in ("chain", "fan")
+            for measure in ("wall", "cpu")
         )
-        print(f"round {i + 1}: {row} (µs/step)")
-    print("\nshape  base best  new best  new/base (best)  new/base (median of rounds)")
+        print(f"round {i + 1}: {row} (µs/step, base -> new)")
+    print("\nshape  measure  base best  new best  new/base (best)  new/base (median of rounds)")
     for shape in ("chain", "fan"):
-        b, n = best["base"][shape], best["new"][shape]
-        paired = statistics.median(y / x for x, y in zip(b, n, strict=True))
-        print(
-            f"{shape:<5}  {min(b):7.1f}µs  {min(n):6.1f}µs  {min(n) / min(b):15.3f}  {paired:27.3f}"
-        )
+        for measure in ("wall", "cpu"):
+            b, n = best["base"][shape, measure], best["new"][shape, measure]
+            paired = statistics.median(y / x for x, y in zip(b, n, strict=True))
+            print(
+                f"{shape:<5}  {measure:<7}  {min(b):7.1f}µs  {min(n):6.1f}µs"
+                f"  {min(n) / min(b):15.3f}  {paired:27.3f}"
+            )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

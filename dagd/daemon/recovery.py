@@ -34,7 +34,14 @@ from dagd.core.events import (
     StepStatusEvent,
     completion_percentage,
 )
-from dagd.core.model import BUCKET_OF, DagSpec, ProgressBucket, RunStatus, StepStatus
+from dagd.core.model import (
+    BUCKET_OF,
+    DagSpec,
+    HandlerKind,
+    ProgressBucket,
+    RunStatus,
+    StepStatus,
+)
 from dagd.core.records import RunRecord
 from dagd.core.runstate import RunState, StepRecordTuple, duration_ms
 from dagd.daemon.store import RecordLeftover, StepRecord, Store
@@ -72,15 +79,18 @@ def interrupted_events(
     for run in runs:
         rows = by_run.get(run.run_id, {})
         dag = dags.get(run.run_id) if dags else None
-        step_ids = list(dag.order) if dag is not None else []
-        step_ids += [sid for sid in rows if dag is None or sid not in dag.steps]
+        # The DAG's steps in order, then its lifecycle handlers, then rows it lacks.
+        step_ids = [*dag.order, *dag.handlers] if dag is not None else []
+        known = set(step_ids)
+        step_ids += [sid for sid in rows if sid not in known]
         counts = dict.fromkeys(ProgressBucket, 0)
         for step_id in step_ids:
             row = rows.get(step_id)
             if row is not None and row.status.finished:
                 counts[BUCKET_OF[row.status]] += 1
                 continue
-            closed = _closing_event(run, step_id, row, now, error)
+            handler = dag.handlers[step_id].handler if dag and step_id in dag.handlers else None
+            closed = _closing_event(run, step_id, row, now, error, handler)
             counts[BUCKET_OF[closed.status]] += 1
             events.append(closed)
         total, completed = len(step_ids), counts[ProgressBucket.COMPLETED]
@@ -103,7 +113,12 @@ def interrupted_events(
 
 
 def _closing_event(
-    run: RunRecord, step_id: str, row: StepRecord | None, now: float, error: str
+    run: RunRecord,
+    step_id: str,
+    row: StepRecord | None,
+    now: float,
+    error: str,
+    handler: HandlerKind | None,
 ) -> StepStatusEvent:
     """The final status of an unfinished step (`row`; None: it never started, so it has no
     row): running or retrying -> failed, pending -> cancelled, with `error`."""
@@ -119,6 +134,7 @@ def _closing_event(
             0,
             error,
             now,
+            handler=handler,
         )
     pending = row.status is StepStatus.PENDING
     return StepStatusEvent(
@@ -133,6 +149,7 @@ def _closing_event(
         error,
         now,
         attempt=row.attempt,
+        handler=handler,
     )
 
 

@@ -25,7 +25,7 @@ from dagd.core.events import (
     ErrorEvent,
     StepStatusEvent,
 )
-from dagd.core.model import RunStatus, StepSpec, StepStatus
+from dagd.core.model import HandlerKind, RunStatus, StepSpec, StepStatus
 from dagd.core.records import RunRecord
 from dagd.core.spec import parse_dag
 from dagd.daemon.daemon import Daemon
@@ -150,6 +150,27 @@ def test_steps_without_a_row_are_closed_out_from_the_runs_definition() -> None:
     )
     assert last_progress(events) == DagRunProgressEvent("d", "r", 3, 1, 0, 2, 0, 33.3, NOW)
     assert events[-1] == DagRunStatusEvent("d", "r", RunStatus.FAILED, NOW)
+
+
+def test_a_run_interrupted_while_its_handlers_ran_closes_them_out_too() -> None:
+    dag = parse_dag(
+        '[steps.a]\ncommand = "true"\n'
+        '[handlers.on_success]\ncommand = "true"\n[handlers.always]\ncommand = "true"\n',
+        "d.toml",
+        default_id="d",
+    )
+    rows = [
+        attrs.evolve(step_record("r", "a", StepStatus.SUCCESS), end_time=995.0),
+        step_record("r", "@on_success", StepStatus.RUNNING),
+    ]
+    events = interrupted_events([run_record("r")], rows, NOW, {"r": dag})
+    assert closed_steps(events) == {
+        "@on_success": (StepStatus.FAILED, INTERRUPTED),
+        "@always": (StepStatus.CANCELLED, INTERRUPTED),  # never started: no row
+    }
+    handlers = {e.step_id: e.handler for e in events if isinstance(e, StepStatusEvent)}
+    assert handlers == {"@on_success": HandlerKind.ON_SUCCESS, "@always": HandlerKind.ALWAYS}
+    assert last_progress(events) == DagRunProgressEvent("d", "r", 3, 1, 0, 2, 0, 33.3, NOW)
 
 
 def test_a_queued_run_with_no_rows_has_every_step_cancelled() -> None:
