@@ -121,7 +121,8 @@ class DaemonStats:
     def committed(self, events: Iterable[_Committed], seconds: float) -> None:
         """A batch of events was committed, its transaction having taken `seconds`: count the
         run and step events among them. Inlined on purpose: this runs for every committed
-        event (about 0.3 us for a finished step's event, less for any other)."""
+        event. Measured (CPU time, step events half of them finished): 0.3 us per event, a
+        twentieth of what encoding the event for the wire costs."""
         self.commit_seconds.observe(seconds)
         steps_finished, step_seconds = self.steps_finished, self.step_seconds
         for stored in events:
