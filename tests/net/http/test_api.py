@@ -237,3 +237,15 @@ async def test_a_request_cut_short_leaves_the_daemon_serving(http: Http) -> None
         )
     await trio.sleep(0.05)
     assert (await http("GET", "/api/v1/runs")).json()["runs"] == []  # nothing was triggered
+
+
+async def test_wrong_tokens_over_http_count_for_the_websocket_too(http: Http) -> None:
+    throttle = server_of(http.daemon).throttle
+    assert throttle.delay("127.0.0.1") == 0
+    for _ in range(2):
+        assert (await http("GET", "/api/v1/dags", token="wrong")).status == 401
+    assert throttle.delay("127.0.0.1") == 0.25  # the WebSocket's next failure waits
+    async with tws(url_of(http.daemon)):  # a right token over the WebSocket clears it
+        pass
+    assert throttle.delay("127.0.0.1") == 0
+    assert (await http("GET", "/api/v1/dags", token="wrong")).status == 401
