@@ -3,12 +3,22 @@ and a browser page's own origin may open it only from a Host that dagd serves.""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
 import trio
-from httphelp import check_headers, exchange, read_replies, read_until_closed, request
-from wshelp import KINDS, Aio, harness, make_config, running, server_of
+from httphelp import check_headers, exchange, parse, read_replies, read_until_closed, request
+from wshelp import (
+    KINDS,
+    Aio,
+    harness,
+    make_config,
+    needs_openssl,
+    running,
+    self_signed_cert,
+    server_of,
+)
 
 from dagd.net.http.frontdoor import quick_upgrade
 
@@ -205,3 +215,35 @@ def test_quick_upgrade_takes_the_common_handshake(data: bytes, host: str | None)
 )
 def test_quick_upgrade_leaves_the_rest_to_h11(data: bytes) -> None:
     assert quick_upgrade(data, 16384) is None
+
+
+async def test_the_server_names_its_dashboard_url(tmp_path: Path) -> None:
+    async with running(tmp_path) as daemon:
+        server = server_of(daemon)
+        assert server.http_url == f"http://127.0.0.1:{server.port}/"
+        assert server.url == f"ws://127.0.0.1:{server.port}/api/v1/ws"
+
+
+@needs_openssl
+async def test_https_serves_the_dashboard_with_a_wss_policy(tmp_path: Path) -> None:
+    self_signed_cert(tmp_path)
+    config = make_config(tmp_path, server='tls_cert = "cert.pem"\ntls_key = "key.pem"')
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    async with running(tmp_path, config=config) as daemon:
+        server = server_of(daemon)
+        assert server.http_url == f"https://127.0.0.1:{server.port}/"
+        tcp = await trio.open_tcp_stream("127.0.0.1", server.port)
+        stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1")
+        async with stream:
+            host = f"127.0.0.1:{server.port}"
+            await stream.send_all(request("/", host=host, headers=(("Connection", "close"),)))
+            [page] = parse(await read_until_closed(stream))
+        assert page.status == 200
+        assert f"connect-src 'self' wss://{host};" in page.headers["content-security-policy"]
+        # and the page's own https origin may open the WebSocket
+        tcp = await trio.open_tcp_stream("127.0.0.1", server.port)
+        stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1")
+        async with stream:
+            await stream.send_all(upgrade(host, f"https://{host}"))
+            with trio.fail_after(2):
+                assert (await stream.receive_some()).startswith(b"HTTP/1.1 101 ")
