@@ -163,7 +163,7 @@ class Server:
                         session.conn.receive_data(bytes(first))
                         received = await session.next_request(deadline, deadline)
                         if received is not None and session.upgrading:
-                            host = _host_of(received)
+                            host = received.headers.get("host")
                             request = await self._upgrade(nursery, session, received, deadline)
                             received = None
                 finally:
@@ -314,13 +314,6 @@ class Server:
 def _close_reason(ws: WebSocketConnection) -> tuple[int, str] | None:
     closed = ws.closed
     return None if closed is None else (closed.code, closed.reason or "")
-
-
-def _host_of(received: Received) -> str | None:
-    for name, value in received.head.headers:
-        if name == b"host":
-            return value.decode("latin-1")
-    return None
 
 
 def _header(request: WebSocketRequest, name: bytes) -> str | None:

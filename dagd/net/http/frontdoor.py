@@ -154,9 +154,11 @@ def quick_upgrade(data: bytes | bytearray, max_header_bytes: int) -> QuickUpgrad
 
 @attrs.frozen
 class Received:
-    """A whole request: h11's head and the body (at most max_body_bytes)."""
+    """A whole request: h11's head, its headers as HttpRequest has them (lower-case names,
+    repeated ones joined with ", "), and the body (at most max_body_bytes)."""
 
     head: h11.Request
+    headers: dict[str, str]
     body: bytes
 
 
@@ -199,6 +201,16 @@ class FrontDoor:
         self.requests = 0
         self.clock = _Clock()
         self.security_headers = _SecurityHeaders(tls)
+        self._host_verdicts: dict[str | None, bool] = {}
+
+    def _is_served(self, host: str | None) -> bool:
+        """`is_served`, remembered for the few Hosts a daemon sees (at most 64)."""
+        verdict = self._host_verdicts.get(host)
+        if verdict is None:
+            verdict = is_served(host, self.served)
+            if len(self._host_verdicts) < 64:
+                self._host_verdicts[host] = verdict
+        return verdict
 
     def session(self, stream: ConnectionStream, peer: str) -> HttpSession:
         """The HTTP side of one new connection."""
@@ -223,13 +235,9 @@ class FrontDoor:
         head = received.head
         method = head.method.decode("ascii", "replace")
         target = head.target.decode("latin-1")
-        headers: dict[str, str] = {}
-        for name, value in head.headers:
-            key = name.decode("latin-1")
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        headers = received.headers
         host = headers.get("host")
-        if not is_served(host, self.served):
+        if not self._is_served(host):
             what = "no Host header" if host is None else f"Host {host!r} is not a name dagd serves"
             return await session.refuse(421, "misdirected", f"{what} (see [server] hosts)")
         if self.closing():
@@ -245,7 +253,7 @@ class FrontDoor:
             )
         except ValueError:
             return await session.refuse(400, "bad_request", "too many query parameters")
-        path = unquote(raw_path)
+        path = unquote(raw_path) if "%" in raw_path else raw_path
         if path == WEBSOCKET_PATH:
             if method in ("GET", "HEAD"):
                 return await session.refuse(
@@ -257,7 +265,9 @@ class FrontDoor:
             return await session.refuse(
                 405, "method_not_allowed", f"{method} {WEBSOCKET_PATH}", (("allow", "GET"),)
             )
-        segments = tuple(unquote(segment) for segment in raw_path[1:].split("/"))
+        segments = tuple(raw_path[1:].split("/"))
+        if "%" in raw_path:
+            segments = tuple(unquote(segment) for segment in segments)
         found = self.router.match(method, segments)
         if found is None:
             return await session.refuse(404, "not_found", f"no such path: {path}")
@@ -319,6 +329,7 @@ class HttpSession:
         if deadline is None and partial:
             deadline = trio.current_time() + config.handshake_timeout
         head: h11.Request | None = None
+        headers: dict[str, str] = {}
         body = bytearray()
         while True:
             try:
@@ -348,11 +359,12 @@ class HttpSession:
                 conn.receive_data(bytes(data))
             elif isinstance(event, h11.Request):
                 head = event
-                if _head_size(event) > config.max_header_bytes:
+                headers, size = _read_headers(event)
+                if size > config.max_header_bytes:
                     await self.refuse(431, "headers_too_large", _too_large_head(config))
                     return None
-                length = _content_length(event)
-                if length is not None and length > config.max_body_bytes:
+                length = headers.get("content-length")  # h11 checked it: digits, one value
+                if length is not None and int(length) > config.max_body_bytes:
                     await self.refuse(413, "body_too_large", _too_large_body(config))
                     return None
             elif isinstance(event, h11.Data):
@@ -362,7 +374,7 @@ class HttpSession:
                     return None
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
-                return Received(head, bytes(body))
+                return Received(head, headers, bytes(body))
             else:  # ConnectionClosed (the peer is done)
                 return None
 
@@ -459,19 +471,17 @@ class HttpSession:
         return False
 
 
-def _head_size(request: h11.Request) -> int:
-    """The bytes of a request head as h11 parsed it (request line, headers, blank line)."""
+def _read_headers(request: h11.Request) -> tuple[dict[str, str], int]:
+    """The request's headers as HttpRequest has them, and the size in bytes of its head as
+    h11 parsed it (request line, headers, blank line): one pass over h11's list."""
     size = len(request.method) + len(request.target) + 14
-    for name, value in request.headers:
-        size += len(name) + len(value) + 4
-    return size
-
-
-def _content_length(request: h11.Request) -> int | None:
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)  # h11 checked it: digits, and one value
-    return None
+    headers: dict[str, str] = {}
+    for raw_name, value in request.headers.raw_items():
+        size += len(raw_name) + len(value) + 4
+        name = raw_name.decode("latin-1").lower()  # h11 checked: a token, ASCII
+        text = value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {text}" if name in headers else text
+    return headers, size
 
 
 def _too_large_head(config: ServerConfig) -> str:
