@@ -17,6 +17,7 @@ Bodies and query strings are read strictly (dagd/core/protocol/wire.py): hostile
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import re
 import urllib.parse
@@ -183,6 +184,28 @@ def routes(ctx: HttpContext) -> list[Route]:
     return JsonApi(ctx.daemon, ctx.tokens, ctx.throttle).routes()
 
 
+def openapi_document() -> bytes | None:
+    """docs/openapi.yaml as installed with the package (dagd/net/http/openapi.yaml, a link
+    to it in the source tree), or None if this installation lacks it."""
+    try:
+        return (importlib.resources.files(__package__) / "openapi.yaml").read_bytes()
+    except OSError:
+        return None
+
+
+def _serve(document: bytes) -> Handler:
+    """The OpenAPI document's route: read once at start, no token (it describes the API,
+    it holds nothing of the daemon's), `application/yaml` (RFC 9512)."""
+    response = HttpResponse(200, document, "application/yaml", (("cache-control", "no-cache"),))
+
+    async def openapi(request: HttpRequest, params: Params) -> HttpResponse:
+        if request.query:
+            return error_response(400, ErrorCode.INVALID_MESSAGE, "no query parameters here")
+        return response
+
+    return openapi
+
+
 def _location(run_id: str) -> tuple[str, str]:
     # ":" and "+" may stand in a path segment (RFC 3986 pchar): run ids stay readable.
     return ("location", f"{PREFIX}/runs/{urllib.parse.quote(run_id, safe=':+')}")
@@ -221,10 +244,14 @@ class JsonApi:
             ("POST", "/runs/{run_id}/retry", "retry", self.retry),
             ("GET", "/runs/{run_id}/steps/{step_id}/log", None, self.read_log),
         ]
-        return [
+        found = [
             Route(frozenset({method}), PREFIX + path, self._guarded(action, handler))
             for method, path, action, handler in table
         ]
+        document = openapi_document()
+        if document is not None:
+            found.append(Route(frozenset({"GET"}), f"{PREFIX}/openapi.yaml", _serve(document)))
+        return found
 
     def _guarded(self, action: str | None, handler: _Inner) -> Handler:
         async def guarded(request: HttpRequest, params: Params) -> HttpResponse:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import trio
-from apihelp import Answer, check_documented, find_operation, http_call
+import yaml
+from apihelp import OPENAPI_PATH, Answer, check_documented, find_operation, http_call
 from daemonhelp import wait_status
 from wshelp import DAGS, OP_TOKEN, READ_TOKEN, running, server_of, trequest, tws, url_of
 
@@ -249,3 +250,13 @@ async def test_wrong_tokens_over_http_count_for_the_websocket_too(http: Http) ->
         pass
     assert throttle.delay("127.0.0.1") == 0
     assert (await http("GET", "/api/v1/dags", token="wrong")).status == 401
+
+
+async def test_the_openapi_document_is_served_without_a_token(http: Http) -> None:
+    answer = await http("GET", "/api/v1/openapi.yaml", token=None)
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "application/yaml"
+    assert answer.body == OPENAPI_PATH.read_bytes()
+    assert yaml.safe_load(answer.body)["openapi"] == "3.1.0"
+    refused = await http("GET", "/api/v1/openapi.yaml?x=1", token=None)
+    assert (refused.status, refused.code) == (400, "invalid_message")
