@@ -216,3 +216,51 @@ def write_later(path: Path, text: str) -> None:
     before = path.stat().st_mtime
     path.write_text(text)
     os.utime(path, (before + 2, before + 2))
+
+
+PACING = """async () => {
+  const { DagdClient } = await import("/assets/ws.js");
+  // A WebSocket that answers at once and records when each request went out.
+  class Fake {
+    constructor() {
+      this.readyState = 0; this.sent = []; this.on = {}; Fake.last = this;
+      setTimeout(() => { this.readyState = 1; this.on.open(); }, 0);
+    }
+    addEventListener(type, fn) { this.on[type] = fn; }
+    answer(message) { setTimeout(() => this.on.message({ data: JSON.stringify(message) }), 0); }
+    send(text) {
+      const m = JSON.parse(text);
+      this.sent.push([performance.now(), m.type]);
+      if (m.type === "auth") this.answer({ type: "auth_success", role: "read", seq: 0 });
+      if (m.type === "subscribe") this.answer({ type: "subscribed", dagIds: ["*"] });
+      if (m.type === "list_dags") this.answer({ type: "dags", dags: [], requestId: m.requestId });
+    }
+    close() {}
+  }
+  const client = new DagdClient({ url: "ws://127.0.0.1:9/api/v1/ws", token: "t", WebSocketClass: Fake });
+  client.start();
+  const started = performance.now();
+  await Promise.all(Array.from({ length: 60 }, () => client.request({ type: "list_dags" })));
+  const took = performance.now() - started;
+  client.close();
+  const times = Fake.last.sent.filter(([, type]) => type === "list_dags").map(([at]) => at);
+  let most = 0;
+  for (let i = 0; i < times.length; i++) {
+    let j = i;
+    while (j < times.length && times[j] - times[i] < 1000) j++;
+    most = Math.max(most, j - i);
+  }
+  return { sent: times.length, most, took };
+}"""
+
+
+def test_the_client_paces_requests_below_the_daemons_rate_limit(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    """60 requests at once: 50 go out, the other 10 a second later (the daemon closes a
+    client sending over 100 messages a second)."""
+    page = open_dashboard(context, daemon)
+    result = page.evaluate(PACING)
+    assert result["sent"] == 60
+    assert result["most"] <= 50
+    assert result["took"] >= 1000

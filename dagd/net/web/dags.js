@@ -3,7 +3,8 @@
 // recent last) and how many runs are active; then every broken DAG file with its problems
 // (file, step, field), so a file that does not load is shown, not hidden.
 //
-// Data: `list_dags` (summaries and broken files), one `list_runs` per DAG (its last runs).
+// Data: `list_dags` (summaries and broken files), and `list_runs` of every DAG at once (the
+// newest 1,000 runs; a DAG short of its last ten there is asked for them on its own).
 // Live: `dag_run_status` events move the squares and the active count, `dag_status` events
 // the paused flag and file errors; an `error` event without a run (a DAG file could not be
 // loaded), a run of a DAG not listed yet, or a scheduled run being queued (its next run
@@ -15,6 +16,7 @@ import { dagHref, runHref } from "./routes.js";
 import { ACTIVE_RUN, statusLabel } from "./status.js";
 
 const LAST_RUNS = 10;
+const RECENT_ALL = 1000;  // list_runs' largest limit
 
 export function mount(root, ctx) {
   const page = new DagsPage(root, ctx);
@@ -59,16 +61,35 @@ class DagsPage {
     if (this.destroyed) return;
     const dags = answer.dags || [];
     this.brokenFiles = answer.brokenFiles || [];
-    const lists = await inBatches(dags.map((dag) => () => this.client.request(
-      { type: "list_runs", dagId: dag.dagId, limit: LAST_RUNS },
-    )));
+    // One request for the newest runs of every DAG; only when that page was full, one more
+    // per DAG that got fewer than LAST_RUNS from it (its older runs may lie beyond).
+    const byDag = new Map(dags.map((dag) => [dag.dagId, []]));
+    let recent = [];
+    try {
+      recent = (await this.client.request({ type: "list_runs", limit: RECENT_ALL })).runs;
+    } catch {
+      // shown as "no runs yet"; the next event or reload fills it in
+    }
+    for (const run of recent) {
+      const list = byDag.get(run.dagId);
+      if (list && list.length < LAST_RUNS) list.push(run);
+    }
+    if (recent.length >= RECENT_ALL) {
+      const short = dags.filter((dag) => byDag.get(dag.dagId).length < LAST_RUNS);
+      const lists = await inBatches(short.map((dag) => () => this.client.request(
+        { type: "list_runs", dagId: dag.dagId, limit: LAST_RUNS },
+      )));
+      short.forEach((dag, i) => {
+        if (!(lists[i] instanceof Error)) byDag.set(dag.dagId, lists[i].runs);
+      });
+    }
     if (this.destroyed) return;
     this.dags = new Map(dags.map((dag) => [dag.dagId, dag]));
     this.runs = new Map();
-    dags.forEach((dag, i) => {
-      const list = lists[i] instanceof Error ? [] : lists[i].runs;
+    for (const dag of dags) {
+      const list = byDag.get(dag.dagId);  // newest first
       this.runs.set(dag.dagId, list.map((r) => ({ runId: r.runId, status: r.status })).reverse());
-    });
+    }
     this.loaded = true;
     this.render();
   }

@@ -37,6 +37,9 @@ const REQUEST_TIMEOUT_MS = 15000;
 // A ping of our own this often: its pong proves the link alive whatever heartbeat_interval
 // the daemon is configured with (the silence limit above assumes the default).
 const PING_EVERY_MS = 25000;
+// Requests sent per second at most: half the daemon's default rate limit (100 messages a
+// second), leaving room for pings and log follows.
+const MAX_REQUESTS_PER_S = 50;
 
 /** An error answer of the daemon (`code` from docs/protocol.md's table), or
  * `connection_error` when the request could not be answered. */
@@ -75,6 +78,9 @@ export class DagdClient {
     this.retryTimer = null;
     this.silenceTimer = null;
     this.pingTimer = null;
+    this.sentAt = [];             // when the requests of the last second went out (ms)
+    this.paceQueue = [];          // requests waiting for the rate to allow them
+    this.paceTimer = null;
     this.closed = false;
   }
 
@@ -128,14 +134,18 @@ export class DagdClient {
   request(message, { timeout = REQUEST_TIMEOUT_MS } = {}) {
     return new Promise((resolve, reject) => {
       const requestId = `d${++this.ids}`;
-      const send = () => {
+      const send = () => this.pace(() => {
+        if (!this.ready || !this.ws) {
+          reject(new DagdError("connection_error", "the connection to the daemon dropped"));
+          return;
+        }
         const timer = setTimeout(() => {
           this.pending.delete(requestId);
           reject(new DagdError("connection_error", "no answer from the daemon in time"));
         }, timeout);
         this.pending.set(requestId, { resolve, reject, timer });
         this.ws.send(JSON.stringify({ ...message, requestId }));
-      };
+      });
       if (this.ready) {
         send();
         return;
@@ -147,6 +157,36 @@ export class DagdClient {
       }, timeout);
       this.waitingForOpen.push(entry);
     });
+  }
+
+  /** Run `send` now, or as soon as fewer than MAX_REQUESTS_PER_S requests went out in the
+   * last second: the daemon closes a client that sends over server.rate_limit (100) messages
+   * a second, and a page asking about 200 DAGs at once must not get its connection closed. */
+  pace(send) {
+    const now = performance.now();
+    while (this.sentAt.length && now - this.sentAt[0] >= 1000) this.sentAt.shift();
+    if (this.sentAt.length < MAX_REQUESTS_PER_S && !this.paceQueue.length) {
+      this.sentAt.push(now);
+      send();
+      return;
+    }
+    this.paceQueue.push(send);
+    this.schedulePace(now);
+  }
+
+  schedulePace(now) {
+    if (this.paceTimer !== null) return;
+    const wait = this.sentAt.length ? 1000 - (now - this.sentAt[0]) + 1 : 0;
+    this.paceTimer = setTimeout(() => {
+      this.paceTimer = null;
+      const later = performance.now();
+      while (this.sentAt.length && later - this.sentAt[0] >= 1000) this.sentAt.shift();
+      while (this.paceQueue.length && this.sentAt.length < MAX_REQUESTS_PER_S) {
+        this.sentAt.push(later);
+        this.paceQueue.shift()();
+      }
+      if (this.paceQueue.length) this.schedulePace(later);
+    }, Math.max(0, wait));
   }
 
   // ------------------------------------------------------------------ connection
