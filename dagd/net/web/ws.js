@@ -76,7 +76,8 @@ export class DagdClient {
     this.held = null;             // events held until replay_complete
     this.snapshot = null;         // snapshot events being collected
     this.retryTimer = null;
-    this.silenceTimer = null;
+    this.silenceTimer = null;     // the interval that checks lastMessageAt
+    this.lastMessageAt = 0;
     this.pingTimer = null;
     this.sentAt = [];             // when the requests of the last second went out (ms)
     this.paceQueue = [];          // requests waiting for the rate to allow them
@@ -120,7 +121,7 @@ export class DagdClient {
   close() {
     this.closed = true;
     clearTimeout(this.retryTimer);
-    clearTimeout(this.silenceTimer);
+    this.stopWatching();
     clearInterval(this.pingTimer);
     if (this.ws) this.ws.close(1000);
     this.ws = null;
@@ -251,6 +252,8 @@ export class DagdClient {
 
   authFailed() {
     this.closed = true;
+    this.stopWatching();
+    clearInterval(this.pingTimer);
     const ws = this.ws;
     this.ws = null;
     if (ws) ws.close(1000);
@@ -259,7 +262,7 @@ export class DagdClient {
   }
 
   lost(why) {
-    clearTimeout(this.silenceTimer);
+    this.stopWatching();
     clearInterval(this.pingTimer);
     const ws = this.ws;
     this.ws = null;
@@ -283,11 +286,21 @@ export class DagdClient {
     }, PING_EVERY_MS);
   }
 
+  /** Note that the daemon was heard from; one interval per connection checks the silence
+   * (not a timer per message: a 2,000-step run's burst is thousands of messages). */
   watchSilence() {
-    clearTimeout(this.silenceTimer);
-    this.silenceTimer = setTimeout(() => {
-      this.lost(`no message from the daemon for ${SILENCE_LIMIT_MS / 1000} s`);
-    }, SILENCE_LIMIT_MS);
+    this.lastMessageAt = Date.now();
+    if (this.silenceTimer !== null) return;
+    this.silenceTimer = setInterval(() => {
+      if (Date.now() - this.lastMessageAt > SILENCE_LIMIT_MS) {
+        this.lost(`no message from the daemon for ${SILENCE_LIMIT_MS / 1000} s`);
+      }
+    }, 1000);
+  }
+
+  stopWatching() {
+    clearInterval(this.silenceTimer);
+    this.silenceTimer = null;
   }
 
   failAll(why) {
