@@ -35,6 +35,10 @@ depends_on = ["transform"]
 
 WIDE = """
 description = "one root, many leaves"
+[handlers.on_failure]
+command = "true"
+[handlers.always]
+command = "true"
 [steps.root]
 command = "true"
 """ + "".join(f'[steps.leaf{i:02}]\ncommand = "true"\ndepends_on = ["root"]\n' for i in range(12))
@@ -237,7 +241,8 @@ PACING = """async () => {
     }
     close() {}
   }
-  const client = new DagdClient({ url: "ws://127.0.0.1:9/api/v1/ws", token: "t", WebSocketClass: Fake });
+  const url = "ws://127.0.0.1:9/api/v1/ws";
+  const client = new DagdClient({ url, token: "t", WebSocketClass: Fake });
   client.start();
   const started = performance.now();
   await Promise.all(Array.from({ length: 60 }, () => client.request({ type: "list_dags" })));
@@ -264,3 +269,22 @@ def test_the_client_paces_requests_below_the_daemons_rate_limit(
     assert result["sent"] == 60
     assert result["most"] <= 50
     assert result["took"] >= 1000
+
+
+def test_lifecycle_handlers_are_shown_beside_the_graph_with_their_status(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = open_dashboard(context, daemon, route="#/dags/wide")
+    expect(page.locator("svg.graph .node")).to_have_count(13)  # handlers are not in the graph
+    page.get_by_role("button", name="Trigger run").click()
+    expect(page.locator('.node[data-step-id="leaf11"]')).to_have_attribute("data-status", "success")
+    always = page.locator('.handler-chip[data-step-id="@always"]')
+    expect(always).to_have_attribute("data-status", "success")
+    expect(always).to_have_attribute("aria-label", "handler @always: success")
+    on_failure = page.locator('.handler-chip[data-step-id="@on_failure"]')
+    expect(on_failure).to_have_attribute("data-status", "skipped")
+    expect(page.locator('table.grid tr[data-step-id="@always"] a.cell').last).to_have_attribute(
+        "data-status", "success"
+    )
+    on_failure.click()
+    expect(page.get_by_role("region", name="Step")).to_contain_text("on_failure")

@@ -90,7 +90,9 @@ class DagPage {
     this.graph?.destroy();
     this.graph = createGraph(this.graphBox, detail, { onSelect: (stepId) => this.showStep(stepId) });
     this.grid?.destroy();
-    this.grid = createGrid(this.gridBox, detail.steps.map((st) => st.stepId), {
+    this.handlers = detail.handlers || [];
+    this.drawHandlers();
+    this.grid = createGrid(this.gridBox, [...detail.steps, ...this.handlers].map((st) => st.stepId), {
       onSelectRun: (runId) => this.selectRun(runId, true),
     });
     let runs = [];
@@ -160,6 +162,8 @@ class DagPage {
       this.selected = runId;
       this.selectedLive = new Map();
       this.graph?.clearStatuses();
+      this.handlerStatuses = new Map();
+      this.paintHandlers();
     }
     this.grid?.selectRun(runId);
     this.renderSelected(runId ? this.runs.find((r) => r.runId === runId) || { runId } : null);
@@ -176,6 +180,10 @@ class DagPage {
       statuses[step.stepId] = this.selectedLive.get(step.stepId) || step.status;
     }
     this.graph.setStatuses(statuses);
+    for (const handler of this.handlers) {
+      if (statuses[handler.stepId]) this.handlerStatuses.set(handler.stepId, statuses[handler.stepId]);
+    }
+    this.paintHandlers();
     const record = this.runs.find((r) => r.runId === runId);
     const merged = { ...detail.record, status: record?.status || detail.record.status };
     this.renderSelected(merged, detail);
@@ -187,6 +195,7 @@ class DagPage {
     if (!this.detail) return;
     let headChanged = false;
     let selectedChanged = false;
+    let handlersChanged = false;
     for (const { type, data } of events) {
       if (type === "step_status") {
         if (this.gridLive) {
@@ -197,6 +206,10 @@ class DagPage {
         if (data.runId === this.selected) {
           this.selectedLive.set(data.stepId, data.status);
           this.graph?.setStatus(data.stepId, data.status);
+          if (this.handlerChips?.has(data.stepId)) {
+            this.handlerStatuses.set(data.stepId, data.status);
+            handlersChanged = true;
+          }
         }
       } else if (type === "dag_run_status") {
         let run = this.runs.find((r) => r.runId === data.runId);
@@ -222,6 +235,7 @@ class DagPage {
       this.reloadHead.call();  // nextRun follows paused
     }
     if (selectedChanged) this.refreshSelectedStatus();
+    if (handlersChanged) this.paintHandlers();
   }
 
   refreshSelectedStatus() {
@@ -237,6 +251,7 @@ class DagPage {
     this.head = h("section", { class: "card dag-head-card", "aria-label": "DAG" });
     replace(this.head, ...this.headContent());
     this.graphBox = h("div", { class: "graph-container" });
+    this.handlersBox = h("div", { class: "handlers" });
     this.gridBox = h("div", { class: "grid-box" });
     this.selectedBox = h("section", { class: "card selected-run", "aria-label": "Selected run" });
     this.stepBox = h("section", { class: "card step-definition", "aria-label": "Step" },
@@ -249,7 +264,8 @@ class DagPage {
           h("section", { class: "card", "aria-label": "Graph" },
             h("h2", {}, "Graph"),
             h("div", { class: "legend", "aria-hidden": "true" }, ["pending", "running", "retrying", "success", "failed", "upstream_failed", "skipped", "cancelled"].map((st) => h("span", {}, h("span", { class: "square", dataset: { status: st } }), `${statusSymbol(st)} ${statusLabel(st)}`))),
-            this.graphBox),
+            this.graphBox,
+            this.handlersBox),
           h("section", { class: "card", "aria-label": "Recent runs" },
             h("h2", {}, "Recent runs"),
             h("p", { class: "muted" }, "A column per run (newest right), a row per step. Click a cell to open that step of that run, a column's head to colour the graph with that run."),
@@ -364,18 +380,54 @@ class DagPage {
           : h("span", { class: "muted" }, detail ? "none" : "…"))));
   }
 
+  /** The DAG's lifecycle handlers, outside the graph (they have no edges): one chip each,
+   * coloured by its status in the selected run. */
+  drawHandlers() {
+    this.handlerChips = new Map();
+    this.handlerStatuses = new Map();
+    if (!this.handlers.length) {
+      replace(this.handlersBox);
+      return;
+    }
+    replace(this.handlersBox,
+      h("span", { class: "muted" }, "Handlers (run after the steps): "),
+      this.handlers.map((handler) => {
+        const chip = h("button", {
+          type: "button", class: "handler-chip", dataset: { stepId: handler.stepId, status: "" },
+          onclick: () => this.showStep(handler.stepId),
+        });
+        this.handlerChips.set(handler.stepId, chip);
+        return chip;
+      }));
+    this.paintHandlers();
+  }
+
+  paintHandlers() {
+    for (const [stepId, chip] of this.handlerChips || []) {
+      const status = this.handlerStatuses.get(stepId) || null;
+      chip.dataset.status = status || "";
+      replace(chip, status ? `${statusSymbol(status)} ` : "", stepId);
+      chip.title = `${stepId}: ${statusLabel(status)}`;
+      chip.setAttribute("aria-label", `handler ${stepId}: ${statusLabel(status)}`);
+    }
+  }
+
   showStep(stepId) {
-    const step = this.detail.steps.find((st) => st.stepId === stepId);
+    const step = [...this.detail.steps, ...(this.handlers || [])].find((st) => st.stepId === stepId);
     if (!step) return;
     this.graph.select(stepId);
     const what = step.command !== null
       ? h("code", {}, Array.isArray(step.command) ? JSON.stringify(step.command) : step.command)
-      : h("code", {}, step.call);
+      : step.call !== null
+        ? h("code", {}, step.call)
+        : h("span", { class: "muted" }, "notification only");
     replace(this.stepBox,
       h("h2", {}, `Step ${stepId}`),
       step.description ? h("p", {}, step.description) : null,
       h("dl", { class: "facts" },
-        fact(step.command !== null ? "Command" : "Call", what),
+        fact(step.command !== null ? "Command" : step.call !== null ? "Call" : "Runs", what),
+        step.handler ? fact("Handler", step.handler) : null,
+        step.notify?.length ? fact("Notifies", step.notify.join(", ")) : null,
         fact("Depends on", step.dependsOn.length ? step.dependsOn.join(", ") : "–"),
         fact("Trigger rule", step.triggerRule),
         fact("Executor", step.executor),
