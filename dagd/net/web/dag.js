@@ -119,10 +119,12 @@ class DagPage {
       { type: "get_run", runId: run.runId },
     )));
     if (this.destroyed || generation !== this.generation) return;
-    this.grid.setRuns(runs.map((run, i) => {
+    // Runs that started while the answers came are columns too, from their events so far.
+    const started = this.runs.filter((run) => !runs.includes(run));
+    this.grid.setRuns([...runs, ...started].map((run, i) => {
       const steps = {};
       const answer = details[i];
-      if (!(answer instanceof Error)) {
+      if (answer && !(answer instanceof Error)) {
         for (const step of answer.steps) steps[step.stepId] = step.status;
       }
       for (const [stepId, status] of this.gridLive.get(run.runId) || []) steps[stepId] = status;

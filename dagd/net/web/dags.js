@@ -8,7 +8,8 @@
 // Live: `dag_run_status` events move the squares and the active count, `dag_status` events
 // the paused flag and file errors; an `error` event without a run (a DAG file could not be
 // loaded), a run of a DAG not listed yet, or a scheduled run being queued (its next run
-// moved on) reloads the list, at most once a second.
+// moved on) reloads the list, at most once a second; and it is read again every 30 s (a DAG
+// file that was added and loads fine is no event).
 
 import { debounce, frameBatcher, h, inBatches, replace } from "./dom.js";
 import { dateTime, relative } from "./format.js";
@@ -17,6 +18,7 @@ import { ACTIVE_RUN, statusLabel } from "./status.js";
 
 const LAST_RUNS = 10;
 const RECENT_ALL = 1000;  // list_runs' largest limit
+const REFRESH_MS = 30000;
 
 export function mount(root, ctx) {
   const page = new DagsPage(root, ctx);
@@ -40,6 +42,11 @@ class DagsPage {
       this.client.on("event", (event) => this.batch.push(event)),
       this.client.on("resync", () => this.load()),
     ];
+    // A DAG file added to the folder (and loading fine) is no event: look again now and then,
+    // which also moves next runs and "in 5 min" along.
+    this.refresh = setInterval(() => {
+      if (document.visibilityState === "visible") this.load();
+    }, REFRESH_MS);
     replace(root, h("p", { class: "muted loading" }, "Loading DAGs…"));
   }
 
@@ -48,6 +55,7 @@ class DagsPage {
     this.offs.forEach((off) => off());
     this.batch.cancel();
     this.reload.cancel();
+    clearInterval(this.refresh);
   }
 
   async load() {
