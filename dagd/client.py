@@ -19,6 +19,7 @@ No heartbeat (or any message) for 2.5 heartbeat intervals counts as a dead conne
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import random
 import ssl
@@ -42,6 +43,7 @@ from trio_websocket import (
 from dagd.core.backoff import ReconnectBackoff
 from dagd.core.events import DagEvent
 from dagd.core.exceptiongroups import unwrap_single
+from dagd.core.logslice import LogStream
 from dagd.core.protocol.answers import (
     Answer,
     AuthSuccess,
@@ -51,6 +53,9 @@ from dagd.core.protocol.answers import (
     DagList,
     DagSummary,
     Error,
+    LogChunk,
+    LogEnd,
+    LogFollowing,
     Paused,
     ReplayComplete,
     RetryAccepted,
@@ -69,6 +74,7 @@ from dagd.core.protocol.requests import (
     Auth,
     Backfill,
     Cancel,
+    FollowLog,
     GetDag,
     GetRun,
     ListDags,
@@ -79,6 +85,7 @@ from dagd.core.protocol.requests import (
     Snapshot,
     Subscribe,
     Trigger,
+    UnfollowLog,
     Unpause,
 )
 from dagd.core.protocol.wire import dumps
@@ -276,6 +283,9 @@ class Client:
         # requestId -> (set when answered or lost, [the answer; None: the connection dropped])
         self._pending: dict[str, tuple[trio.Event, list[Answer | None]]] = {}
         self._ids = itertools.count(1)
+        # requestId -> called with the answer in the receiving task, before any later message
+        self._on_answer: dict[str, Callable[[Answer], None]] = {}
+        self._follows: dict[_FollowKey, LogFollower] = {}  # followed logs, by their key
         self.failure: BaseException | None = None
         self.connections = 0
 
@@ -319,6 +329,13 @@ class Client:
         `no_schedule`, `invalid_range`, `rate_limited`.
         """
         request = message if not isinstance(message, Mapping) else _request_of(message)
+        return await self._request(request)
+
+    async def _request(
+        self, request: Request, on_answer: Callable[[Answer], None] | None = None
+    ) -> Answer:
+        """`request` as `request()` says; `on_answer` is called with a successful answer by
+        the receiving task itself, before it reads the next message."""
         with trio.move_on_after(self.request_timeout) as scope:
             await self._connected.wait()
         if scope.cancelled_caught or self._ws is None:
@@ -326,6 +343,8 @@ class Client:
         request_id = f"c{next(self._ids)}"
         done, holder = trio.Event(), list[Answer | None]()
         self._pending[request_id] = (done, holder)
+        if on_answer is not None:
+            self._on_answer[request_id] = on_answer
         try:
             with trio.fail_after(self.request_timeout):
                 await self._ws.send_message(encode(attrs.evolve(request, request_id=request_id)))
@@ -334,6 +353,7 @@ class Client:
             raise NotConnected(ErrorCode.CONNECTION_ERROR, _DROPPED) from None
         finally:
             self._pending.pop(request_id, None)
+            self._on_answer.pop(request_id, None)
         answer = holder[0]
         if answer is None:  # the connection dropped while we waited (see _fail_pending)
             raise NotConnected(ErrorCode.CONNECTION_ERROR, _DROPPED)
@@ -462,6 +482,45 @@ class Client:
         request = Backfill(dag_id, start, end, dict(params or {}), rerun=rerun, dry_run=dry_run)
         return await self._ask(request, BackfillResult)
 
+    def follow_log(
+        self,
+        run_id: str,
+        step_id: str,
+        attempt: int | None = None,
+        *,
+        stream: LogStream = "out",
+        offset: int = 0,
+    ) -> LogFollower:
+        """Follow one attempt's log (`stream` "out": stdout, "err": stderr) from byte
+        `offset`, live while the attempt runs: an async iterator of `LogChunk`s (`.text`,
+        `.offset`, `.next_offset` in bytes of the raw file) that ends once the attempt is over
+        and every byte was delivered (then `.end` is the daemon's `LogEnd`: `reason`
+        `complete`, or `deleted` when history retention deleted the run meanwhile, or
+        `unreadable`). `attempt` None: the latest (`.attempt` says which, after the first
+        chunk or end).
+
+        It survives reconnects: after a lost connection it follows again from the byte after
+        the last chunk delivered, so nothing is missed or repeated. A consumer slower than the
+        daemon costs at most 16 chunks of memory (about 1 MiB): the daemon is told to stop
+        and the log is followed again from where the consumer is once it catches up. Leave
+        early with `await follower.aclose()` (or `async with`) to stop the daemon's sending.
+
+        Raises (from the first `__anext__`) `ClientError` `unknown_run`, `unknown_step`,
+        `unknown_attempt` (that attempt was not made; without `attempt`: the step has not
+        started), `too_many_follows` (8 logs at once per connection), `log_unreadable`,
+        `invalid_message` (this log is followed already by this client).
+        """
+        return LogFollower(self, run_id, step_id, attempt, stream, offset)
+
+    async def _connection(self) -> None:
+        """Wait for the next connection (the client keeps reconnecting); raises the
+        client's final failure (AuthFailed) if it gave up."""
+        while self._ws is None:
+            if self.failure is not None:
+                raise self.failure
+            with trio.move_on_after(1.0):
+                await self._connected.wait()
+
     # ------------------------------------------------------------ connection
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -508,6 +567,9 @@ class Client:
             if not holder:
                 holder.append(None)  # lost: request() raises NotConnected
             done.set()
+        follows, self._follows = self._follows, {}
+        for follower in follows.values():
+            follower._lost()  # the daemon forgot them with the connection
 
     async def _session(self) -> None:
         async with self._open(
@@ -607,16 +669,145 @@ class Client:
                     held = None
                 snapshot = []
                 await ws.send_message(encode(Snapshot()))
+            elif isinstance(message, LogChunk | LogEnd):
+                await self._route_log(ws, message)
             elif (
                 isinstance(message, Answer)
                 and isinstance(message.request_id, str)
                 and message.request_id in self._pending
             ):
                 done, holder = self._pending[message.request_id]
+                hook = self._on_answer.pop(message.request_id, None)
+                if hook is not None and not isinstance(message, Error):
+                    hook(message)
                 holder.append(message)
                 done.set()
             # heartbeat, replay_complete, pong, unknown types and the rest only prove the
             # link is alive
+
+    async def _route_log(self, ws: WebSocketConnection, message: LogChunk | LogEnd) -> None:
+        """Hand a followed log's message to its follower, never waiting for it: a follower
+        whose consumer lags is unfollowed (it follows again from its offset later)."""
+        key = (message.run_id, message.step_id, message.attempt, message.stream)
+        follower = self._follows.get(key)
+        if follower is None:
+            return  # unfollowed meanwhile
+        if isinstance(message, LogEnd):
+            del self._follows[key]
+        if not follower._push(message):
+            del self._follows[key]
+            follower._lost()
+            await ws.send_message(encode(UnfollowLog(*key)))
+
+
+_FollowKey = tuple[str, str, int, str]
+#: Chunks a follower holds for its consumer before the daemon is asked to stop.
+FOLLOW_BUFFER = 16
+
+
+class LogFollower:
+    """A followed log (`Client.follow_log`): iterate for `LogChunk`s, in byte order."""
+
+    def __init__(
+        self,
+        client: Client,
+        run_id: str,
+        step_id: str,
+        attempt: int | None,
+        stream: LogStream,
+        offset: int,
+    ) -> None:
+        self._client = client
+        self.run_id = run_id
+        self.step_id = step_id
+        self.attempt = attempt  # None until the daemon named the latest
+        self.stream: LogStream = stream
+        self.offset = offset  # the next byte to deliver
+        self.end: LogEnd | None = None
+        self._items: collections.deque[LogChunk | LogEnd | None] = collections.deque()
+        self._wake = trio.Event()
+        self._following = False  # the daemon is sending (to this client) right now
+        self._closed = False  # aclose() was called
+
+    # ---- fed by the client's receiving task
+
+    def _bind(self, answer: Answer) -> None:
+        assert isinstance(answer, LogFollowing)
+        self.attempt = answer.attempt
+        self._following = True
+        key = (self.run_id, self.step_id, answer.attempt, self.stream)
+        self._client._follows[key] = self
+
+    def _push(self, message: LogChunk | LogEnd) -> bool:
+        if isinstance(message, LogChunk) and len(self._items) >= FOLLOW_BUFFER:
+            return False
+        self._items.append(message)
+        self._wake.set()
+        return True
+
+    def _lost(self) -> None:
+        """The daemon no longer sends this log: follow again once the consumer gets here."""
+        self._items.append(None)
+        self._wake.set()
+
+    # ---- the consumer's side
+
+    def __aiter__(self) -> LogFollower:
+        return self
+
+    async def __anext__(self) -> LogChunk:
+        while self.end is None and not self._closed:
+            if not self._following and not self._items:
+                await self._follow()
+                continue
+            while not self._items:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            item = self._items.popleft()
+            if item is None:
+                self._following = False
+            elif isinstance(item, LogEnd):
+                self.end = item
+            elif item.next_offset <= self.offset:
+                continue  # sent again after a re-follow: delivered already
+            elif item.offset != self.offset:  # never from a well-behaved daemon
+                await self._stop()
+            else:
+                self.offset = item.next_offset
+                return item
+        raise StopAsyncIteration
+
+    async def _follow(self) -> None:
+        request = FollowLog(self.run_id, self.step_id, self.attempt, self.stream, self.offset)
+        while True:
+            await self._client._connection()
+            try:
+                await self._client._request(request, on_answer=self._bind)
+                return
+            except NotConnected:
+                continue  # the client reconnects; follow again then
+
+    async def _stop(self) -> None:
+        if self.attempt is None or not self._following:
+            return
+        key = (self.run_id, self.step_id, self.attempt, self.stream)
+        if self._client._follows.get(key) is self:
+            del self._client._follows[key]
+        self._following = False
+        self._items.clear()
+        with contextlib.suppress(ClientError):
+            await self._client._request(UnfollowLog(*key))
+
+    async def aclose(self) -> None:
+        """Stop following (the daemon stops sending); iteration then ends."""
+        self._closed = True
+        await self._stop()
+
+    async def __aenter__(self) -> LogFollower:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class _EventsOnly:
@@ -777,6 +968,7 @@ __all__ = [
     "Connected",
     "ConnectionLost",
     "GapRepaired",
+    "LogFollower",
     "NotConnected",
     "connect",
 ]

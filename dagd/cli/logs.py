@@ -75,12 +75,16 @@ def print_logs(
 ) -> None:
     """Print a step's log files (stdout, then stderr) for one or every attempt. A stream that
     wrote nothing has no file; the run history says whether the step ran at all. With
-    `follow`, keep printing output as it is written until the step is final. With `raw`,
-    write the files' bytes to stdout with no headers; notes for people go to stderr.
+    `follow`, keep printing output as it is written until the step is final: through the
+    daemon when one is reachable with this config (dagd/cli/logfollow.py), else from the
+    files. With `raw`, write the files' bytes to stdout with no headers (also when following:
+    only the files have the exact bytes); notes for people go to stderr.
     Raises click.ClickException for a step or attempt that is not there."""
     by_attempt = step_logs(config.log_dir, run_id, step_id)
     record = _step_record(config, run_id, step_id)  # (status, latest attempt) or None
     made = max([record[1] if record else 0, *by_attempt])  # attempts made
+    if follow and not raw and _follow_remote(config, run_id, step_id, attempt):
+        return
     if follow and (record is None or record[0] not in FINISHED_STEP):
         if record is None and not made:
             raise click.ClickException(f"no step {step_id!r} in run {run_id!r} to follow")
@@ -176,6 +180,23 @@ def _follow_logs(
                     click.echo(printable(tail), nl=False)
             return
         time.sleep(poll)
+
+
+def _follow_remote(config: Config, run_id: str, step_id: str, attempt: int | None) -> bool:
+    """`--follow` through the running daemon (follow_log over its WebSocket), which knows at
+    once when an attempt ends and reaches logs this machine cannot read. Returns False, having
+    printed nothing, when no daemon can be reached with this config (then the files are
+    followed directly). Raises click.ClickException for a run, step or attempt the daemon
+    does not have."""
+    from dagd.cli.remote import resolve_endpoint
+
+    try:
+        endpoint = resolve_endpoint(config, None, None)
+    except click.ClickException:
+        return False  # no token to use: no daemon of this config to ask
+    from dagd.cli.logfollow import follow_through_daemon
+
+    return follow_through_daemon(config, endpoint, run_id, step_id, attempt)
 
 
 def _utf8_decoder() -> codecs.IncrementalDecoder:

@@ -1,5 +1,6 @@
 """`dagd logs` against a real daemon: `--raw` gives back a step's bytes exactly as written
-(invalid UTF-8 and NUL bytes included), and a Python step that raised shows its traceback."""
+(invalid UTF-8 and NUL bytes included), a Python step that raised shows its traceback, and
+`--follow` goes through the daemon when it is reachable."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 from click.testing import CliRunner
 from clienthelp import DaemonProc, clean_env, serving, wait_for
 from clihelp import cli_in, invoke, start_run
+
+from dagd.cli.main import main
 
 SUPPORT = Path(__file__).resolve().parent.parent / "support"
 
@@ -180,3 +183,33 @@ def test_follow_across_a_split_utf8_sequence(daemon: DaemonProc, raw: bool) -> N
         assert data == b"caf\xc3\xa9!\x00"
     else:
         assert data.decode() == f"==> attempt 1 stdout ({log}) <==\ncafé!\\x00"
+
+
+def test_follow_goes_through_the_daemon(
+    daemon: DaemonProc, cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a daemon reachable, --follow reads through it (follow_log): here the CLI's own
+    config has an empty state folder, so the files are out of its reach, yet every attempt
+    of a retried step is shown, in order, with its headers."""
+    run_id = finished_run(daemon, "flaky")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.toml").write_text('state_dir = "state"\n')
+    monkeypatch.setenv("DAGD_URL", daemon.url)
+    monkeypatch.setenv("DAGD_TOKEN", daemon.token)
+    monkeypatch.chdir(elsewhere)
+    result = invoke(cli, "logs", run_id, "twice", "--follow")
+    assert result.exit_code == 0, result.output
+    logs = elsewhere / "state" / "logs" / "flaky" / run_id
+    assert result.stdout == (
+        f"==> attempt 1 stdout ({logs / 'twice.1.out'}) <==\n"
+        "first\ufffd"
+        f"==> attempt 2 stderr ({logs / 'twice.2.err'}) <==\n"
+        "second\\x00"
+    )
+    # An attempt the step did not make, and a step the run does not have.
+    result = cli.invoke(main, ["logs", run_id, "twice", "--follow", "--attempt", "3"])
+    assert result.exit_code == 1
+    assert "no attempt 3 of step 'twice'" in result.output
+    result = cli.invoke(main, ["logs", run_id, "nope", "--follow"])
+    assert (result.exit_code, "no step 'nope'" in result.output) == (1, True)
