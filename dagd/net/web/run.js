@@ -1,8 +1,8 @@
 // The Run page, `#/runs/<run id>[?step=<step id>]`: one run of a DAG, live.
 //
 // It reads the run with `get_run` (docs/protocol.md, "One run"), subscribes to the run's DAG and
-// keeps a RunModel (runmodel.js) current from the run's events; every change is drawn at most
-// at most every REDRAW_MS: the header (status, times, counts), the graph (graph.js, nodes
+// keeps a RunModel (runmodel.js) current from the run's events; changes are drawn at most every
+// REDRAW_MS: the header (status, times, counts), the graph (graph.js, nodes
 // coloured by this run's step statuses), the Gantt chart of attempts (gantt.js), the step table
 // (runtable.js) and the log of the chosen step (steplog.js). An `operate` token sees Cancel and
 // Retry; the daemon's answer, or its error, is shown under them.
@@ -14,13 +14,13 @@ import { FINISHED_RUN, RunModel, formatDuration, formatTime, graphOf } from "./r
 import { StepTable } from "./runtable.js";
 import { h } from "./dom.js";
 import { rateLimit } from "./runvlist.js";
+import { StepLog } from "./steplog.js";
 
 // Least time between two redraws of the page while events flow (ms): a person cannot follow
 // faster, and a 2,000-step fan-out's burst of events then costs a few redraws, not hundreds.
 const REDRAW_MS = 150;
 // Most graph nodes recoloured per redraw (see recolourGraph).
 const GRAPH_BATCH = 250;
-import { StepLog } from "./steplog.js";
 
 const COUNT_ORDER = ["success", "running", "retrying", "pending", "failed", "upstream_failed", "cancelled", "skipped"];
 const COUNT_LABEL = {
