@@ -292,7 +292,8 @@ class DagPage {
           ? [h("code", {}, summary.schedule), ` (${summary.timezone})`]
           : "manual only"),
         fact("Next run", summary.nextRun
-          ? `${dateTime(summary.nextRun)} (${relative(summary.nextRun)})`
+          ? h("span", { title: `${summary.nextRun} (UTC); shown in your time zone` },
+            `${dateTime(summary.nextRun)} (${relative(summary.nextRun)})`)
           : summary.paused ? "paused" : "–"),
         fact("Steps", String(this.detail.steps.length)),
         fact("Max active runs", String(this.detail.maxActiveRuns)),

@@ -176,7 +176,7 @@ class DagsPage {
       h("td", {}, dag.schedule
         ? [h("code", {}, dag.schedule), h("div", { class: "muted" }, dag.timezone)]
         : h("span", { class: "muted" }, "manual only")),
-      h("td", { class: "next-run" }, dag.nextRun
+      h("td", { class: "next-run", title: dag.nextRun ? `${dag.nextRun} (UTC); shown in your time zone` : null }, dag.nextRun
         ? [dateTime(dag.nextRun), h("div", { class: "muted" }, relative(dag.nextRun))]
         : h("span", { class: "muted" }, dag.paused ? "paused" : "–")),
       h("td", {}, (dag.tags || []).map((tag) => h("span", { class: "tag" }, tag))),
