@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 from dashhelp import OPERATE_TOKEN, dashboard_daemon, open_dashboard, poll, stored_seqs
-from playwright.sync_api import BrowserContext, expect
+from playwright.sync_api import BrowserContext, Page, expect
 
 from dagd.client import connect
 
@@ -33,6 +33,18 @@ def trigger(url: str, dag_id: str, params: dict[str, str]) -> str:
             return await client.trigger(dag_id, params)
 
     return trio.run(go)
+
+
+RECONNECT_NOW = """() => {
+  window.dagdClient.reconnectNow();  // the Reconnect now button's action; only when waiting
+  return window.dagdClient.state.phase === "live";
+}"""
+
+
+def reconnect_now(page: Page) -> None:
+    """Skip the page's backoff (up to 30 s) now that the daemon is back: press Reconnect now
+    whenever the page is waiting to retry, until it is live."""
+    assert poll(lambda: page.evaluate(RECONNECT_NOW), timeout=20), "the page did not reconnect"
 
 
 def test_a_restart_shows_disconnected_then_the_page_catches_up_with_no_gap(
@@ -63,7 +75,7 @@ def test_a_restart_shows_disconnected_then_the_page_catches_up_with_no_gap(
         # A run while the page is (most likely) still waiting out its backoff.
         second = trigger(daemon.url, "quick", {"note": "while away"})
         assert poll(lambda: daemon.run_statuses("quick").get(second) == "success")
-        page.evaluate("window.dagdClient.reconnectNow()")  # the button's action
+        reconnect_now(page)
         expect(banner).to_have_attribute("data-phase", "live")
 
         # The log is read again each time: the run's last events may commit after its status.
@@ -108,7 +120,7 @@ def test_a_daemon_with_a_new_event_log_is_taken_from_a_snapshot(
                 path.unlink()
         daemon.start()
         daemon.wait_ready()
-        page.evaluate("() => window.dagdClient.reconnectNow()")
+        reconnect_now(page)
         expect(page.locator("#banner")).to_have_attribute("data-phase", "live")
         expect(page.locator('tr[data-dag-id="quick"]')).to_contain_text("no runs yet")
         fresh = trigger(daemon.url, "quick", {"note": "new log"})
