@@ -70,6 +70,8 @@ DAGS = {
     "broken": """
         [steps.bad]
         command = 'echo "<b>boom</b> & <img src=x onerror=alert(1)>" >&2; exit 3'
+        [handlers.on_failure]
+        command = "true"
     """,
 }
 
@@ -187,6 +189,14 @@ def test_failing_step_error_text_is_shown_as_text(
     expect(page.locator('.gantt-row[data-step-id="bad"] .bar')).to_have_attribute(
         "data-status", "failed"
     )
+    # The failure handler ran after `bad`: a row of its own, no node in the graph, and the
+    # last link of the critical path.
+    expect(page.locator('.st-row[data-step-id="@on_failure"]')).to_have_attribute(
+        "data-status", "success"
+    )
+    expect(node(page, "bad")).to_have_count(1)
+    expect(node(page, "@on_failure")).to_have_count(0)
+    expect(page.locator(".gantt-critical .critical-steps")).to_have_text("bad → @on_failure")
     # Choosing the step shows its error above its log, as text too.
     page.locator('.st-row[data-step-id="bad"]').click()
     expect(page.locator(".step-log .log-error")).to_have_text(expected)

@@ -62,6 +62,9 @@ export class RunModel {
         error: s.error ?? null,
         attempt: s.attempt ?? 0,
         dependsOn: s.dependsOn || [],
+        // A lifecycle handler ("on_failure" ...): outside the graph, it runs once every
+        // ordinary step is final, after the handlers before it (docs/dags.md).
+        handler: s.handler ?? null,
         attempts: (s.attempts || []).map(attemptOf),
       });
     }
@@ -207,6 +210,7 @@ export function graphOf(model) {
   const edges = [];
   for (const id of model.order) {
     const s = model.steps.get(id);
+    if (s.handler) continue; // handlers are outside the graph (the timeline and table show them)
     steps.push({ stepId: id, description: "", dependsOn: s.dependsOn, level: model.levels.get(id) ?? 0 });
     for (const up of s.dependsOn) edges.push({ source: up, target: id });
   }
@@ -249,7 +253,7 @@ export function criticalPath(model, now) {
     path.push(tail);
     let next = null;
     let nextFinish = -Infinity;
-    for (const up of model.steps.get(tail).dependsOn) {
+    for (const up of upstreamsOf(model, tail)) {
       const f = finish.get(up);
       if (f !== null && f !== undefined && f > nextFinish) {
         next = up;
@@ -259,6 +263,14 @@ export function criticalPath(model, now) {
     tail = next;
   }
   return path.reverse();
+}
+
+/** What a step waited for: its upstreams; for a lifecycle handler, every ordinary step and
+ * the handlers before it. */
+function upstreamsOf(model, stepId) {
+  const step = model.steps.get(stepId);
+  if (!step.handler) return step.dependsOn;
+  return model.order.slice(0, step.index);
 }
 
 /** "1.2 s", "3 min 4 s", "2 h 5 min" for ms; "" for null. */
