@@ -119,7 +119,7 @@ def show(
     \b
     A run: its DAG, status, trigger, params, times and duration, then every step with its
     status, attempts, duration and error (and each attempt's start, duration and error when
-    it was tried more than once, or with --attempts).
+    it was tried more than once, or with --attempts), then the steps' outputs.
     A DAG: schedule and time zone, next run, whether it is paused, params with their
     defaults, tags, and every step with its command or callable, executor and upstreams.
 
@@ -207,11 +207,25 @@ def _attempt_count(step: StepDetail) -> int:
     return max(step.attempt, len(step.attempts))
 
 
+#: The longest output value `dagd show` prints, in characters (`--json` gives them whole).
+MAX_SHOWN_OUTPUT = 200
+
+
+def _output_value(value: object) -> str:
+    """An output's value on one line, as JSON (a string quoted, a newline as \\n), cut
+    after MAX_SHOWN_OUTPUT characters."""
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) > MAX_SHOWN_OUTPUT:
+        text = f"{text[:MAX_SHOWN_OUTPUT]}... ({len(text)} characters; --json shows it whole)"
+    return one_line(text)
+
+
 def run_text(run: RunDetail, all_attempts: bool = False) -> str:
     """A `get_run` answer for people: the run's fields, then a table of its steps (an
     attempt line under each step tried more than once, or under every step that ran with
-    `all_attempts`, with where it ran when its executor says), and the `dagd logs` command
-    for the first failed step's output. Times are UTC; outside text is shown with control
+    `all_attempts`, with where it ran when its executor says; what a step polling its
+    wait_for waits for), the steps' outputs, and the `dagd logs` command for the first failed
+    step's output. Times are UTC; outside text is shown with control
     characters escaped."""
     from dagd.cli.render import format_duration
 
@@ -234,6 +248,9 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
     rows: list[tuple[str, ...]] = []
     for step in run.steps:
         count = _attempt_count(step)
+        note = one_line(step.error) if step.error else ""
+        if step.waiting_for is not None:
+            note = f"waiting for: {one_line(step.waiting_for)}"
         rows.append(
             (
                 one_line(step.step_id) + (" (handler)" if step.handler is not None else ""),
@@ -241,7 +258,7 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
                 str(count),
                 _time(step.start_time),
                 format_duration(step.duration) or "-",
-                one_line(step.error) if step.error else "",
+                note,
             )
         )
         if all_attempts or count > 1:
@@ -266,6 +283,13 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
                 )
     header = ("STEP", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "ERROR")
     lines += ["", *_table(header, rows)]
+    outputs = [
+        f"  {one_line(step.step_id)}.{one_line(key)} = {_output_value(value)}"
+        for step in run.steps
+        for key, value in step.outputs.items()
+    ]
+    if outputs:
+        lines += ["", "OUTPUTS", *outputs]
     failed = [step.step_id for step in run.steps if step.status is StepStatus.FAILED]
     failed.sort(key=lambda sid: sid.startswith("@"))  # a step's output before a handler's
     if failed:

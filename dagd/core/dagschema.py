@@ -30,6 +30,7 @@ from dagd.core.spec import (
     Duration,
     Flag,
     Handlers,
+    InlineTable,
     Integer,
     Key,
     Kind,
@@ -125,6 +126,8 @@ def _kind_schema(kind: Kind) -> dict[str, Any]:
                 "properties": {kind.value: handler for kind in HandlerKind},
                 "additionalProperties": False,
             }
+        case InlineTable():
+            return _table_schema(kind.keys)
     assert_never(kind)
 
 

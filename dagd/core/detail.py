@@ -5,7 +5,7 @@ run state, or the store's records; a loaded DAG) and gets the answer's values ba
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from dagd.core.model import DagSpec, StepSpec, StepStatus
 from dagd.core.outcome import redact_url
@@ -19,7 +19,7 @@ from dagd.core.protocol.answers import (
     TriggerKind,
 )
 from dagd.core.records import AttemptRecord, RunRecord
-from dagd.core.runstate import RunState, duration_ms
+from dagd.core.runstate import RunState, duration_ms, waiting_for
 
 
 class StepRow(Protocol):
@@ -41,6 +41,8 @@ class StepRow(Protocol):
     def error(self) -> str | None: ...
     @property
     def attempt(self) -> int: ...
+    @property
+    def outputs(self) -> Mapping[str, Any] | None: ...
 
 
 def trigger_kind(run_id: str) -> TriggerKind | None:
@@ -71,6 +73,8 @@ def live_run_detail(
             list(st.spec.depends_on),
             attempts.get(sid, []),
             st.spec.handler,
+            dict(st.outputs or {}),
+            waiting_for(st),
         )
         for sid, st in state.steps.items()
     ]
@@ -118,6 +122,7 @@ def stored_run_detail(
                 ups,
                 attempts.get(sid, []),
                 handler,
+                dict(row.outputs or {}),
             )
         )
     return _run_detail(record, version, steps)

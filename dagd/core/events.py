@@ -8,6 +8,9 @@ is None until the event log assigns one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import attrs
 
 from dagd.core.model import HandlerKind, RunStatus, StepStatus
@@ -48,6 +51,12 @@ class StepStatusEvent:
     worker: str | None = None
     # A lifecycle handler's kind (`on_failure`, ...); on the wire only for handlers.
     handler: HandlerKind | None = None
+    # The step's wait_for command (one line) while the step polls it, before its own command
+    # runs; on the wire as `waitingFor` only when set.
+    waiting_for: str | None = None
+    # What a successful step handed downstream (key -> JSON value). Not on the wire (up to 64
+    # KiB a step; `get_run` answers them): the store keeps them with the step's attempt.
+    outputs: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(slots=True)

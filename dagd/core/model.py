@@ -10,6 +10,7 @@ compare statuses with them, never with string copies.
 from __future__ import annotations
 
 import enum
+import shlex
 from collections.abc import Mapping
 from typing import Final
 
@@ -175,6 +176,21 @@ HANDLERS_OF: Final[Mapping[RunStatus, tuple[HandlerKind, ...]]] = {
 
 
 @attrs.frozen
+class WaitFor:
+    """A step's `wait_for`: run `command` (a string for /bin/sh -c, or an argv tuple) every
+    `interval` seconds until it exits 0; after `timeout` seconds the attempt fails."""
+
+    command: str | tuple[str, ...]
+    interval: float = 30.0
+    timeout: float = 3600.0
+
+
+def command_text(command: str | tuple[str, ...]) -> str:
+    """A command as one line for people: a string as written, an argv shell-quoted."""
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+@attrs.frozen
 class StepSpec:
     """One step of a DAG, or a lifecycle handler (`handler` set). Exactly one of `command`
     and `call` is set, or, for a handler only, `notify` instead."""
@@ -205,6 +221,11 @@ class StepSpec:
     notify: tuple[str, ...] = ()
     title: str | None = None
     body: str | None = None
+    # Checked before each attempt, on this machine (docs/dags.md): exit 0 runs the attempt,
+    # anything else skips the step. A string runs through /bin/sh -c, a tuple is an argv.
+    precondition: str | tuple[str, ...] | None = None
+    # Polled before each attempt (after `precondition`) until it exits 0.
+    wait_for: WaitFor | None = None
 
     @property
     def max_attempts(self) -> int:

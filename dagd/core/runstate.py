@@ -29,14 +29,18 @@ A step's phase is finer than its status, because the engine has to know where an
     waiting    --triggered--> ready       --dispatch--> dispatched       --started--> running
     retry_wait --retry_due--> retry_ready --dispatch--> retry_dispatched --started--> running
     running --succeeded--> success, --failed--> failed, --failed_will_retry--> retry_wait
+    dispatched, retry_dispatched --poll--> polling --started--> running (`wait_for` polls;
+        polling --failed--> failed, --failed_will_retry--> retry_wait: it timed out)
+    dispatched, retry_dispatched --declined--> skipped (the step's `precondition` said no)
     waiting --skip--> skipped, --upstream_failed--> upstream_failed
     dispatched, retry_dispatched, running --stopped--> cancelled
     waiting, ready, retry_wait, retry_ready --cancel--> cancelled
     every phase but success --reset--> waiting
 
 `waiting`, `ready` and `dispatched` are all status `pending`; the three `retry_*` phases are
-all status `retrying`. A run's cancel moves every waiting phase to `cancelled` at once and asks
-for the attempts that are out (`dispatched`, `retry_dispatched`, `running`) to stop; a run
+all status `retrying`; `polling` is status `running` (its events say what it waits for). A
+run's cancel moves every waiting phase to `cancelled` at once and asks for the attempts that
+are out (`dispatched`, `retry_dispatched`, `running`, `polling`) to stop; a run
 retry resets every step that did not succeed to `waiting`. Trigger rules are small functions
 of a step's upstream counters (how many upstreams, how many finished, succeeded, failed,
 skipped), which `_finished` keeps up to date as upstream steps reach a final status; a rule
@@ -58,7 +62,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 
@@ -82,6 +86,7 @@ from dagd.core.model import (
     StepSpec,
     StepStatus,
     TriggerRule,
+    command_text,
 )
 from dagd.core.outcome import MAX_LISTED, FailedStep, RunOutcome
 
@@ -264,6 +269,7 @@ class Phase(enum.StrEnum):
     READY = "ready"  # in the ready queue, for a max_active_steps slot
     DISPATCHED = "dispatched"  # a StartStep is out and not yet answered
     RUNNING = "running"
+    POLLING = "polling"  # the attempt polls its wait_for command, before its own command
     RETRY_WAIT = "retry_wait"  # a ScheduleRetry is out
     RETRY_READY = "retry_ready"
     RETRY_DISPATCHED = "retry_dispatched"
@@ -282,6 +288,8 @@ class StepInput(enum.StrEnum):
     UPSTREAM_FAILED = "upstream_failed"  # likewise, because an upstream failed
     DISPATCH = "dispatch"  # a slot is free: StartStep
     STARTED = "started"
+    POLL = "poll"  # the attempt's wait_for began polling
+    DECLINED = "declined"  # the attempt's precondition said no: the step is skipped
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # the attempt failed and the step has no attempt left
     FAILED_WILL_RETRY = "failed_will_retry"  # the attempt failed; another one follows
@@ -302,14 +310,25 @@ _CANCEL_OR_RESET: Final = {E.CANCEL: P.CANCELLED, E.RESET: P.WAITING, E.REARM: P
 _STOP_OR_RESET: Final = {E.STOPPED: P.CANCELLED, E.RESET: P.WAITING, E.REARM: P.WAITING}
 _RESET: Final = {E.RESET: P.WAITING, E.REARM: P.WAITING}
 
+# What a dispatched attempt may do before its command runs: start it, poll its wait_for, or
+# be skipped by its precondition.
+_BEGIN: Final = {E.STARTED: P.RUNNING, E.POLL: P.POLLING, E.DECLINED: P.SKIPPED}
+
 STEP_TRANSITIONS: Final[Mapping[Phase, Mapping[StepInput, Phase]]] = {
     P.WAITING: {**_VERDICTS, **_CANCEL_OR_RESET},
     P.READY: {E.DISPATCH: P.DISPATCHED, **_CANCEL_OR_RESET},
-    P.DISPATCHED: {E.STARTED: P.RUNNING, **_STOP_OR_RESET},
+    P.DISPATCHED: {**_BEGIN, **_STOP_OR_RESET},
     P.RUNNING: {**_OUTCOMES, **_STOP_OR_RESET},
+    # A wait_for that timed out fails the attempt (and may be retried) as a command would.
+    P.POLLING: {
+        E.STARTED: P.RUNNING,
+        E.FAILED: P.FAILED,
+        E.FAILED_WILL_RETRY: P.RETRY_WAIT,
+        **_STOP_OR_RESET,
+    },
     P.RETRY_WAIT: {E.RETRY_DUE: P.RETRY_READY, **_CANCEL_OR_RESET},
     P.RETRY_READY: {E.DISPATCH: P.RETRY_DISPATCHED, **_CANCEL_OR_RESET},
-    P.RETRY_DISPATCHED: {E.STARTED: P.RUNNING, **_STOP_OR_RESET},
+    P.RETRY_DISPATCHED: {**_BEGIN, **_STOP_OR_RESET},
     P.SUCCESS: {E.REARM: P.WAITING},  # kept by a run retry, unless it is a handler
     P.FAILED: _RESET,
     P.UPSTREAM_FAILED: _RESET,
@@ -322,6 +341,7 @@ STATUS_OF: Final[Mapping[Phase, StepStatus]] = {
     P.READY: S.PENDING,
     P.DISPATCHED: S.PENDING,
     P.RUNNING: S.RUNNING,
+    P.POLLING: S.RUNNING,  # after RUNNING: a running step rests in RUNNING (RESTING_PHASE)
     P.RETRY_WAIT: S.RETRYING,
     P.RETRY_READY: S.RETRYING,
     P.RETRY_DISPATCHED: S.RETRYING,
@@ -339,11 +359,11 @@ RESTING_PHASE: Final[Mapping[StepStatus, Phase]] = {
 }
 
 #: Phases with an attempt out: a run's cancel stops them (StopStep) rather than ending them.
-ATTEMPT_OUT: Final = frozenset({P.DISPATCHED, P.RETRY_DISPATCHED, P.RUNNING})
+ATTEMPT_OUT: Final = frozenset({P.DISPATCHED, P.RETRY_DISPATCHED, P.RUNNING, P.POLLING})
 
 # The hot path reads enum members through module names: on Python 3.11 an attribute of an
 # Enum class costs about 100 ns, a global about 10 (bench/engine_overhead.py runs through here).
-_WAITING, _READY = P.WAITING, P.READY
+_WAITING, _READY, _POLLING = P.WAITING, P.READY, P.POLLING
 _TRIGGERED, _SKIP, _UPSTREAM_FAILED = E.TRIGGERED, E.SKIP, E.UPSTREAM_FAILED
 _DISPATCH, _STARTED, _SUCCEEDED = E.DISPATCH, E.STARTED, E.SUCCEEDED
 _REPORT = RI.REPORT
@@ -433,6 +453,7 @@ class StepState:
     end_time: float | None = None
     error: str | None = None
     worker: str | None = None  # where the latest attempt ran, when its executor said
+    outputs: Mapping[str, Any] | None = None  # what it handed downstream, once it succeeded
     up_total: int = 0
     up_done: int = 0
     up_success: int = 0
@@ -453,6 +474,15 @@ class StepState:
     def dispatched(self) -> bool:
         """A StartStep is out and not yet answered by `step_started`."""
         return self.phase is P.DISPATCHED or self.phase is P.RETRY_DISPATCHED
+
+
+def waiting_for(st: StepState) -> str | None:
+    """What a step waits for while it polls its wait_for (its command, as one line); None
+    when it does not poll."""
+    wait_for = st.spec.wait_for
+    if st.phase is not _POLLING or wait_for is None:
+        return None
+    return command_text(wait_for.command)
 
 
 def duration_ms(start: float | None, end: float | None) -> int | None:
@@ -532,6 +562,8 @@ class RunState:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self._requeued = False  # set by requeue(): start() must apply trigger rules at once
+        # Whether any step has outputs: until one has, no step needs its upstreams' looked up.
+        self.has_outputs = False
 
     @classmethod
     def restore(
@@ -541,6 +573,7 @@ class RunState:
         params: Mapping[str, str] | None,
         status: RunStatus,
         steps: Mapping[str, StepRecordTuple],
+        outputs: Mapping[str, Mapping[str, Any]] | None = None,
         **kwargs: float,
     ) -> RunState:
         """Rebuild a finished run from its record, e.g. to retry it after a restart.
@@ -548,7 +581,9 @@ class RunState:
         `steps` maps step id -> (status, retry_count, start_time, end_time, error[, attempt]),
         `attempt` being the latest attempt number over all tries (0: unknown, as in records
         from before it was kept); steps the record does not know (never touched, or added to
-        the DAG since) are pending. `kwargs` go to the constructor (`progress_interval`).
+        the DAG since) are pending. `outputs`: the stored outputs by step id (those of steps
+        restored as successful are kept, for the steps a retry runs again). `kwargs` go to the
+        constructor (`progress_interval`).
         Raises `IllegalTransition` if `status` is not a finished one.
         """
         if not status.finished:
@@ -563,6 +598,11 @@ class RunState:
                 st.attempt = retry_count + 1 if start is not None else 0
                 st.attempts_before = max(0, (rest[0] if rest else 0) - st.attempt)
                 st.start_time, st.end_time, st.error = start, end, error
+        for sid, given in (outputs or {}).items():
+            st = state.steps.get(sid)
+            if st is not None and st.status is _SUCCESS and given:
+                st.outputs = given
+                state.has_outputs = True
         state._run_enter(RunPhase(status.value))
         state._recount()
         return state
@@ -610,6 +650,8 @@ class RunState:
             attempt=st.attempts_before + st.attempt,
             worker=st.worker,
             handler=st.spec.handler,
+            waiting_for=waiting_for(st) if st.phase is _POLLING else None,
+            outputs=st.outputs,
         )
 
     @property
@@ -643,6 +685,26 @@ class RunState:
         """The run's status event as of `now`."""
         return DagRunStatusEvent(self.dag.id, self.run_id, self.status, now)
 
+    def upstream_outputs(self, step_id: str) -> dict[str, Mapping[str, Any]]:
+        """The outputs a step receives: those of every step upstream of it (through
+        `depends_on`, transitively) that has any, by step id, upstream steps first (the DAG's
+        topological order). Empty, at once, while no step of the run has outputs."""
+        if not self.has_outputs:
+            return {}
+        steps = self.steps
+        seen: set[str] = set()
+        todo = list(steps[step_id].spec.depends_on)
+        while todo:
+            up = todo.pop()
+            if up not in seen:
+                seen.add(up)
+                todo.extend(steps[up].spec.depends_on)
+        found = {}
+        for sid in self.dag.order:
+            if sid in seen and (given := steps[sid].outputs):
+                found[sid] = given
+        return found
+
     # ------------------------------------------------------------------ events
 
     def start(self, now: float) -> list[Effect]:
@@ -669,25 +731,61 @@ class RunState:
         return self._settle(out, now, force_progress=True)
 
     def step_started(self, step_id: str, now: float) -> list[Effect]:
-        """A dispatched attempt is now actually running. Raises `IllegalTransition` unless
-        the step was dispatched and the run is running."""
+        """A dispatched attempt's command now actually runs (after its wait_for, if it
+        polled: the step stays running, with the start time of its polling). Raises
+        `IllegalTransition` unless the step was dispatched or polling and the run is running."""
         st = self._reported(step_id)
         phase = self._next(st, _STARTED)
+        out: list[Effect] = []
+        if st.phase is not _POLLING:
+            st.start_time, st.end_time, st.error, st.worker = now, None, None, None
+        self._enter(st, phase, now, out)
+        return self._settle(out, now)
+
+    def step_polling(self, step_id: str, now: float) -> list[Effect]:
+        """A dispatched attempt polls its step's `wait_for` command: the step is running, and
+        its events say what it waits for (`waiting_for`). Raises `IllegalTransition` unless
+        the step was dispatched and the run is running."""
+        st = self._reported(step_id)
+        phase = self._next(st, E.POLL)
         out: list[Effect] = []
         st.start_time, st.end_time, st.error, st.worker = now, None, None, None
         self._enter(st, phase, now, out)
         return self._settle(out, now)
 
+    def step_skipped(self, step_id: str, now: float, reason: str) -> list[Effect]:
+        """A dispatched attempt's precondition said no: the attempt is not made, the step is
+        skipped with `reason` (its `error`), and its downstream steps' trigger rules count it
+        as skipped. Raises `IllegalTransition` unless the step was dispatched and the run is
+        running."""
+        st = self._reported(step_id)
+        phase = self._next(st, E.DECLINED)
+        out: list[Effect] = []
+        self.active -= 1
+        st.attempt -= 1  # never made: the numbering goes on from the last attempt made
+        st.start_time, st.end_time, st.error, st.worker = None, now, reason, None
+        self._enter(st, phase, now, out)
+        self._finished(st, now, out)
+        return self._settle(out, now)
+
     def step_succeeded(
-        self, step_id: str, now: float, worker: str | None = None
+        self,
+        step_id: str,
+        now: float,
+        worker: str | None = None,
+        outputs: Mapping[str, Any] | None = None,
     ) -> list[Effect]:
-        """The running attempt succeeded (on `worker`, when its executor named one). Raises
-        `IllegalTransition` unless it was running."""
+        """The running attempt succeeded (on `worker`, when its executor named one), handing
+        `outputs` (key -> JSON value, checked by dagd/core/outputs.py) to the steps downstream.
+        Raises `IllegalTransition` unless it was running."""
         st = self._reported(step_id)
         phase = self._next(st, _SUCCEEDED)
         out: list[Effect] = []
         self.active -= 1
         st.end_time, st.error, st.worker = now, None, worker
+        if outputs:
+            st.outputs = outputs
+            self.has_outputs = True
         self._enter(st, phase, now, out)
         self._finished(st, now, out)
         return self._settle(out, now)
@@ -832,7 +930,7 @@ class RunState:
             # every step but a successful one; every handler
             phase = _TRANSITIONS[st.phase].get(E.REARM if st.spec.handler else E.RESET)
             if phase is not None:
-                st.start_time = st.end_time = st.error = None
+                st.start_time = st.end_time = st.error = st.outputs = None
                 st.attempts_before += st.attempt  # numbering goes on; the retry budget is new
                 st.attempt = 0
                 self._enter(st, phase, now, out)

@@ -29,6 +29,7 @@ from dagd.core.model import (
     HandlerKind,
     StepSpec,
     TriggerRule,
+    WaitFor,
     param_text,
     param_variable,
 )
@@ -179,6 +180,14 @@ class Handlers:
     """The `[handlers.<kind>]` tables: kinds from HandlerKind, each read by HANDLER_TABLE."""
 
 
+@attrs.frozen
+class InlineTable:
+    """An inline table whose keys are declared in `keys` (as a step's are), read into a dict
+    of those keys' values; a problem in it names the field as `<key>.<inner key>`."""
+
+    keys: dict[str, Key]
+
+
 Kind = (
     Text
     | Flag
@@ -193,6 +202,7 @@ Kind = (
     | Steps
     | Urls
     | Handlers
+    | InlineTable
 )
 
 #: The most notification URLs one handler may give.
@@ -266,6 +276,21 @@ DAG_TABLE: dict[str, Key] = {
 #: A step needs exactly one of these keys: what it runs.
 ONE_OF_STEP_KEYS = ("command", "call")
 
+#: The keys of a step's `wait_for` table.
+WAIT_FOR_TABLE: dict[str, Key] = {
+    "command": Key(
+        Command(),
+        "Polled until it exits 0: a string runs through /bin/sh -c, a list is an argv.",
+        required=True,
+    ),
+    "interval": Key(Duration(positive=True), "Wait between the end of one poll and the next.", 30),
+    "timeout": Key(
+        Duration(positive=True),
+        "The attempt fails when the command has not exited 0 after this long.",
+        3600,
+    ),
+}
+
 #: The keys of a `[steps.<id>]` table, in the order the docs list them.
 STEP_TABLE: dict[str, Key] = {
     "command": Key(
@@ -306,6 +331,16 @@ STEP_TABLE: dict[str, Key] = {
     "executor": Key(
         _EXECUTOR,
         "Where this step's attempts run; default: the DAG's executor.",
+    ),
+    "precondition": Key(
+        Command(),
+        "Run on the daemon's machine before each attempt: exit 0 runs the attempt, any other "
+        "exit skips the step (a string runs through /bin/sh -c, a list is an argv).",
+    ),
+    "wait_for": Key(
+        InlineTable(WAIT_FOR_TABLE),
+        "Poll a command on the daemon's machine before each attempt (after the "
+        "precondition) until it exits 0: { command, interval, timeout }.",
     ),
 }
 
@@ -406,6 +441,22 @@ def parse_duration(value: object, maximum: float = MAX_DURATION) -> float:
             f"got {show(value)}"
         )
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a DAG file writes a duration, the inverse of `parse_duration`: 7200 ->
+    '2h', 5400 -> '1h30m', 90 -> '1m30s', 0.25 -> '250ms', 1.5 -> '1.5s', 0 -> '0s'."""
+    whole = int(seconds)
+    if seconds != whole or whole == 0:
+        if 0 < seconds < 1 and round(seconds * 1000) == seconds * 1000:
+            return f"{round(seconds * 1000)}ms"
+        return f"{whole}s" if seconds == whole else f"{seconds:.3f}".rstrip("0") + "s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -607,7 +658,28 @@ def _read(
                     r.problem(f"URL {i + 1}: {message}", step, name)
                     return default
             return tuple(urls)
+        case InlineTable():
+            return _read_table(r, kind, table, name, step, default)
     assert_never(kind)
+
+
+def _read_table(
+    r: _Reader, kind: InlineTable, table: Table, name: str, step: str | None, default: Any
+) -> Any:
+    """An inline table of declared keys -> {key: value}, else `default` with its problems
+    recorded, each at field `<name>.<key>`."""
+    raw = r.get(table, name, dict, default=None, step=step)
+    if raw is None:
+        return default
+    inner = _Reader(r.file)
+    inner.unknown_keys(raw, list(kind.keys), step)
+    values = {key: _read(inner, kind.keys, raw, key, step) for key in kind.keys}
+    for key, declared in kind.keys.items():
+        if declared.required and key not in raw:
+            inner.problem("is required", step, key)
+    for problem in inner.problems:
+        r.problems.append(attrs.evolve(problem, field=f"{name}.{problem.field}"))
+    return default if inner.problems else values
 
 
 def _read_command(
@@ -666,6 +738,8 @@ def _read_step(
         trigger_rule=TriggerRule(read("trigger_rule")),
         description=read("description"),
         executor=read("executor", dag_executor),
+        precondition=read("precondition"),
+        wait_for=_wait_for(read("wait_for")),
     )
 
 
@@ -723,6 +797,11 @@ def _read_handler(
         title=read("title"),
         body=read("body"),
     )
+def _wait_for(values: dict[str, Any] | None) -> WaitFor | None:
+    """A `wait_for` table's values (InlineTable's reading) -> WaitFor."""
+    if values is None or values["command"] is None:
+        return None
+    return WaitFor(values["command"], values["interval"], values["timeout"])
 
 
 def decode_text(data: str | bytes) -> str:

@@ -854,6 +854,8 @@ class Daemon:
             record.params,
             status,
             rows,
+            # The outputs of the steps that stay successful: the steps rerun read them.
+            outputs=None if every_step else {s.step_id: s.outputs for s in steps if s.outputs},
             progress_interval=self.config.progress_interval,
             handler_grace=self.config.handler_grace,
         )

@@ -157,6 +157,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     ) WITHOUT ROWID;
     DROP INDEX IF EXISTS events_by_dag;
     """,
+    # 6: a step's outputs (dagd/core/outputs.py), as the JSON object its successful attempt
+    # gave (at most 64 KiB), kept with the step's row: a run retry reruns only steps that did
+    # not succeed, and the steps it reruns read their upstreams' outputs from here.
+    "ALTER TABLE steps ADD COLUMN outputs TEXT;",
 )
 
 VERSION = len(MIGRATIONS)

@@ -61,6 +61,7 @@ from dagd.core.events import (
     StepStatusEvent,
 )
 from dagd.core.model import FINISHED_RUN, RunStatus, StepStatus
+from dagd.core.outputs import decode_outputs, encode_outputs
 from dagd.core.protocol.events import encode_event
 from dagd.core.records import AttemptRecord, RunRecord
 from dagd.core.runstate import StepRecordTuple
@@ -222,6 +223,7 @@ class StepRecord:
     error: str | None
     leftover: LeftoverHandle | None = None
     attempt: int = 0  # the latest attempt's number over every try of the run (0: unknown)
+    outputs: dict[str, Any] | None = None  # what the step handed downstream, once it succeeded
 
     def restored(self) -> StepRecordTuple:
         """The row as `RunState.restore` takes a step (dagd/core/runstate.py)."""
@@ -388,6 +390,7 @@ def _step_record(row: Sequence[Any]) -> StepRecord:
         row[7],
         leftover=leftover,
         attempt=row[9],
+        outputs=decode_outputs(row[10]),
     )
 
 
@@ -445,7 +448,8 @@ _DEFINITION_OF_RUN = (
     " WHERE r.run_id = ?"
 )
 _STEP_COLUMNS = (
-    "run_id, step_id, status, retry_count, start_time, end_time, duration, error, leftover, attempt"
+    "run_id, step_id, status, retry_count, start_time, end_time, duration, error, leftover,"
+    " attempt, outputs"
 )
 
 
@@ -818,6 +822,7 @@ class Store:
                             ev.error,
                             ev.attempt,
                             ev.worker,
+                            None if ev.outputs is None else encode_outputs(ev.outputs),
                         )
                         steps[step] = row
                         # The attempt failed and another follows: the next one's running
@@ -901,11 +906,13 @@ class Store:
         if steps:
             conn.executemany(
                 "INSERT INTO steps (run_id, step_id, status, retry_count, start_time, end_time,"
-                " duration, error, attempt, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " duration, error, attempt, worker, outputs)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status,"
                 " retry_count=excluded.retry_count, start_time=excluded.start_time,"
                 " end_time=excluded.end_time, duration=excluded.duration, error=excluded.error,"
-                " attempt=max(attempt, excluded.attempt), worker=excluded.worker",
+                " attempt=max(attempt, excluded.attempt), worker=excluded.worker,"
+                " outputs=excluded.outputs",
                 list(steps.values()),
             )
             steps.clear()
@@ -914,14 +921,14 @@ class Store:
     def _write_superseded(
         conn: sqlite3.Connection, superseded: dict[tuple[tuple[str, str], int], tuple[Any, ...]]
     ) -> None:
-        """Attempts that ended retrying, as steps rows with the worker (retry_count, ?4, is
-        not kept). An attempt already kept stays as it was: how an attempt ended is the
-        first thing said about it."""
+        """Attempts that ended retrying, as steps rows with the worker (retry_count, ?4, and
+        outputs, ?11, are not kept: a retrying attempt gave none). An attempt already kept
+        stays as it was: how an attempt ended is the first thing said about it."""
         if superseded:
             conn.executemany(
                 "INSERT OR IGNORE INTO attempts (run_id, step_id, status, start_time, end_time,"
                 " duration, error, attempt, worker) VALUES (?1, ?2, ?3, ?5, ?6, ?7, ?8, ?9, ?10)",
-                list(superseded.values()),
+                [row[:10] for row in superseded.values()],
             )
             superseded.clear()
 

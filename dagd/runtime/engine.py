@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import assert_never
 
+import attrs
 import trio
 
 from dagd.core.events import DagEvent
@@ -29,8 +30,12 @@ from dagd.core.runstate import (
     StartStep,
     StopStep,
 )
+from dagd.runtime.conditions import poll_until, precondition_reason
 from dagd.runtime.executor import (
+    DEFAULT_EXECUTOR,
+    NO_OUTPUTS,
     AttemptResult,
+    Checker,
     LeftoverSink,
     StepContext,
     StepExecutor,
@@ -41,6 +46,17 @@ from dagd.runtime.local.executor import LocalExecutor
 from dagd.runtime.notify import Notifier
 
 log = logging.getLogger("dagd.runtime.engine")
+
+
+@attrs.frozen
+class Skip:
+    """An attempt not made: its step's precondition said no (`reason`, the step's error)."""
+
+    reason: str
+    ok: bool = False  # read like an AttemptResult's, first, on the engine's hot path
+    outputs: None = None
+    worker: None = None
+
 
 Publish = Callable[[DagEvent], None]
 WallClock = Callable[[], float]
@@ -90,6 +106,9 @@ class RunDriver:
         self.on_leftover = on_leftover
         self._notifier = notifier
         self._scopes: dict[str, trio.CancelScope] = {}
+        # Who runs preconditions and wait_for polls: the local executor (conditions.py).
+        local = self.executors.get(DEFAULT_EXECUTOR)
+        self._checker: Checker | None = local if hasattr(local, "check") else None  # type: ignore[assignment]
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
         # What run() will do: start a queued run, or retry a failed or cancelled one. Decided
@@ -196,13 +215,20 @@ class RunDriver:
                 state.params,
                 executor.log_dir,
                 state.outcome() if spec.handler is not None else None,
+                state.upstream_outputs(sid) if state.has_outputs else NO_OUTPUTS,
             )
-            result = None
+            gated = spec.precondition is not None or spec.wait_for is not None
+            result: AttemptResult | Skip | None = None
             with scope:
                 if self.step_slots is not None:
                     async with self.step_slots:
-                        self._apply(state.step_started(sid, self.clock()))
-                        result = await self._run_attempt(executor, spec, ctx)
+                        if gated:
+                            result = await self._gated_attempt(executor, spec, ctx)
+                        else:
+                            self._apply(state.step_started(sid, self.clock()))
+                            result = await self._run_attempt(executor, spec, ctx)
+                elif gated:
+                    result = await self._gated_attempt(executor, spec, ctx)
                 else:
                     self._apply(state.step_started(sid, self.clock()))
                     result = await self._run_attempt(executor, spec, ctx)
@@ -211,7 +237,9 @@ class RunDriver:
             if result is None:  # cancelled before it finished
                 self._apply(state.step_cancelled(sid, now), take)
             elif result.ok:
-                self._apply(state.step_succeeded(sid, now, result.worker), take)
+                self._apply(state.step_succeeded(sid, now, result.worker, result.outputs), take)
+            elif isinstance(result, Skip):
+                self._apply(state.step_skipped(sid, now, result.reason), take)
             else:
                 error = result.error or "failed"
                 self._apply(state.step_failed(sid, now, error, result.worker), take)
@@ -223,6 +251,35 @@ class RunDriver:
                 # of them would hold the loop for the whole chain. A shell step always waited
                 # for its thread, so the next one may start at once.
                 await trio.lowlevel.checkpoint()
+
+    async def _gated_attempt(
+        self, executor: StepExecutor, spec: StepSpec, ctx: StepContext
+    ) -> AttemptResult | Skip:
+        """An attempt of a step with a precondition or a wait_for (conditions.py): check the
+        one, poll the other (the step is running, and says it waits), then run the attempt.
+        A precondition that exits non-zero skips the step (a `Skip` for the caller to apply);
+        a wait_for that times out fails the attempt."""
+        state, sid = self.state, ctx.step_id
+        checker = self._checker
+        if checker is None:
+            self._apply(state.step_started(sid, self.clock()))
+            return AttemptResult(False, "precondition and wait_for need the local executor")
+        if spec.precondition is not None:
+            checked = await checker.check(spec.precondition, spec, ctx)
+            if not checked.started:
+                self._apply(state.step_started(sid, self.clock()))
+                return AttemptResult(False, precondition_reason(checked))
+            if not checked.ok:
+                return Skip(precondition_reason(checked))
+        wait_for = spec.wait_for
+        if wait_for is not None:
+            self._apply(state.step_polling(sid, self.clock()))
+            command = wait_for.command
+            error = await poll_until(lambda: checker.check(command, spec, ctx), wait_for)
+            if error is not None:
+                return AttemptResult(False, error)
+        self._apply(state.step_started(sid, self.clock()))
+        return await self._run_attempt(executor, spec, ctx)
 
     async def _run_attempt(
         self, executor: StepExecutor, spec: StepSpec, ctx: StepContext

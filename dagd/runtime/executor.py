@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import attrs
@@ -35,6 +36,9 @@ log = logging.getLogger("dagd.runtime.executor")
 
 #: The executor of every step that names none.
 DEFAULT_EXECUTOR = "local"
+
+#: A step's upstream outputs when there are none (shared: a StepContext is made per attempt).
+NO_OUTPUTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
 
 #: A leftover handle: JSON-able (str keys; str, int, float, bool, None, lists and dicts as
 #: values), opaque to everyone but the executor that made it. It always holds the key
@@ -50,6 +54,9 @@ class StepContext:
     on across retries of the run. `log_dir` is the executor's log folder, None when logs are
     not kept. `outcome`: for a lifecycle handler, how its run ended (dagd/core/outcome.py);
     None for an ordinary step.
+    not kept. `outputs` are the outputs of the steps upstream of this one (every step it
+    depends on, transitively, that gave any): step id -> key -> value, the values as the step
+    gave them (a shell step's are strings; docs/dags.md, "Outputs").
     """
 
     dag_id: str
@@ -59,6 +66,7 @@ class StepContext:
     params: Mapping[str, str]
     log_dir: Path | None = None
     outcome: RunOutcome | None = None
+    outputs: Mapping[str, Mapping[str, Any]] = NO_OUTPUTS
 
     @property
     def log_path(self) -> Path | None:
@@ -86,12 +94,38 @@ class AttemptResult:
     """How an attempt ended: `ok`, or not with `error` (a one-line message for people, e.g.
     "exit code 3: <last stderr line>"); `timed_out` when the step's timeout stopped it;
     `worker`, where it ran when that is not this machine (a Dask worker's address), which the
-    step's events carry as `worker`."""
+    step's events carry as `worker`; `outputs`, what a successful attempt handed downstream
+    (key -> JSON value, checked by dagd/core/outputs.py; None: nothing)."""
 
     ok: bool
     error: str | None = None
     timed_out: bool = False
     worker: str | None = None
+    outputs: Mapping[str, Any] | None = None
+
+
+@attrs.frozen
+class CheckResult:
+    """How a step's precondition, or one poll of its wait_for, ended: `ok` (it exited 0);
+    `message`, for people, a phrase that follows "precondition" or "the last poll": "exited
+    1: <last line of stderr>", "was killed by SIGTERM", "could not start: ..."; `started`,
+    False when the command could not be started at all (a missing program or folder)."""
+
+    ok: bool
+    message: str
+    started: bool = True
+
+
+class Checker(Protocol):
+    """Runs a step's precondition and wait_for commands (the local executor does, on the
+    daemon's machine, whatever executor runs the step itself)."""
+
+    async def check(
+        self, command: str | tuple[str, ...], step: StepSpec, ctx: StepContext
+    ) -> CheckResult:
+        """Run `command` once with the step's environment and say how it ended; cancellation
+        stops it before `trio.Cancelled` propagates."""
+        ...
 
 
 @attrs.frozen

@@ -3,6 +3,7 @@ step, attempt and error) and what a DAG is, as text and as `--json` in the proto
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -67,6 +68,24 @@ DAGS = {
         env = { GATE = "gate" }
         [steps.wait]
         command = 'while [ ! -e "$GATE" ]; do sleep 0.02; done'
+    """,
+    "handoff": """
+        [steps.give]
+        command = '''
+        echo "rows=42" >> "$DAGD_OUTPUT"
+        printf 'note<<EOF\\nline 1\\nline 2\\nEOF\\n' >> "$DAGD_OUTPUT"
+        '''
+        [steps.py]
+        call = "outputfuncs:give"
+        [steps.bad]
+        command = 'echo "bad-key=1" >> "$DAGD_OUTPUT"'
+        [steps.skipped]
+        command = "true"
+        precondition = 'echo "no rows today" >&2; exit 1'
+        [steps.waits]
+        command = 'echo "rows=$DAGD_OUTPUT_GIVE_ROWS" >> "$DAGD_OUTPUT"'
+        depends_on = ["give"]
+        wait_for = { command = "test -f handoff-ready", interval = "0.1s" }
     """,
 }
 
@@ -317,3 +336,44 @@ def test_run_text_keeps_hostile_text_on_its_line() -> None:
     )
     assert row(text, "  attempt 2")[3] == "0.5s"
     assert lines[-1] == "output of a failed step: dagd logs 'r 1' s"
+
+
+def test_show_outputs_skips_and_a_waiting_step(daemon: DaemonProc, cli: CliRunner) -> None:
+    ready = daemon.root / "handoff-ready"
+    ready.unlink(missing_ok=True)
+    run_id = start_run(daemon, "handoff")
+    try:
+
+        def waiting() -> str | None:
+            out = invoke(cli, "show", run_id).stdout
+            return out if row(out, "waits")[1] == "running" else None
+
+        out = wait_for(waiting)
+        assert row(out, "waits")[-1] == "waiting for: test -f handoff-ready"
+    finally:
+        ready.touch()
+    wait_for(lambda: daemon.run_statuses("handoff").get(run_id) == "failed")
+    out = invoke(cli, "show", run_id).stdout
+    assert row(out, "skipped")[:2] == ["skipped", "skipped"]
+    assert row(out, "skipped")[-1] == "precondition exited 1: no rows today"
+    assert row(out, "bad")[-1] == (
+        "outputs of step 'bad': line 1: key 'bad-key' is not a valid output name (a letter or"
+        " _, then letters, digits and _, at most 64)"
+    )
+    assert row(out, "waits")[1] == "success"  # once its file was there
+    outputs = out.split("\nOUTPUTS\n")[1].split("\n\n")[0].splitlines()
+    assert outputs == [
+        '  give.rows = "42"',
+        '  give.note = "line 1\\nline 2"',
+        "  py.count = 3",
+        '  py.label = "a b"',
+        '  py.items = [1, "x"]',
+        "  py.ok = true",
+        "  py.none = null",
+        '  waits.rows = "42"',
+    ]
+    result = invoke(cli, "show", run_id, "--json")
+    steps = {s["stepId"]: s for s in json.loads(result.stdout)["steps"]}
+    assert steps["give"]["outputs"] == {"rows": "42", "note": "line 1\nline 2"}
+    assert steps["bad"]["outputs"] == {}
+    assert "waitingFor" not in steps["waits"]

@@ -68,6 +68,7 @@ class Row:
     retry_count: int
     error: str | None
     attempt: int
+    outputs: dict[str, object] | None = None
 
 
 def test_a_stored_run_lists_every_step_of_its_definition() -> None:

@@ -85,7 +85,11 @@ def make_dag(
     for name, opts in tables:
         lines.append(f"[{name}]")
         for key, value in {"command": "true", **opts}.items():
-            lines.append(f"{key} = {json.dumps(value)}")
+            if isinstance(value, dict):  # an inline table
+                inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
+                lines.append(f"{key} = {{ {inner} }}")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
     return parse_dag("\n".join(lines), file=f"{dag_id}.toml")
 
 
@@ -119,6 +123,8 @@ class Harness:
         self.now = now
         self.dispatched: set[str] = set()  # StartStep given, step_started not yet reported
         self.running: set[str] = set()  # step_started reported, no outcome yet
+        self.polling: set[str] = set()  # step_polling reported, step_started not yet
+        self.skipped_by_precondition: set[str] = set()
         self.retry_at: dict[str, float] = {}  # retry timers not yet fired
         self.stop_requested: set[str] = set()
         self.finished: list[RunStatus] = []  # FinishRun statuses, in order
@@ -142,9 +148,22 @@ class Harness:
         now = self._tick(at, dt)
         return self._call("step_started", lambda: self.rs.step_started(sid, now), now, sid)
 
-    def ok(self, sid, at=None, dt=1.0):
+    def poll(self, sid, at=None, dt=1.0):
         now = self._tick(at, dt)
-        return self._call("step_succeeded", lambda: self.rs.step_succeeded(sid, now), now, sid)
+        return self._call("step_polling", lambda: self.rs.step_polling(sid, now), now, sid)
+
+    def skip(self, sid, reason="precondition exited 1: no", at=None, dt=1.0):
+        now = self._tick(at, dt)
+        return self._call("step_skipped", lambda: self.rs.step_skipped(sid, now, reason), now, sid)
+
+    def ok(self, sid, at=None, dt=1.0, outputs=None):
+        now = self._tick(at, dt)
+        return self._call(
+            "step_succeeded",
+            lambda: self.rs.step_succeeded(sid, now, outputs=outputs),
+            now,
+            sid,
+        )
 
     def fail(self, sid, error="boom", at=None, dt=1.0):
         now = self._tick(at, dt)
@@ -205,6 +224,8 @@ class Harness:
             "retry_due": lambda: rs.retry_due(sid, now),
             "step_cancelled": lambda: rs.step_cancelled(sid, now),
             "grace_over": lambda: rs.grace_over(now),
+            "step_polling": lambda: rs.step_polling(sid, now),
+            "step_skipped": lambda: rs.step_skipped(sid, now, "precondition exited 1"),
         }[name]
         before = snapshot(rs)
         with pytest.raises(IllegalTransition):
@@ -216,6 +237,7 @@ class Harness:
     def _call(self, name, fn, now, sid=None, error=None):
         rs = self.rs
         before_steps = {s: state.status for s, state in rs.steps.items()}
+        was_polling = sid in self.polling
         before_run = rs.status
         before_counts = recount(rs)
         out = fn()
@@ -228,22 +250,37 @@ class Harness:
                 assert (e.dag_id, e.run_id, e.timestamp, e.seq) == (self.dag.id, RUN_ID, now, None)
 
         # Outcome reports end the attempt.
-        if name in ("step_succeeded", "step_failed", "step_timed_out", "step_cancelled"):
+        if name in (
+            "step_succeeded",
+            "step_failed",
+            "step_timed_out",
+            "step_cancelled",
+            "step_skipped",
+        ):
             self.dispatched.discard(sid)
             self.running.discard(sid)
+            self.polling.discard(sid)
             self.stop_requested.discard(sid)
+            if name == "step_skipped":
+                self.skipped_by_precondition.add(sid)
         elif name == "step_started":
-            self.dispatched.remove(sid)
+            if was_polling:
+                self.polling.remove(sid)
+            else:
+                self.dispatched.remove(sid)
             self.running.add(sid)
+        elif name == "step_polling":
+            self.dispatched.remove(sid)
+            self.polling.add(sid)
 
-        self._check_step_events(out, before_steps, now)
+        self._check_step_events(out, before_steps, now, sid if was_polling else None)
         self._check_run_events(out, before_run, now)
         self._check_progress(out, before_counts, now)
         self._check_errors(name, out, sid, error)
         self._check_effects(out, now)
         return out
 
-    def _check_step_events(self, out, before_steps, now):
+    def _check_step_events(self, out, before_steps, now, stopped_polling=None):
         by_step = defaultdict(list)
         for e in out:
             if isinstance(e, StepStatusEvent):
@@ -252,8 +289,16 @@ class Harness:
         for sid, state in self.rs.steps.items():
             events = by_step.get(sid, [])
             chain = [before_steps[sid], *(e.status for e in events)]
-            # One event per change: each event's status differs from the one before ...
+            # One event per change: each event's status differs from the one before (but
+            # a step whose polling ended says so, still running) ...
+            if sid == stopped_polling and chain[:2] == [S.RUNNING, S.RUNNING]:
+                chain = chain[1:]
+                assert events[0].waiting_for is None
             assert all(a is not b for a, b in itertools.pairwise(chain)), (sid, chain)
+            # A polling step's events, and only those, say what it waits for.
+            waits = state.spec.wait_for is not None and sid in self.polling
+            for e in events:
+                assert (e.waiting_for is not None) == (waits and e is events[-1])
             # ... and they lead to the step's current status (no change -> no event).
             assert chain[-1] is state.status, (sid, chain)
             if events:
@@ -282,7 +327,7 @@ class Harness:
             assert out[-2] == DagRunStatusEvent(self.dag.id, RUN_ID, rs.status, now)
             assert rs.ended_at == now
             assert all(state.status.finished for state in rs.steps.values())
-            assert not self.dispatched and not self.running
+            assert not self.dispatched and not self.running and not self.polling
             self.finished.append(rs.status)
         else:
             assert finishes == []
@@ -331,7 +376,7 @@ class Harness:
                 assert e.at == now + rs.handler_grace
                 self.grace_at = e.at
             if isinstance(e, StartStep):
-                assert e.step_id not in self.dispatched and e.step_id not in self.running
+                assert e.step_id not in self.dispatched | self.running | self.polling
                 self.dispatched.add(e.step_id)
                 self.starts[e.step_id].append(e.attempt)
                 state = rs.steps[e.step_id]
@@ -343,14 +388,16 @@ class Harness:
                 assert e.at >= now
                 self.retry_at[e.step_id] = e.at
             elif isinstance(e, StopStep):
-                assert e.step_id in self.dispatched or e.step_id in self.running
+                assert e.step_id in self.dispatched | self.running | self.polling
                 self.stop_requested.add(e.step_id)
         # The state agrees with us on which attempts are out.
         assert self.dispatched == {s for s, state in rs.steps.items() if state.dispatched}
-        assert self.running == {s for s, state in rs.steps.items() if state.status is S.RUNNING}
+        running = {s for s, state in rs.steps.items() if state.status is S.RUNNING}
+        assert self.running | self.polling == running
+        assert self.polling == {s for s, state in rs.steps.items() if state.phase == "polling"}
         limit = self.dag.max_active_steps
         if limit is not None:
-            assert len(self.dispatched) + len(self.running) <= limit
+            assert len(self.dispatched) + len(self.running) + len(self.polling) <= limit
         out_handlers = (self.dispatched | self.running) & set(self.dag.handlers)
         assert len(out_handlers) <= 1
         if out_handlers:
@@ -566,6 +613,8 @@ ACTIONS = {
     "step_cancelled": lambda h: h.step_cancelled("a"),
     "retry": lambda h: h.retry(),
     "requeue": lambda h: h.requeue(),
+    "poll": lambda h: h.poll("a"),
+    "skip": lambda h: h.skip("a"),
 }
 
 # (name, setup, action, step, expected step status, attempt, dispatched, run status)
@@ -614,6 +663,10 @@ LEGAL = [
     ("queued->cancelled", nothing, "cancel", "a", S.CANCELLED, 0, False, R.CANCELLED),
     ("failed->pending(retry)", setup_failed, "retry", "a", S.PENDING, 1, True, R.RUNNING),
     ("failed->queued(requeue)", setup_failed, "requeue", "a", S.PENDING, 0, False, R.QUEUED),
+    ("dispatched->polling", setup_dispatched, "poll", "a", S.RUNNING, 1, False, R.RUNNING),
+    ("dispatched->skipped", setup_dispatched, "skip", "a", S.SKIPPED, 0, False, R.SUCCESS),
+    ("retrying->skipped", setup_retry_dispatched, "skip", "a", S.SKIPPED, 1, False, R.SUCCESS),
+    ("retrying->polling", setup_retry_dispatched, "poll", "a", S.RUNNING, 2, False, R.RUNNING),
 ]
 
 
@@ -1432,6 +1485,10 @@ def random_dags(draw) -> DagSpec:
             "retries": draw(st.integers(0, 2)),
             "retry_delay": draw(st.sampled_from([0, 1, 5])),
         }
+        if draw(st.integers(0, 3)) == 0:
+            steps[f"s{i}"]["precondition"] = "true"
+        if draw(st.integers(0, 3)) == 0:
+            steps[f"s{i}"]["wait_for"] = {"command": "true"}
     # Shuffle file order: the state machine must not depend on it.
     names = draw(st.permutations(list(steps)))
     kinds = draw(st.lists(st.sampled_from(HANDLER_KINDS), unique=True, max_size=4))
@@ -1448,6 +1505,14 @@ HANDLER_KINDS = ["on_success", "on_failure", "on_cancel", "always"]
 
 def possible_actions(h: Harness) -> list[tuple[str, str]]:
     actions = [("started", sid) for sid in sorted(h.dispatched)]
+    for sid in sorted(h.dispatched):
+        spec = h.rs.steps[sid].spec  # (a handler's too)
+        if spec.precondition is not None:
+            actions.append(("skip", sid))
+        if spec.wait_for is not None:
+            actions.append(("poll", sid))
+    for sid in sorted(h.polling):
+        actions += [("started", sid), ("fail", sid)]
     for sid in sorted(h.running):
         actions += [("ok", sid), ("fail", sid), ("timeout", sid)]
     actions += [("step_cancelled", sid) for sid in sorted(h.stop_requested)]
@@ -1468,11 +1533,15 @@ def illegal_actions(h: Harness) -> list[tuple[str, str | None]]:
     if RunInput.GRACE_OVER not in RUN_TRANSITIONS[rs.phase]:
         out.append(("grace_over", None))
     for sid in rs.steps:
-        if sid not in h.dispatched:
+        if sid not in h.dispatched and sid not in h.polling:
             out.append(("step_started", sid))
+        if sid not in h.dispatched:
+            out += [("step_polling", sid), ("step_skipped", sid)]
         if sid not in h.running:
-            out += [("step_succeeded", sid), ("step_failed", sid), ("step_timed_out", sid)]
-        if sid not in h.dispatched and sid not in h.running:
+            out.append(("step_succeeded", sid))
+        if sid not in h.running and sid not in h.polling:
+            out += [("step_failed", sid), ("step_timed_out", sid)]
+        if sid not in h.dispatched and sid not in h.running and sid not in h.polling:
             out.append(("step_cancelled", sid))
         if sid not in h.retry_at:
             out.append(("retry_due", sid))
@@ -1491,7 +1560,11 @@ def check_final_statuses(h: Harness, fresh: bool) -> None:
         return
     for state in ordinary:
         spec = state.spec
+        if spec.id in h.skipped_by_precondition:
+            assert state.status is S.SKIPPED and state.error == "precondition exited 1: no"
+            continue
         ups = [rs.steps[u].status for u in spec.depends_on]
+        # Skipped by its own precondition, an upstream counts as skipped.
         ran = state.status in (S.SUCCESS, S.FAILED)
         assert ran == (state.attempt > 0)
         assert state.status in (S.SUCCESS, S.FAILED, S.SKIPPED, S.UPSTREAM_FAILED)
@@ -1595,6 +1668,10 @@ def test_random_runs_keep_every_invariant(dag, data):
             h.fail(sid, f"{sid} failed")
         elif name == "timeout":
             h.timeout(sid, 30)
+        elif name == "poll":
+            h.poll(sid)
+        elif name == "skip":
+            h.skip(sid)
         else:
             h.step_cancelled(sid)
     # Every progress event of every round kept the invariant (checked as emitted).
@@ -1731,3 +1808,123 @@ def test_cancel_a_requeued_run_before_it_starts():
     assert h.statuses() == {"a": "success", "b": "cancelled"}
     assert out[-1] == FinishRun(R.CANCELLED)
     assert h.finished == [R.FAILED, R.CANCELLED]
+
+
+# ======================================================= precondition, wait_for, outputs
+
+GATED_DAG = {
+    "a": {"precondition": "true", "wait_for": {"command": "true"}, "retries": 1},
+    "b": {"depends_on": ["a"]},
+    "c": {"depends_on": ["a"], "trigger_rule": "none_failed"},
+}
+
+
+def test_a_declined_precondition_skips_the_step_and_downstream_sees_a_skip():
+    h = Harness(make_dag(GATED_DAG))
+    h.start()
+    out = h.skip("a", "precondition exited 1: no data")
+    a = h.rs.steps["a"]
+    assert (a.status, a.error, a.attempt, a.start_time) == (
+        S.SKIPPED,
+        "precondition exited 1: no data",
+        0,  # the attempt was not made
+        None,
+    )
+    assert not [e for e in out if isinstance(e, ErrorEvent)]
+    assert h.status("b") is S.SKIPPED  # all_success: an upstream skipped
+    assert ("c", 1) in starts(out)  # none_failed: a skip is fine
+    h.run_through("c")
+    assert h.rs.status is R.SUCCESS
+
+
+def test_polling_is_running_then_the_command_runs_from_the_same_start():
+    h = Harness(make_dag(GATED_DAG))
+    h.start()
+    out = h.poll("a", at=T0 + 10)
+    [event] = [e for e in out if isinstance(e, StepStatusEvent)]
+    assert (event.status, event.waiting_for, event.start_time) == (S.RUNNING, "true", T0 + 10)
+    out = h.started("a", at=T0 + 70)
+    [event] = [e for e in out if isinstance(e, StepStatusEvent)]
+    assert (event.status, event.waiting_for, event.start_time) == (S.RUNNING, None, T0 + 10)
+    h.ok("a", at=T0 + 80)
+    assert h.rs.steps["a"].start_time == T0 + 10
+
+
+def test_a_wait_for_that_timed_out_is_retried_like_a_failure_then_fails():
+    h = Harness(make_dag(GATED_DAG))
+    h.start()
+    h.poll("a")
+    h.fail("a", "wait_for timed out after 1h: the last poll exited 1")
+    assert h.status("a") is S.RETRYING
+    h.retry_due("a")
+    h.poll("a")
+    h.fail("a", "wait_for timed out after 1h: the last poll exited 1")
+    assert h.status("a") is S.FAILED
+    assert h.status("b") is S.UPSTREAM_FAILED
+    assert h.rs.status is R.FAILED
+
+
+def test_a_cancel_stops_a_polling_step():
+    h = Harness(make_dag(GATED_DAG))
+    h.start()
+    h.poll("a")
+    out = h.cancel()
+    assert StopStep("a") in out
+    h.step_cancelled("a")
+    assert h.rs.status is R.CANCELLED
+
+
+def test_a_precondition_is_checked_again_before_a_retry_attempt():
+    h = Harness(make_dag(GATED_DAG))
+    h.start()
+    h.started("a")
+    h.fail("a")
+    h.retry_due("a")
+    h.skip("a")
+    a = h.rs.steps["a"]
+    assert (a.status, a.attempt, a.error) == (S.SKIPPED, 1, "precondition exited 1: no")
+    assert h.status("b") is S.SKIPPED
+
+
+def test_outputs_reach_every_step_downstream_and_a_run_retry_keeps_the_kept_ones():
+    dag = make_dag(
+        {
+            "a": {},
+            "x": {},
+            "b": {"depends_on": ["a"]},
+            "c": {"depends_on": ["b", "x"]},
+        }
+    )
+    h = Harness(dag)
+    h.start()
+    assert h.rs.upstream_outputs("c") == {}
+    h.started("a")
+    out = h.ok("a", outputs={"n": 1})
+    [event] = [e for e in out if isinstance(e, StepStatusEvent) and e.step_id == "a"]
+    assert event.outputs == {"n": 1}
+    h.started("x")
+    h.fail("x")
+    assert h.rs.upstream_outputs("b") == {"a": {"n": 1}}
+    assert h.rs.upstream_outputs("c") == {"a": {"n": 1}}  # through b, transitively
+    assert h.rs.upstream_outputs("x") == {}
+    h.started("b")
+    h.ok("b", outputs={"m": "2"})
+    assert list(h.rs.upstream_outputs("c")) == ["a", "b"]  # upstream first
+    assert h.rs.status is R.FAILED
+    h.retry()
+    assert h.rs.steps["a"].outputs == {"n": 1}  # kept: a is not run again
+    assert h.rs.upstream_outputs("c") == {"a": {"n": 1}, "b": {"m": "2"}}
+
+
+def test_restore_keeps_the_outputs_of_successful_steps_only():
+    dag = make_dag({"a": {}, "b": {"depends_on": ["a"]}})
+    rows = {"a": (S.SUCCESS, 0, T0, T0 + 1, None, 1), "b": (S.FAILED, 0, T0 + 1, T0 + 2, "x", 1)}
+    rs = RunState.restore(
+        dag, RUN_ID, {}, R.FAILED, rows, outputs={"a": {"k": "v"}, "b": {"lost": 1}}
+    )
+    assert rs.has_outputs and rs.steps["a"].outputs == {"k": "v"}
+    assert rs.steps["b"].outputs is None
+    rs.retry(T0 + 3)
+    assert rs.upstream_outputs("b") == {"a": {"k": "v"}}
+    plain = RunState.restore(dag, RUN_ID, {}, R.FAILED, rows)
+    assert not plain.has_outputs and plain.upstream_outputs("b") == {}

@@ -59,8 +59,10 @@ async def test_get_run_and_get_dag_on_the_wire(tmp_path: Path, aio: Aio, kind: s
             "attempt",
             "dependsOn",
             "attempts",
+            "outputs",
         ]
         assert (one["stepId"], one["status"], one["attempt"]) == ("one", "success", 1)
+        assert one["outputs"] == {}
         assert two["dependsOn"] == ["one"]
         [attempt] = one["attempts"]
         assert list(attempt) == [

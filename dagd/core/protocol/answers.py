@@ -11,6 +11,7 @@ is `replay_unavailable`.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import attrs
 
@@ -173,9 +174,9 @@ class StepDetail:
     """One step of a `run` answer: its latest status in the run, when its latest attempt
     started and ended (UNIX seconds), `duration` (ms), `retry_count` (retries in the run's
     latest try), `error`, `attempt` (the latest attempt's number over every try of the run, 0:
-    none yet), its upstream step ids, and every attempt the store has recorded, oldest first.
-    A lifecycle handler's step (id `@<kind>`, after the ordinary steps) has its kind in
-    `handler`, left off the wire for ordinary steps."""
+    none yet), its upstream step ids, every attempt the store has recorded, oldest first, and
+    its `outputs` (docs/dags.md, "Outputs"). A lifecycle handler's step (id `@<kind>`, after
+    the ordinary steps) has its kind in `handler`, left off the wire for ordinary steps."""
 
     step_id: str
     status: StepStatus
@@ -188,6 +189,10 @@ class StepDetail:
     depends_on: list[str]
     attempts: list[AttemptRecord]
     handler: HandlerKind | None = None
+    # What the step handed downstream once it succeeded (key -> JSON value; empty: nothing).
+    outputs: dict[str, Any] = attrs.field(factory=dict)
+    # While the step polls its wait_for: that command, as one line (on the wire only then).
+    waiting_for: str | None = None
 
 
 @attrs.frozen

@@ -59,10 +59,11 @@ TIME_FIELDS = frozenset(
         "slot",
     }
 )
-#: Event fields that are not on the wire: `seq` lives beside `data`; `attempt` is dagd's own.
-_EVENT_OFF_WIRE = frozenset({"seq", "attempt"})
+#: Event fields that are not on the wire: `seq` lives beside `data`; `attempt` is dagd's own;
+#: `outputs` go to the store (and `get_run`), not to every subscriber.
+_EVENT_OFF_WIRE = frozenset({"seq", "attempt", "outputs"})
 #: Optional fields left off the wire while they are None (their default).
-_OMIT_WHEN_NONE = frozenset({"worker", "handler", "notify"})
+_OMIT_WHEN_NONE = frozenset({"worker", "handler", "notify", "waiting_for"})
 _Scalar = str | int | float | bool
 
 

@@ -6,8 +6,8 @@ daemon's environment as it is then), entry by entry in `step.env_order`: the DAG
 then the step's, each seeing dagd's environment and the entries before it. Params travel only
 as environment variables (added after expansion, so no value expands into them and they never
 expand into a value), never pasted into the shell text: a param value is data, whatever
-characters it holds. DAGD_RUN_ID is also how recovery finds a step's
-processes when their process group was never recorded (procs.py).
+characters it holds; so are the outputs of upstream steps. DAGD_RUN_ID is also how recovery
+finds a step's processes when their process group was never recorded (procs.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Collection, Mapping
 
 from dagd.core.model import StepSpec, param_variable
 from dagd.core.outcome import outcome_env
+from dagd.core.outputs import OUTPUT_FILE_VAR, output_environment
 from dagd.core.text import expand_env
 from dagd.runtime.executor import StepContext
 
@@ -34,6 +35,7 @@ def step_environment(
     ctx: StepContext,
     base: Mapping[str, str] | None = None,
     hidden: Collection[str] = ALWAYS_HIDDEN,
+    output_file: str | None = None,
 ) -> dict[str, str]:
     """The environment of one attempt of a shell step: `base` (default: this process's
     environment) less the variables named in `hidden` (dagd's own secrets, such as the
@@ -43,7 +45,11 @@ def step_environment(
     DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT and DAGD_PARAM_<NAME> for each param (names
     upper-cased), and for a lifecycle handler its run's outcome (DAGD_RUN_STATUS,
     DAGD_FAILED_STEPS, DAGD_FAILED_COUNT, DAGD_RUN_OUTCOME: dagd/core/outcome.py), which a
-    step's `env` cannot override."""
+    step's `env` cannot override; then DAGD_OUTPUT_<STEP>_<KEY> for each
+    output of the steps upstream (`ctx.outputs`, dagd/core/outputs.py), and DAGD_OUTPUT, the
+    file the step writes its own outputs to: `output_file` (None: the variable is unset, for
+    a precondition or wait_for command). Raises OutputError when two upstream outputs would
+    be one variable."""
     env = dict(os.environ if base is None else base)
     for name in hidden:
         env.pop(name, None)
@@ -57,4 +63,10 @@ def step_environment(
         env[param_variable(name)] = value
     if ctx.outcome is not None:  # a lifecycle handler: how its run ended
         env.update(outcome_env(ctx.outcome))
+    if ctx.outputs:
+        env.update(output_environment(ctx.outputs))
+    if output_file is None:
+        env.pop(OUTPUT_FILE_VAR, None)
+    else:
+        env[OUTPUT_FILE_VAR] = output_file
     return env

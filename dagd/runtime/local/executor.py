@@ -17,14 +17,16 @@ from dagd.core.model import StepSpec
 from dagd.runtime.executor import (
     DEFAULT_EXECUTOR,
     AttemptResult,
+    CheckResult,
     Leftover,
     LeftoverSink,
     StepContext,
 )
 from dagd.runtime.local.environment import ALWAYS_HIDDEN
 from dagd.runtime.local.leftovers import clean_up as kill_leftovers
+from dagd.runtime.local.outputfiles import OutputFiles
 from dagd.runtime.local.python import run_callable
-from dagd.runtime.local.shell import Hurry, run_shell
+from dagd.runtime.local.shell import Hurry, run_check, run_shell
 
 
 @attrs.define
@@ -52,18 +54,25 @@ class LocalExecutor:
     sync_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(32))
     name: str = DEFAULT_EXECUTOR
     _hurry: Hurry = attrs.field(factory=Hurry, init=False)
+    _outputs: OutputFiles = attrs.field(factory=lambda: OutputFiles(), init=False)
 
     async def run(
         self, step: StepSpec, ctx: StepContext, on_leftover: LeftoverSink | None = None
     ) -> AttemptResult:
         """One attempt of `step` (a `call` or a `command`), as `StepExecutor.run` says. A
         callable gets `ctx` with this executor's `log_dir` if `ctx` has none. Only shell
-        attempts call `on_leftover` (once, right after the spawn, with leftovers.py's handle)."""
+        attempts call `on_leftover` (once, right after the spawn, with leftovers.py's handle).
+        A shell attempt's $DAGD_OUTPUT names a file in a folder of this executor's own
+        (outputfiles.py)."""
         call = step.call
         if call is not None:
             if ctx.log_dir is None and self.log_dir is not None:  # made on the first ctx.log()
                 ctx = attrs.evolve(ctx, log_dir=self.log_dir)
             return await run_callable(call, step.timeout, ctx, self.sync_limiter)
+        try:
+            output_path = self._outputs.next_path()
+        except OSError as exc:
+            return AttemptResult(False, f"cannot make a folder for outputs: {exc}")
         return await run_shell(
             step,
             ctx,
@@ -73,6 +82,24 @@ class LocalExecutor:
             hidden=self.hidden_env,
             executor=self.name,
             on_leftover=on_leftover,
+            hurry=self._hurry,
+            subreaper=self.subreaper,
+            output_path=output_path,
+        )
+
+    async def check(
+        self, command: str | tuple[str, ...], step: StepSpec, ctx: StepContext
+    ) -> CheckResult:
+        """A step's precondition, or one poll of its wait_for, on this machine (shell.py's
+        `run_check`): the step's environment and `cwd`, this executor's grace and hidden
+        variables."""
+        return await run_check(
+            command,
+            step,
+            ctx,
+            grace=self.grace,
+            base_env=self.base_env,
+            hidden=self.hidden_env,
             hurry=self._hurry,
             subreaper=self.subreaper,
         )

@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from dagd.core.outputs import OutputError, check_returned
 from dagd.core.runstate import format_seconds
 from dagd.core.text import printable
 from dagd.runtime.executor import AttemptResult, StepContext
@@ -75,7 +76,9 @@ async def run_callable(
     log_failure: FailureLog | None = None,
 ) -> AttemptResult:
     """Call the step function `target` with `ctx`; a sync one in a worker thread under
-    `limiter`. `timeout` in seconds (None or 0: none). An exception the step raises
+    `limiter`. `timeout` in seconds (None or 0: none). What it returns is its outputs: None,
+    or a mapping (dagd/core/outputs.py; anything else fails the attempt, naming the step and
+    the key). An exception the step raises
     (`SystemExit` included) fails the attempt with "<ExceptionType>: <message>"
     (control characters escaped); cancellation propagates (an abandoned thread runs on).
     The traceback of that exception, from the step's own code on, or why `target` names
@@ -87,20 +90,38 @@ async def run_callable(
     except CallableNotFound as exc:
         await report(ctx, f"dagd: cannot call {target!r}: {exc}\n")
         return AttemptResult(False, printable(str(exc)))
+    returned: Any = None
     try:
         if timeout:
             with trio.move_on_after(timeout) as scope:
-                await _call(fn, ctx, limiter)
+                returned = await _call(fn, ctx, limiter)
             if scope.cancelled_caught:
                 return AttemptResult(False, f"timed out after {format_seconds(timeout)}", True)
         else:
             # No timeout, no cancel scope: an idle scope costs ~5 µs per attempt, a sixth of
             # the engine's whole per-step overhead (bench/engine_overhead.py).
-            await _call(fn, ctx, limiter)
+            returned = await _call(fn, ctx, limiter)
     except (Exception, SystemExit) as exc:
         await report(ctx, _traceback_text(exc))
         return AttemptResult(False, _failure_message(exc))
-    return AttemptResult(True)
+    if returned is None:
+        return _OK
+    return returned_outputs(returned, ctx)
+
+
+#: The result of a step that returned None: shared, as results are frozen.
+_OK = AttemptResult(True)
+
+
+def returned_outputs(returned: object, ctx: StepContext) -> AttemptResult:
+    """The result of a Python step that returned `returned`: success with its outputs (a
+    mapping, dagd/core/outputs.py), or a failure that names the step and says what is wrong
+    with them."""
+    try:
+        outputs = check_returned(returned)
+    except OutputError as exc:
+        return AttemptResult(False, printable(f"outputs of step {ctx.step_id!r}: {exc}"))
+    return AttemptResult(True, outputs=outputs)
 
 
 def call_sync(fn: Callable[..., Any], ctx: StepContext) -> tuple[AttemptResult, str | None]:
@@ -109,10 +130,10 @@ def call_sync(fn: Callable[..., Any], ctx: StepContext) -> tuple[AttemptResult, 
     `run_callable` would give it and, for a failure, the traceback text that `run_callable`
     would log (None on success)."""
     try:
-        fn(ctx)
+        returned = fn(ctx)
     except (Exception, SystemExit) as exc:
         return AttemptResult(False, _failure_message(exc)), _traceback_text(exc)
-    return AttemptResult(True), None
+    return (_OK if returned is None else returned_outputs(returned, ctx)), None
 
 
 def _failure_message(exc: BaseException) -> str:
@@ -173,8 +194,8 @@ def _text(exc: BaseException) -> str:
         return f"<{type(exc).__name__} whose message cannot be shown>"
 
 
-async def _call(fn: Callable[..., Any], ctx: StepContext, limiter: trio.CapacityLimiter) -> None:
+async def _call(fn: Callable[..., Any], ctx: StepContext, limiter: trio.CapacityLimiter) -> Any:
+    """What the step function returned."""
     if inspect.iscoroutinefunction(fn):
-        await fn(ctx)
-    else:
-        await trio.to_thread.run_sync(fn, ctx, abandon_on_cancel=True, limiter=limiter)
+        return await fn(ctx)
+    return await trio.to_thread.run_sync(fn, ctx, abandon_on_cancel=True, limiter=limiter)

@@ -24,8 +24,10 @@ import attrs
 import trio
 
 from dagd.core.model import StepSpec
+from dagd.core.outputs import OutputError
 from dagd.core.runstate import format_seconds
-from dagd.runtime.executor import AttemptResult, LeftoverSink, StepContext
+from dagd.core.text import printable
+from dagd.runtime.executor import AttemptResult, CheckResult, LeftoverSink, StepContext
 from dagd.runtime.local.environment import step_environment
 from dagd.runtime.local.leftovers import leftover_handle
 from dagd.runtime.local.messages import exit_error, start_error
@@ -85,6 +87,10 @@ class _Running:
             await trio.to_thread.run_sync(contain, attempt.pid, attempt.ident)
 
 
+#: A successful attempt without outputs: shared, as results are frozen.
+_OK = AttemptResult(True)
+
+
 @attrs.define(eq=False)
 class Hurry:
     """The shell attempts one executor has running, and whether stopping them should skip
@@ -115,6 +121,7 @@ async def run_shell(
     on_leftover: LeftoverSink | None,
     hurry: Hurry,
     subreaper: bool,
+    output_path: str | None = None,
 ) -> AttemptResult:
     """Run one attempt of the shell step `step` (its `command`: a string for `/bin/sh -c`, or
     an argv tuple run without a shell) to its end. Output goes to the attempt's log files
@@ -124,6 +131,9 @@ async def run_shell(
     executor's registry of running attempts (`Hurry.kill_all` skips the grace period).
     `subreaper`: make this process a child subreaper first (once per process), so processes
     that leave the step's group come back to it and are killed when the attempt ends.
+    `output_path`: the file the step may write its outputs to ($DAGD_OUTPUT; it need not
+    exist), read and removed when the step ended: a successful attempt's result carries them,
+    and outputs that cannot be taken (dagd/core/outputs.py) fail it.
 
     Whatever the attempt started is killed when it ends, however it ends: its process group,
     and the processes that left the group (dagd is their subreaper; procs.contain).
@@ -151,11 +161,12 @@ async def run_shell(
         become_subreaper()  # once per process: a step's escaped processes come back to dagd
     shell_attempt = ShellAttempt(
         argv,
-        partial(step_environment, step, ctx, base_env, hidden),
+        partial(step_environment, step, ctx, base_env, hidden, output_path),
         step.cwd,
         log_paths,
         spawned,
         ident=(ctx.run_id, ctx.step_id, str(ctx.attempt)),
+        output_path=output_path,
     )
     running = _Running(shell_attempt)
     hurry.running.add(shell_attempt)
@@ -198,6 +209,8 @@ async def _wait(
         returncode = running.outcome.unwrap()
     except OSError as exc:
         return AttemptResult(False, start_error(argv, step.cwd, exc))
+    except OutputError as exc:  # two upstream outputs would be one variable
+        return AttemptResult(False, printable(f"cannot start the command: {exc}"))
     except ValueError as exc:  # e.g. a NUL byte in a param value or the command
         return AttemptResult(False, f"cannot start the command: {exc}")
     assert returncode is not None
@@ -207,10 +220,68 @@ async def _wait(
         # The step ran: its own result stands (failing it would run it again on retry), but
         # the lost output is said loudly, here and in a failure's message.
         paths = attempt.log_paths
-        where = unwritten.filename or (paths[0].parent if paths else "the step's log")
+        first = paths[0] if paths else None
+        where = unwritten.filename or (first.parent if first else "the step's log")
         lost = f"output lost, cannot write {where}: {unwritten.strerror or unwritten}"
         log.warning("step %s of run %s: %s", ctx.step_id, ctx.run_id, lost)
     if returncode == 0:
-        return AttemptResult(True)
+        if attempt.output_error is not None:
+            message = f"outputs of step {ctx.step_id!r}: {attempt.output_error}"
+            return AttemptResult(False, printable(message))
+        return AttemptResult(True, outputs=attempt.outputs) if attempt.outputs else _OK
     error = exit_error(returncode, attempt.stderr_tail)
     return AttemptResult(False, f"{error} ({lost})" if lost else error)
+
+
+async def run_check(
+    command: str | tuple[str, ...],
+    step: StepSpec,
+    ctx: StepContext,
+    *,
+    grace: float,
+    base_env: Mapping[str, str] | None,
+    hidden: Collection[str],
+    hurry: Hurry,
+    subreaper: bool,
+) -> CheckResult:
+    """Run a step's precondition or one poll of its wait_for: `command` (a string for
+    `/bin/sh -c`, or an argv) with the step's environment (without DAGD_OUTPUT) in its `cwd`,
+    its output discarded but for the tail of stderr, which the result's message quotes. Like
+    a step, it runs in a process group of its own, killed whole when it ends; cancellation
+    stops it (SIGTERM, then SIGKILL after `grace`) before `trio.Cancelled` propagates."""
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    if subreaper:
+        become_subreaper()
+    check = ShellAttempt(
+        argv,
+        partial(step_environment, step, ctx, base_env, hidden, None),
+        step.cwd,
+        (None, None),
+        ident=(ctx.run_id, ctx.step_id, str(ctx.attempt)),
+    )
+    running = _Running(check)
+    hurry.running.add(check)
+    running.start()
+    try:
+        try:
+            await running.done.wait()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await running.stop(grace, hurry)
+            raise
+    finally:
+        hurry.running.discard(check)
+    assert running.outcome is not None
+    try:
+        returncode = running.outcome.unwrap()
+    except OSError as exc:
+        return CheckResult(False, f"could not start: {start_error(argv, step.cwd, exc)}", False)
+    except ValueError as exc:  # a NUL byte in a param value; two outputs as one variable
+        return CheckResult(False, printable(f"could not start: {exc}"), False)
+    assert returncode is not None
+    if returncode == 0:
+        return CheckResult(True, "exited 0")
+    message = exit_error(returncode, check.stderr_tail)
+    if returncode < 0:  # "killed by SIGTERM"
+        return CheckResult(False, "was " + message)
+    return CheckResult(False, "exited " + message.removeprefix("exit code "))

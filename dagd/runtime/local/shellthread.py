@@ -32,6 +32,7 @@ from pathlib import Path
 
 import attrs
 
+from dagd.runtime.local.outputfiles import take_outputs
 from dagd.runtime.local.pipes import copy_until_exit, drain
 from dagd.runtime.local.procs import contain, signal_group
 from dagd.runtime.logfiles import RETRY_MARKER
@@ -61,7 +62,7 @@ class _Stream:
     """One output pipe and the log file it is copied to (created on the first byte)."""
 
     read_fd: int
-    path: Path
+    path: Path | None  # None: the output is not kept (a precondition's), only its tail
     keep_tail: bool
     log_fd: int | None = None
     tail: bytearray = attrs.field(factory=bytearray)
@@ -71,7 +72,7 @@ class _Stream:
         if self.keep_tail:
             self.tail += data
             del self.tail[:-_TAIL_SIZE]
-        if self.error is not None:
+        if self.error is not None or self.path is None:
             return  # the log cannot be written; keep draining so the child never blocks
         try:
             if self.log_fd is None:
@@ -102,7 +103,8 @@ class ShellAttempt:
     argv: list[str]
     make_env: Callable[[], Mapping[str, str]]
     cwd: str | None
-    log_paths: tuple[Path, Path] | None  # (.out, .err); None: output is discarded
+    # (.out, .err); None: output is discarded; (None, None): discarded but stderr's tail kept
+    log_paths: tuple[Path, Path] | tuple[None, None] | None
     on_spawn: Callable[[int], None] | None = None  # called in this thread, right after spawn
     # (DAGD_RUN_ID, DAGD_STEP_ID, DAGD_ATTEMPT): how `contain` knows this attempt's escapees
     ident: tuple[str, str, str] | None = None
@@ -111,6 +113,11 @@ class ShellAttempt:
     hurried: bool = False  # set by the loop: SIGKILL the group as soon as it exists
     stderr_tail: bytes = b""
     log_error: OSError | None = None  # the first failure to write a log file, if any
+    # The file named by $DAGD_OUTPUT (None: the attempt has none), read and removed once the
+    # step's process ended: its outputs, or why they cannot be taken (dagd/core/outputs.py).
+    output_path: str | None = None
+    outputs: dict[str, str] | None = None
+    output_error: str | None = None
 
     def run(self) -> int | None:
         """Blocking: the whole attempt. Returns the exit status (negative: killed by that
@@ -118,6 +125,14 @@ class ShellAttempt:
         if self.stopping:
             return None
         env = self.make_env()
+        if self.output_path is not None:
+            try:
+                return self._run(env)
+            finally:
+                self._take_outputs(self.output_path)
+        return self._run(env)
+
+    def _run(self, env: Mapping[str, str]) -> int:
         if self.log_paths is None:
             popen = self._spawn(env, subprocess.DEVNULL, subprocess.DEVNULL)
             self._started(popen.pid)
@@ -128,6 +143,11 @@ class ShellAttempt:
                 signal_group(popen.pid, signal.SIGKILL)  # whatever the step left behind
             return self._contained(popen)
         return self._run_with_logs(env, self.log_paths)
+
+    def _take_outputs(self, path: str) -> None:
+        """Read the attempt's output file, if the step wrote one, and remove it (it is read
+        after the step's whole process group was killed: nothing writes to it any more)."""
+        self.outputs, self.output_error = take_outputs(path)
 
     def _contained(self, popen: subprocess.Popen[bytes]) -> int:
         """Reap the leader, then (unless the loop is stopping the attempt: it does this
@@ -159,7 +179,9 @@ class ShellAttempt:
         elif self.stopping:
             signal_group(pid, signal.SIGTERM)
 
-    def _run_with_logs(self, env: Mapping[str, str], paths: tuple[Path, Path]) -> int:
+    def _run_with_logs(
+        self, env: Mapping[str, str], paths: tuple[Path, Path] | tuple[None, None]
+    ) -> int:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         streams = {
