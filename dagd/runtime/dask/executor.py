@@ -347,8 +347,19 @@ class DaskExecutor:
                 lost = f"output lost, cannot write {logs.error.filename}: {logs.error.strerror}"
                 log.warning("%s: %s", key, lost)
                 error = f"{error} ({lost})" if error else None
+            ok, outputs = bool(value.get("ok")), value.get("outputs")
+            if ok and value.get("outputs_fetch"):
+                # Too large for the result message: they come with the task's result.
+                fetched = await self._fetch_result(future)
+                outputs = None if fetched is None else fetched.get("outputs")
+                if outputs is None:
+                    ok, error = False, f"outputs lost: cannot fetch the result of {key}"
             return AttemptResult(
-                bool(value.get("ok")), error, bool(value.get("timed_out")), value.get("worker")
+                ok,
+                error,
+                bool(value.get("timed_out")),
+                value.get("worker"),
+                outputs=outputs if ok else None,
             )
         if kind == "error" and isinstance(value, KilledWorker):
             address = value.last_worker.address

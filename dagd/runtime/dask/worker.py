@@ -40,7 +40,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
@@ -48,11 +48,13 @@ import psutil
 import trio
 
 from dagd.core.model import StepSpec
+from dagd.core.outputs import OutputError, encoded_size
 from dagd.core.runstate import format_seconds
 from dagd.core.text import printable
 from dagd.runtime.executor import StepContext
 from dagd.runtime.local.environment import step_environment
 from dagd.runtime.local.messages import exit_error, start_error
+from dagd.runtime.local.outputfiles import OutputFiles, take_outputs
 from dagd.runtime.local.pipes import copy_until_exit, drain
 from dagd.runtime.local.procs import (
     group_alive,
@@ -128,7 +130,11 @@ class _Entry:
     stopping: bool = False  # stop_attempts has it: the attempt's own kill waits
     why: str = "stopped"  # the attempt's error once stopped
     cancel: Callable[[], None] | None = None  # a Python step's cancel (its trio run's)
+    outputs: Mapping[str, Any] | None = None  # what a successful attempt handed downstream
 
+
+#: Where this worker's shell steps write their outputs (a private folder, made on first use).
+_output_files = OutputFiles()
 
 _lock = threading.Lock()
 _running: dict[str, _Entry] = {}
@@ -207,7 +213,11 @@ def perform_attempt(
     {"key", "stream": "out" | "err", "seq", "data": bytes} messages through `send` (a Python
     step's traceback goes to "err", as a local one's goes to its stderr log), then
     {"key", "result": ...}. Returns that result: {"ok": bool, "error": str | None,
-    "timed_out": bool, "worker": `address`, "chunks": how many output messages it sent}."""
+    "timed_out": bool, "worker": `address`, "chunks": how many output messages it sent,
+    "outputs": what a successful attempt handed downstream (dagd/core/outputs.py) or None}.
+    The result message leaves outputs over `CHUNK_SIZE` bytes of JSON out (it says
+    "outputs_fetch": True instead): they come with the task's result, which the daemon then
+    fetches, since the scheduler keeps the last messages of the topic."""
     output = _Output(attempt.key, send)
     entry = _Entry()
     with _lock:
@@ -227,16 +237,21 @@ def perform_attempt(
             with _lock:
                 _running.pop(attempt.key, None)
             output.flush()
+    outputs = entry.outputs if ok else None
     result = {
         "ok": ok,
         "error": error,
         "timed_out": timed_out,
         "worker": address,
         "chunks": output.sent,
+        "outputs": outputs,
     }
     # Also sent as an event, after the output: the daemon reads it there, which spares it a
     # round trip to this worker per attempt to fetch the task's result.
-    send({"key": attempt.key, "result": result})
+    message = result
+    if outputs and encoded_size(outputs) > CHUNK_SIZE:
+        message = {**result, "outputs": None, "outputs_fetch": True}
+    send({"key": attempt.key, "result": message})
     return result
 
 
@@ -271,8 +286,31 @@ def _run_shell(attempt: RemoteAttempt, entry: _Entry, output: _Output) -> _Resul
     # describe the machine the step runs on; expanding the daemon's variables would copy
     # them into tasks that every client of the scheduler can read; and the daemon's own
     # secrets must stay its own (docs/dask.md, "What a step sees on a worker").
-    env = step_environment(step, ctx, base=passed_environment(), hidden=())
+    try:
+        output_path = _output_files.next_path()
+    except OSError as exc:
+        return False, printable(f"cannot make a folder for outputs on the worker: {exc}"), False
+    try:
+        env = step_environment(step, ctx, passed_environment(), (), output_path)
+    except OutputError as exc:  # two upstream outputs would be one variable
+        return False, printable(f"cannot start the command: {exc}"), False
     env[OWNER_VAR] = owner_marker()
+    try:
+        result = _spawn_and_watch(argv, env, attempt, entry, output)
+    finally:
+        outputs, output_error = take_outputs(output_path)
+    ok = result[0]
+    if ok and output_error is not None:
+        return False, printable(f"outputs of step {ctx.step_id!r}: {output_error}"), False
+    if ok:
+        entry.outputs = outputs
+    return result
+
+
+def _spawn_and_watch(
+    argv: list[str], env: dict[str, str], attempt: RemoteAttempt, entry: _Entry, output: _Output
+) -> _Result:
+    step = attempt.step
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -380,6 +418,7 @@ def _run_callable(attempt: RemoteAttempt, entry: _Entry, output: _Output, addres
         ctx.attempt,
         ctx.params,
         outcome=ctx.outcome,  # a handler's
+        outputs=ctx.outputs,
         write=output.write_text,
     )
     try:
@@ -396,6 +435,7 @@ def _run_callable(attempt: RemoteAttempt, entry: _Entry, output: _Output, addres
         result, trace = call_sync(fn, remote_ctx)
         if trace is not None:
             output.add("err", trace.encode("utf-8", "backslashreplace"))
+        entry.outputs = result.outputs
         return result.ok, result.error, result.timed_out
     # Otherwise the step gets a trio loop of its own, in this thread (Dask's worker loop is
     # asyncio), and runs as on the daemon's machine (python.py's run_callable: its timeout,
@@ -430,6 +470,7 @@ async def _call(
         )
     if scope.cancelled_caught:
         return False, entry.why, False
+    entry.outputs = result.outputs
     return result.ok, result.error, result.timed_out
 
 
