@@ -490,6 +490,7 @@ class Client:
         *,
         stream: LogStream = "out",
         offset: int = 0,
+        tail: int | None = None,
     ) -> LogFollower:
         """Follow one attempt's log (`stream` "out": stdout, "err": stderr) from byte
         `offset`, live while the attempt runs: an async iterator of `LogChunk`s (`.text`,
@@ -497,7 +498,8 @@ class Client:
         and every byte was delivered (then `.end` is the daemon's `LogEnd`: `reason`
         `complete`, or `deleted` when history retention deleted the run meanwhile, or
         `unreadable`). `attempt` None: the latest (`.attempt` says which, after the first
-        chunk or end).
+        chunk or end). `tail` (bytes), instead of `offset`: start that many bytes before the
+        log's end as it is now.
 
         It survives reconnects: after a lost connection it follows again from the byte after
         the last chunk delivered, so nothing is missed or repeated. A consumer slower than the
@@ -510,7 +512,7 @@ class Client:
         started), `too_many_follows` (8 logs at once per connection), `log_unreadable`,
         `invalid_message` (this log is followed already by this client).
         """
-        return LogFollower(self, run_id, step_id, attempt, stream, offset)
+        return LogFollower(self, run_id, step_id, attempt, stream, offset, tail)
 
     async def _connection(self) -> None:
         """Wait for the next connection (the client keeps reconnecting); raises the
@@ -716,8 +718,10 @@ class LogFollower:
         attempt: int | None,
         stream: LogStream,
         offset: int,
+        tail: int | None = None,
     ) -> None:
         self._client = client
+        self._tail = tail  # for the first follow only: then `offset` is known
         self.run_id = run_id
         self.step_id = step_id
         self.attempt = attempt  # None until the daemon named the latest
@@ -734,6 +738,7 @@ class LogFollower:
     def _bind(self, answer: Answer) -> None:
         assert isinstance(answer, LogFollowing)
         self.attempt = answer.attempt
+        self.offset, self._tail = answer.offset, None
         self._following = True
         key = (self.run_id, self.step_id, answer.attempt, self.stream)
         self._client._follows[key] = self
@@ -778,8 +783,10 @@ class LogFollower:
         raise StopAsyncIteration
 
     async def _follow(self) -> None:
-        request = FollowLog(self.run_id, self.step_id, self.attempt, self.stream, self.offset)
         while True:
+            request = FollowLog(
+                self.run_id, self.step_id, self.attempt, self.stream, self.offset, self._tail
+            )
             await self._client._connection()
             try:
                 await self._client._request(request, on_answer=self._bind)

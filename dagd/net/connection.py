@@ -40,7 +40,7 @@ from dagd.core.protocol.requests import (
     Request,
     RequestId,
 )
-from dagd.daemon.api import DaemonError, DaemonService, StoredEvent, Subscriber
+from dagd.daemon.api import DaemonError, DaemonService, LogSlice, StoredEvent, Subscriber
 from dagd.net.auth import AuthThrottle, TokenBook
 from dagd.net.errors import error
 from dagd.net.frames import FrameCache, text_frame
@@ -433,6 +433,8 @@ class Connection:
         first = await self.daemon.read_log(
             message.run_id, message.step_id, message.attempt, message.stream, message.offset
         )
+        if message.tail is not None and first.size > message.tail:
+            first = await self._tail(first, first.size - message.tail)
         key: FollowKey = (message.run_id, message.step_id, first.attempt, message.stream)
         if key in self.follows:
             raise ProtocolError(
@@ -441,11 +443,22 @@ class Connection:
                 f" ({message.stream}); unfollow_log it first",
                 rid,
             )
-        follow = LogFollow(key, message.offset)
+        follow = LogFollow(key, first.offset)
         self.follows[key] = follow
-        self.reply(message, answers.LogFollowing(*key, message.offset))
+        self.reply(message, answers.LogFollowing(*key, first.offset))
         assert self.nursery is not None
         self.nursery.start_soon(follow.run, self, first)
+
+    async def _tail(self, first: LogSlice, start: int) -> LogSlice:
+        """The read of a `tail` follow: from `start`, moved past the continuation bytes of a
+        UTF-8 sequence it cuts (at most 3), so the first chunk starts with a whole one."""
+        piece = await self.daemon.read_log(
+            first.run_id, first.step_id, first.attempt, first.stream, start
+        )
+        skip = 0
+        while skip < min(3, len(piece.data)) and piece.data[skip] & 0xC0 == 0x80:
+            skip += 1
+        return attrs.evolve(piece, offset=start + skip, data=piece.data[skip:])
 
     def log_room(self) -> bool:
         """Room for a log chunk: the queue is less than half full (of send_buffer) and no

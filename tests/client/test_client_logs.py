@@ -66,6 +66,8 @@ async def test_follow_live_to_the_end_and_a_slow_consumer(tmp_path: Path) -> Non
             assert follower.end is not None and follower.end.reason is LogEndReason.COMPLETE
             assert follower.end.offset == len(log_file(daemon.root, run_id))
             assert err == ["to stderr\n"]
+            tail = [c.text async for c in client.follow_log(run_id, "talk", tail=5)]
+            assert tail == ["last\n"]
             for code, args in [
                 ("unknown_run", ("nope", "talk")),
                 ("unknown_step", (run_id, "nope")),

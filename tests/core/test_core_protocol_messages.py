@@ -100,6 +100,7 @@ REQUESTS: dict[type, list[Any]] = {
     FollowLog: [
         FollowLog(RUN, "a"),
         FollowLog(RUN, "a", 2, "err", 65536, request_id="f"),
+        FollowLog(RUN, "a", None, "out", 0, 4096),
     ],
     UnfollowLog: [UnfollowLog(RUN, "a", 1), UnfollowLog(RUN, "a", 3, "err", request_id=2)],
     Backfill: [

@@ -348,3 +348,26 @@ async def test_a_run_deleted_by_retention_while_followed(tmp_path: Path, aio: Ai
             assert "deleted" in end["message"]
             # And a new follow of it: the run is unknown now.
             assert (await follow(client, old))["code"] == "unknown_run"
+
+
+async def test_follow_the_tail_of_a_long_log(tmp_path: Path, aio: Aio) -> None:
+    (tmp_path / "gate").touch()
+    (tmp_path / "more").write_text("x" * 200_000 + "€uro\n")  # "€" is three bytes
+    async with harness(tmp_path, aio, **gated(tmp_path)) as h:
+        run_id = await h.daemon.trigger("logs")
+        await h.run_status(run_id, "success")
+        size = 8 + 7 + 200_000 + 7
+        client = await h.connect("asyncio")
+        # 6 bytes before the end cuts "€" after its first byte: the follow starts after it.
+        answer = await follow(client, run_id, tail=6)
+        assert answer["offset"] == size - 4
+        chunks, end = await read_follow(client)
+        assert (contiguous(chunks, size - 4), end["offset"]) == ("uro\n", size)
+        assert (await follow(client, run_id, tail=7))["offset"] == size - 7  # a whole "€"
+        chunks, _ = await read_follow(client)
+        assert contiguous(chunks, size - 7) == "€uro\n"
+        assert (await follow(client, run_id, tail=10**9))["offset"] == 0  # all of it
+        chunks, _ = await read_follow(client)
+        assert contiguous(chunks, 0).endswith("€uro\n")
+        for bad in ({"tail": -1}, {"tail": 5, "offset": 3}, {"tail": "5"}):
+            assert (await follow(client, run_id, **bad))["code"] == "invalid_message"

@@ -129,8 +129,11 @@ def _check_values(message: Request) -> None:
     elif isinstance(message, FollowLog | UnfollowLog):
         if message.attempt is not None and message.attempt < 1:
             raise ProtocolError(invalid, "attempt must be >= 1", rid)
-        if isinstance(message, FollowLog) and message.offset < 0:
-            raise ProtocolError(invalid, "offset must be >= 0", rid)
+        if isinstance(message, FollowLog):
+            if message.offset < 0 or (message.tail or 0) < 0:
+                raise ProtocolError(invalid, "offset and tail must be >= 0", rid)
+            if message.offset and message.tail is not None:
+                raise ProtocolError(invalid, "give offset or tail, not both", rid)
 
 
 def parse_server_message(text: str | bytes) -> ServerAnswer | DagEvent:

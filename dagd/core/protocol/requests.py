@@ -171,13 +171,16 @@ class FollowLog:
     """Follow one attempt's log: its stdout (`stream` "out") or stderr ("err") from byte
     `offset` on, as `log_chunk` messages, then `log_end` once the attempt is over and every
     byte was sent. `attempt` (1-based, counted over every try of the run) None: the latest.
-    Answered with `log_following`, which names the attempt."""
+    With `tail` (bytes) instead of `offset`: from that many bytes before the log's end as it
+    is now (a long log's last part). Answered with `log_following`, which names the attempt
+    and the offset followed from."""
 
     run_id: str
     step_id: str
     attempt: int | None = None
     stream: LogStream = "out"
     offset: int = 0
+    tail: int | None = None
     request_id: RequestId = None
 
 
