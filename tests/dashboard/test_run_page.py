@@ -368,3 +368,59 @@ def test_read_token_sees_no_controls(context: BrowserContext, daemon: DaemonProc
 def test_unknown_run_is_said_plainly(context: BrowserContext, daemon: DaemonProc) -> None:
     page = open_dashboard(context, daemon, OPERATE_TOKEN, run_route("manual__no-such-run"))
     expect(page.get_by_role("alert")).to_contain_text("No run manual__no-such-run")
+
+
+CRITICAL_PATH = """async (steps) => {
+    const { RunModel, criticalPath } = await import("/assets/runmodel.js");
+    const t = (ms) => new Date(Date.UTC(2024, 0, 1) + ms).toISOString();
+    const answer = {
+        record: {dagId: "d", runId: "r", status: "success", params: {}},
+        steps: steps.map(([stepId, dependsOn, start, end, handler]) => ({
+            stepId, dependsOn, status: "success", handler,
+            attempts: [{attempt: 1, status: "success", startTime: t(start), endTime: t(end)}],
+        })),
+    };
+    return criticalPath(new RunModel(answer), 0);
+}"""
+
+
+@pytest.mark.parametrize(
+    ("steps", "path"),
+    [
+        # The chain the run's end waited for: the upstream that finished last, each time.
+        (
+            [
+                ["a", [], 0, 10, None],
+                ["b", ["a"], 10, 50, None],
+                ["c", ["a"], 10, 20, None],
+                ["d", ["b", "c"], 50, 60, None],
+            ],
+            ["a", "b", "d"],
+        ),
+        # Fast steps end in the same ms: the deeper step is the later one.
+        (
+            [
+                ["root", [], 0, 0, None],
+                ["m1", ["root"], 0, 1, None],
+                ["m2", ["root"], 0, 1, None],
+                ["sink", ["m1", "m2"], 1, 1, None],
+            ],
+            ["root", "m2", "sink"],
+        ),
+        # A lifecycle handler waited for every ordinary step and the handlers before it.
+        (
+            [
+                ["x", [], 0, 30, None],
+                ["y", [], 0, 10, None],
+                ["@on_failure", [], 30, 35, "on_failure"],
+                ["@always", [], 35, 40, "always"],
+            ],
+            ["x", "@on_failure", "@always"],
+        ),
+    ],
+)
+def test_critical_path(
+    context: BrowserContext, daemon: DaemonProc, steps: list[list[Any]], path: list[str]
+) -> None:
+    page = open_dashboard(context, daemon, OPERATE_TOKEN)
+    assert page.evaluate(CRITICAL_PATH, steps) == path

@@ -235,16 +235,21 @@ function finishOf(step, now) {
  * @returns {string[]} step ids, first to last; empty when no step ran.
  */
 export function criticalPath(model, now) {
-  let tail = null;
-  let tailFinish = -Infinity;
   const finish = new Map();
+  for (const id of model.order) finish.set(id, finishOf(model.steps.get(id), now));
+  // Later finish first; on a tie (times are ms: fast steps end in the same one), the deeper
+  // step, which cannot have ended before its upstreams.
+  const later = (a, b) => {
+    const fa = finish.get(a);
+    const fb = finish.get(b);
+    if (fa !== fb) return fa > fb;
+    const la = model.levels.get(a) ?? 0;
+    const lb = model.levels.get(b) ?? 0;
+    return la !== lb ? la > lb : model.steps.get(a).index > model.steps.get(b).index;
+  };
+  let tail = null;
   for (const id of model.order) {
-    const f = finishOf(model.steps.get(id), now);
-    finish.set(id, f);
-    if (f !== null && f > tailFinish) {
-      tail = id;
-      tailFinish = f;
-    }
+    if (finish.get(id) !== null && (tail === null || later(id, tail))) tail = id;
   }
   const path = [];
   const seen = new Set();
@@ -252,13 +257,9 @@ export function criticalPath(model, now) {
     seen.add(tail);
     path.push(tail);
     let next = null;
-    let nextFinish = -Infinity;
     for (const up of upstreamsOf(model, tail)) {
       const f = finish.get(up);
-      if (f !== null && f !== undefined && f > nextFinish) {
-        next = up;
-        nextFinish = f;
-      }
+      if (f !== null && f !== undefined && (next === null || later(up, next))) next = up;
     }
     tail = next;
   }
