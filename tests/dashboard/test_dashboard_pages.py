@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from clienthelp import DaemonProc
 from dashhelp import OPERATE_TOKEN, READ_TOKEN, dashboard_daemon, open_dashboard, page_url
 from playwright.sync_api import BrowserContext, Page, expect
+
+from dagd.client import connect
 
 ETL = """
 description = "nightly ETL"
@@ -288,3 +291,27 @@ def test_lifecycle_handlers_are_shown_beside_the_graph_with_their_status(
     )
     on_failure.click()
     expect(page.get_by_role("region", name="Step")).to_contain_text("on_failure")
+
+
+def test_an_operator_pauses_and_resumes_the_schedule(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = open_dashboard(context, daemon, route="#/dags/etl")
+    head = page.get_by_role("region", name="DAG", exact=True)
+    expect(head).to_contain_text("in ")  # the next run
+    try:
+        head.get_by_role("button", name="Pause schedule").click()
+        expect(head.locator(".badge.paused")).to_have_text("paused")
+        expect(head.locator(".facts")).to_contain_text("Next runpaused")
+        head.get_by_role("button", name="Resume schedule").click()
+        expect(head.locator(".badge.paused")).to_have_count(0)
+        expect(head.get_by_role("button", name="Pause schedule")).to_be_visible()
+    finally:
+        trio.run(unpause, daemon.url, "etl")
+    page.get_by_role("link", name="← All DAGs").click()
+    expect(page.locator('tr[data-dag-id="etl"] .badge.paused')).to_have_count(0)
+
+
+async def unpause(url: str, dag_id: str) -> None:
+    async with connect(url, OPERATE_TOKEN, []) as client:
+        await client.unpause(dag_id)

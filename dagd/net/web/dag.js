@@ -251,6 +251,7 @@ class DagPage {
   layout() {
     const summary = this.detail.summary;
     this.head = h("section", { class: "card dag-head-card", "aria-label": "DAG" });
+    this.pauseMessage = h("p", { class: "pause-message" });
     replace(this.head, ...this.headContent());
     this.graphBox = h("div", { class: "graph-container" });
     this.handlersBox = h("div", { class: "handlers" });
@@ -285,7 +286,9 @@ class DagPage {
       h("div", { class: "dag-head" },
         h("h1", {}, summary.dagId),
         summary.paused ? h("span", { class: "badge paused" }, "paused") : null,
-        summary.fileError ? h("span", { class: "badge broken" }, "file broken: running the last good version") : null),
+        summary.fileError ? h("span", { class: "badge broken" }, "file broken: running the last good version") : null,
+        this.canOperate && summary.schedule ? this.pauseButton(summary) : null),
+      this.pauseMessage,
       summary.description ? h("p", { class: "description" }, summary.description) : null,
       h("dl", { class: "facts" },
         fact("Schedule", summary.schedule
@@ -303,6 +306,30 @@ class DagPage {
           : null),
       summary.fileError ? h("pre", { class: "file-error" }, summary.fileError) : null,
     ];
+  }
+
+  /** Pause or resume the schedule (operate tokens, scheduled DAGs). The badge and the next
+   * run follow from the daemon's dag_status event, not from the click. */
+  pauseButton(summary) {
+    const pausing = !summary.paused;
+    const button = h("button", {
+      type: "button", class: "pause-toggle",
+      title: pausing
+        ? "Stop the schedule from starting runs (triggers and backfills still run)"
+        : "Let the schedule start runs again",
+    }, pausing ? "Pause schedule" : "Resume schedule");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        await this.client.request({ type: pausing ? "pause" : "unpause", dagId: this.dagId });
+        replace(this.pauseMessage);
+      } catch (err) {
+        replace(this.pauseMessage, h("span", { class: "error-text", role: "alert" },
+          `${pausing ? "Not paused" : "Not resumed"}: ${err.message}`));
+        button.disabled = false;
+      }
+    });
+    return button;
   }
 
   paramsCard(summary) {
