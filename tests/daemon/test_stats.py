@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
 from dagd.core.events import (
     DagEvent,
@@ -12,6 +14,7 @@ from dagd.core.events import (
     StepStatusEvent,
 )
 from dagd.core.model import RunStatus, StepStatus
+from dagd.daemon.looplag import probe_loop_lag
 from dagd.daemon.stats import DURATION_BUCKETS, DaemonStats, Histogram
 from dagd.daemon.store import StoredEvent
 
@@ -131,3 +134,25 @@ def test_uptime_counts_from_creation() -> None:
     stats = DaemonStats(monotonic=lambda: now[0])
     now[0] = 62.5
     assert stats.uptime() == 12.5
+
+
+async def test_the_loop_lag_probe_records_how_late_it_woke(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A loop held for 0.4 s (the clock jumps while the probe sleeps 0.1 s): one 0.3 s lag;
+    a punctual wake-up: a 0 s one."""
+    stats = DaemonStats()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(probe_loop_lag, stats)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(0.4)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stats.loop_lag_seconds.count == 1
+        assert stats.loop_lag_seconds.sum == pytest.approx(0.3)
+        assert dict(stats.loop_lag_seconds.cumulative())[0.25] == 0
+        assert dict(stats.loop_lag_seconds.cumulative())[0.5] == 1
+        mock_clock.jump(0.1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stats.loop_lag_seconds.count == 2
+        assert stats.loop_lag_seconds.cumulative()[0] == (0.001, 1)
+        nursery.cancel_scope.cancel()
