@@ -45,6 +45,12 @@ class LogPane {
     this.frame = frameThrottle(() => this.flush());
   }
 
+  /** `bytes` of the log's start are not shown (the follow began near the end). */
+  skip(bytes) {
+    this.droppedBytes += bytes;
+    this.frame.schedule();
+  }
+
   /** Queue text for the next frame; `bytes`: how many log bytes it stands for. */
   append(data, bytes) {
     if (!data) return;
@@ -53,6 +59,7 @@ class LogPane {
   }
 
   flush() {
+    this.drawNote();
     if (this.pending.length === 0) return;
     const stick = this.stick;
     const frag = document.createDocumentFragment();
@@ -65,12 +72,16 @@ class LogPane {
     this.pending = [];
     this.text.append(frag);
     this.trim();
+    this.drawNote();
+    if (stick) this.text.scrollTop = this.text.scrollHeight;
+  }
+
+  drawNote() {
     if (this.droppedBytes > 0) {
       this.note.textContent =
         `Showing the last ${formatBytes(this.keptBytes)}; the earlier ${formatBytes(this.droppedBytes)} ` +
         "are not shown here (dagd logs RUN STEP prints all of it).";
     }
-    if (stick) this.text.scrollTop = this.text.scrollHeight;
   }
 
   /** Drop the oldest text until at most maxBytes are kept: whole chunks first, then the start
@@ -118,6 +129,8 @@ class LogFollow {
     this.key = key;
     this.pane = pane;
     this.next = 0; // byte offset after the last chunk shown (the last nextOffset)
+    this.started = false; // a follow_log was answered once (later ones resume at `next`)
+    this.cutLine = false; // drop text up to the first newline (the tail began mid-line)
     this.following = false; // log_following came: chunks before it belong to an older follow
     this.done = false;
     this.active = true;
@@ -141,9 +154,18 @@ class LogFollow {
   start() {
     this.following = false;
     this.pane.setState("following…");
+    // The first time, only the last part the pane keeps (`tail`): a 100 MB log is not sent
+    // whole to be dropped. After a reconnect, from the byte it had reached.
+    const from = this.started ? { offset: this.next } : { tail: this.pane.maxBytes };
     this.conn
-      .request({ type: "follow_log", ...this.key, offset: this.next })
-      .then(() => {
+      .request({ type: "follow_log", ...this.key, ...from })
+      .then((answer) => {
+        if (!this.started && answer.offset > 0) {
+          this.next = answer.offset;
+          this.cutLine = true;
+          this.pane.skip(answer.offset);
+        }
+        this.started = true;
         this.following = true;
       })
       .catch((err) => {
@@ -156,7 +178,19 @@ class LogFollow {
     if (msg.offset > this.next) {
       this.pane.append(`\n[… ${formatBytes(msg.offset - this.next)} not shown …]\n`, 0);
     }
-    this.pane.append(msg.text, msg.nextOffset - msg.offset);
+    let text = msg.text;
+    let bytes = msg.nextOffset - msg.offset;
+    if (this.cutLine) {
+      // The tail began inside a line: start the pane at the next whole one.
+      const eol = text.indexOf("\n");
+      const cut = eol < 0 ? text : text.slice(0, eol + 1);
+      const cutBytes = Math.min(bytes, encoder.encode(cut).length);
+      this.pane.skip(cutBytes);
+      text = text.slice(cut.length);
+      bytes -= cutBytes;
+      this.cutLine = eol < 0;
+    }
+    this.pane.append(text, bytes);
     this.next = msg.nextOffset;
   }
 
