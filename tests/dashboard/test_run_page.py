@@ -202,6 +202,11 @@ def test_failing_step_error_text_is_shown_as_text(
     expect(page.locator(".step-log .log-error")).to_have_text(expected)
     expect(page.locator(".step-log .log-error b")).to_have_count(0)
     assert page.evaluate("location.hash").endswith("?step=bad")
+    # The keyboard reaches the rows too: ArrowDown to the handler's row, Enter chooses it.
+    page.locator('.st-row[data-step-id="bad"]').focus()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    expect(page.locator(".step-log h2")).to_have_text("Log of @on_failure")
 
 
 def test_live_log_line_appears_while_the_step_runs(

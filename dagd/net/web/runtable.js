@@ -64,6 +64,19 @@ export class StepTable {
       const row = ev.target.closest("[data-step-id]");
       if (row) this.onSelect(row.getAttribute("data-step-id"));
     });
+    // Rows are focusable: Enter or Space chooses one, arrows move between them.
+    this.window.addEventListener("keydown", (ev) => {
+      const row = ev.target.closest("[data-step-id]");
+      if (!row) return;
+      if (ev.key === "Enter" || ev.key === " ") {
+        ev.preventDefault();
+        this.onSelect(row.getAttribute("data-step-id"));
+      } else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+        ev.preventDefault();
+        const next = ev.key === "ArrowDown" ? row.nextElementSibling : row.previousElementSibling;
+        next?.focus();
+      }
+    });
     this.frame.schedule();
   }
 
@@ -99,6 +112,9 @@ export class StepTable {
     const [first, last] = this.view.range(ROW, ids.length);
     this.window.style.top = `${first * ROW}px`;
     const now = this.now();
+    // Rows are built again on every redraw: keep the keyboard focus on the same step.
+    const active = document.activeElement;
+    const focused = this.window.contains(active) ? active.getAttribute("data-step-id") : null;
     const rows = [];
     for (let i = first; i < last; i++) {
       const s = this.model.steps.get(ids[i]);
@@ -107,6 +123,7 @@ export class StepTable {
         role: "row",
         "data-step-id": s.stepId,
         "data-status": s.status,
+        tabindex: "0",
       });
       const running = s.status === "running" && s.start !== null && s.end === null;
       const took = running ? formatDuration(now - s.start) : formatDuration(s.duration);
@@ -121,5 +138,6 @@ export class StepTable {
       rows.push(row);
     }
     this.window.replaceChildren(...rows);
+    if (focused !== null) rows.find((r) => r.getAttribute("data-step-id") === focused)?.focus({ preventScroll: true });
   }
 }
