@@ -4,12 +4,12 @@ the same run: bench/engine_overhead.py's runs, alternated between the two trees.
     git worktree add /tmp/base <base commit>
     python bench/paired_engine.py --base /tmp/base            # ~2 min on 2 idle cores
 
-Each round starts one child process per tree (PYTHONPATH set to it, in alternating order),
-which times `--runs` runs of each shape (a chain and a fan-out of `--steps` no-op async
-callable steps, as engine_overhead.py builds them) and reports its best wall time and its best
-CPU time (`time.process_time`: async no-op steps run on the loop's thread only, so this is the
-engine's own work, which other processes on the machine disturb far less than wall time). On
-a shared machine single timings vary several-fold with the load, so what is compared is the
+Each round starts one child process per tree and shape (PYTHONPATH set to the tree; the two
+trees in alternating order), which times `--runs` runs of the shape (a chain or a fan-out of
+`--steps` no-op async callable steps, as engine_overhead.py builds them) and reports its best
+wall time and its best CPU time (`time.process_time`: async no-op steps run on the loop's
+thread only, so this is the engine's own work, which other processes on the machine disturb far
+less than wall time). On a shared machine single timings vary several-fold with the load, so what is compared is the
 best per tree over all rounds (the least disturbed run of each) and the median of the
 per-round ratios (each round's two children ran back to back). The DAGs use no lifecycle
 handlers, outputs or other optional features: what is measured is what a DAG that does not use
@@ -43,20 +43,18 @@ def cpu_once(dag, run_id):
     trio.run(main)
     return time.process_time() - t0
 
-out = {{}}
-for shape in ("chain", "fan"):
-    run_once(build_dag(shape, "async_noop", 50), "warm")
-    dag = build_dag(shape, "async_noop", {steps})
-    wall = min(run_once(dag, f"w{{i}}")[0] for i in range({runs}))
-    cpu = min(cpu_once(dag, f"c{{i}}") for i in range({runs}))
-    out[shape] = [wall / {steps} * 1e6, cpu / {steps} * 1e6]
-print(json.dumps(out))
+shape = {shape!r}
+run_once(build_dag(shape, "async_noop", 50), "warm")
+dag = build_dag(shape, "async_noop", {steps})
+wall = min(run_once(dag, f"w{{i}}")[0] for i in range({runs}))
+cpu = min(cpu_once(dag, f"c{{i}}") for i in range({runs}))
+print(json.dumps([wall / {steps} * 1e6, cpu / {steps} * 1e6]))
 """
 
 
-def child(tree: Path, steps: int, runs: int) -> dict[str, list[float]]:
-    """Best [wall, CPU] µs per step of each shape, measured in a fresh process on `tree`."""
-    code = CHILD.format(bench=str(tree / "bench"), steps=steps, runs=runs)
+def child(tree: Path, shape: str, steps: int, runs: int) -> list[float]:
+    """Best [wall, CPU] µs per step of `shape`, measured in a fresh process on `tree`."""
+    code = CHILD.format(bench=str(tree / "bench"), shape=shape, steps=steps, runs=runs)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True, check=True
@@ -80,8 +78,9 @@ def main() -> None:
     best: dict[str, dict[tuple[str, str], list[float]]] = {name: {} for name in trees}
     for i in range(args.rounds):
         order = ["base", "new"] if i % 2 == 0 else ["new", "base"]
-        for name in order:
-            for shape, (wall, cpu) in child(trees[name], args.steps, args.runs).items():
+        for shape in ("chain", "fan"):
+            for name in order:
+                wall, cpu = child(trees[name], shape, args.steps, args.runs)
                 best[name].setdefault((shape, "wall"), []).append(wall)
                 best[name].setdefault((shape, "cpu"), []).append(cpu)
         row = "  ".join(

@@ -22,9 +22,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import attrs
 import proctools as procs
 import pytest
+import trio
 from clienthelp import add_marked_dag, poll_until, query_state
+from daemonhelp import daemon_config, wait_status, wait_until, write_dag_file
+
+from dagd.app import open_daemon
 
 
 @pytest.fixture
@@ -190,3 +195,35 @@ def test_notification_secrets_stay_out_of_the_log_the_events_and_the_store(
     for path_ in (tmp_path / "state").rglob("*"):
         if path_.is_file():
             assert secret.encode() not in path_.read_bytes(), path_
+
+
+async def test_cancelling_a_run_twice_stops_its_handlers_and_get_run_shows_them(
+    tmp_path: Path,
+) -> None:
+    config = attrs.evolve(daemon_config(tmp_path, reload_interval=60), handler_grace=60.0)
+    write_dag_file(
+        config.dags_dir,
+        "h",
+        '[steps.a]\ncommand = "exit 1"\n'
+        '[handlers.on_failure]\ncommand = "sleep 30"\n'
+        '[handlers.always]\ncommand = "true"\n',
+    )
+    async with open_daemon(config) as daemon:
+        run_id = await daemon.trigger("h")
+        await wait_until(
+            lambda: daemon.active[run_id].state.steps["@on_failure"].status.value == "running"
+        )
+        await daemon.cancel(run_id)  # its handlers run: they get handler_grace (60 s)
+        await trio.sleep(0.3)
+        detail = await daemon.run_detail(run_id)
+        assert detail.record.status.value == "running"
+        by_id = {s.step_id: s for s in detail.steps}
+        assert [s.step_id for s in detail.steps] == ["a", "@on_failure", "@always"]
+        assert by_id["@on_failure"].status.value == "running"
+        assert by_id["@on_failure"].handler is not None
+        await daemon.cancel(run_id)  # again: they stop now
+        record, rows = await wait_status(daemon, run_id)
+    assert record.status.value == "failed"  # decided before the cancels
+    assert rows["@on_failure"].status.value == "cancelled"
+    assert rows["@on_failure"].error == "stopped: cancelled by user, again"
+    assert rows["@always"].status.value == "cancelled"
