@@ -9,11 +9,11 @@ trees in alternating order), which times `--runs` runs of the shape (a chain or 
 `--steps` no-op async callable steps, as engine_overhead.py builds them) and reports its best
 wall time and its best CPU time (`time.process_time`: async no-op steps run on the loop's
 thread only, so this is the engine's own work, which other processes on the machine disturb far
-less than wall time). On a shared machine single timings vary several-fold with the load, so what is compared is the
-best per tree over all rounds (the least disturbed run of each) and the median of the
-per-round ratios (each round's two children ran back to back). The DAGs use no lifecycle
-handlers, outputs or other optional features: what is measured is what a DAG that does not use
-them pays.
+less than wall time). On a shared machine single timings vary several-fold with the load, so
+what is compared is the best per tree over all rounds (the least disturbed run of each) and the
+median of the per-round ratios (each round's two children ran back to back). The DAGs use no
+lifecycle handlers, outputs or other optional features: what is measured is what a DAG that
+does not use them pays.
 """
 
 from __future__ import annotations
