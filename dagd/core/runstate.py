@@ -548,6 +548,7 @@ class RunState:
         self.decided_at: float | None = None
         self.grace_at: float | None = None  # when handler_grace ends (HandlerDeadline)
         self._grace_over = False  # handlers stop, or never start
+        self._grace_reason: str | None = None  # the error of handlers stopped then
         self.counts: dict[ProgressBucket, int] = {
             B.COMPLETED: 0,
             B.RUNNING: 0,
@@ -838,6 +839,8 @@ class RunState:
         out: list[Effect] = []
         self.active -= 1
         st.end_time = now
+        if reason is None and st.spec.handler is not None:
+            reason = self._grace_reason
         st.error = reason or self.cancel_reason or "cancelled"
         self._enter(st, phase, now, out)
         self._finished(st, now, out)
@@ -887,7 +890,7 @@ class RunState:
         self._grace_over = True
         self._run_enter(phase)
         error = reason or f"stopped: handler_grace of {format_seconds(self.handler_grace)} passed"
-        self.cancel_reason = error  # the error of the handlers stopped now
+        self._grace_reason = error  # the error of the handlers stopped now (not of steps)
         if self.decided is not None:
             self._ready.clear()
             cancel = E.CANCEL
@@ -921,7 +924,7 @@ class RunState:
         out: list[Effect] = []
         self.cancelling, self.cancel_reason, self.ended_at = False, None, None
         self.decided = self.decided_at = self.grace_at = None
-        self._grace_over = False
+        self._grace_over, self._grace_reason = False, None
         self._limit = self.dag.max_active_steps
         self._run_enter(run_phase)
         self._requeued = True
@@ -1099,7 +1102,7 @@ class RunState:
                 phase = _TRANSITIONS[_WAITING][_SKIP]
             elif self._grace_over:
                 phase = _TRANSITIONS[_WAITING][E.CANCEL]
-                st.error = self.cancel_reason
+                st.error = self._grace_reason
             else:
                 st.phase = _TRANSITIONS[_WAITING][_TRIGGERED]
                 self._ready.append(sid)

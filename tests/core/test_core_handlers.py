@@ -238,3 +238,20 @@ def test_a_cancel_during_handlers_keeps_the_outcome_and_sets_a_deadline() -> Non
     out = rs.step_cancelled("@on_success", T0 + 13)
     assert rs.steps["@on_success"].error == "stopped: handler_grace of 10s passed"
     assert out[-1] == FinishRun(RunStatus.SUCCESS)  # decided before the cancel
+
+
+def test_grace_over_before_the_handlers_start_means_they_never_do() -> None:
+    # A second Ctrl-C while the cancelled steps are still stopping: the steps keep the
+    # cancel's reason, the handlers never start and say why.
+    dag = parse_dag(STEP + '[handlers.on_cancel]\ncommand = "x"\n', "h.toml", default_id="h")
+    rs = RunState(dag, "r")
+    rs.start(T0)
+    rs.step_started("a", T0)
+    assert rs.cancel(T0 + 1, "cancelled: the daemon is shutting down") == [StopStep("a")]
+    assert rs.grace_over(T0 + 2, "stopped: dagd was told to stop again") == []
+    out = rs.step_cancelled("a", T0 + 3)
+    assert rs.steps["a"].error == "cancelled: the daemon is shutting down"
+    assert rs.steps["@on_cancel"].status is StepStatus.CANCELLED
+    assert rs.steps["@on_cancel"].error == "stopped: dagd was told to stop again"
+    assert not [e for e in out if isinstance(e, StartStep | HandlerDeadline)]
+    assert out[-1] == FinishRun(RunStatus.CANCELLED)

@@ -172,10 +172,8 @@ def test_notification_secrets_stay_out_of_the_log_the_events_and_the_store(
         setup(tmp_path, mark, "true", handlers, grace="5s")
         daemon = Daemon(tmp_path, "--verbose", env={"HOOK_SECRET": secret})
         daemons.append(daemon)
-        finished = poll_until(
-            lambda: query_state(tmp_path, "SELECT status FROM runs WHERE status != 'running'"),
-            30,
-        )
+        over = "SELECT status FROM runs WHERE status NOT IN ('queued', 'running')"
+        finished = poll_until(lambda: query_state(tmp_path, over), 30)
         assert finished == [("success",)], daemon.output()  # a failed handler changes nothing
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(20) == 0, daemon.output()
