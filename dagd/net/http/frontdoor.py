@@ -293,6 +293,7 @@ class HttpSession:
         self.stream = stream
         self.peer = peer  # the IP address, for the log
         self._address: str | None = None
+        self.method = b""  # of the request being read or answered (a HEAD gets no body)
         self.conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=door.config.max_header_bytes
         )
@@ -359,6 +360,7 @@ class HttpSession:
                 conn.receive_data(bytes(data))
             elif isinstance(event, h11.Request):
                 head = event
+                self.method = event.method
                 headers, size = _read_headers(event)
                 if size > config.max_header_bytes:
                     await self.refuse(431, "headers_too_large", _too_large_head(config))
@@ -447,7 +449,8 @@ class HttpSession:
                 status_code=status, headers=lines, reason=_REASONS.get(status, b"")
             )
             data = self.conn.send(response_head) or b""
-            data += self.conn.send(h11.Data(data=body)) or b""
+            if self.method != b"HEAD":
+                data += self.conn.send(h11.Data(data=body)) or b""
             data += self.conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             return False

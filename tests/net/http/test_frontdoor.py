@@ -170,6 +170,16 @@ async def test_head_is_get_without_the_body(tmp_path: Path) -> None:
         assert head.headers["etag"] == get.headers["etag"]
 
 
+async def test_a_refused_head_gets_its_status_without_a_body(tmp_path: Path) -> None:
+    async with served(tmp_path) as (_server, port):
+        for target, status in [("/nope", 404), ("/api/v1/ws", 426), ("/boom", 500)]:
+            [reply] = await exchange_methods(port, request(target, "HEAD"), ["HEAD"])
+            assert reply.status == status, target
+            assert reply.body == b""
+            assert int(reply.headers["content-length"]) > 0
+            check_headers(reply)
+
+
 async def exchange_methods(port: int, data: bytes, methods: list[str]) -> list:  # type: ignore[type-arg]
     return await exchange(port, data, methods)
 
