@@ -225,7 +225,7 @@ async def main(args: argparse.Namespace) -> None:
             print(
                 f"idle follows: CPU {idle * 1000:.1f} ms/s with {args.follows} running steps,"
                 f" {busy * 1000:.1f} ms/s when they are followed too; {per:.2f} ms/s per"
-                f" follow; ratio {busy / max(idle, 1e-9):.2f}"
+                f" follow; ratio {busy / max(idle, 1e-3):.2f}"
             )
             gate.touch()
             nursery.cancel_scope.cancel()
