@@ -237,6 +237,8 @@ def run_text(run: RunDetail, all_attempts: bool = False) -> str:
             ("dag", one_line(rec.dag_id)),
             ("status", str(rec.status)),
             ("trigger", str(run.trigger) if run.trigger is not None else "-"),
+            *([("parent run", one_line(rec.parent_run_id))] if rec.parent_run_id else []),
+            *([("triggered by", one_line(rec.triggered_by))] if rec.triggered_by else []),
             ("params", params),
             ("queued", _time(rec.queued_at)),
             ("started", _time(rec.started_at)),

@@ -48,6 +48,7 @@ from dagd.core.protocol.answers import (
 )
 from dagd.core.protocol.codes import ErrorCode
 from dagd.core.protocol.requests import ListDags
+from dagd.core.text import one_line
 from dagd.core.timefmt import iso_z
 
 T = TypeVar("T")
@@ -333,7 +334,15 @@ async def list_runs(endpoint: Endpoint, dag_id: str | None, limit: int, as_json:
         click.echo("no runs yet", err=True)
     for run in runs:
         since = run.started_at if run.started_at is not None else run.queued_at
-        click.echo(f"{run.status:<10} {run.dag_id:<20} {run.run_id:<50} {iso_z(since)}")
+        # Who made the run, when another run did: a sub-DAG's parent, an `after` upstream.
+        made_by = (
+            f"  (child of {one_line(run.parent_run_id)})"
+            if run.parent_run_id is not None
+            else f"  (after {one_line(run.triggered_by)})"
+            if run.triggered_by is not None
+            else ""
+        )
+        click.echo(f"{run.status:<10} {run.dag_id:<20} {run.run_id:<50} {iso_z(since)}{made_by}")
 
 
 async def control(endpoint: Endpoint, action: str, run_id: str, as_json: bool) -> None:

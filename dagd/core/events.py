@@ -25,6 +25,9 @@ class DagRunStatusEvent:
     status: RunStatus
     timestamp: float
     seq: int | None = None
+    # The run whose sub-DAG step triggered this run (docs/dags.md, "Sub-DAGs"); on the wire
+    # as `parentRunId` only when set.
+    parent_run_id: str | None = None
 
 
 @attrs.frozen(slots=True)

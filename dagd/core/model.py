@@ -18,6 +18,13 @@ import attrs
 
 from dagd.core.text import show
 
+#: The executor name of sub-DAG steps (`run = "<dag>"`): the daemon carries them out
+#: (dagd/daemon/subdag.py); no executor of config.toml can take the name.
+SUBDAG_EXECUTOR = "dag"
+#: How deep sub-DAG runs may nest: a run at depth 0 (not a child) may have children, ... down
+#: to this depth; a step whose child would be deeper fails (docs/dags.md, "Sub-DAGs").
+MAX_SUBDAG_DEPTH = 8
+
 #: The longest param value a run accepts, in bytes of UTF-8 (an environment variable holds at
 #: most 128 KiB on Linux).
 MAX_PARAM_BYTES = 65536
@@ -226,6 +233,11 @@ class StepSpec:
     precondition: str | tuple[str, ...] | None = None
     # Polled before each attempt (after `precondition`) until it exits 0.
     wait_for: WaitFor | None = None
+    # A sub-DAG step: the id of the DAG each attempt triggers a child run of (and waits for),
+    # and the params given to it (name -> text with `${params.x}` and `${outputs.step.key}`
+    # references, dagd/core/dagrefs.py). Its `executor` is SUBDAG_EXECUTOR.
+    run: str | None = None
+    run_params: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def max_attempts(self) -> int:
@@ -256,6 +268,8 @@ class DagSpec:
     # Lifecycle handlers by step id (`@on_failure`, ...), in the order of `HandlerKind`: not
     # part of the graph (`steps`, `order`); a run runs the matching ones at its end.
     handlers: Mapping[str, StepSpec] = attrs.field(factory=dict)
+    # DAG ids whose successful runs trigger a run of this one (`after`, docs/dags.md).
+    after: tuple[str, ...] = ()
 
     def bind_params(self, given: Mapping[str, object] | None) -> dict[str, str]:
         """Declared defaults overlaid with `given` (name -> string, number or boolean), as

@@ -12,7 +12,9 @@ from dagd.core.model import RunStatus, StepStatus
 class RunRecord:
     """A run of a DAG: its latest status and when it was queued, started and ended (UNIX
     seconds; `started_at` and `ended_at` are None until the run started or ended). `params`
-    are the bound params (declared defaults overlaid with what the trigger gave), as text."""
+    are the bound params (declared defaults overlaid with what the trigger gave), as text.
+    `parent_run_id`: the run whose sub-DAG step triggered this one; `triggered_by`: the run
+    whose success triggered this one through `after` (docs/dags.md); None for others."""
 
     dag_id: str
     run_id: str
@@ -21,6 +23,8 @@ class RunRecord:
     queued_at: float
     started_at: float | None
     ended_at: float | None
+    parent_run_id: str | None = None
+    triggered_by: str | None = None
 
 
 @attrs.frozen

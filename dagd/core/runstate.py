@@ -518,9 +518,15 @@ class RunState:
         *,
         progress_interval: float = 0.0,
         handler_grace: float = 30.0,
+        parent_run_id: str | None = None,
+        triggered_by: str | None = None,
     ) -> None:
         self.dag = dag
         self.run_id = run_id
+        # The run whose sub-DAG step made this one, and the run whose success triggered it
+        # (`after`): both stay None for most runs (docs/dags.md).
+        self.parent_run_id = parent_run_id
+        self.triggered_by = triggered_by
         self.params = dict(params or {})
         self.phase = RP.QUEUED
         self.status = RunStatus.QUEUED  # always RUN_STATUS_OF[phase]
@@ -575,7 +581,7 @@ class RunState:
         status: RunStatus,
         steps: Mapping[str, StepRecordTuple],
         outputs: Mapping[str, Mapping[str, Any]] | None = None,
-        **kwargs: float,
+        **kwargs: Any,
     ) -> RunState:
         """Rebuild a finished run from its record, e.g. to retry it after a restart.
 
@@ -684,7 +690,9 @@ class RunState:
 
     def run_event(self, now: float) -> DagRunStatusEvent:
         """The run's status event as of `now`."""
-        return DagRunStatusEvent(self.dag.id, self.run_id, self.status, now)
+        return DagRunStatusEvent(
+            self.dag.id, self.run_id, self.status, now, None, self.parent_run_id
+        )
 
     def upstream_outputs(self, step_id: str) -> dict[str, Mapping[str, Any]]:
         """The outputs a step receives: those of every step upstream of it (through

@@ -23,8 +23,10 @@ from typing import Any, TypeVar, assert_never
 import attrs
 
 from dagd.core.cron import cron_problem, timezone_problem
+from dagd.core.dagrefs import reference_problem, step_references, upstream_of
 from dagd.core.graph import find_cycle, topological_order
 from dagd.core.model import (
+    SUBDAG_EXECUTOR,
     DagSpec,
     HandlerKind,
     StepSpec,
@@ -258,6 +260,12 @@ DAG_TABLE: dict[str, Key] = {
         {},
     ),
     "tags": Key(Labels(), "Free-form labels.", []),
+    "after": Key(
+        Labels(),
+        "DAG ids: each successful run of one of them triggers a run of this DAG (given the "
+        "params of that run that this DAG declares too); none: only cron and manual runs.",
+        [],
+    ),
     "executor": Key(
         _EXECUTOR,
         "Where the steps run unless a step says otherwise: local, or an executor configured "
@@ -274,7 +282,7 @@ DAG_TABLE: dict[str, Key] = {
 }
 
 #: A step needs exactly one of these keys: what it runs.
-ONE_OF_STEP_KEYS = ("command", "call")
+ONE_OF_STEP_KEYS = ("command", "call", "run")
 
 #: The keys of a step's `wait_for` table.
 WAIT_FOR_TABLE: dict[str, Key] = {
@@ -296,12 +304,23 @@ STEP_TABLE: dict[str, Key] = {
     "command": Key(
         Command(),
         "A string runs through /bin/sh -c; a list is an argv run without a shell. "
-        "Exactly one of command and call.",
+        "Exactly one of command, call and run.",
     ),
     "call": Key(
         Text(CALL_RE, "{value} must look like 'package.module:function'"),
         "A Python callable, 'package.module:function', given the step's context. "
-        "Exactly one of command and call.",
+        "Exactly one of command, call and run.",
+    ),
+    "run": Key(
+        _ID,
+        "A sub-DAG: the id of a DAG each attempt triggers a child run of, and waits for; the "
+        "step ends as the child run ends. Exactly one of command, call and run.",
+    ),
+    "params": Key(
+        Names(),
+        "A run step's params for its child run; values may hold ${params.<name>} (this run's "
+        "param) and ${outputs.<step>.<key>} (an upstream step's output).",
+        {},
     ),
     "depends_on": Key(StepIds(), "Upstream step ids (one id may be given as a string).", []),
     "trigger_rule": Key(
@@ -351,7 +370,11 @@ _TEMPLATE = Text(check=template_problem)
 #: The keys of a `[handlers.<kind>]` table: a step's, but for its place in the graph
 #: (depends_on, trigger_rule), and a notification's.
 HANDLER_TABLE: dict[str, Key] = {
-    **{k: v for k, v in STEP_TABLE.items() if k not in ("depends_on", "trigger_rule")},
+    **{
+        k: v
+        for k, v in STEP_TABLE.items()
+        if k not in ("depends_on", "trigger_rule", "run", "params")
+    },
     "command": Key(
         Command(),
         "A string runs through /bin/sh -c; a list is an argv run without a shell. "
@@ -377,6 +400,8 @@ STEP_KEYS = list(STEP_TABLE)
 HANDLER_KEYS = list(HANDLER_TABLE)
 #: The keys of a notification handler that only a command or call can use.
 NOT_FOR_NOTIFY = ("cwd", "executor")
+#: The keys a run step (a sub-DAG) has no use for: the child run's steps have their own.
+NOT_FOR_RUN = ("cwd", "executor", "env", "timeout")
 
 
 @attrs.frozen
@@ -719,7 +744,19 @@ def _read_step(
         return _read(r, STEP_TABLE, raw, name, step_id, default)
 
     if sum(name in raw for name in ONE_OF_STEP_KEYS) != 1:
-        r.problem("a step needs exactly one of 'command' or 'call'", step_id)
+        r.problem("a step needs exactly one of 'command', 'call' or 'run'", step_id)
+    run: str | None = read("run")
+    run_params: dict[str, str] = read("params") if "run" in raw else {}
+    if "params" in raw and "run" not in raw:
+        r.problem('only a run step (run = "<dag>") takes params', step_id, "params")
+    if "run" in raw:
+        for name in NOT_FOR_RUN:
+            if name in raw:
+                r.problem("a run step takes no " + name, step_id, name)
+        for name, value in run_params.items():
+            message = reference_problem(value)
+            if message is not None:
+                r.problem(f"value of {name!r}: {message}", step_id, "params")
     step_env: dict[str, str] = read("env")
     return StepSpec(
         id=step_id,
@@ -737,9 +774,11 @@ def _read_step(
         cwd=read("cwd"),
         trigger_rule=TriggerRule(read("trigger_rule")),
         description=read("description"),
-        executor=read("executor", dag_executor),
+        executor=SUBDAG_EXECUTOR if "run" in raw else read("executor", dag_executor),
         precondition=read("precondition"),
         wait_for=_wait_for(read("wait_for")),
+        run=run,
+        run_params=run_params,
     )
 
 
@@ -797,6 +836,8 @@ def _read_handler(
         title=read("title"),
         body=read("body"),
     )
+
+
 def _wait_for(values: dict[str, Any] | None) -> WaitFor | None:
     """A `wait_for` table's values (InlineTable's reading) -> WaitFor."""
     if values is None or values["command"] is None:
@@ -887,6 +928,21 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
     }
     max_active_steps = read("max_active_steps")
     params: dict[str, str] = read("params")
+    after: tuple[str, ...] = read("after")
+    for upstream in after:
+        message = _ID.problem(upstream)
+        if message is not None:
+            r.problem(message, field="after")
+        elif upstream == dag_id:
+            r.problem("a DAG cannot run after itself", field="after")
+    for step in steps.values():
+        for ref in step_references(step):
+            if ref[0] == "params" and ref[1] not in params:
+                r.problem(f"no param {ref[1]!r} is declared", step.id, "params")
+            elif ref[0] == "outputs" and ref[1] not in upstream_of(steps, step.id):
+                r.problem(
+                    f"step {ref[1]!r} is not upstream of this one (depends_on)", step.id, "params"
+                )
     by_var: dict[str, str] = {}
     for name in params:
         var = param_variable(name)
@@ -913,6 +969,7 @@ def _parse_dag(text: str | bytes, file: str, default_id: str | None) -> DagSpec:
         source=file,
         executor=dag_executor,
         handlers=handlers,
+        after=tuple(dict.fromkeys(after)),
     )
     if r.problems:
         raise DagSpecError(r.problems)

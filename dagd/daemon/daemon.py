@@ -30,6 +30,7 @@ import trio
 from dagd.core.backfill import RangeError, backfill_slots, parse_bound
 from dagd.core.config import Config
 from dagd.core.cron import Schedule
+from dagd.core.dagrefs import link_problems
 from dagd.core.dagsnapshot import (
     SHORT_VERSION,
     SnapshotError,
@@ -38,9 +39,16 @@ from dagd.core.dagsnapshot import (
     dag_version,
 )
 from dagd.core.detail import dag_detail, live_run_detail, stored_run_detail
-from dagd.core.events import DagEvent, DagStatusEvent, ErrorEvent
+from dagd.core.events import DagEvent, DagRunStatusEvent, DagStatusEvent, ErrorEvent
 from dagd.core.logslice import MAX_LOG_READ, LogSlice
-from dagd.core.model import RETRYABLE_RUN, DagSpec, RunStatus, StepStatus
+from dagd.core.model import (
+    MAX_SUBDAG_DEPTH,
+    RETRYABLE_RUN,
+    SUBDAG_EXECUTOR,
+    DagSpec,
+    RunStatus,
+    StepStatus,
+)
 from dagd.core.protocol.answers import (
     BackfillAction,
     BackfillResult,
@@ -68,6 +76,7 @@ from dagd.daemon.retention import PRUNE_INTERVAL, prune_once
 from dagd.daemon.scheduler import CronScheduler
 from dagd.daemon.stats import DaemonStats
 from dagd.daemon.store import StepRecord, StorageUnavailable, Store, StoredEvent
+from dagd.daemon.subdag import ChildOutcome, SubDagExecutor
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.executor import StepExecutor, executor_registry, kill_steps_now
 from dagd.runtime.notify import Notifier
@@ -108,6 +117,16 @@ class Daemon:
         #: Counters and histograms for /metrics: the store's, which counts what it commits.
         self.stats: DaemonStats = store.stats
         self.executors = executors  # one for every step, or by executor name
+        # What runs the steps of runs: the executors, and the daemon's own for sub-DAG steps.
+        self._run_executors: dict[str, StepExecutor] = {
+            **(executors if isinstance(executors, Mapping) else executor_registry(executors)),
+            SUBDAG_EXECUTOR: SubDagExecutor(self),
+        }
+        # Child runs a sub-DAG step waits for: run id -> set once the run is over.
+        self._waiters: dict[str, trio.Event] = {}
+        # `after`: DAG id -> the DAGs each of its successful runs triggers (of the loaded DAGs
+        # whose links have no cycle), made at each reload.
+        self._followers: dict[str, tuple[str, ...]] = {}
         self._record_leftover = LeftoverRecorder(store)  # for recovery after a crash
         store.on_write_error = self._storage_failed  # a failing disk becomes error events
         self.folder = DagFolder(config.dags_dir, log, executors=config.executor_names)
@@ -263,6 +282,7 @@ class Daemon:
         for refused in reloaded.refused:
             self.publish(ErrorEvent(refused.dag_id, None, None, refused.text, self.clock()))
         if reloaded.changed:
+            self._follow(self.dags)
             self._publish_file_errors()
             self.scheduler.set_dags(self.dags)
             for dag in self.dags.values():
@@ -271,6 +291,23 @@ class Daemon:
             # raised limit starts more of them now.
             for dag_id in self.admission.waiting_dags():
                 self._launch(dag_id)
+
+    def _follow(self, dags: Mapping[str, DagSpec]) -> None:
+        """Rebuild `_followers` from the loaded DAGs' `after` keys. DAGs whose links form a
+        cycle (dagd/core/dagrefs.py; `dagd validate` refuses them) take no part: logged."""
+        problems = link_problems(dags)
+        for dag_id, found in problems.items():
+            for message, step, field in found:
+                where = f" step {step!r}" if step else ""
+                log.error("DAG %s%s field %r: %s", dag_id, where, field, message)
+        cyclic = {d for d, found in problems.items() if any("cycle" in m for m, _, _ in found)}
+        followers: dict[str, list[str]] = {}
+        for dag in dags.values():
+            if dag.id not in cyclic:
+                for upstream in dag.after:
+                    if upstream in dags and upstream not in cyclic:
+                        followers.setdefault(upstream, []).append(dag.id)
+        self._followers = {dag_id: tuple(sorted(ids)) for dag_id, ids in followers.items()}
 
     def _publish_file_errors(self) -> None:
         """A `dag_status` event for each loaded DAG whose file error appeared, changed or
@@ -315,8 +352,40 @@ class Daemon:
         return self.store.publish(event)
 
     def _emit(self, event: DagEvent) -> None:
-        """`publish` as the engine's Publish (which returns nothing)."""
+        """`publish` as the engine's Publish (which returns nothing). A run's final status
+        also wakes a parent waiting for it and fires the DAGs that run after it: queued
+        right after that status, so both reach the store in the same write."""
         self.store.publish(event)
+        if (
+            (self._waiters or self._followers)
+            and type(event) is DagRunStatusEvent
+            and event.status.finished
+        ):
+            self._run_over(event)
+
+    def _run_over(self, event: DagRunStatusEvent) -> None:
+        """A run ended: set its waiter, and after a success trigger its followers (`after`).
+        A follower that is paused, not loaded, or cannot be queued now is skipped (logged)."""
+        waiter = self._waiters.pop(event.run_id, None)
+        if waiter is not None:
+            waiter.set()
+        if event.status is not RunStatus.SUCCESS:
+            return
+        upstream = self.admission.find(event.run_id)
+        given = upstream.params if upstream is not None else {}
+        for dag_id in self._followers.get(event.dag_id, ()):
+            dag = self.dags.get(dag_id)
+            if dag is None or dag_id in self.scheduler.paused:
+                continue
+            if not self._accepting or self.store.write_error is not None:
+                log.warning("run of %s after %s skipped: not accepting runs", dag_id, event.run_id)
+                continue
+            params = {name: value for name, value in given.items() if name in dag.params}
+            run_id = self._run_ids.make("after", self.clock())
+            try:
+                self._enqueue(dag, run_id, dag.bind_params(params), triggered_by=event.run_id)
+            except (DaemonError, ValueError) as exc:
+                log.warning("run of %s after %s skipped: %s", dag_id, event.run_id, exc)
 
     def _publish_all(self, effects: Iterable[object]) -> None:
         """Publish the events among a run state's effects (the rest concern a running run)."""
@@ -452,6 +521,53 @@ class Daemon:
         await self._commit(run_id)
         return self._enqueue(dag, run_id, bound, recorded=True)
 
+    async def start_child(
+        self, dag_id: str, params: Mapping[str, str], parent_run_id: str
+    ) -> tuple[str, trio.Event]:
+        """Queue a child run of `dag_id` for a sub-DAG step of run `parent_run_id` (subdag.py),
+        stored before this returns, like a trigger; its run id (`subdag__<time>`) and an event
+        set once it is over. Raises DaemonError as `trigger` does, and ValueError when the
+        child would be nested deeper than MAX_SUBDAG_DEPTH runs below a run without parent."""
+        depth, above = 1, self.admission.find(parent_run_id)
+        while above is not None and above.parent_run_id is not None:
+            depth += 1
+            above = self.admission.find(above.parent_run_id)
+        if depth > MAX_SUBDAG_DEPTH:
+            raise ValueError(
+                f"sub-DAG runs nest at most {MAX_SUBDAG_DEPTH} deep; this one would be {depth}"
+            )
+        dag = self._dag(dag_id)
+        try:
+            bound = dag.bind_params(params)
+        except ValueError as exc:
+            raise DaemonError("invalid_params", str(exc)) from None
+        self._check_accepting()
+        self._check_writable()
+        run_id = self._run_ids.make("subdag", self.clock())
+        self.store.record_run(
+            run_id, dag.id, bound, self.clock(), self._bind(dag), parent_run_id=parent_run_id
+        )
+        await self._commit(run_id)
+        done = self._waiters[run_id] = trio.Event()
+        try:
+            self._enqueue(dag, run_id, bound, recorded=True, parent_run_id=parent_run_id)
+        except BaseException:
+            del self._waiters[run_id]
+            raise
+        return run_id, done
+
+    def child_outcome(self, run_id: str) -> ChildOutcome:
+        """How the child run `run_id` ended (in memory: a parent asks as soon as it is over)."""
+        state = self.admission.find(run_id)
+        if state is None:
+            return ChildOutcome(run_id, RunStatus.FAILED)
+        failed = tuple(
+            sid
+            for sid, st in state.steps.items()
+            if st.status is StepStatus.FAILED and sid not in state.dag.handlers
+        )
+        return ChildOutcome(run_id, state.status, failed)
+
     def _fire_scheduled(self, dag: DagSpec, slot: datetime) -> None:
         """The scheduler's `fire`: queue the run of `dag` for a cron `slot`. Raises
         DaemonError('duplicate_run') if that slot's run is still queued or running."""
@@ -462,7 +578,14 @@ class Daemon:
             self._enqueue(dag, slot_run_id(dag.id, slot), dag.bind_params(None))
 
     def _enqueue(
-        self, dag: DagSpec, run_id: str, params: dict[str, str], recorded: bool = False
+        self,
+        dag: DagSpec,
+        run_id: str,
+        params: dict[str, str],
+        recorded: bool = False,
+        *,
+        parent_run_id: str | None = None,
+        triggered_by: str | None = None,
     ) -> str:
         self._check_accepting()
         self.admission.check_new(run_id)
@@ -473,9 +596,19 @@ class Daemon:
             params,
             progress_interval=self.config.progress_interval,
             handler_grace=self.config.handler_grace,
+            parent_run_id=parent_run_id,
+            triggered_by=triggered_by,
         )
         if not recorded:
-            self.store.record_run(run_id, dag.id, params, now, self._bind(dag))
+            self.store.record_run(
+                run_id,
+                dag.id,
+                params,
+                now,
+                self._bind(dag),
+                parent_run_id=parent_run_id,
+                triggered_by=triggered_by,
+            )
         self.publish(state.run_event(now))  # queued
         self.admission.enqueue(state)
         self._launch(dag.id)
@@ -520,7 +653,7 @@ class Daemon:
         for state in self.admission.admit(dag_id, limit):
             driver = RunDriver(
                 state,
-                self.executors,
+                self._run_executors,
                 self._emit,
                 clock=self.clock,
                 step_slots=self.step_slots,
@@ -848,7 +981,7 @@ class Daemon:
                 sid: (StepStatus.FAILED, *row[1:]) if row[0] is StepStatus.SUCCESS else row
                 for sid, row in rows.items()
             }
-        return RunState.restore(
+        state = RunState.restore(
             bound[1] if bound is not None else self._dag(record.dag_id),
             run_id,
             record.params,
@@ -859,6 +992,9 @@ class Daemon:
             progress_interval=self.config.progress_interval,
             handler_grace=self.config.handler_grace,
         )
+        state.parent_run_id = record.parent_run_id
+        state.triggered_by = record.triggered_by
+        return state
 
     # --------------------------------------------------------------- queries
 
@@ -1007,6 +1143,8 @@ class Daemon:
             stored.queued_at if stored is not None else self.clock(),
             state.started_at,
             state.ended_at,
+            state.parent_run_id,
+            state.triggered_by,
         )
 
     async def read_log(

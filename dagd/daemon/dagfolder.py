@@ -45,6 +45,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from dagd.core.dagrefs import link_problems
 from dagd.core.model import DagSpec, StepSpec
 from dagd.core.spec import DEFAULT_EXECUTOR, DagSpecError, Problem, parse_dag
 from dagd.runtime.local.python import CallableNotFound, resolve_callable
@@ -389,7 +390,11 @@ class DagFolder:
         # An executor name that is not configured is reported where it is written: the DAG's
         # key once (when some step uses it), not at each step that inherits it.
         unknown: list[tuple[str, str | None]] = []
-        runnable = [*dag.steps.values(), *(h for h in dag.handlers.values() if not h.notify)]
+        # Run steps (sub-DAGs) are carried out by the daemon itself (executor "dag").
+        runnable = [
+            *(step for step in dag.steps.values() if step.run is None),
+            *(h for h in dag.handlers.values() if not h.notify),
+        ]
         if executors is not None:
             inherited = any(step.executor == dag.executor for step in runnable)
             if inherited and dag.executor not in executors:
@@ -445,11 +450,18 @@ class DagFolder:
 
 def load_dag_folder(folder: Path, executors: Collection[str] | None = None) -> DagFolder:
     """One read of `folder`, as `dagd validate`, `list` and `run` see it; `executors` as for
-    `DagFolder`. Unlike the daemon's reload, a missing folder is a problem here (the user
-    named it)."""
+    `DagFolder`. The links between its DAGs are checked too (dagd/core/dagrefs.py: `run` and
+    `after` naming DAGs that are not there, or forming a cycle): a problem of each DAG's
+    file. Unlike the daemon's reload, a missing folder is a problem here (the user named it)."""
     loaded = DagFolder(folder, executors=executors)
     if folder.is_dir():
         loaded.reload()
+        for dag_id, found in link_problems(loaded.dags).items():
+            dag = loaded.dags[dag_id]
+            file = dag.source or dag_id
+            loaded.problems.setdefault(file, []).extend(
+                Problem(file, message, step, field) for message, step, field in found
+            )
     else:
         problem = Problem(str(folder), "DAG folder does not exist (set dags_dir or --dags)")
         loaded.problems[str(folder)] = [problem]

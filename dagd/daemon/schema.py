@@ -161,6 +161,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     # gave (at most 64 KiB), kept with the step's row: a run retry reruns only steps that did
     # not succeed, and the steps it reruns read their upstreams' outputs from here.
     "ALTER TABLE steps ADD COLUMN outputs TEXT;",
+    # 7: who made a run: the run whose sub-DAG step triggered it (`parent_run_id`), the run
+    # whose success triggered it through `after` (`triggered_by`); NULL for the others.
+    """
+    ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
+    ALTER TABLE runs ADD COLUMN triggered_by TEXT;
+    """,
 )
 
 VERSION = len(MIGRATIONS)

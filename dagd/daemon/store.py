@@ -121,6 +121,8 @@ class RecordRun:
     params_json: str  # the bound params as a JSON object
     queued_at: float  # UNIX seconds
     dag_version: str | None = None  # the definition it runs (a RecordDagVersion), if known
+    parent_run_id: str | None = None  # the run whose sub-DAG step made it
+    triggered_by: str | None = None  # the run whose success made it (`after`)
 
 
 @attrs.frozen(slots=True)
@@ -371,9 +373,17 @@ def _open_checked(path: Path) -> sqlite3.Connection:
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
-    run_id, dag_id, status, params, queued_at, started_at, ended_at = row
+    run_id, dag_id, status, params, queued_at, started_at, ended_at, parent, triggered_by = row
     return RunRecord(
-        dag_id, run_id, RunStatus(status), json.loads(params), queued_at, started_at, ended_at
+        dag_id,
+        run_id,
+        RunStatus(status),
+        json.loads(params),
+        queued_at,
+        started_at,
+        ended_at,
+        parent,
+        triggered_by,
     )
 
 
@@ -442,7 +452,9 @@ _RUNS_TO_PRUNE = f"""
     ORDER BY ended_at, run_id
 """
 
-_RUN_COLUMNS = "run_id, dag_id, status, params, queued_at, started_at, ended_at"
+_RUN_COLUMNS = (
+    "run_id, dag_id, status, params, queued_at, started_at, ended_at, parent_run_id, triggered_by"
+)
 _DEFINITION_OF_RUN = (
     "SELECT v.version, v.definition FROM runs r JOIN dag_versions v ON v.version = r.dag_version"
     " WHERE r.run_id = ?"
@@ -556,11 +568,25 @@ class Store:
         params: dict[str, str],
         queued_at: float,
         dag_version: str | None = None,
+        *,
+        parent_run_id: str | None = None,
+        triggered_by: str | None = None,
     ) -> None:
         """Queue the creation of a run row as queued (before its first event); `queued_at` in
         UNIX seconds; `dag_version` the definition it is bound to (queue that definition with
-        `record_dag_version` first, or in the same batch)."""
-        self._queue(RecordRun(run_id, dag_id, json.dumps(params), queued_at, dag_version))
+        `record_dag_version` first, or in the same batch); `parent_run_id` and `triggered_by`
+        as RunRecord has them."""
+        self._queue(
+            RecordRun(
+                run_id,
+                dag_id,
+                json.dumps(params),
+                queued_at,
+                dag_version,
+                parent_run_id,
+                triggered_by,
+            )
+        )
 
     def record_dag_version(self, version: str, dag_id: str, definition: str) -> None:
         """Queue a DAG definition's JSON text under its version (once per version is enough;
@@ -839,10 +865,13 @@ class Store:
                         self._write_run_status(conn, ev)
                     continue
                 match item:
-                    case RecordRun(run_id, dag_id, params_json, queued_at, dag_version):
+                    case RecordRun(
+                        run_id, dag_id, params_json, queued_at, dag_version, parent, triggered_by
+                    ):
                         conn.execute(
                             "INSERT OR IGNORE INTO runs (run_id, dag_id, status, params,"
-                            " queued_at, dag_version) VALUES (?, ?, ?, ?, ?, ?)",
+                            " queued_at, dag_version, parent_run_id, triggered_by)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (
                                 run_id,
                                 dag_id,
@@ -850,6 +879,8 @@ class Store:
                                 params_json,
                                 queued_at,
                                 dag_version,
+                                parent,
+                                triggered_by,
                             ),
                         )
                     case RecordDagVersion(version, dag_id, definition):

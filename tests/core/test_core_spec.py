@@ -215,14 +215,14 @@ SINGLE_PROBLEMS = [
         '[steps.a]\ndescription = "nothing to run"',
         "a",
         None,
-        ["exactly one of 'command' or 'call'"],
+        ["exactly one of 'command', 'call' or 'run'"],
         id="missing-command-and-call",
     ),
     pytest.param(
         '[steps.a]\ncommand = "x"\ncall = "m:f"',
         "a",
         None,
-        ["exactly one of 'command' or 'call'"],
+        ["exactly one of 'command', 'call' or 'run'"],
         id="both-command-and-call",
     ),
     pytest.param(

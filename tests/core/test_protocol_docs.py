@@ -39,7 +39,7 @@ ASYNCAPI_TEXT = (DOCS / "asyncapi.yaml").read_text(encoding="utf-8")
 ASYNCAPI = yaml.safe_load(ASYNCAPI_TEXT)
 PROSE = (DOCS / "protocol.md").read_text(encoding="utf-8")
 EVENT_OFF_WIRE = {"seq", "attempt", "outputs"}  # beside `data`, or dagd's own
-OPTIONAL_ON_WIRE = {"worker", "handler", "waitingFor"}  # on the wire only when set
+OPTIONAL_ON_WIRE = {"worker", "handler", "waitingFor", "parentRunId"}  # on the wire only when set
 
 
 def wire_fields(cls: type) -> set[str]:

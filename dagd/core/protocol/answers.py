@@ -161,12 +161,15 @@ class DagDetail:
 
 
 class TriggerKind(enum.StrEnum):
-    """What started a run, read from its run id: `manual` (a `trigger`) or `scheduled` (a cron
-    slot, fired by the scheduler or by a `backfill`: both give a slot the same id). A retry
-    keeps the run's id, and so its kind."""
+    """What started a run, read from its run id: `manual` (a `trigger`), `scheduled` (a cron
+    slot, fired by the scheduler or by a `backfill`: both give a slot the same id), `subdag`
+    (a sub-DAG step of its parent run) or `after` (a successful run of a DAG it runs after).
+    A retry keeps the run's id, and so its kind."""
 
     MANUAL = "manual"
     SCHEDULED = "scheduled"
+    SUBDAG = "subdag"
+    AFTER = "after"
 
 
 @attrs.frozen

@@ -63,7 +63,9 @@ TIME_FIELDS = frozenset(
 #: `outputs` go to the store (and `get_run`), not to every subscriber.
 _EVENT_OFF_WIRE = frozenset({"seq", "attempt", "outputs"})
 #: Optional fields left off the wire while they are None (their default).
-_OMIT_WHEN_NONE = frozenset({"worker", "handler", "notify", "waiting_for"})
+_OMIT_WHEN_NONE = frozenset(
+    {"worker", "handler", "notify", "waiting_for", "parent_run_id", "triggered_by"}
+)
 _Scalar = str | int | float | bool
 
 
