@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import urllib.parse
-import webbrowser
 from pathlib import Path
 
 import click
@@ -43,6 +42,8 @@ def open_in_browser(url: str) -> str | None:
     not (for the message)."""
     if not graphical_session():
         return "no graphical display here (DISPLAY and WAYLAND_DISPLAY are unset)"
+    import webbrowser  # here, not at the top: every `dagd` start (and shell Tab) would pay ~20 ms
+
     try:
         opened = webbrowser.get().open(url, new=2)
     except webbrowser.Error as exc:
