@@ -547,7 +547,10 @@ class Daemon:
         self.store.record_run(
             run_id, dag.id, bound, self.clock(), self._bind(dag), parent_run_id=parent_run_id
         )
-        await self._commit(run_id)
+        # Shielded: once recorded, the child is queued whatever happens to the parent's step
+        # meanwhile (a cancel reaches it at the step's next checkpoint, and cancels the child).
+        with trio.CancelScope(shield=True):
+            await self._commit(run_id)
         done = self._waiters[run_id] = trio.Event()
         try:
             self._enqueue(dag, run_id, bound, recorded=True, parent_run_id=parent_run_id)
