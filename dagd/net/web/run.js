@@ -284,6 +284,9 @@ class RunPage {
     if (m.parentRunId) {
       facts.push(["Parent run", h("a", { href: runHref(m.parentRunId) }, m.parentRunId)]);
     }
+    if (m.triggeredBy) {
+      facts.push(["Triggered by", h("a", { href: runHref(m.triggeredBy) }, m.triggeredBy)]);
+    }
     const keys = Object.keys(m.params).sort();
     if (keys.length) {
       const list = h("ul", { class: "run-params" });

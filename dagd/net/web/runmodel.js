@@ -42,6 +42,7 @@ export class RunModel {
     this.startedAt = parseTime(rec.startedAt);
     this.endedAt = parseTime(rec.endedAt);
     this.parentRunId = rec.parentRunId ?? answer.parentRunId ?? null;
+    this.triggeredBy = rec.triggeredBy ?? null;
     this.trigger = answer.trigger ?? null;
     this.dagVersion = answer.dagVersion ?? null;
     this.progress = null;
