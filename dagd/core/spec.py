@@ -367,14 +367,13 @@ STEP_TABLE: dict[str, Key] = {
 ONE_OF_HANDLER_KEYS = ("command", "call", "notify")
 _TEMPLATE = Text(check=template_problem)
 
-#: The keys of a `[handlers.<kind>]` table: a step's, but for its place in the graph
-#: (depends_on, trigger_rule), and a notification's.
+#: A step's keys that a handler does not take: its place in the graph, what gates an attempt
+#: (a handler runs when its run's outcome matches, or not at all), and a sub-DAG's.
+NOT_FOR_HANDLERS = ("depends_on", "trigger_rule", "precondition", "wait_for", "run", "params")
+#: The keys of a `[handlers.<kind>]` table: a step's but NOT_FOR_HANDLERS, and a
+#: notification's.
 HANDLER_TABLE: dict[str, Key] = {
-    **{
-        k: v
-        for k, v in STEP_TABLE.items()
-        if k not in ("depends_on", "trigger_rule", "run", "params")
-    },
+    **{k: v for k, v in STEP_TABLE.items() if k not in NOT_FOR_HANDLERS},
     "command": Key(
         Command(),
         "A string runs through /bin/sh -c; a list is an argv run without a shell. "

@@ -84,6 +84,10 @@ def test_handlers_load_in_the_order_they_run_whatever_the_file_order() -> None:
             "h.toml: step 'handlers.always': field 'depends_on': unknown key",
         ),
         (
+            '[handlers.on_success]\ncommand = "x"\nprecondition = "true"\n',
+            "h.toml: step 'handlers.on_success': field 'precondition': unknown key",
+        ),
+        (
             '[handlers.always]\ncommand = "x"\ntitle = "t"\n',
             "h.toml: step 'handlers.always': field 'title': only a notify handler takes it",
         ),
