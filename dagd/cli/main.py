@@ -235,7 +235,7 @@ def run(
     mode = "quiet" if quiet else "live" if not plain and console.is_terminal else "plain"
     raise_open_files_limit()
     status = trio.run(
-        _run_here, state, config, parallel or config.max_parallel_steps, console, mode
+        _run_here, state, config, parallel or config.max_parallel_steps, console, mode, folder.dags
     )
     sys.exit(exit_code_of(status))
 
@@ -265,15 +265,21 @@ def plain_printer(view: RunsView, out: TextIO, quiet: bool) -> Callable[[DagEven
 
 
 async def _run_here(
-    state: RunState, config: Config, parallel: int, console: Console, mode: str
+    state: RunState,
+    config: Config,
+    parallel: int,
+    console: Console,
+    mode: str,
+    dags: Mapping[str, DagSpec],
 ) -> RunStatus:
     """Run `state` here with the executors config.toml asks for (the local one, and Dask's
-    when `[executors.dask]` is set), reporting in `mode` ("live", "plain" or "quiet")."""
+    when `[executors.dask]` is set), reporting in `mode` ("live", "plain" or "quiet"); its
+    sub-DAG steps run child runs of `dags` here too (dagd/cli/subruns.py)."""
     from dagd.app import open_executors
 
     try:
         async with open_executors(config) as executors:
-            return await _drive_here(state, executors, parallel, console, mode, config)
+            return await _drive_here(state, executors, parallel, console, mode, config, dags)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -285,17 +291,21 @@ async def _drive_here(
     console: Console,
     mode: str,
     config: Config,
+    dags: Mapping[str, DagSpec],
 ) -> RunStatus:
     import trio
     from rich.live import Live
 
     from dagd.cli.render import RunsView
+    from dagd.cli.subruns import HereChildRuns
     from dagd.runtime.engine import RunDriver
 
     view = RunsView()
     live = mode == "live"
     publish = view.apply if live else plain_printer(view, sys.stdout, quiet=mode == "quiet")
-    driver = RunDriver(state, executors, publish, step_slots=trio.CapacityLimiter(parallel))
+    slots = trio.CapacityLimiter(parallel)
+    children = HereChildRuns(dags, executors, publish, slots)
+    driver = RunDriver(state, children.executors, publish, step_slots=slots)
 
     async def stop_on_signal() -> None:
         # Listening goes on until the run is over: a second signal must not kill this
@@ -321,6 +331,7 @@ async def _drive_here(
             await trio.sleep(0.1)
 
     async with trio.open_nursery() as nursery:
+        children.nursery = nursery
         nursery.start_soon(stop_on_signal)
         if live:
             with Live(view.render(), console=console, transient=True) as display:

@@ -67,8 +67,9 @@ class SubDagExecutor:
     ) -> AttemptResult:
         """Trigger the child, wait for it, and say how it ended: ok when it succeeded; else
         failed with an error naming the child run and its failed steps ("child run <id> of
-        <dag> failed: steps a, b failed"). A child that cannot be triggered fails the attempt
-        with the daemon's reason. Cancelled, it cancels the child before re-raising."""
+        <dag> failed: steps a, b failed"; "step a" for one). A child that cannot be
+        triggered fails the attempt with the daemon's reason. Cancelled, it cancels the
+        child before re-raising."""
         assert step.run is not None
         try:
             params = fill_params(step.run_params, ctx.params, ctx.outputs)
@@ -85,8 +86,9 @@ class SubDagExecutor:
         outcome = self.runs.child_outcome(child)
         if outcome.status is RunStatus.SUCCESS:
             return AttemptResult(True)
-        failed = ", ".join(outcome.failed_steps)
-        why = f": steps {failed} failed" if failed else ""
+        failed = outcome.failed_steps
+        noun = "step" if len(failed) == 1 else "steps"
+        why = f": {noun} {', '.join(failed)} failed" if failed else ""
         return AttemptResult(False, f"child run {child} of {step.run} {outcome.status}{why}")
 
     async def clean_up(self, leftovers: Collection[Leftover], run_ids: Collection[str]) -> None:

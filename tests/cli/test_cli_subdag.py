@@ -5,11 +5,12 @@ refuses cross-DAG cycles and unknown DAG ids with file, step and field; a real d
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from clienthelp import serving, wait_for
+from clienthelp import dagd, serving, wait_for
 
 from dagd.cli.main import main
 
@@ -118,3 +119,28 @@ def test_parent_run_id_and_triggered_by_on_the_wire_and_in_the_cli(
         assert f"parent run  {parent}" in shown
         shown = cli("show", report)
         assert f"triggered by  {child}" in shown
+
+
+def test_dagd_run_runs_sub_dags_in_the_same_process(tmp_path: Path) -> None:
+    """`dagd run` (no daemon) runs a sub-DAG step's child run itself, its lines beside the
+    parent's, and fails the step with the child's failed step."""
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "parent.toml").write_text(
+        'params = { day = "mon" }\n[steps.a]\ncommand = \'echo "n=5" >> "$DAGD_OUTPUT"\'\n'
+        '[steps.sub]\nrun = "child"\ndepends_on = "a"\n'
+        'params = { day = "${params.day}", n = "${outputs.a.n}" }\n'
+    )
+    (folder / "child.toml").write_text(
+        'params = { day = "", n = "" }\n[steps.s]\n'
+        "command = 'echo \"$DAGD_PARAM_DAY $DAGD_PARAM_N\" > out.txt'\n"
+        "[steps.check]\ncommand = 'test \"$DAGD_PARAM_DAY\" = fri'\n"
+    )
+    done = dagd("run", "parent", "--dags", str(folder), "-p", "day=fri", "--plain", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "out.txt").read_text() == "fri 5\n"
+    assert re.search(r"run child subdag__\S+: success", done.stdout), done.stdout
+    done = dagd("run", "parent", "--dags", str(folder), "--plain", cwd=tmp_path)
+    assert done.returncode == 1
+    failed = r"sub +failed \(\S+\): child run subdag__\S+ of child failed: step check failed"
+    assert re.search(failed, done.stdout), done.stdout

@@ -91,7 +91,7 @@ async def test_a_child_run_that_fails_fails_its_step_and_a_retry_makes_a_new_chi
         (child,) = await _children(daemon, run_id)
         assert child.status is RunStatus.FAILED
         error = steps["sub"].error or ""
-        assert f"child run {child.run_id} of child failed: steps check failed" == error
+        assert f"child run {child.run_id} of child failed: step check failed" == error
         assert steps["after_sub"].status is StepStatus.UPSTREAM_FAILED
         # A retry of the parent reruns the failed step: a new child run.
         await daemon.retry(run_id)
