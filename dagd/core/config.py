@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from dagd.core.spec import MAX_DURATION, decode_text, parse_duration
+from dagd.core.spec import MAX_DURATION, POOL_RE, decode_text, parse_duration
 from dagd.core.text import one_line, show
 
 ROLES = ("read", "operate")
@@ -38,6 +38,8 @@ RANGES: dict[str, tuple[int, int]] = {
     "server.max_body_bytes": (1, 64 * 1024 * 1024),
     "history.keep_runs": (1, 10**9),
 }
+#: `[pools]`: the slots one pool may have (both ends included).
+POOL_SIZES = (1, 10_000)
 #: `[history] keep_days`: more than 0 and at most 100 years (as `MAX_RETENTION_AGE`).
 MAX_KEEP_DAYS = 36500
 #: `event_retention_age` may be longer than other durations: 100 years, in seconds.
@@ -134,6 +136,8 @@ class Config:
     tokens: tuple[TokenSpec, ...] = ()
     dask: DaskExecutorConfig | None = None  # `[executors.dask]`; None: no Dask executor
     history: HistoryConfig = HistoryConfig()
+    # `[pools]`: pool name -> slots, shared by every run of the daemon (docs/config.md).
+    pools: Mapping[str, int] = attrs.field(factory=dict)
     source: Path | None = None
 
     @property
@@ -364,7 +368,7 @@ def parse_config(text: str | bytes, base: Path, source: Path | None = None) -> C
     return config
 
 
-_TABLES = {"server": "", "auth": "", "executors": "", "history": ""}
+_TABLES = {"server": "", "auth": "", "executors": "", "history": "", "pools": ""}
 
 
 def _parse_config(text: str | bytes, r: _Reader, source: Path | None) -> Config:
@@ -390,8 +394,27 @@ def _parse_config(text: str | bytes, r: _Reader, source: Path | None) -> Config:
         history=HistoryConfig(
             **r.read(r.table(doc.get("history", {}), "history"), _HISTORY, "history")
         ),
+        pools=_pools(r, r.table(doc.get("pools", {}), "pools")),
         source=source,
     )
+
+
+def _pools(r: _Reader, raw: dict[str, Any]) -> dict[str, int]:
+    """`[pools]`: name -> slots, each name a pool name and each size from 1 to 10,000."""
+    low, high = POOL_SIZES
+    pools = {}
+    for name, size in raw.items():
+        if not POOL_RE.match(name):
+            r.problems.append(
+                f"pools: {show(name)} is not a pool name (letters, digits, '_', '-', at most 64)"
+            )
+        elif isinstance(size, bool) or not isinstance(size, int):
+            r.problems.append(f"pools.{name}: invalid value {show(size)} (expected integer slots)")
+        elif not low <= size <= high:
+            r.problems.append(f"pools.{name}: must be from {low} to {high}, got {show(size)}")
+        else:
+            pools[name] = size
+    return pools
 
 
 def _tokens(r: _Reader, raw_tokens: object) -> tuple[TokenSpec, ...]:

@@ -238,6 +238,9 @@ class StepSpec:
     # references, dagd/core/dagrefs.py). Its `executor` is SUBDAG_EXECUTOR.
     run: str | None = None
     run_params: Mapping[str, str] = attrs.field(factory=dict)
+    # The pool (config.toml's `[pools]`) whose slots each attempt holds, and how many.
+    pool: str | None = None
+    pool_slots: int = 1
 
     @property
     def max_attempts(self) -> int:

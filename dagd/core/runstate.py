@@ -454,6 +454,7 @@ class StepState:
     error: str | None = None
     worker: str | None = None  # where the latest attempt ran, when its executor said
     outputs: Mapping[str, Any] | None = None  # what it handed downstream, once it succeeded
+    queued_in: str | None = None  # the pool whose slot its dispatched attempt waits for
     up_total: int = 0
     up_done: int = 0
     up_success: int = 0
@@ -477,8 +478,11 @@ class StepState:
 
 
 def waiting_for(st: StepState) -> str | None:
-    """What a step waits for while it polls its wait_for (its command, as one line); None
-    when it does not poll."""
+    """What a step waits for while it polls its wait_for (its command, as one line), or
+    while its dispatched attempt waits for a slot of its pool (`pool <name>`); None when it
+    waits for neither."""
+    if st.queued_in is not None and st.dispatched:
+        return f"pool {st.queued_in}"
     wait_for = st.spec.wait_for
     if st.phase is not _POLLING or wait_for is None:
         return None
@@ -532,6 +536,9 @@ class RunState:
         self.status = RunStatus.QUEUED  # always RUN_STATUS_OF[phase]
         self.cancelling = False
         self.cancel_reason: str | None = None
+        # When the run was last queued (UNIX seconds), set by whoever queues it: pools serve
+        # the attempts of earlier-queued runs first (dagd/core/pools.py). None: unknown.
+        self.queued_at: float | None = None
         self.progress_interval = progress_interval
         self.steps: dict[str, StepState] = {
             sid: StepState(spec=spec, downstream=[], up_total=len(spec.depends_on))
@@ -657,7 +664,9 @@ class RunState:
             attempt=st.attempts_before + st.attempt,
             worker=st.worker,
             handler=st.spec.handler,
-            waiting_for=waiting_for(st) if st.phase is _POLLING else None,
+            waiting_for=(
+                waiting_for(st) if st.phase is _POLLING or st.queued_in is not None else None
+            ),
             outputs=st.outputs,
         )
 
@@ -762,6 +771,31 @@ class RunState:
         self._enter(st, phase, now, out)
         return self._settle(out, now)
 
+    def step_queued(self, step_id: str, now: float, pool: str) -> list[Effect]:
+        """A dispatched attempt waits for a slot of `pool`: the step stays pending, and its
+        events say what it waits for (`waiting_for`: `pool <name>`) until `step_dequeued`
+        or its cancel. Raises `IllegalTransition` unless the step was dispatched and the run
+        takes step events."""
+        st = self._reported(step_id)
+        if not st.dispatched:
+            raise IllegalTransition(f"step {step_id!r} is {st.status} ({st.phase}): not queued")
+        st.queued_in = pool
+        out: list[Effect] = []
+        self._enter(st, st.phase, now, out)
+        return self._settle(out, now)
+
+    def step_dequeued(self, step_id: str, now: float) -> list[Effect]:
+        """The queued attempt got its pool slots: the step is pending without waiting for a
+        pool (until `step_started`). Nothing happens for a step that was not queued. Raises
+        `IllegalTransition` unless the run takes step events."""
+        st = self._reported(step_id)
+        out: list[Effect] = []
+        if st.queued_in is not None:
+            st.queued_in = None
+            if st.dispatched:
+                self._enter(st, st.phase, now, out)
+        return self._settle(out, now)
+
     def step_skipped(self, step_id: str, now: float, reason: str) -> list[Effect]:
         """A dispatched attempt's precondition said no: the attempt is not made, the step is
         skipped with `reason` (its `error`), and its downstream steps' trigger rules count it
@@ -847,6 +881,7 @@ class RunState:
         out: list[Effect] = []
         self.active -= 1
         st.end_time = now
+        st.queued_in = None  # a cancel takes it out of its pool's queue
         if reason is None and st.spec.handler is not None:
             reason = self._grace_reason
         st.error = reason or self.cancel_reason or "cancelled"

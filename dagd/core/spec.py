@@ -43,6 +43,8 @@ PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 #: An executor's name, as in `[executors.<name>]` of config.toml.
 EXECUTOR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+#: A pool's name, as in `[pools]` of config.toml.
+POOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 #: The executor a step gets when neither it nor its DAG names one: this machine.
 DEFAULT_EXECUTOR = "local"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -56,6 +58,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "retries": (0, 1000),
     "max_active_runs": (1, 10_000),
     "max_active_steps": (1, 10_000),
+    "pool_slots": (1, 10_000),
 }
 #: `retry_backoff`: the factor each retry's delay is multiplied by.
 BACKOFF_RANGE = (1.0, 100.0)
@@ -361,6 +364,16 @@ STEP_TABLE: dict[str, Key] = {
         "Poll a command on the daemon's machine before each attempt (after the "
         "precondition) until it exits 0: { command, interval, timeout }.",
     ),
+    "pool": Key(
+        Text(POOL_RE, "{value} is not a pool name (letters, digits, '_', '-')"),
+        "A pool configured in config.toml under [pools]: each attempt waits for a slot of it "
+        "(earlier-triggered runs first) and holds it until the attempt ends; none: no pool.",
+    ),
+    "pool_slots": Key(
+        Integer(*LIMITS["pool_slots"]),
+        "Slots of its pool each attempt holds (at most the pool's size).",
+        1,
+    ),
 }
 
 #: A handler needs exactly one of these keys: what it runs, or whom it notifies.
@@ -368,8 +381,17 @@ ONE_OF_HANDLER_KEYS = ("command", "call", "notify")
 _TEMPLATE = Text(check=template_problem)
 
 #: A step's keys that a handler does not take: its place in the graph, what gates an attempt
-#: (a handler runs when its run's outcome matches, or not at all), and a sub-DAG's.
-NOT_FOR_HANDLERS = ("depends_on", "trigger_rule", "precondition", "wait_for", "run", "params")
+#: (a handler runs when its run's outcome matches, or not at all), a sub-DAG's, and a pool.
+NOT_FOR_HANDLERS = (
+    "depends_on",
+    "trigger_rule",
+    "precondition",
+    "wait_for",
+    "run",
+    "params",
+    "pool",
+    "pool_slots",
+)
 #: The keys of a `[handlers.<kind>]` table: a step's but NOT_FOR_HANDLERS, and a
 #: notification's.
 HANDLER_TABLE: dict[str, Key] = {
@@ -778,6 +800,8 @@ def _read_step(
         wait_for=_wait_for(read("wait_for")),
         run=run,
         run_params=run_params,
+        pool=read("pool"),
+        pool_slots=read("pool_slots"),
     )
 
 
