@@ -44,6 +44,7 @@ from dagd.core.backoff import ReconnectBackoff
 from dagd.core.events import DagEvent
 from dagd.core.exceptiongroups import unwrap_single
 from dagd.core.logslice import LogStream
+from dagd.core.pools import PoolUsage
 from dagd.core.protocol.answers import (
     Answer,
     AuthSuccess,
@@ -57,6 +58,7 @@ from dagd.core.protocol.answers import (
     LogEnd,
     LogFollowing,
     Paused,
+    PoolList,
     ReplayComplete,
     RetryAccepted,
     RunDetail,
@@ -78,6 +80,7 @@ from dagd.core.protocol.requests import (
     GetDag,
     GetRun,
     ListDags,
+    ListPools,
     ListRuns,
     Pause,
     Request,
@@ -410,6 +413,14 @@ class Client:
         Raises `NotConnected` (see `request`).
         """
         return (await self._ask(ListDags(), DagList)).dags
+
+    async def list_pools(self) -> list[PoolUsage]:
+        """Every pool of the daemon's config.toml, by name: its slots, the slots in use and
+        the attempts waiting for slots (`PoolUsage`, dagd/core/pools.py).
+
+        Raises `NotConnected` (see `request`).
+        """
+        return (await self._ask(ListPools(), PoolList)).pools
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:
         """The newest `limit` runs (1..1000), of `dag_id` or of every DAG, newest first: run id,

@@ -50,7 +50,7 @@ def local_dag(config_path: Path | None, dags_dir: Path | None, dag_id: str) -> D
 
     config = load_config(config_path)
     folder_path = dags_dir if dags_dir is not None else config.dags_dir
-    folder = load_dag_folder(folder_path, executors=config.executor_names)
+    folder = load_dag_folder(folder_path, executors=config.executor_names, pools=config.pools)
     dag = folder.dags.get(dag_id)
     if dag is not None:
         return dag

@@ -72,7 +72,9 @@ def _load_folder(config_path: Path | None, dags_dir: Path | None) -> DagFolder:
     from dagd.daemon.dagfolder import load_dag_folder
 
     config = load_config(config_path)
-    return load_dag_folder(_dags_dir(config, dags_dir), executors=config.executor_names)
+    return load_dag_folder(
+        _dags_dir(config, dags_dir), executors=config.executor_names, pools=config.pools
+    )
 
 
 @click.group(cls=DagdGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,7 +214,7 @@ def run(
     path = folder_path / f"{dag_id}.toml"
     from dagd.daemon.dagfolder import load_dag_folder
 
-    folder = load_dag_folder(folder_path, executors=config.executor_names)
+    folder = load_dag_folder(folder_path, executors=config.executor_names, pools=config.pools)
     dag = folder.dags.get(dag_id)
     if dag is None:
         if path.is_file():
@@ -299,13 +301,17 @@ async def _drive_here(
     from dagd.cli.render import RunsView
     from dagd.cli.subruns import HereChildRuns
     from dagd.runtime.engine import RunDriver
+    from dagd.runtime.pools import Pools
 
     view = RunsView()
     live = mode == "live"
     publish = view.apply if live else plain_printer(view, sys.stdout, quiet=mode == "quiet")
     slots = trio.CapacityLimiter(parallel)
-    children = HereChildRuns(dags, executors, publish, slots)
-    driver = RunDriver(state, children.executors, publish, step_slots=slots)
+    # config.toml's pools hold here too: the run and its child runs share them, as a
+    # daemon's runs would.
+    pools = Pools(config.pools) if config.pools else None
+    children = HereChildRuns(dags, executors, publish, slots, pools)
+    driver = RunDriver(state, children.executors, publish, step_slots=slots, pools=pools)
 
     async def stop_on_signal() -> None:
         # Listening goes on until the run is over: a second signal must not kill this
@@ -489,6 +495,20 @@ def dags(config_path: Path | None, url: str | None, token: str | None, as_json: 
     from dagd.cli import remote
 
     remote.run_async(remote.list_dags, endpoint(config_path, url, token), as_json)
+
+
+@main.command()
+@config_option
+@url_option
+@token_option
+@json_option
+def pools(config_path: Path | None, url: str | None, token: str | None, as_json: bool) -> None:
+    """Show the running daemon's pools: slots, slots in use, and steps waiting for one.
+
+    Pools are set in config.toml under [pools]; a step joins one with `pool = "<name>"`."""
+    from dagd.cli import remote
+
+    remote.run_async(remote.list_pools, endpoint(config_path, url, token), as_json)
 
 
 @main.command()

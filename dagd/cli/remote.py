@@ -42,6 +42,7 @@ from dagd.core.protocol.answers import (
     CancelAccepted,
     DagList,
     DagSummary,
+    PoolList,
     RetryAccepted,
     RunList,
     Triggered,
@@ -294,6 +295,25 @@ async def list_dags(endpoint: Endpoint, as_json: bool) -> None:
         click.echo("the daemon has no DAGs", err=True)
     for line in broken_file_lines(answer.broken_files):
         click.echo(line, err=True)
+
+
+async def list_pools(endpoint: Endpoint, as_json: bool) -> None:
+    """`dagd pools`: one line per pool of the daemon's config.toml (name, slots, in use,
+    waiting attempts), or the protocol's `pools` answer with --json."""
+    async with open_client(endpoint, []) as client:
+        pools = await client.list_pools()
+    if as_json:
+        print_json(PoolList(pools))
+        return
+    if not pools:
+        click.echo("the daemon has no pools (add them under [pools] in config.toml)", err=True)
+        return
+    width = max(len("POOL"), *(len(pool.name) for pool in pools))
+    click.echo(f"{'POOL'.ljust(width)}  SLOTS  IN USE  WAITING")
+    for pool in pools:
+        click.echo(
+            f"{pool.name.ljust(width)}  {pool.slots:>5}  {pool.in_use:>6}  {pool.waiting:>7}"
+        )
 
 
 def broken_file_lines(files: list[BrokenFile]) -> list[str]:

@@ -21,11 +21,13 @@ from dagd.core.timefmt import RunIdFactory
 from dagd.daemon.subdag import ChildOutcome, SubDagExecutor
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.executor import StepExecutor
+from dagd.runtime.pools import Pools
 
 
 class HereChildRuns:
     """Child runs of `dags` in `nursery` (set it before the top run starts), on `executors`
-    (plus the sub-DAG executor, `self.executors`), their events handed to `publish`."""
+    (plus the sub-DAG executor, `self.executors`), their events handed to `publish`, their
+    pooled steps sharing `pools` with the top run."""
 
     def __init__(
         self,
@@ -33,8 +35,10 @@ class HereChildRuns:
         executors: Mapping[str, StepExecutor],
         publish: Callable[[DagEvent], None],
         step_slots: trio.CapacityLimiter,
+        pools: Pools | None = None,
     ) -> None:
         self.dags = dags
+        self.pools = pools
         self.executors: dict[str, StepExecutor] = {
             **executors,
             SUBDAG_EXECUTOR: SubDagExecutor(self),
@@ -69,7 +73,10 @@ class HereChildRuns:
         bound = dag.bind_params(params)
         run_id = self._ids.make("subdag", time.time())
         state = RunState(dag, run_id, bound, parent_run_id=parent_run_id)
-        driver = RunDriver(state, self.executors, self.publish, step_slots=self.step_slots)
+        state.queued_at = time.time()  # after the top run: its steps go first in a pool
+        driver = RunDriver(
+            state, self.executors, self.publish, step_slots=self.step_slots, pools=self.pools
+        )
         self.drivers[run_id] = driver
         done = trio.Event()
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from dagd.core.events import DagEvent
 from dagd.core.logslice import MAX_LOG_READ, LogSlice
+from dagd.core.pools import PoolUsage
 from dagd.core.protocol.answers import (
     BackfillResult,
     BrokenFile,
@@ -53,6 +54,10 @@ class DaemonService(Protocol):
 
     def broken_files(self) -> list[BrokenFile]:
         """Every DAG file that is broken or refused now, by path, with its problems."""
+        ...
+
+    def list_pools(self) -> list[PoolUsage]:
+        """Every configured pool, by name: slots, slots in use, waiting attempts."""
         ...
 
     async def list_runs(self, dag_id: str | None = None, limit: int = 20) -> list[RunRecord]:

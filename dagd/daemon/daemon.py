@@ -49,6 +49,7 @@ from dagd.core.model import (
     RunStatus,
     StepStatus,
 )
+from dagd.core.pools import PoolUsage
 from dagd.core.protocol.answers import (
     BackfillAction,
     BackfillResult,
@@ -80,6 +81,7 @@ from dagd.daemon.subdag import ChildOutcome, SubDagExecutor
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.executor import StepExecutor, executor_registry, kill_steps_now
 from dagd.runtime.notify import Notifier
+from dagd.runtime.pools import Pools
 
 log = logging.getLogger("dagd")
 
@@ -129,7 +131,11 @@ class Daemon:
         self._followers: dict[str, tuple[str, ...]] = {}
         self._record_leftover = LeftoverRecorder(store)  # for recovery after a crash
         store.on_write_error = self._storage_failed  # a failing disk becomes error events
-        self.folder = DagFolder(config.dags_dir, log, executors=config.executor_names)
+        self.folder = DagFolder(
+            config.dags_dir, log, executors=config.executor_names, pools=config.pools
+        )
+        # config.toml's [pools], shared by every run of this daemon (dagd/runtime/pools.py).
+        self.pools = Pools(config.pools)
         self.step_slots = trio.CapacityLimiter(config.max_parallel_steps)
         # Sends the notifications of `notify` handlers (dagd/runtime/notify.py).
         self.notifier = Notifier(hidden=config.secret_env_names)
@@ -612,6 +618,7 @@ class Daemon:
                 parent_run_id=parent_run_id,
                 triggered_by=triggered_by,
             )
+        state.queued_at = now
         self.publish(state.run_event(now))  # queued
         self.admission.enqueue(state)
         self._launch(dag.id)
@@ -662,6 +669,7 @@ class Daemon:
                 step_slots=self.step_slots,
                 on_leftover=self._record_leftover,
                 notifier=self.notifier,
+                pools=self.pools,
             )
             self.active[state.run_id] = driver
             assert self._nursery is not None
@@ -802,6 +810,7 @@ class Daemon:
             if every_step:
                 self.admission.recall(run_id)  # the rebuilt state replaces the remembered one
             # queued again (clients see it wait for a max_active_runs slot), then started
+            state.queued_at = self.clock()
             self._publish_all(state.requeue(self.clock()))
             self.admission.enqueue(state)
             self._launch(state.dag.id)
@@ -1054,6 +1063,11 @@ class Daemon:
         """Every loaded DAG, sorted by id, with its next scheduled run (UNIX seconds; None
         while paused), whether it is paused, and its file error (see `file_error`)."""
         return [self._summary(dag) for dag in sorted(self.dags.values(), key=lambda d: d.id)]
+
+    def list_pools(self) -> list[PoolUsage]:
+        """Every pool of config.toml's `[pools]`, by name, as it is now: its slots, the slots
+        held by running attempts, and the attempts waiting for slots (dagd/core/pools.py)."""
+        return self.pools.usage()
 
     def broken_files(self) -> list[BrokenFile]:
         """Every DAG file that is broken or refused now, sorted by path, with its problems

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import attrs
@@ -216,7 +216,9 @@ class DagFolder:
     removals and refusals are logged there (the daemon's log; the CLI prints problems
     itself). With `executors` (the configured executor names, `Config.executor_names`), a
     file whose step names any other executor is refused; None checks no names. Every local
-    step's `call` is imported and checked (`call_problem`).
+    step's `call` is imported and checked (`call_problem`). With `pools` (`Config.pools`:
+    name -> slots), a file whose step names any other pool, or asks for more slots than its
+    pool has, is refused; None checks no pools.
     """
 
     def __init__(
@@ -224,10 +226,12 @@ class DagFolder:
         folder: Path,
         log: logging.Logger | None = None,
         executors: Collection[str] | None = None,
+        pools: Mapping[str, int] | None = None,
     ) -> None:
         self.folder = folder
         self._log = log
         self._executors = tuple(executors) if executors is not None else None
+        self._pools = dict(pools) if pools is not None else None
         self._state = _State()
         self._reloading = trio.Lock()  # one reload_in_thread at a time
 
@@ -414,6 +418,12 @@ class DagFolder:
             if found is not None:
                 problems.append(Problem(file, found.message, _where(step), "call"))
                 cheap = cheap and found.cheap
+        if self._pools is not None:
+            for step in dag.steps.values():
+                message = pool_problem(step, self._pools)
+                if message is not None:
+                    problems.append(Problem(file, message, step.id, "pool"))
+                    cheap = False
         for handler in dag.handlers.values():
             for i, url in enumerate(handler.notify, start=1):
                 message = url_problem(url)
@@ -448,12 +458,35 @@ class DagFolder:
         return refused
 
 
-def load_dag_folder(folder: Path, executors: Collection[str] | None = None) -> DagFolder:
-    """One read of `folder`, as `dagd validate`, `list` and `run` see it; `executors` as for
-    `DagFolder`. The links between its DAGs are checked too (dagd/core/dagrefs.py: `run` and
-    `after` naming DAGs that are not there, or forming a cycle): a problem of each DAG's
-    file. Unlike the daemon's reload, a missing folder is a problem here (the user named it)."""
-    loaded = DagFolder(folder, executors=executors)
+def pool_problem(step: StepSpec, pools: Mapping[str, int]) -> str | None:
+    """Why `step` cannot take slots of its pool given the configured `pools` (name ->
+    slots): the pool is not configured (with the configured name it may be a typo of), or
+    `pool_slots` is more than the pool has. None: it can (or it names no pool)."""
+    name = step.pool
+    if name is None:
+        return None
+    size = pools.get(name)
+    if size is None:
+        close = difflib.get_close_matches(name, list(pools), n=1, cutoff=0.6)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        known = ", ".join(sorted(pools)) or "none (add them under [pools] in config.toml)"
+        return f"no pool {name!r} is configured{guess}; configured: {known}"
+    if step.pool_slots > size:
+        return f"pool_slots {step.pool_slots} is more than pool {name!r} has ({size})"
+    return None
+
+
+def load_dag_folder(
+    folder: Path,
+    executors: Collection[str] | None = None,
+    pools: Mapping[str, int] | None = None,
+) -> DagFolder:
+    """One read of `folder`, as `dagd validate`, `list` and `run` see it; `executors` and
+    `pools` as for `DagFolder`. The links between its DAGs are checked too (dagd/core/
+    dagrefs.py: `run` and `after` naming DAGs that are not there, or forming a cycle): a
+    problem of each DAG's file. Unlike the daemon's reload, a missing folder is a problem here
+    (the user named it)."""
+    loaded = DagFolder(folder, executors=executors, pools=pools)
     if folder.is_dir():
         loaded.reload()
         for dag_id, found in link_problems(loaded.dags).items():

@@ -383,6 +383,8 @@ class Connection:
             self.reply(message, answers.RetryAccepted(message.run_id))
         elif isinstance(message, requests.ListDags):
             self.reply(message, answers.DagList(daemon.list_dags(), daemon.broken_files()))
+        elif isinstance(message, requests.ListPools):
+            self.reply(message, answers.PoolList(daemon.list_pools()))
         elif isinstance(message, requests.ListRuns):
             runs = await daemon.list_runs(message.dag_id, message.limit)
             self.reply(message, answers.RunList(runs))

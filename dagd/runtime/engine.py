@@ -19,6 +19,7 @@ import trio
 
 from dagd.core.events import DagEvent
 from dagd.core.model import RunStatus, StepSpec, StepStatus
+from dagd.core.pools import PoolError, PoolRequest
 from dagd.core.runstate import (
     EVENT_CLASSES,
     Effect,
@@ -44,6 +45,7 @@ from dagd.runtime.executor import (
 )
 from dagd.runtime.local.executor import LocalExecutor
 from dagd.runtime.notify import Notifier
+from dagd.runtime.pools import Pools
 
 log = logging.getLogger("dagd.runtime.engine")
 
@@ -79,6 +81,9 @@ class RunDriver:
     with the final state once the run is over. `on_leftover` gets each attempt's leftover
     handle (dagd/runtime/executor.py), for crash recovery. `notifier` sends the notifications
     of `notify` handlers (dagd/runtime/notify.py; default: one with dagd's environment).
+    `pools`: the process's pools (dagd/runtime/pools.py), shared by its runs: each attempt of
+    a step with a `pool` waits for its slots first, then for a `step_slots` token (without
+    `pools`, such steps run as if they had no pool).
 
     Lifecycle handlers run as steps of the run, each attempt given the run's outcome
     (`StepContext.outcome`); their grace is a timer like a retry's (`HandlerDeadline`)."""
@@ -94,8 +99,10 @@ class RunDriver:
         on_finish: Callable[[RunState], None] | None = None,
         on_leftover: LeftoverSink | None = None,
         notifier: StepExecutor | None = None,
+        pools: Pools | None = None,
     ) -> None:
         self.state = state
+        self.pools = pools
         self.executors: Mapping[str, StepExecutor] = (
             executors if isinstance(executors, Mapping) else executor_registry(executors)
         )
@@ -220,7 +227,9 @@ class RunDriver:
             gated = spec.precondition is not None or spec.wait_for is not None
             result: AttemptResult | Skip | None = None
             with scope:
-                if self.step_slots is not None:
+                if spec.pool is not None and self.pools is not None:
+                    result = await self._pooled(self.pools, executor, spec, ctx)
+                elif self.step_slots is not None:
                     async with self.step_slots:
                         if gated:
                             result = await self._gated_attempt(executor, spec, ctx)
@@ -251,6 +260,44 @@ class RunDriver:
                 # of them would hold the loop for the whole chain. A shell step always waited
                 # for its thread, so the next one may start at once.
                 await trio.lowlevel.checkpoint()
+
+    async def _pooled(
+        self, pools: Pools, executor: StepExecutor, spec: StepSpec, ctx: StepContext
+    ) -> AttemptResult | Skip:
+        """An attempt of a step in a pool: its slots first (in the run's trigger order; the
+        step says it waits for the pool meanwhile), then as any attempt. The slots are given
+        back however it ends; cancelled while it waits, it takes none (dagd/runtime/pools.py).
+        A pool that is not configured (a run keeps its DAG's definition) fails the attempt."""
+        state, sid, pool = self.state, ctx.step_id, spec.pool
+        assert pool is not None
+        order = state.queued_at if state.queued_at is not None else 0.0
+        request = PoolRequest(pool, spec.pool_slots, order, ctx.run_id, sid)
+        try:
+            granted = pools.ask(request)
+        except PoolError as exc:
+            self._apply(state.step_started(sid, self.clock()))
+            return AttemptResult(False, str(exc))
+        try:
+            if not granted:
+                await pools.wait(
+                    request, lambda: self._apply(state.step_queued(sid, self.clock(), pool))
+                )
+                self._apply(state.step_dequeued(sid, self.clock()))
+            if self.step_slots is not None:
+                async with self.step_slots:
+                    return await self._unslotted(executor, spec, ctx)
+            return await self._unslotted(executor, spec, ctx)
+        finally:
+            pools.release(request)
+
+    async def _unslotted(
+        self, executor: StepExecutor, spec: StepSpec, ctx: StepContext
+    ) -> AttemptResult | Skip:
+        """An attempt that holds its slots: gated, or started at once."""
+        if spec.precondition is not None or spec.wait_for is not None:
+            return await self._gated_attempt(executor, spec, ctx)
+        self._apply(self.state.step_started(ctx.step_id, self.clock()))
+        return await self._run_attempt(executor, spec, ctx)
 
     async def _gated_attempt(
         self, executor: StepExecutor, spec: StepSpec, ctx: StepContext
@@ -316,15 +363,17 @@ async def run_dag(
     *,
     clock: WallClock = time.time,
     step_slots: trio.CapacityLimiter | None = None,
+    pools: Pools | None = None,
 ) -> RunStatus:
     """Run a whole DAG run in this trio program and return its final status. `executors`:
     as `RunDriver` takes them (default: a `LocalExecutor` that keeps no logs); `publish` gets
-    every event (default: dropped); `clock` and `step_slots` as for `RunDriver`."""
+    every event (default: dropped); `clock`, `step_slots` and `pools` as for `RunDriver`."""
     driver = RunDriver(
         state,
         LocalExecutor() if executors is None else executors,
         publish or (lambda event: None),
         clock=clock,
         step_slots=step_slots,
+        pools=pools,
     )
     return await driver.run()

@@ -11,6 +11,7 @@ import attrs
 import pytest
 
 from dagd.core.model import RunStatus, StepStatus, TriggerRule
+from dagd.core.pools import PoolUsage
 from dagd.core.protocol.answers import (
     ANSWER_TYPES,
     SERVER_ANSWERS,
@@ -34,6 +35,7 @@ from dagd.core.protocol.answers import (
     LogUnfollowed,
     Paused,
     Pong,
+    PoolList,
     ReplayComplete,
     RetryAccepted,
     RunDetail,
@@ -61,6 +63,7 @@ from dagd.core.protocol.requests import (
     GetDag,
     GetRun,
     ListDags,
+    ListPools,
     ListRuns,
     Pause,
     Ping,
@@ -92,6 +95,7 @@ REQUESTS: dict[type, list[Any]] = {
     Cancel: [Cancel(RUN), Cancel(RUN, request_id=2)],
     Retry: [Retry(RUN), Retry(RUN, request_id=3)],
     ListDags: [ListDags(), ListDags(request_id="l")],
+    ListPools: [ListPools(), ListPools(request_id=3)],
     ListRuns: [ListRuns(), ListRuns("etl", 1000, request_id=4)],
     GetRun: [GetRun(RUN), GetRun(RUN, request_id="g")],
     GetDag: [GetDag("etl"), GetDag("etl", request_id=11)],
@@ -144,6 +148,10 @@ ANSWERS: dict[type, list[Any]] = {
     Triggered: [Triggered("etl", RUN), Triggered("etl", RUN, request_id="t")],
     CancelAccepted: [CancelAccepted(RUN), CancelAccepted(RUN, request_id=7)],
     RetryAccepted: [RetryAccepted(RUN), RetryAccepted(RUN, request_id=8)],
+    PoolList: [
+        PoolList([]),
+        PoolList([PoolUsage("warehouse", 2, 2, 3, 4), PoolUsage("gpu", 1, 0, 0, 0)], "p"),
+    ],
     DagList: [
         DagList([]),
         DagList([DAG, DagSummary("m", "", None, None, [], [], {})], request_id="d"),

@@ -17,6 +17,7 @@ import yaml
 
 from dagd.core.events import EVENT_TYPES
 from dagd.core.model import RunStatus, StepStatus, TriggerRule
+from dagd.core.pools import PoolUsage
 from dagd.core.protocol.answers import (
     ANSWER_TYPES,
     BackfillAction,
@@ -124,6 +125,7 @@ NESTED = [
     ("run", ("steps", "items"), StepDetail),
     ("run", ("steps", "items", "attempts", "items"), AttemptRecord),
     ("backfill_result", ("slots", "items"), BackfillSlot),
+    ("pools", ("pools", "items"), PoolUsage),
 ]
 
 

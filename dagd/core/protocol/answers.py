@@ -17,6 +17,7 @@ import attrs
 
 from dagd.core.logslice import LogStream
 from dagd.core.model import HandlerKind, StepStatus, TriggerRule
+from dagd.core.pools import PoolUsage
 from dagd.core.protocol.codes import ErrorCode, Role
 from dagd.core.protocol.requests import RequestId
 from dagd.core.records import AttemptRecord, RunRecord
@@ -297,6 +298,16 @@ class DagList:
 
 
 @attrs.frozen
+class PoolList:
+    """The answer to `list_pools` (wire type `pools`): every pool of config.toml's `[pools]`,
+    by name, with its `slots`, the slots `inUse` by running attempts, and the attempts
+    `waiting` for slots (asking for `waitingSlots` slots together)."""
+
+    pools: list[PoolUsage]
+    request_id: RequestId = None
+
+
+@attrs.frozen
 class RunList:
     """The answer to `list_runs` (wire type `runs`), newest run first."""
 
@@ -413,6 +424,7 @@ Answer = (
     | CancelAccepted
     | RetryAccepted
     | DagList
+    | PoolList
     | RunList
     | RunDetail
     | DagDetail
@@ -439,6 +451,7 @@ ANSWER_TYPES: dict[type[ServerAnswer], str] = {
     CancelAccepted: "cancel_accepted",
     RetryAccepted: "retry_accepted",
     DagList: "dags",
+    PoolList: "pools",
     RunList: "runs",
     RunDetail: "run",
     DagDetail: "dag",

@@ -25,6 +25,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from dagd.core.events import EVENT_TYPES
 from dagd.core.logslice import LogStream
 from dagd.core.model import HandlerKind, RunStatus, StepStatus, TriggerRule
+from dagd.core.pools import PoolUsage
 from dagd.core.protocol.answers import (
     ANSWER_TYPES,
     BackfillAction,
@@ -262,8 +263,8 @@ def make_converter() -> cattrs.Converter:
         conv.register_unstructure_hook(event_cls, _make_unstructure(event_cls, conv, **overrides))
         conv.register_structure_hook(event_cls, _make_structure(event_cls, conv, **overrides))
 
-    # The entries of answers: `dags` (and its broken files), `runs`, `dag`, `run` and
-    # `backfill_result`; a class
+    # The entries of answers: `dags` (and its broken files), `runs`, `dag`, `run`,
+    # `backfill_result` and `pools`; a class
     # before any class that holds it (a generated hook takes its fields' hooks as they are).
     plain: tuple[type, ...] = (
         DagSummary,
@@ -275,6 +276,7 @@ def make_converter() -> cattrs.Converter:
         BackfillSlot,
         FileProblem,
         BrokenFile,
+        PoolUsage,
     )
     for plain_cls in plain:
         overrides = _overrides(plain_cls)

@@ -102,6 +102,13 @@ class ListDags:
 
 
 @attrs.frozen
+class ListPools:
+    """Ask for every configured pool and its use now."""
+
+    request_id: RequestId = None
+
+
+@attrs.frozen
 class ListRuns:
     """Ask for the newest `limit` runs (1..1000), of one DAG or of all."""
 
@@ -214,6 +221,7 @@ Request = (
     | Cancel
     | Retry
     | ListDags
+    | ListPools
     | ListRuns
     | GetRun
     | GetDag
@@ -236,6 +244,7 @@ REQUEST_TYPES: dict[type[Request], str] = {
     Cancel: "cancel",
     Retry: "retry",
     ListDags: "list_dags",
+    ListPools: "list_pools",
     ListRuns: "list_runs",
     GetRun: "get_run",
     GetDag: "get_dag",
@@ -266,6 +275,7 @@ __all__ = [
     "GetDag",
     "GetRun",
     "ListDags",
+    "ListPools",
     "ListRuns",
     "Pause",
     "Ping",

@@ -10,7 +10,7 @@ families. A scrape therefore costs in proportion to the DAGs and statuses seen, 
 history (bench/metrics_scrape.py).
 
 The metrics, their labels and their meaning are listed in docs/http.md ("GET /metrics"). A new
-group of metrics (pool usage, `dagd_pool_slots_in_use{pool}`, say) is one more function in
+group of metrics (as the pools' `dagd_pool_slots_in_use{pool}`) is one more function in
 `FAMILIES`, reading what `DaemonService` gives, and a row in that table.
 
 The `Accept` header chooses the format (`prometheus_client.exposition.choose_encoder`):
@@ -38,6 +38,7 @@ from prometheus_client.openmetrics.exposition import ALLOWUTF8, UNDERSCORES
 from prometheus_client.openmetrics.exposition import generate_latest as _untyped_latest
 from prometheus_client.registry import Collector
 
+from dagd.core.pools import PoolUsage
 from dagd.daemon.api import DaemonHealth, DaemonService, DaemonStats, Histogram
 from dagd.net.auth import AuthThrottle, TokenBook
 from dagd.net.http.bearer import bearer_entry
@@ -53,10 +54,11 @@ openmetrics_latest = cast(Callable[..., bytes], _untyped_latest)
 class _Scrape:
     """What one scrape reads, read once: the daemon's health (a snapshot) and stats (live)."""
 
-    __slots__ = ("health", "net", "stats", "version")
+    __slots__ = ("health", "net", "pools", "stats", "version")
 
     def __init__(self, daemon: DaemonService, net: NetStats | None, version: str) -> None:
         self.health: DaemonHealth = daemon.health()
+        self.pools: list[PoolUsage] = daemon.list_pools()
         self.stats: DaemonStats = daemon.stats
         self.net = net
         self.version = version
@@ -176,8 +178,30 @@ def _net(s: _Scrape) -> Iterator[Metric]:
     )
 
 
+def _pools(s: _Scrape) -> Iterator[Metric]:
+    slots = GaugeMetricFamily("dagd_pool_slots", "Slots of each pool of [pools].", labels=["pool"])
+    in_use = GaugeMetricFamily(
+        "dagd_pool_slots_in_use", "Pool slots held by running attempts.", labels=["pool"]
+    )
+    waiting = GaugeMetricFamily(
+        "dagd_pool_waiting_steps", "Step attempts waiting for a slot of the pool.", labels=["pool"]
+    )
+    for pool in s.pools:
+        slots.add_metric([pool.name], pool.slots)
+        in_use.add_metric([pool.name], pool.in_use)
+        waiting.add_metric([pool.name], pool.waiting)
+    yield from (slots, in_use, waiting)
+
+
 #: The metric groups of a scrape, in output order. A new group is one more function here.
-FAMILIES: tuple[Callable[[_Scrape], Iterable[Metric]], ...] = (_daemon, _runs, _store, _loop, _net)
+FAMILIES: tuple[Callable[[_Scrape], Iterable[Metric]], ...] = (
+    _daemon,
+    _runs,
+    _pools,
+    _store,
+    _loop,
+    _net,
+)
 
 
 class DagdCollector:
