@@ -421,8 +421,9 @@ STEP_KEYS = list(STEP_TABLE)
 HANDLER_KEYS = list(HANDLER_TABLE)
 #: The keys of a notification handler that only a command or call can use.
 NOT_FOR_NOTIFY = ("cwd", "executor")
-#: The keys a run step (a sub-DAG) has no use for: the child run's steps have their own.
-NOT_FOR_RUN = ("cwd", "executor", "env", "timeout")
+#: The keys a run step (a sub-DAG) has no use for: the child run's steps have their own. A
+#: pool slot held while its child run's steps wait for the same pool could never be freed.
+NOT_FOR_RUN = ("cwd", "executor", "env", "timeout", "pool", "pool_slots")
 
 
 @attrs.frozen

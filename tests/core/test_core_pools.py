@@ -8,6 +8,7 @@ import random
 import pytest
 
 from dagd.core.pools import PoolError, PoolQueue, PoolRequest, PoolTable, PoolUsage
+from dagd.core.spec import DagSpecError, parse_dag
 
 
 def ask(pool: str, order: float, step: str, slots: int = 1) -> PoolRequest:
@@ -128,3 +129,11 @@ def test_random_asks_and_releases_keep_every_invariant(seed: int) -> None:
         if waiting:  # the head of the line does not fit: nothing is granted out of order
             head = min(waiting, key=lambda r: (r.order, r.seq))
             assert queue.in_use + head.slots > size
+
+
+def test_a_sub_dag_step_takes_no_pool() -> None:
+    with pytest.raises(DagSpecError, match="a run step takes no pool"):
+        parse_dag('[steps.a]\nrun = "child"\npool = "w"\n', "f.toml", default_id="d")
+    text = '[steps.a]\ncommand = "true"\npool = "w"\npool_slots = 2\n'
+    step = parse_dag(text, "f.toml", default_id="d").steps
+    assert (step["a"].pool, step["a"].pool_slots) == ("w", 2)
