@@ -104,9 +104,7 @@ def stored_run_detail(
         row = by_step.get(sid)
         if row is None:
             steps.append(
-                StepDetail(
-                    sid, StepStatus.PENDING, None, None, None, 0, None, 0, ups, [], handler
-                )
+                StepDetail(sid, StepStatus.PENDING, None, None, None, 0, None, 0, ups, [], handler)
             )
             continue
         steps.append(

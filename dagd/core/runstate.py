@@ -578,6 +578,7 @@ class RunState:
         self._requeued = False  # set by requeue(): start() must apply trigger rules at once
         # Whether any step has outputs: until one has, no step needs its upstreams' looked up.
         self.has_outputs = False
+        self._position: dict[str, int] | None = None  # step id -> place in dag.order
 
     @classmethod
     def restore(
@@ -706,7 +707,8 @@ class RunState:
     def upstream_outputs(self, step_id: str) -> dict[str, Mapping[str, Any]]:
         """The outputs a step receives: those of every step upstream of it (through
         `depends_on`, transitively) that has any, by step id, upstream steps first (the DAG's
-        topological order). Empty, at once, while no step of the run has outputs."""
+        topological order). Empty, at once, while no step of the run has outputs; else the
+        work is in proportion to the step's upstream steps, not to the DAG's size."""
         if not self.has_outputs:
             return {}
         steps = self.steps
@@ -717,11 +719,13 @@ class RunState:
             if up not in seen:
                 seen.add(up)
                 todo.extend(steps[up].spec.depends_on)
-        found = {}
-        for sid in self.dag.order:
-            if sid in seen and (given := steps[sid].outputs):
-                found[sid] = given
-        return found
+        givers = [sid for sid in seen if steps[sid].outputs]
+        if len(givers) > 1:
+            position = self._position
+            if position is None:  # once per run, and only for runs with outputs
+                position = self._position = {sid: i for i, sid in enumerate(self.dag.order)}
+            givers.sort(key=position.__getitem__)
+        return {sid: given for sid in givers if (given := steps[sid].outputs) is not None}
 
     # ------------------------------------------------------------------ events
 
