@@ -229,15 +229,12 @@ class RunDriver:
             with scope:
                 if spec.pool is not None and self.pools is not None:
                     result = await self._pooled(self.pools, executor, spec, ctx)
-                elif self.step_slots is not None:
-                    async with self.step_slots:
-                        if gated:
-                            result = await self._gated_attempt(executor, spec, ctx)
-                        else:
-                            self._apply(state.step_started(sid, self.clock()))
-                            result = await self._run_attempt(executor, spec, ctx)
                 elif gated:
                     result = await self._gated_attempt(executor, spec, ctx)
+                elif self.step_slots is not None:
+                    async with self.step_slots:
+                        self._apply(state.step_started(sid, self.clock()))
+                        result = await self._run_attempt(executor, spec, ctx)
                 else:
                     self._apply(state.step_started(sid, self.clock()))
                     result = await self._run_attempt(executor, spec, ctx)
@@ -283,27 +280,30 @@ class RunDriver:
                     request, lambda: self._apply(state.step_queued(sid, self.clock(), pool))
                 )
                 self._apply(state.step_dequeued(sid, self.clock()))
-            if self.step_slots is not None:
-                async with self.step_slots:
-                    return await self._unslotted(executor, spec, ctx)
-            return await self._unslotted(executor, spec, ctx)
+            if spec.precondition is not None or spec.wait_for is not None:
+                return await self._gated_attempt(executor, spec, ctx)  # slots: its own
+            return await self._slotted_attempt(executor, spec, ctx)
         finally:
             pools.release(request)
 
-    async def _unslotted(
+    async def _slotted_attempt(
         self, executor: StepExecutor, spec: StepSpec, ctx: StepContext
-    ) -> AttemptResult | Skip:
-        """An attempt that holds its slots: gated, or started at once."""
-        if spec.precondition is not None or spec.wait_for is not None:
-            return await self._gated_attempt(executor, spec, ctx)
-        self._apply(self.state.step_started(ctx.step_id, self.clock()))
-        return await self._run_attempt(executor, spec, ctx)
+    ) -> AttemptResult:
+        """Start the attempt in a `step_slots` token (when the daemon has them)."""
+        if self.step_slots is None:
+            self._apply(self.state.step_started(ctx.step_id, self.clock()))
+            return await self._run_attempt(executor, spec, ctx)
+        async with self.step_slots:
+            self._apply(self.state.step_started(ctx.step_id, self.clock()))
+            return await self._run_attempt(executor, spec, ctx)
 
     async def _gated_attempt(
         self, executor: StepExecutor, spec: StepSpec, ctx: StepContext
     ) -> AttemptResult | Skip:
         """An attempt of a step with a precondition or a wait_for (conditions.py): check the
-        one, poll the other (the step is running, and says it waits), then run the attempt.
+        one, poll the other (the step is running, and says it waits), then run the attempt,
+        in a `step_slots` token (the checks hold none: a step waiting for hours must not
+        keep other runs' steps from running).
         A precondition that exits non-zero skips the step (a `Skip` for the caller to apply);
         a wait_for that times out fails the attempt."""
         state, sid = self.state, ctx.step_id
@@ -325,8 +325,8 @@ class RunDriver:
             error = await poll_until(lambda: checker.check(command, spec, ctx), wait_for)
             if error is not None:
                 return AttemptResult(False, error)
-        self._apply(state.step_started(sid, self.clock()))
-        return await self._run_attempt(executor, spec, ctx)
+        # The daemon's step slots are for commands, not for waiting.
+        return await self._slotted_attempt(executor, spec, ctx)
 
     async def _run_attempt(
         self, executor: StepExecutor, spec: StepSpec, ctx: StepContext

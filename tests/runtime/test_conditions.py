@@ -257,3 +257,40 @@ async def test_a_cancel_stops_a_waiting_step_at_once(tmp_path: Path) -> None:
     assert took < 1.0, took
     assert [of(events, sid)[-1].status for sid in "ab"] == [S.CANCELLED, S.CANCELLED]
     assert procs.wait_gone(mark) == []
+
+
+async def test_a_waiting_step_holds_none_of_the_daemon_s_step_slots(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    dag = parse_dag(
+        textwrap.dedent(
+            f"""
+            [steps.waits]
+            command = "true"
+            wait_for = {{ command = "test -f {ready}", interval = "0.05s" }}
+            [steps.other]
+            command = "true"
+            """
+        ),
+        "t.toml",
+        "t",
+    )
+    events: list[Any] = []
+
+    def publish(event: Any) -> None:
+        events.append(event)
+        # `other` ran while `waits` polled: only then may `waits` go on.
+        if isinstance(event, StepStatusEvent) and (event.step_id, event.status) == (
+            "other",
+            S.SUCCESS,
+        ):
+            ready.touch()
+
+    with trio.fail_after(10):
+        status = await run_dag(
+            RunState(dag, "manual__t"),
+            LocalExecutor(grace=0.3),
+            publish,
+            step_slots=trio.CapacityLimiter(1),
+        )
+    assert status is RunStatus.SUCCESS
+    assert [e.status for e in of(events, "waits")] == [S.RUNNING, S.RUNNING, S.SUCCESS]
