@@ -365,6 +365,10 @@ def _step_lines(step: StepDefinition) -> list[str]:
     body = text.strip("\n").split("\n")
     lines.append(f"  {kind}: {one_line(body[0])}")
     lines += [f"  {' ' * len(kind)}  {one_line(more)}" for more in body[1:]]
+    if step.precondition is not None:
+        lines.append(f"  precondition: {one_line(step.precondition)}")
+    if step.wait_for is not None:
+        lines.append(f"  wait for: {one_line(step.wait_for)}")
     extras = [f"executor {one_line(step.executor)}"]
     if step.retries:
         extras.append(f"retries {step.retries} (delay {format_seconds(step.retry_delay)})")

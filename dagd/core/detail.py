@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from dagd.core.model import DagSpec, StepSpec, StepStatus
+from dagd.core.model import DagSpec, StepSpec, StepStatus, WaitFor, command_text
 from dagd.core.outcome import redact_url
 from dagd.core.protocol.answers import (
     DagDetail,
@@ -20,6 +20,7 @@ from dagd.core.protocol.answers import (
 )
 from dagd.core.records import AttemptRecord, RunRecord
 from dagd.core.runstate import RunState, duration_ms, waiting_for
+from dagd.core.spec import format_duration
 
 
 class StepRow(Protocol):
@@ -172,7 +173,15 @@ def _definition(spec: StepSpec, level: int) -> StepDefinition:
         level,
         spec.handler,
         [redact_url(url) for url in spec.notify] if spec.notify else None,
+        None if spec.precondition is None else command_text(spec.precondition),
+        None if spec.wait_for is None else wait_for_text(spec.wait_for),
     )
+
+
+def wait_for_text(wait_for: WaitFor) -> str:
+    """A step's wait_for for people, one line: "test -f x (every 30s, up to 1h)"."""
+    every, limit = format_duration(wait_for.interval), format_duration(wait_for.timeout)
+    return f"{command_text(wait_for.command)} (every {every}, up to {limit})"
 
 
 __all__ = ["dag_detail", "live_run_detail", "step_levels", "stored_run_detail", "trigger_kind"]

@@ -377,3 +377,16 @@ def test_show_outputs_skips_and_a_waiting_step(daemon: DaemonProc, cli: CliRunne
     assert steps["give"]["outputs"] == {"rows": "42", "note": "line 1\nline 2"}
     assert steps["bad"]["outputs"] == {}
     assert "waitingFor" not in steps["waits"]
+
+
+def test_show_dag_lists_preconditions_and_waits(cli: CliRunner) -> None:
+    out = invoke(cli, "show", "--dag", "handoff").stdout
+    lines = out.splitlines()
+    skipped = lines.index("skipped")
+    assert lines[skipped + 2] == '  precondition: echo "no rows today" >&2; exit 1'
+    waits = lines.index("waits  <- give")
+    assert lines[waits + 2] == "  wait for: test -f handoff-ready (every 100ms, up to 1h)"
+    data = json.loads(invoke(cli, "show", "--dag", "handoff", "--json").stdout)
+    steps = {s["stepId"]: s for s in data["steps"]}
+    assert steps["waits"]["waitFor"] == "test -f handoff-ready (every 100ms, up to 1h)"
+    assert "waitFor" not in steps["give"] and "precondition" not in steps["give"]

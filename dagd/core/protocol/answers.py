@@ -119,7 +119,8 @@ class StepDefinition:
     else one more than its deepest upstream (the column of a left-to-right drawing). A
     lifecycle handler (in `DagDetail.handlers`) has its kind in `handler` (else left off the
     wire), level 0, and for a notification its URLs in `notify`, redacted (scheme, and host
-    where it names a server: never a secret), instead of `command` or `call`."""
+    where it names a server: never a secret), instead of `command` or `call`. A step with a
+    `precondition` or `wait_for` (docs/dags.md) has them as one line each."""
 
     step_id: str
     description: str
@@ -134,6 +135,10 @@ class StepDefinition:
     level: int
     handler: HandlerKind | None = None
     notify: list[str] | None = None
+    # The step's precondition, and its wait_for as "<command> (every 30s, up to 1h)", each one
+    # line; left off the wire when the step has none.
+    precondition: str | None = None
+    wait_for: str | None = None
 
 
 @attrs.frozen

@@ -65,7 +65,16 @@ TIME_FIELDS = frozenset(
 _EVENT_OFF_WIRE = frozenset({"seq", "attempt", "outputs"})
 #: Optional fields left off the wire while they are None (their default).
 _OMIT_WHEN_NONE = frozenset(
-    {"worker", "handler", "notify", "waiting_for", "parent_run_id", "triggered_by"}
+    {
+        "worker",
+        "handler",
+        "notify",
+        "waiting_for",
+        "parent_run_id",
+        "triggered_by",
+        "precondition",
+        "wait_for",
+    }
 )
 _Scalar = str | int | float | bool
 
