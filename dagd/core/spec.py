@@ -662,7 +662,9 @@ def _read(
         case Duration():
             seconds = r.duration(table, name, default=default, step=step)
             if kind.positive and seconds == 0:
-                r.problem(f"must be greater than 0 (leave it out for no {name})", step, name)
+                # The hint only where leaving the key out means none (a step's `timeout`).
+                hint = f" (leave it out for no {name})" if key.default is None else ""
+                r.problem(f"must be greater than 0{hint}", step, name)
                 return default
             return seconds
         case Command():
