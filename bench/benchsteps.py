@@ -9,3 +9,8 @@ async def async_noop(ctx: object) -> None:
 
 def sync_noop(ctx: object) -> None:
     return None
+
+
+async def async_three_outputs(ctx: object) -> dict[str, object]:
+    """Three outputs, as a step handing a count, a name and a number downstream would."""
+    return {"a": 1, "b": "two", "c": 3.0}
