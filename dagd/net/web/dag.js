@@ -11,7 +11,7 @@
 // runs, not twenty thousand step rows). Live: step_status and dag_run_status events of this
 // DAG; after a resync (events lost) everything is loaded again.
 
-import { debounce, frameBatcher, h, inBatches, replace } from "./dom.js";
+import { debounce, eventKey, frameBatcher, h, inBatches, replace } from "./dom.js";
 import { dateTime, duration, relative } from "./format.js";
 import { createGraph } from "./graph.js";
 import { createGrid } from "./grid.js";
@@ -52,7 +52,8 @@ class DagPage {
     this.gridLive = new Map();    // runId -> Map(stepId -> status) seen while loading
     this.destroyed = false;
     this.generation = 0;
-    this.batch = frameBatcher((events) => this.apply(events));
+    // Bounded while the tab is hidden: the newest event per step and status, else a new load.
+    this.batch = frameBatcher((events) => this.apply(events), { key: eventKey, onOverflow: () => this.load() });
     this.reloadHead = debounce(() => this.loadHead(), 500);
     this.offs = [
       this.client.on("event", (event) => {

@@ -11,7 +11,7 @@
 // moved on) reloads the list, at most once a second; and it is read again every 30 s (a DAG
 // file that was added and loads fine is no event).
 
-import { debounce, frameBatcher, h, inBatches, replace } from "./dom.js";
+import { debounce, eventKey, frameBatcher, h, inBatches, replace } from "./dom.js";
 import { dateTime, relative } from "./format.js";
 import { dagHref, runHref } from "./routes.js";
 import { ACTIVE_RUN, statusLabel } from "./status.js";
@@ -37,7 +37,8 @@ class DagsPage {
     this.loaded = false;
     this.destroyed = false;
     this.reload = debounce(() => this.load(), 1000);
-    this.batch = frameBatcher((events) => this.apply(events));
+    // Bounded while the tab is hidden: the newest event per run and status, else a new load.
+    this.batch = frameBatcher((events) => this.apply(events), { key: eventKey, onOverflow: () => this.load() });
     this.offs = [
       this.client.on("event", (event) => this.batch.push(event)),
       this.client.on("resync", () => this.load()),

@@ -53,28 +53,62 @@ export function replace(el, ...children) {
 /**
  * Collects items and hands them to `flush(items)` once per animation frame, so a burst of
  * events (a 2,000-step fan-out finishing) costs one DOM update, not one per event.
- * Returns {push(item), cancel()}.
+ *
+ * A hidden tab runs no animation frames, so the queue is bounded: `key(item)` names what an
+ * item is about (a step of a run, say); a newer item with the same key replaces the older one
+ * and moves to the end, so the newest item of each key is handed over, in the order of the
+ * newest. If more than `limit` keys wait anyway, the queue is dropped and `onOverflow()` is
+ * called at the next frame instead of `flush` (a page loads its state again); without
+ * `onOverflow` the items beyond `limit` are dropped oldest first.
+ * Returns {push(item), cancel(), size}.
  */
-export function frameBatcher(flush) {
-  let items = [];
+export function frameBatcher(flush, { key = (item) => item, limit = 10000, onOverflow = null } = {}) {
+  let items = new Map();
+  let overflowed = false;
   let frame = null;
   const run = () => {
     frame = null;
-    const batch = items;
-    items = [];
-    flush(batch);
+    const batch = [...items.values()];
+    items = new Map();
+    if (overflowed) {
+      overflowed = false;
+      onOverflow();
+    } else {
+      flush(batch);
+    }
   };
   return {
     push(item) {
-      items.push(item);
+      const k = key(item);
+      items.delete(k);
+      items.set(k, item);
+      if (items.size > limit) {
+        if (onOverflow) {
+          items = new Map();
+          overflowed = true;
+        } else {
+          items.delete(items.keys().next().value);
+        }
+      }
       if (frame === null) frame = requestAnimationFrame(run);
     },
     cancel() {
       if (frame !== null) cancelAnimationFrame(frame);
       frame = null;
-      items = [];
+      items = new Map();
+      overflowed = false;
+    },
+    get size() {
+      return items.size;
     },
   };
+}
+
+/** The key of a daemon event for frameBatcher: its type, DAG, run, step and status, so the
+ * queue holds at most one event per status of each step (or run) while a tab is hidden. */
+export function eventKey({ type, data }) {
+  const d = data || {};
+  return `${type}\u0000${d.dagId}\u0000${d.runId}\u0000${d.stepId}\u0000${d.status}`;
 }
 
 /** Calls `fn` once, `ms` after the last of a burst of calls. Returns {call(), cancel()}. */

@@ -93,7 +93,9 @@ class GraphView {
     this.selected = null;
     this.scale = 1;
     this.destroyed = false;
-    this.batch = frameBatcher((updates) => this.recolour(updates));
+    this.batch = frameBatcher((updates) => this.recolour(updates), {
+      onOverflow: () => this.recolour([...this.nodes.keys()]),
+    });
     this.box = h("div", { class: "graph-box", tabindex: "-1" });
     this.tools = h("div", { class: "graph-tools" },
       h("button", { type: "button", title: "Zoom out", "aria-label": "Zoom out", onclick: () => this.zoom(1 / 1.25) }, "−"),

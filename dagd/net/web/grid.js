@@ -34,7 +34,10 @@ class Grid {
     this.heads = new Map();     // runId -> th
     this.headRow = null;
     this.rows = new Map();      // stepId -> tr (the rows drawn)
-    this.batch = frameBatcher((updates) => this.flush(updates));
+    this.batch = frameBatcher((updates) => this.flush(updates), {
+      key: ({ runId, stepId }) => `${runId}\u0000${stepId}`,
+      onOverflow: () => this.render(),
+    });
     this.render();
   }
 

@@ -20,13 +20,14 @@ const STREAMS = [
 ];
 
 /** One stream of one attempt: a bounded, auto-scrolling <pre>. */
-class LogPane {
+export class LogPane {
   constructor(stream, label, maxBytes) {
     this.maxBytes = maxBytes;
     this.kept = []; // [{node, bytes}]
     this.keptBytes = 0;
     this.droppedBytes = 0;
-    this.pending = [];
+    this.pending = []; // [[text, bytes]] waiting for the next frame
+    this.pendingBytes = 0;
     this.stick = true;
     this.root = h("div", { class: "log-stream", "data-stream": stream });
     this.title = h("h3", {}, label);
@@ -51,10 +52,18 @@ class LogPane {
     this.frame.schedule();
   }
 
-  /** Queue text for the next frame; `bytes`: how many log bytes it stands for. */
+  /** Queue text for the next frame; `bytes`: how many log bytes it stands for. A hidden tab
+   * runs no frames, so the queue keeps only its newest chunks of maxBytes (plus the one that
+   * crosses it); what it drops counts as not shown. */
   append(data, bytes) {
     if (!data) return;
     this.pending.push([data, bytes]);
+    this.pendingBytes += bytes;
+    while (this.pending.length > 1 && this.pendingBytes - this.pending[0][1] >= this.maxBytes) {
+      const [, old] = this.pending.shift();
+      this.pendingBytes -= old;
+      this.droppedBytes += old;
+    }
     this.frame.schedule();
   }
 
@@ -70,6 +79,7 @@ class LogPane {
       this.keptBytes += bytes;
     }
     this.pending = [];
+    this.pendingBytes = 0;
     this.text.append(frag);
     this.trim();
     this.drawNote();
