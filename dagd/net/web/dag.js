@@ -77,7 +77,17 @@ class DagPage {
 
   async load() {
     const generation = ++this.generation;
+    // Step events while this load runs, for the grid's columns; dropped however the load
+    // ends (a failed get_dag must not leave it recording every event for good).
     this.gridLive = new Map();
+    try {
+      await this.loadAll(generation);
+    } finally {
+      if (generation === this.generation) this.gridLive = null;
+    }
+  }
+
+  async loadAll(generation) {
     let detail;
     try {
       detail = await this.client.request({ type: "get_dag", dagId: this.dagId });
