@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from clienthelp import DaemonProc
-from dashhelp import dashboard_daemon, open_dashboard
-from playwright.sync_api import BrowserContext
+from dashhelp import OPERATE_TOKEN, dashboard_daemon, open_dashboard, poll, wait_live
+from playwright.sync_api import BrowserContext, expect
 
 ONE = """
 description = "one step"
@@ -80,3 +80,51 @@ def test_a_hidden_tab_queues_a_bounded_amount(context: BrowserContext, daemon: D
     assert got["pendingBytes"] <= 1024 + 100
     assert got["chunks"] == got["pendingBytes"] // 100
     assert got["dropped"] + got["pendingBytes"] == 10000 * 100
+
+
+# Counts the page's hashchange listeners (each Router adds one).
+COUNT_HASH_LISTENERS = """
+(() => {
+  let count = 0;
+  const add = window.addEventListener;
+  const remove = window.removeEventListener;
+  window.addEventListener = function (type, ...rest) {
+    if (type === "hashchange") count++;
+    return add.call(this, type, ...rest);
+  };
+  window.removeEventListener = function (type, ...rest) {
+    if (type === "hashchange") count--;
+    return remove.call(this, type, ...rest);
+  };
+  window.hashListeners = () => count;
+})();
+"""
+
+# The daemon refuses the token at the next connection: a new token is asked for.
+REFUSE_TOKEN = """() => {
+  window.dagdClient.token = "not-a-token";
+  window.dagdClient.ws.close();
+}"""
+
+
+def test_after_a_refused_token_only_the_new_router_follows_the_address(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    context.add_init_script(COUNT_HASH_LISTENERS)
+    page = open_dashboard(context, daemon)
+    page.wait_for_selector("table.dags")
+    assert page.evaluate("window.hashListeners()") == 1
+    page.evaluate(REFUSE_TOKEN)
+    assert poll(lambda: page.evaluate("window.dagdClient.state.phase") != "live")
+    assert poll(
+        lambda: page.evaluate("window.dagdClient.reconnectNow() || window.dagdClient.state.phase")
+        == "auth_failed"
+    )
+    page.fill("#token-input", OPERATE_TOKEN)
+    page.click("form.token-form button[type=submit]")
+    wait_live(page)
+    page.wait_for_selector("table.dags")
+    assert page.evaluate("window.hashListeners()") == 1
+    page.evaluate("() => { window.location.hash = '#/dags/one'; }")
+    expect(page.locator("h1")).to_contain_text("one")
+    expect(page.locator(".error-text")).to_have_count(0)

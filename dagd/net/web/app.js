@@ -126,10 +126,22 @@ class Router {
     this.client = client;
     this.current = null;  // {route, key, page}
     this.generation = 0;
-    window.addEventListener("hashchange", () => this.show());
+    this.destroyed = false;
+    this.onHashChange = () => this.show();
+    window.addEventListener("hashchange", this.onHashChange);
+  }
+
+  /** Stop following the address and close the current page (the client is done: a page
+   * mounted later would talk to a closed connection and keep its timers for good). */
+  destroy() {
+    this.destroyed = true;
+    this.generation++;  // a page still loading is not mounted
+    window.removeEventListener("hashchange", this.onHashChange);
+    this.destroyCurrent();
   }
 
   async show() {
+    if (this.destroyed) return;
     const { path, query } = parseHash(window.location.hash);
     const generation = ++this.generation;
     let route = null;
@@ -210,7 +222,7 @@ function start(token) {
     banner.set(state);
     if (state.phase === "auth_failed") {
       sessionStorage.removeItem(TOKEN_KEY);
-      router?.destroyCurrent();
+      router?.destroy();
       router = null;
       askForToken(main, "The daemon refused that token. Check it and try again.");
     }
