@@ -128,3 +128,21 @@ def test_after_a_refused_token_only_the_new_router_follows_the_address(
     page.evaluate("() => { window.location.hash = '#/dags/one'; }")
     expect(page.locator("h1")).to_contain_text("one")
     expect(page.locator(".error-text")).to_have_count(0)
+
+
+def test_an_address_that_does_not_decode_shows_not_found(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = open_dashboard(context, daemon, route="#/dags/%E0%A4%A")
+    expect(page.locator("main h1")).to_have_text("Not found")
+    page.evaluate("() => { window.location.hash = '#/dags/one'; }")
+    expect(page.locator(".dag-head-card")).to_be_visible()  # the app still follows the address
+
+
+def test_a_token_that_does_not_decode_asks_for_one(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = context.new_page()
+    page.goto(f"http://127.0.0.1:{daemon.port}/#token=%E0%A4%A")
+    expect(page.locator("#token-input")).to_be_visible()
+    assert page.evaluate("location.hash") == "#/"

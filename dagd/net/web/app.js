@@ -30,11 +30,22 @@ const ROUTES = [
 function takeToken() {
   const hash = window.location.hash;
   if (hash.startsWith("#token=")) {
-    const token = decodeURIComponent(hash.slice("#token=".length));
+    // A malformed %-sequence is no token: the page asks for one instead of stopping here.
+    const token = decodeOrNull(hash.slice("#token=".length)) || "";
     history.replaceState(null, "", `${window.location.pathname}#/`);
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
   }
   return sessionStorage.getItem(TOKEN_KEY);
+}
+
+/** decodeURIComponent, or null for text with a malformed %-sequence (URIError). */
+function decodeOrNull(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch (err) {
+    if (err instanceof URIError) return null;
+    throw err;
+  }
 }
 
 // ------------------------------------------------------------------------- banner
@@ -159,16 +170,16 @@ class Router {
       return;
     }
     this.destroyCurrent();
-    if (!route) {
+    const params = {};
+    route?.keys.forEach((name, i) => {
+      params[name] = decodeOrNull(match[i + 1]);
+    });
+    if (!route || Object.values(params).includes(null)) {
       replace(this.main, h("section", { class: "card" },
         h("h1", {}, "Not found"),
         h("p", {}, "No page at ", h("code", {}, path), ". ", h("a", { href: dagsHref() }, "All DAGs"))));
       return;
     }
-    const params = {};
-    route.keys.forEach((name, i) => {
-      params[name] = decodeURIComponent(match[i + 1]);
-    });
     let module;
     try {
       module = await route.load();
