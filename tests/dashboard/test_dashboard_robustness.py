@@ -146,3 +146,13 @@ def test_a_token_that_does_not_decode_asks_for_one(
     page.goto(f"http://127.0.0.1:{daemon.port}/#token=%E0%A4%A")
     expect(page.locator("#token-input")).to_be_visible()
     assert page.evaluate("location.hash") == "#/"
+
+
+def test_a_failed_layout_worker_shows_an_error_in_the_graph_box(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    context.route("**/layout-worker.js", lambda route: route.fulfill(status=404, body="gone"))
+    page = open_dashboard(context, daemon, route="#/dags/one")
+    expect(page.locator(".graph-box .graph-error")).to_contain_text(
+        "The graph could not be laid out"
+    )

@@ -41,6 +41,21 @@ function layoutWorker() {
       if (message.data.error) job.reject(new Error(message.data.error));
       else job.resolve(message.data);
     };
+    // A worker that fails (its script not loaded, an uncaught error, an answer that cannot
+    // be read) answers none of the layouts waiting: they fail, and the next graph starts a
+    // new worker.
+    const fail = (why) => {
+      worker?.terminate();
+      worker = null;
+      const jobsWaiting = [...waiting.values()];
+      waiting.clear();
+      for (const job of jobsWaiting) job.reject(new Error(why));
+    };
+    worker.onerror = (ev) => {
+      ev.preventDefault();
+      fail(ev.message || "the layout worker failed");
+    };
+    worker.onmessageerror = () => fail("an answer of the layout worker could not be read");
   }
   return worker;
 }
@@ -119,6 +134,11 @@ class GraphView {
         `${steps.length} steps · ${result.engine} layout ${Math.round(result.ms)} ms, ` +
         `drawn in ${Math.round(performance.now() - started)} ms` +
         (this.windowed ? " · only the part in view is drawn" : "");
+    }, (err) => {
+      if (this.destroyed) return;
+      this.tools.querySelector(".graph-info").textContent = `${steps.length} steps`;
+      replace(this.box, h("p", { class: "error-text graph-error", role: "alert" },
+        `The graph could not be laid out: ${err.message}`));
     });
   }
 
