@@ -463,12 +463,13 @@ class Connection:
         return attrs.evolve(piece, offset=start + skip, data=piece.data[skip:])
 
     def log_room(self) -> bool:
-        """Room for a log chunk: the queue is less than half full (of send_buffer) and no
-        bytes wait for the kernel to take them."""
+        """Room for a log chunk: the queue is less than half full (of send_buffer, and at
+        least room for one item: with send_buffer 1 half is 0 and a follow would never
+        move) and no bytes wait for the kernel to take them."""
         sub = self.sub
         if sub is None or self.stream.pending:
             return False
-        return sub.queued() < self.server.config.send_buffer // 2
+        return sub.queued() < max(1, self.server.config.send_buffer // 2)
 
     def queue_log_chunk(self, frame: bytes) -> trio.Event:
         """Queue a log chunk's frame; the event is set once the writer wrote it."""

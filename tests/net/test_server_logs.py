@@ -166,6 +166,22 @@ async def test_follow_a_finished_attempt_from_a_middle_offset(tmp_path: Path, ai
         assert (await client.recv())["type"] == "log_end"
 
 
+async def test_a_follow_delivers_with_the_smallest_send_buffer(tmp_path: Path, aio: Aio) -> None:
+    """send_buffer = 1 (the least the configuration allows): a follow still sends its log,
+    one chunk at a time, and its end."""
+    (tmp_path / "gate").touch()
+    (tmp_path / "more").write_bytes(b"y" * 150_000)
+    config = make_config(tmp_path, server="send_buffer = 1", **gated(tmp_path))
+    async with harness(tmp_path, aio, config=config) as h:
+        run_id = await h.daemon.trigger("logs")
+        await h.run_status(run_id, "success")
+        client = await h.connect("asyncio")
+        await follow(client, run_id)
+        chunks, end = await read_follow(client, timeout=5)
+        assert contiguous(chunks, 0) == "first 1\nsecond\n" + "y" * 150_000
+        assert end["reason"] == "complete"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_resume_after_a_reconnect_with_no_gap_and_no_repeat(
     tmp_path: Path, aio: Aio, kind: str
