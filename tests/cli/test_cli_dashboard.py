@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import stat
+import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
 from clihelp import cli_in, invoke
 
-from dagd.cli.dashboard import dashboard_url
+from dagd.cli.dashboard import dashboard_url, handover_page, remove_later
 from dagd.cli.main import main
 
 
@@ -76,11 +78,41 @@ def test_with_a_display_it_hands_the_address_to_the_browser(
             opened.append(url)
             return True
 
+    removed: list[tuple[Path, float]] = []
     monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.setattr("webbrowser.get", lambda: Browser())
+    monkeypatch.setattr(
+        "dagd.cli.dashboard.remove_later", lambda page, seconds: removed.append((page, seconds))
+    )
     result = invoke(cli_in(tmp_path, monkeypatch), "dashboard")
-    assert opened == ["http://127.0.0.1:3456/#token=tok"]
+    assert result.stdout == "http://127.0.0.1:3456/#token=tok\n"
     assert "opened in your browser" in result.stderr
+    # The browser's command line names a private page, not the token.
+    (uri,) = opened
+    assert "tok" not in uri
+    page = Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path))
+    assert page.parent.parent == tmp_path
+    assert removed == [(page, 60.0)]
+    assert stat.S_IMODE(page.stat().st_mode) == 0o600
+    assert stat.S_IMODE(page.parent.stat().st_mode) == 0o700
+    assert (
+        '<meta http-equiv="refresh" content="0; url=http://127.0.0.1:3456/#token=tok">'
+        in page.read_text()
+    )
+
+
+def test_the_handover_page_escapes_the_address_and_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    page = handover_page('http://h:1/#token=a"b<c>&d')
+    assert 'url=http://h:1/#token=a&quot;b&lt;c&gt;&amp;d"' in page.read_text()
+    remove_later(page, 0.0)
+    deadline = time.monotonic() + 10
+    while page.parent.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not page.parent.exists()
 
 
 def test_no_token_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

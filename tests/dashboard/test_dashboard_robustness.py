@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from clienthelp import DaemonProc
-from dashhelp import OPERATE_TOKEN, dashboard_daemon, open_dashboard, poll, wait_live
+from dashhelp import OPERATE_TOKEN, dashboard_daemon, open_dashboard, page_url, poll, wait_live
 from playwright.sync_api import BrowserContext, expect
+
+from dagd.cli.dashboard import handover_page
 
 ONE = """
 description = "one step"
@@ -156,3 +158,16 @@ def test_a_failed_layout_worker_shows_an_error_in_the_graph_box(
     expect(page.locator(".graph-box .graph-error")).to_contain_text(
         "The graph could not be laid out"
     )
+
+
+def test_the_handover_page_of_dagd_dashboard_opens_the_dashboard(
+    context: BrowserContext, daemon: DaemonProc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file `dagd dashboard` hands the browser (the token stays out of its command line)
+    leads to the dashboard, signed in."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    page = context.new_page()
+    page.goto(handover_page(page_url(daemon)).as_uri())
+    wait_live(page)
+    assert page.evaluate("sessionStorage.getItem('dagd.token')") == OPERATE_TOKEN
+    assert page.evaluate("location.hash") == "#/"
