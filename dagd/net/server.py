@@ -231,7 +231,7 @@ class Server:
 
     @property
     def http_requests(self) -> int:
-        """Plain HTTP requests answered since start, any status."""
+        """Plain HTTP requests answered since start, any status (refusals included)."""
         return self.door.requests
 
     async def _refuse_busy(self, transport: Transport) -> None:

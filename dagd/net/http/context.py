@@ -45,7 +45,7 @@ class NetStats(Protocol):
 
     @property
     def http_requests(self) -> int:
-        """Plain HTTP requests answered since start, any status."""
+        """Plain HTTP requests answered since start, any status (refusals included)."""
 
     @property
     def busy_refused(self) -> int:

@@ -181,7 +181,9 @@ class FrontDoor:
     """The HTTP rules of one server: its route table, limits and served names.
 
     `closing` says whether the server is shutting down (then every response closes its
-    connection and new requests get 503). `requests` counts the requests answered.
+    connection and new requests get 503). `requests` counts the plain HTTP responses written
+    (handler answers and every refusal: 400, 408, 413, 431 while reading, 503 busy, 404 for an
+    upgrade to another path), one per request answered.
     """
 
     def __init__(
@@ -231,7 +233,6 @@ class FrontDoor:
 
     async def answer(self, session: HttpSession, received: Received) -> bool:
         """Answer one plain request; False if the connection must close now."""
-        self.requests += 1
         head = received.head
         method = head.method.decode("ascii", "replace")
         target = head.target.decode("latin-1")
@@ -413,6 +414,7 @@ class HttpSession:
             # Nothing was written yet, and h11 refused before changing its state.
             log.exception("invalid response to %s", self.peer)
             return await self.refuse(500, "internal", "the response was invalid; see dagd's log")
+        door.requests += 1
         sent = await self._send(data, self.door.config.send_timeout)
         return sent and not close
 
@@ -454,6 +456,7 @@ class HttpSession:
             data += self.conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             return False
+        self.door.requests += 1
         await self._send(data, REFUSAL_SEND_TIMEOUT)
         return False
 

@@ -53,6 +53,7 @@ async def test_refused_requests_get_their_status_and_the_connection_closes(
             assert reply.headers["content-type"] == "application/json", case
             assert isinstance(reply.json()["message"], str), case
             assert "Traceback" not in reply.body.decode(), case
+        assert server.http_requests == len(REFUSED)  # each refusal counts as answered
         # the refusals' extras
         [r] = await exchange(port, request("/echo", "DELETE"))
         assert r.headers["allow"] == "GET, HEAD, POST"
@@ -67,11 +68,12 @@ async def test_refused_requests_get_their_status_and_the_connection_closes(
 
 async def test_an_upgrade_for_another_path_is_404_as_always(tmp_path: Path) -> None:
     upgrade = (("Upgrade", "websocket"), ("Connection", "Upgrade"))
-    async with served(tmp_path) as (_server, port):
+    async with served(tmp_path) as (server, port):
         for path in ("/", "/echo", "/api/v1/wsx"):
             [reply] = await exchange(port, request(path, headers=upgrade))
             assert reply.status == 404
             assert reply.body == b"not found: the endpoint is /api/v1/ws"
+        assert server.http_requests == 3
 
 
 async def test_a_handler_answer_keeps_the_connection(tmp_path: Path) -> None:
@@ -275,6 +277,7 @@ async def test_http_connections_count_in_max_connections(tmp_path: Path) -> None
         [reply] = await exchange(port, request("/echo"))
         assert reply.status == 503
         check_headers(reply)
+        assert server.http_requests == 3  # the busy 503 too
         for stream in held:
             await stream.aclose()
         with trio.fail_after(2):
