@@ -312,6 +312,7 @@ async def _drive_here(
     pools = Pools(config.pools) if config.pools else None
     children = HereChildRuns(dags, executors, publish, slots, pools)
     driver = RunDriver(state, children.executors, publish, step_slots=slots, pools=pools)
+    children.drivers[state.run_id] = driver
 
     async def stop_on_signal() -> None:
         # Listening goes on until the run is over: a second signal must not kill this

@@ -27,7 +27,8 @@ from dagd.runtime.pools import Pools
 class HereChildRuns:
     """Child runs of `dags` in `nursery` (set it before the top run starts), on `executors`
     (plus the sub-DAG executor, `self.executors`), their events handed to `publish`, their
-    pooled steps sharing `pools` with the top run."""
+    pooled steps sharing `pools` with the top run. `drivers` holds every run by id: put the
+    top run's in, for the depth and cycle checks."""
 
     def __init__(
         self,
@@ -49,12 +50,15 @@ class HereChildRuns:
         self.drivers: dict[str, RunDriver] = {}
         self._ids = RunIdFactory()
 
-    def _depth(self, run_id: str) -> int:
-        depth, state = 0, self.drivers.get(run_id)
-        while state is not None and state.state.parent_run_id is not None:
-            depth += 1
-            state = self.drivers.get(state.state.parent_run_id)
-        return depth
+    def _chain(self, run_id: str) -> list[str]:
+        """The DAG ids of run `run_id` and of its ancestors, nearest first."""
+        chain: list[str] = []
+        driver = self.drivers.get(run_id)
+        while driver is not None:
+            chain.append(driver.state.dag.id)
+            parent = driver.state.parent_run_id
+            driver = self.drivers.get(parent) if parent is not None else None
+        return chain
 
     async def start_child(
         self, dag_id: str, params: Mapping[str, str], parent_run_id: str
@@ -65,7 +69,11 @@ class HereChildRuns:
         dag = self.dags.get(dag_id)
         if dag is None:
             raise ValueError(f"no DAG {dag_id!r} (DAGs: {', '.join(sorted(self.dags))})")
-        depth = self._depth(parent_run_id) + 1
+        chain = self._chain(parent_run_id)
+        depth = len(chain)
+        if dag_id in chain:
+            path = " -> ".join([*reversed(chain), dag_id])
+            raise ValueError(f"DAG {dag_id!r} would run inside its own run: {path}")
         if depth > MAX_SUBDAG_DEPTH:
             raise ValueError(
                 f"sub-DAG runs nest at most {MAX_SUBDAG_DEPTH} deep; this one would be {depth}"

@@ -533,11 +533,19 @@ class Daemon:
         """Queue a child run of `dag_id` for a sub-DAG step of run `parent_run_id` (subdag.py),
         stored before this returns, like a trigger; its run id (`subdag__<time>`) and an event
         set once it is over. Raises DaemonError as `trigger` does, and ValueError when the
-        child would be nested deeper than MAX_SUBDAG_DEPTH runs below a run without parent."""
-        depth, above = 1, self.admission.find(parent_run_id)
-        while above is not None and above.parent_run_id is not None:
-            depth += 1
-            above = self.admission.find(above.parent_run_id)
+        child would be nested deeper than MAX_SUBDAG_DEPTH runs below a run without parent,
+        or would be of a DAG whose run it is inside (a cycle)."""
+        # The ancestors' DAGs, nearest first: a DAG among them would wait on itself (under
+        # max_active_runs, for ever), a cycle `dagd validate` refuses but the folder may hold.
+        chain: list[str] = []
+        above = self.admission.find(parent_run_id)
+        while above is not None:
+            chain.append(above.dag.id)
+            above = self.admission.find(above.parent_run_id) if above.parent_run_id else None
+        depth = len(chain)
+        if dag_id in chain:
+            path = " -> ".join([*reversed(chain), dag_id])
+            raise ValueError(f"DAG {dag_id!r} would run inside its own run: {path}")
         if depth > MAX_SUBDAG_DEPTH:
             raise ValueError(
                 f"sub-DAG runs nest at most {MAX_SUBDAG_DEPTH} deep; this one would be {depth}"

@@ -213,3 +213,21 @@ async def test_an_after_run_is_stored_with_its_upstreams_success(tmp_path: Path)
             )
         ]
         assert together, "the after-run and the upstream's success were written apart"
+
+
+async def test_a_dag_running_itself_fails_at_once_rather_than_waiting_for_ever(
+    config: Config,
+) -> None:
+    """`dagd validate` refuses the cycle; a daemon given it anyway fails the step (with
+    max_active_runs = 1 the child would wait for its own parent's slot)."""
+    write_dag_file(config.dags_dir, "a", '[steps.s]\nrun = "b"\n')
+    write_dag_file(config.dags_dir, "b", '[steps.s]\nrun = "a"\n')
+    async with open_daemon(config) as daemon:
+        run_id = await daemon.trigger("a")
+        record, _ = await wait_status(daemon, run_id)
+        assert record.status is RunStatus.FAILED
+        (b_run,) = await daemon.list_runs("b")
+        _, steps = await wait_status(daemon, b_run.run_id)
+        assert steps["s"].error == (
+            "cannot start a run of DAG 'a': DAG 'a' would run inside its own run: a -> b -> a"
+        )
