@@ -4,10 +4,16 @@ errors of outputs that cannot be taken."""
 
 from __future__ import annotations
 
+import gc
 import json
+import os
+import subprocess
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from dagd.core.events import StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
@@ -15,6 +21,7 @@ from dagd.core.runstate import RunState
 from dagd.core.spec import parse_dag
 from dagd.runtime.engine import run_dag
 from dagd.runtime.local.executor import LocalExecutor
+from dagd.runtime.local.outputfiles import OutputFiles, shared_folder
 
 S = StepStatus
 
@@ -186,8 +193,43 @@ async def test_a_failed_attempt_gives_no_outputs_and_its_file_is_removed(tmp_pat
     where, mode = marker.read_text().split()
     assert mode == "700"  # the executor's private folder
     assert not Path(where).exists()
-    # ... removed with its executor (run() made one, now gone).
-    assert not Path(where).parent.exists()
+    # One folder per user, kept (a killed dagd leaves none behind); names per process.
+    assert Path(where).parent.name == f"dagd-outputs-{os.getuid()}"
+    assert Path(where).name.startswith(f"{os.getpid()}-")
+
+
+def test_a_killed_process_s_output_files_are_removed_by_the_next_one() -> None:
+    folder = shared_folder()
+    assert folder is not None
+    dead = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead.wait()
+    orphan = Path(folder) / f"{dead.pid}-7"
+    orphan.write_text("x=1\n")
+    alive = Path(folder) / f"{os.getppid()}-3"  # a live process's file is kept
+    alive.write_text("y=2\n")
+    try:
+        OutputFiles().next_path()
+        assert not orphan.exists()
+        assert alive.exists()
+    finally:
+        alive.unlink(missing_ok=True)
+        orphan.unlink(missing_ok=True)
+
+
+def test_a_folder_under_the_fixed_name_that_is_not_ours_alone_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / f"dagd-outputs-{os.getuid()}").mkdir(mode=0o777)
+    os.chmod(tmp_path / f"dagd-outputs-{os.getuid()}", 0o777)  # (umask)
+    assert shared_folder() is None
+    files = OutputFiles()
+    path = Path(files.next_path())
+    assert path.parent.parent == tmp_path and path.parent.name != f"dagd-outputs-{os.getuid()}"
+    assert path.parent.stat().st_mode & 0o777 == 0o700  # a folder of this process's own ...
+    del files
+    gc.collect()
+    assert not path.parent.exists()  # ... removed with its executor
 
 
 async def test_a_step_without_outputs_creates_no_file(tmp_path: Path) -> None:
