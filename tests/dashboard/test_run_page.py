@@ -30,6 +30,21 @@ from dashhelp import (
 from playwright.sync_api import BrowserContext, Locator, Page, WebSocketRoute, expect
 from websockets.sync.client import connect
 
+def wide_dag(levels: int = 50, chains: int = 10) -> str:
+    lines = ['[params]\ngate = ""']
+    for level in range(levels):
+        for chain in range(chains):
+            lines.append(f"[steps.s{level:02d}_{chain}]")
+            if level == 0:
+                lines.append("command = 'until [ -e \"$DAGD_PARAM_GATE\" ]; do sleep 0.05; done'")
+            else:
+                lines.append('command = "true"')
+                lines.append(f'depends_on = ["s{level - 1:02d}_{chain}"]')
+    return "\n".join(lines) + "\n"
+
+
+WIDE = wide_dag()
+
 DAGS = {
     # `hold` waits for the gate file; `after` runs once it is through.
     "gated": """
@@ -73,6 +88,9 @@ DAGS = {
         [handlers.on_failure]
         command = "true"
     """,
+    # 500 steps in 50 levels (10 chains): a graph far wider than the window. The first
+    # level waits for the gate, so the run stays small while the test looks at it.
+    "wide": WIDE,
 }
 
 
@@ -439,3 +457,35 @@ def test_critical_path(
 ) -> None:
     page = open_dashboard(context, daemon, OPERATE_TOKEN)
     assert page.evaluate(CRITICAL_PATH, steps) == path
+
+
+def test_a_wide_run_graph_stays_in_its_card_and_draws_only_the_part_in_view(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    g = gate(daemon)
+    run_id = trigger(daemon, "wide", gate=str(g))
+    try:
+        page = open_run(context, daemon, run_id)
+        info = page.locator(".run-graph .graph-info")
+        expect(info).to_contain_text("only the part in view is drawn")
+        box = page.locator(".run-graph .graph-box")
+        sizes = page.evaluate(
+            """() => ({
+                page: document.documentElement.scrollWidth,
+                window: window.innerWidth,
+                box: document.querySelector(".run-graph .graph-box").getBoundingClientRect().width,
+                card: document.querySelector(".run-graph").getBoundingClientRect().width,
+            })"""
+        )
+        assert sizes["page"] <= sizes["window"], sizes
+        assert sizes["box"] <= sizes["card"] + 1 and sizes["card"] < sizes["window"], sizes
+        drawn = page.locator(".run-graph g.node").count()
+        assert 0 < drawn < 500, drawn
+        svg = box.locator("svg.graph")
+        wide = float(svg.get_attribute("width") or 0)
+        page.locator(".run-graph .graph-tools button", has_text="Fit").click()
+        box_width = box.evaluate("(el) => el.clientWidth")
+        fitted = float(svg.get_attribute("width") or 0)
+        assert fitted < wide and fitted <= box_width, (wide, fitted, box_width)
+    finally:
+        ask(daemon, {"type": "cancel", "runId": run_id})
