@@ -20,7 +20,9 @@ The rules (docs/http.md is the user's view):
   a stalled or missing head just closed (the WebSocket server always did so: nothing says such
   a client speaks HTTP at all).
 - The head is at most `max_header_bytes` (431), the body at most `max_body_bytes` (413, read no
-  further); bytes that are not HTTP/1.x get 400.
+  further); bytes that are not HTTP get 400, a request line of another version than HTTP/1.x
+  (HTTP/2's preface too) 505. Content-Length with Transfer-Encoding, or a repeated Host or
+  Origin, is 400 (`_refused_head`).
 - Plain requests need a Host that names dagd (dagd/net/http/hosts.py), else 421: a
   DNS-rebinding page cannot read the JSON API.
 - `GET /api/v1/ws` without an upgrade is 426 (`Upgrade: websocket`); an upgrade request for any
@@ -54,6 +56,8 @@ from dagd.net.stream import ConnectionStream
 
 log = logging.getLogger("dagd.net.http")
 
+#: Headers a request may carry once (a second copy: 400, see _refused_head).
+SINGLE_HEADERS = frozenset({"host", "origin"})
 #: The WebSocket endpoint's path.
 WEBSOCKET_PATH = "/api/v1/ws"
 RECEIVE_SIZE = 65536  # bytes asked of the socket per read
@@ -120,12 +124,13 @@ _QUICK_PREFIXES = (
 def quick_upgrade(data: bytes | bytearray, max_header_bytes: int) -> QuickUpgrade | None:
     """Is `data`, a connection's first read, the common WebSocket handshake: a complete head
     (at most max_header_bytes) of `GET /api/v1/ws` with `Upgrade: websocket`, plain lines
-    (CRLF only, none folded) and at most one Host line?
+    (CRLF only, none folded) and at most one Host and one Origin line?
 
     Then the server hands the bytes to trio-websocket untouched, whose parser (wsproto, on
     h11) reads the request once instead of twice: a WebSocket connection costs what it did
     before the front door. The Host is read here only for the Origin rule, from exactly the
-    lines h11 would see. Anything else (None) takes the front door's h11 path.
+    lines h11 would see. Anything else (None) takes the front door's h11 path (where a
+    repeated Host or Origin is refused, 400).
     """
     if not data.startswith(_QUICK_PREFIXES):
         return None
@@ -133,6 +138,7 @@ def quick_upgrade(data: bytes | bytearray, max_header_bytes: int) -> QuickUpgrad
     if end < 0 or end + 4 > max_header_bytes:
         return None
     host: bytes | None = None
+    origin = False
     upgrade = False
     for line in bytes(data[:end]).split(b"\r\n")[1:]:
         if not line or line[0] in b" \t" or b"\n" in line or b"\r" in line:
@@ -145,6 +151,10 @@ def quick_upgrade(data: bytes | bytearray, max_header_bytes: int) -> QuickUpgrad
             if host is not None:
                 return None
             host = value.strip(b" \t")
+        elif name == b"origin":
+            if origin:
+                return None
+            origin = True
         elif name == b"upgrade":
             upgrade = value.strip(b" \t").lower() == b"websocket"
     if not upgrade:
@@ -362,9 +372,13 @@ class HttpSession:
             elif isinstance(event, h11.Request):
                 head = event
                 self.method = event.method
-                headers, size = _read_headers(event)
+                headers, size, repeated = _read_headers(event)
                 if size > config.max_header_bytes:
                     await self.refuse(431, "headers_too_large", _too_large_head(config))
+                    return None
+                refusal = _refused_head(event, headers, repeated)
+                if refusal is not None:
+                    await self.refuse(*refusal)
                     return None
                 length = headers.get("content-length")  # h11 checked it: digits, one value
                 if length is not None and int(length) > config.max_body_bytes:
@@ -477,17 +491,63 @@ class HttpSession:
         return False
 
 
-def _read_headers(request: h11.Request) -> tuple[dict[str, str], int]:
-    """The request's headers as HttpRequest has them, and the size in bytes of its head as
-    h11 parsed it (request line, headers, blank line): one pass over h11's list."""
+def _read_headers(request: h11.Request) -> tuple[dict[str, str], int, frozenset[str]]:
+    """The request's headers as HttpRequest has them, the size in bytes of its head as
+    h11 parsed it (request line, headers, blank line), and the names of the SINGLE_HEADERS
+    that came more than once: one pass over h11's list."""
     size = len(request.method) + len(request.target) + 14
     headers: dict[str, str] = {}
+    repeated: set[str] = set()
     for raw_name, value in request.headers.raw_items():
         size += len(raw_name) + len(value) + 4
         name = raw_name.decode("latin-1").lower()  # h11 checked: a token, ASCII
         text = value.decode("latin-1")
-        headers[name] = f"{headers[name]}, {text}" if name in headers else text
-    return headers, size
+        if name in headers:
+            if name in SINGLE_HEADERS:
+                repeated.add(name)
+            headers[name] = f"{headers[name]}, {text}"
+        else:
+            headers[name] = text
+    return headers, size, frozenset(repeated)
+
+
+def _refused_head(
+    request: h11.Request, headers: dict[str, str], repeated: frozenset[str]
+) -> tuple[int, str, str] | None:
+    """Why a parsed head is refused before anything else (status, code, message), or None.
+
+    - An HTTP version other than 1.x: 505. h11 parses any `HTTP/d.d` request line, and
+      takes HTTP/2's connection preface (`PRI * HTTP/2.0`) for a request.
+    - Content-Length with Transfer-Encoding: 400. h11 frames such a body by its chunks, a
+      proxy in front might go by the length: the ambiguity request smuggling lives on
+      (RFC 9112 section 6.1: a server MAY reject it, and MUST close the connection after).
+    - A repeated Host or Origin: 400. Which copy counts (the Host rule, the WebSocket's
+      Origin rule) must not depend on who reads the request.
+    """
+    if not request.http_version.startswith(b"1."):
+        if request.method == b"PRI" and request.target == b"*":
+            return (
+                505,
+                "http_version_not_supported",
+                "HTTP/2 is not served (the HTTP/2 connection preface was sent): dagd speaks "
+                "HTTP/1.1",
+            )
+        version = request.http_version.decode("ascii", "replace")
+        return (
+            505,
+            "http_version_not_supported",
+            f"HTTP/{version} is not served: dagd speaks HTTP/1.1",
+        )
+    if "transfer-encoding" in headers and "content-length" in headers:
+        return (
+            400,
+            "bad_request",
+            "a request with both Content-Length and Transfer-Encoding is refused",
+        )
+    if repeated:
+        names = " and ".join(sorted(name.title() for name in repeated))
+        return 400, "bad_request", f"more than one {names} header"
+    return None
 
 
 def _too_large_head(config: ServerConfig) -> str:

@@ -36,6 +36,20 @@ REFUSED = {
     "a handler's exception": (request("/boom"), 500),
     "a handler's invalid header": (request("/bad-header"), 500),
     "not a path": (b"GET http://127.0.0.1/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+    # RFC 9112 section 6.1: the framing a proxy and dagd could disagree on (smuggling)
+    "Content-Length and Transfer-Encoding": (
+        request(
+            "/echo", "POST", headers=(("Transfer-Encoding", "chunked"), ("Content-Length", "5"))
+        )
+        + b"0\r\n\r\n",
+        400,
+    ),
+    "two Origins": (
+        request("/echo", headers=(("Origin", "http://a.example"), ("Origin", "http://b"))),
+        400,
+    ),
+    "HTTP/2.0 request line": (b"GET /echo HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 505),
+    "HTTP/2 connection preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
 }
 
 

@@ -179,6 +179,33 @@ async def test_a_handshake_in_pieces_takes_the_front_doors_path(tmp_path: Path) 
             assert int(head.split(b" ", 2)[1]) == status, (host, origin, head)
 
 
+async def test_a_handshake_with_a_repeated_origin_or_host_is_refused(tmp_path: Path) -> None:
+    """Which copy the Origin rule reads must not matter: two Origins (or Hosts) get 400,
+    whether the head comes in one read (the quick path) or in pieces (h11's path)."""
+    async with running(tmp_path, server='handshake_timeout = "3s"') as daemon:
+        port = server_of(daemon).port
+        assert port is not None
+        own = f"http://127.0.0.1:{port}"
+        two_origins = upgrade(f"127.0.0.1:{port}", own).replace(
+            b"\r\nOrigin:", f"\r\nOrigin: {own}\r\nOrigin:".encode()
+        )
+        two_hosts = upgrade(f"127.0.0.1:{port}", own).replace(
+            b"\r\nHost:", f"\r\nHost: 127.0.0.1:{port}\r\nHost:".encode()
+        )
+        for data in (two_origins, two_hosts):
+            assert await handshake_status(port, data) == 400, data
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(data[:30])
+                await trio.sleep(0.05)
+                await stream.send_all(data[30:])
+                [reply] = parse(await read_until_closed(stream))
+            assert reply.status == 400, data
+            assert "multiple host" in reply.json()["message"].lower() or (
+                "more than one Origin" in reply.json()["message"]
+            )
+
+
 QUICK = upgrade("127.0.0.1:3000", "http://127.0.0.1:3000")
 
 
@@ -207,6 +234,7 @@ def test_quick_upgrade_takes_the_common_handshake(data: bytes, host: str | None)
         QUICK.replace(b"GET /api/v1/ws", b"POST /api/v1/ws"),
         QUICK.replace(b"GET /api/v1/ws", b"GET /api/v1/%77s"),
         QUICK.replace(b"\r\nHost:", b"\r\nHost: evil.example\r\nHost:"),  # two Hosts
+        QUICK.replace(b"\r\nOrigin:", b"\r\nOrigin: http://evil.example\r\nOrigin:"),
         QUICK.replace(b"\r\nOrigin:", b"\r\n Origin:"),  # a folded line
         QUICK.replace(b"\r\nOrigin:", b"\nOrigin:"),  # a bare LF
         QUICK.replace(b"\r\nOrigin:", b"\r\nOrigin"),  # no colon
