@@ -30,6 +30,7 @@ from dashhelp import (
 from playwright.sync_api import BrowserContext, Locator, Page, WebSocketRoute, expect
 from websockets.sync.client import connect
 
+
 def wide_dag(levels: int = 50, chains: int = 10) -> str:
     lines = ['[params]\ngate = ""']
     for level in range(levels):

@@ -6,10 +6,11 @@ exact route, so no request path is ever joined to a file name: `..`, `%2e%2e`, a
 and the like find no route (404), and a symbolic link that leads outside the folder is never
 read. Dot files, `__pycache__`, and names with `{` or `}` (not a route pattern) are left out.
 
-Every answer carries a strong `ETag` (a SHA-256 of the content) and `Cache-Control: no-cache`
-(the names are not content-hashed, so a browser revalidates each time); `If-None-Match` with
-that tag (or `*`) gets 304 without a body. Content types by extension (`CONTENT_TYPES`; `.js`
-is text/javascript, which ES modules require); other files are application/octet-stream.
+Every answer carries a strong `ETag` (the first 32 hex digits of the content's SHA-256) and
+`Cache-Control: no-cache` (the names are not content-hashed, so a browser revalidates each
+time); `If-None-Match` with that tag (or `*`) gets 304 without a body. Content types by
+extension (`CONTENT_TYPES`; `.js` is text/javascript, which ES modules require); other files
+are application/octet-stream.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ and no way out of the folder."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def test_only_files_inside_the_folder_are_served(tmp_path: Path) -> None:
     assert files["/assets/data.bin"].content_type == "application/octet-stream"
     assert files["/"].etag == files["/assets/index.html"].etag != files["/assets/app.js"].etag
     assert files["/assets/alias.js"].etag == files["/assets/app.js"].etag
+    # as docs/http.md says: the first 32 hex digits of the SHA-256 of the bytes, quoted
+    app = files["/assets/app.js"]
+    assert app.etag == '"' + hashlib.sha256(app.body).hexdigest()[:32] + '"'
 
 
 def test_a_missing_folder_is_no_files(tmp_path: Path) -> None:
