@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from dagd.core.events import StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
@@ -230,6 +231,23 @@ def test_a_folder_under_the_fixed_name_that_is_not_ours_alone_is_not_used(
     del files
     gc.collect()
     assert not path.parent.exists()  # ... removed with its executor
+
+
+async def test_a_fifo_as_output_file_fails_the_step_at_once_and_is_removed(
+    tmp_path: Path,
+) -> None:
+    # Opening a fifo to read blocks until a writer comes: that would hang the attempt's
+    # thread, and with it its timeout and every cancel.
+    marker = tmp_path / "path"
+    with trio.fail_after(20):
+        status, _, events = await run(f"""
+            [steps.f]
+            command = 'mkfifo "$DAGD_OUTPUT"; echo "$DAGD_OUTPUT" > {marker}'
+            timeout = "30s"
+            """)
+    assert status is RunStatus.FAILED
+    assert final(events, "f").error == "outputs of step 'f': $DAGD_OUTPUT is not a regular file"
+    assert not Path(marker.read_text().strip()).exists()
 
 
 async def test_a_step_without_outputs_creates_no_file(tmp_path: Path) -> None:

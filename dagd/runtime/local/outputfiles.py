@@ -87,15 +87,21 @@ def take_outputs(path: str) -> tuple[dict[str, str] | None, str | None]:
     """Read a step's output file, if it wrote one, and remove it: (outputs, None), (None,
     why they cannot be taken), or (None, None) when there is no file. Blocking (a worker
     thread's); call it once nothing writes to the file any more (the step's process group is
-    gone). A symbolic link is not followed."""
+    gone). A symbolic link is not followed, and anything but a regular file (a fifo, whose
+    open or read would block this thread for ever, a device, a folder) is refused and
+    removed."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: opening a fifo with no writer returns at once instead of blocking.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None, None  # the usual case: the step gave no outputs
     except OSError as exc:
         return None, f"cannot read the output file: {exc.strerror or exc}"
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, "$DAGD_OUTPUT is not a regular file"
+        size = info.st_size
         if size > MAX_OUTPUT_BYTES:
             return None, str(output_file_too_large(size))
         data = b""
