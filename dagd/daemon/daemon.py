@@ -394,10 +394,12 @@ class Daemon:
                 log.warning("run of %s after %s skipped: %s", dag_id, event.run_id, exc)
 
     def _publish_all(self, effects: Iterable[object]) -> None:
-        """Publish the events among a run state's effects (the rest concern a running run)."""
+        """Publish the events among a run state's effects (the rest concern a running run).
+        Through `_emit`, as the engine's are: a queued run cancelled here never reaches the
+        engine, and its parent waits for its final status all the same."""
         for effect in effects:
             if isinstance(effect, DagEvent):
-                self.publish(effect)
+                self._emit(effect)
 
     def subscribe(self, dag_ids: Iterable[str] | None = None, buffer: int = 0) -> Subscriber:
         """A bounded queue of committed events (StoredEvent, in seq order) for `dag_ids` (None:

@@ -231,3 +231,32 @@ async def test_a_dag_running_itself_fails_at_once_rather_than_waiting_for_ever(
         assert steps["s"].error == (
             "cannot start a run of DAG 'a': DAG 'a' would run inside its own run: a -> b -> a"
         )
+
+
+async def test_cancelling_a_queued_child_ends_its_parents_step_at_once(config: Config) -> None:
+    """A child waiting for a max_active_runs slot and cancelled there never starts: its
+    parent's step must still learn that it ended."""
+    write_dag_file(
+        config.dags_dir, "child", 'max_active_runs = 1\n[steps.long]\ncommand = "sleep 30"\n'
+    )
+    write_dag_file(config.dags_dir, "parent", '[steps.sub]\nrun = "child"\n')
+    async with open_daemon(config) as daemon:
+        blocker = await daemon.trigger("child")
+        run_id = await daemon.trigger("parent")
+
+        async def child_queued() -> bool:
+            found = await _children(daemon, run_id)
+            return bool(found) and found[0].status is RunStatus.QUEUED
+
+        with trio.fail_after(5):
+            while not await child_queued():
+                await trio.sleep(0.02)
+        (child,) = await _children(daemon, run_id)
+        await daemon.cancel(child.run_id)
+        with trio.fail_after(5):  # the blocker still runs: the parent must not wait for it
+            record, steps = await wait_status(daemon, run_id)
+        assert record.status is RunStatus.FAILED
+        assert steps["sub"].status is StepStatus.FAILED
+        assert child.run_id in (steps["sub"].error or "")
+        assert "cancelled" in (steps["sub"].error or "")
+        await daemon.cancel(blocker)
