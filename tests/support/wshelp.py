@@ -65,6 +65,7 @@ SERVER_TYPES = {
     "cancel_accepted",
     "retry_accepted",
     "dags",
+    "pools",
     "runs",
     "run",
     "dag",
