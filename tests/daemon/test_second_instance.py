@@ -131,10 +131,14 @@ def test_a_second_serve_refuses_at_once_and_the_first_runs_on(
         "stop it first"
     ]
     assert out == ""
-    assert elapsed < 10  # refused, not waiting for the lock (python start-up is most of it)
     assert_first_untouched(daemon, run_id, pids, token)
     # The first daemon still answers its clients.
+    started = time.monotonic()
     runs = dagd("runs", cwd=daemon.root)
+    client = time.monotonic() - started
+    # Refused, not waiting for the lock: about as long as a client command's own start-up and
+    # request (Python start-up is most of both), measured here so a loaded machine slows both.
+    assert elapsed < 3 * client + 2, (elapsed, client)
     assert runs.returncode == 0, runs.stderr
     assert run_id in runs.stdout and "running" in runs.stdout
 
@@ -178,14 +182,15 @@ def test_read_only_commands_and_dagd_run_work_beside_a_daemon(daemon: DaemonProc
 
 
 def test_after_kill_9_the_next_start_succeeds_at_once_and_recovers(daemon: DaemonProc) -> None:
+    normal = daemon.wait_ready()  # the fixture's start, against a fresh state folder
     run_id, pids = start_slow_run(daemon)
     first = pid_of(daemon)
     daemon.stop(signal.SIGKILL)
     assert pids <= step_pids(daemon)  # the step outlived its daemon (recovery's job)
-    started = time.monotonic()
     daemon.start()  # no waiting for a stale lock: the kernel dropped it with the process
-    daemon.wait_ready(timeout=15)
-    assert time.monotonic() - started < 15
+    restart = daemon.wait_ready()
+    # about as long as a normal start (plus recovery), measured here so load slows both
+    assert restart < 3 * normal + 5, (restart, normal)
     assert pid_of(daemon) != first
     assert "another dagd" not in daemon.output()
     assert daemon.run_statuses("slow") == {run_id: "failed"}

@@ -32,6 +32,8 @@ from dagd.daemon.store import connect
 
 #: Environment variables that would override the config file's endpoint.
 ENDPOINT_VARS = ("DAGD_URL", "DAGD_TOKEN", "DAGD_CONFIG")
+#: Seconds DaemonProc waits for a daemon to listen before the test fails.
+READY_TIMEOUT = 60.0
 
 
 def free_port() -> int:
@@ -134,6 +136,7 @@ class DaemonProc:
         self.port = free_port()
         self.mark = procs.new_mark()
         self.starts = 0
+        self.started_at = 0.0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: Path | None = None
         (root / "dags").mkdir(parents=True, exist_ok=True)
@@ -183,6 +186,7 @@ class DaemonProc:
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
+        self.started_at = time.monotonic()
         self.log = self.root / f"daemon{self.starts}.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -200,11 +204,18 @@ class DaemonProc:
             raise AssertionError(f"the daemon exited early:\n{self.output()}")
         return "listening on ws://" in self.output() and (self.state / "token").is_file()
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        wait_for(self._ready, timeout, "the daemon to listen")
+    # READY_TIMEOUT only ends a hung test: a daemon's start-up takes well under a second alone,
+    # but several seconds on CI's 2 cores shared with the rest of the suite (-n 2).
 
-    async def await_ready(self, timeout: float = 15.0) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
+        """Seconds from the last start() until the daemon listens."""
+        wait_for(self._ready, timeout, "the daemon to listen")
+        return time.monotonic() - self.started_at
+
+    async def await_ready(self, timeout: float = READY_TIMEOUT) -> float:
+        """Seconds from the last start() until the daemon listens."""
         await await_for(self._ready, timeout, "the daemon to listen")
+        return time.monotonic() - self.started_at
 
     def send(self, signum: int) -> None:
         assert self.proc is not None
