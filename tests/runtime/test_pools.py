@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import stepfuncs
 import trio
+import trio.testing
 
 from dagd.core.events import StepStatusEvent
 from dagd.core.model import DagSpec, RunStatus, StepSpec, StepStatus
@@ -170,3 +172,39 @@ def test_an_unconfigured_pool_fails_the_attempt_with_its_name(tmp_path: Path) ->
     trio.run(RunDriver(state, LocalExecutor(), lambda e: None, pools=Pools({"w": 1})).run)
     assert state.steps["s"].status is StepStatus.FAILED
     assert state.steps["s"].error == "pool 'gone' is not configured (configured: w)"
+
+
+def test_pool_slots_under_a_mock_clock_take_turns_of_one_second() -> None:
+    """A 1 s step (`stepfuncs:hold`) holding all three slots, then five runs asking for two or
+    one slot each, started in whatever order trio runs them: they go in pairs by trigger
+    order, one second a turn (virtual time), never two pairs at once."""
+    pools = Pools({"w": 3})
+    group = "pools-mock"
+    params = {"group": group}
+
+    def held(dag_id: str, slots: int, queued_at: float) -> RunState:
+        spec = StepSpec("s", call="stepfuncs:hold", pool="w", pool_slots=slots)
+        state = RunState(dag(dag_id, spec), dag_id, params)
+        state.queued_at = queued_at
+        return state
+
+    first = held("first", 3, 0.0)
+    later = [held(f"m{i}", n, 1.0 + i) for i, n in enumerate((2, 1, 2, 1, 1))]
+    finished: dict[str, float] = {}
+
+    async def drive(state: RunState) -> None:
+        await RunDriver(state, LocalExecutor(), lambda e: None, pools=pools).run()
+        finished[state.run_id] = trio.current_time()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drive, first)
+            while pools.usage()[0].in_use < 3:
+                await trio.sleep(0)
+            for state in reversed(later):
+                nursery.start_soon(drive, state)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert finished == {"first": 1.0, "m0": 2.0, "m1": 2.0, "m2": 3.0, "m3": 3.0, "m4": 4.0}
+    assert stepfuncs.concurrency[group][1] == 2
+    assert all(s.status is RunStatus.SUCCESS for s in [first, *later])
