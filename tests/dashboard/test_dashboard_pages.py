@@ -84,6 +84,20 @@ def test_the_token_moves_from_the_address_into_session_storage(
     expect(page.locator("table.dags")).to_be_visible()
 
 
+def test_a_token_link_opened_in_a_dashboard_tab_is_taken_up(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    page = open_dashboard(context, daemon)
+    expect(page.locator("table.dags")).to_be_visible()
+    page.evaluate("(t) => { window.location.hash = '#token=' + t; }", READ_TOKEN)
+    expect(page.locator("#role")).to_have_text("read-only")
+    expect(page.locator("table.dags")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('dagd.token')") == READ_TOKEN
+    assert page.evaluate("window.dagdClient.token") == READ_TOKEN
+    assert "token" not in page.url and page.url.endswith("/#/")
+    assert READ_TOKEN not in page.locator("body").inner_text()
+
+
 def test_without_a_token_the_page_asks_for_one_and_says_when_it_is_refused(
     context: BrowserContext, daemon: DaemonProc
 ) -> None:

@@ -3,7 +3,9 @@
 // The token: `dagd dashboard` opens http://HOST:PORT/#token=<token>. The page moves it into
 // sessionStorage (this tab only, gone when the tab closes) and takes it out of the address
 // bar with history.replaceState, so it is not left in the history or a bookmark. It never goes
-// into a query string or a cookie. Without a token the page asks for one.
+// into a query string or a cookie. Without a token the page asks for one. A #token= link opened
+// in a tab already showing the dashboard is taken the same way, and the page connects again
+// with the new token.
 //
 // Routes (routes.js makes the links): each page is an ES module loaded on first use that
 // exports `mount(root, ctx)` and returns `{destroy(), update?(query)}`:
@@ -250,6 +252,22 @@ function start(token) {
 }
 
 function boot() {
+  // A #token= link opened in a tab that already shows the dashboard: take the new token and
+  // connect again with it. Added before any Router's listener, so it runs first and the
+  // router (destroyed here) never reads the token as a page address.
+  window.addEventListener("hashchange", () => {
+    if (!window.location.hash.startsWith("#token=")) return;
+    const previous = sessionStorage.getItem(TOKEN_KEY);
+    const token = takeToken();
+    if (!token || (token === previous && client)) {
+      router?.show();  // the same token (or none): just the page the address now names
+      return;
+    }
+    router?.destroy();
+    router = null;
+    client?.close();
+    start(token);
+  });
   const token = takeToken();
   if (token) start(token);
   else askForToken(document.getElementById("main"), "");
