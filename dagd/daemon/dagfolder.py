@@ -453,7 +453,14 @@ class DagFolder:
         st.problems[str(path)] = problems
         refused = Refused(path, old_id or path.stem, problems)
         if self._log:
-            keeping = " (keeping the last good version)" if kept else ""
+            # Only a DAG this file loaded before, and still gives, has a version to keep.
+            loaded = st.dags.get(old_id) if old_id is not None else None
+            if not kept:
+                keeping = ""
+            elif loaded is not None and str(loaded.source) == str(path):
+                keeping = " (keeping the last good version)"
+            else:
+                keeping = " (the DAG is not loaded)"
             self._log.error("cannot load DAG file%s:\n%s", keeping, refused.text)
         return refused
 

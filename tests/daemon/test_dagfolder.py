@@ -301,3 +301,21 @@ def test_an_edit_to_an_unconfigured_executor_keeps_the_last_good_version(tmp_pat
     [refused] = folder.reload().refused
     assert refused.dag_id == "one" and "no executor 'dask' is configured" in refused.text
     assert folder.dags["one"].steps["s"].executor == "local"
+
+
+def test_the_log_says_whether_a_broken_files_dag_keeps_a_good_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path, "live", GOOD)
+    write(tmp_path, "bad", "nope [")
+    folder = DagFolder(tmp_path, logging.getLogger("test.dagfolder"))
+    with caplog.at_level(logging.ERROR, logger="test.dagfolder"):
+        folder.reload()
+        [never] = [r.getMessage() for r in caplog.records]
+        assert "bad.toml" in never and "(the DAG is not loaded)" in never
+        assert "last good version" not in never
+        caplog.clear()
+        write(tmp_path, "live", "nope [")
+        folder.reload()
+        [broke] = [r.getMessage() for r in caplog.records]
+        assert "live.toml" in broke and "(keeping the last good version)" in broke
