@@ -460,6 +460,8 @@ BAD_REQUESTS = [
     ('{"type": "replay", "since": 1.0}', "invalid_message"),
     ('{"type": "replay", "since": true}', "invalid_message"),
     ('{"type": "replay", "since": NaN}', "invalid_message"),
+    ('{"type": "ping", "type": "ping"}', "invalid_message"),  # a repeated key
+    ('{"type": "trigger", "dagId": "alpha", "params": {"a": "1", "a": "2"}}', "invalid_message"),
     ('{"type": "replay", "since": Infinity}', "invalid_message"),
     ('{"type": "replay", "since": 1e999999}', "invalid_message"),
     ('{"type": "trigger"}', "invalid_message"),

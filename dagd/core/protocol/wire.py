@@ -2,7 +2,10 @@
 
 Reading refuses what `json.loads` would let through and later code would trip over: NaN and
 Infinity, numbers that overflow to infinity, lone surrogates (they make SQLite inserts and
-UTF-8 encoding raise), and nesting deep enough to raise RecursionError.
+UTF-8 encoding raise), nesting deep enough to raise RecursionError, and an object with a
+repeated key (`json.loads` keeps the last copy, other readers the first: RFC 8259 section 4
+leaves it open, so a value checked by one reader could be another's). The WebSocket's
+messages (codec.py) and the JSON API's bodies (dagd/net/http/api.py) are both read here.
 
 Writing is compact (no spaces) with non-ASCII characters as they are: exactly
 `json.dumps(value, separators=(",", ":"), ensure_ascii=False)`. `dumps_fast` gives the same text
@@ -63,15 +66,33 @@ def _check_float(text: str) -> float:
     return value
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"key {key[:40]!r} appears twice in an object")
+            seen.add(key)
+    return found
+
+
 def loads_strict(text: str) -> Any:
-    """`json.loads(text)`, refusing NaN/Infinity, overflowing numbers and lone surrogates.
+    """`json.loads(text)`, refusing NaN/Infinity, overflowing numbers, lone surrogates and
+    repeated keys.
 
     Returns the decoded value (dict, list, str, int, float, bool or None). Raises ValueError,
     with a message fit for an `invalid_message` error, for anything else: invalid JSON (with
-    its position), nesting too deep, a constant or number it refuses, a lone surrogate.
+    its position), nesting too deep, a constant or number it refuses, a key that appears twice
+    in one object, a lone surrogate.
     """
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_check_float)
+        value = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_check_float,
+            object_pairs_hook=_object,
+        )
     except RecursionError:
         raise ValueError("JSON is nested too deeply") from None
     except json.JSONDecodeError as exc:

@@ -214,13 +214,23 @@ async def test_hostile_paths_and_queries(http: Http, target: str, status: int, c
     [
         b"[" * 50_000 + b"]" * 50_000,
         b'{"params": {"date": NaN}}',
+        b'{"params": {"date": "2024-01-01", "date": "2024-01-02"}}',
         b'{"params": {"date": 1e400}}',
         b'{"params": {"date": "\\udfff"}}',
         b'{"params": {"date": ' + b"1" * 10_000 + b"}}",
         b"\x00\x01\x02",
         json.dumps({"params": {f"p{i}": i for i in range(2000)}}).encode(),
     ],
-    ids=["deep", "nan", "overflow", "surrogate", "long-int", "binary", "2000-params"],
+    ids=[
+        "deep",
+        "nan",
+        "duplicate-key",
+        "overflow",
+        "surrogate",
+        "long-int",
+        "binary",
+        "2000-params",
+    ],
 )
 async def test_hostile_bodies_are_refused_and_the_daemon_serves_on(http: Http, body: bytes) -> None:
     answer = await http("POST", "/api/v1/dags/withparams/runs", body=body)
