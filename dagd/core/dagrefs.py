@@ -3,10 +3,11 @@
 - A run step's params may hold `${params.<name>}` (a param of the parent run) and
   `${outputs.<step>.<key>}` (an output of a step upstream of it); `$$` is one `$`. Values are
   filled in when the step's attempt triggers its child run (`fill_params`).
-- Across the DAG folder (`link_problems`): every `run` and `after` must name a loaded DAG, the
-  params a run step gives must be declared by its child DAG, and the links must not form a
-  cycle. A link X -> Y means "a run of X may cause a run of Y": X has a step `run = "Y"`, or
-  Y has `after = ["X"]`. A cycle (a runs b runs a; a runs b, a after b) would never end.
+- Across the DAG folder (`link_problems`; `link_cycles` for the cycles alone): every `run`
+  and `after` must name a loaded DAG, the params a run step gives must be declared by its
+  child DAG, and the links must not form a cycle. A link X -> Y means "a run of X may cause
+  a run of Y": X has a step `run = "Y"`, or Y has `after = ["X"]`. A cycle (a runs b runs a;
+  a runs b, a after b) would never end.
 
 Pure: values in, values out.
 """
@@ -157,18 +158,7 @@ def link_problems(dags: Mapping[str, DagSpec]) -> dict[str, list[tuple[str, str 
         for upstream in dag.after:
             if upstream not in dags:
                 add(dag.id, f"no DAG {upstream!r} (DAGs: {known})", None, "after")
-    graph = {
-        dag_id: tuple(sorted(t for t in targets if t in dags))
-        for dag_id, targets in links(dags).items()
-        if dag_id in dags
-    }
-    reported: set[str] = set()
-    while True:
-        rest = {d: tuple(t for t in ts if t not in reported) for d, ts in graph.items()}
-        rest = {d: ts for d, ts in rest.items() if d not in reported}
-        cycle = find_cycle(rest)
-        if not cycle:
-            break
+    for cycle in link_cycles(dags):
         path = " -> ".join(cycle)
         for dag_id in dict.fromkeys(cycle):
             dag = dags[dag_id]
@@ -177,5 +167,24 @@ def link_problems(dags: Mapping[str, DagSpec]) -> dict[str, list[tuple[str, str 
             )
             field = "run" if at is not None else "after"
             add(dag_id, f"DAGs cause each other's runs in a cycle: {path}", at, field)
-            reported.add(dag_id)
     return problems
+
+
+def link_cycles(dags: Mapping[str, DagSpec]) -> list[list[str]]:
+    """The cycles of links between `dags`, each a closed path `[a, b, a]`; each DAG in at most
+    one of them (a DAG on several cycles is reported with the first found)."""
+    graph = {
+        dag_id: tuple(sorted(t for t in targets if t in dags))
+        for dag_id, targets in links(dags).items()
+        if dag_id in dags
+    }
+    cycles: list[list[str]] = []
+    reported: set[str] = set()
+    while True:
+        rest = {d: tuple(t for t in ts if t not in reported) for d, ts in graph.items()}
+        rest = {d: ts for d, ts in rest.items() if d not in reported}
+        cycle = find_cycle(rest)
+        if not cycle:
+            return cycles
+        cycles.append(cycle)
+        reported.update(cycle)

@@ -30,7 +30,7 @@ import trio
 from dagd.core.backfill import RangeError, backfill_slots, parse_bound
 from dagd.core.config import Config
 from dagd.core.cron import Schedule
-from dagd.core.dagrefs import link_problems
+from dagd.core.dagrefs import link_cycles, link_problems
 from dagd.core.dagsnapshot import (
     SHORT_VERSION,
     SnapshotError,
@@ -306,7 +306,7 @@ class Daemon:
             for message, step, field in found:
                 where = f" step {step!r}" if step else ""
                 log.error("DAG %s%s field %r: %s", dag_id, where, field, message)
-        cyclic = {d for d, found in problems.items() if any("cycle" in m for m, _, _ in found)}
+        cyclic = {dag_id for cycle in link_cycles(dags) for dag_id in cycle}
         followers: dict[str, list[str]] = {}
         for dag in dags.values():
             if dag.id not in cyclic:

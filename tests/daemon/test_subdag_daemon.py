@@ -260,3 +260,21 @@ async def test_cancelling_a_queued_child_ends_its_parents_step_at_once(config: C
         assert child.run_id in (steps["sub"].error or "")
         assert "cancelled" in (steps["sub"].error or "")
         await daemon.cancel(blocker)
+
+
+async def test_a_dag_named_like_a_cycle_does_not_make_others_cyclic(tmp_path: Path) -> None:
+    """An unknown `after` id is reported with the list of every DAG id; a DAG called
+    `lifecycle` in it must not make `down` count as part of a cycle (its links kept)."""
+    config = daemon_config(tmp_path, reload_interval=1000)
+    write_dag_file(config.dags_dir, "lifecycle", '[steps.a]\ncommand = "true"\n')
+    write_dag_file(config.dags_dir, "up", '[steps.a]\ncommand = "true"\n')
+    write_dag_file(
+        config.dags_dir,
+        "down",
+        f'after = ["up", "gone"]\n[steps.a]\ncommand = "touch {tmp_path / "down.out"}"\n',
+    )
+    async with open_daemon(config) as daemon:
+        ok = await daemon.trigger("up")
+        assert (await wait_status(daemon, ok))[0].status is RunStatus.SUCCESS
+        with trio.fail_after(5):
+            await wait_until(lambda: (tmp_path / "down.out").exists())
