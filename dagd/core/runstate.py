@@ -18,7 +18,8 @@ Lifecycle handlers (`DagSpec.handlers`: on_success, on_failure, on_cancel, alway
 of the run that stand outside its graph. When every ordinary step is final, the run's outcome
 is decided (`decided`: failed if a step failed or is upstream_failed, cancelled if the run was
 cancelled, else success) and the run enters an `after_*` phase, still `running`: the handlers
-that match the outcome (`HANDLERS_OF`) run one at a time, the others are skipped. Once they are
+that match the outcome (`HANDLERS_OF`) run one at a time, the others are skipped (a handler
+waiting to retry is not final: the next waits for its last attempt). Once they are
 final the run ends with the decided status, whatever they did. A cancelled run's handlers, and
 handlers running when their run is cancelled, get `handler_grace` seconds (`HandlerDeadline`);
 then `grace_over` stops them, as it does at once when called early (a second Ctrl-C). A run
@@ -872,7 +873,10 @@ class RunState:
         phase = self._next(st, E.RETRY_DUE)
         out: list[Effect] = []
         st.phase = phase
-        self._ready.append(step_id)
+        if st.spec.handler is not None:  # it goes on before the handlers that follow it
+            self._ready.appendleft(step_id)
+        else:
+            self._ready.append(step_id)
         self._pump(out)
         return self._settle(out, now)
 
@@ -1098,6 +1102,10 @@ class RunState:
         """Dispatch ready steps while the DAG's max_active_steps allows."""
         limit = self._limit
         ready = self._ready
+        if self.decided is not None and any(
+            self.steps[sid].phase is P.RETRY_WAIT for sid in self.dag.handlers
+        ):
+            return  # a handler waiting to retry is not final: the next one waits for it
         while ready and (limit is None or self.active < limit):
             sid = ready.popleft()
             st = self.steps[sid]

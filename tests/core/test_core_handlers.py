@@ -229,6 +229,40 @@ def test_the_exact_events_of_a_failed_run_with_handlers() -> None:
     assert (progress.total_steps, progress.completed_steps, progress.failed_steps) == (4, 2, 2)
 
 
+def test_always_waits_for_a_retrying_handler() -> None:
+    # on_failure fails with retries left: always starts only once on_failure is final.
+    dag = parse_dag(
+        STEP
+        + '[handlers.on_failure]\ncommand = "x"\nretries = 2\nretry_delay = "2s"\n'
+        + '[handlers.always]\ncommand = "x"\n',
+        "h.toml",
+        default_id="h",
+    )
+    rs = RunState(dag, "r")
+    rs.start(T0)
+    rs.step_started("a", T0)
+    out = rs.step_failed("a", T0 + 1, "exit code 1")
+    assert [e for e in out if isinstance(e, StartStep)] == [StartStep("@on_failure", 1)]
+    rs.step_started("@on_failure", T0 + 1)
+    out = rs.step_failed("@on_failure", T0 + 2, "exit code 1")
+    assert [e for e in out if isinstance(e, StartStep)] == []
+    assert rs.steps["@on_failure"].status is StepStatus.RETRYING
+    assert rs.steps["@always"].status is StepStatus.PENDING
+    out = rs.retry_due("@on_failure", T0 + 4)
+    assert [e for e in out if isinstance(e, StartStep)] == [StartStep("@on_failure", 2)]
+    rs.step_started("@on_failure", T0 + 4)
+    rs.step_failed("@on_failure", T0 + 5, "exit code 1")
+    out = rs.retry_due("@on_failure", T0 + 7)
+    assert [e for e in out if isinstance(e, StartStep)] == [StartStep("@on_failure", 3)]
+    rs.step_started("@on_failure", T0 + 7)
+    out = rs.step_failed("@on_failure", T0 + 8, "exit code 1")
+    assert rs.steps["@on_failure"].status is StepStatus.FAILED
+    assert [e for e in out if isinstance(e, StartStep)] == [StartStep("@always", 1)]
+    rs.step_started("@always", T0 + 8)
+    out = rs.step_succeeded("@always", T0 + 9)
+    assert out[-1] == FinishRun(RunStatus.FAILED)
+
+
 def test_a_cancel_during_handlers_keeps_the_outcome_and_sets_a_deadline() -> None:
     dag = parse_dag(STEP + '[handlers.on_success]\ncommand = "x"\n', "h.toml", default_id="h")
     rs = RunState(dag, "r", handler_grace=10)

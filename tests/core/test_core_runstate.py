@@ -366,6 +366,16 @@ class Harness:
                 assert rs.decided is not None
                 assert rs.steps[e.step_id].spec.handler in HANDLERS_OF[rs.decided]
                 assert not rs._grace_over
+                # Handlers run one at a time, in order: those before it are final, retries
+                # included (a handler waiting to retry is not), and none other waits to retry.
+                handlers = list(self.dag.handlers)
+                before = handlers[: handlers.index(e.step_id)]
+                assert all(rs.steps[sid].status.finished for sid in before)
+                assert not any(
+                    rs.steps[sid].status is S.RETRYING
+                    for sid in handlers
+                    if sid != e.step_id
+                )
                 if e.step_id not in self.handler_starts:
                     self.handler_starts.append(e.step_id)
             elif isinstance(e, StartStep):
