@@ -39,6 +39,12 @@ OUTPUT_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 #: mapping as compact UTF-8 JSON (a Python step). Far below Linux's 128 KiB limit on one
 #: environment string, so one output always fits in a downstream step's environment.
 MAX_OUTPUT_BYTES = 64 * 1024
+#: The most the outputs of all steps of one run may take together, in bytes (each step's as
+#: compact UTF-8 JSON, `encoded_size`): 16 steps at MAX_OUTPUT_BYTES. A run holds its
+#: outputs in memory while it runs, and `get_run` builds and encodes them whole on the
+#: daemon's event loop: without a bound a 2,000-step run could carry 128 MB. Outputs are for
+#: small values (ids, paths, counts); data goes in files.
+MAX_RUN_OUTPUT_BYTES = 1024 * 1024
 
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
 
@@ -156,6 +162,14 @@ def parse_output_file(data: bytes) -> dict[str, str]:
     return outputs
 
 
+def run_outputs_too_large(total: int) -> str:
+    """Why a step's outputs are refused: the run's would take `total` bytes together."""
+    return (
+        f"the run's outputs would take {total} bytes together, over the limit of "
+        f"{MAX_RUN_OUTPUT_BYTES} per run"
+    )
+
+
 def check_returned(value: object) -> dict[str, Any] | None:
     """What a Python step returned -> its outputs: None (no outputs), or a mapping of str keys
     to JSON-able values (str, int, float, bool, None, lists and str-keyed dicts of them),
@@ -257,6 +271,7 @@ def output_environment(upstream: Mapping[str, Outputs]) -> dict[str, str]:
 
 __all__ = [
     "MAX_OUTPUT_BYTES",
+    "MAX_RUN_OUTPUT_BYTES",
     "OUTPUT_FILE_VAR",
     "OUTPUT_KEY_RE",
     "OUTPUT_VAR_PREFIX",
@@ -271,4 +286,5 @@ __all__ = [
     "output_file_too_large",
     "output_variable",
     "parse_output_file",
+    "run_outputs_too_large",
 ]

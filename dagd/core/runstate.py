@@ -90,6 +90,12 @@ from dagd.core.model import (
     command_text,
 )
 from dagd.core.outcome import MAX_LISTED, FailedStep, RunOutcome
+from dagd.core.outputs import (
+    MAX_RUN_OUTPUT_BYTES,
+    OutputError,
+    encoded_size,
+    run_outputs_too_large,
+)
 
 S = StepStatus
 B = ProgressBucket
@@ -579,6 +585,7 @@ class RunState:
         self._requeued = False  # set by requeue(): start() must apply trigger rules at once
         # Whether any step has outputs: until one has, no step needs its upstreams' looked up.
         self.has_outputs = False
+        self.output_bytes = 0  # of every step's outputs together (MAX_RUN_OUTPUT_BYTES)
         self._position: dict[str, int] | None = None  # step id -> place in dag.order
 
     @classmethod
@@ -617,8 +624,7 @@ class RunState:
         for sid, given in (outputs or {}).items():
             st = state.steps.get(sid)
             if st is not None and st.status is _SUCCESS and given:
-                st.outputs = given
-                state.has_outputs = True
+                state._keep_outputs(st, given)
         state._run_enter(RunPhase(status.value))
         state._recount()
         return state
@@ -832,8 +838,7 @@ class RunState:
         self.active -= 1
         st.end_time, st.error, st.worker = now, None, worker
         if outputs:
-            st.outputs = outputs
-            self.has_outputs = True
+            self._keep_outputs(st, outputs)
         self._enter(st, phase, now, out)
         self._finished(st, now, out)
         return self._settle(out, now)
@@ -984,6 +989,8 @@ class RunState:
             # every step but a successful one; every handler
             phase = _TRANSITIONS[st.phase].get(E.REARM if st.spec.handler else E.RESET)
             if phase is not None:
+                if st.outputs:
+                    self.output_bytes -= _size(st.outputs)
                 st.start_time = st.end_time = st.error = st.outputs = None
                 st.attempts_before += st.attempt  # numbering goes on; the retry budget is new
                 st.attempt = 0
@@ -991,7 +998,26 @@ class RunState:
         self._recount()
         return out
 
+    def outputs_problem(self, step_id: str, outputs: Mapping[str, Any] | None) -> str | None:
+        """Why `outputs` (checked by dagd/core/outputs.py), given by a successful attempt of
+        `step_id`, cannot be kept: the run's outputs would exceed MAX_RUN_OUTPUT_BYTES
+        together; None if they can. The caller fails the attempt with it instead."""
+        if not outputs:
+            return None
+        st = self.steps[step_id]
+        total = self.output_bytes - (_size(st.outputs) if st.outputs else 0) + _size(outputs)
+        if total > MAX_RUN_OUTPUT_BYTES:
+            return f"outputs of step {step_id!r}: {run_outputs_too_large(total)}"
+        return None
+
     # --------------------------------------------------------------- internals
+
+    def _keep_outputs(self, st: StepState, outputs: Mapping[str, Any]) -> None:
+        if st.outputs:
+            self.output_bytes -= _size(st.outputs)
+        st.outputs = outputs
+        self.output_bytes += _size(outputs)
+        self.has_outputs = True
 
     def _run_next(self, event: RunInput) -> RunPhase:
         """The run's next phase on `event`; raises `IllegalTransition` if it has none."""
@@ -1170,3 +1196,12 @@ class RunState:
             out.append(HandlerDeadline(self.grace_at))
         self._pump(out)
         return self.finished_steps == self._goal and self.active == 0
+
+
+def _size(outputs: Mapping[str, Any]) -> int:
+    """Bytes of outputs as the store keeps them; 0 for what cannot be encoded (checked
+    outputs always can)."""
+    try:
+        return encoded_size(outputs)
+    except (OutputError, TypeError, ValueError):
+        return 0

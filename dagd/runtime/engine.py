@@ -242,6 +242,8 @@ class RunDriver:
             now = self.clock()
             if result is None:  # cancelled before it finished
                 self._apply(state.step_cancelled(sid, now), take)
+            elif result.ok and (over := state.outputs_problem(sid, result.outputs)):
+                self._apply(state.step_failed(sid, now, over, result.worker), take)
             elif result.ok:
                 self._apply(state.step_succeeded(sid, now, result.worker, result.outputs), take)
             elif isinstance(result, Skip):

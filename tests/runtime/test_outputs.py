@@ -18,6 +18,7 @@ import trio
 
 from dagd.core.events import StepStatusEvent
 from dagd.core.model import RunStatus, StepStatus
+from dagd.core.outputs import MAX_RUN_OUTPUT_BYTES
 from dagd.core.runstate import RunState
 from dagd.core.spec import parse_dag
 from dagd.runtime.engine import run_dag
@@ -156,6 +157,27 @@ async def test_outputs_that_cannot_be_taken_fail_the_step_naming_it_and_the_key(
 
 def state_ids(events: list[Any]) -> list[str]:
     return list(dict.fromkeys(e.step_id for e in events if isinstance(e, StepStatusEvent)))
+
+
+async def test_a_run_s_outputs_together_are_bounded() -> None:
+    # 18 steps of 60,011 bytes each (as JSON): 17 fit in MAX_RUN_OUTPUT_BYTES, one does not.
+    steps = "".join(
+        f"""
+        [steps.s{i}]
+        command = 'printf "blob=%s" {"x" * 60_000} >> "$DAGD_OUTPUT"'
+        """
+        for i in range(18)
+    )
+    status, state, events = await run(steps)
+    assert status is RunStatus.FAILED
+    failed = [sid for sid, st in state.steps.items() if st.status is S.FAILED]
+    assert len(failed) == 1
+    assert final(events, failed[0]).error == (
+        f"outputs of step {failed[0]!r}: the run's outputs would take 1080198 bytes together, "
+        "over the limit of 1048576 per run"
+    )
+    assert state.steps[failed[0]].outputs is None
+    assert state.output_bytes == 17 * 60_011 <= MAX_RUN_OUTPUT_BYTES
 
 
 async def test_two_upstream_outputs_as_one_variable_fail_the_step_that_would_get_both() -> None:
