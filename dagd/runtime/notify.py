@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 import threading
 import time
@@ -28,7 +29,7 @@ import warnings
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import trio
 
@@ -89,11 +90,14 @@ def secrets_of(url: str, env: Mapping[str, str] | None = None) -> list[str]:
     found: set[str] = set()
     try:
         parts = urlsplit(url.strip())
-        found.update(p for p in (parts.username, parts.password) if p)
-        found.update(segment for segment in parts.path.split("/") if segment)
-        found.update(value for _, value in parse_qsl(parts.query) if value)
+        raw = {p for p in (parts.username, parts.password) if p}
+        raw.update(segment for segment in parts.path.split("/") if segment)
         if parts.fragment:
-            found.add(parts.fragment)
+            raw.add(parts.fragment)
+        # Percent-decoded too: a plugin may quote a secret as it decoded it ("p%40ss": "p@ss").
+        found.update(raw)
+        found.update(unquote(part) for part in raw)
+        found.update(value for _, value in parse_qsl(parts.query) if value)
         if parts.scheme.lower() not in HOST_SCHEMES and parts.hostname:
             found.add(parts.hostname)
     except ValueError:
@@ -219,8 +223,6 @@ class Notifier:
 
     def _urls(self, step: StepSpec) -> list[tuple[str, str, list[str]]]:
         """(written, expanded, secrets) of each URL of `step`."""
-        import os
-
         env = dict(os.environ if self.base_env is None else self.base_env)
         for name in self.hidden:
             env.pop(name, None)
@@ -253,9 +255,11 @@ class Notifier:
                     send, urls, title, body, timeout, abandon_on_cancel=True, limiter=self.limiter
                 )
             except Exception as exc:  # Apprise or a plugin broke: the attempt fails
-                log.debug("notification failed", exc_info=True)
+                # Scrubbed text only: a traceback's frames and messages can hold the URL.
                 secrets = [s for _, _, found in urls for s in found]
-                return AttemptResult(False, scrub(f"{type(exc).__name__}: {exc}", secrets))
+                why = scrub(f"{type(exc).__name__}: {exc}", secrets)
+                log.debug("notification failed: %s", why)
+                return AttemptResult(False, why)
         if failures is None:
             return AttemptResult(False, f"timed out after {format_seconds(timeout)}", True)
         if failures:

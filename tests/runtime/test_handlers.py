@@ -9,6 +9,7 @@ and secrets in its log and store in tests/daemon/test_handlers_daemon.py.)
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -22,9 +23,10 @@ from dagd.core.events import DagRunStatusEvent, ErrorEvent, StepStatusEvent
 from dagd.core.model import HandlerKind, RunStatus, StepStatus
 from dagd.core.runstate import RunState
 from dagd.core.spec import parse_dag
+from dagd.runtime import notify
 from dagd.runtime.engine import RunDriver
 from dagd.runtime.local.executor import LocalExecutor
-from dagd.runtime.notify import Notifier
+from dagd.runtime.notify import Notifier, scrub, secrets_of
 
 S = StepStatus
 RUN_ID = "manual__2024-01-01T00:00:00.000000+00:00"
@@ -348,3 +350,27 @@ async def test_a_slow_target_times_the_notification_out() -> None:
     assert state.status is RunStatus.SUCCESS
     assert state.steps["@on_success"].status is S.FAILED
     assert state.steps["@on_success"].error.startswith("notify URL 1 (json://127.0.0.1")
+
+
+def test_percent_escaped_secrets_are_scrubbed_in_their_decoded_form_too() -> None:
+    url = "json://us%40er:p%40ss%2Fw0rd@example.com/t%6Fken-part?key=k%20ey1"
+    secrets = secrets_of(url)
+    said = "login us@er with p@ss/w0rd to token-part, key k ey1 (raw p%40ss%2Fw0rd)"
+    assert scrub(said, secrets) == "login *** with *** to ***, key *** (raw ***)"
+
+
+async def test_a_broken_plugin_s_error_is_logged_scrubbed_without_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(urls: object, *args: object) -> None:
+        secret = "s3cr3t@x"  # as the plugin decoded it from the URL
+        raise RuntimeError(f"plugin broke on {secret}")
+
+    monkeypatch.setattr(notify, "send", broken)
+    toml = '[steps.a]\ncommand = "true"\n[handlers.on_success]\nnotify = ["json://u:s3cr3t%40x@127.0.0.1:9/x"]\n'
+    with caplog.at_level(logging.DEBUG, logger=notify.__name__):
+        state, rec = await drive(toml)
+    assert state.steps["@on_success"].error == "RuntimeError: plugin broke on ***"
+    assert "s3cr3t" not in caplog.text and "s3cr3t" not in rec.text()
+    assert all(r.exc_info is None for r in caplog.records)
+    assert "notification failed: RuntimeError: plugin broke on ***" in caplog.text
