@@ -53,10 +53,9 @@ class StepContext:
     `params` are the run's bound params (name -> string value). `attempt` counts from 1 and goes
     on across retries of the run. `log_dir` is the executor's log folder, None when logs are
     not kept. `outcome`: for a lifecycle handler, how its run ended (dagd/core/outcome.py);
-    None for an ordinary step.
-    not kept. `outputs` are the outputs of the steps upstream of this one (every step it
-    depends on, transitively, that gave any): step id -> key -> value, the values as the step
-    gave them (a shell step's are strings; docs/dags.md, "Outputs").
+    None for an ordinary step. `outputs` are the outputs of the steps upstream of this one
+    (every step it depends on, transitively, that gave any): step id -> key -> value, the
+    values as the step gave them (a shell step's are strings; docs/dags.md, "Outputs").
     """
 
     dag_id: str
