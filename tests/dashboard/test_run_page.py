@@ -490,3 +490,45 @@ def test_a_wide_run_graph_stays_in_its_card_and_draws_only_the_part_in_view(
         assert fitted < wide and fitted <= box_width, (wide, fitted, box_width)
     finally:
         ask(daemon, {"type": "cancel", "runId": run_id})
+
+
+LEFT_OF = """([first, second]) => {
+    // Where each word is drawn: a right-to-left override before them would swap them.
+    const box = (word) => {
+        const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            const at = node.data.indexOf(word);
+            if (at < 0) continue;
+            const range = document.createRange();
+            range.setStart(node, at);
+            range.setEnd(node, at + word.length);
+            return range.getBoundingClientRect().left;
+        }
+        return null;
+    };
+    return [box(first), box(second)];
+}"""
+
+
+def test_a_right_to_left_override_in_an_id_does_not_reverse_the_text_after_it(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    run_id = "manual__\u202eevil"
+    page = open_dashboard(context, daemon, OPERATE_TOKEN, run_route(run_id))
+    expect(page.get_by_role("alert")).to_contain_text("history retention")
+    history, retention = page.evaluate(LEFT_OF, ["history", "retention"])
+    assert history is not None and retention is not None
+    assert history < retention  # read left to right, as written
+
+
+def test_a_right_to_left_override_in_a_param_stays_inside_the_value(
+    context: BrowserContext, daemon: DaemonProc
+) -> None:
+    run_id = trigger(daemon, "gated", gate="\u202eevil")
+    try:
+        page = open_run(context, daemon, run_id)
+        value = page.locator(".run-params bdi", has_text="evil")
+        expect(value).to_have_count(1)
+        assert value.evaluate("(el) => getComputedStyle(el).unicodeBidi") == "isolate"
+    finally:
+        ask(daemon, {"type": "cancel", "runId": run_id})

@@ -93,7 +93,9 @@ class RunPage {
         return;
       }
       const why =
-        err.code === "unknown_run" ? `No run ${this.runId} (history retention may have deleted it).` : describe(err);
+        err.code === "unknown_run"
+          ? ["No run ", h("bdi", {}, this.runId), " (history retention may have deleted it)."]
+          : h("bdi", {}, describe(err));
       this.page.replaceChildren(h("h1", {}, "Run"), h("p", { class: "run-message", "data-kind": "error", role: "alert" }, why));
       return;
     }
@@ -292,7 +294,8 @@ class RunPage {
       const list = h("ul", { class: "run-params" });
       for (const k of keys) {
         const li = h("li");
-        li.append(h("code", {}, `${k} = ${m.params[k]}`));
+        // Each outside string in a <bdi>: a bidi control in one cannot reorder the rest.
+        li.append(h("code", {}, h("bdi", {}, k), " = ", h("bdi", {}, String(m.params[k]))));
         list.append(li);
       }
       facts.push(["Params", list]);
