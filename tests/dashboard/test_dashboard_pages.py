@@ -96,6 +96,13 @@ def test_a_token_link_opened_in_a_dashboard_tab_is_taken_up(
     assert page.evaluate("window.dagdClient.token") == READ_TOKEN
     assert "token" not in page.url and page.url.endswith("/#/")
     assert READ_TOKEN not in page.locator("body").inner_text()
+    # and while the page asks for a token (no router yet)
+    form = context.new_page()
+    form.goto(page_url(daemon, token=None))
+    expect(form.locator("#token-input")).to_be_visible()
+    form.evaluate("(t) => { window.location.hash = '#token=' + t; }", OPERATE_TOKEN)
+    expect(form.locator("#role")).to_have_text("operator")
+    assert "token" not in form.url
 
 
 def test_without_a_token_the_page_asks_for_one_and_says_when_it_is_refused(

@@ -106,6 +106,10 @@ class Banner {
 // ------------------------------------------------------------------------- token form
 
 function askForToken(main, message) {
+  if (!formListener) {
+    formListener = () => takeTokenLink();
+    window.addEventListener("hashchange", formListener);
+  }
   const input = h("input", {
     id: "token-input", type: "password", name: "token", autocomplete: "off",
     required: true, "aria-describedby": "token-help",
@@ -140,7 +144,9 @@ class Router {
     this.current = null;  // {route, key, page}
     this.generation = 0;
     this.destroyed = false;
-    this.onHashChange = () => this.show();
+    this.onHashChange = () => {
+      if (!takeTokenLink()) this.show();
+    };
     window.addEventListener("hashchange", this.onHashChange);
   }
 
@@ -223,11 +229,37 @@ class Router {
 
 // ------------------------------------------------------------------------- boot
 
+/** A #token= link opened in a tab already showing the dashboard (a hashchange): take the
+ * token and connect again with it. True if the address was such a link (handled here). */
+function takeTokenLink() {
+  if (!window.location.hash.startsWith("#token=")) return false;
+  const previous = sessionStorage.getItem(TOKEN_KEY);
+  const token = takeToken();
+  if (!token || (token === previous && client && router)) {
+    router?.show();  // the same token (or none): just the page the address now names
+    return true;
+  }
+  router?.destroy();
+  router = null;
+  client?.close();
+  start(token);
+  return true;
+}
+
+// While the token form is shown there is no router: this listener takes a token link then.
+let formListener = null;
+
+function stopFormListener() {
+  if (formListener) window.removeEventListener("hashchange", formListener);
+  formListener = null;
+}
+
 let client = null;
 let router = null;
 let banner = null;
 
 function start(token) {
+  stopFormListener();
   const main = document.getElementById("main");
   banner ??= new Banner(document.getElementById("banner"), document.getElementById("role"));
   client = new DagdClient({ url: endpointUrl(), token });
@@ -252,22 +284,6 @@ function start(token) {
 }
 
 function boot() {
-  // A #token= link opened in a tab that already shows the dashboard: take the new token and
-  // connect again with it. Added before any Router's listener, so it runs first and the
-  // router (destroyed here) never reads the token as a page address.
-  window.addEventListener("hashchange", () => {
-    if (!window.location.hash.startsWith("#token=")) return;
-    const previous = sessionStorage.getItem(TOKEN_KEY);
-    const token = takeToken();
-    if (!token || (token === previous && client)) {
-      router?.show();  // the same token (or none): just the page the address now names
-      return;
-    }
-    router?.destroy();
-    router = null;
-    client?.close();
-    start(token);
-  });
   const token = takeToken();
   if (token) start(token);
   else askForToken(document.getElementById("main"), "");
