@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from httphelp import read_until_closed  # fails unless closed within 2 s (AT_ONCE)
 from wshelp import make_config, needs_openssl, running, self_signed_cert, server_of
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
@@ -63,18 +64,6 @@ def task_count() -> int:
         for nursery in task.child_nurseries:
             todo.extend(nursery.child_tasks)
     return count
-
-
-async def read_until_closed(stream: trio.abc.Stream, bound: float = AT_ONCE) -> bytes:
-    """Everything the server sends until it closes the connection; fails if it does not
-    close within `bound` seconds. A reset (the server closed with our bytes unread) counts
-    as closed."""
-    received = b""
-    with trio.fail_after(bound):
-        with contextlib.suppress(trio.BrokenResourceError):
-            while chunk := await stream.receive_some(65536):
-                received += chunk
-    return received
 
 
 async def send_ignoring_reset(stream: trio.abc.Stream, data: bytes) -> None:
