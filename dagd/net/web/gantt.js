@@ -7,7 +7,7 @@
 
 import { criticalPath, formatDuration, formatTime, FINISHED_RUN } from "./runmodel.js";
 import { h, s as svg } from "./dom.js";
-import { Viewport, frameThrottle } from "./runvlist.js";
+import { StepRows } from "./runvlist.js";
 
 const ROW = 22; // px per step row
 const LABEL = 180; // px for the step names on the left
@@ -28,18 +28,13 @@ function tickLabel(ms) {
   return `${+(ms / 3600e3).toFixed(2)} h`;
 }
 
-export class Gantt {
+export class Gantt extends StepRows {
   /**
    * @param container element the chart is built in (emptied)
-   * @param model a RunModel
-   * @param options.onSelect(stepId) called when a row is clicked
-   * @param options.now () => ms, the clock (tests and benchmarks may pass their own)
+   * @param model, options: as StepRows (runvlist.js)
    */
-  constructor(container, model, { onSelect = () => {}, now = () => Date.now() } = {}) {
-    this.model = model;
-    this.onSelect = onSelect;
-    this.now = now;
-    this.selected = null;
+  constructor(container, model, options = {}) {
+    super(model, options);
     this.critical = new Set();
     this.criticalList = [];
     this.criticalStale = true;
@@ -53,8 +48,7 @@ export class Gantt {
     this.body.append(this.spacer);
     this.root.append(this.summary, this.axis, this.body);
     container.replaceChildren(this.root);
-    this.frame = frameThrottle(() => this.draw());
-    this.view = new Viewport(this.body, () => this.frame.schedule());
+    this.watch(this.body);
     this.rows.addEventListener("click", (ev) => {
       const row = ev.target.closest("[data-step-id]");
       if (row) this.onSelect(row.getAttribute("data-step-id"));
@@ -66,16 +60,6 @@ export class Gantt {
   update() {
     this.criticalStale = true;
     this.frame.schedule();
-  }
-
-  select(stepId) {
-    this.selected = stepId;
-    this.frame.schedule();
-  }
-
-  destroy() {
-    this.frame.cancel();
-    this.view.destroy();
   }
 
   /** [t0, t1] in ms: the run's start (or its first attempt's) to its end, or now. */

@@ -5,22 +5,18 @@
 
 import { formatDuration, formatTime } from "./runmodel.js";
 import { h } from "./dom.js";
-import { Viewport, frameThrottle } from "./runvlist.js";
+import { StepRows } from "./runvlist.js";
 
 const ROW = 26; // px, fixed: the error column shows one line, its whole text in the tooltip
 const COLUMNS = ["Step", "Status", "Started", "Duration", "Retries", "Error"];
 
-export class StepTable {
+export class StepTable extends StepRows {
   /**
    * @param container element the table is built in (emptied)
-   * @param model a RunModel
-   * @param options.onSelect(stepId) called when a row is clicked
+   * @param model, options: as StepRows (runvlist.js)
    */
-  constructor(container, model, { onSelect = () => {}, now = () => Date.now() } = {}) {
-    this.model = model;
-    this.onSelect = onSelect;
-    this.now = now;
-    this.selected = null;
+  constructor(container, model, options = {}) {
+    super(model, options);
     this.filter = "";
     this.rowsIds = null; // the filtered ids, recomputed when statuses change
     this.root = h("section", { class: "step-table", "aria-label": "steps" });
@@ -58,8 +54,7 @@ export class StepTable {
     table.append(head, this.body);
     this.root.append(bar, table);
     container.replaceChildren(this.root);
-    this.frame = frameThrottle(() => this.draw());
-    this.view = new Viewport(this.body, () => this.frame.schedule());
+    this.watch(this.body);
     this.window.addEventListener("click", (ev) => {
       const row = ev.target.closest("[data-step-id]");
       if (row) this.onSelect(row.getAttribute("data-step-id"));
@@ -84,16 +79,6 @@ export class StepTable {
   update(statusChanged = true) {
     if (statusChanged && this.filter) this.rowsIds = null;
     this.frame.schedule();
-  }
-
-  select(stepId) {
-    this.selected = stepId;
-    this.frame.schedule();
-  }
-
-  destroy() {
-    this.frame.cancel();
-    this.view.destroy();
   }
 
   ids() {

@@ -66,6 +66,38 @@ export function frameThrottle(fn) {
   };
 }
 
+/**
+ * What the Gantt chart and the step table share: a RunModel's steps drawn as windowed rows,
+ * one of them selected, redrawn at most once a frame by the subclass's draw().
+ * @param model a RunModel
+ * @param options.onSelect(stepId) called when a row is clicked
+ * @param options.now () => ms, the clock (tests and benchmarks may pass their own)
+ */
+export class StepRows {
+  constructor(model, { onSelect = () => {}, now = () => Date.now() } = {}) {
+    this.model = model;
+    this.onSelect = onSelect;
+    this.now = now;
+    this.selected = null;
+    this.frame = frameThrottle(() => this.draw());
+  }
+
+  /** Window the rows to what `scroller` (the rows' scroll container) shows. */
+  watch(scroller) {
+    this.view = new Viewport(scroller, () => this.frame.schedule());
+  }
+
+  select(stepId) {
+    this.selected = stepId;
+    this.frame.schedule();
+  }
+
+  destroy() {
+    this.frame.cancel();
+    this.view?.destroy();
+  }
+}
+
 /** Calls `fn` in an animation frame at most once every `ms` milliseconds however often
  * `schedule()` is called: a burst of thousands of events costs a few redraws, not one per
  * frame. The first call after a quiet period draws at the next frame. */
