@@ -306,6 +306,12 @@ def _command_text(step: StepDefinition) -> tuple[str, str]:
         return "notify", ", ".join(one_line(url) for url in step.notify)
     if step.call is not None:
         return "call", one_line(step.call)
+    if step.run is not None:
+        given = ", ".join(
+            f"{one_line(k)} = {json.dumps(v, ensure_ascii=False)}"
+            for k, v in (step.run_params or {}).items()
+        )
+        return "run", one_line(step.run) + (f" (params: {given})" if given else "")
     if isinstance(step.command, list):
         return "command", one_line(shlex.join(step.command))
     return "command", step.command or ""
@@ -333,6 +339,7 @@ def dag_text(dag: DagDetail) -> str:
         ("max active runs", str(dag.max_active_runs)),
         ("max active steps", str(dag.max_active_steps or "-")),
         ("tags", ", ".join(one_line(t) for t in summary.tags) or "-"),
+        ("after", ", ".join(one_line(d) for d in dag.after) or "-"),
     ]
     problems = summary.file_error.splitlines() if summary.file_error else []
     if problems:

@@ -154,7 +154,14 @@ def dag_detail(dag: DagSpec, summary: DagSummary) -> DagDetail:
     handlers = [_definition(spec, 0) for spec in dag.handlers.values()]
     edges = [Edge(up, sid) for sid, spec in dag.steps.items() for up in spec.depends_on]
     return DagDetail(
-        summary, dag.catchup, dag.max_active_runs, dag.max_active_steps, steps, edges, handlers
+        summary,
+        dag.catchup,
+        dag.max_active_runs,
+        dag.max_active_steps,
+        steps,
+        edges,
+        handlers,
+        list(dag.after),
     )
 
 
@@ -175,6 +182,8 @@ def _definition(spec: StepSpec, level: int) -> StepDefinition:
         [redact_url(url) for url in spec.notify] if spec.notify else None,
         None if spec.precondition is None else command_text(spec.precondition),
         None if spec.wait_for is None else wait_for_text(spec.wait_for),
+        spec.run,
+        None if spec.run is None else dict(spec.run_params),
     )
 
 

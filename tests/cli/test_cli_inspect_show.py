@@ -87,6 +87,14 @@ DAGS = {
         depends_on = ["give"]
         wait_for = { command = "test -f handoff-ready", interval = "0.1s" }
     """,
+    "nested": """
+        after = ["failing"]
+        [steps.sub]
+        run = "failing"
+        params = { date = "${params.day}" }
+        [params]
+        day = "mon"
+    """,
 }
 
 
@@ -231,6 +239,20 @@ def test_show_dag(cli: CliRunner) -> None:
         "  call: stepfuncs:noop\n"
         "  executor local\n"
     )
+
+
+def test_show_dag_with_a_sub_dag_step_and_after(cli: CliRunner) -> None:
+    out = invoke(cli, "show", "--dag", "nested").stdout
+    assert field(out, "after") == "failing"
+    assert out.split("STEPS (1)\n", 1)[1] == (
+        'sub\n  run: failing (params: date = "${params.day}")\n  executor dag\n'
+    )
+    assert field(invoke(cli, "show", "--dag", "failing").stdout, "after") == "-"
+    detail = json.loads(invoke(cli, "show", "--dag", "nested", "--json").stdout)
+    (step,) = detail["steps"]
+    assert (step["command"], step["call"], step["run"]) == (None, None, "failing")
+    assert step["runParams"] == {"date": "${params.day}"}
+    assert detail["after"] == ["failing"]
 
 
 def test_show_manual_dag(cli: CliRunner) -> None:

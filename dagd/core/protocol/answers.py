@@ -112,15 +112,17 @@ class DagSummary:
 
 @attrs.frozen
 class StepDefinition:
-    """One step of a `dag` answer, as its DAG file defines it. Exactly one of `command` (a
-    shell command line, or an argument list run without a shell) and `call` (a Python
-    callable, `module:function`) is set. `retry_delay` and `timeout` are seconds (`timeout`
-    None: none). `level` is the step's depth in the graph: 0 for a step without upstreams,
-    else one more than its deepest upstream (the column of a left-to-right drawing). A
-    lifecycle handler (in `DagDetail.handlers`) has its kind in `handler` (else left off the
-    wire), level 0, and for a notification its URLs in `notify`, redacted (scheme, and host
-    where it names a server: never a secret), instead of `command` or `call`. A step with a
-    `precondition` or `wait_for` (docs/dags.md) has them as one line each."""
+    """One step of a `dag` answer, as its DAG file defines it. At most one of `command` (a
+    shell command line, or an argument list run without a shell), `call` (a Python
+    callable, `module:function`) and `run` (a sub-DAG step: the id of the DAG it runs, with
+    the params it gives in `run_params`, references such as `${params.x}` unfilled) is set.
+    `retry_delay` and `timeout` are seconds (`timeout` None: none). `level` is the step's
+    depth in the graph: 0 for a step without upstreams, else one more than its deepest
+    upstream (the column of a left-to-right drawing). A lifecycle handler (in
+    `DagDetail.handlers`) has its kind in `handler` (else left off the wire), level 0, and
+    for a notification its URLs in `notify`, redacted (scheme, and host where it names a
+    server: never a secret), instead of `command` or `call`. A step with a `precondition` or
+    `wait_for` (docs/dags.md) has them as one line each."""
 
     step_id: str
     description: str
@@ -139,6 +141,9 @@ class StepDefinition:
     # line; left off the wire when the step has none.
     precondition: str | None = None
     wait_for: str | None = None
+    # A sub-DAG step's DAG and params; left off the wire for other steps.
+    run: str | None = None
+    run_params: dict[str, str] | None = None
 
 
 @attrs.frozen
@@ -154,7 +159,8 @@ class DagDetail:
     """The answer to `get_dag` (wire type `dag`): the DAG's `summary` (as in `dags`), its
     definition's run settings, its steps in file order, its edges (upstream -> downstream,
     in the steps' order), and its lifecycle handlers (on_success, on_failure, on_cancel,
-    always: the order they run in), outside the graph."""
+    always: the order they run in), outside the graph. `after`: the DAGs whose successful runs
+    start a run of this one (its `after` key), as written."""
 
     summary: DagSummary
     catchup: bool
@@ -163,6 +169,7 @@ class DagDetail:
     steps: list[StepDefinition]
     edges: list[Edge]
     handlers: list[StepDefinition] = attrs.Factory(list)
+    after: list[str] = attrs.Factory(list)
     request_id: RequestId = None
 
 

@@ -74,6 +74,8 @@ _OMIT_WHEN_NONE = frozenset(
         "triggered_by",
         "precondition",
         "wait_for",
+        "run",
+        "run_params",
     }
 )
 _Scalar = str | int | float | bool
