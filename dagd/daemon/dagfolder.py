@@ -9,6 +9,9 @@ Rules this file keeps:
   CLI and the daemon agree): the file named after the id (`<id>.toml`) keeps it, else the
   first by sorted path, and the other file is a problem naming both files. A file added or
   edited with the better claim takes the id over from the file that had it (logged).
+- A file whose DAG would close a cycle of `run`/`after` links with the loaded DAGs
+  (dagd/core/dagrefs.py) is refused like a broken one: its last good version stays. Refused
+  so, it gets another look whenever another file changes (that may have broken the cycle).
 - A step must name an executor that is configured (when the caller gives the configured
   names): a step naming another one makes its file a problem, like any error in the file,
   reported where the name is written (a DAG-level `executor` once, not at each step that
@@ -45,7 +48,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from dagd.core.dagrefs import link_problems
+from dagd.core.dagrefs import link_cycles, link_problems
 from dagd.core.model import DagSpec, StepSpec
 from dagd.core.spec import DEFAULT_EXECUTOR, DagSpecError, Problem, parse_dag
 from dagd.runtime.local.python import CallableNotFound, resolve_callable
@@ -195,6 +198,9 @@ class _State:
     # Files refused only because a module is not installed: the parsed DAG and its problems,
     # looked at again at each reload (see the module's docstring).
     waiting: dict[Path, tuple[DagSpec, list[Problem]]] = attrs.Factory(dict)
+    # Files refused because their DAG closed a cycle of runs: looked at again when another
+    # file changes (that may have broken the cycle).
+    cyclic: set[Path] = attrs.Factory(set)
 
     def copy(self) -> _State:
         return _State(
@@ -203,6 +209,7 @@ class _State:
             dict(self.files),
             set(self.duplicates),
             dict(self.waiting),
+            set(self.cyclic),
         )
 
 
@@ -283,9 +290,18 @@ class DagFolder:
         state = base.copy()
         changed = False
         refused: list[Refused] = []
+        relooked = False
         while True:
             again_changed, freed = self._pass(state, refused)
             changed = changed or again_changed
+            # Another file changed: a file refused for a cycle at an earlier reload (and not
+            # read again by this one) may load now. Once a reload, so this ends.
+            stale = [p for p in state.cyclic if state.files[p] == base.files.get(p)]
+            if again_changed and stale and not relooked:
+                relooked = True
+                for path in stale:
+                    state.files[path] = attrs.evolve(state.files[path], stamp=None)
+                continue
             if not (freed and state.duplicates):
                 return state, Reloaded(changed, refused)
             # A DAG id was given up: a file refused for using it gets another look now, not
@@ -297,6 +313,8 @@ class DagFolder:
         """One look at every file: (something changed, a DAG id was given up)."""
         changed = freed = False
         seen: set[Path] = set()
+        kept_dags = dict(st.dags)  # to put back a DAG whose new version closes a cycle
+        loaded: list[tuple[Path, DagSpec, str, Path | None, Stamp, str | None]] = []
         for path in dag_files(self.folder) if self.folder.is_dir() else []:
             seen.add(path)
             try:
@@ -354,9 +372,27 @@ class DagFolder:
             st.dags[dag.id] = dag
             st.files[path] = _File(stamp, dag.id)
             st.duplicates.discard(path)
+            st.cyclic.discard(path)
             st.problems.pop(str(path), None)
+            loaded.append((path, dag, "reloaded" if old else "loaded", taken_from, stamp, old_id))
+        # A file whose new version makes DAGs cause each other's runs in a cycle is refused
+        # like a broken one (`dagd validate` refuses it too): its last good version stays.
+        cycles = {dag_id: cycle for cycle in link_cycles(st.dags) for dag_id in cycle}
+        for path, dag, verb, taken_from, stamp, old_id in loaded:
+            cycle = cycles.get(dag.id)
+            if cycle is not None:
+                previous = kept_dags.get(dag.id)
+                if previous is not None and previous.source == str(path):
+                    st.dags[dag.id] = previous
+                else:
+                    del st.dags[dag.id]
+                text = f"DAGs cause each other's runs in a cycle: {' -> '.join(cycle)}"
+                at = next((x.id for x in dag.steps.values() if x.run in cycle), None)
+                problem = Problem(str(path), text, at, "run" if at is not None else "after")
+                refused.append(self._refuse(st, path, stamp, old_id or dag.id, [problem]))
+                st.cyclic.add(path)
+                continue
             if self._log:
-                verb = "reloaded" if old else "loaded"
                 self._log.info("%s DAG %s from %s", verb, dag.id, path.name)
                 if taken_from is not None:
                     self._log.warning(
@@ -379,6 +415,7 @@ class DagFolder:
                         self._log.info("removed DAG %s (%s was deleted)", owned.id, path.name)
                 changed = True
         st.duplicates &= set(st.files)
+        st.cyclic &= set(st.files)
         return changed, freed
 
     def _problems(self, dag: DagSpec) -> tuple[list[Problem], bool]:
@@ -446,6 +483,7 @@ class DagFolder:
         """A file that cannot be used: its last good version (if any) stays, unless `kept`
         is False (its DAG id went to a file with a better claim)."""
         st.files[path] = _File(stamp, old_id)
+        st.cyclic.discard(path)
         if duplicate:
             st.duplicates.add(path)
         else:

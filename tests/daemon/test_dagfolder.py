@@ -319,3 +319,35 @@ def test_the_log_says_whether_a_broken_files_dag_keeps_a_good_version(
         folder.reload()
         [broke] = [r.getMessage() for r in caplog.records]
         assert "live.toml" in broke and "(keeping the last good version)" in broke
+
+
+def test_an_edit_that_closes_a_cycle_of_runs_keeps_the_last_good_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path, "ca", '[steps.s]\nrun = "cb"\n')
+    write(tmp_path, "cb", 'description = "good"\n' + GOOD)
+    folder = DagFolder(tmp_path, log=logging.getLogger("dagd.test"))
+    assert folder.reload().refused == []
+    path = write(tmp_path, "cb", '[steps.s]\nrun = "ca"\n')
+    with caplog.at_level(logging.INFO, "dagd.test"):
+        [refused] = folder.reload().refused
+    assert (refused.path, refused.dag_id) == (path, "cb")
+    assert "in a cycle: cb -> ca -> cb" in refused.text or "ca -> cb -> ca" in refused.text
+    assert folder.dags["cb"].description == "good"
+    assert list(folder.problems) == [str(path)]
+    assert "reloaded DAG cb" not in caplog.text
+    assert "keeping the last good version" in caplog.text
+    assert folder.reload().refused == []  # not reported again until it changes
+    write(tmp_path, "cb", 'description = "fixed"\n' + GOOD)
+    assert folder.reload().refused == []
+    assert folder.ok and folder.dags["cb"].description == "fixed"
+
+
+def test_a_new_file_that_closes_a_cycle_is_not_loaded(tmp_path: Path) -> None:
+    write(tmp_path, "ca", '[steps.s]\nrun = "cb"\n')
+    folder = DagFolder(tmp_path)
+    folder.reload()
+    path = write(tmp_path, "cb", '[steps.s]\nrun = "ca"\n')
+    [refused] = folder.reload().refused
+    assert (refused.path, refused.dag_id) == (path, "cb")
+    assert sorted(folder.dags) == ["ca"]

@@ -15,6 +15,7 @@ from dagd.app import open_daemon
 from dagd.core.config import Config
 from dagd.core.events import DagRunStatusEvent
 from dagd.core.model import MAX_SUBDAG_DEPTH, RunStatus, StepStatus
+from dagd.daemon.errors import DaemonError
 from dagd.daemon.store import RecordRun, StoredEvent
 
 PARENT = """
@@ -215,22 +216,26 @@ async def test_an_after_run_is_stored_with_its_upstreams_success(tmp_path: Path)
         assert together, "the after-run and the upstream's success were written apart"
 
 
-async def test_a_dag_running_itself_fails_at_once_rather_than_waiting_for_ever(
-    config: Config,
-) -> None:
-    """`dagd validate` refuses the cycle; a daemon given it anyway fails the step (with
-    max_active_runs = 1 the child would wait for its own parent's slot)."""
+async def test_dags_running_each_other_are_refused_as_broken_files(config: Config) -> None:
+    """`dagd validate` refuses the cycle, and so does the daemon: neither file loads (a run
+    would wait for ever for its own parent's slot), each is reported broken, and an edit
+    that closes the cycle later keeps the last good version."""
     write_dag_file(config.dags_dir, "a", '[steps.s]\nrun = "b"\n')
     write_dag_file(config.dags_dir, "b", '[steps.s]\nrun = "a"\n')
     async with open_daemon(config) as daemon:
-        run_id = await daemon.trigger("a")
-        record, _ = await wait_status(daemon, run_id)
-        assert record.status is RunStatus.FAILED
-        (b_run,) = await daemon.list_runs("b")
-        _, steps = await wait_status(daemon, b_run.run_id)
-        assert steps["s"].error == (
-            "cannot start a run of DAG 'a': DAG 'a' would run inside its own run: a -> b -> a"
-        )
+        assert "a" not in daemon.dags and "b" not in daemon.dags
+        assert sorted(Path(p).name for p in daemon.problems) == ["a.toml", "b.toml"]
+        assert "in a cycle: a -> b -> a" in daemon.problems[str(config.dags_dir / "a.toml")]
+        with pytest.raises(DaemonError) as err:
+            await daemon.trigger("a")
+        assert err.value.code == "unknown_dag"
+        write_dag_file(config.dags_dir, "b", '[steps.s]\ncommand = "true"\n')
+        await daemon.reload()
+        assert {"a", "b"} <= set(daemon.dags) and daemon.problems == {}
+        write_dag_file(config.dags_dir, "b", '[steps.s]\nrun = "a"\n')
+        await daemon.reload()
+        assert daemon.dags["b"].steps["s"].command == "true"
+        assert daemon.file_error("b") is not None and daemon.file_error("a") is None
 
 
 async def test_cancelling_a_queued_child_ends_its_parents_step_at_once(config: Config) -> None:
