@@ -139,9 +139,10 @@ def validate(config_path: Path | None, dags_dir: Path | None, as_json: bool) -> 
             click.echo(str(problem), err=True)
     if not folder.ok:
         count = sum(len(p) for p in folder.problems.values())
+        # A DAG that loaded may still have problems across the folder (its links).
+        fine = sum(1 for dag in folder.dags.values() if dag.source not in folder.problems)
         raise click.ClickException(
-            f"{count} problem(s) in {len(folder.problems)} file(s); "
-            f"{len(folder.dags)} DAG(s) are fine"
+            f"{count} problem(s) in {len(folder.problems)} file(s); {fine} DAG(s) are fine"
         )
     click.echo(f"ok: {len(folder.dags)} DAG(s)")
 

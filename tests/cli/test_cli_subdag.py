@@ -51,6 +51,8 @@ def test_validate_refuses_a_cycle_across_dags_and_unknown_dag_ids(tmp_path: Path
         for p in problems
     ), problems
     assert len(problems) == 6, problems
+    # c loaded, but has problems across the folder: no DAG is fine
+    assert lines[-1] == "Error: 6 problem(s) in 5 file(s); 0 DAG(s) are fine", lines
 
 
 def test_validate_refuses_a_param_the_child_does_not_declare(tmp_path: Path) -> None:
