@@ -204,7 +204,11 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def _attempt_count(step: StepDetail) -> int:
-    return max(step.attempt, len(step.attempts))
+    """The attempts made: one waiting for a pool slot (pending, `waiting_for` set) is not."""
+    count = max(step.attempt, len(step.attempts))
+    if step.status is StepStatus.PENDING and step.waiting_for is not None and count:
+        count -= 1
+    return count
 
 
 #: The longest output value `dagd show` prints, in characters (`--json` gives them whole).

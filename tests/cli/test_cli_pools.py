@@ -88,6 +88,7 @@ def test_pools_command_show_and_metrics_while_a_step_waits(
         load = next(line for line in shown.splitlines() if line.lstrip().startswith("load"))
         assert "pending" in load
         assert "waiting for: pool warehouse" in load
+        assert load.split()[1:3] == ["pending", "0"]  # no attempt made yet
 
         with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
