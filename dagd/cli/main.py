@@ -460,10 +460,11 @@ async def _serve(config: Config) -> None:
                 readiness.notify("READY=1")  # systemd Type=notify: only when NOTIFY_SOCKET is set
                 async for signum in signals:
                     log.info(
-                        "%s received: stopping (running steps get %gs to exit; "
-                        "send it again to kill them now)",
+                        "%s received: stopping (running steps get %gs to exit, then "
+                        "handlers of cancelled runs get %gs; send it again to kill them now)",
                         signal.Signals(signum).name,
                         config.kill_grace,
+                        config.handler_grace,
                     )
                     readiness.notify("STOPPING=1")
                     break
