@@ -106,7 +106,10 @@ def _cut(error: str | None) -> str | None:
 
 
 def format_duration(seconds: float) -> str:
-    """12.3 -> '12.3s', 75 -> '1m15s', 3725 -> '1h2m5s'."""
+    """0.034 -> '34ms', 12.3 -> '12.3s', 75 -> '1m15s', 3725 -> '1h2m5s'. Under a second in
+    milliseconds: a run of quick steps would otherwise read '0.0s'."""
+    if seconds < 0.9995:
+        return f"{round(seconds * 1000)}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"
     whole = int(seconds)

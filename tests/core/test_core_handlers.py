@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import jsonschema
 import pytest
 
@@ -165,6 +166,15 @@ def test_the_outcome_as_environment_variables() -> None:
             {"stepId": "load", "status": "failed", "error": "exit code 3: table locked"}
         ],
     }
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.0, "0ms"), (0.034, "34ms"), (0.3, "300ms"), (0.9999, "1.0s"), (12.34, "12.3s")],
+)
+def test_a_short_run_says_how_short(seconds: float, text: str) -> None:
+    quick = attrs.evolve(OUTCOME, finished_at=T0 + seconds)
+    assert notification(quick, None, "{duration}")[1] == text
 
 
 def test_templates_paste_values_as_they_are() -> None:
