@@ -86,7 +86,8 @@ def serve(root: Path, started: list[Proc], mark: str, processes: int = 3) -> Pro
     """A daemon whose run is going, with `processes` processes of its step alive."""
     daemon = Proc(root, "serve", "--no-websocket")
     started.append(daemon)
-    ok = poll_until(lambda: len(procs.live_processes(mark)) >= processes, 15)
+    # 60 s only ends a hung test: a start on 2 loaded cores can take several seconds
+    ok = poll_until(lambda: len(procs.live_processes(mark)) >= processes, 60)
     assert ok, daemon.output()
     return daemon
 
