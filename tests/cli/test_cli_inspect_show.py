@@ -88,7 +88,7 @@ DAGS = {
         wait_for = { command = "test -f handoff-ready", interval = "0.1s" }
     """,
     "nested": """
-        after = ["failing"]
+        after = ["nightly"]
         [steps.sub]
         run = "failing"
         params = { date = "${params.day}" }
@@ -243,7 +243,7 @@ def test_show_dag(cli: CliRunner) -> None:
 
 def test_show_dag_with_a_sub_dag_step_and_after(cli: CliRunner) -> None:
     out = invoke(cli, "show", "--dag", "nested").stdout
-    assert field(out, "after") == "failing"
+    assert field(out, "after") == "nightly"
     assert out.split("STEPS (1)\n", 1)[1] == (
         'sub\n  run: failing (params: date = "${params.day}")\n  executor dag\n'
     )
@@ -252,7 +252,7 @@ def test_show_dag_with_a_sub_dag_step_and_after(cli: CliRunner) -> None:
     (step,) = detail["steps"]
     assert (step["command"], step["call"], step["run"]) == (None, None, "failing")
     assert step["runParams"] == {"date": "${params.day}"}
-    assert detail["after"] == ["failing"]
+    assert detail["after"] == ["nightly"]
 
 
 def test_show_manual_dag(cli: CliRunner) -> None:
