@@ -781,23 +781,11 @@ def _read_step(
             message = reference_problem(value)
             if message is not None:
                 r.problem(f"value of {name!r}: {message}", step_id, "params")
-    step_env: dict[str, str] = read("env")
     return StepSpec(
         id=step_id,
-        command=read("command"),
-        call=read("call"),
+        **_shared_step_fields(read, dag_env),
         depends_on=read("depends_on"),
-        retries=read("retries"),
-        retry_delay=read("retry_delay"),
-        retry_backoff=read("retry_backoff"),
-        max_retry_delay=read("max_retry_delay"),
-        timeout=read("timeout"),
-        env={**dag_env, **step_env},
-        # Expansion order (environment.py): the DAG's entries, then the step's.
-        env_order=(*dag_env.items(), *step_env.items()),
-        cwd=read("cwd"),
         trigger_rule=TriggerRule(read("trigger_rule")),
-        description=read("description"),
         executor=SUBDAG_EXECUTOR if "run" in raw else read("executor", dag_executor),
         precondition=read("precondition"),
         wait_for=_wait_for(read("wait_for")),
@@ -842,26 +830,34 @@ def _read_handler(
         for name in ("title", "body"):
             if name in raw:
                 r.problem("only a notify handler takes it", where, name)
-    step_env: dict[str, str] = read("env")
     return StepSpec(
         id=kind.step_id,
-        command=read("command"),
-        call=read("call"),
-        retries=read("retries"),
-        retry_delay=read("retry_delay"),
-        retry_backoff=read("retry_backoff"),
-        max_retry_delay=read("max_retry_delay"),
-        timeout=read("timeout"),
-        env={**dag_env, **step_env},
-        env_order=(*dag_env.items(), *step_env.items()),
-        cwd=read("cwd"),
-        description=read("description"),
+        **_shared_step_fields(read, dag_env),
         executor=DEFAULT_EXECUTOR if notify else read("executor", dag_executor),
         handler=kind,
         notify=notify,
         title=read("title"),
         body=read("body"),
     )
+
+
+def _shared_step_fields(read: Callable[[str], Any], dag_env: dict[str, str]) -> dict[str, Any]:
+    """The StepSpec fields an ordinary step and a lifecycle handler read alike, by `read`."""
+    step_env: dict[str, str] = read("env")
+    return {
+        "command": read("command"),
+        "call": read("call"),
+        "retries": read("retries"),
+        "retry_delay": read("retry_delay"),
+        "retry_backoff": read("retry_backoff"),
+        "max_retry_delay": read("max_retry_delay"),
+        "timeout": read("timeout"),
+        "env": {**dag_env, **step_env},
+        # Expansion order (environment.py): the DAG's entries, then the step's.
+        "env_order": (*dag_env.items(), *step_env.items()),
+        "cwd": read("cwd"),
+        "description": read("description"),
+    }
 
 
 def _wait_for(values: dict[str, Any] | None) -> WaitFor | None:
